@@ -1,0 +1,75 @@
+"""The CLI's side of the admin socket: blocking, small, and quick to import."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+
+class DaemonNotRunning(Exception):
+    def __init__(self, path: Path, reason: str):
+        self.path = path
+        super().__init__(f"gateway is not running (no daemon answers at {path}: {reason})")
+
+
+class AdminError(Exception):
+    def __init__(self, code: str, message: str):
+        self.code = code
+        self.message = message
+        super().__init__(message)
+
+
+class AdminClient:
+    def __init__(self, path: Path, timeout: float = 60.0):
+        self.path = Path(path)
+        self.timeout = timeout
+        self._sock: socket.socket | None = None
+        self._file: Any = None
+        self._ids = itertools.count(1)
+
+    def __enter__(self) -> "AdminClient":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(str(self.path))
+        except FileNotFoundError:
+            sock.close()
+            raise DaemonNotRunning(self.path, "no such socket") from None
+        except ConnectionRefusedError:
+            sock.close()
+            raise DaemonNotRunning(self.path, "connection refused") from None
+        except PermissionError:
+            sock.close()
+            raise DaemonNotRunning(self.path, "permission denied; run as the gateway user or a member of its group") from None
+        self._sock = sock
+        self._file = sock.makefile("rb")
+
+    def call(self, method: str, **params: Any) -> Any:
+        if self._sock is None:
+            self.connect()
+        req_id = next(self._ids)
+        line = json.dumps({"id": req_id, "method": method, "params": params}, separators=(",", ":")).encode() + b"\n"
+        self._sock.sendall(line)
+        raw = self._file.readline()
+        if not raw:
+            raise AdminError("disconnected", "the daemon closed the connection")
+        reply = json.loads(raw)
+        if "error" in reply:
+            raise AdminError(reply["error"].get("code", "error"), reply["error"].get("message", ""))
+        return reply.get("result")
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        if self._sock is not None:
+            self._sock.close()
+        self._sock = self._file = None

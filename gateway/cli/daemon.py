@@ -1,0 +1,108 @@
+"""`gateway run`, `gateway status`, `gateway config ...`."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import click
+
+from ..config import config_path_from, load_config, render_example, render_toml, to_dict
+from ..errors import ConfigError
+from .output import details, emit_json, fail, json_option, table
+
+config_option = click.option("--config", "config_option", metavar="PATH", help="Configuration file (default: $GATEWAY_CONFIG, else none).")
+
+
+@click.command()
+@config_option
+@click.option("--state-dir", metavar="DIR", help="State directory (default: $STATE_DIRECTORY, else ./var).")
+@click.pass_context
+def run(ctx: click.Context, config_option: str | None, state_dir: str | None) -> None:
+    """Run the daemon in the foreground."""
+    from ..daemon import run_daemon  # the CLI's other commands stay quick to import
+
+    sys.exit(run_daemon(config_path_from(config_option), state_dir or ctx.find_root().obj.get("state_dir")))
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    return "".join(f"{v}{u}" for v, u in ((days, "d"), (hours, "h"), (minutes, "m")) if v) + f"{secs}s"
+
+
+@click.command()
+@json_option
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Show the running daemon: version, uptime, listeners, queue."""
+    from . import admin
+
+    result = admin(ctx).call("status")
+    if as_json:
+        emit_json(result)
+        return
+    click.echo(f"gateway {result['version']}  pid {result['pid']}  up {_duration(result['uptime_seconds'])}"
+               f"  (since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(result['started_at']))})")
+    click.echo(f"state dir  {result['state_dir']}")
+    click.echo(f"config     {result.get('config_path') or '(embedded defaults)'}  reloads {result['reloads']}")
+    click.echo("")
+    table(result["listeners"], ["name", "address", "up"])
+    if "queue" in result:
+        click.echo("")
+        click.echo("queue      " + "  ".join(f"{k} {v}" for k, v in result["queue"].items()))
+
+
+@click.group()
+def config() -> None:
+    """Check and show the configuration."""
+
+
+@config.command("check")
+@config_option
+def config_check(config_option: str | None) -> None:
+    """Validate a configuration file; exit 2 on any error."""
+    path = config_path_from(config_option)
+    try:
+        load_config(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            click.echo(f"gateway: config error: {problem}", err=True)
+        sys.exit(2)
+    click.echo(f"{path or '(embedded defaults)'}: ok")
+
+
+@config.command("show")
+@config_option
+@click.option("--non-default", is_flag=True, help="Only the keys that differ from the defaults.")
+@click.option("--running", is_flag=True, help="Ask the running daemon for the configuration it uses.")
+@json_option
+@click.pass_context
+def config_show(ctx: click.Context, config_option: str | None, non_default: bool, running: bool, as_json: bool) -> None:
+    """Print the effective configuration (secrets masked)."""
+    if running:
+        from . import admin
+
+        data = admin(ctx).call("config.show", non_default=non_default)
+    else:
+        try:
+            data = to_dict(load_config(config_path_from(config_option)), non_default=non_default)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                click.echo(f"gateway: config error: {problem}", err=True)
+            sys.exit(2)
+    if as_json:
+        emit_json(data)
+    else:
+        click.echo(render_toml(data) or "# every key has its default")
+
+
+@config.command("example")
+def config_example() -> None:
+    """Print every key with its documentation and default (config.example.toml)."""
+    click.echo(render_example(), nl=False)
+
+
+__all__ = ["run", "status", "config", "details", "fail"]

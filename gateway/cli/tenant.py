@@ -1,0 +1,90 @@
+"""`gateway tenant ...`."""
+
+from __future__ import annotations
+
+import click
+
+from .output import details, emit_json, json_option, table
+
+COLUMNS = ["name", "display_name", "enabled", "outbound_enabled", "monthly_quota"]
+
+
+@click.group()
+def tenant() -> None:
+    """Manage tenants (isolated workspaces)."""
+
+
+def _admin():
+    from . import admin
+
+    return admin(click.get_current_context())
+
+
+def _show(record: dict, as_json: bool) -> None:
+    if as_json:
+        emit_json(record)
+    else:
+        details(record, [k for k in COLUMNS + ["owns"] if k in record])
+
+
+@tenant.command("add")
+@click.argument("name")
+@click.option("--display-name", default="", help="Human name of the tenant.")
+@click.option("--quota", "monthly_quota", type=click.IntRange(min=0), default=0, show_default=True, help="Messages per month; 0 = unlimited.")
+@json_option
+def add(name: str, display_name: str, monthly_quota: int, as_json: bool) -> None:
+    """Create a tenant."""
+    _show(_admin().call("tenant.add", name=name, display_name=display_name, monthly_quota=monthly_quota), as_json)
+
+
+@tenant.command("list")
+@json_option
+def list_(as_json: bool) -> None:
+    """List tenants."""
+    rows = _admin().call("tenant.list")
+    emit_json(rows) if as_json else table(rows, COLUMNS, ["NAME", "DISPLAY NAME", "ENABLED", "OUTBOUND", "QUOTA"])
+
+
+@tenant.command("show")
+@click.argument("name")
+@json_option
+def show(name: str, as_json: bool) -> None:
+    """Show one tenant and what it owns."""
+    _show(_admin().call("tenant.show", name=name), as_json)
+
+
+@tenant.command("enable")
+@click.argument("name")
+@click.option("--outbound", is_flag=True, help="Only (re-)enable outbound mail.")
+@json_option
+def enable(name: str, outbound: bool, as_json: bool) -> None:
+    """Enable a tenant (or only its outbound mail)."""
+    _show(_admin().call("tenant.enable", name=name, outbound=outbound), as_json)
+
+
+@tenant.command("disable")
+@click.argument("name")
+@click.option("--outbound", is_flag=True, help="Only disable outbound mail.")
+@json_option
+def disable(name: str, outbound: bool, as_json: bool) -> None:
+    """Disable a tenant (or only its outbound mail)."""
+    _show(_admin().call("tenant.disable", name=name, outbound=outbound), as_json)
+
+
+@tenant.command("update")
+@click.argument("name")
+@click.option("--display-name", default=None)
+@click.option("--quota", "monthly_quota", type=click.IntRange(min=0), default=None)
+@json_option
+def update(name: str, display_name: str | None, monthly_quota: int | None, as_json: bool) -> None:
+    """Change a tenant's display name or quota."""
+    _show(_admin().call("tenant.update", name=name, display_name=display_name, monthly_quota=monthly_quota), as_json)
+
+
+@tenant.command("delete")
+@click.argument("name")
+@json_option
+def delete(name: str, as_json: bool) -> None:
+    """Delete a tenant; refused while it owns anything."""
+    record = _admin().call("tenant.delete", name=name)
+    emit_json(record) if as_json else click.echo(f"deleted tenant {record['name']}")

@@ -1,0 +1,276 @@
+"""The daemon: wires the store, services and components together and runs their lifecycle.
+
+    start:  lock state dir -> open store (integrity check, migrations) -> build services
+            -> start components in order -> READY=1
+    SIGHUP: load the config again; a valid one is handed to every component, an invalid one is
+            logged and the old one stays
+    SIGTERM/SIGINT: STOPPING=1 -> stop components in reverse order (listeners stop accepting,
+            workers finish in-flight work until daemon.shutdown_timeout) -> flush the writer -> exit 0
+
+Everything is passed through constructors; this module is the only place that knows the whole graph.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from . import __version__, logs
+from .admin.registry import admin_method, collect
+from .admin.server import AdminServer
+from .config import Config, load_config, to_dict
+from .errors import ConfigError, GatewayError, StartupError, StoreError
+from .lifecycle import Component
+from .metrics import Metrics, store_families
+from .paths import Paths, resolve_paths
+from .services.tenants import TenantService
+from .statelock import StateLock
+from .store import Store
+from .systemd import Notifier
+from .web import WebServer
+
+log = structlog.get_logger("daemon")
+
+
+def prepare_state_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o750)
+    except OSError as exc:
+        raise StartupError(f"cannot create state directory {path}: {exc.strerror}") from None
+    if not path.is_dir():
+        raise StartupError(f"state directory {path} is not a directory")
+    probe = path / f".write-probe-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise StartupError(f"state directory {path} is not writable: {exc.strerror}") from None
+
+
+class Daemon:
+    def __init__(self, config: Config, paths: Paths, *, config_path: str | None = None, notifier: Notifier | None = None):
+        self.config = config
+        self.paths = paths
+        self.config_path = config_path
+        self.notifier = notifier or Notifier({})
+        self.metrics = Metrics()
+        self.store: Store | None = None
+        self.components: list[Component] = []
+        self.services: list[object] = []
+        self.started_at = time.time()
+        self.reloads = 0
+        self._lock: StateLock | None = None
+        self._stop_requested = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+
+    # ------------------------------------------------------------------ wiring
+
+    def _build(self) -> None:
+        """Create the services and components. Later capabilities add theirs here, in start order."""
+        store = self.store
+        self.services = [TenantService(store), DaemonService(self)]
+        # Components start in this order and stop in reverse: workers before listeners, so
+        # listeners stop accepting first on shutdown; web and admin last so status works to the end.
+        self.components = []
+        self.components.append(
+            WebServer(self.config.web.listen, self.metrics, self.health, routes=[r for c in self.components for r in c.web_routes()])
+        )
+        self.components.append(
+            AdminServer(self.paths.socket, collect(*self.services), max_request_bytes=self.config.admin.max_request_bytes, metrics=self.metrics)
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        prepare_state_dir(self.paths.state_dir)
+        self._lock = StateLock(self.paths.lock).acquire()
+        try:
+            self.store = await Store.open(self.paths.database, self.config.store)
+            self.metrics.add_collector(lambda: store_families(self.store.db))
+            self._build()
+            started: list[Component] = []
+            try:
+                for component in self.components:
+                    await component.start()
+                    started.append(component)
+            except BaseException:
+                deadline = asyncio.get_running_loop().time() + 5
+                for component in reversed(started):
+                    await component.stop(deadline)
+                raise
+        except BaseException:
+            if self.store is not None:
+                await self.store.close()
+                self.store = None
+            self._lock.release()
+            raise
+        self.started_at = time.time()
+        listening = ", ".join(f"{l.name} {l.address}" for c in self.components for l in c.listeners())
+        log.info("daemon_started", version=__version__, pid=os.getpid(), state_dir=str(self.paths.state_dir), listening=listening)
+        self.notifier.notify(READY="1", STATUS=f"listening: {listening}", MAINPID=str(os.getpid()))
+        interval = self.notifier.watchdog_interval
+        if interval:
+            self._tasks.append(asyncio.create_task(self._watchdog(interval), name="watchdog"))
+
+    async def stop(self) -> None:
+        self.notifier.notify(STOPPING="1", STATUS="stopping")
+        log.info("daemon_stopping", timeout=self.config.daemon.shutdown_timeout)
+        deadline = asyncio.get_running_loop().time() + self.config.daemon.shutdown_timeout
+        for task in self._tasks:
+            task.cancel()
+        for component in reversed(self.components):
+            try:
+                await component.stop(deadline)
+            except Exception:  # noqa: BLE001 - keep stopping the others
+                log.exception("component_stop_failed", component=component.name)
+        if self.store is not None:
+            await self.store.close()
+            self.store = None
+        if self._lock is not None:
+            self._lock.release()
+        log.info("daemon_stopped")
+
+    def request_stop(self) -> None:
+        self._stop_requested.set()
+
+    async def reload(self) -> bool:
+        """Load the configuration again; True when applied."""
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            self.metrics.config_reloads.labels(outcome="refused").inc()
+            log.error("config_reload_refused", problems=exc.problems, path=self.config_path)
+            self.notifier.notify(STATUS="configuration reload refused; running with the previous one")
+            return False
+        self.config = new
+        logs.configure(new.log)
+        for component in self.components:
+            try:
+                await component.reload(new)
+            except Exception:  # noqa: BLE001
+                log.exception("component_reload_failed", component=component.name)
+        self.reloads += 1
+        self.metrics.config_reloads.labels(outcome="applied").inc()
+        log.info("config_reloaded", path=self.config_path, reloads=self.reloads)
+        self.notifier.notify(STATUS="configuration reloaded")
+        return True
+
+    async def run(self) -> None:
+        """Start, serve until SIGTERM/SIGINT, stop. SIGHUP reloads."""
+        loop = asyncio.get_running_loop()
+        await self.start()
+        reloading: set[asyncio.Task] = set()
+
+        def on_hup() -> None:
+            task = loop.create_task(self.reload())
+            reloading.add(task)
+            task.add_done_callback(reloading.discard)
+
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+        loop.add_signal_handler(signal.SIGINT, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+        try:
+            await self._stop_requested.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            await self.stop()
+
+    async def _watchdog(self, interval: float) -> None:
+        while True:
+            self.notifier.notify(WATCHDOG="1")
+            await asyncio.sleep(interval)
+
+    # ------------------------------------------------------------------ reporting
+
+    def listeners(self) -> list[dict[str, Any]]:
+        return [l.as_dict() for c in self.components for l in c.listeners()]
+
+    async def health(self) -> tuple[bool, dict[str, Any]]:
+        writable = self.store is not None and await self.store.probe_writable()
+        listeners = self.listeners()
+        down = [l["name"] for l in listeners if not l["up"]]
+        return writable and not down, {"store_writable": writable, "listeners_down": down}
+
+    def status(self) -> dict[str, Any]:
+        status: dict[str, Any] = {
+            "version": __version__,
+            "pid": os.getpid(),
+            "started_at": self.started_at,
+            "uptime_seconds": round(time.time() - self.started_at, 3),
+            "state_dir": str(self.paths.state_dir),
+            "socket": str(self.paths.socket),
+            "config_path": self.config_path,
+            "reloads": self.reloads,
+            "listeners": self.listeners(),
+        }
+        for component in self.components:
+            status.update(component.status())
+        return status
+
+
+class DaemonService:
+    """Admin methods about the daemon itself."""
+
+    def __init__(self, daemon: Daemon):
+        self.daemon = daemon
+
+    @admin_method("status")
+    async def status(self) -> dict[str, Any]:
+        return self.daemon.status()
+
+    @admin_method("ping")
+    async def ping(self) -> str:
+        return "pong"
+
+    @admin_method("config.show")
+    async def config_show(self, non_default: bool = False) -> dict[str, Any]:
+        return to_dict(self.daemon.config, non_default=non_default)
+
+    @admin_method("config.reload")
+    async def config_reload(self) -> bool:
+        return await self.daemon.reload()
+
+
+# ---------------------------------------------------------------------- entry point
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def run_daemon(config_path: str | None, state_dir: str | None) -> int:
+    """`gateway run`: returns the process exit code. Errors print one line, never a traceback."""
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"gateway: config error: {problem}", file=sys.stderr)
+        return 2
+    logs.configure(config.log)
+    paths = resolve_paths(config, state_dir)
+    daemon = Daemon(config, paths, config_path=config_path, notifier=Notifier())
+    loop = _new_loop()
+    try:
+        loop.run_until_complete(daemon.run())
+    except (StartupError, StoreError) as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 1
+    except GatewayError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+    return 0

@@ -1,0 +1,82 @@
+"""The gateway's one error tree.
+
+    GatewayError                  base of everything we raise on purpose
+    ├── ConfigError               configuration file or value is wrong (CLI exit 2, unit RestartPreventExitStatus=2)
+    ├── StartupError              the daemon cannot start: port in use, state dir unwritable, TLS file missing (exit 1)
+    ├── StoreError                the database refused (corrupt, locked by another daemon, migration failed)
+    ├── ServiceError              a service function refused a request; carries an admin-protocol ``code``
+    │   ├── InvalidArgument       the caller's value is malformed (exit 2)          code "invalid"
+    │   ├── NotFound              the named thing does not exist (exit 1)           code "not_found"
+    │   └── Conflict              the request clashes with existing state (exit 1)  code "conflict"
+    └── SMTPError                 an SMTP-facing refusal: code, enhanced code, public text, private reason
+
+Rules: lower-library exceptions are translated once, at the boundary that calls the library, with
+``raise ... from exc``. Clients (SMTP peers, admin-socket callers) see only the public text; the private
+reason goes to the log.
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway raises on purpose."""
+
+
+class ConfigError(GatewayError):
+    """The configuration is wrong. ``problems`` lists one line per problem."""
+
+    def __init__(self, problems: list[str] | str):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("; ".join(self.problems))
+
+
+class StartupError(GatewayError):
+    """The daemon cannot start; the message is one line naming the problem."""
+
+
+class StoreError(GatewayError):
+    """The store cannot be opened or used."""
+
+
+class ServiceError(GatewayError):
+    """A service function refused a request. ``code`` travels over the admin socket."""
+
+    code = "error"
+    exit_code = 1
+
+    def __init__(self, message: str):
+        self.message = message
+        super().__init__(message)
+
+
+class InvalidArgument(ServiceError):
+    code = "invalid"
+    exit_code = 2
+
+
+class NotFound(ServiceError):
+    code = "not_found"
+
+
+class Conflict(ServiceError):
+    code = "conflict"
+
+
+class SMTPError(GatewayError):
+    """An SMTP refusal. ``public`` goes to the client, ``reason`` only to the log."""
+
+    def __init__(self, code: int, enhanced: str, public: str, reason: str | None = None):
+        self.code = code
+        self.enhanced = enhanced
+        self.public = public
+        self.reason = reason or public
+        super().__init__(f"{code} {enhanced} {public} ({self.reason})")
+
+    @property
+    def reply(self) -> str:
+        """The reply line as sent to the client."""
+        return f"{self.code} {self.enhanced} {self.public}"
+
+    @property
+    def permanent(self) -> bool:
+        return self.code >= 500

@@ -1,0 +1,69 @@
+"""The daemon's HTTP server (aiohttp): /health, /metrics, and routes components contribute."""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from .config import split_hostport
+from .errors import StartupError
+from .lifecycle import Component, Listener, format_address
+from .metrics import Metrics
+
+
+class WebServer(Component):
+    name = "web"
+
+    def __init__(self, listen: str, metrics: Metrics, health: Callable[[], Awaitable[tuple[bool, dict]]],
+                 routes: list[web.RouteDef] | None = None):
+        self.listen = listen
+        self.metrics = metrics
+        self.health = health
+        self.extra_routes = routes or []
+        self._runner: web.AppRunner | None = None
+        self._address = listen
+
+    def _app(self) -> web.Application:
+        app = web.Application(client_max_size=1 << 20)
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_routes(self.extra_routes)
+        return app
+
+    async def start(self) -> None:
+        host, port = split_hostport(self.listen)
+        self._runner = web.AppRunner(self._app(), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            self._runner = None
+            why = "address already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+            raise StartupError(f"web: cannot listen on {self.listen}: {why}") from None
+        sockets = site._server.sockets if site._server else []  # noqa: SLF001 - aiohttp exposes no public accessor
+        if sockets:
+            self._address = format_address(sockets[0].getsockname())
+
+    async def stop(self, deadline: float) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    def listeners(self) -> list[Listener]:
+        return [Listener("web", self._address, up=self._runner is not None)]
+
+    async def _health(self, request: web.Request) -> web.Response:
+        ok, detail = await self.health()
+        status = 200 if ok else 503
+        self.metrics.http_requests.labels(path="/health", status=str(status)).inc()
+        return web.json_response({"ok": ok, **detail}, status=status)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        self.metrics.http_requests.labels(path="/metrics", status="200").inc()
+        body = generate_latest(self.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
