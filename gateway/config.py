@@ -66,12 +66,20 @@ class StoreConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class DnsConfig:
+    nameservers: list[str] = setting([], "Resolvers to query (IP addresses). Empty: those of /etc/resolv.conf.")
+    port: int = setting(53, "UDP/TCP port of the resolvers (tests point this at a local server).", min=1, max=65535)
+    timeout: float = setting(5.0, "Seconds one DNS lookup may take before it is an error.", min=0.1)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     daemon: DaemonConfig = section(DaemonConfig, "The daemon itself.")
     log: LogConfig = section(LogConfig, "Logging (structlog).")
     web: WebConfig = section(WebConfig, "HTTP server.")
     admin: AdminConfig = section(AdminConfig, "Admin socket that the gateway CLI talks to.")
     store: StoreConfig = section(StoreConfig, "SQLite store under the state directory.")
+    dns: DnsConfig = section(DnsConfig, "DNS resolution (domain verification, MX lookups).")
 
 
 # --------------------------------------------------------------------------- parsing

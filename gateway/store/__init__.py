@@ -13,6 +13,7 @@ from pathlib import Path
 from ..config import StoreConfig
 from .db import Database
 from .events import Events
+from .queue import Queue
 from .tenants import Tenants
 
 
@@ -21,6 +22,7 @@ class Store:
         self.db = db
         self.tenants = Tenants(db)
         self.events = Events(db)
+        self.queue = Queue(db)
 
     @classmethod
     async def open(cls, path: Path, config: StoreConfig | None = None) -> "Store":
