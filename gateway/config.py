@@ -1,7 +1,8 @@
 """Configuration: TOML parsed into frozen, typed values, with every default in this file.
 
 Each section is a frozen dataclass; a field's ``metadata`` carries its documentation and its
-constraints (``doc``, ``choices``, ``min``, ``max``, ``kind``, ``secret``). The parser walks the
+constraints (``doc``, ``choices``, ``min``, ``max``, ``kind``, ``secret``, and ``restart`` for keys
+that a SIGHUP cannot apply because they were used to bind or open something). The parser walks the
 dataclasses, so adding a key is adding a field: the validator, ``gateway config show`` and
 ``gateway config example`` (which writes ``config.example.toml``) all follow.
 """
@@ -9,6 +10,7 @@ dataclasses, so adding a key is adding a field: the validator, ``gateway config 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 import types
@@ -50,19 +52,19 @@ class LogConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class WebConfig:
-    listen: str = setting("127.0.0.1:8025", "host:port of the HTTP server (/health, /metrics).", kind="hostport")
+    listen: str = setting("127.0.0.1:8025", "host:port of the HTTP server (/health, /metrics).", kind="hostport", restart=True)
 
 
 @dataclass(frozen=True, kw_only=True)
 class AdminConfig:
-    socket: str = setting("", "Path of the admin socket. Empty: $RUNTIME_DIRECTORY/admin.sock, else <state dir>/admin.sock.")
+    socket: str = setting("", "Path of the admin socket. Empty: $RUNTIME_DIRECTORY/admin.sock, else <state dir>/admin.sock.", restart=True)
     max_request_bytes: int = setting(1024 * 1024, "Longest request line the admin socket accepts.", min=1024)
 
 
 @dataclass(frozen=True, kw_only=True)
 class StoreConfig:
-    batch_max: int = setting(1000, "Most writes the writer commits in one transaction (group commit).", min=1)
-    read_connections: int = setting(4, "Threads, each with its own read connection.", min=1, max=64)
+    batch_max: int = setting(1000, "Most writes the writer commits in one transaction (group commit).", min=1, restart=True)
+    read_connections: int = setting(4, "Threads, each with its own read connection.", min=1, max=64, restart=True)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,6 +75,69 @@ class DnsConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class DomainsConfig:
+    sending_ips: list[str] = setting([], "IPv4/IPv6 addresses (or CIDR networks) the gateway sends from. verify checks that each one gets an SPF pass.", kind="ipnet")
+    spf_include: str = setting("", "Domain whose SPF record lists the sending IPs (include:<this>). Empty: SPF records list sending_ips, else a:<mx_hostname>.")
+    mx_hostname: str = setting("", "Inbound (MX) hostname that tenant domains and return-path domains point their MX at. Empty: daemon.hostname.")
+    return_path_prefix: str = setting("bounces", "Label of the return-path (VERP bounce) subdomain: envelope senders are <verp>@<prefix>.<domain>.")
+    require_mx: bool = setting(False, "true: the domain's own MX must point at mx_hostname to verify (replies via the gateway). false: shown as optional.")
+    dmarc_rua: str = setting("mailto:dmarc-reports@{domain}", "rua= of the suggested DMARC record; {domain} is replaced by the domain.")
+    bimi_logo_url: str = setting("", "l= of an optional BIMI record ({domain} is replaced). Empty: no BIMI record is suggested.")
+    dkim_algorithm: str = setting("rsa", "Keys a new domain gets when `domain add` names none.", choices=("rsa", "ed25519", "both"))
+    reserved: list[str] = setting(["test", "example", "invalid", "localhost", "local", "onion", "arpa", "internal",
+                                   "example.com", "example.net", "example.org"],
+                                  "Names and suffixes (RFC 2606, RFC 6761) refused as sending domains.")
+    reverify_interval: float = setting(3600.0, "Seconds between re-verifications of verified and failing domains; 0 disables them.", min=0.0)
+    verify_concurrency: int = setting(50, "Domains verified at once by the periodic re-verifier.", min=1, max=1000)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeliveryConfig:
+    workers: int = setting(32, "Most outbound connections (SMTP sessions or HTTP calls) in flight at once.", min=1, max=1000)
+    per_destination: int = setting(8, "Most connections at once to one destination (recipient domain or connector).", min=1, max=100)
+    claim_batch: int = setting(200, "Recipients claimed from the queue in one go.", min=1, max=10000)
+    max_inflight: int = setting(2000, "Most claimed recipients waiting in memory for a connection.", min=1)
+    poll_interval: float = setting(5.0, "Seconds between queue scans when nothing wakes the scheduler.", min=0.05)
+    connect_timeout: float = setting(30.0, "Seconds to open a TCP (and TLS) connection to a remote server.", min=0.1)
+    command_timeout: float = setting(120.0, "Seconds each SMTP command or HTTP request may take (DATA included).", min=0.1)
+    messages_per_connection: int = setting(100, "Messages sent over one SMTP connection before it is closed.", min=1)
+    idle_timeout: float = setting(5.0, "Seconds an idle SMTP connection is kept for the next message to the same MX.", min=0.0)
+    remote_port: int = setting(25, "Port of remote MX servers (tests point this at a local sink).", min=1, max=65535)
+    starttls: str = setting("opportunistic", "STARTTLS to remote MX servers: opportunistic (when offered, certificate not checked) or off.",
+                            choices=("opportunistic", "off"))
+    helo_name: str = setting("", "Name sent in EHLO. Empty: daemon.hostname.")
+    backoff_base: float = setting(300.0, "Seconds before the first retry of a deferred recipient; doubles per attempt.", min=0.0)
+    backoff_max: float = setting(14400.0, "Longest wait between two attempts.", min=0.0)
+    backoff_jitter: float = setting(0.2, "Random spread added to each wait, as a fraction of it.", min=0.0, max=1.0)
+    dsn_sender: str = setting("", "From address of delivery status notifications. Empty: MAILER-DAEMON@<daemon.hostname>.")
+    sendgrid_url: str = setting("https://api.sendgrid.com", "Base URL of the SendGrid API, when a connector sets none.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SubmissionConfig:
+    listen: str = setting("127.0.0.1:2587", "host:port of the submission listener (STARTTLS, RFC 6409).", kind="hostport", restart=True)
+    listen_tls: str = setting("127.0.0.1:2465", "host:port of the implicit-TLS submission listener (RFC 8314).", kind="hostport", restart=True)
+    tls_cert: str = setting("", "PEM certificate chain. Empty (with tls_key empty): a self-signed pair generated in <state dir>/tls.")
+    tls_key: str = setting("", "PEM private key of tls_cert. Reloaded with the certificate on SIGHUP.")
+    max_message_size: int = setting(26214400, "Largest message accepted, in bytes (advertised as SIZE).", min=1024)
+    max_recipients: int = setting(100, "Most recipients per message; the excess gets 452 4.5.3.", min=1)
+    max_received_headers: int = setting(50, "More Received headers than this is a mail loop (554 5.4.6).", min=1)
+    max_header_bytes: int = setting(262144, "Largest header block of a message, in bytes.", min=1024)
+    auth_failures_limit: int = setting(5, "Failed AUTH attempts from one client address before it is refused for auth_cooldown.", min=1)
+    auth_cooldown: float = setting(300.0, "Seconds a client address is refused AUTH (454 4.7.0) after too many failures.", min=0.0)
+    command_timeout: float = setting(300.0, "Seconds the listener waits for the client's next command (or DATA line).", min=1.0)
+    session_timeout: float = setting(1800.0, "Longest one connection may last, in seconds.", min=1.0)
+    max_connections: int = setting(1000, "Most connections at once, all clients together.", min=1)
+    max_connections_per_client: int = setting(50, "Most connections at once from one client address.", min=1)
+    context_ttl: float = setting(5.0, "Seconds a use case's policy view (domain state, tenant flags, senders) is cached.", min=0.0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class QueueConfig:
+    lifetime: float = setting(432000.0, "Seconds a message may stay in the queue; then deferred recipients bounce (default 5 days).", min=60.0)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     daemon: DaemonConfig = section(DaemonConfig, "The daemon itself.")
     log: LogConfig = section(LogConfig, "Logging (structlog).")
@@ -80,6 +145,10 @@ class Config:
     admin: AdminConfig = section(AdminConfig, "Admin socket that the gateway CLI talks to.")
     store: StoreConfig = section(StoreConfig, "SQLite store under the state directory.")
     dns: DnsConfig = section(DnsConfig, "DNS resolution (domain verification, MX lookups).")
+    domains: DomainsConfig = section(DomainsConfig, "Sending domains: the DNS records tenants publish and their verification.")
+    submission: SubmissionConfig = section(SubmissionConfig, "Submission listeners: apps relay mail through these.")
+    queue: QueueConfig = section(QueueConfig, "The outbound queue.")
+    delivery: DeliveryConfig = section(DeliveryConfig, "Outbound delivery: workers, timeouts, retries, DSNs.")
 
 
 # --------------------------------------------------------------------------- parsing
@@ -110,6 +179,11 @@ def _check_scalar(path: str, expected: type, value: Any, meta: dict, problems: l
             split_hostport(value)
         except ValueError as exc:
             problems.append(f"{path}: {exc}")
+    if meta.get("kind") == "ipnet":
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            problems.append(f"{path}: expected an IP address or network, got {value!r}")
     return value
 
 
@@ -194,6 +268,18 @@ def split_hostport(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def restart_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Keys marked ``restart`` whose value differs: a reload cannot apply them."""
+    changed: list[str] = []
+    for f in dataclasses.fields(old):
+        a, b = getattr(old, f.name), getattr(new, f.name)
+        if dataclasses.is_dataclass(a):
+            changed += restart_keys(a, b, f"{prefix}{f.name}.")
+        elif f.metadata.get("restart") and a != b:
+            changed.append(f"{prefix}{f.name}")
+    return changed
+
+
 # --------------------------------------------------------------------------- showing
 
 
@@ -233,7 +319,8 @@ def render_toml(data: dict, prefix: str = "") -> str:
     tables = {k: v for k, v in data.items() if isinstance(v, dict)}
     if prefix and (scalars or not tables):
         lines.append(f"[{prefix}]")
-    lines += [f"{k} = {_toml_value(v)}" for k, v in scalars.items()]
+    # TOML has no null: an unset optional key is simply left out.
+    lines += [f"{k} = {_toml_value(v)}" for k, v in scalars.items() if v is not None]
     for name, sub in tables.items():
         if lines:
             lines.append("")
@@ -259,9 +346,35 @@ def render_example(cls: type = Config, prefix: str = "") -> str:
             doc += f" One of: {', '.join(map(str, meta['choices']))}."
         lines.append(f"# {doc}")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        lines.append(f"{f.name} = {_toml_value(default)}")
+        # TOML has no null: an optional key that is unset by default is shown commented out.
+        lines.append(f"# {f.name} =" if default is None else f"{f.name} = {_toml_value(default)}")
     for f in tables:
         name = f"{prefix}.{f.name}" if prefix else f.name
         lines += ["", f"# {f.metadata['doc']}", f"[{name}]"]
         lines.append(render_example(typing.get_type_hints(cls)[f.name], name))
     return "\n".join(line for line in lines if line is not None).rstrip() + ("\n" if not prefix else "")
+
+
+def render_reference(cls: type = Config, prefix: str = "") -> str:
+    """The README's configuration reference: one Markdown table per section."""
+    out: list[str] = []
+    rows: list[str] = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            name = f"{prefix}.{f.name}" if prefix else f.name
+            out.append(f"### `[{name}]`\n\n{f.metadata.get('doc', '')}\n\n" + render_reference(hints[f.name], name))
+            continue
+        meta = f.metadata
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        doc = meta.get("doc", "")
+        if "choices" in meta:
+            doc += f" One of: {', '.join(map(str, meta['choices']))}."
+        if meta.get("restart"):
+            doc += " Needs a restart (a reload keeps the old value)."
+        shown = "(unset)" if default is None else _toml_value(default)
+        doc = doc.replace("|", "\\|")  # a '|' would end the table cell
+        rows.append(f"| `{prefix}.{f.name}` | `{shown}` | {doc} |")
+    if rows:
+        out.insert(0, "| key | default | meaning |\n| --- | --- | --- |\n" + "\n".join(rows) + "\n")
+    return "\n".join(out)

@@ -17,26 +17,39 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from . import __version__, logs
+from . import __version__, logs, submission
 from .admin.registry import admin_method, collect
 from .admin.server import AdminServer
-from .config import Config, load_config, to_dict
-from .errors import ConfigError, GatewayError, StartupError, StoreError
+from .config import Config, load_config, restart_keys, to_dict
+from .delivery.scheduler import Scheduler
+from .domains.verifier import Reverifier
+from .errors import ConfigError, GatewayError, StartupError
 from .lifecycle import Component
 from .metrics import Metrics, store_families
 from .paths import Paths, resolve_paths
+from .services.connectors import ConnectorService
+from .services.domains import DomainService
+from .services.pauses import PauseService
+from .services.queue import QueueMonitor, QueueService
 from .services.tenants import TenantService
+from .services.usecases import UsecaseService
 from .statelock import StateLock
 from .store import Store
 from .systemd import Notifier
 from .web import WebServer
 
 log = structlog.get_logger("daemon")
+
+# Seconds /health waits for its probe write to commit before calling the store unwritable.
+HEALTH_PROBE_TIMEOUT = 5.0
+# Seconds past daemon.shutdown_timeout a component's stop() may take before it is abandoned.
+STOP_GRACE = 2.0
 
 
 def prepare_state_dir(path: Path) -> None:
@@ -68,6 +81,7 @@ class Daemon:
         self.reloads = 0
         self._lock: StateLock | None = None
         self._stop_requested = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task] = []
 
     # ------------------------------------------------------------------ wiring
@@ -75,13 +89,27 @@ class Daemon:
     def _build(self) -> None:
         """Create the services and components. Later capabilities add theirs here, in start order."""
         store = self.store
-        self.services = [TenantService(store), DaemonService(self)]
+        usecases = UsecaseService(store, return_path_prefix=self.config.domains.return_path_prefix)
+        domains = DomainService(store, self.config, self.paths.keys_dir)
+        monitor = QueueMonitor(store, self.metrics)
+        self.services = [TenantService(store), domains, usecases, QueueService(store, on_change=monitor.kick),
+                         PauseService(store, on_change=monitor.kick), DaemonService(self),
+                         ConnectorService(store, lambda: self.config)]
+        self.scheduler = Scheduler(store, self.config, self.metrics)
         # Components start in this order and stop in reverse: workers before listeners, so
         # listeners stop accepting first on shutdown; web and admin last so status works to the end.
-        self.components = []
+        self.components = [monitor]
+        self.components.append(Reverifier(domains, interval=self.config.domains.reverify_interval,
+                                          concurrency=self.config.domains.verify_concurrency))
         self.components.append(
             WebServer(self.config.web.listen, self.metrics, self.health, routes=[r for c in self.components for r in c.web_routes()])
         )
+        self.components.append(self.scheduler)
+        self.components.append(submission.build(
+            self.config, paths=self.paths, authenticate=usecases.authenticate, context=usecases.context,
+            submit=store.queue.submit, monthly_count=store.queue.monthly_count, metrics=self.metrics,
+            on_queued=self.scheduler.wake,
+        ))
         self.components.append(
             AdminServer(self.paths.socket, collect(*self.services), max_request_bytes=self.config.admin.max_request_bytes, metrics=self.metrics)
         )
@@ -89,15 +117,18 @@ class Daemon:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        self.notifier.notify(STATUS="starting: locking the state directory")
         prepare_state_dir(self.paths.state_dir)
         self._lock = StateLock(self.paths.lock).acquire()
         try:
+            self.notifier.notify(STATUS="starting: opening the store")
             self.store = await Store.open(self.paths.database, self.config.store)
-            self.metrics.add_collector(lambda: store_families(self.store.db))
+            self.metrics.add_collector(lambda: store_families(self.store.db) if self.store else [])
             self._build()
             started: list[Component] = []
             try:
                 for component in self.components:
+                    self.notifier.notify(STATUS=f"starting: {component.name}")
                     await component.start()
                     started.append(component)
             except BaseException:
@@ -114,62 +145,90 @@ class Daemon:
         self.started_at = time.time()
         listening = ", ".join(f"{l.name} {l.address}" for c in self.components for l in c.listeners())
         log.info("daemon_started", version=__version__, pid=os.getpid(), state_dir=str(self.paths.state_dir), listening=listening)
-        self.notifier.notify(READY="1", STATUS=f"listening: {listening}", MAINPID=str(os.getpid()))
+        self.notifier.notify(READY="1", STATUS=f"running; listening: {listening}", MAINPID=str(os.getpid()))
         interval = self.notifier.watchdog_interval
         if interval:
             self._tasks.append(asyncio.create_task(self._watchdog(interval), name="watchdog"))
 
     async def stop(self) -> None:
-        self.notifier.notify(STOPPING="1", STATUS="stopping")
+        self.notifier.notify(STOPPING="1", STATUS="stopping: finishing in-flight work")
         log.info("daemon_stopping", timeout=self.config.daemon.shutdown_timeout)
         deadline = asyncio.get_running_loop().time() + self.config.daemon.shutdown_timeout
         for task in self._tasks:
             task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        loop = asyncio.get_running_loop()
         for component in reversed(self.components):
+            # A component that overruns the deadline is cut off (after a short grace), so the writer
+            # still gets flushed before systemd's TimeoutStopSec turns into a SIGKILL.
+            grace = max(deadline - loop.time(), 0.0) + STOP_GRACE
             try:
-                await component.stop(deadline)
+                await asyncio.wait_for(component.stop(deadline), grace)
+            except TimeoutError:
+                log.error("component_stop_timed_out", component=component.name, seconds=round(grace, 3))
             except Exception:  # noqa: BLE001 - keep stopping the others
                 log.exception("component_stop_failed", component=component.name)
         if self.store is not None:
+            self.notifier.notify(STATUS="stopping: flushing the store")
             await self.store.close()
             self.store = None
         if self._lock is not None:
             self._lock.release()
+            self._lock = None
         log.info("daemon_stopped")
 
     def request_stop(self) -> None:
         self._stop_requested.set()
 
     async def reload(self) -> bool:
-        """Load the configuration again; True when applied."""
+        """Load the configuration again; True when applied. Reloads never overlap."""
+        async with self._reload_lock:
+            return await self._reload()
+
+    async def _reload(self) -> bool:
+        # systemd wants RELOADING=1 with the CLOCK_MONOTONIC time, then READY=1 once done.
+        self.notifier.notify(RELOADING="1", MONOTONIC_USEC=str(time.monotonic_ns() // 1000), STATUS="reloading the configuration")
         try:
             new = load_config(self.config_path)
         except ConfigError as exc:
             self.metrics.config_reloads.labels(outcome="refused").inc()
             log.error("config_reload_refused", problems=exc.problems, path=self.config_path)
-            self.notifier.notify(STATUS="configuration reload refused; running with the previous one")
+            self.notifier.notify(READY="1", STATUS="running; configuration reload refused, the previous one stays")
             return False
-        self.config = new
+        old, self.config = self.config, new
         logs.configure(new.log)
+        needs_restart = restart_keys(old, new)
+        if needs_restart:
+            # Bound sockets and open files keep their old values until the daemon restarts.
+            log.warning("config_change_needs_restart", keys=needs_restart)
         for component in self.components:
             try:
                 await component.reload(new)
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - one component failing must not stop the others
                 log.exception("component_reload_failed", component=component.name)
         self.reloads += 1
         self.metrics.config_reloads.labels(outcome="applied").inc()
         log.info("config_reloaded", path=self.config_path, reloads=self.reloads)
-        self.notifier.notify(STATUS="configuration reloaded")
+        self.notifier.notify(READY="1", STATUS=f"running; configuration reloaded ({self.reloads})")
         return True
 
     async def run(self) -> None:
-        """Start, serve until SIGTERM/SIGINT, stop. SIGHUP reloads."""
+        """Start, serve until SIGTERM/SIGINT, stop. SIGHUP reloads.
+
+        The handlers go in before start: a SIGTERM while starting stops cleanly once started, and a
+        SIGHUP that early must not kill the process (its default action).
+        """
         loop = asyncio.get_running_loop()
-        await self.start()
         reloading: set[asyncio.Task] = set()
+        started = asyncio.Event()
+
+        async def reload_when_started() -> None:
+            await started.wait()
+            await self.reload()
 
         def on_hup() -> None:
-            task = loop.create_task(self.reload())
+            task = loop.create_task(reload_when_started())
             reloading.add(task)
             task.add_done_callback(reloading.discard)
 
@@ -177,15 +236,27 @@ class Daemon:
         loop.add_signal_handler(signal.SIGINT, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, on_hup)
         try:
-            await self._stop_requested.wait()
+            await self.start()
+            started.set()
+            try:
+                await self._stop_requested.wait()
+            finally:
+                for task in list(reloading):
+                    task.cancel()
+                await asyncio.gather(*reloading, return_exceptions=True)
+                await self.stop()
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
-            await self.stop()
 
     async def _watchdog(self, interval: float) -> None:
+        """WATCHDOG=1 every ``interval`` while the store writer lives: a dead writer means no 250s
+        can be given, so systemd should restart us rather than think we are fine."""
         while True:
-            self.notifier.notify(WATCHDOG="1")
+            if self.store is not None and self.store.db.writer_alive:
+                self.notifier.notify(WATCHDOG="1")
+            else:
+                log.error("watchdog_withheld", reason="store writer is not running")
             await asyncio.sleep(interval)
 
     # ------------------------------------------------------------------ reporting
@@ -194,7 +265,7 @@ class Daemon:
         return [l.as_dict() for c in self.components for l in c.listeners()]
 
     async def health(self) -> tuple[bool, dict[str, Any]]:
-        writable = self.store is not None and await self.store.probe_writable()
+        writable = self.store is not None and await self.store.probe_writable(timeout=HEALTH_PROBE_TIMEOUT)
         listeners = self.listeners()
         down = [l["name"] for l in listeners if not l["up"]]
         return writable and not down, {"store_writable": writable, "listeners_down": down}
@@ -242,12 +313,12 @@ class DaemonService:
 # ---------------------------------------------------------------------- entry point
 
 
-def _new_loop() -> asyncio.AbstractEventLoop:
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     try:
         import uvloop
     except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
+        return None
+    return uvloop.new_event_loop
 
 
 def run_daemon(config_path: str | None, state_dir: str | None) -> int:
@@ -261,16 +332,15 @@ def run_daemon(config_path: str | None, state_dir: str | None) -> int:
     logs.configure(config.log)
     paths = resolve_paths(config, state_dir)
     daemon = Daemon(config, paths, config_path=config_path, notifier=Notifier())
-    loop = _new_loop()
     try:
-        loop.run_until_complete(daemon.run())
-    except (StartupError, StoreError) as exc:
-        print(f"gateway: {exc}", file=sys.stderr)
-        return 1
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(daemon.run())
     except GatewayError as exc:
+        # StartupError, StoreError...: the message already names the problem.
         print(f"gateway: {exc}", file=sys.stderr)
         return 1
-    finally:
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.close()
+    except Exception as exc:  # noqa: BLE001 - the log keeps the traceback; the terminal gets one line
+        log.exception("daemon_crashed")
+        print(f"gateway: unexpected error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     return 0

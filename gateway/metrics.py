@@ -27,6 +27,34 @@ class Metrics:
         self.http_requests = Counter(
             "gateway_http_requests_total", "HTTP requests by path and status.", ["path", "status"], registry=r
         )
+        # Delivery (gateway/delivery/scheduler.py): one count per recipient outcome.
+        self.delivered = Counter("gateway_messages_delivered_total", "Recipients delivered, by route kind.", ["route"], registry=r)
+        self.deferred = Counter("gateway_messages_deferred_total", "Recipient attempts deferred (temporary failure), by route kind.", ["route"], registry=r)
+        self.bounced = Counter("gateway_messages_bounced_total", "Recipients bounced (permanent failure or expiry), by route kind.", ["route"], registry=r)
+        self.held = Counter("gateway_messages_held_total", "Recipients moved to held by an internal failure.", registry=r)
+        self.dsns = Counter("gateway_dsn_sent_total", "Delivery status notifications queued.", registry=r)
+        self.delivery_duration = Histogram(
+            "gateway_delivery_duration_seconds", "Time from queued to delivered, per recipient.",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400, 86400, 432000), registry=r,
+        )
+
+        # Submission (gateway/submission).
+        self.messages_received = Counter(
+            "gateway_messages_received_total", "Messages accepted on the submission ports and committed to the queue.", registry=r
+        )
+        self.submission_refusals = Counter(
+            "gateway_submission_refusals_total", "Submission commands refused, by SMTP step and reply code.", ["step", "code"], registry=r
+        )
+        self.submission_auth = Counter(
+            "gateway_submission_auth_total", "AUTH attempts by outcome (ok, failed, cooldown, error).", ["outcome"], registry=r
+        )
+        self.submission_accept_seconds = Histogram(
+            "gateway_submission_accept_seconds", "Seconds from the final dot to the 250 (checks, preparation, durable commit).",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5), registry=r
+        )
+        self.submission_connections = Gauge(
+            "gateway_submission_connections", "Open connections on the submission listeners.", registry=r
+        )
 
     def add_collector(self, collect: Callable[[], list[Any]]) -> None:
         """Register a function that yields metric families on each scrape (for values read on demand)."""

@@ -12,7 +12,7 @@ from typing import Any
 class DaemonNotRunning(Exception):
     def __init__(self, path: Path, reason: str):
         self.path = path
-        super().__init__(f"gateway is not running (no daemon answers at {path}: {reason})")
+        super().__init__(f"the daemon is not running: nothing answers at {path} ({reason})")
 
 
 class AdminError(Exception):
@@ -49,7 +49,10 @@ class AdminClient:
             raise DaemonNotRunning(self.path, "connection refused") from None
         except PermissionError:
             sock.close()
-            raise DaemonNotRunning(self.path, "permission denied; run as the gateway user or a member of its group") from None
+            # It may well be running: say what is actually wrong.
+            raise AdminError(
+                "permission", f"cannot connect to {self.path}: permission denied; run as the gateway user or a member of its group"
+            ) from None
         self._sock = sock
         self._file = sock.makefile("rb")
 
@@ -62,7 +65,12 @@ class AdminClient:
         raw = self._file.readline()
         if not raw:
             raise AdminError("disconnected", "the daemon closed the connection")
-        reply = json.loads(raw)
+        try:
+            reply = json.loads(raw)
+        except ValueError:
+            raise AdminError("bad_reply", f"the daemon sent a malformed reply: {raw[:200]!r}") from None
+        if not isinstance(reply, dict):
+            raise AdminError("bad_reply", f"the daemon sent a malformed reply: {raw[:200]!r}")
         if "error" in reply:
             raise AdminError(reply["error"].get("code", "error"), reply["error"].get("message", ""))
         return reply.get("result")

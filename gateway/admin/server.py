@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import socket
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +49,15 @@ class AdminServer(Component):
             raise StartupError(f"admin socket: cannot listen on {self.path}: {exc.strerror or exc}") from None
 
     def _remove_stale_socket(self) -> None:
-        if not self.path.exists() and not self.path.is_symlink():
+        try:
+            mode = self.path.lstat().st_mode
+        except FileNotFoundError:
             return
+        except OSError as exc:
+            raise StartupError(f"admin socket: cannot inspect {self.path}: {exc.strerror}") from None
+        if not stat.S_ISSOCK(mode):
+            # Never delete something that is not a socket: the path is probably misconfigured.
+            raise StartupError(f"admin socket path {self.path} exists and is not a socket")
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             probe.connect(str(self.path))
@@ -72,6 +80,10 @@ class AdminServer(Component):
             self.path.unlink()
         except FileNotFoundError:
             pass
+
+    async def reload(self, config: Any) -> None:
+        # The socket path needs a restart; the request limit applies to the next line read.
+        self.max_request_bytes = config.admin.max_request_bytes
 
     def listeners(self) -> list[Listener]:
         return [Listener("admin", str(self.path), up=self._server is not None and self._server.is_serving())]

@@ -32,26 +32,42 @@ def socket_path(socket_option: str | None, state_dir: str | None, config_option:
 @click.version_option(__version__, prog_name="gateway")
 @click.option("--socket", "socket_option", metavar="PATH", help="Admin socket (default: as the daemon resolves it; $GATEWAY_SOCKET).")
 @click.option("--state-dir", metavar="DIR", help="State directory (default: $STATE_DIRECTORY, else ./var).")
+@click.option("--config", "config_option", metavar="PATH", help="Configuration file, to find the socket (default: $GATEWAY_CONFIG).")
 @click.pass_context
-def main(ctx: click.Context, socket_option: str | None, state_dir: str | None) -> None:
-    """gateway: a multi-tenant SMTP/IMAP mail gateway."""
+def main(ctx: click.Context, socket_option: str | None, state_dir: str | None, config_option: str | None) -> None:
+    """gateway: a multi-tenant SMTP/IMAP mail gateway.
+
+    Exit codes: 0 ok, 1 operational error (daemon not running, not found, conflict), 2 usage or
+    configuration error.
+    """
     ctx.ensure_object(dict)
     ctx.obj["state_dir"] = state_dir
     ctx.obj["socket_option"] = socket_option
+    ctx.obj["config_option"] = config_option
 
 
 def admin(ctx: click.Context) -> CliContext:
     """The admin connection for this invocation (resolved lazily, once)."""
     root = ctx.find_root()
     if "admin" not in root.obj:
-        root.obj["admin"] = CliContext(socket_path(root.obj.get("socket_option"), root.obj.get("state_dir"), None))
+        root.obj["admin"] = CliContext(socket_path(root.obj.get("socket_option"), root.obj.get("state_dir"), root.obj.get("config_option")))
     return root.obj["admin"]
 
 
 from . import daemon as _daemon  # noqa: E402
+from . import connector as _connector  # noqa: E402
 from . import tenant as _tenant  # noqa: E402
+from . import domain as _domain  # noqa: E402
+from . import usecase as _usecase  # noqa: E402
+from . import queue as _queue  # noqa: E402
 
 main.add_command(_daemon.run)
 main.add_command(_daemon.status)
 main.add_command(_daemon.config)
 main.add_command(_tenant.tenant)
+main.add_command(_domain.domain)
+main.add_command(_usecase.usecase)
+main.add_command(_queue.queue)
+main.add_command(_queue.pause)
+main.add_command(_queue.resume)
+main.add_command(_connector.connector)

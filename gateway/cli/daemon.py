@@ -7,7 +7,7 @@ import time
 
 import click
 
-from ..config import config_path_from, load_config, render_example, render_toml, to_dict
+from ..config import config_path_from, load_config, render_example, render_reference, render_toml, to_dict
 from ..errors import ConfigError
 from .output import details, emit_json, fail, json_option, table
 
@@ -22,7 +22,8 @@ def run(ctx: click.Context, config_option: str | None, state_dir: str | None) ->
     """Run the daemon in the foreground."""
     from ..daemon import run_daemon  # the CLI's other commands stay quick to import
 
-    sys.exit(run_daemon(config_path_from(config_option), state_dir or ctx.find_root().obj.get("state_dir")))
+    root = ctx.find_root().obj
+    sys.exit(run_daemon(config_path_from(config_option or root.get("config_option")), state_dir or root.get("state_dir")))
 
 
 def _duration(seconds: float) -> str:
@@ -62,9 +63,10 @@ def config() -> None:
 
 @config.command("check")
 @config_option
-def config_check(config_option: str | None) -> None:
+@click.pass_context
+def config_check(ctx: click.Context, config_option: str | None) -> None:
     """Validate a configuration file; exit 2 on any error."""
-    path = config_path_from(config_option)
+    path = config_path_from(config_option or ctx.find_root().obj.get("config_option"))
     try:
         load_config(path)
     except ConfigError as exc:
@@ -88,7 +90,8 @@ def config_show(ctx: click.Context, config_option: str | None, non_default: bool
         data = admin(ctx).call("config.show", non_default=non_default)
     else:
         try:
-            data = to_dict(load_config(config_path_from(config_option)), non_default=non_default)
+            path = config_path_from(config_option or ctx.find_root().obj.get("config_option"))
+            data = to_dict(load_config(path), non_default=non_default)
         except ConfigError as exc:
             for problem in exc.problems:
                 click.echo(f"gateway: config error: {problem}", err=True)
@@ -103,6 +106,12 @@ def config_show(ctx: click.Context, config_option: str | None, non_default: bool
 def config_example() -> None:
     """Print every key with its documentation and default (config.example.toml)."""
     click.echo(render_example(), nl=False)
+
+
+@config.command("reference", hidden=True)
+def config_reference() -> None:
+    """Print the configuration reference as Markdown (the README's section; see scripts/update-docs)."""
+    click.echo(render_reference(), nl=False)
 
 
 __all__ = ["run", "status", "config", "details", "fail"]

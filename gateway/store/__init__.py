@@ -7,22 +7,33 @@ SQL and the SQLite specifics stay in this package so another backend can replace
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
 from ..config import StoreConfig
+from .connectors import Connectors
 from .db import Database
+from .delivery import Delivery
+from .domains import Domains
 from .events import Events
+from .pauses import Pauses
 from .queue import Queue
 from .tenants import Tenants
+from .usecases import Usecases
 
 
 class Store:
     def __init__(self, db: Database):
         self.db = db
         self.tenants = Tenants(db)
+        self.domains = Domains(db)
+        self.usecases = Usecases(db)
         self.events = Events(db)
         self.queue = Queue(db)
+        self.pauses = Pauses(db)
+        self.delivery = Delivery(db)
+        self.connectors = Connectors(db)
 
     @classmethod
     async def open(cls, path: Path, config: StoreConfig | None = None) -> "Store":
@@ -33,13 +44,13 @@ class Store:
     async def close(self) -> None:
         await self.db.close()
 
-    async def probe_writable(self) -> bool:
-        """Commit one tiny write; True when it reached the disk."""
+    async def probe_writable(self, timeout: float | None = None) -> bool:
+        """Commit one tiny write; True when it reached the disk within ``timeout`` seconds."""
         def touch(conn):
             conn.execute("INSERT INTO meta (key, value) VALUES ('health_probe', ?) "
                          "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (str(time.time()),))
         try:
-            await self.db.write(touch)
-        except Exception:  # noqa: BLE001 - any failure means "not writable"
+            await asyncio.wait_for(self.db.write(touch), timeout)
+        except Exception:  # noqa: BLE001 - any failure (closed, disk full, stuck writer) means "not writable"
             return False
         return True

@@ -122,6 +122,7 @@ class Database:
     def _prepare(self) -> None:
         """Create or check the file, set WAL, run the integrity check and the migrations."""
         fresh = not self.path.exists()
+        conn: sqlite3.Connection | None = None
         try:
             if fresh:
                 # The database holds secrets' hashes and mail: readable by the daemon's user only.
@@ -139,8 +140,14 @@ class Database:
                         "Restore a backup or recover it with `sqlite3 gateway.db .recover`."
                     )
             applied = migrate(conn)
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.path}: {exc}; refusing to start") from exc
+        except BaseException as exc:
+            if conn is not None:
+                conn.close()
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise StoreError(f"{self.path}: {exc}; refusing to start") from exc
+            if isinstance(exc, OSError):
+                raise StoreError(f"{self.path}: cannot open: {exc.strerror or exc}; refusing to start") from exc
+            raise
         self._write_conn = conn
         if applied:
             log.info("store_migrated", path=str(self.path), versions=applied)

@@ -1,17 +1,57 @@
-"""The outbound queue: messages and their per-recipient state.
+"""The outbound queue: messages and their per-recipient state, and what operators do to them.
 
-``put`` is the durable step behind every 250: the message, its recipients, its Message-ID record
-and the 'queued' event commit together in one group commit.
+``put`` is the durable step behind every 250: the message, its recipients, its Message-ID record,
+the tenant's monthly usage and the 'queued' event commit together in one group commit. Whether the
+message starts held by a pause is decided inside that same transaction, so a pause committed a
+moment earlier always wins (no window where the listener's view of the pauses is stale).
+
+Recipient states: pending (due at next_attempt_at), deferred (a temporary failure, retried at
+next_attempt_at), delivered, bounced, held (hold_reason 'paused', 'operator' or why a stage gave up).
+Operator actions never touch a recipient while a worker has it claimed: that attempt finishes and
+records its own outcome.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
+from ..errors import NotFound
 from .db import Database
 from .events import append_event
+
+STATES = ("pending", "deferred", "delivered", "bounced", "held")
+ACTIVE = ("pending", "deferred")
+
+_B32 = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case
+
+
+class QueueIds:
+    """Queue ids: 16 characters of Crockford base32, 10 of milliseconds then 6 of randomness.
+
+    They sort by creation time (to the millisecond) and are unique within a process even in the
+    same millisecond (the random part counts up); across restarts 30 random bits make a clash
+    vanishingly rare, and the UNIQUE constraint would refuse one rather than overwrite.
+    """
+
+    def __init__(self) -> None:
+        self._last_ms = 0
+        self._seq = 0
+
+    def new(self, now: float | None = None) -> str:
+        ms = int((time.time() if now is None else now) * 1000)
+        if ms <= self._last_ms:
+            ms = self._last_ms
+            self._seq = (self._seq + 1) & 0x3FFFFFFF
+        else:
+            self._last_ms = ms
+            self._seq = int.from_bytes(os.urandom(4), "big") & 0x1FFFFFFF  # room to count up
+        value = (ms << 30) | self._seq
+        return "".join(_B32[(value >> shift) & 31] for shift in range(75, -1, -5))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -24,9 +64,11 @@ class NewMessage:
     body: bytes                  # prepared, unsigned
     recipients: list[str]
     thread_id: str = ""          # Message-ID that started the thread; defaults to message_id
+    parents: Sequence[str] = ()  # In-Reply-To then References (newest first): the thread is found from these
     client: str = ""
     lifetime: float = 5 * 86400  # seconds until deferred recipients bounce
     hold_reason: str = ""        # non-empty: recipients start 'held' (e.g. 'paused')
+    counts_to_quota: bool = True  # False for mail the gateway writes itself (DSNs): not the tenant's usage
     now: float = field(default_factory=time.time)
 
 
@@ -34,27 +76,240 @@ def recipient_domain(rcpt: str) -> str:
     return rcpt.rpartition("@")[2].lower()
 
 
-def _put(conn: sqlite3.Connection, m: NewMessage) -> int:
+def month_of(ts: float) -> str:
+    return time.strftime("%Y-%m", time.gmtime(ts))
+
+
+def paused(conn: sqlite3.Connection, tenant_id: int, usecase_id: int) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM pauses WHERE scope = 'global' OR (scope = 'tenant' AND tenant_id = ?)"
+        " OR (scope = 'usecase' AND usecase_id = ?) LIMIT 1",
+        (tenant_id, usecase_id),
+    ).fetchone()
+    return row is not None
+
+
+def _thread_of(conn: sqlite3.Connection, m: NewMessage) -> str:
+    if m.thread_id:
+        return m.thread_id
+    for parent in m.parents:
+        row = conn.execute("SELECT thread_id FROM message_ids WHERE tenant_id = ? AND message_id = ?", (m.tenant_id, parent)).fetchone()
+        if row is not None:
+            return row[0]
+    return m.message_id
+
+
+def _put(conn: sqlite3.Connection, m: NewMessage) -> dict[str, Any]:
+    hold_reason = m.hold_reason or ("paused" if paused(conn, m.tenant_id, m.usecase_id) else "")
     cur = conn.execute(
         "INSERT INTO messages (queue_id, tenant_id, usecase_id, mail_from, message_id, size, body, client, created_at, expires_at)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (m.queue_id, m.tenant_id, m.usecase_id, m.mail_from, m.message_id, len(m.body), m.body, m.client, m.now, m.now + m.lifetime),
     )
     msg_id = cur.lastrowid
-    state = "held" if m.hold_reason else "pending"
+    state = "held" if hold_reason else "pending"
     conn.executemany(
         "INSERT INTO recipients (message_id, tenant_id, usecase_id, rcpt, domain, state, hold_reason, next_attempt_at, updated_at)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [(msg_id, m.tenant_id, m.usecase_id, r, recipient_domain(r), state, m.hold_reason, m.now, m.now) for r in m.recipients],
+        [(msg_id, m.tenant_id, m.usecase_id, r, recipient_domain(r), state, hold_reason, m.now, m.now) for r in m.recipients],
     )
+    thread_id = _thread_of(conn, m)
     conn.execute(
         "INSERT OR IGNORE INTO message_ids (message_id, tenant_id, usecase_id, thread_id, queue_id, direction, created_at)"
         " VALUES (?, ?, ?, ?, ?, 'out', ?)",
-        (m.message_id, m.tenant_id, m.usecase_id, m.thread_id or m.message_id, m.queue_id, m.now),
+        (m.message_id, m.tenant_id, m.usecase_id, thread_id, m.queue_id, m.now),
     )
+    if m.counts_to_quota:
+        conn.execute(
+            "INSERT INTO usage_monthly (tenant_id, month, messages) VALUES (?, ?, 1)"
+            " ON CONFLICT (tenant_id, month) DO UPDATE SET messages = messages + 1",
+            (m.tenant_id, month_of(m.now)),
+        )
     append_event(conn, m.tenant_id, "queued", m.queue_id,
-                 {"from": m.mail_from, "recipients": len(m.recipients), "size": len(m.body), "held": bool(m.hold_reason)})
-    return msg_id
+                 {"from": m.mail_from, "recipients": len(m.recipients), "size": len(m.body), "held": bool(hold_reason)})
+    if hold_reason:
+        append_event(conn, m.tenant_id, "held", m.queue_id, {"reason": hold_reason, "recipients": len(m.recipients)})
+    return {"id": msg_id, "queue_id": m.queue_id, "hold_reason": hold_reason, "thread_id": thread_id}
+
+
+# --------------------------------------------------------------------------- reading
+
+_LIST_SQL = """
+SELECT m.queue_id, m.tenant_id, t.name AS tenant, u.name AS usecase, m.mail_from, m.message_id, m.size,
+       m.created_at, m.expires_at, m.client,
+       COUNT(r.id) AS recipients,
+       SUM(r.state = 'pending') AS pending, SUM(r.state = 'deferred') AS deferred,
+       SUM(r.state = 'delivered') AS delivered, SUM(r.state = 'bounced') AS bounced,
+       SUM(r.state = 'held') AS held, MIN(CASE WHEN r.state IN ('pending', 'deferred') THEN r.next_attempt_at END) AS next_attempt_at
+FROM messages m
+JOIN tenants t ON t.id = m.tenant_id
+LEFT JOIN usecases u ON u.id = m.usecase_id
+JOIN recipients r ON r.message_id = m.id
+WHERE {where}
+GROUP BY m.id
+ORDER BY m.id
+LIMIT ?
+"""
+
+
+def _state_of(row: dict[str, Any]) -> str:
+    """One word for a message: the least-finished state among its recipients."""
+    for state in ("held", "deferred", "pending", "bounced", "delivered"):
+        if row.get(state):
+            return state
+    return "empty"
+
+
+def _list(conn: sqlite3.Connection, tenant_id: int | None, state: str | None, limit: int) -> list[dict[str, Any]]:
+    where, args = ["1"], []
+    if tenant_id is not None:
+        where.append("m.tenant_id = ?")
+        args.append(tenant_id)
+    if state is not None:
+        where.append("m.id IN (SELECT message_id FROM recipients WHERE state = ?)")
+        args.append(state)
+    rows = [dict(r) for r in conn.execute(_LIST_SQL.format(where=" AND ".join(where)), (*args, limit))]
+    for row in rows:
+        row["state"] = _state_of(row)
+    return rows
+
+
+def _show(conn: sqlite3.Connection, queue_id: str) -> dict[str, Any] | None:
+    row = conn.execute(
+        "SELECT m.id, m.queue_id, m.tenant_id, t.name AS tenant, m.usecase_id, u.name AS usecase, m.mail_from, m.message_id,"
+        " m.size, m.client, m.created_at, m.expires_at, m.held, m.hold_reason, i.thread_id"
+        " FROM messages m JOIN tenants t ON t.id = m.tenant_id LEFT JOIN usecases u ON u.id = m.usecase_id"
+        " LEFT JOIN message_ids i ON i.tenant_id = m.tenant_id AND i.message_id = m.message_id"
+        " WHERE m.queue_id = ?",
+        (queue_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    msg = dict(row)
+    rcpts = [dict(r) for r in conn.execute(
+        "SELECT id, rcpt, state, hold_reason, attempts, next_attempt_at, claimed_by IS NOT NULL AS in_flight,"
+        " last_code, last_enhanced, last_reply, updated_at, dsn_sent FROM recipients WHERE message_id = ? ORDER BY id",
+        (msg["id"],),
+    )]
+    attempts: dict[int, list[dict[str, Any]]] = {}
+    for a in conn.execute(
+        "SELECT a.recipient_id, a.at, a.duration, a.outcome, a.code, a.enhanced, a.reply, a.remote FROM attempts a"
+        " JOIN recipients r ON r.id = a.recipient_id WHERE r.message_id = ? ORDER BY a.id",
+        (msg["id"],),
+    ):
+        a = dict(a)
+        attempts.setdefault(a.pop("recipient_id"), []).append(a)
+    for index, r in enumerate(rcpts):
+        r["index"] = index
+        r["in_flight"] = bool(r["in_flight"])
+        r["attempt_log"] = attempts.get(r.pop("id"), [])
+    msg["recipients"] = rcpts
+    del msg["id"]
+    return msg
+
+
+def _counts(conn: sqlite3.Connection, tenant_id: int | None) -> dict[str, int]:
+    counts = dict.fromkeys(STATES, 0)
+    if tenant_id is None:
+        rows = conn.execute("SELECT state, COUNT(*) FROM recipients GROUP BY state")
+    else:
+        rows = conn.execute("SELECT state, COUNT(*) FROM recipients WHERE tenant_id = ? GROUP BY state", (tenant_id,))
+    for state, n in rows:
+        counts[state] = n
+    counts["messages"] = conn.execute(
+        "SELECT COUNT(*) FROM messages" + (" WHERE tenant_id = ?" if tenant_id is not None else ""),
+        () if tenant_id is None else (tenant_id,),
+    ).fetchone()[0]
+    return counts
+
+
+# --------------------------------------------------------------------------- operator actions
+
+
+def _select_messages(conn: sqlite3.Connection, queue_ids: Sequence[str] | None, tenant_id: int | None) -> list[tuple[int, str, int]]:
+    """(row id, queue id, tenant id) of the named messages (None: all), narrowed to a tenant."""
+    args: list[Any] = []
+    where = ["1"]
+    if tenant_id is not None:
+        where.append("tenant_id = ?")
+        args.append(tenant_id)
+    if queue_ids is None:
+        return [tuple(r) for r in conn.execute(f"SELECT id, queue_id, tenant_id FROM messages WHERE {' AND '.join(where)} ORDER BY id", args)]
+    found = []
+    for qid in queue_ids:
+        row = conn.execute(f"SELECT id, queue_id, tenant_id FROM messages WHERE queue_id = ? AND {' AND '.join(where)}", (qid, *args)).fetchone()
+        if row is not None:
+            found.append(tuple(row))
+    return found
+
+
+def _act(conn: sqlite3.Connection, action: str, queue_ids: Sequence[str] | None, tenant_id: int | None,
+         now: float) -> dict[str, Any]:
+    """Apply one operator action; returns {"changed": {queue_id: recipients changed}, "missing": [...]}."""
+    messages = _select_messages(conn, queue_ids, tenant_id)
+    found = {qid for _, qid, _ in messages}
+    missing = [q for q in (queue_ids or ()) if q not in found]
+    if missing:
+        # One unknown id refuses the whole request: operators act on exactly what they named.
+        raise NotFound(f"not in the queue{' of that tenant' if tenant_id is not None else ''}: {', '.join(missing[:10])}")
+    changed: dict[str, int] = {}
+    for msg_id, qid, tid in messages:
+        if action == "hold":
+            # An operator hold outranks a pause: resuming does not release it, `release` does.
+            n = conn.execute(
+                "UPDATE recipients SET state = 'held', hold_reason = 'operator', updated_at = ?"
+                " WHERE message_id = ? AND claimed_by IS NULL AND (state IN ('pending', 'deferred')"
+                " OR (state = 'held' AND hold_reason = 'paused'))",
+                (now, msg_id),
+            ).rowcount
+            conn.execute("UPDATE messages SET held = 1, hold_reason = 'operator' WHERE id = ?", (msg_id,))
+        elif action == "release":
+            # Held for any reason but a pause: due now, or back to 'paused' while a pause covers it.
+            n = conn.execute(
+                "UPDATE recipients SET state = 'pending', hold_reason = '', next_attempt_at = ?, updated_at = ?"
+                " WHERE message_id = ? AND state = 'held' AND hold_reason != 'paused' AND NOT EXISTS (" + _PAUSE_COVERS + ")",
+                (now, now, msg_id),
+            ).rowcount
+            n += conn.execute(
+                "UPDATE recipients SET hold_reason = 'paused', updated_at = ?"
+                " WHERE message_id = ? AND state = 'held' AND hold_reason != 'paused' AND EXISTS (" + _PAUSE_COVERS + ")",
+                (now, msg_id),
+            ).rowcount
+            conn.execute("UPDATE messages SET held = 0, hold_reason = '' WHERE id = ?", (msg_id,))
+        elif action == "retry":
+            n = conn.execute(
+                "UPDATE recipients SET next_attempt_at = ?, updated_at = ?"
+                " WHERE message_id = ? AND state IN ('pending', 'deferred') AND claimed_by IS NULL",
+                (now, now, msg_id),
+            ).rowcount
+        elif action == "delete":
+            n = conn.execute("SELECT COUNT(*) FROM recipients WHERE message_id = ?", (msg_id,)).fetchone()[0]
+            conn.execute("DELETE FROM attempts WHERE recipient_id IN (SELECT id FROM recipients WHERE message_id = ?)", (msg_id,))
+            conn.execute("DELETE FROM recipients WHERE message_id = ?", (msg_id,))
+            conn.execute("DELETE FROM messages WHERE id = ?", (msg_id,))
+        else:
+            raise ValueError(f"unknown queue action {action!r}")
+        changed[qid] = n
+        event = {"hold": "held", "release": "released", "retry": "retried", "delete": "deleted"}[action]
+        if n or action == "delete":
+            append_event(conn, tid, event, qid, {"recipients": n, "by": "operator"})
+    return {"changed": changed, "missing": missing}
+
+
+def _flush(conn: sqlite3.Connection, tenant_id: int | None, now: float) -> int:
+    sql = "UPDATE recipients SET next_attempt_at = ?, updated_at = ? WHERE state = 'deferred' AND claimed_by IS NULL AND next_attempt_at > ?"
+    args: list[Any] = [now, now, now]
+    if tenant_id is not None:
+        sql += " AND tenant_id = ?"
+        args.append(tenant_id)
+    return conn.execute(sql, args).rowcount
+
+
+# A pause covers a recipient row (used inside statements on `recipients`).
+_PAUSE_COVERS = (
+    "SELECT 1 FROM pauses p WHERE p.scope = 'global' OR (p.scope = 'tenant' AND p.tenant_id = recipients.tenant_id)"
+    " OR (p.scope = 'usecase' AND p.usecase_id = recipients.usecase_id)"
+)
 
 
 class Queue:
@@ -63,4 +318,44 @@ class Queue:
 
     async def put(self, message: NewMessage) -> int:
         """Commit the message durably; returns its row id once it is on disk."""
+        return (await self.db.write(_put, message))["id"]
+
+    async def submit(self, message: NewMessage) -> dict[str, Any]:
+        """Like ``put``, returning {"id", "queue_id", "hold_reason", "thread_id"} (hold_reason 'paused' when a pause held it)."""
         return await self.db.write(_put, message)
+
+    async def list(self, *, tenant_id: int | None = None, state: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        return await self.db.read(_list, tenant_id, state, limit)
+
+    async def show(self, queue_id: str) -> dict[str, Any] | None:
+        """The message's envelope, its recipients and every attempt; None when unknown."""
+        return await self.db.read(_show, queue_id)
+
+    async def counts(self, tenant_id: int | None = None) -> dict[str, int]:
+        """Recipients by state, plus the number of messages."""
+        return await self.db.read(_counts, tenant_id)
+
+    async def act(self, action: str, queue_ids: Sequence[str] | None, *, tenant_id: int | None = None) -> dict[str, Any]:
+        """hold | release | retry | delete the named messages (None: every message, of the tenant if given)."""
+        return await self.db.write(_act, action, list(queue_ids) if queue_ids is not None else None, tenant_id, time.time())
+
+    async def flush(self, *, tenant_id: int | None = None) -> int:
+        """Make every deferred recipient due now; returns how many."""
+        return await self.db.write(_flush, tenant_id, time.time())
+
+    async def monthly_count(self, tenant_id: int, now: float | None = None) -> int:
+        """Messages the tenant had accepted this calendar month (UTC)."""
+        month = month_of(time.time() if now is None else now)
+
+        def run(conn: sqlite3.Connection) -> int:
+            row = conn.execute("SELECT messages FROM usage_monthly WHERE tenant_id = ? AND month = ?", (tenant_id, month)).fetchone()
+            return row[0] if row else 0
+
+        return await self.db.read(run)
+
+    async def thread_of(self, tenant_id: int, message_id: str) -> str | None:
+        def run(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute("SELECT thread_id FROM message_ids WHERE tenant_id = ? AND message_id = ?", (tenant_id, message_id)).fetchone()
+            return row[0] if row else None
+
+        return await self.db.read(run)

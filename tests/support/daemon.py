@@ -21,6 +21,7 @@ from gateway.paths import Paths
 # Every listener on an ephemeral loopback port, so tests never collide.
 TEST_OVERRIDES: dict[str, Any] = {
     "web": {"listen": "127.0.0.1:0"},
+    "submission": {"listen": "127.0.0.1:0", "listen_tls": "127.0.0.1:0"},
     "daemon": {"shutdown_timeout": 5.0},
 }
 

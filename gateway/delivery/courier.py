@@ -1,0 +1,335 @@
+"""SMTP out: sessions (one TCP connection each, reused for several messages to the same server),
+the direct route (recipient domain's MX) and the SMTP relay route (a connector's smarthost).
+
+This is the boundary with aiosmtplib: its exceptions are translated here, once, into ``Reply``
+values per recipient. A failure to connect, a dropped connection, a timeout or anything else the
+library throws is temporary; only a 5xx reply to MAIL, RCPT or DATA is permanent. Addresses are
+checked for CR, LF and NUL before they reach a command: aiosmtplib does not stop them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import aiosmtplib
+import structlog
+
+from .mx import DestinationError, MxResolver
+from .reply import Reply
+
+log = structlog.get_logger("delivery")
+
+FORBIDDEN = ("\r", "\n", "\0")
+
+
+@dataclass(frozen=True)
+class Envelope:
+    mail_from: str
+    rcpts: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    helo: str
+    connect_timeout: float
+    command_timeout: float
+    tls: str = "opportunistic"   # off | opportunistic | starttls (required) | implicit
+    verify: bool = False         # check the certificate (never for opportunistic TLS)
+    username: str = ""
+    password: str = field(default="", repr=False)
+
+
+class SessionError(Exception):
+    """Could not get a usable session; ``reply`` is always temporary."""
+
+    def __init__(self, reply: Reply):
+        self.reply = reply
+        super().__init__(reply.line)
+
+
+def unsafe_address(address: str) -> bool:
+    return any(c in address for c in FORBIDDEN)
+
+
+def _tls_context(verify: bool) -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    if not verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+class SmtpSession:
+    """One connection to one server. ``steps`` records what ``open`` did (for `connector test`)."""
+
+    def __init__(self, address: str, port: int, server_name: str, options: SessionOptions):
+        self.address, self.port, self.server_name, self.options = address, port, server_name, options
+        self.remote = f"{server_name}[{address}]:{port}" if server_name != address else f"[{address}]:{port}"
+        self.sent = 0
+        self.broken = False
+        self.tls = False
+        self.steps: list[dict] = []
+        self._smtp: aiosmtplib.SMTP | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self._smtp is not None and not self.broken and self._smtp.is_connected
+
+    def _step(self, name: str, ok: bool, detail: str) -> None:
+        self.steps.append({"step": name, "ok": ok, "detail": " ".join(detail.split())})
+
+    async def open(self) -> None:
+        o = self.options
+        smtp = aiosmtplib.SMTP(hostname=self.address, port=self.port, local_hostname=o.helo, timeout=o.command_timeout,
+                               use_tls=o.tls == "implicit", start_tls=False, validate_certs=o.verify,
+                               tls_context=_tls_context(o.verify) if o.tls == "implicit" else None)
+        self._smtp = smtp
+        step = "connect"
+        try:
+            greeting = await smtp.connect(timeout=o.connect_timeout)
+            self.tls = o.tls == "implicit"
+            self._step(step, True, f"{greeting.code} {greeting.message}")
+            step = "ehlo"
+            ehlo = await smtp.ehlo()
+            self._step(step, True, f"{ehlo.code} {ehlo.message.splitlines()[0] if ehlo.message else ''}")
+            if o.tls in ("opportunistic", "starttls"):
+                step = "starttls"
+                if smtp.supports_extension("starttls"):
+                    await smtp.starttls(server_hostname=self.server_name, tls_context=_tls_context(o.verify))
+                    self.tls = True
+                    await smtp.ehlo()
+                    ssl_obj = smtp.get_transport_info("ssl_object")
+                    self._step(step, True, ssl_obj.version() if ssl_obj else "TLS")
+                elif o.tls == "starttls":
+                    raise SessionError(Reply.temporary(f"{self.remote} does not offer STARTTLS", "4.7.4", self.remote))
+                else:
+                    self._step(step, True, "not offered; continuing without TLS")
+            if o.username:
+                step = "auth"
+                response = await smtp.login(o.username, o.password)
+                self._step(step, True, f"{response.code} {response.message}")
+        except SessionError as exc:
+            self._step(step, False, exc.reply.line)
+            self._abort()
+            raise
+        except aiosmtplib.SMTPResponseException as exc:
+            self._step(step, False, f"{exc.code} {exc.message}")
+            self._abort()
+            raise SessionError(Reply.temporary(f"{self.remote} {step} failed: {exc.code} {exc.message}", "4.4.2", self.remote)) from exc
+        except Exception as exc:  # noqa: BLE001 - any library/network failure: this server, not now
+            self._step(step, False, f"{type(exc).__name__}: {exc}")
+            self._abort()
+            raise SessionError(Reply.temporary(f"{self.remote} {step} failed: {type(exc).__name__}: {exc}", "4.4.1", self.remote)) from exc
+
+    def _abort(self) -> None:
+        self.broken = True
+        if self._smtp is not None:
+            self._smtp.close()
+
+    async def close(self) -> None:
+        if self._smtp is None:
+            return
+        if self.alive:
+            try:
+                await asyncio.wait_for(self._smtp.quit(), self.options.command_timeout)
+            except Exception:  # noqa: BLE001 - closing anyway
+                pass
+        self._abort()
+
+    async def send(self, envelope: Envelope, data: bytes) -> dict[str, Reply]:
+        """One transaction; a Reply for every recipient. Marks the session broken when it is lost."""
+        smtp = self._smtp
+        results: dict[str, Reply] = {}
+        if unsafe_address(envelope.mail_from) or any(unsafe_address(r) for r in envelope.rcpts):
+            raise ValueError("CR, LF or NUL in an envelope address")  # our own bug: the caller holds the message
+        utf8 = not (envelope.mail_from.isascii() and all(r.isascii() for r in envelope.rcpts))
+        options, encoding = [], "ascii"
+        if utf8:
+            if not smtp.supports_extension("smtputf8"):
+                reply = Reply.permanent(f"{self.remote} does not support SMTPUTF8, needed for a non-ASCII address", "5.6.7",
+                                        self.remote, 553)
+                return {r: reply for r in envelope.rcpts}
+            options, encoding = ["SMTPUTF8"], "utf-8"
+        if smtp.supports_extension("8bitmime") and not data.isascii():
+            options.append("BODY=8BITMIME")
+        stage = "MAIL FROM"
+        try:
+            try:
+                await smtp.mail(envelope.mail_from, options=options, encoding=encoding)
+            except aiosmtplib.SMTPSenderRefused as exc:
+                reply = Reply.from_smtp(exc.code, exc.message, self.remote)
+                await self._rset()
+                return {r: reply for r in envelope.rcpts}
+            stage = "RCPT TO"
+            accepted = []
+            for rcpt in envelope.rcpts:
+                try:
+                    await smtp.rcpt(rcpt, encoding=encoding)
+                    accepted.append(rcpt)
+                except aiosmtplib.SMTPRecipientRefused as exc:
+                    results[rcpt] = Reply.from_smtp(exc.code, exc.message, self.remote)
+            if not accepted:
+                await self._rset()
+                return results
+            stage = "DATA"
+            try:
+                response = await smtp.data(data)
+                reply = Reply.from_smtp(response.code, response.message, self.remote)
+                self.sent += 1
+            except aiosmtplib.SMTPDataError as exc:
+                reply = Reply.from_smtp(exc.code, exc.message, self.remote)
+                if 400 <= exc.code < 500 and exc.code != 421:
+                    await self._rset()
+            if reply.code == 421:
+                self.broken = True
+            for rcpt in accepted:
+                results[rcpt] = reply
+            return results
+        except Exception as exc:  # noqa: BLE001 - lost connection, timeout, protocol trouble: temporary
+            self._abort()
+            reply = Reply.temporary(f"{self.remote} lost during {stage}: {type(exc).__name__}: {exc}", "4.4.2", self.remote)
+            for rcpt in envelope.rcpts:
+                results.setdefault(rcpt, reply)
+            return results
+
+    async def _rset(self) -> None:
+        try:
+            await self._smtp.rset()
+        except Exception:  # noqa: BLE001 - a session that cannot RSET is not reused
+            self._abort()
+
+
+class SessionPool:
+    """Idle sessions by (address, port, tls, user), kept ``idle_timeout`` seconds for the next message."""
+
+    def __init__(self, idle_timeout: float, max_messages: int):
+        self.idle_timeout = idle_timeout
+        self.max_messages = max_messages
+        self._idle: dict[tuple, list[tuple[float, SmtpSession]]] = {}
+        self._closing: set[asyncio.Task] = set()
+
+    def take(self, key: tuple) -> SmtpSession | None:
+        sessions = self._idle.get(key)
+        now = time.monotonic()
+        while sessions:
+            expires, session = sessions.pop()
+            if expires > now and session.alive:
+                return session
+            self._close_later(session)
+        return None
+
+    def give(self, key: tuple, session: SmtpSession) -> None:
+        if session.alive and session.sent < self.max_messages and self.idle_timeout > 0:
+            self._idle.setdefault(key, []).append((time.monotonic() + self.idle_timeout, session))
+        else:
+            self._close_later(session)
+
+    def _close_later(self, session: SmtpSession) -> None:
+        task = asyncio.get_running_loop().create_task(session.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    def sweep(self) -> None:
+        now = time.monotonic()
+        for key in list(self._idle):
+            keep = []
+            for expires, session in self._idle[key]:
+                if expires > now and session.alive:
+                    keep.append((expires, session))
+                else:
+                    self._close_later(session)
+            if keep:
+                self._idle[key] = keep
+            else:
+                del self._idle[key]
+
+    @property
+    def idle(self) -> int:
+        return sum(len(v) for v in self._idle.values())
+
+    async def close_all(self) -> None:
+        for sessions in self._idle.values():
+            for _, session in sessions:
+                self._close_later(session)
+        self._idle.clear()
+        if self._closing:
+            await asyncio.gather(*list(self._closing), return_exceptions=True)
+
+
+async def send_all(pool: SessionPool, key: tuple, make: "callable", envelopes: Sequence[Envelope],
+                   data: bytes) -> dict[str, Reply]:
+    """Send every envelope over one session (pooled or new). Raises SessionError when none opens.
+
+    A pooled session the server closed while idle fails on its first command; that transaction is
+    retried once on a fresh connection rather than deferred.
+    """
+    session = pool.take(key)
+    reused = session is not None
+    if session is None:
+        session = make()
+        await session.open()
+    results: dict[str, Reply] = {}
+    try:
+        for env in envelopes:
+            if not session.alive:
+                session = make()
+                await session.open()  # SessionError: the rest is deferred by the caller
+                reused = False
+            sent_before = session.sent
+            got = await session.send(env, data)
+            if reused and session.broken and session.sent == sent_before and all(r.code == 451 for r in got.values()):
+                session = make()
+                await session.open()
+                got = await session.send(env, data)
+            reused = False
+            results.update(got)
+    except SessionError as exc:
+        for env in envelopes:
+            for rcpt in env.rcpts:
+                results.setdefault(rcpt, exc.reply)
+    finally:
+        pool.give(key, session)
+    return results
+
+
+class DirectCourier:
+    """The `direct` route: the recipient domain's MX hosts in preference order."""
+
+    def __init__(self, resolver: MxResolver, pool: SessionPool, options: SessionOptions, port: int):
+        self.resolver, self.pool, self.options, self.port = resolver, pool, options, port
+
+    async def deliver(self, domain: str, envelopes: Sequence[Envelope], data: bytes) -> dict[str, Reply]:
+        rcpts = [r for env in envelopes for r in env.rcpts]
+        try:
+            destinations = await self.resolver.destinations(domain)
+        except DestinationError as exc:
+            return {r: exc.reply for r in rcpts}
+        last: Reply | None = None
+        for dest in destinations:
+            for address in dest.addresses:
+                key = (address, self.port, self.options.tls, "")
+                try:
+                    return await send_all(self.pool, key, lambda a=address, h=dest.host: SmtpSession(a, self.port, h, self.options),
+                                          envelopes, data)
+                except SessionError as exc:
+                    last = exc.reply  # try the next address, then the next MX
+        reply = last or Reply.temporary(f"no MX of {domain} could be reached", "4.4.1")
+        return {r: reply for r in rcpts}
+
+
+class RelayCourier:
+    """An `smtp` connector: every message goes to one smarthost, with its TLS mode and credentials."""
+
+    def __init__(self, name: str, host: str, port: int, pool: SessionPool, options: SessionOptions):
+        self.name, self.host, self.port, self.pool, self.options = name, host, port, pool, options
+
+    async def deliver(self, envelopes: Sequence[Envelope], data: bytes) -> dict[str, Reply]:
+        key = (self.host, self.port, self.options.tls, self.options.username, self.options.verify)
+        try:
+            return await send_all(self.pool, key, lambda: SmtpSession(self.host, self.port, self.host, self.options), envelopes, data)
+        except SessionError as exc:
+            return {r: exc.reply for env in envelopes for r in env.rcpts}

@@ -1,0 +1,116 @@
+"""Connector management: `gateway connector add|list|show|update|test|delete`.
+
+Secrets (SMTP password, SendGrid API token) go in, never come out: every answer carries
+``has_secret`` instead. `test` makes a real connection from the daemon and reports each step.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlparse
+
+from ..admin.registry import admin_method
+from ..config import Config
+from ..delivery.connectors import SMTP_TLS_MODES, ConnectorSpec, test_connector
+from ..errors import InvalidArgument
+from ..store import Store
+
+CONNECTOR_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+HOST = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,62}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*$|^\[?[0-9a-fA-F:.]+\]?$")
+ADDRESS = re.compile(r"^[^@\s<>\"]{1,64}@[A-Za-z0-9.-]{1,253}$")
+OUT_KINDS = ("smtp", "sendgrid")
+SETTING_KEYS = ("host", "port", "tls", "username", "sender", "reply_to", "base_url", "verify_tls")
+
+
+def _check_settings(kind: str, s: dict[str, Any], *, complete: bool) -> None:
+    """Raise InvalidArgument for a bad value; with complete=True also for a missing required one."""
+    if kind not in OUT_KINDS:
+        raise InvalidArgument(f"kind must be one of {', '.join(OUT_KINDS)} (inbound connectors come later)")
+    if kind == "smtp":
+        if complete and not s.get("host"):
+            raise InvalidArgument("an smtp connector needs --host")
+        if "host" in s and not HOST.match(str(s["host"])):
+            raise InvalidArgument(f"invalid host {s['host']!r}")
+        if "port" in s and not (isinstance(s["port"], int) and 1 <= s["port"] <= 65535):
+            raise InvalidArgument("port must be 1-65535")
+        if "tls" in s and s["tls"] not in SMTP_TLS_MODES:
+            raise InvalidArgument(f"tls must be one of {', '.join(SMTP_TLS_MODES)}")
+        if "base_url" in s:
+            raise InvalidArgument("base_url is for sendgrid connectors")
+    else:
+        for key in ("host", "port", "tls", "username", "verify_tls"):
+            if key in s:
+                raise InvalidArgument(f"{key} is for smtp connectors")
+        if s.get("base_url"):
+            url = urlparse(s["base_url"])
+            if url.scheme not in ("http", "https") or not url.netloc:
+                raise InvalidArgument(f"base_url must be an http(s) URL, got {s['base_url']!r}")
+    for key in ("sender", "reply_to"):
+        if s.get(key) and not ADDRESS.match(s[key]):
+            raise InvalidArgument(f"{key} must be a plain address (local@domain), got {s[key]!r}")
+    for key, value in s.items():
+        if isinstance(value, str) and any(c in value for c in "\r\n\0"):
+            raise InvalidArgument(f"{key} must not contain CR, LF or NUL")
+
+
+class ConnectorService:
+    def __init__(self, store: Store, config: Callable[[], Config]):
+        self.store = store
+        self.config = config  # the daemon's current config (it changes on SIGHUP)
+
+    @admin_method("connector.add")
+    async def add(self, tenant: str, name: str, kind: str, host: str | None = None, port: int | None = None,
+                  tls: str | None = None, username: str | None = None, secret: str | None = None,
+                  sender: str | None = None, reply_to: str | None = None, base_url: str | None = None,
+                  verify_tls: bool | None = None, enabled: bool = True) -> dict[str, Any]:
+        if not CONNECTOR_NAME.match(name):
+            raise InvalidArgument(f"invalid connector name {name!r}: use 1-63 lower-case letters, digits, '-' or '_'")
+        settings = {k: v for k, v in {"host": host, "port": port, "tls": tls, "username": username, "sender": sender,
+                                      "reply_to": reply_to, "base_url": base_url, "verify_tls": verify_tls}.items() if v is not None}
+        if kind == "smtp":
+            settings.setdefault("tls", "starttls")
+            settings.setdefault("port", {"implicit": 465, "none": 25}.get(settings["tls"], 587))
+        _check_settings(kind, settings, complete=True)
+        if kind == "sendgrid" and not secret:
+            raise InvalidArgument("a sendgrid connector needs its API token (secret)")
+        if kind == "smtp" and settings.get("username") and not secret:
+            raise InvalidArgument("a username needs a password (secret)")
+        return await self.store.connectors.add(tenant, name, kind, direction="out", enabled=enabled, settings=settings,
+                                               secret=secret or "")
+
+    @admin_method("connector.list")
+    async def list(self, tenant: str | None = None) -> list[dict[str, Any]]:
+        return await self.store.connectors.list(tenant)
+
+    @admin_method("connector.show")
+    async def show(self, tenant: str, name: str) -> dict[str, Any]:
+        return await self.store.connectors.get(tenant, name)
+
+    @admin_method("connector.update")
+    async def update(self, tenant: str, name: str, host: str | None = None, port: int | None = None, tls: str | None = None,
+                     username: str | None = None, secret: str | None = None, sender: str | None = None,
+                     reply_to: str | None = None, base_url: str | None = None, verify_tls: bool | None = None,
+                     enabled: bool | None = None, unset: list[str] | None = None) -> dict[str, Any]:
+        current = await self.store.connectors.get(tenant, name)
+        settings = {k: v for k, v in {"host": host, "port": port, "tls": tls, "username": username, "sender": sender,
+                                      "reply_to": reply_to, "base_url": base_url, "verify_tls": verify_tls}.items() if v is not None}
+        unset = unset or []
+        bad = [k for k in unset if k not in ("username", "sender", "reply_to", "base_url", "verify_tls")]
+        if bad:
+            raise InvalidArgument(f"cannot unset {', '.join(bad)}")
+        _check_settings(current["kind"], settings, complete=False)
+        return await self.store.connectors.update(tenant, name, settings=settings, unset=unset, secret=secret, enabled=enabled)
+
+    @admin_method("connector.test")
+    async def test(self, tenant: str, name: str) -> dict[str, Any]:
+        spec = await self.store.connectors.spec_by_tenant_name(tenant, name)
+        connector = ConnectorSpec(spec["id"], spec["tenant_id"], spec["name"], spec["kind"], spec["enabled"], spec["settings"], spec["secret"])
+        config = self.config()
+        result = await test_connector(connector, config.delivery, config.delivery.helo_name or config.daemon.hostname)
+        return {"tenant": tenant, "name": name, "kind": spec["kind"], **result}
+
+    @admin_method("connector.delete")
+    async def delete(self, tenant: str, name: str) -> dict[str, Any]:
+        return await self.store.connectors.delete(tenant, name)

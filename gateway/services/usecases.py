@@ -1,0 +1,204 @@
+"""Use cases and their SMTP credentials; the authentication the submission listener calls.
+
+Passwords are generated here (never chosen by people), shown once, and stored only as argon2id
+hashes. ``authenticate`` costs the same whether the username exists, is revoked or the password is
+wrong: an unknown username is verified against a dummy hash, so timing tells nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+from typing import Any
+
+import argon2
+import structlog
+
+from ..admin.registry import admin_method
+from ..domains.names import is_within, normalise_address, normalise_domain
+from ..errors import Conflict, InvalidArgument
+from ..store import Store
+from .tenants import check_tenant_name
+
+log = structlog.get_logger("usecases")
+
+NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+KINDS = ("transactional", "marketing")
+SCOPES = ("usecase", "domain")
+MAX_SENDERS = 100
+
+
+def check_name(name: str) -> str:
+    if not NAME.match(name):
+        raise InvalidArgument(f"invalid use case name {name!r}: use 1-63 lower-case letters, digits, '-' or '_', starting with a letter or digit")
+    return name
+
+
+def check_entity(entity: str) -> str:
+    entity = entity.strip()
+    if not entity or len(entity) > 200 or any(ord(c) < 32 or ord(c) == 127 for c in entity):
+        raise InvalidArgument("invalid entity: 1-200 printable characters (the organisation or product the mail speaks for)")
+    return entity
+
+
+def check_choice(what: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise InvalidArgument(f"invalid {what} {value!r}: expected {' or '.join(choices)}")
+    return value
+
+
+def check_senders(addresses: list[str], domain: str) -> list[str]:
+    """Normalised, de-duplicated sender addresses, each on ``domain`` or one of its subdomains."""
+    if not addresses:
+        raise InvalidArgument("a use case needs at least one sender address (--from)")
+    if len(addresses) > MAX_SENDERS:
+        raise InvalidArgument(f"at most {MAX_SENDERS} sender addresses per use case")
+    out: list[str] = []
+    for raw in addresses:
+        address = normalise_address(raw)
+        if not is_within(address.rpartition("@")[2], domain):
+            raise InvalidArgument(f"sender {raw!r} is not on the domain {domain!r} (or a subdomain of it)")
+        if address not in out:
+            out.append(address)
+    return out
+
+
+def check_rate_limit(value: int) -> int:
+    if value < 0:
+        raise InvalidArgument("rate limit must be 0 (unlimited) or more messages per minute")
+    return value
+
+
+class UsecaseService:
+    def __init__(self, store: Store, *, return_path_prefix: str = "bounces", hasher: argon2.PasswordHasher | None = None):
+        self.store = store
+        self.return_path_prefix = return_path_prefix
+        self.hasher = hasher or argon2.PasswordHasher()  # argon2id, RFC 9106 low-memory parameters
+        # Made now (once, ~50 ms) so that the first unknown username costs what every other does.
+        self._dummy_hash = self.hasher.hash(secrets.token_urlsafe(24))
+
+    # ------------------------------------------------------------------ use cases
+
+    @admin_method("usecase.add")
+    async def add(self, tenant: str, domain: str, name: str, entity: str, kind: str, senders: list[str],
+                  unsubscribe_scope: str = "usecase", route: str = "direct", rate_limit: int = 0) -> dict[str, Any]:
+        check_tenant_name(tenant)
+        check_name(name)
+        domain = normalise_domain(domain)
+        fields = {
+            "entity": check_entity(entity),
+            "kind": check_choice("kind", kind, KINDS),
+            "unsubscribe_scope": check_choice("unsubscribe scope", unsubscribe_scope, SCOPES),
+            "route": route.strip(),
+            "rate_limit": check_rate_limit(rate_limit),
+        }
+        return await self.store.usecases.add(tenant, domain=domain, name=name, senders=check_senders(senders, domain), **fields)
+
+    @admin_method("usecase.list")
+    async def list(self, tenant: str | None = None) -> list[dict[str, Any]]:
+        return await self.store.usecases.list(tenant)
+
+    @admin_method("usecase.show")
+    async def show(self, tenant: str, name: str) -> dict[str, Any]:
+        usecase = await self.store.usecases.get(tenant, name)
+        usecase["credential_list"] = await self.store.usecases.credentials(tenant, name)
+        return usecase
+
+    @admin_method("usecase.update")
+    async def update(self, tenant: str, name: str, new_name: str | None = None, entity: str | None = None,
+                     kind: str | None = None, senders: list[str] | None = None, add_senders: list[str] | None = None,
+                     remove_senders: list[str] | None = None, unsubscribe_scope: str | None = None,
+                     route: str | None = None, rate_limit: int | None = None) -> dict[str, Any]:
+        current = await self.store.usecases.get(tenant, name)
+        changes: dict[str, Any] = {}
+        if new_name is not None and new_name != name:
+            changes["name"] = check_name(new_name)
+        if entity is not None:
+            changes["entity"] = check_entity(entity)
+        if kind is not None:
+            changes["kind"] = check_choice("kind", kind, KINDS)
+        if unsubscribe_scope is not None:
+            changes["unsubscribe_scope"] = check_choice("unsubscribe scope", unsubscribe_scope, SCOPES)
+        if route is not None:
+            changes["route"] = route.strip()
+        if rate_limit is not None:
+            changes["rate_limit"] = check_rate_limit(rate_limit)
+        new_senders = None
+        if senders is not None or add_senders or remove_senders:
+            chosen = list(senders) if senders is not None else list(current["senders"])
+            chosen += add_senders or []
+            removing = {normalise_address(a) for a in remove_senders or []}
+            missing = removing - set(current["senders"]) - {normalise_address(a) for a in chosen}
+            if missing:
+                raise InvalidArgument(f"use case {name!r} has no sender {sorted(missing)[0]!r}")
+            new_senders = [a for a in check_senders(chosen, current["domain"]) if a not in removing]
+            if not new_senders:
+                raise InvalidArgument("a use case needs at least one sender address")
+        if not changes and new_senders is None:
+            raise InvalidArgument("nothing to change: give at least one option")
+        # Stored senders were checked against the same domain (a use case never changes domain).
+        return await self.store.usecases.update(tenant, name, changes, new_senders)
+
+    @admin_method("usecase.delete")
+    async def delete(self, tenant: str, name: str) -> dict[str, Any]:
+        return await self.store.usecases.delete(tenant, name)
+
+    # ------------------------------------------------------------------ credentials
+
+    @admin_method("usecase.credentials.add")
+    async def add_credential(self, tenant: str, usecase: str) -> dict[str, Any]:
+        """A new username and password; the password is in this reply only, never stored or shown again."""
+        current = await self.store.usecases.get(tenant, usecase)
+        password = secrets.token_urlsafe(24)  # 192 bits
+        password_hash = await asyncio.to_thread(self.hasher.hash, password)
+        for _ in range(5):
+            username = f"{current['name'][:40]}-{secrets.token_hex(5)}"
+            try:
+                record = await self.store.usecases.add_credential(tenant, usecase, username, password_hash)
+            except Conflict:  # a 40-bit suffix collision is rare; retry with another
+                continue
+            return {**record, "password": password, "usecase": usecase, "tenant": tenant}
+        raise RuntimeError("could not find a free username")
+
+    @admin_method("usecase.credentials.list")
+    async def list_credentials(self, tenant: str, usecase: str) -> list[dict[str, Any]]:
+        return await self.store.usecases.credentials(tenant, usecase)
+
+    @admin_method("usecase.credentials.revoke")
+    async def revoke_credential(self, tenant: str, usecase: str, username: str) -> dict[str, Any]:
+        return await self.store.usecases.revoke_credential(tenant, usecase, username)
+
+    # ------------------------------------------------------------------ authentication
+
+    async def authenticate(self, username: str, password: str) -> dict[str, Any] | None:
+        """The use case context for a valid, unrevoked credential; None otherwise (same cost either way).
+
+        The dict is ``store.usecases.context(id)`` plus ``credential_id`` and ``username``: id, name,
+        kind, route, rate_limit, entity, unsubscribe_scope, tenant_id, tenant, tenant_enabled,
+        outbound_enabled, monthly_quota, domain_id, domain, domain_state, return_path_domain, senders.
+        Whether the tenant may send (enabled, domain verified) is the caller's decision."""
+        row = await self.store.usecases.credential(username) if 0 < len(username) <= 255 else None
+        stored = row["password_hash"] if row else self._dummy_hash
+        ok = await asyncio.to_thread(self._verify, stored, password)
+        if not ok or row is None or row["revoked_at"] is not None:
+            return None
+        context = await self.context(row["usecase_id"])
+        if context is None:
+            return None
+        await self.store.usecases.touch_credential(row["id"])
+        return {**context, "credential_id": row["id"], "username": row["username"]}
+
+    async def context(self, usecase_id: int) -> dict[str, Any] | None:
+        """The same dict as ``authenticate`` (without the credential), read fresh."""
+        context = await self.store.usecases.context(usecase_id)
+        if context is not None:
+            # Where bounces for this use case's mail go: VERP addresses under <prefix>.<domain>.
+            context["return_path_domain"] = f"{self.return_path_prefix}.{context['domain']}"
+        return context
+
+    def _verify(self, stored: str, password: str) -> bool:
+        try:
+            return self.hasher.verify(stored, password)
+        except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
+            return False

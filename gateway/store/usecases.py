@@ -1,0 +1,202 @@
+"""Use cases (how a tenant sends from a verified domain) and their SMTP credentials.
+
+Tenant-scoped like the domains: every function that names a use case takes the tenant that must
+own it. ``credential`` and ``context`` are the submission path's lookups: the credential names its
+use case, and the context is everything a session needs to decide, read fresh on every call because
+a domain can turn failing or a tenant be disabled while a session is open.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from typing import Any
+
+from ..errors import Conflict, InvalidArgument, NotFound
+from .db import Database
+from .events import append_event
+from .tenants import get_by_name as tenant_by_name
+
+CONTEXT_SQL = """
+SELECT u.id, u.name, u.entity, u.kind, u.route, u.rate_limit, u.unsubscribe_scope,
+       t.id AS tenant_id, t.name AS tenant, t.enabled AS tenant_enabled, t.outbound_enabled, t.monthly_quota,
+       d.id AS domain_id, d.name AS domain, d.state AS domain_state
+FROM usecases u JOIN tenants t ON t.id = u.tenant_id JOIN domains d ON d.id = u.domain_id
+"""
+
+
+def _senders(conn: sqlite3.Connection, usecase_id: int) -> list[str]:
+    return [a for (a,) in conn.execute("SELECT address FROM usecase_senders WHERE usecase_id = ? ORDER BY address", (usecase_id,))]
+
+
+def _context(conn: sqlite3.Connection, row: sqlite3.Row | None) -> dict[str, Any] | None:
+    if row is None:
+        return None
+    d = dict(row)
+    d["tenant_enabled"] = bool(d["tenant_enabled"])
+    d["outbound_enabled"] = bool(d["outbound_enabled"])
+    d["senders"] = _senders(conn, d["id"])
+    d["usecase_id"], d["usecase"] = d["id"], d["name"]
+    return d
+
+
+def get_usecase(conn: sqlite3.Connection, tenant: str, name: str) -> dict[str, Any]:
+    row = conn.execute(CONTEXT_SQL + " WHERE t.name = ? AND u.name = ?", (tenant, name)).fetchone()
+    if row is None:
+        tenant_by_name(conn, tenant)
+        raise NotFound(f"tenant {tenant!r} has no use case {name!r}")
+    d = _context(conn, row)
+    d["credentials"] = conn.execute(
+        "SELECT count(*) FROM credentials WHERE usecase_id = ? AND revoked_at IS NULL", (d["id"],)).fetchone()[0]
+    return d
+
+
+def _check_route(conn: sqlite3.Connection, tenant_id: int, route: str) -> None:
+    if route == "direct":
+        return
+    kind, _, connector = route.partition(":")
+    if kind != "connector" or not connector:
+        raise InvalidArgument(f"invalid route {route!r}: expected 'direct' or 'connector:NAME'")
+    row = conn.execute("SELECT direction FROM connectors WHERE tenant_id = ? AND name = ?", (tenant_id, connector)).fetchone()
+    if row is None:
+        raise NotFound(f"the tenant has no connector {connector!r}")
+    if row[0] == "in":
+        raise InvalidArgument(f"connector {connector!r} is inbound only; a route needs direction out or both")
+
+
+def _add(conn: sqlite3.Connection, tenant: str, domain: str, name: str, fields: dict[str, Any], senders: list[str]) -> dict[str, Any]:
+    t = tenant_by_name(conn, tenant)
+    row = conn.execute("SELECT id, state FROM domains WHERE name = ? AND tenant_id = ?", (domain, t["id"])).fetchone()
+    if row is None:
+        raise NotFound(f"tenant {tenant!r} has no domain {domain!r}")
+    if row["state"] != "verified":
+        raise Conflict(f"domain {domain!r} is {row['state']}, not verified; publish its records and run `gateway domain verify {domain}`")
+    _check_route(conn, t["id"], fields["route"])
+    try:
+        cur = conn.execute(
+            "INSERT INTO usecases (tenant_id, domain_id, name, entity, kind, unsubscribe_scope, route, rate_limit, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (t["id"], row["id"], name, fields["entity"], fields["kind"], fields["unsubscribe_scope"], fields["route"],
+             fields["rate_limit"], time.time()),
+        )
+    except sqlite3.IntegrityError:
+        raise Conflict(f"tenant {tenant!r} already has a use case named {name!r}") from None
+    conn.executemany("INSERT INTO usecase_senders (usecase_id, address) VALUES (?, ?)", [(cur.lastrowid, a) for a in senders])
+    append_event(conn, t["id"], "usecase_added", name, {"domain": domain, "kind": fields["kind"]})
+    return get_usecase(conn, tenant, name)
+
+
+def _update(conn: sqlite3.Connection, tenant: str, name: str, changes: dict[str, Any], senders: list[str] | None) -> dict[str, Any]:
+    current = get_usecase(conn, tenant, name)
+    if "route" in changes:
+        _check_route(conn, current["tenant_id"], changes["route"])
+    cols = [c for c in ("name", "entity", "kind", "unsubscribe_scope", "route", "rate_limit") if c in changes]
+    if cols:
+        try:
+            conn.execute(f"UPDATE usecases SET {', '.join(f'{c} = ?' for c in cols)} WHERE id = ?",
+                         [changes[c] for c in cols] + [current["id"]])
+        except sqlite3.IntegrityError:
+            raise Conflict(f"tenant {tenant!r} already has a use case named {changes.get('name')!r}") from None
+    if senders is not None:
+        conn.execute("DELETE FROM usecase_senders WHERE usecase_id = ?", (current["id"],))
+        conn.executemany("INSERT INTO usecase_senders (usecase_id, address) VALUES (?, ?)", [(current["id"], a) for a in senders])
+    append_event(conn, current["tenant_id"], "usecase_updated", changes.get("name", name),
+                 {**{c: changes[c] for c in cols}, **({"senders": senders} if senders is not None else {})})
+    return get_usecase(conn, tenant, changes.get("name", name))
+
+
+def _delete(conn: sqlite3.Connection, tenant: str, name: str) -> dict[str, Any]:
+    current = get_usecase(conn, tenant, name)
+    existing = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "messages" in existing:
+        (queued,) = conn.execute("SELECT count(*) FROM messages WHERE usecase_id = ?", (current["id"],)).fetchone()
+        if queued:
+            raise Conflict(f"use case {name!r} still has {queued} message(s) in the queue; delete or let them finish first")
+    if "pauses" in existing:
+        conn.execute("DELETE FROM pauses WHERE usecase_id = ?", (current["id"],))
+    try:
+        conn.execute("DELETE FROM usecases WHERE id = ?", (current["id"],))
+    except sqlite3.IntegrityError:
+        raise Conflict(f"use case {name!r} is still referenced by queued or recorded mail") from None
+    append_event(conn, current["tenant_id"], "usecase_deleted", name)
+    return current
+
+
+def _credential_rows(conn: sqlite3.Connection, usecase_id: int) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        "SELECT id, username, created_at, last_used_at, revoked_at FROM credentials WHERE usecase_id = ? ORDER BY id", (usecase_id,))
+    return [dict(r) for r in rows]
+
+
+def _add_credential(conn: sqlite3.Connection, tenant: str, usecase: str, username: str, password_hash: str) -> dict[str, Any]:
+    current = get_usecase(conn, tenant, usecase)
+    try:
+        cur = conn.execute("INSERT INTO credentials (usecase_id, username, password_hash, created_at) VALUES (?, ?, ?, ?)",
+                           (current["id"], username, password_hash, time.time()))
+    except sqlite3.IntegrityError:
+        raise Conflict(f"username {username!r} is taken") from None
+    append_event(conn, current["tenant_id"], "credential_added", usecase, {"username": username})
+    return next(c for c in _credential_rows(conn, current["id"]) if c["id"] == cur.lastrowid)
+
+
+def _revoke_credential(conn: sqlite3.Connection, tenant: str, usecase: str, username: str) -> dict[str, Any]:
+    current = get_usecase(conn, tenant, usecase)
+    row = conn.execute("SELECT id, revoked_at FROM credentials WHERE usecase_id = ? AND username = ?", (current["id"], username)).fetchone()
+    if row is None:
+        raise NotFound(f"use case {usecase!r} has no credential {username!r}")
+    if row["revoked_at"] is None:
+        conn.execute("UPDATE credentials SET revoked_at = ? WHERE id = ?", (time.time(), row["id"]))
+        append_event(conn, current["tenant_id"], "credential_revoked", usecase, {"username": username})
+    return next(c for c in _credential_rows(conn, current["id"]) if c["id"] == row["id"])
+
+
+class Usecases:
+    def __init__(self, db: Database):
+        self.db = db
+
+    async def add(self, tenant: str, *, domain: str, name: str, senders: list[str], **fields: Any) -> dict[str, Any]:
+        return await self.db.write(_add, tenant, domain, name, fields, senders)
+
+    async def get(self, tenant: str, name: str) -> dict[str, Any]:
+        return await self.db.read(get_usecase, tenant, name)
+
+    async def list(self, tenant: str | None = None) -> list[dict[str, Any]]:
+        """One tenant's use cases, or (None, operator scope) all of them."""
+        def run(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            if tenant is None:
+                rows = conn.execute(CONTEXT_SQL + " ORDER BY t.name, u.name")
+            else:
+                tenant_by_name(conn, tenant)
+                rows = conn.execute(CONTEXT_SQL + " WHERE t.name = ? ORDER BY u.name", (tenant,))
+            return [_context(conn, r) for r in rows]
+
+        return await self.db.read(run)
+
+    async def update(self, tenant: str, name: str, changes: dict[str, Any], senders: list[str] | None = None) -> dict[str, Any]:
+        return await self.db.write(_update, tenant, name, changes, senders)
+
+    async def delete(self, tenant: str, name: str) -> dict[str, Any]:
+        return await self.db.write(_delete, tenant, name)
+
+    async def context(self, usecase_id: int) -> dict[str, Any] | None:
+        """What a submission session needs about its use case, read fresh (None when deleted)."""
+        return await self.db.read(lambda c: _context(c, c.execute(CONTEXT_SQL + " WHERE u.id = ?", (usecase_id,)).fetchone()))
+
+    # ------------------------------------------------------------------ credentials
+
+    async def add_credential(self, tenant: str, usecase: str, username: str, password_hash: str) -> dict[str, Any]:
+        return await self.db.write(_add_credential, tenant, usecase, username, password_hash)
+
+    async def credentials(self, tenant: str, usecase: str) -> list[dict[str, Any]]:
+        return await self.db.read(lambda c: _credential_rows(c, get_usecase(c, tenant, usecase)["id"]))
+
+    async def revoke_credential(self, tenant: str, usecase: str, username: str) -> dict[str, Any]:
+        return await self.db.write(_revoke_credential, tenant, usecase, username)
+
+    async def credential(self, username: str) -> dict[str, Any] | None:
+        """The credential row for AUTH (hash included: never hand it beyond the service)."""
+        return await self.db.read(lambda c: (lambda r: dict(r) if r else None)(c.execute(
+            "SELECT id, usecase_id, username, password_hash, revoked_at FROM credentials WHERE username = ?", (username,)).fetchone()))
+
+    async def touch_credential(self, credential_id: int) -> None:
+        await self.db.write(lambda c: c.execute("UPDATE credentials SET last_used_at = ? WHERE id = ?", (time.time(), credential_id)))

@@ -1,0 +1,31 @@
+"""Authenticated submission: apps hand the gateway their mail here (see server.py for the flow).
+
+``build`` is what the daemon calls; tests build the pieces directly with fakes for
+``authenticate`` and ``context``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ..config import Config
+from ..metrics import Metrics
+from ..paths import Paths
+from .handler import Authenticate, Context, Submit, SubmissionHandler
+from .server import SubmissionServer, client_tls_context
+from .tls import TlsContext
+
+
+def build(config: Config, *, paths: Paths, authenticate: Authenticate, context: Context, submit: Submit,
+          monthly_count: Callable[[int], Awaitable[int]], metrics: Metrics,
+          on_queued: Callable[[str], Any] | None = None) -> SubmissionServer:
+    sub = config.submission
+    handler = SubmissionHandler(sub, hostname=config.daemon.hostname, authenticate=authenticate, context=context,
+                                submit=submit, monthly_count=monthly_count, lifetime=config.queue.lifetime,
+                                metrics=metrics, on_queued=on_queued)
+    tls = TlsContext(sub.tls_cert, sub.tls_key, tls_dir=paths.tls_dir, hostname=config.daemon.hostname)
+    return SubmissionServer(sub, handler=handler, tls=tls, hostname=config.daemon.hostname, metrics=metrics)
+
+
+__all__ = ["build", "SubmissionServer", "SubmissionHandler", "TlsContext", "client_tls_context"]

@@ -1,0 +1,266 @@
+"""The submission handler: aiosmtpd's hooks for one listener (AUTH, MAIL, RCPT, DATA).
+
+    AUTH  PLAIN | LOGIN, after TLS only (aiosmtpd answers 538 before); the password is checked by
+          ``authenticate`` (argon2 off the loop); a client address with too many failures gets
+          454 4.7.0 for the cool-down period without its password even being looked at.
+    MAIL  syntax, account (use case, tenant, domain), envelope sender, SIZE, quota, rate limit
+    RCPT  syntax, recipient limit (452 for the excess), duplicates collapsed
+    DATA  bare CR/LF and NUL, header size, Received count, From header, prepare, queue.put
+          (committed, group commit) and only then 250
+
+Every refusal is an ``SMTPError``: the client gets its public text, the log its reason. Anything
+unexpected is logged with its traceback and answered 451 4.3.0: exception text never reaches a client.
+"""
+
+from __future__ import annotations
+
+import binascii
+import time
+from base64 import b64decode
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from aiosmtpd.smtp import MISSING, AuthResult
+
+from ..config import SubmissionConfig
+from ..errors import SMTPError
+from ..metrics import Metrics
+from ..store.queue import NewMessage, QueueIds
+from . import policy, prepare
+from .ratelimit import AuthCooldown, QuotaTracker, RateLimiter, TtlCache
+
+log = structlog.get_logger("submission")
+
+INTERNAL_ERROR = "451 4.3.0 Internal error, please try again later"
+AUTH_OK = "235 2.7.0 Authentication successful"
+AUTH_INVALID = "535 5.7.8 Authentication credentials invalid"
+AUTH_COOLDOWN = "454 4.7.0 Too many failed authentication attempts, try again later"
+AUTH_TEMPFAIL = "454 4.7.0 Temporary authentication failure"
+MAX_USERNAME = 256
+MAX_PASSWORD = 1024
+
+Authenticate = Callable[[str, str], Awaitable[dict[str, Any] | None]]
+Context = Callable[[int], Awaitable[dict[str, Any] | None]]
+Submit = Callable[[NewMessage], Awaitable[dict[str, Any]]]
+
+
+def client_ip(server: Any) -> str:
+    peer = server.session.peer if server.session else None
+    return str(peer[0]) if isinstance(peer, tuple) else str(peer or "unknown")
+
+
+def _usecase_id(auth: dict[str, Any]) -> int:
+    return auth["usecase_id"] if "usecase_id" in auth else auth["id"]
+
+
+def _size_param(options: list[str]) -> int | None:
+    for opt in options:
+        key, _, value = opt.partition("=")
+        if key.upper() == "SIZE" and value.isdigit():
+            return int(value)
+    return None
+
+
+class SubmissionHandler:
+    def __init__(self, config: SubmissionConfig, *, hostname: str, authenticate: Authenticate, context: Context,
+                 submit: Submit, monthly_count: Callable[[int], Awaitable[int]], lifetime: float,
+                 metrics: Metrics | None = None, on_queued: Callable[[str], None] | None = None):
+        self.config = config
+        self.hostname = hostname
+        self.authenticate = authenticate
+        self.contexts = TtlCache(context, config.context_ttl)
+        self.submit = submit
+        self.quota = QuotaTracker(monthly_count, ttl=max(config.context_ttl, 1.0) * 6)
+        self.rates = RateLimiter()
+        self.cooldown = AuthCooldown(config.auth_failures_limit, config.auth_cooldown)
+        self.ids = QueueIds()
+        self.lifetime = lifetime
+        self.metrics = metrics or Metrics()
+        self.on_queued = on_queued
+
+    def configure(self, config: SubmissionConfig, lifetime: float) -> None:
+        self.config = config
+        self.lifetime = lifetime
+        self.contexts.ttl = config.context_ttl
+        self.contexts.clear()
+        self.cooldown.configure(config.auth_failures_limit, config.auth_cooldown)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _refuse(self, server: Any, step: str, err: SMTPError) -> str:
+        self.metrics.submission_refusals.labels(step=step, code=str(err.code)).inc()
+        auth = server.session.auth_data if server.session else None
+        log.info("submission_refused", step=step, code=err.code, enhanced=err.enhanced, reason=err.reason,
+                 client=client_ip(server), usecase=(auth or {}).get("usecase") or (auth or {}).get("name"))
+        return err.reply
+
+    async def _context(self, server: Any) -> dict[str, Any]:
+        auth = server.session.auth_data
+        ctx = await self.contexts.get(_usecase_id(auth))
+        if ctx is None:
+            raise SMTPError(550, "5.7.1", "This login is no longer valid", f"use case {_usecase_id(auth)} no longer exists")
+        return ctx
+
+    async def handle_exception(self, error: Exception) -> str:
+        log.error("submission_exception", error_type=type(error).__name__, exc_info=error)
+        return INTERNAL_ERROR
+
+    # ------------------------------------------------------------------ AUTH
+
+    async def auth_PLAIN(self, server: Any, args: list[str]) -> AuthResult:  # noqa: N802 - aiosmtpd's naming
+        ip = client_ip(server)
+        if self.cooldown.blocked(ip):
+            return self._cooling(ip, "PLAIN")
+        if len(args) == 1:
+            blob = await server.challenge_auth("")
+            if blob is MISSING:
+                return AuthResult(success=False, handled=True)
+        else:
+            try:
+                blob = b64decode(args[1], validate=True)
+            except (binascii.Error, ValueError):
+                await server.push("501 5.5.2 Cannot decode base64")
+                return AuthResult(success=False, handled=True)
+        parts = blob.split(b"\x00")
+        if len(parts) != 3 or (parts[0] and parts[0] != parts[1]):
+            await server.push("501 5.5.2 Malformed PLAIN response")
+            return AuthResult(success=False, handled=True)
+        return await self._verify(server, ip, "PLAIN", parts[1], parts[2])
+
+    async def auth_LOGIN(self, server: Any, args: list[str]) -> AuthResult:  # noqa: N802
+        ip = client_ip(server)
+        if self.cooldown.blocked(ip):
+            return self._cooling(ip, "LOGIN")
+        if len(args) == 1:
+            username = await server.challenge_auth("Username:")
+            if username is MISSING:
+                return AuthResult(success=False, handled=True)
+        else:
+            try:
+                username = b64decode(args[1], validate=True)
+            except (binascii.Error, ValueError):
+                await server.push("501 5.5.2 Cannot decode base64")
+                return AuthResult(success=False, handled=True)
+        password = await server.challenge_auth("Password:")
+        if password is MISSING:
+            return AuthResult(success=False, handled=True)
+        return await self._verify(server, ip, "LOGIN", username, password)
+
+    def _cooling(self, ip: str, mechanism: str) -> AuthResult:
+        self.metrics.submission_auth.labels(outcome="cooldown").inc()
+        log.warning("auth_refused_cooldown", client=ip, mechanism=mechanism)
+        return AuthResult(success=False, handled=False, message=AUTH_COOLDOWN)
+
+    async def _verify(self, server: Any, ip: str, mechanism: str, username_b: bytes, password_b: bytes) -> AuthResult:
+        try:
+            username = username_b.decode("utf-8")
+            password = password_b.decode("utf-8")
+        except UnicodeDecodeError:
+            username, password = "", ""
+        result = None
+        if username and password and len(username) <= MAX_USERNAME and len(password) <= MAX_PASSWORD:
+            try:
+                result = await self.authenticate(username, password)
+            except Exception as exc:  # noqa: BLE001 - the store or hasher failed: temporary, never the text
+                self.metrics.submission_auth.labels(outcome="error").inc()
+                log.error("auth_error", client=ip, username=username, error_type=type(exc).__name__, exc_info=exc)
+                return AuthResult(success=False, handled=False, message=AUTH_TEMPFAIL)
+        if result is None:
+            blocked = self.cooldown.failed(ip)
+            self.metrics.submission_auth.labels(outcome="failed").inc()
+            log.warning("auth_failed", client=ip, mechanism=mechanism, username=username[:MAX_USERNAME], now_blocked=blocked)
+            return AuthResult(success=False, handled=False, message=AUTH_INVALID)
+        self.metrics.submission_auth.labels(outcome="ok").inc()
+        log.info("auth_ok", client=ip, mechanism=mechanism, username=username, usecase=result.get("usecase") or result.get("name"),
+                 tenant=result.get("tenant"))
+        return AuthResult(success=True, auth_data=result, message=AUTH_OK)
+
+    # ------------------------------------------------------------------ MAIL, RCPT
+
+    async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str, mail_options: list[str]) -> str:  # noqa: N802
+        try:
+            policy.check_sender_syntax(address)
+            ctx = await self._context(server)
+            policy.check_account(ctx)
+            policy.check_envelope_sender(address, ctx.get("senders") or ())
+            policy.check_size(_size_param(mail_options), self.config.max_message_size)
+            quota = ctx.get("monthly_quota") or 0
+            if quota:
+                policy.check_quota(await self.quota.used(ctx["tenant_id"]), quota)
+            if not self.rates.allow(_usecase_id(ctx), ctx.get("rate_limit") or 0):
+                raise policy.rate_limited(ctx.get("usecase") or ctx.get("name") or "?")
+        except SMTPError as err:
+            return self._refuse(server, "MAIL", err)
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        envelope.ctx = ctx
+        envelope.seen = set()
+        return "250 2.1.0 Sender OK"
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]) -> str:  # noqa: N802
+        try:
+            policy.check_recipient_syntax(address)
+            key = policy.normalise(address)
+            if key in envelope.seen:
+                return "250 2.1.5 Recipient OK (duplicate)"
+            policy.check_recipient_count(len(envelope.rcpt_tos), self.config.max_recipients)
+        except SMTPError as err:
+            return self._refuse(server, "RCPT", err)
+        envelope.seen.add(key)
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 Recipient OK"
+
+    # ------------------------------------------------------------------ DATA
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        started = time.perf_counter()
+        server.busy = True
+        try:
+            return await self._accept(server, envelope, started)
+        except SMTPError as err:
+            return self._refuse(server, "DATA", err)
+        except Exception as exc:  # noqa: BLE001 - nothing unexpected reaches the client; it may retry
+            log.error("submission_data_failed", client=client_ip(server), error_type=type(exc).__name__, exc_info=exc)
+            return INTERNAL_ERROR
+        finally:
+            server.busy = False
+
+    async def _accept(self, server: Any, envelope: Any, started: float) -> str:
+        cfg = self.config
+        data: bytes = envelope.original_content
+        policy.check_line_endings(data)
+        if len(data) > cfg.max_message_size:
+            raise policy.message_too_big(cfg.max_message_size)
+        found = prepare.inspect(data, max_header_bytes=cfg.max_header_bytes)
+        policy.check_received_count(found.received, cfg.max_received_headers)
+        if found.from_fields != 1:
+            raise SMTPError(550, "5.6.0", "Message must have exactly one From header", f"{found.from_fields} From headers")
+        ctx = envelope.ctx
+        policy.check_header_senders(found.from_addresses, ctx.get("senders") or ())
+        now = time.time()
+        queue_id = self.ids.new(now)
+        message_id = found.message_id or f"{queue_id}@{ctx['domain']}"
+        ip = client_ip(server)
+        received = prepare.received_header(helo=server.session.host_name, client_ip=ip, hostname=self.hostname, queue_id=queue_id,
+                                           tls=server.tls_description(), recipients=envelope.rcpt_tos, now=now)
+        body = prepare.prepare(found, received=received, message_id=message_id, add_message_id=found.message_id is None, now=now)
+        result = await self.submit(NewMessage(
+            queue_id=queue_id, tenant_id=ctx["tenant_id"], usecase_id=_usecase_id(ctx), mail_from=envelope.mail_from,
+            message_id=message_id, body=body, recipients=list(envelope.rcpt_tos), parents=found.parents, client=ip,
+            lifetime=self.lifetime, now=now,
+        ))
+        # Committed: from here on the message is ours.
+        self.quota.accepted(ctx["tenant_id"])
+        elapsed = time.perf_counter() - started
+        self.metrics.messages_received.inc()
+        self.metrics.submission_accept_seconds.observe(elapsed)
+        log.info("queued", queue_id=queue_id, tenant=ctx.get("tenant"), usecase=ctx.get("usecase") or ctx.get("name"),
+                 mail_from=envelope.mail_from, recipients=len(envelope.rcpt_tos), size=len(body), message_id=message_id,
+                 client=ip, held=result.get("hold_reason") or None, delay=round(elapsed, 4))
+        if result.get("hold_reason"):
+            log.info("held", queue_id=queue_id, reason=result["hold_reason"], recipients=len(envelope.rcpt_tos))
+        if self.on_queued is not None:
+            self.on_queued(queue_id)
+        return f"250 2.0.0 Ok: queued as {queue_id}"

@@ -1,0 +1,158 @@
+"""Submission policy: small pure predicates on plain values, each raising one ``SMTPError``.
+
+Every check names why it fired in the error's private ``reason`` (logged), while the client gets a
+short public text with the right code. The listener calls them at the SMTP step where RFC 5321 wants
+the answer: account and sender at MAIL, recipients at RCPT, content at the final dot.
+
+    code  enhanced  when
+    501   5.5.2     CR, LF or NUL inside a command argument
+    553   5.1.7     malformed sender address (RFC 5321 grammar, lengths)
+    553   5.1.3     malformed recipient address
+    553   5.7.1     MAIL FROM or header From not one of the use case's senders
+    550   5.7.1     use case / tenant / outbound disabled, domain not verified or failing
+    451   4.7.0     use case's rate limit reached
+    452   4.5.3     tenant's monthly quota reached; recipients beyond the limit
+    552   5.3.4     SIZE or message (or its header) over the limit
+    550   5.6.0     bare CR or LF, NUL in the message; no or several From headers
+    554   5.4.6     too many Received headers (a loop)
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from ..errors import SMTPError
+
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
+_DOT_STRING = rf"{_ATEXT}+(?:\.{_ATEXT}+)*"
+_QUOTED = r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*"'
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_DOMAIN = rf"{_LABEL}(?:\.{_LABEL})*"
+_LITERAL = r"\[[\x21-\x5a\x5e-\x7e]+\]"
+MAILBOX = re.compile(rf"^(?:{_DOT_STRING}|{_QUOTED})@(?:{_DOMAIN}|{_LITERAL})$")
+
+MAX_LOCAL = 64
+MAX_DOMAIN = 255
+MAX_PATH = 254
+_FORBIDDEN = ("\r", "\n", "\x00")
+
+
+def check_command_argument(arg: str | None) -> None:
+    """Nothing but the line's own CRLF may end a command: no CR, LF or NUL inside it (smuggling)."""
+    if arg and any(c in arg for c in _FORBIDDEN):
+        raise SMTPError(501, "5.5.2", "CR, LF and NUL are not allowed in commands", "control character in command argument")
+
+
+def mailbox_problem(address: str) -> str | None:
+    """Why ``address`` is not an RFC 5321 Mailbox (ASCII, no SMTPUTF8), or None when it is one."""
+    if any(c in address for c in _FORBIDDEN):
+        return "CR, LF or NUL in address"
+    if len(address) > MAX_PATH:
+        return f"address longer than {MAX_PATH} octets"
+    local, _, domain = address.rpartition("@")
+    if len(local) > MAX_LOCAL:
+        return f"local part longer than {MAX_LOCAL} octets"
+    if len(domain) > MAX_DOMAIN:
+        return f"domain longer than {MAX_DOMAIN} octets"
+    if not MAILBOX.match(address):
+        return "not an RFC 5321 mailbox"
+    return None
+
+
+def check_sender_syntax(address: str) -> None:
+    problem = mailbox_problem(address)
+    if problem:
+        raise SMTPError(553, "5.1.7", "Sender address is not valid", f"MAIL FROM {address!r}: {problem}")
+
+
+def check_recipient_syntax(address: str) -> None:
+    problem = mailbox_problem(address)
+    if problem:
+        raise SMTPError(553, "5.1.3", "Recipient address is not valid", f"RCPT TO {address!r}: {problem}")
+
+
+def normalise(address: str) -> str:
+    return address.strip().lower()
+
+
+def sender_allowed(address: str, senders: Iterable[str]) -> bool:
+    """``address`` is one of ``senders`` (case-insensitive); an entry '@domain' allows the whole domain."""
+    addr = normalise(address)
+    domain = "@" + addr.rpartition("@")[2]
+    for s in senders:
+        s = normalise(s)
+        if s == addr or (s.startswith("@") and s == domain):
+            return True
+    return False
+
+
+def check_envelope_sender(address: str, senders: Iterable[str]) -> None:
+    if not sender_allowed(address, senders):
+        raise SMTPError(553, "5.7.1", "Sender address not allowed for this login", f"MAIL FROM {address} not in the use case's senders")
+
+
+def check_header_senders(addresses: list[str], senders: Iterable[str]) -> None:
+    """Every address in the From header is one of the senders; exactly one From header is present."""
+    if not addresses:
+        raise SMTPError(550, "5.6.0", "Message must have one From header with an address", "no From address")
+    senders = list(senders)
+    for a in addresses:
+        if not sender_allowed(a, senders):
+            raise SMTPError(553, "5.7.1", "From header address not allowed for this login", f"header From {a} not in the use case's senders")
+
+
+def check_account(ctx: Mapping[str, Any]) -> None:
+    """The use case may send now: enabled, tenant and its outbound enabled, domain verified."""
+    if not ctx.get("enabled", True):
+        raise SMTPError(550, "5.7.1", "Sending is disabled for this login", f"use case {ctx.get('name')} disabled")
+    if not ctx.get("tenant_enabled", True):
+        raise SMTPError(550, "5.7.1", "Sending is disabled for this account", f"tenant {ctx.get('tenant')} disabled")
+    if not ctx.get("outbound_enabled", True):
+        raise SMTPError(550, "5.7.1", "Outbound mail is disabled for this account", f"tenant {ctx.get('tenant')} outbound disabled")
+    state = ctx.get("domain_state")
+    if state != "verified":
+        raise SMTPError(550, "5.7.1", "Sending domain is not verified", f"domain {ctx.get('domain')} is {state}")
+
+
+def check_size(declared: int | None, limit: int) -> None:
+    if declared is not None and declared > limit:
+        raise SMTPError(552, "5.3.4", "Message size exceeds fixed maximum message size", f"SIZE={declared} over {limit}")
+
+
+def check_recipient_count(have: int, limit: int) -> None:
+    """Called before adding one more recipient: RFC 5321 4.5.3.1.8 says 452 for the excess."""
+    if have >= limit:
+        raise SMTPError(452, "4.5.3", "Too many recipients", f"more than {limit} recipients")
+
+
+def check_quota(used: int, quota: int) -> None:
+    if quota and used >= quota:
+        raise SMTPError(452, "4.5.3", "Monthly message quota reached", f"{used} of {quota} messages this month")
+
+
+def rate_limited(usecase: str) -> SMTPError:
+    return SMTPError(451, "4.7.0", "Rate limit exceeded, try again later", f"use case {usecase} over its rate limit")
+
+
+def check_line_endings(data: bytes) -> None:
+    """Only CRLF line endings and no NUL: bare CR or LF is how SMTP smuggling hides a second message."""
+    crlf = data.count(b"\r\n")
+    if data.count(b"\n") != crlf or data.count(b"\r") != crlf:
+        raise SMTPError(550, "5.6.0", "Message contains bare CR or LF line endings", "bare CR or LF in DATA")
+    if b"\x00" in data:
+        raise SMTPError(550, "5.6.0", "Message contains NUL characters", "NUL in DATA")
+
+
+def check_received_count(count: int, limit: int) -> None:
+    if count > limit:
+        raise SMTPError(554, "5.4.6", "Too many Received headers: mail loop detected", f"{count} Received headers, limit {limit}")
+
+
+def message_too_big(limit: int) -> SMTPError:
+    return SMTPError(552, "5.3.4", "Message size exceeds fixed maximum message size", f"message over {limit} bytes")
+
+
+def header_too_big(limit: int) -> SMTPError:
+    return SMTPError(552, "5.3.4", "Message header too large", f"header block over {limit} bytes")

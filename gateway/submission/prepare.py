@@ -1,0 +1,180 @@
+"""Preparing a submitted message: pure functions on bytes.
+
+The header block is parsed at the byte level (fields with their folded continuation lines kept
+verbatim), never re-serialised through ``email``: the body and every header we do not touch reach
+the recipient exactly as the client sent them, which keeps the client's own signatures (and ours,
+added at delivery) intact and is quick (a few microseconds for a typical message).
+
+    prepare(data, ...) ->  Received: prepended
+                           Message-ID: <queue-id@sending-domain> added when missing
+                           Date: added when missing
+                           Bcc: removed (every one)
+
+``inspect`` reads what policy needs first (From addresses, Received count, Message-ID,
+In-Reply-To/References), so the listener can refuse before doing any work.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from email.utils import formatdate, getaddresses
+
+from ..errors import SMTPError
+
+CRLF = b"\r\n"
+_FIELD_NAME = re.compile(rb"^[\x21-\x39\x3b-\x7e]+$")  # RFC 5322 ftext: printable ASCII but ':'
+_MSGID = re.compile(r"<([^<>\s]{1,500})>")
+MAX_PARENTS = 30
+_HELO_SAFE = re.compile(r"[^A-Za-z0-9.\-\[\]:_]")
+
+
+@dataclass(frozen=True)
+class Field:
+    name: bytes   # lower-cased
+    raw: bytes    # the whole field, folded lines and final CRLF included
+
+    @property
+    def value(self) -> str:
+        """Unfolded value, decoded leniently (8-bit bytes survive as surrogates)."""
+        _, _, value = self.raw.partition(b":")
+        return value.replace(b"\r\n", b"").decode("utf-8", "surrogateescape").strip()
+
+
+@dataclass(frozen=True)
+class Parsed:
+    fields: list[Field]
+    body: bytes          # everything after the header block, blank separator line included (may be b"")
+
+
+@dataclass(frozen=True)
+class Inspected:
+    parsed: Parsed
+    from_addresses: list[str]
+    from_fields: int
+    received: int
+    message_id: str | None   # without <>, when the client set one we can use
+    parents: tuple[str, ...]  # In-Reply-To then References newest first, without <>
+    has_date: bool
+
+
+def split_header(data: bytes, max_header_bytes: int) -> Parsed:
+    """Split ``data`` (CRLF lines) into header fields and body.
+
+    The header ends at the first empty line; a line that is neither a field nor a continuation also
+    ends it (like Postfix, the rest is body, and a blank line is put before it so the message stays
+    well-formed). A header block over ``max_header_bytes`` is refused with 552 5.3.4.
+    """
+    fields: list[Field] = []
+    pos, n = 0, len(data)
+    current: list[bytes] = []
+    current_name = b""
+    body = b""
+    while pos < n:
+        end = data.find(CRLF, pos)
+        end = n if end < 0 else end + 2
+        line = data[pos:end]
+        if line in (CRLF, b""):
+            body = data[pos:]
+            break
+        if line[:1] in (b" ", b"\t") and current:
+            current.append(line)
+        else:
+            name, colon, _ = line.partition(b":")
+            name = name.rstrip(b" \t")
+            if not colon or not _FIELD_NAME.match(name):
+                body = CRLF + data[pos:]
+                break
+            if current:
+                fields.append(Field(current_name, b"".join(current)))
+            current, current_name = [line], name.lower()
+        pos = end
+        if pos > max_header_bytes:
+            raise SMTPError(552, "5.3.4", "Message header too large", f"header block over {max_header_bytes} bytes")
+    if current:
+        fields.append(Field(current_name, b"".join(current)))
+    if fields and not fields[-1].raw.endswith(CRLF):
+        fields[-1] = Field(fields[-1].name, fields[-1].raw + CRLF)
+    return Parsed(fields, body)
+
+
+def message_ids(value: str) -> list[str]:
+    """The msg-ids in a Message-ID / In-Reply-To / References value, without <>."""
+    return _MSGID.findall(value)
+
+
+def inspect(data: bytes, *, max_header_bytes: int) -> Inspected:
+    parsed = split_header(data, max_header_bytes)
+    from_values: list[str] = []
+    received = 0
+    message_id: str | None = None
+    in_reply_to: list[str] = []
+    references: list[str] = []
+    has_date = False
+    for f in parsed.fields:
+        name = f.name
+        if name == b"received":
+            received += 1
+        elif name == b"from":
+            from_values.append(f.value)
+        elif name == b"message-id" and message_id is None:
+            ids = message_ids(f.value)
+            message_id = ids[0] if ids else None
+        elif name == b"in-reply-to":
+            in_reply_to += message_ids(f.value)
+        elif name == b"references":
+            references += message_ids(f.value)
+        elif name == b"date":
+            has_date = True
+    addresses = [addr for _, addr in getaddresses(from_values) if addr] if from_values else []
+    parents: list[str] = []
+    for p in in_reply_to + references[::-1]:
+        if p not in parents:
+            parents.append(p)
+    return Inspected(
+        parsed=parsed,
+        from_addresses=addresses,
+        from_fields=len(from_values),
+        received=received,
+        message_id=message_id,
+        parents=tuple(parents[:MAX_PARENTS]),
+        has_date=has_date,
+    )
+
+
+def safe_helo(helo: str | None) -> str:
+    """The client's HELO name as it may appear in a header: no spaces, parentheses or controls."""
+    cleaned = _HELO_SAFE.sub("", helo or "")[:255]
+    return cleaned or "unknown"
+
+
+def received_header(*, helo: str | None, client_ip: str, hostname: str, queue_id: str, tls: str | None,
+                    recipients: list[str], now: float) -> bytes:
+    """RFC 5321 4.4 trace field. The recipient is named only when there is one (as Postfix does)."""
+    literal = f"[IPv6:{client_ip}]" if ":" in client_ip else f"[{client_ip}]"
+    lines = [f"Received: from {safe_helo(helo)} ({literal})"]
+    lines.append(f"\tby {hostname} (gateway) with {'ESMTPSA' if tls else 'ESMTPA'} id {queue_id}")
+    if tls:
+        lines.append(f"\t({tls})")
+    if len(recipients) == 1:
+        lines.append(f"\tfor <{recipients[0]}>")
+    lines[-1] += f"; {formatdate(now, localtime=True)}"
+    return ("\r\n".join(lines) + "\r\n").encode("utf-8", "surrogateescape")
+
+
+def prepare(inspected: Inspected, *, received: bytes, message_id: str, add_message_id: bool, now: float | None = None) -> bytes:
+    """The message as queued: our Received on top, Bcc gone, Message-ID and Date added when missing."""
+    parts = [received]
+    # A Message-ID field we could not use (no <id>) goes, so the message never carries two.
+    drop = (b"bcc", b"message-id") if add_message_id else (b"bcc",)
+    parts += [f.raw for f in inspected.parsed.fields if f.name not in drop]
+    if add_message_id:
+        parts.append(f"Message-ID: <{message_id}>\r\n".encode("ascii"))
+    if not inspected.has_date:
+        parts.append(f"Date: {formatdate(time.time() if now is None else now, localtime=True)}\r\n".encode("ascii"))
+    body = inspected.parsed.body
+    if not body:
+        body = CRLF
+    parts.append(body)
+    return b"".join(parts)

@@ -1,0 +1,14 @@
+"""Fixtures shared by every test module."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support.dns import DnsServer
+
+
+@pytest.fixture
+def dns_server():
+    """An authoritative DNS server on 127.0.0.1 (UDP+TCP, free port); see tests/support/dns.py."""
+    with DnsServer() as server:
+        yield server

@@ -1,0 +1,127 @@
+"""The `gateway` CLI as operators run it (a subprocess) against a running daemon (a subprocess):
+tenants, output forms and exit codes (0 ok, 1 operational, 2 usage or invalid value)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from gateway.store import Store
+from tests.support.process import GatewayProcess, run_cli
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory):
+    with GatewayProcess(tmp_path_factory.mktemp("cli")) as process:
+        yield process
+        assert process.stop() == 0
+
+
+def err_line(result: subprocess.CompletedProcess) -> str:
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_tenant_lifecycle(gw):
+    added = gw.cli("tenant", "add", "acme", "--display-name", "Acme Inc", "--quota", "1000")
+    assert added.stdout.splitlines()[0].split() == ["name", "acme"]
+    assert "Acme Inc" in added.stdout
+    assert gw.cli_json("tenant", "add", "globex")["name"] == "globex"
+
+    rows = gw.cli_json("tenant", "list")
+    assert [(r["name"], r["display_name"], r["enabled"], r["monthly_quota"]) for r in rows] == [
+        ("acme", "Acme Inc", True, 1000), ("globex", "", True, 0)]
+    table = gw.cli("tenant", "list").stdout.splitlines()
+    assert table[0].split() == ["NAME", "DISPLAY", "NAME", "ENABLED", "OUTBOUND", "QUOTA"]
+    assert table[1].split()[0] == "acme" and table[2].split()[0] == "globex"
+
+    shown = gw.cli_json("tenant", "show", "acme")
+    assert shown["owns"] == [] and shown["enabled"] is True and shown["outbound_enabled"] is True
+
+    assert gw.cli_json("tenant", "disable", "acme", "--outbound")["outbound_enabled"] is False
+    assert gw.cli_json("tenant", "disable", "acme")["enabled"] is False
+    assert "enabled           no" in gw.cli("tenant", "show", "acme").stdout
+    assert gw.cli_json("tenant", "enable", "acme")["enabled"] is True
+    assert gw.cli_json("tenant", "enable", "acme", "--outbound")["outbound_enabled"] is True
+    assert gw.cli_json("tenant", "update", "acme", "--quota", "5")["monthly_quota"] == 5
+
+    assert gw.cli("tenant", "delete", "globex").stdout == "deleted tenant globex\n"
+    assert [r["name"] for r in gw.cli_json("tenant", "list")] == ["acme"]
+
+
+def test_exit_codes_and_one_line_errors(gw):
+    gw.cli("tenant", "add", "dup")
+    assert err_line(gw.cli("tenant", "add", "dup", check=1)) == "gateway: a tenant named 'dup' already exists"
+    assert err_line(gw.cli("tenant", "show", "ghost", check=1)) == "gateway: no tenant named 'ghost'"
+    for verb in ("enable", "disable", "delete"):
+        assert err_line(gw.cli("tenant", verb, "ghost", check=1)) == "gateway: no tenant named 'ghost'"
+    assert err_line(gw.cli("tenant", "add", "Not Valid", check=2)).startswith("gateway: invalid tenant name 'Not Valid'")
+    # click's own usage errors: exit 2 as well.
+    assert "Invalid value for '--quota'" in gw.cli("tenant", "add", "x", "--quota", "-1", check=2).stderr
+    assert "Missing argument 'NAME'" in gw.cli("tenant", "add", check=2).stderr
+    assert "No such command" in gw.cli("tenant", "explode", check=2).stderr
+    assert "No such option" in gw.cli("status", "--bogus", check=2).stderr
+
+
+def test_empty_list_says_none(tmp_path):
+    with GatewayProcess(tmp_path) as fresh:
+        assert fresh.cli_json("tenant", "list") == []
+        assert fresh.cli("tenant", "list").stdout.splitlines()[-1] == "(none)"
+        assert fresh.stop() == 0
+
+
+async def test_delete_refuses_while_the_tenant_owns_something(gw):
+    gw.cli("tenant", "add", "owner")
+    tenant_id = gw.cli_json("tenant", "show", "owner")["id"]
+    # A domain row, written through the store beside the running daemon (SQLite in WAL mode).
+    # The domains service is not this test's business; the row only has to exist.
+    store = await Store.open(gw.state_dir / "gateway.db")
+    try:
+        await store.db.write(lambda c: c.execute(
+            "INSERT INTO domains (tenant_id, name, verification_token, created_at) VALUES (?, 'owner.example.com', 't', ?)",
+            (tenant_id, time.time())))
+        assert gw.cli_json("tenant", "show", "owner")["owns"] == ["domain owner.example.com"]
+        result = gw.cli("tenant", "delete", "owner", check=1)
+        assert err_line(result) == ("gateway: tenant 'owner' still owns: domain owner.example.com; delete those first")
+        assert gw.cli_json("tenant", "show", "owner")["name"] == "owner"
+        await store.db.write(lambda c: c.execute("DELETE FROM domains WHERE tenant_id = ?", (tenant_id,)))
+    finally:
+        await store.close()
+    assert gw.cli_json("tenant", "delete", "owner")["name"] == "owner"
+    gw.cli("tenant", "show", "owner", check=1)
+
+
+def test_socket_found_from_state_dir_and_environment(gw):
+    # --state-dir: the socket is where the daemon puts it by default.
+    assert run_cli("--state-dir", str(gw.state_dir), "status", "--json").returncode == 0
+    assert run_cli("status", "--json", env={"GATEWAY_SOCKET": str(gw.socket_path)}).returncode == 0
+    assert run_cli("status", "--json", env={"STATE_DIRECTORY": str(gw.state_dir)}).returncode == 0
+
+
+def test_status_human_and_json(gw):
+    status = gw.cli_json("status")
+    assert set(status) >= {"version", "pid", "started_at", "uptime_seconds", "state_dir", "socket", "listeners", "reloads"}
+    text = gw.cli("status").stdout
+    assert text.startswith(f"gateway {status['version']}  pid {status['pid']}  up ")
+    assert f"state dir  {gw.state_dir}" in text
+
+
+def test_version_and_help():
+    assert run_cli("--version").stdout.startswith("gateway, version ")
+    helptext = run_cli("--help").stdout
+    for command in ("run", "status", "config", "tenant"):
+        assert f"  {command}" in helptext
+
+
+def test_cli_import_stays_light():
+    # The CLI is run for every operator command: it must not pay for the daemon's libraries.
+    code = ("import sys, gateway.cli; heavy = ['aiohttp', 'structlog', 'sqlite3', 'prometheus_client', 'aiosmtpd', "
+            "'aiosmtplib', 'dkim', 'dns', 'cryptography', 'argon2', 'uvloop']; "
+            "print(json.dumps(sorted(m for m in heavy if m in sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", "import json; " + code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == []

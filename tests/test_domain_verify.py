@@ -1,0 +1,284 @@
+"""Domain verification against a real authoritative DNS server on loopback, through the admin socket."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import dkim
+import dns.name
+import pytest
+
+from tests.support.daemon import AdminError, running_daemon
+from tests.support.dns import GATEWAY_IP, dns_overrides
+from tests.support.tenancy import publish_records, sending_setup
+
+
+@pytest.fixture
+async def gw(tmp_path, dns_server):
+    overrides = dns_overrides(dns_server, timeout=0.4)
+    overrides["domains"]["reverify_interval"] = 0.0  # tests drive rounds themselves
+    async with running_daemon(tmp_path, overrides) as d:
+        await d.call("tenant.add", name="acme")
+        yield d, dns_server
+
+
+async def added(d, dns, domain="acme.test", **kw):
+    record = await d.call("domain.add", tenant="acme", domain=domain, **kw)
+    await publish_records(d, dns, record["name"])
+    return record
+
+
+def by_purpose(result, purpose):
+    return [r for r in result["records"] if r["purpose"] == purpose]
+
+
+async def test_all_records_correct_verifies_and_activates_the_key(gw):
+    d, dns = gw
+    record = await added(d, dns)
+    assert [k["state"] for k in record["keys"]] == ["pending"]
+    result = await d.call("domain.verify", domain="acme.test")
+    assert result["state"] == "verified", result
+    assert {r["status"] for r in result["records"]} == {"verified"}
+    assert result["dmarc_policy"] == "none"
+    assert by_purpose(result, "spf")[0]["ip_results"] == {GATEWAY_IP: "pass"}
+    assert result["activated_selectors"] == [record["keys"][0]["selector"]]
+    keys = await d.store.domains.signing_keys("acme.test")
+    assert [k["selector"] for k in keys] == [record["keys"][0]["selector"]]
+    assert result["duration_ms"] < 1000
+
+
+async def test_every_query_is_fresh(gw):
+    d, dns = gw
+    await added(d, dns)
+    await d.call("domain.verify", domain="acme.test")
+    before = dns.queried("_dmarc.acme.test", "TXT")
+    await d.call("domain.verify", domain="acme.test")
+    assert dns.queried("_dmarc.acme.test", "TXT") == before + 1
+
+
+@pytest.mark.parametrize("purpose", ["verification", "spf", "dkim", "dmarc", "return_path_mx", "return_path_spf"])
+async def test_each_missing_required_record_is_reported_missing(gw, purpose):
+    d, dns = gw
+    await added(d, dns)
+    records = (await d.call("domain.records", domain="acme.test"))["records"]
+    target = next(r for r in records if r["purpose"] == purpose)
+    dns.remove(target["name"], target["type"], target["value"] if target["type"] == "TXT" else None)
+    result = await d.call("domain.verify", domain="acme.test")
+    assert result["state"] == "pending"
+    failed = [r for r in result["records"] if r["status"] != "verified"]
+    assert [(r["purpose"], r["status"]) for r in failed] == [(purpose, "missing")]
+
+
+async def test_optional_mx_missing_still_verifies(gw):
+    d, dns = gw
+    await added(d, dns)
+    dns.remove("acme.test", "MX")
+    result = await d.call("domain.verify", domain="acme.test")
+    assert result["state"] == "verified"
+    assert by_purpose(result, "mx")[0]["status"] == "missing"
+
+
+async def test_dkim_key_mismatch_reports_the_found_value(gw):
+    d, dns = gw
+    record = await added(d, dns)
+    selector = record["keys"][0]["selector"]
+    other = "v=DKIM1; k=rsa; p=" + base64.b64encode(b"not our key").decode()
+    dns.set(f"{selector}._domainkey.acme.test", "TXT", other)
+    result = await d.call("domain.verify", domain="acme.test")
+    (dkim_result,) = by_purpose(result, "dkim")
+    assert dkim_result["status"] == "mismatch"
+    assert dkim_result["found"] == other
+    assert result["state"] == "pending"
+
+
+async def test_dkim_delegated_by_cname(gw):
+    d, dns = gw
+    record = await added(d, dns)
+    selector = record["keys"][0]["selector"]
+    name = f"{selector}._domainkey.acme.test"
+    value = dns.records(name, "TXT")[0]
+    dns.remove(name)
+    # The tenant delegates its selectors to a DNS provider's zone: selector CNAME -> provider name.
+    dns.add(name, "CNAME", f"{selector}.acme.dkim.provider.test.")
+    dns.add(f"{selector}.acme.dkim.provider.test", "TXT", value)
+    result = await d.call("domain.verify", domain="acme.test")
+    (dkim_result,) = by_purpose(result, "dkim")
+    assert dkim_result["status"] == "verified"
+    assert "via CNAME" in dkim_result["detail"]
+    assert result["state"] == "verified"
+
+
+async def test_two_spf_records_are_a_permerror(gw):
+    d, dns = gw
+    await added(d, dns)
+    dns.add("acme.test", "TXT", "v=spf1 ip4:198.51.100.1 -all")
+    result = await d.call("domain.verify", domain="acme.test")
+    (spf_result,) = by_purpose(result, "spf")
+    assert spf_result["status"] == "mismatch"
+    assert "2 SPF records" in spf_result["detail"]
+    assert result["state"] == "pending"
+
+
+async def test_spf_over_ten_lookups_is_a_permerror(gw):
+    d, dns = gw
+    await added(d, dns)
+    includes = []
+    for i in range(11):
+        dns.set(f"_spf{i}.other.test", "TXT", f"v=spf1 ip4:198.51.100.{i} -all")
+        includes.append(f"include:_spf{i}.other.test")
+    dns.set("acme.test", "TXT", f"v=spf1 include:_spf.gateway.test {' '.join(includes)} ~all")
+    result = await d.call("domain.verify", domain="acme.test")
+    (spf_result,) = by_purpose(result, "spf")
+    assert spf_result["status"] == "mismatch"
+    assert "4.6.4" in spf_result["detail"] and "permerror" in spf_result["detail"]
+
+
+async def test_spf_reached_through_nested_includes(gw):
+    d, dns = gw
+    await added(d, dns)
+    dns.set("acme.test", "TXT", "v=spf1 mx include:_spf.esp.test ~all")
+    dns.set("_spf.esp.test", "TXT", "v=spf1 ip4:198.51.100.7 include:_spf2.esp.test -all")
+    dns.set("_spf2.esp.test", "TXT", "v=spf1 include:_spf.gateway.test -all")
+    result = await d.call("domain.verify", domain="acme.test")
+    (spf_result,) = by_purpose(result, "spf")
+    assert spf_result["status"] == "verified", spf_result
+    assert spf_result["ip_results"] == {GATEWAY_IP: "pass"}
+    assert spf_result["lookups"] == 4  # mx, 3 includes
+    assert result["state"] == "verified"
+
+
+async def test_spf_that_does_not_authorise_the_gateway(gw):
+    d, dns = gw
+    await added(d, dns)
+    dns.set("acme.test", "TXT", f"v=spf1 -ip4:{GATEWAY_IP} include:_spf.gateway.test ~all")
+    (spf_result,) = by_purpose(await d.call("domain.verify", domain="acme.test"), "spf")
+    assert spf_result["status"] == "mismatch"
+    assert f"{GATEWAY_IP} -> fail" in spf_result["detail"]
+
+
+@pytest.mark.parametrize("failure", ["servfail", "drop"])
+async def test_servfail_and_timeout_are_errors_not_missing(gw, failure):
+    d, dns = gw
+    await added(d, dns)
+    assert (await d.call("domain.verify", domain="acme.test"))["state"] == "verified"
+    getattr(dns, failure)("_dmarc.acme.test")
+    result = await d.call("domain.verify", domain="acme.test")
+    (dmarc_result,) = by_purpose(result, "dmarc")
+    assert dmarc_result["status"] == "error"
+    assert ("SERVFAIL" if failure == "servfail" else "timeout") in dmarc_result["detail"]
+    assert result["outcome"] == "error"
+    assert result["state"] == "verified"  # a resolver problem does not take the domain down
+
+
+async def test_removed_record_turns_domain_failing_then_back(gw):
+    d, dns = gw
+    await added(d, dns)
+    await d.call("domain.verify", domain="acme.test")
+    dns.remove("bounces.acme.test", "MX")
+    summary = await d.call("domain.reverify")
+    assert summary["states"] == {"failing": 1}
+    shown = await d.call("domain.show", domain="acme.test")
+    assert shown["state"] == "failing"
+    assert {r["purpose"]: r["last_status"] for r in shown["records"]}["return_path_mx"] == "missing"
+    events = await d.store.events.list(subject="acme.test", kind="domain_failing")
+    assert events and "bounces.acme.test MX" in events[0]["data"]["failed"]
+    await publish_records(d, dns, "acme.test")
+    assert (await d.call("domain.verify", domain="acme.test"))["state"] == "verified"
+
+
+async def test_periodic_reverifier_marks_failing(tmp_path, dns_server):
+    overrides = dns_overrides(dns_server, timeout=0.4)
+    overrides["domains"]["reverify_interval"] = 0.1
+    async with running_daemon(tmp_path, overrides) as d:
+        setup = await sending_setup(d, dns_server)
+        reverifier = next(c for c in d.daemon.components if c.name == "domain-reverifier")
+        dns_server.remove("_dmarc.acme.test", "TXT")
+        await reverifier.next_round()
+        round_ = await reverifier.next_round()  # a whole round that began after the removal
+        assert round_["checked"] == 1
+        context = await d.store.usecases.context(setup["usecase_id"])
+        assert context["domain_state"] == "failing"
+        status = await d.call("status")
+        assert status["domain_reverifier"]["rounds"] >= 2
+
+
+async def test_generated_keys_sign_and_verify_with_dkimpy(gw):
+    d, dns = gw
+    record = await added(d, dns, dkim="both", selector="s1")
+    assert sorted((k["selector"], k["algorithm"]) for k in record["keys"]) == [("s1", "rsa"), ("s1-ed", "ed25519")]
+    assert (await d.call("domain.verify", domain="acme.test"))["state"] == "verified"
+    message = b"From: app@acme.test\r\nTo: someone@example.net\r\nSubject: hi\r\n\r\nhello\r\n"
+
+    def dnsfunc(name, timeout=5):
+        values = dns.records(name.decode() if isinstance(name, bytes) else name, "TXT")
+        return values[0].encode() if values else None
+
+    from cryptography.hazmat.primitives import serialization
+
+    for key in await d.store.domains.signing_keys("acme.test"):
+        pem = Path(key["key_path"]).read_bytes()
+        if key["algorithm"] == "rsa":
+            private = serialization.load_pem_private_key(pem, None).private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption())
+            sig = dkim.sign(message, key["selector"].encode(), b"acme.test", private, include_headers=[b"from", b"to", b"subject"])
+        else:
+            raw = serialization.load_pem_private_key(pem, None).private_bytes(
+                serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+            sig = dkim.sign(message, key["selector"].encode(), b"acme.test", base64.b64encode(raw),
+                            signature_algorithm=b"ed25519-sha256", include_headers=[b"from", b"to", b"subject"])
+        assert dkim.verify(sig + message, dnsfunc=dnsfunc), key
+        assert not dkim.verify(sig + message.replace(b"hello", b"HELLO"), dnsfunc=dnsfunc)
+
+
+async def test_dkim_verifies_through_the_dns_server_itself(gw):
+    """dkimpy's own resolver path, pointed at the test server by a dnsfunc that asks it over UDP/TCP."""
+    d, dns = gw
+    await added(d, dns)
+    await d.call("domain.verify", domain="acme.test")
+    (key,) = await d.store.domains.signing_keys("acme.test")
+    import dns.resolver as resolver_module
+    from cryptography.hazmat.primitives import serialization
+
+    resolver = resolver_module.Resolver(configure=False)
+    resolver.nameservers, resolver.port = [dns.host], dns.port
+
+    def dnsfunc(name, timeout=5):
+        answer = resolver.resolve(dns_name(name), "TXT")
+        return b"".join(answer[0].strings)
+
+    private = serialization.load_pem_private_key(Path(key["key_path"]).read_bytes(), None).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption())
+    message = b"From: app@acme.test\r\nSubject: x\r\n\r\nbody\r\n"
+    signed = dkim.sign(message, key["selector"].encode(), b"acme.test", private) + message
+    assert dkim.verify(signed, dnsfunc=dnsfunc)
+
+
+def dns_name(name):
+    return dns.name.from_text(name.decode() if isinstance(name, bytes) else name)
+
+
+async def test_rotation_signs_with_new_key_only_once_verified(gw):
+    d, dns = gw
+    first = (await added(d, dns, selector="one"))["keys"][0]
+    await d.call("domain.verify", domain="acme.test")
+    rotated = await d.call("domain.rotate_dkim", domain="acme.test", selector="two")
+    assert {k["selector"]: k["state"] for k in rotated["keys"]} == {"one": "active", "two": "pending"}
+    # Not yet published: the domain stays verified, the old key keeps signing.
+    result = await d.call("domain.verify", domain="acme.test")
+    assert result["state"] == "verified"
+    assert [k["selector"] for k in await d.store.domains.signing_keys("acme.test")] == ["one"]
+    await publish_records(d, dns, "acme.test")
+    result = await d.call("domain.verify", domain="acme.test")
+    assert result["activated_selectors"] == ["two"]
+    assert [k["selector"] for k in await d.store.domains.signing_keys("acme.test")] == ["two"]
+    shown = await d.call("domain.show", domain="acme.test")
+    assert {k["selector"]: k["state"] for k in shown["keys"]} == {"one": "retired", "two": "active"}
+    with pytest.raises(AdminError, match="active"):
+        await d.call("domain.remove_selector", domain="acme.test", selector="two")
+    path = next(k for k in (await d.store.domains.get("acme", "acme.test"))["keys"] if k["selector"] == "one")["key_path"]
+    await d.call("domain.remove_selector", domain="acme.test", selector=first["selector"])
+    assert [k["selector"] for k in (await d.call("domain.show", domain="acme.test"))["keys"]] == ["two"]
+    import os
+
+    assert not os.path.exists(path)

@@ -1,0 +1,167 @@
+"""Pure parts of submission: policy predicates, VERP, counters, queue ids."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway import verp
+from gateway.errors import SMTPError
+from gateway.store.queue import QueueIds
+from gateway.submission import policy
+from gateway.submission.ratelimit import AuthCooldown, ConnectionCounter, RateLimiter
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("address, ok", [
+    ("app@example.com", True),
+    ("first.last+tag@sub.example.co.uk", True),
+    ('"quoted local"@example.com', True),
+    ("user@[192.0.2.1]", True),
+    ("user@localhost", True),
+    ("a..b@example.com", False),
+    (".a@example.com", False),
+    ("a@-example.com", False),
+    ("a@exa_mple.com", False),
+    ("no-at-sign", False),
+    ("a@b@example.com", False),
+    ("x" * 65 + "@example.com", False),
+    ("a@" + "b" * 64 + ".com", False),
+    ("a\r@example.com", False),
+    ("a@example.com\n", False),
+    ("a\x00@example.com", False),
+    ("é@example.com", False),
+])
+def test_mailbox_grammar(address, ok):
+    assert (policy.mailbox_problem(address) is None) is ok
+
+
+def test_sender_checks():
+    senders = ["app@example.com", "@news.example.com"]
+    assert policy.sender_allowed("APP@Example.com", senders)
+    assert policy.sender_allowed("anyone@news.example.com", senders)
+    assert not policy.sender_allowed("app@evil.example", senders)
+    assert not policy.sender_allowed("anyone@example.com", senders)
+    with pytest.raises(SMTPError) as err:
+        policy.check_envelope_sender("ceo@example.com", senders)
+    assert (err.value.code, err.value.enhanced) == (553, "5.7.1")
+    with pytest.raises(SMTPError) as err:
+        policy.check_header_senders(["app@example.com", "ceo@example.com"], senders)
+    assert (err.value.code, err.value.enhanced) == (553, "5.7.1") and "ceo@example.com" in err.value.reason
+
+
+@pytest.mark.parametrize("ctx, reason", [
+    ({"tenant_enabled": False, "outbound_enabled": True, "domain_state": "verified"}, "disabled"),
+    ({"tenant_enabled": True, "outbound_enabled": False, "domain_state": "verified"}, "outbound disabled"),
+    ({"tenant_enabled": True, "outbound_enabled": True, "domain_state": "pending"}, "is pending"),
+    ({"tenant_enabled": True, "outbound_enabled": True, "domain_state": "failing"}, "is failing"),
+])
+def test_account_refusals(ctx, reason):
+    with pytest.raises(SMTPError) as err:
+        policy.check_account({"tenant": "acme", "domain": "example.com", **ctx})
+    assert (err.value.code, err.value.enhanced) == (550, "5.7.1") and reason in err.value.reason
+
+
+def test_account_ok():
+    policy.check_account({"tenant_enabled": True, "outbound_enabled": True, "domain_state": "verified"})
+
+
+@pytest.mark.parametrize("fn, args, code, enhanced", [
+    (policy.check_size, (5000, 4096), 552, "5.3.4"),
+    (policy.check_recipient_count, (2, 2), 452, "4.5.3"),
+    (policy.check_quota, (10, 10), 452, "4.5.3"),
+    (policy.check_received_count, (51, 50), 554, "5.4.6"),
+    (policy.check_line_endings, (b"a\nb\r\n",), 550, "5.6.0"),
+    (policy.check_line_endings, (b"a\rb\r\n",), 550, "5.6.0"),
+    (policy.check_line_endings, (b"a\r\r\n",), 550, "5.6.0"),
+    (policy.check_line_endings, (b"a\x00b\r\n",), 550, "5.6.0"),
+    (policy.check_command_argument, ("FROM:<a\rb@x>",), 501, "5.5.2"),
+])
+def test_refusal_codes(fn, args, code, enhanced):
+    with pytest.raises(SMTPError) as err:
+        fn(*args)
+    assert (err.value.code, err.value.enhanced) == (code, enhanced)
+    assert err.value.reason
+
+
+def test_checks_that_pass():
+    policy.check_size(None, 10)
+    policy.check_size(10, 10)
+    policy.check_recipient_count(1, 2)
+    policy.check_quota(5, 0)  # 0 = unlimited
+    policy.check_received_count(50, 50)
+    policy.check_line_endings(b"a\r\nb\r\n\r\n")
+    policy.check_command_argument(None)
+
+
+def test_verp_round_trip():
+    ids = QueueIds()
+    qid = ids.new()
+    base = verp.bounce_address("Bounces.Example.COM.")
+    assert base == "bounces@bounces.example.com"
+    rp = verp.return_path(base, qid, 7)
+    assert rp == f"bounces+{qid}.7@bounces.example.com"
+    assert verp.decode(rp) == verp.VerpTag(queue_id=qid, recipient_index=7, base=base)
+    assert verp.decode(f"<{rp.upper()}>") == verp.VerpTag(queue_id=qid, recipient_index=7, base=base)
+    assert len(rp.partition("@")[0]) <= 64
+
+
+@pytest.mark.parametrize("address", ["bounces@example.com", "bounces+nonsense@example.com", "bounces+ab.1@example.com",
+                                     "+0123456789abcdef.1@example.com", "bounces+0123456789abcdef.x@example.com", "nope"])
+def test_verp_decode_rejects(address):
+    assert verp.decode(address) is None
+
+
+def test_verp_refuses_bad_input():
+    with pytest.raises(ValueError):
+        verp.return_path("no-at-sign", "0123456789abcdef", 0)
+    with pytest.raises(ValueError):
+        verp.return_path("a+b@example.com", "0123456789abcdef", 0)
+    with pytest.raises(ValueError):
+        verp.return_path("x" * 50 + "@example.com", "0123456789abcdef", 0)
+    with pytest.raises(ValueError):
+        verp.return_path("bounces@example.com", "not-a-queue-id!", 0)
+
+
+def test_queue_ids_are_unique_sortable_and_verp_safe():
+    ids = QueueIds()
+    made = [ids.new(1_700_000_000.0) for _ in range(1000)] + [ids.new(1_700_000_000.001)]
+    assert len(set(made)) == len(made)
+    assert made == sorted(made)
+    assert all(len(q) == 16 and verp.decode(verp.return_path("b@x.example", q, 0)).queue_id == q for q in made[:50])
+
+
+def test_rate_limiter_token_bucket():
+    clock = Clock()
+    rates = RateLimiter(clock)
+    assert [rates.allow("uc", 3) for _ in range(4)] == [True, True, True, False]
+    clock.now += 20  # a third of a minute: one token back
+    assert rates.allow("uc", 3) and not rates.allow("uc", 3)
+    assert all(rates.allow("other", 0) for _ in range(100))  # 0 = unlimited
+
+
+def test_auth_cooldown():
+    clock = Clock()
+    cool = AuthCooldown(3, 60.0, clock)
+    assert not cool.failed("192.0.2.1") and not cool.failed("192.0.2.1")
+    assert not cool.blocked("192.0.2.1")
+    assert cool.failed("192.0.2.1") and cool.blocked("192.0.2.1")
+    assert not cool.blocked("192.0.2.2")
+    clock.now += 61
+    assert not cool.blocked("192.0.2.1")
+
+
+def test_connection_counter():
+    c = ConnectionCounter(total=3, per_client=2)
+    assert c.admit("a") is None and c.admit("a") is None
+    assert c.admit("a") == "client"
+    assert c.admit("b") is None
+    assert c.admit("c") == "total"
+    c.release("a")
+    assert c.admit("c") is None and c.total == 3
