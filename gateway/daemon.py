@@ -92,10 +92,11 @@ class Daemon:
         usecases = UsecaseService(store, return_path_prefix=self.config.domains.return_path_prefix)
         domains = DomainService(store, self.config, self.paths.keys_dir)
         monitor = QueueMonitor(store, self.metrics)
-        self.services = [TenantService(store), domains, usecases, QueueService(store, on_change=monitor.kick),
-                         PauseService(store, on_change=monitor.kick), DaemonService(self),
-                         ConnectorService(store, lambda: self.config)]
         self.scheduler = Scheduler(store, self.config, self.metrics)
+        self.services = [TenantService(store), domains, usecases,
+                         QueueService(store, wake=self.scheduler.wake, on_change=monitor.kick),
+                         PauseService(store, wake=self.scheduler.wake, on_change=monitor.kick), DaemonService(self),
+                         ConnectorService(store, lambda: self.config)]
         # Components start in this order and stop in reverse: workers before listeners, so
         # listeners stop accepting first on shutdown; web and admin last so status works to the end.
         self.components = [monitor]

@@ -3,8 +3,8 @@
 
     .venv/bin/python scripts/bench_daemon.py [--starts 7] [--pings 1000] [--cli-runs 10]
 
-(a) `gateway run` until READY=1 arrives on a NOTIFY_SOCKET made here (fresh state dir each run, so
-    migrations are included), median of --starts runs; targets < 1 s.
+(a) `gateway run` until READY=1 arrives on a NOTIFY_SOCKET made here, median of --starts runs, both
+    on a fresh state dir (migrations, generated TLS pair included) and restarted on that state; < 1 s.
 (b) `ping` round trips over one admin-socket connection, p50/p99 of --pings calls; target < 5 ms.
 (c) `gateway status` wall time as an operator runs it, median of --cli-runs; target < 400 ms.
 """
@@ -79,12 +79,16 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="gw-bench-") as tmp:
         tmp = Path(tmp)
-        ready = []
+        ready, restart = [], []
         for i in range(args.starts):
             run_dir = tmp / f"start{i}"
             run_dir.mkdir()
-            proc, seconds, _ = start(run_dir)
+            proc, seconds, _ = start(run_dir)  # first start: creates the database, TLS pair...
             ready.append(seconds)
+            stop(proc)
+            (run_dir / "notify.sock").unlink()
+            proc, seconds, _ = start(run_dir)  # a restart on existing state, as systemd does
+            restart.append(seconds)
             stop(proc)
 
         run_dir = tmp / "main"
@@ -111,14 +115,16 @@ def main() -> None:
             stop(proc)
 
     rows = [
-        ("gateway run -> READY=1", f"median {ms(statistics.median(ready))}  (min {ms(min(ready))}, max {ms(max(ready))}, n={len(ready)})", "< 1 s",
+        ("restart -> READY=1", f"median {ms(statistics.median(restart))}  (min {ms(min(restart))}, max {ms(max(restart))}, n={len(restart)})",
+         "< 1 s", statistics.median(restart) < 1.0),
+        ("first run -> READY=1", f"median {ms(statistics.median(ready))}  (min {ms(min(ready))}, max {ms(max(ready))}, n={len(ready)})", "< 1 s",
          statistics.median(ready) < 1.0),
         ("admin round trip (ping)", f"p50 {ms(p50)}  p99 {ms(p99)}  (n={len(rtts)}, one connection)", "< 5 ms", p99 < 0.005),
         ("gateway status wall time", f"median {ms(statistics.median(cli))}  (min {ms(min(cli))}, n={len(cli)})", "< 400 ms",
          statistics.median(cli) < 0.4),
     ]
     for name, figure, target, ok in rows:
-        print(f"{name:26} {figure:60} target {target:8} {'ok' if ok else 'MISSED'}")
+        print(f"{name:26} {figure:62} target {target:8} {'ok' if ok else 'MISSED'}")
 
 
 if __name__ == "__main__":

@@ -339,3 +339,10 @@ async def test_stop_answers_idle_sessions_421(tmp_path):
 def test_smtp_error_reply_format():
     err = SMTPError(452, "4.5.3", "Too many recipients", "more than 2")
     assert err.reply == "452 4.5.3 Too many recipients" and not err.permanent
+
+
+async def test_second_starttls_refused(tmp_path):
+    async with submission_listener(tmp_path) as sub:
+        async with sub.client(login=None) as smtp:
+            response = await smtp.execute_command(b"STARTTLS")
+            assert (response.code, response.message) == (503, "5.5.1 TLS already active")

@@ -134,6 +134,12 @@ class SubmissionSMTP(SMTP):
         if await self._checked("RCPT", arg):
             await super().smtp_RCPT(arg)
 
+    async def smtp_STARTTLS(self, arg: str) -> None:  # noqa: N802
+        if self._tls_protocol is not None:
+            await self.push("503 5.5.1 TLS already active")
+            return
+        await super().smtp_STARTTLS(arg)
+
     async def smtp_AUTH(self, arg: str) -> None:  # noqa: N802
         if await self._checked("AUTH", arg):
             await super().smtp_AUTH(arg)

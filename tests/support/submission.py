@@ -134,10 +134,6 @@ async def submission_listener(tmp_path: Path, *, submission: dict[str, Any] | No
             await store.close()
 
 
-def unverified_client_context() -> ssl.SSLContext:
-    return client_tls_context()
-
-
 class RawClient:
     """Bytes on the wire, for dialogs a well-behaved client library refuses to send (bare LF, NUL...)."""
 

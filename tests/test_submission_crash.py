@@ -1,0 +1,96 @@
+"""Crash safety: SIGKILL the daemon while clients submit, restart it, and every message that got a 250
+reaches the remote at least once (the 250 came after the commit; claims of the dead process are
+released on restart)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import aiosmtplib
+
+from gateway.admin.client import AdminClient
+from gateway.submission import client_tls_context
+from tests.support.daemon import merge
+from tests.support.delivery import FAST_RETRIES, publish_mx
+from tests.support.process import GatewayProcess
+from tests.support.sink import mail_sink
+from tests.support.submission import message
+from tests.support.tenancy import dns_overrides, sending_setup
+
+QUEUE_ID = re.compile(rb"\bid ([0-9a-hjkmnp-tv-z]{16})\b")
+
+
+class AdminHandle:
+    """What sending_setup needs (``call``), over the subprocess daemon's admin socket."""
+
+    def __init__(self, gw: GatewayProcess):
+        self.gw = gw
+
+    async def call(self, method: str, **params):
+        def go():
+            with AdminClient(self.gw.socket_path, timeout=30) as client:
+                return client.call(method, **params)
+
+        return await asyncio.to_thread(go)
+
+    async def submission_port(self) -> int:
+        status = await self.call("status")
+        address = next(l["address"] for l in status["listeners"] if l["name"] == "submission")
+        return int(address.rpartition(":")[2])
+
+
+TARGET = 150  # accepted messages before the kill: sessions mid-dialog, commits and deliveries in flight
+
+
+async def client_loop(port: int, setup: dict, accepted: list[str], enough: asyncio.Event, stop: asyncio.Event, n: int) -> None:
+    """Submit until the daemon dies (or ``stop``); record the queue id of every 250."""
+    try:
+        smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=True, tls_context=client_tls_context(), timeout=10)
+        async with smtp:
+            await smtp.login(setup["username"], setup["password"])
+            i = 0
+            while not stop.is_set():
+                i += 1
+                _, reply = await smtp.sendmail(setup["sender"], [f"rcpt{n}-{i}@dest.test"],
+                                               message(sender=setup["sender"], to=f"rcpt{n}-{i}@dest.test", size=4096))
+                accepted.append(reply.rsplit(" ", 1)[1])
+                if len(accepted) >= TARGET:
+                    enough.set()
+    except (aiosmtplib.SMTPException, OSError):
+        pass  # the daemon was killed under us: whatever had no 250 is the client's to retry
+
+
+async def test_sigkill_under_load_loses_no_accepted_message(tmp_path, dns_server):
+    publish_mx(dns_server, "dest.test")
+    async with mail_sink() as sink:
+        overrides = merge(dns_overrides(dns_server), {"delivery": {**FAST_RETRIES, "remote_port": sink.port}})
+        gw = GatewayProcess(tmp_path, overrides).start()
+        try:
+            admin = AdminHandle(gw)
+            setup = await sending_setup(admin, dns_server, domain="acme.test", sender="app@acme.test")
+            port = await admin.submission_port()
+
+            accepted: list[str] = []
+            enough, stop = asyncio.Event(), asyncio.Event()
+            clients = [asyncio.create_task(client_loop(port, setup, accepted, enough, stop, n)) for n in range(6)]
+            await asyncio.wait_for(enough.wait(), 60)
+            gw.proc.kill()
+            gw.proc.wait(10)
+            stop.set()
+            await asyncio.gather(*clients)
+            assert len(accepted) >= TARGET
+            gw.close()
+
+            # The same state dir: claims of the dead process are released, delivery resumes.
+            gw = GatewayProcess(tmp_path, overrides, state_dir=gw.state_dir, name="gw-restarted").start()
+            wanted = set(accepted)
+
+            def delivered() -> set[str]:
+                return {m.group(1).decode() for r in sink.messages for m in [QUEUE_ID.search(r.data)] if m}
+
+            await sink.wait_until(lambda _sink: wanted <= delivered(), timeout=90)
+            assert wanted <= delivered()
+            assert gw.stop() == 0
+        finally:
+            gw.close()
