@@ -97,23 +97,24 @@ class Daemon:
                          QueueService(store, wake=self.scheduler.wake, on_change=monitor.kick),
                          PauseService(store, wake=self.scheduler.wake, on_change=monitor.kick), DaemonService(self),
                          ConnectorService(store, lambda: self.config)]
-        # Components start in this order and stop in reverse: workers before listeners, so
-        # listeners stop accepting first on shutdown; web and admin last so status works to the end.
-        self.components = [monitor]
-        self.components.append(Reverifier(domains, interval=self.config.domains.reverify_interval,
-                                          concurrency=self.config.domains.verify_concurrency))
-        self.components.append(
-            WebServer(self.config.web.listen, self.metrics, self.health, routes=[r for c in self.components for r in c.web_routes()])
-        )
-        self.components.append(self.scheduler)
-        self.components.append(submission.build(
-            self.config, paths=self.paths, authenticate=usecases.authenticate, context=usecases.context,
-            submit=store.queue.submit, monthly_count=store.queue.monthly_count, metrics=self.metrics,
-            on_queued=self.scheduler.wake,
-        ))
-        self.components.append(
-            AdminServer(self.paths.socket, collect(*self.services), max_request_bytes=self.config.admin.max_request_bytes, metrics=self.metrics)
-        )
+        workers: list[Component] = [
+            monitor,
+            Reverifier(domains, interval=self.config.domains.reverify_interval, concurrency=self.config.domains.verify_concurrency),
+            self.scheduler,
+            submission.build(
+                self.config, paths=self.paths, authenticate=usecases.authenticate, context=usecases.context,
+                submit=store.queue.submit, monthly_count=store.queue.monthly_count, metrics=self.metrics,
+                on_queued=self.scheduler.wake,
+            ),
+        ]
+        # Components start in this order and stop in reverse. Web and admin start first and stop
+        # last, so status and /health answer until the end; the listeners stop accepting before the
+        # scheduler drains in-flight deliveries. The web server serves every component's routes.
+        self.components = [
+            WebServer(self.config.web.listen, self.metrics, self.health, routes=[r for c in workers for r in c.web_routes()]),
+            AdminServer(self.paths.socket, collect(*self.services), max_request_bytes=self.config.admin.max_request_bytes, metrics=self.metrics),
+            *workers,
+        ]
 
     # ------------------------------------------------------------------ lifecycle
 

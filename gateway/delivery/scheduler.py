@@ -367,7 +367,8 @@ class Scheduler(Component):
                                      envelope_from=msg["mail_from"], failed=failed, reporting_mta=host, sender=sender, now=now)
         by_rcpt = {r["rcpt"]: r["id"] for r in work.rcpts}
         new = NewMessage(queue_id=self._ids.new(now), tenant_id=msg["tenant_id"], usecase_id=msg["usecase_id"], mail_from="",
-                         message_id=message_id, body=body, recipients=[msg["mail_from"]], now=now)
+                         message_id=message_id, body=body, recipients=[msg["mail_from"]], now=now,
+                         counts_to_quota=False)
         return Dsn(message=new, recipient_ids=[by_rcpt[f.rcpt] for f in failed], original_queue_id=msg["queue_id"],
                    tenant_id=msg["tenant_id"])
 
