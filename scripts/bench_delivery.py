@@ -170,11 +170,12 @@ async def claim_cost(args, tmp: Path) -> None:
             conn.executemany("INSERT INTO messages (id, queue_id, tenant_id, usecase_id, mail_from, message_id, size, body, created_at, expires_at)"
                              " VALUES (?, ?, 1, 1, 'a@d.test', ?, 1, x'00', 0, ?)",
                              [(start + i + 1, f"q{start + i}", f"m{start + i}", now + 1e6) for i in range(n)])
-            # 90% delivered (history), 10% deferred in the future, a few due now
+            # 90% delivered (history), 10% deferred in the future, and exactly 100 due now whatever the
+            # size, so both sizes claim the same amount of work
             conn.executemany("INSERT INTO recipients (message_id, tenant_id, usecase_id, rcpt, domain, state, next_attempt_at, updated_at)"
                              " VALUES (?, 1, 1, 'r@x.test', 'x.test', ?, ?, 0)",
-                             [(start + i + 1, "delivered" if (start + i) % 10 else "deferred",
-                               now - 10 if (start + i) % 1000 == 0 else now + 3600) for i in range(n)])
+                             [(start + i + 1, "delivered" if (start + i) % 10 and (start + i) % (rows // 100) else "deferred",
+                               now - 10 if (start + i) % (rows // 100) == 0 else now + 3600) for i in range(n)])
         conn.commit()
         conn.close()
         store = await Store.open(path)

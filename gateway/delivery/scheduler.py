@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from concurrent.futures import ThreadPoolExecutor
 import random
 import secrets
 import time
@@ -70,6 +71,13 @@ class Work:
     message: dict[str, Any]
     rcpts: list[dict[str, Any]]
     route: Route
+    data: bytes | None = None             # what goes on the wire (signed), prepared off the loop
+    error: BaseException | None = None    # preparing it failed (e.g. a DKIM key): the lane holds the message
+
+
+# Messages signed per call to the signing thread: one hand-off per chunk, and lanes start on the
+# first chunk while the next is signed.
+SIGN_CHUNK = 32
 
 
 class Scheduler(Component):
@@ -97,6 +105,10 @@ class Scheduler(Component):
         self._inflight = 0
         self._more_due = False
         self._routes: dict[int, tuple[float, Route]] = {}
+        self._recording: set[asyncio.Task] = set()
+        # DKIM signing runs here, off the event loop: the RSA operation (OpenSSL) releases the GIL,
+        # so it uses the second core while the loop serves submission and SMTP sessions.
+        self._sign_pool: ThreadPoolExecutor | None = None
 
     # ------------------------------------------------------------------ component
 
@@ -105,6 +117,7 @@ class Scheduler(Component):
         if released:
             log.info("delivery_claims_released", recipients=released, why="left claimed by a previous process")
         self._http = aiohttp.ClientSession()
+        self._sign_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dkim-sign")
         self._dispatcher = asyncio.get_running_loop().create_task(self._run(), name="delivery-dispatcher")
 
     async def stop(self, deadline: float) -> None:
@@ -120,6 +133,12 @@ class Scheduler(Component):
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        if self._recording:
+            # Outcomes of attempts already made: let them commit (bounded by the writer, not the network).
+            await asyncio.gather(*list(self._recording), return_exceptions=True)
+        if self._sign_pool is not None:
+            self._sign_pool.shutdown(wait=True)
+            self._sign_pool = None
         await self.pool.close_all()
         if self._http is not None:
             await self._http.close()
@@ -182,9 +201,13 @@ class Scheduler(Component):
                 if work is None:
                     work = groups[(msg["id"], dest)] = Work(dest, msg, [], route)
                 work.rcpts.append(row)
-            for work in groups.values():
-                self._queues.setdefault(work.dest, deque()).append(work)
-            self._start_lanes()
+            works = list(groups.values())
+            for i in range(0, len(works), SIGN_CHUNK):
+                chunk = works[i:i + SIGN_CHUNK]
+                await self._prepare_chunk(chunk)
+                for work in chunk:
+                    self._queues.setdefault(work.dest, deque()).append(work)
+                self._start_lanes()
             if not self._more_due:
                 return
 
@@ -256,6 +279,33 @@ class Scheduler(Component):
         connector = ConnectorSpec(spec["id"], spec["tenant_id"], spec["name"], spec["kind"], spec["enabled"], spec["settings"], spec["secret"])
         return Route(spec["kind"], tenant_id, info["domain"], keys, connector)
 
+    # ------------------------------------------------------------------ preparing (signing)
+
+    def _prepare(self, work: Work) -> bytes:
+        """The bytes to send: Reply-To a relay connector wants, then DKIM (not for the SendGrid API)."""
+        route, data = work.route, work.message["body"]
+        connector = route.connector
+        if connector is not None and connector.settings.get("reply_to") and b"\nreply-to:" not in data.split(b"\r\n\r\n", 1)[0].lower():
+            data = f"Reply-To: {connector.settings['reply_to']}\r\n".encode() + data
+        if route.kind != "sendgrid":
+            data = self.signer.sign(data, route.keys)
+        return data
+
+    def _prepare_all(self, works: list[Work]) -> None:
+        for work in works:
+            if work.route.kind == "problem":
+                continue
+            try:
+                work.data = self._prepare(work)
+            except Exception as exc:  # noqa: BLE001 - handed to the lane, which holds the message
+                work.error = exc
+
+    async def _prepare_chunk(self, works: list[Work]) -> None:
+        if self._sign_pool is None:
+            self._prepare_all(works)
+            return
+        await asyncio.get_running_loop().run_in_executor(self._sign_pool, self._prepare_all, works)
+
     # ------------------------------------------------------------------ one message to one destination
 
     async def _deliver(self, work: Work) -> None:
@@ -277,6 +327,14 @@ class Scheduler(Component):
                 log.exception("delivery_internal_error", queue_id=msg["queue_id"])
             outcomes = [Outcome(recipient_id=r["id"], state="held", hold_reason=reason, attempted=False,
                                 event={"rcpt": r["rcpt"]}) for r in work.rcpts]
+        # The lane goes on with its next message while this outcome waits for its group commit: the
+        # recipients stay claimed until then (a crash before it releases them, and they are tried again).
+        task = asyncio.get_running_loop().create_task(self._record(work, outcomes, dsn))
+        self._recording.add(task)
+        task.add_done_callback(self._recording.discard)
+
+    async def _record(self, work: Work, outcomes: list[Outcome], dsn: Dsn | None) -> None:
+        msg = work.message
         try:
             result = await self.store.delivery.record(self.token, msg["tenant_id"], msg["queue_id"], outcomes, dsn, self.clock())
         except asyncio.CancelledError:
@@ -291,15 +349,15 @@ class Scheduler(Component):
             self._report(work, outcomes, result)
         finally:
             self._inflight -= len(work.rcpts)
+            if self._more_due and not self._stopping and self._inflight < self.config.delivery.max_inflight // 2:
+                self._wake.set()
 
     async def _attempt(self, work: Work) -> dict[str, Reply]:
         cfg, route, msg = self.config.delivery, work.route, work.message
-        data = msg["body"]
         connector = route.connector
-        if connector is not None and connector.settings.get("reply_to") and b"\nreply-to:" not in data.split(b"\r\n\r\n", 1)[0].lower():
-            data = f"Reply-To: {connector.settings['reply_to']}\r\n".encode() + data
-        if route.kind != "sendgrid":
-            data = self.signer.sign(data, route.keys)
+        if work.error is not None:
+            raise work.error
+        data = work.data if work.data is not None else self._prepare(work)
         rcpts = [r["rcpt"] for r in work.rcpts]
         budget = cfg.connect_timeout * 2 + cfg.command_timeout * (4 + 3 * len(rcpts))
         try:

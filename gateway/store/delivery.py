@@ -18,7 +18,7 @@ from typing import Any
 
 from .db import Database
 from .events import append_event
-from .queue import NewMessage, _put
+from .queue import _PAUSE_COVERS, NewMessage, _put
 
 # Same terms as the partial index's WHERE, so SQLite can use it; INDEXED BY pins it, because the planner
 # otherwise prefers recipients_by_state (0006) and sorts every deferred row (checked with EXPLAIN).
@@ -63,21 +63,27 @@ def _claim(conn: sqlite3.Connection, token: str, now: float, limit: int) -> list
         return []
     msg_ids = sorted({r["message_id"] for r in rows})
     messages: dict[int, dict[str, Any]] = {}
+    index: dict[int, int] = {}
     for i in range(0, len(msg_ids), 500):
         chunk = msg_ids[i:i + 500]
+        marks = ','.join('?' * len(chunk))
         for m in conn.execute(
             "SELECT id, queue_id, tenant_id, usecase_id, mail_from, message_id, body, created_at, expires_at, held, hold_reason"
-            f" FROM messages WHERE id IN ({','.join('?' * len(chunk))})",
+            f" FROM messages WHERE id IN ({marks})",
             chunk,
         ):
             messages[m["id"]] = dict(m)
+        # VERP needs each recipient's position among its message's rows (gateway/verp.py): one
+        # query for the chunk (the recipients_message index, already in id order), not one per row.
+        last, n = None, 0
+        for rid, mid in conn.execute(f"SELECT id, message_id FROM recipients WHERE message_id IN ({marks}) ORDER BY message_id, id", chunk):
+            n = n + 1 if mid == last else 0
+            last = mid
+            index[rid] = n
     out = []
     for r in rows:
         rec = dict(r)
-        # VERP needs the recipient's position among its message's rows (gateway/verp.py).
-        rec["index"] = conn.execute(
-            "SELECT COUNT(*) FROM recipients WHERE message_id = ? AND id < ?", (r["message_id"], r["id"])
-        ).fetchone()[0]
+        rec["index"] = index[r["id"]]
         rec["message"] = messages[r["message_id"]]
         out.append(rec)
     return out
@@ -123,6 +129,17 @@ def _record(conn: sqlite3.Connection, token: str, tenant_id: int, queue_id: str,
         if o.state == "held":
             data["reason"] = o.hold_reason
         append_event(conn, tenant_id, o.state, queue_id, data)
+        if o.state == "deferred":
+            # An operator hold or a pause that came while this recipient was in flight skipped it
+            # (claimed rows are not touched): it takes effect now, or the retry would ignore it.
+            hold = conn.execute(
+                "SELECT CASE WHEN (SELECT held FROM messages WHERE id = recipients.message_id) = 1 THEN 'operator'"
+                f" WHEN EXISTS ({_PAUSE_COVERS}) THEN 'paused' END FROM recipients WHERE id = ?",
+                (o.recipient_id,),
+            ).fetchone()[0]
+            if hold:
+                conn.execute("UPDATE recipients SET state = 'held', hold_reason = ? WHERE id = ?", (hold, o.recipient_id))
+                append_event(conn, tenant_id, "held", queue_id, {"rcpt": o.event.get("rcpt"), "reason": hold, "recipients": 1})
     result: dict[str, Any] = {"dsn": None, "recorded": recorded}
     if dsn is not None:
         ids = [i for i in dsn.recipient_ids if i in recorded]

@@ -1,0 +1,55 @@
+"""STARTTLS on uvloop (the daemon's loop): the listener upgrades through ``loop.start_tls`` there
+instead of aiosmtpd's asyncio SSLProtocol, so this path gets its own checks on a uvloop loop."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiosmtplib
+import uvloop
+
+from tests.support.submission import message, submission_listener
+
+
+def test_starttls_auth_and_submit_on_uvloop(tmp_path):
+    async def scenario() -> None:
+        async with submission_listener(tmp_path) as sub:
+            async with sub.client() as smtp:
+                assert smtp.get_transport_info("ssl_object") is not None
+                # A second STARTTLS inside TLS is refused; the session goes on.
+                code, _ = await smtp.execute_command(b"STARTTLS")
+                assert code == 503
+                for i in range(3):
+                    errors, reply = await smtp.sendmail("app@example.com", [f"bob{i}@example.org"], message())
+                    assert errors == {} and "queued as" in reply
+            assert len(sub.queued) == 3
+            # AUTH before STARTTLS is still refused (538) on this path.
+            smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=sub.port(), start_tls=False, timeout=10)
+            await smtp.connect()
+            await smtp.ehlo()
+            code, _ = await smtp.execute_command(b"AUTH", b"PLAIN", b"AGFwcABwdw==")
+            assert code == 538
+            await smtp.quit()
+
+    uvloop.run(scenario())
+
+
+def test_failed_handshake_closes_only_that_connection_on_uvloop(tmp_path):
+    async def scenario() -> None:
+        async with submission_listener(tmp_path) as sub:
+            reader, writer = await asyncio.open_connection("127.0.0.1", sub.port())
+            assert (await reader.readline()).startswith(b"220")
+            writer.write(b"EHLO client.test\r\n")
+            while not (line := await reader.readline()).startswith(b"250 "):
+                assert line.startswith(b"250-")
+            writer.write(b"STARTTLS\r\n")
+            assert (await reader.readline()).startswith(b"220")
+            writer.write(b"this is not a TLS ClientHello\r\n" * 4)
+            assert await asyncio.wait_for(reader.read(), 10) == b""  # the server closed it
+            writer.close()
+            # The listener still serves the next client.
+            async with sub.client() as smtp:
+                errors, _ = await smtp.sendmail("app@example.com", ["bob@example.org"], message())
+                assert errors == {}
+
+    uvloop.run(scenario())
