@@ -282,3 +282,55 @@ async def test_rotation_signs_with_new_key_only_once_verified(gw):
     import os
 
     assert not os.path.exists(path)
+
+
+@pytest.mark.parametrize("values, status, policy, detail", [
+    (["v=DMARC1; p=quarantine; pct=50; rua=mailto:d@acme.test"], "verified", "quarantine", "policy p=quarantine, pct=50"),
+    (["v=DMARC1;p=reject"], "verified", "reject", "policy p=reject"),
+    (["v=DMARC1; p=bogus"], "mismatch", None, "unparseable"),
+    (["v=DMARC1; rua=mailto:d@acme.test"], "mismatch", None, "unparseable"),  # no p= at all
+    (["v=DMARC1; p=none", "v=DMARC1; p=reject"], "mismatch", None, "several DMARC records"),
+    (["v=spf1 -all"], "missing", None, "no v=DMARC1 record"),  # a TXT there, but not DMARC
+])
+async def test_dmarc_edge_cases(gw, values, status, policy, detail):
+    d, dns = gw
+    await added(d, dns)
+    dns.remove("_dmarc.acme.test", "TXT")
+    for value in values:
+        dns.add("_dmarc.acme.test", "TXT", value)
+    result = await d.call("domain.verify", domain="acme.test")
+    (dmarc,) = by_purpose(result, "dmarc")
+    assert dmarc["status"] == status, dmarc
+    assert detail in dmarc["detail"], dmarc
+    assert result["dmarc_policy"] == policy
+    assert result["state"] == ("verified" if status == "verified" else "pending")
+
+
+async def test_dmarc_inherited_from_the_organisational_domain(gw):
+    d, dns = gw
+    await added(d, dns, domain="mail.acme.test")
+    dns.remove("_dmarc.mail.acme.test", "TXT")
+    dns.set("_dmarc.acme.test", "TXT", "v=DMARC1; p=reject")
+    result = await d.call("domain.verify", domain="mail.acme.test")
+    (dmarc,) = by_purpose(result, "dmarc")
+    assert dmarc["status"] == "verified" and "inherited from acme.test" in dmarc["detail"], dmarc
+    assert result["dmarc_policy"] == "reject" and result["state"] == "verified"
+
+
+@pytest.mark.parametrize("record, extra, status, detail", [
+    # redirect= is followed, and counts as a lookup
+    ("v=spf1 redirect=_spf.corp.test", {"_spf.corp.test": "v=spf1 include:_spf.gateway.test -all"}, "verified", ""),
+    # an include that leads nowhere is a permerror (RFC 7208 5.2), not a pass
+    ("v=spf1 include:nospf.test include:_spf.gateway.test ~all", {}, "mismatch", "nospf.test"),
+    # more than two void lookups (4.6.4)
+    ("v=spf1 a:void1.test a:void2.test a:void3.test include:_spf.gateway.test ~all", {}, "mismatch", "void"),
+])
+async def test_spf_edge_cases(gw, record, extra, status, detail):
+    d, dns = gw
+    await added(d, dns)
+    for name, value in extra.items():
+        dns.set(name, "TXT", value)
+    dns.set("acme.test", "TXT", record)
+    (spf_result,) = by_purpose(await d.call("domain.verify", domain="acme.test"), "spf")
+    assert spf_result["status"] == status, spf_result
+    assert detail in (spf_result["detail"] or ""), spf_result

@@ -68,6 +68,8 @@ async def test_queue_commands_act_on_exactly_the_named_messages(daemon):
 
     code, out = await run_cli(d, "queue", "list", "--state", "held", "--json")
     assert [m["queue_id"] for m in json.loads(out)] == [a, b, c]
+    code, out = await run_cli(d, "queue", "show", a.upper(), "--json")  # ids pasted upper-cased still work
+    assert code == 0 and json.loads(out)["queue_id"] == a
     code, out = await run_cli(d, "queue", "list")
     assert code == 0 and out.splitlines()[0].split()[:3] == ["QUEUE", "ID", "TENANT"] and len(out.splitlines()) == 4
 
@@ -175,3 +177,68 @@ async def test_real_credentials_and_wrong_password(daemon):
         with pytest.raises(aiosmtplib.SMTPSenderRefused) as refused:
             await smtp.sendmail("someone@acme.test", ["bob@example.org"], message(sender="someone@acme.test"))
         assert refused.value.code == 553
+
+
+def test_all_is_only_the_literal_word_alone_and_narrowed():
+    from gateway.errors import InvalidArgument
+    from gateway.services.queue import check_ids
+
+    qid = "01m816g4yzc6xevk"
+    assert check_ids([qid, qid], None, False) == [qid]
+    assert check_ids([qid.upper()], None, False) == [qid]  # ids are case-insensitive; "ALL" is not
+    assert check_ids(["ALL"], "acme", False) is None and check_ids(["ALL"], None, True) is None
+    for ids, tenant, yes, why in [
+        (["ALL"], None, False, "--tenant"),
+        (["ALL", qid], "acme", True, "mixed"),
+        (["all"], "acme", True, "not a queue id"),
+        (["All"], None, True, "not a queue id"),
+        ([], "acme", True, "at least one"),
+    ]:
+        with pytest.raises(InvalidArgument) as err:
+            check_ids(ids, tenant, yes)
+        assert why in str(err.value), (ids, err.value)
+
+
+@pytest.mark.parametrize("how", ["operator_hold", "pause"])
+async def test_hold_or_pause_while_in_flight_applies_after_a_deferred_attempt(tmp_path, how):
+    """A recipient being delivered cannot change under the worker's feet; when its attempt ends
+    deferred, the hold (or pause) the operator asked for meanwhile must take effect, not be lost."""
+    from gateway.services.pauses import PauseService
+    from gateway.services.queue import QueueService
+    from gateway.store import Store
+    from gateway.store.delivery import Outcome
+    from gateway.store.queue import NewMessage, QueueIds
+    from tests.support.submission import make_usecase
+
+    store = await Store.open(tmp_path / "g.db")
+    try:
+        ctx = await make_usecase(store)
+        qid = QueueIds().new()
+        await store.queue.put(NewMessage(queue_id=qid, tenant_id=ctx["tenant_id"], usecase_id=ctx["id"], mail_from="app@example.com",
+                                         message_id=f"{qid}@example.com", body=b"Subject: x\r\n\r\nhi\r\n",
+                                         recipients=["bob@example.org", "carol@example.org"]))
+        claimed = await store.delivery.claim("worker", 10)
+        assert len(claimed) == 2
+        if how == "operator_hold":
+            result = await QueueService(store).hold([qid])
+            assert result["changed"] == {qid: 0} and result["in_flight"] == {qid: 2}  # said, not silently "0 held"
+        else:
+            await PauseService(store).pause("acme")
+        bob, carol = claimed
+        outcomes = [Outcome(recipient_id=bob["id"], state="deferred", code=451, enhanced="4.3.0", reply="451 4.3.0 busy",
+                            next_attempt_at=0.0, event={"rcpt": bob["rcpt"]}),
+                    Outcome(recipient_id=carol["id"], state="delivered", code=250, reply="250 ok", event={"rcpt": carol["rcpt"]})]
+        await store.delivery.record("worker", ctx["tenant_id"], qid, outcomes)
+        shown = {r["rcpt"]: r for r in (await store.queue.show(qid))["recipients"]}
+        reason = "operator" if how == "operator_hold" else "paused"
+        assert (shown["bob@example.org"]["state"], shown["bob@example.org"]["hold_reason"]) == ("held", reason)
+        assert shown["bob@example.org"]["attempt_log"][0]["outcome"] == "deferred"  # what the remote said stays on record
+        assert shown["carol@example.org"]["state"] == "delivered"
+        assert await store.delivery.claim("worker", 10) == []
+        if how == "operator_hold":
+            await QueueService(store).release([qid])
+        else:
+            await PauseService(store).resume("acme")
+        assert [r["rcpt"] for r in await store.delivery.claim("worker", 10)] == ["bob@example.org"]
+    finally:
+        await store.close()

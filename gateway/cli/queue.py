@@ -94,8 +94,10 @@ def _action(name: str, verb: str, help_text: str) -> click.Command:
         if as_json:
             emit_json(result)
             return
+        in_flight = result.get("in_flight", {})
         for queue_id, n in result["changed"].items():
-            click.echo(f"{queue_id}: {verb} {n} recipient(s)")
+            busy = f" ({in_flight[queue_id]} in flight: held after the current attempt unless delivered)" if queue_id in in_flight else ""
+            click.echo(f"{queue_id}: {verb} {n} recipient(s){busy}")
         click.echo(f"{verb} {result['recipients']} recipient(s) of {result['messages']} message(s)")
 
     return command

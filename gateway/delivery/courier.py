@@ -267,6 +267,10 @@ async def send_all(pool: SessionPool, key: tuple, make: "callable", envelopes: S
     A pooled session the server closed while idle fails on its first command; that transaction is
     retried once on a fresh connection rather than deferred.
     """
+    # Checked for every envelope before anything is sent: raising after an earlier envelope went out
+    # would hold (and on release resend) recipients the remote already accepted.
+    if any(unsafe_address(env.mail_from) or any(unsafe_address(r) for r in env.rcpts) for env in envelopes):
+        raise ValueError("CR, LF or NUL in an envelope address")  # our own bug: the caller holds the message
     session = pool.take(key)
     reused = session is not None
     if session is None:

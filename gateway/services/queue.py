@@ -45,6 +45,7 @@ def check_ids(ids: list[str], tenant: str | None, yes: bool) -> list[str] | None
         if tenant is None and not yes:
             raise InvalidArgument("ALL acts on every tenant's mail: add --tenant T, or --yes to confirm")
         return None
+    ids = [i.lower() for i in ids]  # ids are printed in lower case; accept them pasted in any case
     bad = [i for i in ids if not QUEUE_ID.match(i)]
     if bad:
         raise InvalidArgument(f"not a queue id: {', '.join(bad[:5])}")
@@ -70,6 +71,7 @@ class QueueService:
 
     @admin_method("queue.show")
     async def show(self, queue_id: str) -> dict[str, Any]:
+        queue_id = queue_id.lower()
         if not QUEUE_ID.match(queue_id):
             raise InvalidArgument(f"not a queue id: {queue_id!r}")
         message = await self.store.queue.show(queue_id)
@@ -92,7 +94,8 @@ class QueueService:
             self.wake()
         if self.on_change is not None:
             self.on_change()
-        return {"action": action, "changed": result["changed"], "messages": len(result["changed"]), "recipients": sum(result["changed"].values())}
+        return {"action": action, "changed": result["changed"], "messages": len(result["changed"]),
+                "recipients": sum(result["changed"].values()), "in_flight": result.get("in_flight", {})}
 
     @admin_method("queue.hold")
     async def hold(self, ids: list[str], tenant: str | None = None, yes: bool = False) -> dict[str, Any]:

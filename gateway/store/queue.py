@@ -256,8 +256,14 @@ def _act(conn: sqlite3.Connection, action: str, queue_ids: Sequence[str] | None,
         # One unknown id refuses the whole request: operators act on exactly what they named.
         raise NotFound(f"not in the queue{' of that tenant' if tenant_id is not None else ''}: {', '.join(missing[:10])}")
     changed: dict[str, int] = {}
+    in_flight: dict[str, int] = {}
     for msg_id, qid, tid in messages:
         if action == "hold":
+            # Recipients a worker holds right now are held after their attempt (unless delivered).
+            busy = conn.execute("SELECT COUNT(*) FROM recipients WHERE message_id = ? AND claimed_by IS NOT NULL"
+                                " AND state IN ('pending', 'deferred')", (msg_id,)).fetchone()[0]
+            if busy:
+                in_flight[qid] = busy
             # An operator hold outranks a pause: resuming does not release it, `release` does.
             n = conn.execute(
                 "UPDATE recipients SET state = 'held', hold_reason = 'operator', updated_at = ?"
@@ -296,7 +302,7 @@ def _act(conn: sqlite3.Connection, action: str, queue_ids: Sequence[str] | None,
         event = {"hold": "held", "release": "released", "retry": "retried", "delete": "deleted"}[action]
         if n or action == "delete":
             append_event(conn, tid, event, qid, {"recipients": n, "by": "operator"})
-    return {"changed": changed, "missing": missing}
+    return {"changed": changed, "missing": missing, "in_flight": in_flight}
 
 
 def _flush(conn: sqlite3.Connection, tenant_id: int | None, now: float) -> int:

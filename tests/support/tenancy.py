@@ -28,14 +28,14 @@ async def publish_records(d: DaemonHandle, dns: DnsServer, domain: str) -> dict[
 
 async def sending_setup(d: DaemonHandle, dns: DnsServer, *, tenant: str = "acme", domain: str = "acme.test",
                         sender: str = "app@acme.test", usecase: str = "receipts", kind: str = "transactional",
-                        senders: list[str] | None = None) -> dict[str, Any]:
+                        senders: list[str] | None = None, dkim: str | None = None) -> dict[str, Any]:
     """Tenant, verified domain, use case and one credential. The daemon must run with dns_overrides(dns)."""
     try:
         await d.call("tenant.add", name=tenant)
     except AdminError as exc:
         if exc.code != "conflict":
             raise
-    added = await d.call("domain.add", tenant=tenant, domain=domain)
+    added = await d.call("domain.add", tenant=tenant, domain=domain, **({"dkim": dkim} if dkim else {}))
     records = await publish_records(d, dns, added["name"])
     verified = await d.call("domain.verify", domain=added["name"])
     if verified["state"] != "verified":

@@ -1,0 +1,117 @@
+"""Secrets stay secret (DESIGN rule 10), checked where they could leak: the daemon's own log output
+(at debug level, every library included) and every CLI output, with real traffic that uses them.
+
+The daemon runs as users run it (`gateway run`, a subprocess, JSON lines on stderr); the relay is a
+recording MX that requires AUTH; the app authenticates with a credential made by the CLI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+
+import aiosmtplib
+import pytest
+
+from gateway.admin.client import AdminClient
+from gateway.submission import client_tls_context
+from tests.support.dns import dns_overrides
+from tests.support.process import GatewayProcess
+from tests.support.sink import mail_sink
+from tests.support.submission import message
+from tests.support.tenancy import sending_setup
+
+RELAY_SECRET = "relay-Pa55-zq81xv"
+WRONG_PASSWORD = "not-the-Pa55-7731"
+
+
+class ProcessHandle:
+    """What tests.support.tenancy needs of a daemon (``call``), for a subprocess daemon."""
+
+    def __init__(self, gw: GatewayProcess):
+        self.gw = gw
+
+    async def call(self, method: str, **params):
+        def go():
+            with AdminClient(self.gw.socket_path, timeout=30) as client:
+                return client.call(method, **params)
+
+        return await asyncio.to_thread(go)
+
+
+def variants(secret: str) -> list[str]:
+    """The secret and the encodings it travels in (AUTH LOGIN sends it base64-encoded)."""
+    return [secret, base64.b64encode(secret.encode()).decode()]
+
+
+async def test_secrets_never_in_logs_or_cli_output(tmp_path, dns_server):
+    overrides = {**dns_overrides(dns_server), "log": {"level": "debug", "format": "json"},
+                 "delivery": {"backoff_base": 0.2, "backoff_max": 0.4, "backoff_jitter": 0.0, "poll_interval": 0.1}}
+    async with mail_sink(starttls=True, users={"relay": RELAY_SECRET}) as relay:
+        with GatewayProcess(tmp_path, overrides) as gw:
+            d = ProcessHandle(gw)
+            outputs: list[str] = []
+
+            async def cli(*args: str, env: dict[str, str] | None = None, check: int | None = 0) -> str:
+                result = await asyncio.to_thread(gw.cli, *args, env=env, check=check)
+                outputs.append(result.stdout + result.stderr)
+                return result.stdout
+
+            setup = await sending_setup(d, dns_server)
+            # A credential made by the CLI: the password is printed exactly once, by `add`.
+            added = json.loads(await cli("usecase", "credentials", "add", "acme", setup["usecase"], "--json"))
+            password = added["password"]
+            assert sum(password in o for o in outputs) == 1
+            await cli("usecase", "credentials", "list", "acme", setup["usecase"])
+            await cli("usecase", "credentials", "list", "acme", setup["usecase"], "--json")
+            await cli("usecase", "show", "acme", setup["usecase"], "--json")
+
+            # A relay connector whose password comes from the environment, never the command line.
+            await cli("connector", "add", "acme", "relay", "--kind", "smtp", "--host", "127.0.0.1", "--port", str(relay.port),
+                      "--tls", "starttls", "--no-verify-tls", "--username", "relay", "--secret-env", "RELAY_SECRET",
+                      env={"RELAY_SECRET": RELAY_SECRET})
+            for args in (["connector", "show", "acme", "relay"], ["connector", "show", "acme", "relay", "--json"],
+                         ["connector", "list"], ["connector", "list", "--json"], ["connector", "test", "acme", "relay"],
+                         ["connector", "test", "acme", "relay", "--json"], ["config", "show", "--running"],
+                         ["status", "--json"]):
+                await cli(*args)
+            await cli("usecase", "update", "acme", setup["usecase"], "--route", "connector:relay")
+
+            # Real traffic with both secrets: a failed and a good AUTH (PLAIN and LOGIN), then the relay's AUTH.
+            status = json.loads(await cli("status", "--json"))
+            listeners = {item["name"]: item["address"] for item in status["listeners"]}
+            host, _, port = listeners["submission"].rpartition(":")
+            smtp = aiosmtplib.SMTP(hostname=host, port=int(port), start_tls=True, tls_context=client_tls_context(), timeout=10)
+            async with smtp:
+                await smtp.ehlo()
+                with pytest.raises(aiosmtplib.SMTPAuthenticationError):
+                    await smtp.auth_login(added["username"], WRONG_PASSWORD)
+                with pytest.raises(aiosmtplib.SMTPAuthenticationError):
+                    await smtp.auth_plain(added["username"], WRONG_PASSWORD)
+                await smtp.auth_login(added["username"], password)
+                await smtp.sendmail(setup["sender"], ["bob@far.example"], message(sender=setup["sender"], to="bob@far.example"))
+            [got] = await relay.wait_for(1)
+            assert got.auth_user == "relay"
+            assert ("relay", True) in relay.auth_attempts
+
+            # A wrong relay password: the failure is reported, the password is not.
+            await d.call("connector.update", tenant="acme", name="relay", secret=WRONG_PASSWORD)
+            await cli("connector", "test", "acme", "relay", check=1)
+            assert gw.stop() == 0
+
+    log = gw.stderr
+    lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    # One line per event keyed by queue id, with the delay and the remote reply (issue 4).
+    [queued] = [line for line in lines if line["event"] == "queued"]
+    [delivered] = [line for line in lines if line["event"] == "delivered"]
+    assert delivered["queue_id"] == queued["queue_id"] and delivered["rcpt"] == "bob@far.example"
+    assert delivered["reply"].startswith("250") and delivered["delay"] >= 0 and delivered["remote"]
+    for secret in (RELAY_SECRET, WRONG_PASSWORD, password):
+        for form in variants(secret):
+            assert form not in log, f"secret {secret!r} (as {form!r}) in the daemon's log"
+            for out in outputs[1:] if secret == password else outputs:
+                assert form not in out, f"secret {secret!r} in CLI output: {out}"
+    # The AUTH PLAIN blob (\0user\0password) never appears either.
+    plain = base64.b64encode(f"\0{added['username']}\0{password}".encode()).decode()
+    assert plain not in log
