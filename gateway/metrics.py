@@ -52,6 +52,10 @@ class Metrics:
             "gateway_submission_accept_seconds", "Seconds from the final dot to the 250 (checks, preparation, durable commit).",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5), registry=r
         )
+        self.message_size = Histogram(
+            "gateway_message_size_bytes", "Size of each accepted message as queued (after header preparation).",
+            buckets=(1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864), registry=r
+        )
         self.submission_connections = Gauge(
             "gateway_submission_connections", "Open connections on the submission listeners.", registry=r
         )

@@ -103,6 +103,9 @@ async def test_connection_dropped_in_data_is_retried_without_loss(tmp_path, dns_
             assert sink.dropped == 1 and got.rcpt_tos == ["bob@dest.test"]
             [deferred] = await wait_events(d, qid, "deferred")
             assert "DATA" in deferred["data"]["reply"]
+            # Plain words, no library class names: this text can reach the sender in a DSN.
+            assert "connection closed by the remote server" in deferred["data"]["reply"], deferred["data"]["reply"]
+            assert "Disconnected" not in deferred["data"]["reply"] and "Error" not in deferred["data"]["reply"]
             await wait_events(d, qid, "delivered")
 
 

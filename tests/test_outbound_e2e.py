@@ -212,6 +212,7 @@ async def check_metrics_after_traffic(d) -> None:
     assert value[("gateway_dsn_sent_total", ())] == 1
     assert value[("gateway_delivery_duration_seconds_count", ())] == 2
     assert value[("gateway_submission_accept_seconds_count", ())] == 1
+    assert value[("gateway_message_size_bytes_count", ())] == 1 and value[("gateway_message_size_bytes_sum", ())] > 100
     assert value[("gateway_queue_recipients", (("state", "bounced"),))] == 1
     assert value[("gateway_queue_recipients", (("state", "delivered"),))] == 2
     for name, family in families.items():

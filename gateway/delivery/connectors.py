@@ -25,7 +25,7 @@ import aiohttp
 
 from ..config import DeliveryConfig
 from .courier import RelayCourier, SessionOptions, SessionPool, SmtpSession
-from .reply import Reply
+from .reply import Reply, describe_failure
 
 # Headers SendGrid accepts in `headers` that matter downstream (threading, unsubscribe).
 CARRIED_HEADERS = ("Message-ID", "In-Reply-To", "References", "List-Unsubscribe", "List-Unsubscribe-Post", "List-Id", "Feedback-ID")
@@ -132,7 +132,7 @@ class SendGridCourier:
                 body = await response.text()
                 reply = sendgrid_reply(response.status, body, self.remote)
         except Exception as exc:  # noqa: BLE001 - network, timeout, anything from aiohttp: temporary
-            reply = Reply.temporary(f"SendGrid request failed: {type(exc).__name__}: {exc}", "4.4.1", self.remote)
+            reply = Reply.temporary(f"SendGrid request failed: {describe_failure(exc)}", "4.4.1", self.remote)
         return {r: reply for r in rcpts}
 
 

@@ -19,7 +19,7 @@ import aiosmtplib
 import structlog
 
 from .mx import DestinationError, MxResolver
-from .reply import Reply
+from .reply import Reply, describe_failure
 
 log = structlog.get_logger("delivery")
 
@@ -121,9 +121,9 @@ class SmtpSession:
             self._abort()
             raise SessionError(Reply.temporary(f"{self.remote} {step} failed: {exc.code} {exc.message}", "4.4.2", self.remote)) from exc
         except Exception as exc:  # noqa: BLE001 - any library/network failure: this server, not now
-            self._step(step, False, f"{type(exc).__name__}: {exc}")
+            self._step(step, False, f"{type(exc).__name__}: {exc}")  # operators (connector test) see the detail
             self._abort()
-            raise SessionError(Reply.temporary(f"{self.remote} {step} failed: {type(exc).__name__}: {exc}", "4.4.1", self.remote)) from exc
+            raise SessionError(Reply.temporary(f"{self.remote} {step} failed: {describe_failure(exc)}", "4.4.1", self.remote)) from exc
 
     def _abort(self) -> None:
         self.broken = True
@@ -191,7 +191,8 @@ class SmtpSession:
             return results
         except Exception as exc:  # noqa: BLE001 - lost connection, timeout, protocol trouble: temporary
             self._abort()
-            reply = Reply.temporary(f"{self.remote} lost during {stage}: {type(exc).__name__}: {exc}", "4.4.2", self.remote)
+            log.info("delivery_session_lost", remote=self.remote, stage=stage, error=f"{type(exc).__name__}: {exc}")
+            reply = Reply.temporary(f"{self.remote} lost during {stage}: {describe_failure(exc)}", "4.4.2", self.remote)
             for rcpt in envelope.rcpts:
                 results.setdefault(rcpt, reply)
             return results

@@ -17,6 +17,30 @@ def split_enhanced(text: str) -> tuple[str, str]:
     return m.group(0), text[m.end():].strip()
 
 
+def describe_failure(exc: BaseException) -> str:
+    """Plain words for a failure that no server put into a reply. These end up in attempts, logs and
+    DSN Diagnostic-Code lines that reach the sending app, so library class names stay out of them."""
+    import ssl
+
+    import aiosmtplib
+
+    if isinstance(exc, (TimeoutError, aiosmtplib.SMTPTimeoutError)):
+        return "timed out"
+    if isinstance(exc, aiosmtplib.SMTPServerDisconnected):
+        return "connection closed by the remote server"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, ConnectionResetError):
+        return "connection reset by the remote server"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake failed ({exc.reason})" if exc.reason else "TLS handshake failed"
+    if isinstance(exc, aiosmtplib.SMTPConnectError):
+        return "cannot connect"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return "connection failed"
+
+
 @dataclass(frozen=True)
 class Reply:
     code: int           # SMTP reply code; 0 when no server answered (connection failed...)

@@ -256,6 +256,7 @@ class SubmissionHandler:
         elapsed = time.perf_counter() - started
         self.metrics.messages_received.inc()
         self.metrics.submission_accept_seconds.observe(elapsed)
+        self.metrics.message_size.observe(len(body))
         log.info("queued", queue_id=queue_id, tenant=ctx.get("tenant"), usecase=ctx.get("usecase") or ctx.get("name"),
                  mail_from=envelope.mail_from, recipients=len(envelope.rcpt_tos), size=len(body), message_id=message_id,
                  client=ip, held=result.get("hold_reason") or None, delay=round(elapsed, 4))
