@@ -4,6 +4,7 @@
     dkim.Signer           RFC 6376 relaxed/relaxed signatures, RSA and Ed25519 through OpenSSL
     mx.MxResolver         MX -> A/AAAA with RFC 5321 5.1 fallback and RFC 7505 Null MX
     courier               SMTP sessions (reused per MX), the direct route and the SMTP relay
+    smtpclient            the SMTP client under courier: RFC 2920 pipelining, STARTTLS, AUTH, timeouts
     connectors            the SendGrid v3 HTTP route and the `connector test` checks
     reply.Reply           a remote's answer, classified delivered / deferred / bounced
     backoff               when a deferred recipient is tried again

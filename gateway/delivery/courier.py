@@ -1,10 +1,10 @@
 """SMTP out: sessions (one TCP connection each, reused for several messages to the same server),
 the direct route (recipient domain's MX) and the SMTP relay route (a connector's smarthost).
 
-This is the boundary with aiosmtplib: its exceptions are translated here, once, into ``Reply``
-values per recipient. A failure to connect, a dropped connection, a timeout or anything else the
-library throws is temporary; only a 5xx reply to MAIL, RCPT or DATA is permanent. Addresses are
-checked for CR, LF and NUL before they reach a command: aiosmtplib does not stop them.
+This is the boundary with the SMTP client (smtpclient.py): its exceptions are translated here, once,
+into ``Reply`` values per recipient. A failure to connect, a dropped connection, a timeout or a
+garbled reply is temporary; only a 5xx reply to MAIL, RCPT or DATA is permanent. Addresses are
+checked for CR, LF and NUL before anything is sent (the client refuses them too).
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import aiosmtplib
 import structlog
 
 from .mx import DestinationError, MxResolver
 from .reply import Reply, describe_failure
+from .smtpclient import SMTPReplyError, SmtpClient, Transaction
 
 log = structlog.get_logger("delivery")
 
@@ -73,24 +73,23 @@ class SmtpSession:
         self.broken = False
         self.tls = False
         self.steps: list[dict] = []
-        self._smtp: aiosmtplib.SMTP | None = None
+        self._smtp: SmtpClient | None = None
 
     @property
     def alive(self) -> bool:
-        return self._smtp is not None and not self.broken and self._smtp.is_connected
+        return self._smtp is not None and not self.broken and self._smtp.connected
 
     def _step(self, name: str, ok: bool, detail: str) -> None:
         self.steps.append({"step": name, "ok": ok, "detail": " ".join(detail.split())})
 
     async def open(self) -> None:
         o = self.options
-        smtp = aiosmtplib.SMTP(hostname=self.address, port=self.port, local_hostname=o.helo, timeout=o.command_timeout,
-                               use_tls=o.tls == "implicit", start_tls=False, validate_certs=o.verify,
-                               tls_context=_tls_context(o.verify) if o.tls == "implicit" else None)
-        self._smtp = smtp
+        smtp = self._smtp = SmtpClient(local_hostname=o.helo, timeout=o.command_timeout)
         step = "connect"
         try:
-            greeting = await smtp.connect(timeout=o.connect_timeout)
+            greeting = await smtp.connect(self.address, self.port, timeout=o.connect_timeout,
+                                          tls_context=_tls_context(o.verify) if o.tls == "implicit" else None,
+                                          server_hostname=self.server_name)
             self.tls = o.tls == "implicit"
             self._step(step, True, f"{greeting.code} {greeting.message}")
             step = "ehlo"
@@ -98,11 +97,11 @@ class SmtpSession:
             self._step(step, True, f"{ehlo.code} {ehlo.message.splitlines()[0] if ehlo.message else ''}")
             if o.tls in ("opportunistic", "starttls"):
                 step = "starttls"
-                if smtp.supports_extension("starttls"):
-                    await smtp.starttls(server_hostname=self.server_name, tls_context=_tls_context(o.verify))
+                if smtp.supports("starttls"):
+                    await smtp.starttls(_tls_context(o.verify), self.server_name)
                     self.tls = True
                     await smtp.ehlo()
-                    ssl_obj = smtp.get_transport_info("ssl_object")
+                    ssl_obj = smtp.ssl_object()
                     self._step(step, True, ssl_obj.version() if ssl_obj else "TLS")
                 elif o.tls == "starttls":
                     raise SessionError(Reply.temporary(f"{self.remote} does not offer STARTTLS", "4.7.4", self.remote))
@@ -116,19 +115,23 @@ class SmtpSession:
             self._step(step, False, exc.reply.line)
             self._abort()
             raise
-        except aiosmtplib.SMTPResponseException as exc:
-            self._step(step, False, f"{exc.code} {exc.message}")
+        except SMTPReplyError as exc:
+            self._step(step, False, f"{exc.reply.code} {exc.reply.message}")
             self._abort()
-            raise SessionError(Reply.temporary(f"{self.remote} {step} failed: {exc.code} {exc.message}", "4.4.2", self.remote)) from exc
-        except Exception as exc:  # noqa: BLE001 - any library/network failure: this server, not now
+            raise SessionError(Reply.temporary(f"{self.remote} {step} failed: {exc.reply.code} {exc.reply.message}", "4.4.2",
+                                               self.remote)) from exc
+        except Exception as exc:  # noqa: BLE001 - any network/TLS failure: this server, not now
             self._step(step, False, f"{type(exc).__name__}: {exc}")  # operators (connector test) see the detail
             self._abort()
             raise SessionError(Reply.temporary(f"{self.remote} {step} failed: {describe_failure(exc)}", "4.4.1", self.remote)) from exc
+        except BaseException:  # cancelled: never leave a half-open connection behind
+            self._abort()
+            raise
 
     def _abort(self) -> None:
         self.broken = True
         if self._smtp is not None:
-            self._smtp.close()
+            self._smtp.abort()
 
     async def close(self) -> None:
         if self._smtp is None:
@@ -143,59 +146,63 @@ class SmtpSession:
     async def send(self, envelope: Envelope, data: bytes) -> dict[str, Reply]:
         """One transaction; a Reply for every recipient. Marks the session broken when it is lost."""
         smtp = self._smtp
-        results: dict[str, Reply] = {}
         if unsafe_address(envelope.mail_from) or any(unsafe_address(r) for r in envelope.rcpts):
             raise ValueError("CR, LF or NUL in an envelope address")  # our own bug: the caller holds the message
         utf8 = not (envelope.mail_from.isascii() and all(r.isascii() for r in envelope.rcpts))
         options, encoding = [], "ascii"
         if utf8:
-            if not smtp.supports_extension("smtputf8"):
+            if not smtp.supports("smtputf8"):
                 reply = Reply.permanent(f"{self.remote} does not support SMTPUTF8, needed for a non-ASCII address", "5.6.7",
                                         self.remote, 553)
                 return {r: reply for r in envelope.rcpts}
             options, encoding = ["SMTPUTF8"], "utf-8"
-        if smtp.supports_extension("8bitmime") and not data.isascii():
+        if smtp.supports("8bitmime") and not data.isascii():
             options.append("BODY=8BITMIME")
-        stage = "MAIL FROM"
+        if smtp.supports("size"):
+            options.append(f"SIZE={len(data)}")
+        tx = Transaction()
         try:
-            try:
-                await smtp.mail(envelope.mail_from, options=options, encoding=encoding)
-            except aiosmtplib.SMTPSenderRefused as exc:
-                reply = Reply.from_smtp(exc.code, exc.message, self.remote)
-                await self._rset()
-                return {r: reply for r in envelope.rcpts}
-            stage = "RCPT TO"
-            accepted = []
-            for rcpt in envelope.rcpts:
-                try:
-                    await smtp.rcpt(rcpt, encoding=encoding)
-                    accepted.append(rcpt)
-                except aiosmtplib.SMTPRecipientRefused as exc:
-                    results[rcpt] = Reply.from_smtp(exc.code, exc.message, self.remote)
-            if not accepted:
-                await self._rset()
-                return results
-            stage = "DATA"
-            try:
-                response = await smtp.data(data)
-                reply = Reply.from_smtp(response.code, response.message, self.remote)
-                self.sent += 1
-            except aiosmtplib.SMTPDataError as exc:
-                reply = Reply.from_smtp(exc.code, exc.message, self.remote)
-                if 400 <= exc.code < 500 and exc.code != 421:
-                    await self._rset()
-            if reply.code == 421:
-                self.broken = True
-            for rcpt in accepted:
-                results[rcpt] = reply
-            return results
-        except Exception as exc:  # noqa: BLE001 - lost connection, timeout, protocol trouble: temporary
+            await smtp.send_mail(tx, envelope.mail_from, list(envelope.rcpts), data, options=options, encoding=encoding)
+        except Exception as exc:  # noqa: BLE001 - lost connection, timeout, garbled reply, anything: temporary
             self._abort()
-            log.info("delivery_session_lost", remote=self.remote, stage=stage, error=f"{type(exc).__name__}: {exc}")
-            reply = Reply.temporary(f"{self.remote} lost during {stage}: {describe_failure(exc)}", "4.4.2", self.remote)
-            for rcpt in envelope.rcpts:
-                results.setdefault(rcpt, reply)
-            return results
+            log.info("delivery_session_lost", remote=self.remote, stage=tx.stage, error=f"{type(exc).__name__}: {exc}")
+            lost = Reply.temporary(f"{self.remote} lost during {tx.stage}: {describe_failure(exc)}", "4.4.2", self.remote)
+            return self._results(envelope, tx, lost)
+        except BaseException:  # cancelled (the attempt's time budget) or our own bug: the connection is out of step
+            self._abort()
+            raise
+        if tx.final is not None and tx.final.ok:
+            self.sent += 1
+        results = self._results(envelope, tx, None)
+        codes = {r.code for r in results.values()}
+        if 421 in codes or tx.mail.code == 421:
+            self._abort()  # the server is closing this connection
+        elif tx.final is None or 400 <= tx.final.code < 500:
+            await self._rset()  # the transaction did not complete: leave the connection clean for the next one
+        return results
+
+    def _results(self, envelope: Envelope, tx: Transaction, lost: Reply | None) -> dict[str, Reply]:
+        """A Reply per recipient from what the server answered; ``lost`` for those it never answered."""
+        results: dict[str, Reply] = {}
+        if tx.mail is not None and not tx.mail.ok:
+            reply = Reply.from_smtp(tx.mail.code, tx.mail.message, self.remote)
+            return {r: reply for r in envelope.rcpts}
+        for rcpt, answer in tx.rcpts.items():
+            if not answer.ok:
+                results[rcpt] = Reply.from_smtp(answer.code, answer.message, self.remote)
+        last = tx.final if tx.final is not None else tx.data if tx.data is not None and tx.data.code != 354 else None
+        if last is None and lost is None and tx.data is None:
+            # RCPT answered 421, or nobody was accepted: the last answer stands for the rest
+            answered = list(tx.rcpts.values())
+            last = answered[-1] if answered and answered[-1].code == 421 else None
+        for rcpt in envelope.rcpts:
+            if rcpt in results:
+                continue
+            if last is not None:
+                results[rcpt] = Reply.from_smtp(last.code, last.message, self.remote)
+            else:
+                results[rcpt] = lost or Reply.temporary(f"{self.remote} gave no reply for this recipient", "4.4.2", self.remote)
+        return results
 
     async def _rset(self) -> None:
         try:

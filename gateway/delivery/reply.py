@@ -22,20 +22,20 @@ def describe_failure(exc: BaseException) -> str:
     DSN Diagnostic-Code lines that reach the sending app, so library class names stay out of them."""
     import ssl
 
-    import aiosmtplib
+    from .smtpclient import SMTPDisconnected, SMTPProtocolError
 
-    if isinstance(exc, (TimeoutError, aiosmtplib.SMTPTimeoutError)):
+    if isinstance(exc, TimeoutError):
         return "timed out"
-    if isinstance(exc, aiosmtplib.SMTPServerDisconnected):
+    if isinstance(exc, SMTPDisconnected):
         return "connection closed by the remote server"
+    if isinstance(exc, SMTPProtocolError):
+        return "the server's reply could not be understood"
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused"
     if isinstance(exc, ConnectionResetError):
         return "connection reset by the remote server"
     if isinstance(exc, ssl.SSLError):
         return f"TLS handshake failed ({exc.reason})" if exc.reason else "TLS handshake failed"
-    if isinstance(exc, aiosmtplib.SMTPConnectError):
-        return "cannot connect"
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror.lower()
     return "connection failed"

@@ -9,7 +9,8 @@
         sink.messages[0].data, .mail_from, .rcpt_tos, .connection, .tls
 
 Options: ``starttls=True`` offers STARTTLS with a self-signed certificate; ``implicit_tls=True`` wraps
-the listener in TLS; ``users={"name": "password"}`` enables AUTH PLAIN/LOGIN (after TLS only).
+the listener in TLS; ``users={"name": "password"}`` enables AUTH PLAIN/LOGIN (after TLS only);
+``pipelining=True`` advertises PIPELINING (RFC 2920).
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ def self_signed_context(directory: Path, name: str = "sink.test") -> ssl.SSLCont
 
 
 class Sink:
-    def __init__(self, users: dict[str, str] | None = None):
+    def __init__(self, users: dict[str, str] | None = None, pipelining: bool = False):
+        self.pipelining = pipelining  # advertise RFC 2920 PIPELINING (aiosmtpd reads commands in order anyway)
         self.messages: list[Received] = []
         self.connections = 0
         self.dropped = 0             # DATA transactions we dropped on purpose
@@ -105,6 +107,12 @@ class Sink:
         return [m for m in self.messages if rcpt in m.rcpt_tos]
 
     # ------------------------------------------------------------------ aiosmtpd hooks
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        if self.pipelining:
+            responses.insert(-1, "250-PIPELINING")
+        return responses
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         reply = self._rcpt_reply(address)
@@ -154,8 +162,9 @@ class _Session(SMTP):
 
 @contextlib.asynccontextmanager
 async def mail_sink(*, starttls: bool = False, implicit_tls: bool = False,
-                    users: dict[str, str] | None = None, host: str = "127.0.0.1") -> AsyncIterator[Sink]:
-    sink = Sink(users)
+                    users: dict[str, str] | None = None, host: str = "127.0.0.1",
+                    pipelining: bool = False) -> AsyncIterator[Sink]:
+    sink = Sink(users, pipelining)
     with tempfile.TemporaryDirectory() as tmp:
         ctx = self_signed_context(Path(tmp)) if (starttls or implicit_tls or users) else None
         kwargs: dict = {"hostname": "sink.test", "ident": "sink", "data_size_limit": 50 * 1024 * 1024}
