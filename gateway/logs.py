@@ -7,6 +7,7 @@ through the same processors, so the journal never gets a line in another shape.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from typing import Any
@@ -21,12 +22,18 @@ SECRET_WORDS = ("password", "passwd", "secret", "token", "api_key", "apikey", "p
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
+@functools.lru_cache(maxsize=4096)  # field names are few; every log line asks for each of them
 def is_secret(key: str) -> bool:
     key = key.lower()
     return any(word in key for word in SECRET_WORDS)
 
 
+_SCALARS = (str, int, float, bool, type(None))
+
+
 def _masked(value: Any) -> Any:
+    if isinstance(value, _SCALARS):
+        return value
     if isinstance(value, dict):
         return {k: (MASK if isinstance(k, str) and is_secret(k) and v else _masked(v)) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
