@@ -94,7 +94,8 @@ class DomainsConfig:
 @dataclass(frozen=True, kw_only=True)
 class DeliveryConfig:
     workers: int = setting(32, "Most outbound connections (SMTP sessions or HTTP calls) in flight at once.", min=1, max=1000)
-    per_destination: int = setting(8, "Most connections at once to one destination (recipient domain or connector).", min=1, max=100)
+    # 20 as Postfix (default_destination_concurrency_limit): more lanes keep a busy MX pipelined.
+    per_destination: int = setting(20, "Most connections at once to one destination (recipient domain or connector).", min=1, max=100)
     claim_batch: int = setting(200, "Recipients claimed from the queue in one go.", min=1, max=10000)
     max_inflight: int = setting(2000, "Most claimed recipients waiting in memory for a connection.", min=1)
     poll_interval: float = setting(5.0, "Seconds between queue scans when nothing wakes the scheduler.", min=0.05)

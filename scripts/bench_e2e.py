@@ -136,6 +136,9 @@ class SinkProcess:
 
 def write_config(path: Path, dns: DnsServer, port: int, tls_port: int, sink_port: int, args) -> None:
     overrides = dns_overrides(dns)
+    overrides["log"] = {"level": args.log_level, "format": "json"}
+    overrides["web"] = {"listen": "127.0.0.1:0"}
+    overrides["submission"] = {"listen": f"127.0.0.1:{port}", "listen_tls": f"127.0.0.1:{tls_port}"}
     overrides["delivery"] = {"remote_port": sink_port, "poll_interval": 1.0}
     for item in args.set:
         key, _, value = item.partition("=")
@@ -148,8 +151,7 @@ def write_config(path: Path, dns: DnsServer, port: int, tls_port: int, sink_port
             except ValueError:
                 parsed = value
         overrides.setdefault(section, {})[name] = parsed
-    lines = ["[log]", f'level = "{args.log_level}"', 'format = "json"', "[web]", 'listen = "127.0.0.1:0"',
-             "[submission]", f'listen = "127.0.0.1:{port}"', f'listen_tls = "127.0.0.1:{tls_port}"']
+    lines = []
     for section, values in overrides.items():
         lines.append(f"[{section}]")
         lines += [f"{k} = {toml_value(v)}" for k, v in values.items()]
@@ -298,7 +300,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=4096)
     ap.add_argument("--per-connection", type=int, default=1000, help="messages per connection before reconnecting (0: never)")
     ap.add_argument("--sink", choices=["auto", "smtp-sink", "aiosmtpd"], default="auto")
-    ap.add_argument("--log-level", default="warning", help="daemon log level (info logs a line per message and stage)")
+    ap.add_argument("--log-level", default="info", help="daemon log level (info, the daemon's default, logs a line per message and stage)")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="extra daemon config, e.g. delivery.workers=64")
     ap.add_argument("--profile", metavar="FILE", help="py-spy the daemon during the window: .svg flame graph or .txt collapsed stacks")
     args = ap.parse_args()
