@@ -53,7 +53,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_submission import Client, call, free_port, make_payload, pct, rss_mb, toml_value  # noqa: E402
+from bench_submission import Client, call, free_port, make_payload, pct, rss_mb, setup, toml_value  # noqa: E402
 from tests.support.dns import DnsServer, dns_overrides  # noqa: E402
 
 GATEWAY = str(Path(sys.executable).parent / "gateway")
@@ -156,21 +156,6 @@ def write_config(path: Path, dns: DnsServer, port: int, tls_port: int, sink_port
         lines.append(f"[{section}]")
         lines += [f"{k} = {toml_value(v)}" for k, v in values.items()]
     path.write_text("\n".join(lines) + "\n")
-
-
-def setup(sock: Path, dns: DnsServer) -> dict:
-    call(sock, "tenant.add", name="bench")
-    added = call(sock, "domain.add", tenant="bench", domain="bench.test")
-    records = call(sock, "domain.records", domain=added["name"])
-    for record in records["records"]:
-        if record["type"] == "TXT" and record["purpose"] in ("spf", "return_path_spf", "dmarc", "verification"):
-            dns.remove(record["name"], "TXT")
-    dns.load_zone(records["zone"], origin=records["domain"])
-    verified = call(sock, "domain.verify", domain=added["name"])
-    assert verified["state"] == "verified", verified
-    call(sock, "usecase.add", tenant="bench", domain=added["name"], name="load", entity="bench", kind="transactional",
-         senders=["app@bench.test"])
-    return call(sock, "usecase.credentials.add", tenant="bench", usecase="load")
 
 
 class Stats:

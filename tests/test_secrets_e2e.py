@@ -14,30 +14,15 @@ import json
 import aiosmtplib
 import pytest
 
-from gateway.admin.client import AdminClient
 from gateway.submission import client_tls_context
 from tests.support.dns import dns_overrides
-from tests.support.process import GatewayProcess
+from tests.support.process import AdminHandle, GatewayProcess
 from tests.support.sink import mail_sink
 from tests.support.submission import message
 from tests.support.tenancy import sending_setup
 
 RELAY_SECRET = "relay-Pa55-zq81xv"
 WRONG_PASSWORD = "not-the-Pa55-7731"
-
-
-class ProcessHandle:
-    """What tests.support.tenancy needs of a daemon (``call``), for a subprocess daemon."""
-
-    def __init__(self, gw: GatewayProcess):
-        self.gw = gw
-
-    async def call(self, method: str, **params):
-        def go():
-            with AdminClient(self.gw.socket_path, timeout=30) as client:
-                return client.call(method, **params)
-
-        return await asyncio.to_thread(go)
 
 
 def variants(secret: str) -> list[str]:
@@ -50,7 +35,7 @@ async def test_secrets_never_in_logs_or_cli_output(tmp_path, dns_server):
                  "delivery": {"backoff_base": 0.2, "backoff_max": 0.4, "backoff_jitter": 0.0, "poll_interval": 0.1}}
     async with mail_sink(starttls=True, users={"relay": RELAY_SECRET}) as relay:
         with GatewayProcess(tmp_path, overrides) as gw:
-            d = ProcessHandle(gw)
+            d = AdminHandle(gw)
             outputs: list[str] = []
 
             async def cli(*args: str, env: dict[str, str] | None = None, check: int | None = 0) -> str:

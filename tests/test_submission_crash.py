@@ -9,35 +9,15 @@ import re
 
 import aiosmtplib
 
-from gateway.admin.client import AdminClient
 from gateway.submission import client_tls_context
 from tests.support.daemon import merge
 from tests.support.delivery import FAST_RETRIES, publish_mx
-from tests.support.process import GatewayProcess
+from tests.support.process import AdminHandle, GatewayProcess
 from tests.support.sink import mail_sink
 from tests.support.submission import message
 from tests.support.tenancy import dns_overrides, sending_setup
 
 QUEUE_ID = re.compile(rb"\bid ([0-9a-hjkmnp-tv-z]{16})\b")
-
-
-class AdminHandle:
-    """What sending_setup needs (``call``), over the subprocess daemon's admin socket."""
-
-    def __init__(self, gw: GatewayProcess):
-        self.gw = gw
-
-    async def call(self, method: str, **params):
-        def go():
-            with AdminClient(self.gw.socket_path, timeout=30) as client:
-                return client.call(method, **params)
-
-        return await asyncio.to_thread(go)
-
-    async def submission_port(self) -> int:
-        status = await self.call("status")
-        address = next(l["address"] for l in status["listeners"] if l["name"] == "submission")
-        return int(address.rpartition(":")[2])
 
 
 TARGET = 150  # accepted messages before the kill: sessions mid-dialog, commits and deliveries in flight
@@ -69,7 +49,7 @@ async def test_sigkill_under_load_loses_no_accepted_message(tmp_path, dns_server
         try:
             admin = AdminHandle(gw)
             setup = await sending_setup(admin, dns_server, domain="acme.test", sender="app@acme.test")
-            port = await admin.submission_port()
+            port = await admin.listener_port("submission")
 
             accepted: list[str] = []
             enough, stop = asyncio.Event(), asyncio.Event()

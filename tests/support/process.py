@@ -170,6 +170,30 @@ class GatewayProcess:
         return json.loads(self.cli(*args, "--json").stdout)
 
 
+class AdminHandle:
+    """What tests.support.tenancy needs of a daemon (``call``), over a subprocess daemon's admin socket."""
+
+    def __init__(self, gw: "GatewayProcess"):
+        self.gw = gw
+
+    async def call(self, method: str, **params: Any) -> Any:
+        import asyncio
+
+        from gateway.admin.client import AdminClient
+
+        def go() -> Any:
+            with AdminClient(self.gw.socket_path, timeout=30) as client:
+                return client.call(method, **params)
+
+        return await asyncio.to_thread(go)
+
+    async def listener_port(self, name: str) -> int:
+        """The port a listener of the running daemon is bound to (listeners may be on port 0)."""
+        status = await self.call("status")
+        address = next(l["address"] for l in status["listeners"] if l["name"] == name)
+        return int(address.rpartition(":")[2])
+
+
 def run_cli(*args: str, check: int | None = 0, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
     result = subprocess.run([GATEWAY, *args], env=gateway_env(**(env or {})), capture_output=True, text=True,
                             timeout=timeout, stdin=subprocess.DEVNULL)
