@@ -103,7 +103,7 @@ class Daemon:
             self.scheduler,
             submission.build(
                 self.config, paths=self.paths, authenticate=usecases.authenticate, context=usecases.context,
-                submit=store.queue.submit, monthly_count=store.queue.monthly_count, metrics=self.metrics,
+                submit=store.queue.put, monthly_count=store.queue.monthly_count, metrics=self.metrics,
                 on_queued=self.scheduler.wake,
             ),
         ]

@@ -3,29 +3,10 @@ running daemon over the admin socket."""
 
 from __future__ import annotations
 
-import os
-
 import click
 
 from .. import __version__
-from ..config import Config, config_path_from, load_config
-from ..errors import ConfigError
-from ..paths import resolve_paths
-from .output import CliContext
-
-
-def socket_path(socket_option: str | None, state_dir: str | None, config_option: str | None) -> str:
-    """--socket, $GATEWAY_SOCKET, then what the daemon itself would use."""
-    if socket_option or os.environ.get("GATEWAY_SOCKET"):
-        return socket_option or os.environ["GATEWAY_SOCKET"]
-    config = Config()
-    path = config_path_from(config_option)
-    if path:
-        try:
-            config = load_config(path)
-        except ConfigError:
-            pass  # the socket path falls back to the default; `config check` reports the problem
-    return str(resolve_paths(config, state_dir).socket)
+from .output import current_admin, socket_path  # noqa: F401 - the CLI's entry points for callers and tests
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -44,14 +25,6 @@ def main(ctx: click.Context, socket_option: str | None, state_dir: str | None, c
     ctx.obj["state_dir"] = state_dir
     ctx.obj["socket_option"] = socket_option
     ctx.obj["config_option"] = config_option
-
-
-def admin(ctx: click.Context) -> CliContext:
-    """The admin connection for this invocation (resolved lazily, once)."""
-    root = ctx.find_root()
-    if "admin" not in root.obj:
-        root.obj["admin"] = CliContext(socket_path(root.obj.get("socket_option"), root.obj.get("state_dir"), root.obj.get("config_option")))
-    return root.obj["admin"]
 
 
 from . import daemon as _daemon  # noqa: E402

@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from .output import details, emit_json, fail, json_option, table
+from .output import current_admin, details, emit_json, fail, json_option, table
 
 COLUMNS = ["tenant", "name", "kind", "enabled", "has_secret"]
 
@@ -19,12 +19,6 @@ COLUMNS = ["tenant", "name", "kind", "enabled", "has_secret"]
 @click.group()
 def connector() -> None:
     """Manage connectors (SMTP relay or SendGrid API routes for outbound mail)."""
-
-
-def _admin():
-    from . import admin
-
-    return admin(click.get_current_context())
 
 
 def _secret(stdin: bool, env: str | None) -> str | None:
@@ -78,7 +72,7 @@ def settings_options(fn):
 def add(tenant, name, kind, host, port, tls, no_verify, username, sender, reply_to, base_url, secret_stdin, secret_env,
         disabled, as_json) -> None:
     """Add a connector NAME to TENANT."""
-    record = _admin().call("connector.add", tenant=tenant, name=name, kind=kind, host=host, port=port, tls=tls,
+    record = current_admin().call("connector.add", tenant=tenant, name=name, kind=kind, host=host, port=port, tls=tls,
                            verify_tls=False if no_verify else None, username=username, secret=_secret(secret_stdin, secret_env),
                            sender=sender, reply_to=reply_to, base_url=base_url, enabled=not disabled)
     _show(record, as_json)
@@ -89,7 +83,7 @@ def add(tenant, name, kind, host, port, tls, no_verify, username, sender, reply_
 @json_option
 def list_(tenant: str | None, as_json: bool) -> None:
     """List connectors (secrets are never shown)."""
-    rows = _admin().call("connector.list", tenant=tenant)
+    rows = current_admin().call("connector.list", tenant=tenant)
     emit_json(rows) if as_json else table(rows, COLUMNS, ["TENANT", "NAME", "KIND", "ENABLED", "SECRET SET"])
 
 
@@ -99,7 +93,7 @@ def list_(tenant: str | None, as_json: bool) -> None:
 @json_option
 def show(tenant: str, name: str, as_json: bool) -> None:
     """Show one connector."""
-    _show(_admin().call("connector.show", tenant=tenant, name=name), as_json)
+    _show(current_admin().call("connector.show", tenant=tenant, name=name), as_json)
 
 
 @connector.command("update")
@@ -113,7 +107,7 @@ def show(tenant: str, name: str, as_json: bool) -> None:
 def update(tenant, name, host, port, tls, no_verify, username, sender, reply_to, base_url, secret_stdin, secret_env,
            enabled, unset, as_json) -> None:
     """Change a connector's settings or secret."""
-    record = _admin().call("connector.update", tenant=tenant, name=name, host=host, port=port, tls=tls,
+    record = current_admin().call("connector.update", tenant=tenant, name=name, host=host, port=port, tls=tls,
                            verify_tls=False if no_verify else None, username=username, secret=_secret(secret_stdin, secret_env),
                            sender=sender, reply_to=reply_to, base_url=base_url, enabled=enabled, unset=list(unset) or None)
     _show(record, as_json)
@@ -125,7 +119,7 @@ def update(tenant, name, host, port, tls, no_verify, username, sender, reply_to,
 @json_option
 def test(tenant: str, name: str, as_json: bool) -> None:
     """Connect for real (EHLO, STARTTLS, AUTH; or an authenticated API call) and report each step."""
-    result = _admin().call("connector.test", tenant=tenant, name=name)
+    result = current_admin().call("connector.test", tenant=tenant, name=name)
     if as_json:
         emit_json(result)
     else:
@@ -145,5 +139,5 @@ def delete(tenant: str, name: str, yes: bool, as_json: bool) -> None:
     """Delete a connector; refused while a use case routes through it."""
     if not yes:
         fail(f"deleting connector {tenant}/{name} needs --yes", 2)
-    record = _admin().call("connector.delete", tenant=tenant, name=name)
+    record = current_admin().call("connector.delete", tenant=tenant, name=name)
     emit_json(record) if as_json else click.echo(f"deleted connector {tenant}/{record['name']}")

@@ -9,7 +9,7 @@ import click
 
 from ..config import config_path_from, load_config, render_example, render_reference, render_toml, to_dict
 from ..errors import ConfigError
-from .output import details, emit_json, fail, json_option, table
+from .output import current_admin, details, emit_json, fail, json_option, table
 
 config_option = click.option("--config", "config_option", metavar="PATH", help="Configuration file (default: $GATEWAY_CONFIG, else none).")
 
@@ -36,12 +36,9 @@ def _duration(seconds: float) -> str:
 
 @click.command()
 @json_option
-@click.pass_context
-def status(ctx: click.Context, as_json: bool) -> None:
+def status(as_json: bool) -> None:
     """Show the running daemon: version, uptime, listeners, queue."""
-    from . import admin
-
-    result = admin(ctx).call("status")
+    result = current_admin().call("status")
     if as_json:
         emit_json(result)
         return
@@ -85,9 +82,7 @@ def config_check(ctx: click.Context, config_option: str | None) -> None:
 def config_show(ctx: click.Context, config_option: str | None, non_default: bool, running: bool, as_json: bool) -> None:
     """Print the effective configuration (secrets masked)."""
     if running:
-        from . import admin
-
-        data = admin(ctx).call("config.show", non_default=non_default)
+        data = current_admin().call("config.show", non_default=non_default)
     else:
         try:
             path = config_path_from(config_option or ctx.find_root().obj.get("config_option"))

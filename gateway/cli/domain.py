@@ -7,7 +7,7 @@ import time
 
 import click
 
-from .output import details, emit_json, json_option, table
+from .output import current_admin, details, emit_json, json_option, table
 
 tenant_option = click.option("--tenant", default=None, help="Act only if this tenant owns the domain.")
 dkim_option = click.option("--dkim", type=click.Choice(["rsa", "ed25519", "both"]), default=None,
@@ -17,12 +17,6 @@ dkim_option = click.option("--dkim", type=click.Choice(["rsa", "ed25519", "both"
 @click.group()
 def domain() -> None:
     """Manage sending domains: DKIM keys, DNS records, verification."""
-
-
-def _admin():
-    from . import admin
-
-    return admin(click.get_current_context())
 
 
 def _age(ts: float | None) -> str:
@@ -48,7 +42,7 @@ def _show_domain(record: dict) -> None:
 @json_option
 def add(tenant: str, name: str, selector: str | None, dkim: str | None, as_json: bool) -> None:
     """Add a sending domain to a tenant and generate its DKIM keys."""
-    record = _admin().call("domain.add", tenant=tenant, domain=name, selector=selector, dkim=dkim)
+    record = current_admin().call("domain.add", tenant=tenant, domain=name, selector=selector, dkim=dkim)
     if as_json:
         emit_json(record)
         return
@@ -64,7 +58,7 @@ def add(tenant: str, name: str, selector: str | None, dkim: str | None, as_json:
 @json_option
 def records(name: str, tenant: str | None, fmt: str, as_json: bool) -> None:
     """List the DNS records the domain must publish."""
-    result = _admin().call("domain.records", domain=name, tenant=tenant)
+    result = current_admin().call("domain.records", domain=name, tenant=tenant)
     if as_json:
         emit_json(result)
         return
@@ -100,7 +94,7 @@ def _print_result(result: dict) -> None:
 @json_option
 def verify(name: str, tenant: str | None, as_json: bool) -> None:
     """Query DNS now and check every record. Exit 1 unless the domain is verified."""
-    result = _admin().call("domain.verify", domain=name, tenant=tenant)
+    result = current_admin().call("domain.verify", domain=name, tenant=tenant)
     emit_json(result) if as_json else _print_result(result)
     sys.exit(0 if result["state"] == "verified" else 1)
 
@@ -110,7 +104,7 @@ def verify(name: str, tenant: str | None, as_json: bool) -> None:
 @json_option
 def reverify(older_than: float, as_json: bool) -> None:
     """Verify every verified or failing domain again now."""
-    result = _admin().call("domain.reverify", older_than=older_than)
+    result = current_admin().call("domain.reverify", older_than=older_than)
     emit_json(result) if as_json else details({**result, "states": [f"{k} {v}" for k, v in result["states"].items()]})
 
 
@@ -119,7 +113,7 @@ def reverify(older_than: float, as_json: bool) -> None:
 @json_option
 def list_(tenant: str | None, as_json: bool) -> None:
     """List domains (of one tenant with --tenant)."""
-    rows = _admin().call("domain.list", tenant=tenant)
+    rows = current_admin().call("domain.list", tenant=tenant)
     if as_json:
         emit_json(rows)
         return
@@ -133,7 +127,7 @@ def list_(tenant: str | None, as_json: bool) -> None:
 @json_option
 def show(name: str, tenant: str | None, as_json: bool) -> None:
     """Show a domain: keys and their ages, records and their last result, what uses it."""
-    record = _admin().call("domain.show", domain=name, tenant=tenant)
+    record = current_admin().call("domain.show", domain=name, tenant=tenant)
     if as_json:
         emit_json(record)
         return
@@ -149,7 +143,7 @@ def show(name: str, tenant: str | None, as_json: bool) -> None:
 @json_option
 def delete(name: str, tenant: str | None, as_json: bool) -> None:
     """Delete a domain and its keys; refused while a use case or connector uses it."""
-    result = _admin().call("domain.delete", domain=name, tenant=tenant)
+    result = current_admin().call("domain.delete", domain=name, tenant=tenant)
     emit_json(result) if as_json else click.echo(f"deleted domain {result['name']} ({result['keys_removed']} key file(s) removed)")
 
 
@@ -161,7 +155,7 @@ def delete(name: str, tenant: str | None, as_json: bool) -> None:
 @json_option
 def rotate_dkim(name: str, tenant: str | None, selector: str | None, dkim: str | None, as_json: bool) -> None:
     """Add a new DKIM key; it signs once its record verifies, and the old key retires."""
-    record = _admin().call("domain.rotate_dkim", domain=name, tenant=tenant, selector=selector, dkim=dkim)
+    record = current_admin().call("domain.rotate_dkim", domain=name, tenant=tenant, selector=selector, dkim=dkim)
     if as_json:
         emit_json(record)
         return
@@ -176,5 +170,5 @@ def rotate_dkim(name: str, tenant: str | None, selector: str | None, dkim: str |
 @json_option
 def remove_selector(name: str, selector: str, tenant: str | None, as_json: bool) -> None:
     """Remove a retired (or never used) DKIM key and its file."""
-    result = _admin().call("domain.remove_selector", domain=name, selector=selector, tenant=tenant)
+    result = current_admin().call("domain.remove_selector", domain=name, selector=selector, tenant=tenant)
     emit_json(result) if as_json else click.echo(f"removed DKIM selector {result['selector']} ({result['state']}) of {result['domain']}")

@@ -7,6 +7,7 @@ config error (click's own usage errors, invalid values).
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -14,6 +15,9 @@ from typing import Any
 import click
 
 from ..admin.client import AdminClient, AdminError, DaemonNotRunning
+from ..config import Config, config_path_from, load_config
+from ..errors import ConfigError
+from ..paths import resolve_paths
 
 USAGE_CODES = {"invalid", "invalid_params", "invalid_request", "parse_error", "method_not_found"}
 
@@ -33,6 +37,28 @@ class CliContext:
             fail(exc.message, 2 if exc.code in USAGE_CODES else 1)
         except OSError as exc:
             fail(f"admin socket {self.socket_path}: {exc}", 1)
+
+
+def socket_path(socket_option: str | None, state_dir: str | None, config_option: str | None) -> str:
+    """--socket, $GATEWAY_SOCKET, then what the daemon itself would use."""
+    if socket_option or os.environ.get("GATEWAY_SOCKET"):
+        return socket_option or os.environ["GATEWAY_SOCKET"]
+    config = Config()
+    path = config_path_from(config_option)
+    if path:
+        try:
+            config = load_config(path)
+        except ConfigError:
+            pass  # the socket path falls back to the default; `config check` reports the problem
+    return str(resolve_paths(config, state_dir).socket)
+
+
+def current_admin() -> CliContext:
+    """The admin connection for this invocation (resolved lazily, once)."""
+    root = click.get_current_context().find_root()
+    if "admin" not in root.obj:
+        root.obj["admin"] = CliContext(socket_path(root.obj.get("socket_option"), root.obj.get("state_dir"), root.obj.get("config_option")))
+    return root.obj["admin"]
 
 
 def fail(message: str, code: int = 1) -> None:

@@ -6,15 +6,9 @@ import time
 
 import click
 
-from .output import details, emit_json, fail, json_option, table
+from .output import current_admin, details, emit_json, fail, json_option, table
 
 STATES = ("pending", "deferred", "delivered", "bounced", "held")
-
-
-def _admin():
-    from . import admin
-
-    return admin(click.get_current_context())
 
 
 def _when(ts: float | None) -> str:
@@ -41,7 +35,7 @@ def queue() -> None:
 @json_option
 def list_(tenant: str | None, state: str | None, limit: int, as_json: bool) -> None:
     """List queued messages, oldest first."""
-    rows = _admin().call("queue.list", tenant=tenant, state=state, limit=limit)
+    rows = current_admin().call("queue.list", tenant=tenant, state=state, limit=limit)
     if as_json:
         emit_json(rows)
         return
@@ -57,7 +51,7 @@ def list_(tenant: str | None, state: str | None, limit: int, as_json: bool) -> N
 @json_option
 def show(queue_id: str, as_json: bool) -> None:
     """Show one message: envelope, recipients and their state, every attempt with the remote reply."""
-    msg = _admin().call("queue.show", queue_id=queue_id)
+    msg = current_admin().call("queue.show", queue_id=queue_id)
     if as_json:
         emit_json(msg)
         return
@@ -90,7 +84,7 @@ def _action(name: str, verb: str, help_text: str) -> click.Command:
     def command(ids: tuple[str, ...], tenant: str | None, yes: bool, as_json: bool) -> None:
         if "ALL" in ids and tenant is None and not yes:
             fail("ALL acts on every tenant's mail: add --tenant T, or --yes to confirm", 2)
-        result = _admin().call(f"queue.{name}", ids=list(ids), tenant=tenant, yes=yes)
+        result = current_admin().call(f"queue.{name}", ids=list(ids), tenant=tenant, yes=yes)
         if as_json:
             emit_json(result)
             return
@@ -114,7 +108,7 @@ queue.add_command(_action("delete", "deleted", "Delete messages from the queue (
 @json_option
 def flush(tenant: str | None, as_json: bool) -> None:
     """Retry every deferred recipient now."""
-    result = _admin().call("queue.flush", tenant=tenant)
+    result = current_admin().call("queue.flush", tenant=tenant)
     emit_json(result) if as_json else click.echo(f"{result['flushed']} deferred recipient(s) due now")
 
 
@@ -126,7 +120,7 @@ def flush(tenant: str | None, as_json: bool) -> None:
 def pause(tenant: str | None, usecase: str | None, show_list: bool, as_json: bool) -> None:
     """Pause outbound mail (everything, a tenant, or a use case). Paused mail is accepted and held."""
     if show_list:
-        rows = _admin().call("pause.list")
+        rows = current_admin().call("pause.list")
         if as_json:
             emit_json(rows)
         else:
@@ -136,7 +130,7 @@ def pause(tenant: str | None, usecase: str | None, show_list: bool, as_json: boo
         return
     if usecase and not tenant:
         fail("a use case is named within its tenant: add --tenant", 2)
-    result = _admin().call("pause", tenant=tenant, usecase=usecase)
+    result = current_admin().call("pause", tenant=tenant, usecase=usecase)
     emit_json(result) if as_json else click.echo(f"paused {result['paused']}; {result['held']} queued recipient(s) held")
 
 
@@ -148,7 +142,7 @@ def resume(tenant: str | None, usecase: str | None, as_json: bool) -> None:
     """Resume paused outbound mail; what the pause held flows again."""
     if usecase and not tenant:
         fail("a use case is named within its tenant: add --tenant", 2)
-    result = _admin().call("resume", tenant=tenant, usecase=usecase)
+    result = current_admin().call("resume", tenant=tenant, usecase=usecase)
     if as_json:
         emit_json(result)
         return

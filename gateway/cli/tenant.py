@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .output import details, emit_json, json_option, table
+from .output import current_admin, details, emit_json, json_option, table
 
 COLUMNS = ["name", "display_name", "enabled", "outbound_enabled", "monthly_quota"]
 
@@ -12,12 +12,6 @@ COLUMNS = ["name", "display_name", "enabled", "outbound_enabled", "monthly_quota
 @click.group()
 def tenant() -> None:
     """Manage tenants (isolated workspaces)."""
-
-
-def _admin():
-    from . import admin
-
-    return admin(click.get_current_context())
 
 
 def _show(record: dict, as_json: bool) -> None:
@@ -34,14 +28,14 @@ def _show(record: dict, as_json: bool) -> None:
 @json_option
 def add(name: str, display_name: str, monthly_quota: int, as_json: bool) -> None:
     """Create a tenant."""
-    _show(_admin().call("tenant.add", name=name, display_name=display_name, monthly_quota=monthly_quota), as_json)
+    _show(current_admin().call("tenant.add", name=name, display_name=display_name, monthly_quota=monthly_quota), as_json)
 
 
 @tenant.command("list")
 @json_option
 def list_(as_json: bool) -> None:
     """List tenants."""
-    rows = _admin().call("tenant.list")
+    rows = current_admin().call("tenant.list")
     emit_json(rows) if as_json else table(rows, COLUMNS, ["NAME", "DISPLAY NAME", "ENABLED", "OUTBOUND", "QUOTA"])
 
 
@@ -50,7 +44,7 @@ def list_(as_json: bool) -> None:
 @json_option
 def show(name: str, as_json: bool) -> None:
     """Show one tenant and what it owns."""
-    _show(_admin().call("tenant.show", name=name), as_json)
+    _show(current_admin().call("tenant.show", name=name), as_json)
 
 
 @tenant.command("enable")
@@ -59,7 +53,7 @@ def show(name: str, as_json: bool) -> None:
 @json_option
 def enable(name: str, outbound: bool, as_json: bool) -> None:
     """Enable a tenant (or only its outbound mail)."""
-    _show(_admin().call("tenant.enable", name=name, outbound=outbound), as_json)
+    _show(current_admin().call("tenant.enable", name=name, outbound=outbound), as_json)
 
 
 @tenant.command("disable")
@@ -68,7 +62,7 @@ def enable(name: str, outbound: bool, as_json: bool) -> None:
 @json_option
 def disable(name: str, outbound: bool, as_json: bool) -> None:
     """Disable a tenant (or only its outbound mail)."""
-    _show(_admin().call("tenant.disable", name=name, outbound=outbound), as_json)
+    _show(current_admin().call("tenant.disable", name=name, outbound=outbound), as_json)
 
 
 @tenant.command("update")
@@ -78,7 +72,7 @@ def disable(name: str, outbound: bool, as_json: bool) -> None:
 @json_option
 def update(name: str, display_name: str | None, monthly_quota: int | None, as_json: bool) -> None:
     """Change a tenant's display name or quota."""
-    _show(_admin().call("tenant.update", name=name, display_name=display_name, monthly_quota=monthly_quota), as_json)
+    _show(current_admin().call("tenant.update", name=name, display_name=display_name, monthly_quota=monthly_quota), as_json)
 
 
 @tenant.command("delete")
@@ -86,5 +80,5 @@ def update(name: str, display_name: str | None, monthly_quota: int | None, as_js
 @json_option
 def delete(name: str, as_json: bool) -> None:
     """Delete a tenant; refused while it owns anything."""
-    record = _admin().call("tenant.delete", name=name)
+    record = current_admin().call("tenant.delete", name=name)
     emit_json(record) if as_json else click.echo(f"deleted tenant {record['name']}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .output import details, emit_json, json_option, table
+from .output import current_admin, details, emit_json, json_option, table
 
 KEYS = ["name", "tenant", "domain", "domain_state", "kind", "entity", "senders", "unsubscribe_scope", "route", "rate_limit", "credentials"]
 kind_choice = click.Choice(["transactional", "marketing"])
@@ -14,12 +14,6 @@ scope_choice = click.Choice(["usecase", "domain"])
 @click.group()
 def usecase() -> None:
     """Manage use cases (how a tenant sends from a verified domain) and their SMTP credentials."""
-
-
-def _admin():
-    from . import admin
-
-    return admin(click.get_current_context())
 
 
 def _show(record: dict, as_json: bool) -> None:
@@ -39,7 +33,7 @@ def _show(record: dict, as_json: bool) -> None:
 @json_option
 def add(tenant, domain, name, entity, kind, senders, unsubscribe_scope, route, rate_limit, as_json) -> None:
     """Add a use case on a verified domain."""
-    _show(_admin().call("usecase.add", tenant=tenant, domain=domain, name=name, entity=entity, kind=kind, senders=list(senders),
+    _show(current_admin().call("usecase.add", tenant=tenant, domain=domain, name=name, entity=entity, kind=kind, senders=list(senders),
                         unsubscribe_scope=unsubscribe_scope, route=route, rate_limit=rate_limit), as_json)
 
 
@@ -48,7 +42,7 @@ def add(tenant, domain, name, entity, kind, senders, unsubscribe_scope, route, r
 @json_option
 def list_(tenant: str | None, as_json: bool) -> None:
     """List use cases (of one tenant when given)."""
-    rows = _admin().call("usecase.list", tenant=tenant)
+    rows = current_admin().call("usecase.list", tenant=tenant)
     emit_json(rows) if as_json else table(rows, ["tenant", "name", "domain", "kind", "senders", "route"])
 
 
@@ -58,7 +52,7 @@ def list_(tenant: str | None, as_json: bool) -> None:
 @json_option
 def show(tenant: str, name: str, as_json: bool) -> None:
     """Show one use case."""
-    _show(_admin().call("usecase.show", tenant=tenant, name=name), as_json)
+    _show(current_admin().call("usecase.show", tenant=tenant, name=name), as_json)
 
 
 @usecase.command("update")
@@ -76,7 +70,7 @@ def show(tenant: str, name: str, as_json: bool) -> None:
 @json_option
 def update(tenant, name, new_name, entity, kind, senders, add_senders, remove_senders, unsubscribe_scope, route, rate_limit, as_json) -> None:
     """Change a use case."""
-    _show(_admin().call("usecase.update", tenant=tenant, name=name, new_name=new_name, entity=entity, kind=kind,
+    _show(current_admin().call("usecase.update", tenant=tenant, name=name, new_name=new_name, entity=entity, kind=kind,
                         senders=list(senders) or None, add_senders=list(add_senders) or None,
                         remove_senders=list(remove_senders) or None, unsubscribe_scope=unsubscribe_scope, route=route,
                         rate_limit=rate_limit), as_json)
@@ -88,7 +82,7 @@ def update(tenant, name, new_name, entity, kind, senders, add_senders, remove_se
 @json_option
 def delete(tenant: str, name: str, as_json: bool) -> None:
     """Delete a use case and its credentials."""
-    record = _admin().call("usecase.delete", tenant=tenant, name=name)
+    record = current_admin().call("usecase.delete", tenant=tenant, name=name)
     emit_json(record) if as_json else click.echo(f"deleted use case {record['name']} of {record['tenant']}")
 
 
@@ -103,7 +97,7 @@ def credentials() -> None:
 @json_option
 def credentials_add(tenant: str, usecase_name: str, as_json: bool) -> None:
     """Generate a username and password. The password is shown this once."""
-    record = _admin().call("usecase.credentials.add", tenant=tenant, usecase=usecase_name)
+    record = current_admin().call("usecase.credentials.add", tenant=tenant, usecase=usecase_name)
     if as_json:
         emit_json(record)
         return
@@ -118,7 +112,7 @@ def credentials_add(tenant: str, usecase_name: str, as_json: bool) -> None:
 @json_option
 def credentials_list(tenant: str, usecase_name: str, as_json: bool) -> None:
     """List credentials (never their secrets)."""
-    rows = _admin().call("usecase.credentials.list", tenant=tenant, usecase=usecase_name)
+    rows = current_admin().call("usecase.credentials.list", tenant=tenant, usecase=usecase_name)
     emit_json(rows) if as_json else table(rows, ["username", "created_at", "last_used_at", "revoked_at"])
 
 
@@ -129,5 +123,5 @@ def credentials_list(tenant: str, usecase_name: str, as_json: bool) -> None:
 @json_option
 def credentials_revoke(tenant: str, usecase_name: str, username: str, as_json: bool) -> None:
     """Revoke a credential: it stops working at the next AUTH."""
-    record = _admin().call("usecase.credentials.revoke", tenant=tenant, usecase=usecase_name, username=username)
+    record = current_admin().call("usecase.credentials.revoke", tenant=tenant, usecase=usecase_name, username=username)
     emit_json(record) if as_json else click.echo(f"revoked {record['username']}")

@@ -17,6 +17,7 @@ import dns.name
 import dns.resolver
 
 from ..config import DnsConfig
+from ..resolver import make_resolver
 from .reply import Reply
 
 _CACHE_MAX = 10000
@@ -37,16 +38,6 @@ class DestinationError(Exception):
     def __init__(self, reply: Reply):
         self.reply = reply
         super().__init__(reply.line)
-
-
-def make_resolver(config: DnsConfig) -> dns.asyncresolver.Resolver:
-    resolver = dns.asyncresolver.Resolver(configure=not config.nameservers)
-    if config.nameservers:
-        resolver.nameservers = list(config.nameservers)
-    resolver.port = config.port
-    resolver.timeout = config.timeout
-    resolver.lifetime = config.timeout
-    return resolver
 
 
 class MxResolver:

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import dns.asyncresolver
 import dns.exception
 import dns.rdatatype
 import dns.resolver
 
 from ..config import DnsConfig
+from ..resolver import make_resolver
 
 
 @dataclass(frozen=True)
@@ -36,13 +36,8 @@ class Answer:
 
 class Lookup:
     def __init__(self, config: DnsConfig):
-        self.resolver = dns.asyncresolver.Resolver(configure=not config.nameservers)
-        if config.nameservers:
-            self.resolver.nameservers = list(config.nameservers)
-        self.resolver.port = config.port
-        self.resolver.lifetime = config.timeout
-        self.resolver.timeout = config.timeout
-        self.resolver.cache = None
+        self.resolver = make_resolver(config)
+        self.resolver.cache = None  # verification always asks DNS afresh
         # EDNS with a 1232-byte payload (DNS flag day 2020): DKIM keys fit in UDP, no fragmentation.
         self.resolver.use_edns(0, 0, 1232)
 

@@ -325,12 +325,9 @@ class Queue:
     def __init__(self, db: Database):
         self.db = db
 
-    async def put(self, message: NewMessage) -> int:
-        """Commit the message durably; returns its row id once it is on disk."""
-        return (await self.db.write(_put, message))["id"]
-
-    async def submit(self, message: NewMessage) -> dict[str, Any]:
-        """Like ``put``, returning {"id", "queue_id", "hold_reason", "thread_id"} (hold_reason 'paused' when a pause held it)."""
+    async def put(self, message: NewMessage) -> dict[str, Any]:
+        """Commit the message durably. Once it is on disk, returns {"id", "queue_id", "hold_reason",
+        "thread_id"} (hold_reason 'paused' when a pause held it)."""
         return await self.db.write(_put, message)
 
     async def list(self, *, tenant_id: int | None = None, state: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:

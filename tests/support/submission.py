@@ -120,7 +120,7 @@ async def submission_listener(tmp_path: Path, *, submission: dict[str, Any] | No
             listener.queued.append(queue_id)
 
         server = build(config, paths=paths, authenticate=auth.authenticate, context=store.usecases.context,
-                       submit=store.queue.submit, monthly_count=store.queue.monthly_count, metrics=Metrics(), on_queued=queued)
+                       submit=store.queue.put, monthly_count=store.queue.monthly_count, metrics=Metrics(), on_queued=queued)
         listener = Listener(server, store, auth, ctx)
         await server.start()
         try:
