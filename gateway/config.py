@@ -42,6 +42,7 @@ def section(cls: type, doc: str) -> Any:
 class DaemonConfig:
     hostname: str = setting("localhost", "Name the gateway gives itself: EHLO, Received headers, Message-IDs without a domain.")
     shutdown_timeout: float = setting(30.0, "Seconds in-flight work gets to finish after SIGTERM before the daemon exits.", min=0.0)
+    memory_budget: int = setting(268435456, "Bytes of message bodies held in memory at once, submission and delivery together; past it new DATA gets 452 4.3.1 and delivery waits.", min=1048576)
 
 
 @dataclass(frozen=True, kw_only=True)

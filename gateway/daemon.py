@@ -26,6 +26,7 @@ import structlog
 from . import __version__, logs, submission
 from .admin.registry import admin_method, collect
 from .admin.server import AdminServer
+from .budget import ByteBudget
 from .config import Config, load_config, restart_keys, to_dict
 from .delivery.scheduler import Scheduler
 from .domains.verifier import Reverifier
@@ -92,7 +93,9 @@ class Daemon:
         usecases = UsecaseService(store, return_path_prefix=self.config.domains.return_path_prefix)
         domains = DomainService(store, self.config, self.paths.keys_dir)
         monitor = QueueMonitor(store, self.metrics)
-        self.scheduler = Scheduler(store, self.config, self.metrics)
+        # One count of message bytes in memory, shared by submission (refuses past it) and delivery (waits).
+        self.budget = ByteBudget(self.config.daemon.memory_budget)
+        self.scheduler = Scheduler(store, self.config, self.metrics, budget=self.budget)
         self.services = [TenantService(store), domains, usecases,
                          QueueService(store, wake=self.scheduler.wake, on_change=monitor.kick),
                          PauseService(store, wake=self.scheduler.wake, on_change=monitor.kick), DaemonService(self),
@@ -200,6 +203,7 @@ class Daemon:
             return False
         old, self.config = self.config, new
         logs.configure(new.log)
+        self.budget.configure(new.daemon.memory_budget)
         needs_restart = restart_keys(old, new)
         if needs_restart:
             # Bound sockets and open files keep their old values until the daemon restarts.

@@ -29,6 +29,7 @@ import aiohttp
 import structlog
 
 from .. import verp
+from ..budget import ByteBudget
 from ..config import Config
 from ..lifecycle import Component
 from ..metrics import Metrics
@@ -84,8 +85,10 @@ class Scheduler(Component):
     name = "delivery"
 
     def __init__(self, store: Store, config: Config, metrics: Metrics, *, resolver: MxResolver | None = None,
-                 clock: Callable[[], float] = time.time, rand: Callable[[], float] = random.random):
+                 clock: Callable[[], float] = time.time, rand: Callable[[], float] = random.random,
+                 budget: ByteBudget | None = None):
         self.store = store
+        self.budget = budget or ByteBudget(config.daemon.memory_budget)
         self.config = config
         self.metrics = metrics
         self.resolver = resolver or MxResolver(config.dns)
