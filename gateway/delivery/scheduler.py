@@ -49,7 +49,7 @@ from .dkim import Signer
 from .lanes import Lanes
 from .loops import LoopGuard
 from .mx import MxResolver
-from .outcomes import classify, conclude, make_dsn, without_dsn
+from .outcomes import classify, conclude, held, make_dsn, without_dsn
 from .reply import Reply
 from .report import StallWatch, report
 from .routes import Routes
@@ -304,7 +304,13 @@ class Scheduler(Component):
             failure = f"internal error: {type(exc).__name__}: {exc}"
         finally:
             self._sending -= 1
-            self._conclude(work, failure=failure, interrupted=interrupted)
+            try:
+                self._conclude(work, failure=failure, interrupted=interrupted)
+            except Exception as exc:  # noqa: BLE001 - a bug in deciding: still record, never leak the claims
+                log.exception("delivery_conclude_failed", queue_id=work.queue_id)
+                outcomes = held(work.rows_left(), f"internal error recording the attempt: {type(exc).__name__}: {exc}")
+                work.recorded.update(o.recipient_id for o in outcomes)
+                self._write(work, outcomes, None, last=True)
 
     def _transaction_done(self, work: Work, got: dict[str, Reply]) -> None:
         """A transaction ended: write its accepted recipients now, shrinking the window in which a
