@@ -18,7 +18,7 @@ NOW = 1_000_000.0
 
 
 def work(*rcpts: str, expires_at: float = NOW + 3600, dest: tuple = ("direct", "dest.test")) -> Work:
-    msg = {"id": 1, "queue_id": "q", "tenant_id": 1, "usecase_id": 1, "mail_from": "app@acme.test", "size": 10,
+    msg = {"id": 1, "queue_id": "01m8rfvx4d0bf4pd", "tenant_id": 1, "usecase_id": 1, "mail_from": "app@acme.test", "size": 10,
            "created_at": NOW - 5, "expires_at": expires_at}
     rows = [{"id": i + 1, "rcpt": r, "attempts": 0, "index": i} for i, r in enumerate(rcpts)]
     return Work(dest, msg, rows, Route("direct", 1, "acme.test"))
@@ -105,3 +105,38 @@ def test_stall_watch():
     assert "disk I/O error" in watch.problems(claimed=3, due=False, sending=0)[0]
     watch.moved()
     assert watch.problems(claimed=3, due=True, sending=0) == []
+
+
+async def test_time_budget_keeps_the_recipients_the_remote_accepted(dns_server):
+    """One session, two VERP transactions: bob's gets its 250, carol's RCPT hangs past the attempt's
+    time budget. bob's reply was handed over the moment it came; carol alone is deferred."""
+    from gateway.delivery.attempt import Attempts
+    from gateway.delivery.courier import SessionPool
+    from gateway.delivery.loops import LoopGuard
+    from gateway.delivery.mx import MxResolver
+    from tests.support.daemon import make_config, merge
+    from tests.support.delivery import FAST_RETRIES, publish_mx
+    from tests.support.dns import dns_overrides
+    from tests.support.sink import mail_sink
+
+    class ShortBudget(Attempts):
+        def budget(self, work: Work) -> float:
+            return 1.0  # the real formula allows minutes; the mechanism is the same
+
+    publish_mx(dns_server, "dest.test")
+    async with mail_sink() as sink:
+        go = sink.stall("carol@dest.test")
+        config = make_config(merge(dns_overrides(dns_server), {"delivery": {**FAST_RETRIES, "remote_port": sink.port}}))
+        pool = SessionPool(0.0, 100)
+        attempts = ShortBudget(lambda: config, pool, MxResolver(config.dns), lambda: None, LoopGuard(allow_loopback=True))
+        w = work("bob@dest.test", "carol@dest.test")
+        w.data = b"From: app@acme.test\r\nSubject: hi\r\n\r\nhello\r\n"
+        seen: list[dict[str, Reply]] = []
+        await attempts.run(w, lambda _w, got: seen.append(dict(got)))
+        go.set()
+        await pool.close_all()
+    assert seen[0] == {"bob@dest.test": w.results["bob@dest.test"]} and w.results["bob@dest.test"].code == 250
+    assert "did not finish within 1s" in w.results["carol@dest.test"].text
+    outcomes, _ = conclude(w, now=NOW, duration=1.0, config=CFG, rand=lambda: 0.0)
+    assert states(outcomes) == {1: "delivered", 2: "deferred"}
+    assert [m.rcpt_tos for m in sink.messages] == [["bob@dest.test"]]
