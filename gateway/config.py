@@ -113,6 +113,11 @@ class DeliveryConfig:
     backoff_jitter: float = setting(0.2, "Random spread added to each wait, as a fraction of it.", min=0.0, max=1.0)
     dsn_sender: str = setting("", "From address of delivery status notifications. Empty: MAILER-DAEMON@<daemon.hostname>.")
     sendgrid_url: str = setting("https://api.sendgrid.com", "Base URL of the SendGrid API, when a connector sets none.")
+    # Postfix's smtp_mx_address_limit / smtp_mx_session_limit: one attempt never walks a long MX list.
+    mx_address_limit: int = setting(5, "Most MX addresses tried in one delivery attempt (0: no limit).", min=0)
+    mx_session_limit: int = setting(2, "Most SMTP sessions (past the greeting) opened in one delivery attempt before it is deferred (0: no limit).", min=0)
+    allow_loopback: bool = setting(False, "Deliver to loopback addresses (an MX or smarthost on 127.0.0.1 or ::1). Off: such mail bounces 5.4.6 as a loop; mail to the gateway's own listeners always does.")
+    stall_after: float = setting(300.0, "Seconds delivery may go without sending or recording anything while work is due before /health reports it stalled.", min=0.1)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -95,7 +95,9 @@ class Daemon:
         monitor = QueueMonitor(store, self.metrics)
         # One count of message bytes in memory, shared by submission (refuses past it) and delivery (waits).
         self.budget = ByteBudget(self.config.daemon.memory_budget)
-        self.scheduler = Scheduler(store, self.config, self.metrics, budget=self.budget)
+        # The loop guard reads the listening addresses when it checks one: listeners bind after this.
+        self.scheduler = Scheduler(store, self.config, self.metrics, budget=self.budget,
+                                   own_addresses=lambda: [l["address"] for l in self.listeners()])
         self.services = [TenantService(store), domains, usecases,
                          QueueService(store, wake=self.scheduler.wake, on_change=monitor.kick),
                          PauseService(store, wake=self.scheduler.wake, on_change=monitor.kick), DaemonService(self),
@@ -274,7 +276,8 @@ class Daemon:
         writable = self.store is not None and await self.store.probe_writable(timeout=HEALTH_PROBE_TIMEOUT)
         listeners = self.listeners()
         down = [l["name"] for l in listeners if not l["up"]]
-        return writable and not down, {"store_writable": writable, "listeners_down": down}
+        problems = [p for c in self.components for p in c.problems()]
+        return writable and not down and not problems, {"store_writable": writable, "listeners_down": down, "problems": problems}
 
     def status(self) -> dict[str, Any]:
         status: dict[str, Any] = {

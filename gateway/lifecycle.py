@@ -48,6 +48,11 @@ class Component:
         """Extra keys merged into `gateway status` (e.g. queue counts)."""
         return {}
 
+    def problems(self) -> list[str]:
+        """Reasons this component is not healthy right now (a stall, a failing dependency); /health
+        answers 503 while any component reports one."""
+        return []
+
     def web_routes(self) -> list["web.RouteDef"]:
         """HTTP routes this component serves on the daemon's web server."""
         return []

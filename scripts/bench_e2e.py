@@ -139,7 +139,8 @@ def write_config(path: Path, dns: DnsServer, port: int, tls_port: int, sink_port
     overrides["log"] = {"level": args.log_level, "format": "json"}
     overrides["web"] = {"listen": "127.0.0.1:0"}
     overrides["submission"] = {"listen": f"127.0.0.1:{port}", "listen_tls": f"127.0.0.1:{tls_port}"}
-    overrides["delivery"] = {"remote_port": sink_port, "poll_interval": 1.0}
+    # The sink is on 127.0.0.1: the loop guard must let loopback through.
+    overrides["delivery"] = {"remote_port": sink_port, "poll_interval": 1.0, "allow_loopback": True}
     for item in args.set:
         key, _, value = item.partition("=")
         section, _, name = key.partition(".")

@@ -17,12 +17,12 @@ async def test_health_is_200_while_everything_is_up_and_503_when_the_store_canno
         url = f"http://{d.address('web')}/health"
         async with http.get(url) as resp:
             assert resp.status == 200
-            assert await resp.json() == {"ok": True, "store_writable": True, "listeners_down": []}
+            assert await resp.json() == {"ok": True, "store_writable": True, "listeners_down": [], "problems": []}
         # The writer stops (as it would after a fatal disk error): nothing can be made durable.
         await d.store.db.close()
         async with http.get(url) as resp:
             assert resp.status == 503
-            assert await resp.json() == {"ok": False, "store_writable": False, "listeners_down": []}
+            assert await resp.json() == {"ok": False, "store_writable": False, "listeners_down": [], "problems": []}
 
 
 async def test_health_is_503_when_a_listener_is_down(tmp_path):

@@ -90,7 +90,8 @@ def _action(name: str, verb: str, help_text: str) -> click.Command:
             return
         in_flight = result.get("in_flight", {})
         for queue_id, n in result["changed"].items():
-            busy = f" ({in_flight[queue_id]} in flight: held after the current attempt unless delivered)" if queue_id in in_flight else ""
+            after = "deleted once the current attempt is recorded" if name == "delete" else "held after the current attempt unless delivered"
+            busy = f" ({in_flight[queue_id]} in flight: {after})" if queue_id in in_flight else ""
             click.echo(f"{queue_id}: {verb} {n} recipient(s){busy}")
         click.echo(f"{verb} {result['recipients']} recipient(s) of {result['messages']} message(s)")
 

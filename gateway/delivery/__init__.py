@@ -1,6 +1,13 @@
 """Outbound delivery: claim due recipients, DKIM-sign, route, send, record, retry, bounce.
 
-    scheduler.Scheduler   the component: dispatcher + per-destination lanes of workers
+    scheduler.Scheduler   the component: the dispatcher (claim, budget, sign, hand over) and recording
+    routes                a use case's route (direct or a connector), cached
+    work                  one work item (a message's recipients for one destination) and its signed bytes
+    lanes                 per-destination queues and the tasks that drain them
+    attempt               one work item sent within its time budget, replies kept per transaction
+    outcomes              replies -> recipient outcomes, and the DSN for failures (pure)
+    report                log lines and metrics for recorded outcomes; the stall watch behind /health
+    loops                 the loop guard: never connect back to ourselves (or loopback, unless allowed)
     dkim.Signer           RFC 6376 relaxed/relaxed signatures, RSA and Ed25519 through OpenSSL
     mx.MxResolver         MX -> A/AAAA with RFC 5321 5.1 fallback and RFC 7505 Null MX
     courier               SMTP sessions (reused per MX), the direct route and the SMTP relay

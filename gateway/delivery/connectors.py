@@ -8,10 +8,15 @@ message, one personalization each, so recipients do not see each other; its stat
 HTTP status -> recipient state: 2xx delivered; 429 and 5xx deferred (their service, not the mail);
 401/403 deferred too (a wrong API key is an operator's fix, not a reason to bounce a customer's
 mail); other 4xx bounced (the request itself is refused and would be refused again).
+
+The MIME parse is bounded (SENDGRID_MAX_BYTES, SENDGRID_MAX_PARTS: SendGrid's own 30 MB limit, and
+a part count no real message needs) and runs on a worker thread, never on the event loop. A message
+past a bound bounces (5.3.4): sending it again cannot make it smaller.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import email
 import email.policy
@@ -24,12 +29,23 @@ from typing import Any
 import aiohttp
 
 from ..config import DeliveryConfig
+from ..errors import GatewayError
 from .courier import RelayCourier, SessionOptions, SessionPool, SmtpSession
 from .reply import Reply, describe_failure
 
 # Headers SendGrid accepts in `headers` that matter downstream (threading, unsubscribe).
 CARRIED_HEADERS = ("Message-ID", "In-Reply-To", "References", "List-Unsubscribe", "List-Unsubscribe-Post", "List-Id", "Feedback-ID")
 SMTP_TLS_MODES = ("none", "starttls", "implicit")
+SENDGRID_MAX_BYTES = 30 * 1024 * 1024   # SendGrid's v3 limit for a whole message
+SENDGRID_MAX_PARTS = 256
+
+
+class PayloadRefused(GatewayError):
+    """The message is past a bound of the SendGrid mapping; ``reply`` is the permanent answer."""
+
+    def __init__(self, reply: Reply):
+        self.reply = reply
+        super().__init__(reply.line)
 
 
 @dataclass(frozen=True)
@@ -71,7 +87,16 @@ def _address(value: str) -> dict[str, str]:
 
 
 def sendgrid_payload(data: bytes, rcpts: Sequence[str], spec: ConnectorSpec, queue_id: str) -> dict[str, Any]:
+    """The v3 JSON for the message; raises PayloadRefused past SENDGRID_MAX_BYTES or SENDGRID_MAX_PARTS.
+    CPU-bound on large mail: call it off the event loop."""
+    remote = f"connector {spec.name} (sendgrid)"
+    if len(data) > SENDGRID_MAX_BYTES:
+        raise PayloadRefused(Reply.permanent(f"message of {len(data)} bytes is over SendGrid's {SENDGRID_MAX_BYTES}-byte limit",
+                                             "5.3.4", remote, 552))
     msg = email.message_from_bytes(data, policy=email.policy.default)
+    parts = sum(1 for _ in msg.walk())
+    if parts > SENDGRID_MAX_PARTS:
+        raise PayloadRefused(Reply.permanent(f"message has {parts} MIME parts, more than {SENDGRID_MAX_PARTS}", "5.3.4", remote, 552))
     sender = spec.settings.get("sender") or str(msg.get("From", ""))
     payload: dict[str, Any] = {
         "personalizations": [{"to": [{"email": r}]} for r in rcpts],
@@ -125,7 +150,11 @@ class SendGridCourier:
         self.remote = f"connector {spec.name} (sendgrid)"
 
     async def deliver(self, rcpts: Sequence[str], data: bytes, queue_id: str) -> dict[str, Reply]:
-        payload = sendgrid_payload(data, rcpts, self.spec, queue_id)  # our code: an exception here holds
+        try:
+            # Off the loop: parsing a large message would stall every session the loop serves.
+            payload = await asyncio.to_thread(sendgrid_payload, data, rcpts, self.spec, queue_id)  # other errors: ours, held
+        except PayloadRefused as exc:
+            return {r: exc.reply for r in rcpts}
         try:
             async with self.http.post(f"{self.base_url}/v3/mail/send", json=payload, timeout=self.timeout,
                                       headers={"Authorization": f"Bearer {self.spec.secret}"}) as response:

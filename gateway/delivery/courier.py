@@ -12,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import structlog
 
+from .loops import LoopGuard
 from .mx import DestinationError, MxResolver
 from .reply import Reply, describe_failure
 from .smtpclient import SMTPReplyError, SmtpClient, Transaction
@@ -24,6 +25,10 @@ from .smtpclient import SMTPReplyError, SmtpClient, Transaction
 log = structlog.get_logger("delivery")
 
 FORBIDDEN = ("\r", "\n", "\0")
+
+# Called with each transaction's replies (rcpt -> Reply) the moment that transaction ends, so what a
+# remote accepted is known (and recorded) even if the rest of the attempt is cut short.
+ReplySink = Callable[[dict[str, Reply]], None]
 
 
 @dataclass(frozen=True)
@@ -269,11 +274,12 @@ class SessionPool:
 
 
 async def send_all(pool: SessionPool, key: tuple, make: "callable", envelopes: Sequence[Envelope],
-                   data: bytes) -> dict[str, Reply]:
+                   data: bytes, report: ReplySink | None = None) -> dict[str, Reply]:
     """Send every envelope over one session (pooled or new). Raises SessionError when none opens.
 
-    A pooled session the server closed while idle fails on its first command; that transaction is
-    retried once on a fresh connection rather than deferred.
+    ``report`` gets each transaction's replies as soon as it ends. A pooled session the server
+    closed while idle fails on its first command; that transaction is retried once on a fresh
+    connection rather than deferred.
     """
     # Checked for every envelope before anything is sent: raising after an earlier envelope went out
     # would hold (and on release resend) recipients the remote already accepted.
@@ -299,6 +305,8 @@ async def send_all(pool: SessionPool, key: tuple, make: "callable", envelopes: S
                 got = await session.send(env, data)
             reused = False
             results.update(got)
+            if report is not None:
+                report(got)
     except SessionError as exc:
         for env in envelopes:
             for rcpt in env.rcpts:
@@ -308,28 +316,70 @@ async def send_all(pool: SessionPool, key: tuple, make: "callable", envelopes: S
     return results
 
 
+@dataclass(frozen=True)
+class MxLimits:
+    """Bounds on one attempt over an MX list (Postfix's smtp_mx_address_limit, smtp_mx_session_limit)."""
+
+    addresses: int = 5   # addresses tried at most; 0: no limit
+    sessions: int = 2    # sessions that got past the greeting and still failed; 0: no limit
+
+
 class DirectCourier:
-    """The `direct` route: the recipient domain's MX hosts in preference order."""
+    """The `direct` route: the recipient domain's MX hosts in preference order.
 
-    def __init__(self, resolver: MxResolver, pool: SessionPool, options: SessionOptions, port: int):
+    Each address is tried in turn until one session opens. An address that would loop back to the
+    gateway is skipped (and when every address loops, the mail bounces 5.4.6); at most
+    ``limits.addresses`` addresses are tried and ``limits.sessions`` sessions that answered the
+    greeting but then failed (EHLO, STARTTLS, ...), then the attempt is deferred.
+    """
+
+    def __init__(self, resolver: MxResolver, pool: SessionPool, options: SessionOptions, port: int, *,
+                 limits: MxLimits = MxLimits(), guard: LoopGuard | None = None):
         self.resolver, self.pool, self.options, self.port = resolver, pool, options, port
+        self.limits, self.guard = limits, guard
 
-    async def deliver(self, domain: str, envelopes: Sequence[Envelope], data: bytes) -> dict[str, Reply]:
+    async def deliver(self, domain: str, envelopes: Sequence[Envelope], data: bytes,
+                      report: ReplySink | None = None) -> dict[str, Reply]:
         rcpts = [r for env in envelopes for r in env.rcpts]
         try:
             destinations = await self.resolver.destinations(domain)
         except DestinationError as exc:
             return {r: exc.reply for r in rcpts}
         last: Reply | None = None
+        loop: Reply | None = None
+        tried = sessions = 0
         for dest in destinations:
             for address in dest.addresses:
-                key = (address, self.port, self.options.tls, "")
+                refusal = self.guard.refusal(address, self.port, domain) if self.guard is not None else None
+                if refusal is not None:
+                    loop = loop or refusal
+                    continue
+                if self.limits.addresses and tried >= self.limits.addresses:
+                    return self._all(rcpts, last, domain, f"gave up after {tried} MX addresses (delivery.mx_address_limit)")
+                if self.limits.sessions and sessions >= self.limits.sessions:
+                    return self._all(rcpts, last, domain, f"gave up after {sessions} failed sessions (delivery.mx_session_limit)")
+                tried += 1
+                made: list[SmtpSession] = []
+
+                def make(a: str = address, h: str = dest.host) -> SmtpSession:
+                    made.append(SmtpSession(a, self.port, h, self.options))
+                    return made[-1]
+
                 try:
-                    return await send_all(self.pool, key, lambda a=address, h=dest.host: SmtpSession(a, self.port, h, self.options),
-                                          envelopes, data)
+                    return await send_all(self.pool, (address, self.port, self.options.tls, ""), make, envelopes, data, report)
                 except SessionError as exc:
                     last = exc.reply  # try the next address, then the next MX
+                    if made and made[-1].steps and made[-1].steps[0]["step"] == "connect" and made[-1].steps[0]["ok"]:
+                        sessions += 1
+        if last is None and loop is not None:
+            return {r: loop for r in rcpts}  # every address is ourselves: a loop, not a passing outage
+        return self._all(rcpts, last, domain, "")
+
+    @staticmethod
+    def _all(rcpts: list[str], last: Reply | None, domain: str, why: str) -> dict[str, Reply]:
         reply = last or Reply.temporary(f"no MX of {domain} could be reached", "4.4.1")
+        if why:
+            reply = Reply.temporary(f"{reply.text}; {why}", reply.enhanced or "4.4.1", reply.remote, reply.code or 451)
         return {r: reply for r in rcpts}
 
 
@@ -339,9 +389,10 @@ class RelayCourier:
     def __init__(self, name: str, host: str, port: int, pool: SessionPool, options: SessionOptions):
         self.name, self.host, self.port, self.pool, self.options = name, host, port, pool, options
 
-    async def deliver(self, envelopes: Sequence[Envelope], data: bytes) -> dict[str, Reply]:
+    async def deliver(self, envelopes: Sequence[Envelope], data: bytes, report: ReplySink | None = None) -> dict[str, Reply]:
         key = (self.host, self.port, self.options.tls, self.options.username, self.options.verify)
         try:
-            return await send_all(self.pool, key, lambda: SmtpSession(self.host, self.port, self.host, self.options), envelopes, data)
+            return await send_all(self.pool, key, lambda: SmtpSession(self.host, self.port, self.host, self.options), envelopes, data,
+                                  report)
         except SessionError as exc:
             return {r: exc.reply for env in envelopes for r in env.rcpts}

@@ -1,11 +1,19 @@
-"""What the delivery scheduler reads and writes: claims, attempts, outcomes, DSNs.
+"""What the delivery scheduler reads and writes: claims, bodies, attempts, outcomes, DSNs.
 
 A worker *claims* due recipients (``claimed_by`` = its token) through the partial index
-``recipients_due``, so picking work costs the same with a thousand or a million rows queued. After
-an attempt, ``record`` writes in one transaction: the attempt rows, each recipient's new state
-(claim dropped), the events, and, when recipients failed for good, the DSN message and their
-``dsn_sent`` flag. A crash between claim and record leaves rows claimed by a dead token; the
-scheduler's start calls ``release_all`` (one daemon per state dir, so every claim is stale then).
+``recipients_due``, so picking work costs the same with a thousand or a million rows queued. A
+claim carries each message's envelope and size, not its body: the scheduler loads bodies with
+``bodies`` in small batches, after taking their size from the memory budget. After an attempt,
+``record`` writes in one transaction: the attempt rows, each recipient's new state (claim dropped),
+the events, and, when recipients failed for good, the DSN message and their ``dsn_sent`` flag. It
+may be called several times for one claim (each transaction's accepted recipients at once, the
+rest after), each call covering its own recipients. A crash between claim and record leaves rows
+claimed by a dead token; the scheduler's start calls ``release_all`` (one daemon per state dir, so
+every claim is stale then).
+
+Facts, not decisions: whether a deferred recipient is now held comes from ``gateway.holds``; a
+message deleted by an operator while in flight (``deleting``) loses its recipients as their
+outcomes are recorded or their claims released.
 """
 
 from __future__ import annotations
@@ -16,9 +24,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import holds
+from ..holds import covering
 from .db import Database
 from .events import append_event
-from .queue import _PAUSE_COVERS, NewMessage, _put
+from .queue import NewMessage, _put, drop_deleted, pauses
 
 # Same terms as the partial index's WHERE, so SQLite can use it; INDEXED BY pins it, because the planner
 # otherwise prefers recipients_by_state (0006) and sorts every deferred row (checked with EXPLAIN).
@@ -68,7 +78,7 @@ def _claim(conn: sqlite3.Connection, token: str, now: float, limit: int) -> list
         chunk = msg_ids[i:i + 500]
         marks = ','.join('?' * len(chunk))
         for m in conn.execute(
-            "SELECT id, queue_id, tenant_id, usecase_id, mail_from, message_id, body, created_at, expires_at, held, hold_reason"
+            "SELECT id, queue_id, tenant_id, usecase_id, mail_from, message_id, size, created_at, expires_at, held, hold_reason"
             f" FROM messages WHERE id IN ({marks})",
             chunk,
         ):
@@ -89,6 +99,19 @@ def _claim(conn: sqlite3.Connection, token: str, now: float, limit: int) -> list
     return out
 
 
+def _bodies(conn: sqlite3.Connection, message_ids: Sequence[int]) -> dict[int, bytes]:
+    out: dict[int, bytes] = {}
+    for i in range(0, len(message_ids), 500):
+        chunk = list(message_ids[i:i + 500])
+        out.update(conn.execute(f"SELECT id, body FROM messages WHERE id IN ({','.join('?' * len(chunk))})", chunk).fetchall())
+    return out
+
+
+def _drop_released_deleted(conn: sqlite3.Connection) -> None:
+    for (msg_id,) in conn.execute("SELECT id FROM messages WHERE deleting = 1").fetchall():
+        drop_deleted(conn, msg_id)
+
+
 def _release(conn: sqlite3.Connection, token: str | None, ids: Sequence[int] | None) -> int:
     if ids is not None:
         n = 0
@@ -98,15 +121,31 @@ def _release(conn: sqlite3.Connection, token: str | None, ids: Sequence[int] | N
                 f"UPDATE recipients SET claimed_by = NULL WHERE claimed_by = ? AND id IN ({','.join('?' * len(chunk))})",
                 (token, *chunk),
             ).rowcount
-        return n
-    if token is None:
-        return conn.execute("UPDATE recipients SET claimed_by = NULL WHERE claimed_by IS NOT NULL").rowcount
-    return conn.execute("UPDATE recipients SET claimed_by = NULL WHERE claimed_by = ?", (token,)).rowcount
+    elif token is None:
+        n = conn.execute("UPDATE recipients SET claimed_by = NULL WHERE claimed_by IS NOT NULL").rowcount
+    else:
+        n = conn.execute("UPDATE recipients SET claimed_by = NULL WHERE claimed_by = ?", (token,)).rowcount
+    if n:
+        _drop_released_deleted(conn)  # a released row of a deleted message must not become due
+    return n
+
+
+def _hold_now(conn: sqlite3.Connection, recipient_id: int, pause_list: list[holds.Pause]) -> str:
+    """An operator hold or a pause that came while this recipient was in flight skipped it (claimed
+    rows are not touched): the reason it takes effect now, or ''."""
+    held, tenant_id, usecase_id = conn.execute(
+        "SELECT m.held, r.tenant_id, r.usecase_id FROM recipients r JOIN messages m ON m.id = r.message_id WHERE r.id = ?",
+        (recipient_id,),
+    ).fetchone()
+    return holds.hold_reason(operator_held=bool(held), pauses=covering(pause_list, tenant_id, usecase_id))
 
 
 def _record(conn: sqlite3.Connection, token: str, tenant_id: int, queue_id: str, outcomes: Sequence[Outcome],
             dsn: Dsn | None, now: float) -> dict[str, Any]:
     recorded = []
+    pause_list: list[holds.Pause] | None = None
+    msg_row = conn.execute("SELECT id, deleting FROM messages WHERE queue_id = ?", (queue_id,)).fetchone()
+    deleting = msg_row is not None and msg_row["deleting"] == 1
     for o in outcomes:
         updated = conn.execute(
             "UPDATE recipients SET state = ?, hold_reason = ?, attempts = attempts + ?, next_attempt_at = ?,"
@@ -116,7 +155,7 @@ def _record(conn: sqlite3.Connection, token: str, tenant_id: int, queue_id: str,
              o.code, o.enhanced, o.reply, now, o.recipient_id, token),
         ).rowcount
         if not updated:
-            continue  # deleted by an operator meanwhile (or the claim was released): nothing to record
+            continue  # the claim was released meanwhile: nothing to record
         recorded.append(o.recipient_id)
         if o.attempted:
             conn.execute(
@@ -129,18 +168,19 @@ def _record(conn: sqlite3.Connection, token: str, tenant_id: int, queue_id: str,
         if o.state == "held":
             data["reason"] = o.hold_reason
         append_event(conn, tenant_id, o.state, queue_id, data)
-        if o.state == "deferred":
-            # An operator hold or a pause that came while this recipient was in flight skipped it
-            # (claimed rows are not touched): it takes effect now, or the retry would ignore it.
-            hold = conn.execute(
-                "SELECT CASE WHEN (SELECT held FROM messages WHERE id = recipients.message_id) = 1 THEN 'operator'"
-                f" WHEN EXISTS ({_PAUSE_COVERS}) THEN 'paused' END FROM recipients WHERE id = ?",
-                (o.recipient_id,),
-            ).fetchone()[0]
+        if o.state == "deferred" and not deleting:
+            if pause_list is None:
+                pause_list = pauses(conn)
+            hold = _hold_now(conn, o.recipient_id, pause_list)
             if hold:
                 conn.execute("UPDATE recipients SET state = 'held', hold_reason = ? WHERE id = ?", (hold, o.recipient_id))
                 append_event(conn, tenant_id, "held", queue_id, {"rcpt": o.event.get("rcpt"), "reason": hold, "recipients": 1})
     result: dict[str, Any] = {"dsn": None, "recorded": recorded}
+    if deleting:
+        # The operator deleted it while these were in flight: their outcome is on record (events),
+        # now they go, and no DSN is sent for a message the operator removed.
+        drop_deleted(conn, msg_row["id"])
+        return result
     if dsn is not None:
         ids = [i for i in dsn.recipient_ids if i in recorded]
         # Exactly one DSN per failed recipient: rows already covered are skipped, and if none is left
@@ -184,8 +224,12 @@ class Delivery:
         self.db = db
 
     async def claim(self, token: str, limit: int, now: float | None = None) -> list[dict[str, Any]]:
-        """Claim up to ``limit`` due recipients; each comes with its message (body included)."""
+        """Claim up to ``limit`` due recipients; each comes with its message's envelope and size (no body)."""
         return await self.db.write(_claim, token, time.time() if now is None else now, limit)
+
+    async def bodies(self, message_ids: Sequence[int]) -> dict[int, bytes]:
+        """{message row id: body} of these messages (a message deleted meanwhile is absent)."""
+        return await self.db.read(_bodies, list(message_ids))
 
     async def release_all(self) -> int:
         """Drop every claim (at start: the process that held them is gone)."""

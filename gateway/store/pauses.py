@@ -15,7 +15,9 @@ from typing import Any
 from ..errors import Conflict, NotFound
 from .db import Database
 from .events import append_event
-from .queue import _PAUSE_COVERS
+from .. import holds
+from ..holds import covering
+from .queue import pauses
 
 SCOPES = ("global", "tenant", "usecase")
 
@@ -56,11 +58,21 @@ def _resume(conn: sqlite3.Connection, scope: str, tenant_id: int | None, usecase
     if row is None:
         raise NotFound(f"{label} is not paused")
     conn.execute("DELETE FROM pauses WHERE id = ?", (row["id"],))
-    released = conn.execute(
-        "UPDATE recipients SET state = 'pending', hold_reason = '', next_attempt_at = ?, updated_at = ?"
-        f" WHERE state = 'held' AND hold_reason = 'paused' AND {_scope_where(scope)} AND NOT EXISTS ({_PAUSE_COVERS})",
-        (now, now, *_scope_args(scope, tenant_id, usecase_id)),
-    ).rowcount
+    # Which of the scope's paused recipients are free now is decided per (tenant, use case) by
+    # gateway.holds, on the pauses that remain: another pause may still cover them.
+    remaining = pauses(conn)
+    released = 0
+    for tid, uid in conn.execute(
+        f"SELECT DISTINCT tenant_id, usecase_id FROM recipients WHERE state = 'held' AND hold_reason = 'paused' AND {_scope_where(scope)}",
+        _scope_args(scope, tenant_id, usecase_id),
+    ).fetchall():
+        if holds.hold_reason(operator_held=False, pauses=covering(remaining, tid, uid)):
+            continue
+        released += conn.execute(
+            "UPDATE recipients SET state = 'pending', hold_reason = '', next_attempt_at = ?, updated_at = ?"
+            " WHERE state = 'held' AND hold_reason = 'paused' AND tenant_id = ? AND usecase_id = ?",
+            (now, now, tid, uid),
+        ).rowcount
     still = conn.execute(
         f"SELECT COUNT(*) FROM recipients WHERE state = 'held' AND hold_reason = 'paused' AND {_scope_where(scope)}",
         _scope_args(scope, tenant_id, usecase_id),

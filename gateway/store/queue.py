@@ -8,7 +8,11 @@ moment earlier always wins (no window where the listener's view of the pauses is
 Recipient states: pending (due at next_attempt_at), deferred (a temporary failure, retried at
 next_attempt_at), delivered, bounced, held (hold_reason 'paused', 'operator' or why a stage gave up).
 Operator actions never touch a recipient while a worker has it claimed: that attempt finishes and
-records its own outcome.
+records its own outcome. `delete` of a message in flight deletes what is not claimed and marks the
+message ``deleting``; its claimed recipients go once their attempt is recorded (or their claim is
+released), so nothing is sent again and nothing recorded about a row that is gone.
+
+Whether a recipient is held (operator, pause) is decided by ``gateway.holds`` on facts read here.
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import holds
 from ..errors import NotFound
+from ..holds import Pause, covering
 from .db import Database
 from .events import append_event
 
@@ -83,13 +89,13 @@ def month_of(ts: float) -> str:
     return time.strftime("%Y-%m", time.gmtime(ts))
 
 
+def pauses(conn: sqlite3.Connection) -> list[Pause]:
+    """Every pause in force (a handful of rows): the facts ``holds`` decides on."""
+    return [Pause(r[0], r[1], r[2]) for r in conn.execute("SELECT scope, tenant_id, usecase_id FROM pauses")]
+
+
 def paused(conn: sqlite3.Connection, tenant_id: int, usecase_id: int) -> bool:
-    row = conn.execute(
-        "SELECT 1 FROM pauses WHERE scope = 'global' OR (scope = 'tenant' AND tenant_id = ?)"
-        " OR (scope = 'usecase' AND usecase_id = ?) LIMIT 1",
-        (tenant_id, usecase_id),
-    ).fetchone()
-    return row is not None
+    return bool(covering(pauses(conn), tenant_id, usecase_id))
 
 
 def _thread_of(conn: sqlite3.Connection, m: NewMessage) -> str:
@@ -103,7 +109,7 @@ def _thread_of(conn: sqlite3.Connection, m: NewMessage) -> str:
 
 
 def _put(conn: sqlite3.Connection, m: NewMessage) -> dict[str, Any]:
-    hold_reason = m.hold_reason or ("paused" if paused(conn, m.tenant_id, m.usecase_id) else "")
+    hold_reason = m.hold_reason or holds.hold_reason(operator_held=False, pauses=covering(pauses(conn), m.tenant_id, m.usecase_id))
     cur = conn.execute(
         "INSERT INTO messages (queue_id, tenant_id, usecase_id, mail_from, message_id, size, body, client, created_at, expires_at)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -164,7 +170,7 @@ def _state_of(row: dict[str, Any]) -> str:
 
 
 def _list(conn: sqlite3.Connection, tenant_id: int | None, state: str | None, limit: int) -> list[dict[str, Any]]:
-    where, args = ["1"], []
+    where, args = ["m.deleting = 0"], []
     if tenant_id is not None:
         where.append("m.tenant_id = ?")
         args.append(tenant_id)
@@ -232,7 +238,7 @@ def _counts(conn: sqlite3.Connection, tenant_id: int | None) -> dict[str, int]:
 def _select_messages(conn: sqlite3.Connection, queue_ids: Sequence[str] | None, tenant_id: int | None) -> list[tuple[int, str, int]]:
     """(row id, queue id, tenant id) of the named messages (None: all), narrowed to a tenant."""
     args: list[Any] = []
-    where = ["1"]
+    where = ["deleting = 0"]  # deleted, waiting only for an attempt in flight to be recorded
     if tenant_id is not None:
         where.append("tenant_id = ?")
         args.append(tenant_id)
@@ -274,16 +280,20 @@ def _act(conn: sqlite3.Connection, action: str, queue_ids: Sequence[str] | None,
             conn.execute("UPDATE messages SET held = 1, hold_reason = 'operator' WHERE id = ?", (msg_id,))
         elif action == "release":
             # Held for any reason but a pause: due now, or back to 'paused' while a pause covers it.
-            n = conn.execute(
-                "UPDATE recipients SET state = 'pending', hold_reason = '', next_attempt_at = ?, updated_at = ?"
-                " WHERE message_id = ? AND state = 'held' AND hold_reason != 'paused' AND NOT EXISTS (" + _PAUSE_COVERS + ")",
-                (now, now, msg_id),
-            ).rowcount
-            n += conn.execute(
-                "UPDATE recipients SET hold_reason = 'paused', updated_at = ?"
-                " WHERE message_id = ? AND state = 'held' AND hold_reason != 'paused' AND EXISTS (" + _PAUSE_COVERS + ")",
-                (now, msg_id),
-            ).rowcount
+            msg_tenant, msg_usecase = conn.execute("SELECT tenant_id, usecase_id FROM messages WHERE id = ?", (msg_id,)).fetchone()
+            reason = holds.hold_reason(operator_held=False, pauses=covering(pauses(conn), msg_tenant, msg_usecase))
+            if reason:
+                n = conn.execute(
+                    "UPDATE recipients SET hold_reason = ?, updated_at = ?"
+                    " WHERE message_id = ? AND state = 'held' AND hold_reason != 'paused'",
+                    (reason, now, msg_id),
+                ).rowcount
+            else:
+                n = conn.execute(
+                    "UPDATE recipients SET state = 'pending', hold_reason = '', next_attempt_at = ?, updated_at = ?"
+                    " WHERE message_id = ? AND state = 'held' AND hold_reason != 'paused'",
+                    (now, now, msg_id),
+                ).rowcount
             conn.execute("UPDATE messages SET held = 0, hold_reason = '' WHERE id = ?", (msg_id,))
         elif action == "retry":
             n = conn.execute(
@@ -293,9 +303,15 @@ def _act(conn: sqlite3.Connection, action: str, queue_ids: Sequence[str] | None,
             ).rowcount
         elif action == "delete":
             n = conn.execute("SELECT COUNT(*) FROM recipients WHERE message_id = ?", (msg_id,)).fetchone()[0]
-            conn.execute("DELETE FROM attempts WHERE recipient_id IN (SELECT id FROM recipients WHERE message_id = ?)", (msg_id,))
-            conn.execute("DELETE FROM recipients WHERE message_id = ?", (msg_id,))
-            conn.execute("DELETE FROM messages WHERE id = ?", (msg_id,))
+            busy = conn.execute("SELECT COUNT(*) FROM recipients WHERE message_id = ? AND claimed_by IS NOT NULL",
+                                (msg_id,)).fetchone()[0]
+            if busy:
+                # A worker is sending it now: what the remote answers is still recorded, then those
+                # recipients go too (see _drop_deleted). Deleting them now would release nothing and
+                # resend nothing, but the attempt's outcome would be lost.
+                in_flight[qid] = busy
+                conn.execute("UPDATE messages SET deleting = 1 WHERE id = ?", (msg_id,))
+            drop_deleted(conn, msg_id, everything=not busy)
         else:
             raise ValueError(f"unknown queue action {action!r}")
         changed[qid] = n
@@ -305,6 +321,17 @@ def _act(conn: sqlite3.Connection, action: str, queue_ids: Sequence[str] | None,
     return {"changed": changed, "missing": missing, "in_flight": in_flight}
 
 
+def drop_deleted(conn: sqlite3.Connection, msg_id: int, *, everything: bool = False) -> int:
+    """Delete a deleted message's recipients that no worker holds (all of them with ``everything``),
+    and the message once none is left. Returns the recipients deleted."""
+    claim = "" if everything else " AND claimed_by IS NULL"
+    conn.execute(f"DELETE FROM attempts WHERE recipient_id IN (SELECT id FROM recipients WHERE message_id = ?{claim})", (msg_id,))
+    n = conn.execute(f"DELETE FROM recipients WHERE message_id = ?{claim}", (msg_id,)).rowcount
+    if conn.execute("SELECT 1 FROM recipients WHERE message_id = ? LIMIT 1", (msg_id,)).fetchone() is None:
+        conn.execute("DELETE FROM messages WHERE id = ?", (msg_id,))
+    return n
+
+
 def _flush(conn: sqlite3.Connection, tenant_id: int | None, now: float) -> int:
     sql = "UPDATE recipients SET next_attempt_at = ?, updated_at = ? WHERE state = 'deferred' AND claimed_by IS NULL AND next_attempt_at > ?"
     args: list[Any] = [now, now, now]
@@ -312,13 +339,6 @@ def _flush(conn: sqlite3.Connection, tenant_id: int | None, now: float) -> int:
         sql += " AND tenant_id = ?"
         args.append(tenant_id)
     return conn.execute(sql, args).rowcount
-
-
-# A pause covers a recipient row (used inside statements on `recipients`).
-_PAUSE_COVERS = (
-    "SELECT 1 FROM pauses p WHERE p.scope = 'global' OR (p.scope = 'tenant' AND p.tenant_id = recipients.tenant_id)"
-    " OR (p.scope = 'usecase' AND p.usecase_id = recipients.usecase_id)"
-)
 
 
 class Queue:

@@ -18,11 +18,13 @@ from gateway.config import Config, parse_config
 from gateway.daemon import Daemon
 from gateway.paths import Paths
 
-# Every listener on an ephemeral loopback port, so tests never collide.
+# Every listener on an ephemeral loopback port, so tests never collide; the test sinks, MXs and
+# smarthosts live on 127.0.0.1 too, so the loop guard lets loopback through (tests of the guard turn it off).
 TEST_OVERRIDES: dict[str, Any] = {
     "web": {"listen": "127.0.0.1:0"},
     "submission": {"listen": "127.0.0.1:0", "listen_tls": "127.0.0.1:0"},
     "daemon": {"shutdown_timeout": 5.0},
+    "delivery": {"allow_loopback": True},
 }
 
 

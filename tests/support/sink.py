@@ -4,6 +4,7 @@
         sink.script("bob@example.org", "450 4.2.0 mailbox busy", "250 OK")   # 1st RCPT 450, then 250
         sink.script("eve@example.org", "550 5.1.1 no such user")            # always 550
         sink.drop_in_data = 1                           # next DATA: read it, then drop the connection
+        go = sink.stall("carol@example.org")            # RCPT TO for carol waits until go.set()
         ...
         await sink.wait_for(3)                           # until 3 messages were accepted (or TimeoutError)
         sink.messages[0].data, .mail_from, .rcpt_tos, .connection, .tls
@@ -70,6 +71,8 @@ class Sink:
         self.auth_attempts: list[tuple[str, bool]] = []
         self.port = 0
         self._scripts: dict[str, list[str]] = {}
+        self._stalls: dict[str, asyncio.Event] = {}
+        self.stalled = 0             # RCPT TO commands waiting on a stall right now
         self._changed = asyncio.Condition()
 
     # ------------------------------------------------------------------ scripting
@@ -77,6 +80,11 @@ class Sink:
     def script(self, rcpt: str, *replies: str) -> None:
         """Replies to RCPT TO for this address, one per attempt; the last one repeats."""
         self._scripts[rcpt.lower()] = list(replies)
+
+    def stall(self, rcpt: str) -> asyncio.Event:
+        """RCPT TO for this address gets no answer until the returned event is set (a remote that hangs)."""
+        event = self._stalls[rcpt.lower()] = asyncio.Event()
+        return event
 
     def _rcpt_reply(self, rcpt: str) -> str:
         replies = self._scripts.get(rcpt.lower())
@@ -115,6 +123,14 @@ class Sink:
         return responses
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        stall = self._stalls.get(address.lower())
+        if stall is not None and not stall.is_set():
+            self.stalled += 1
+            await self._notify()
+            try:
+                await stall.wait()
+            finally:
+                self.stalled -= 1
         reply = self._rcpt_reply(address)
         if reply.startswith("2"):
             envelope.rcpt_tos.append(address)

@@ -1,0 +1,66 @@
+"""The loop guard: delivery never connects back to the gateway itself, as Postfix refuses with
+"mail for X loops back to myself".
+
+Refused, always: an address and port one of the daemon's own listeners is bound to (a wildcard
+listener counts for the loopback addresses). Refused unless ``delivery.allow_loopback``: any
+loopback or unspecified address (127.0.0.0/8, ::1, 0.0.0.0, ::), where nothing but this host
+answers. A refusal is a permanent 5.4.6 (RFC 3463 "routing loop detected"): retrying cannot help.
+
+Host names are not resolved here: an MX's addresses come resolved from DNS; a smarthost given by
+name is checked for ``localhost`` only.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Iterable
+
+from ..config import split_hostport
+from .reply import Reply
+
+IP = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _ip(host: str) -> IP | None:
+    try:
+        ip = ipaddress.ip_address(host.strip("[]").split("%")[0])
+    except ValueError:
+        name = host.lower().rstrip(".")
+        return ipaddress.ip_address("127.0.0.1") if name == "localhost" or name.endswith(".localhost") else None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def _local(ip: IP) -> bool:
+    return ip.is_loopback or ip.is_unspecified
+
+
+class LoopGuard:
+    def __init__(self, *, allow_loopback: bool, own: Callable[[], Iterable[str]] = lambda: ()):
+        self.allow_loopback = allow_loopback
+        self.own = own   # the daemon's listening addresses, 'host:port', read when asked (they bind late)
+
+    def _own(self, ip: IP, port: int) -> bool:
+        for address in self.own():
+            try:
+                host, own_port = split_hostport(address)
+            except ValueError:
+                continue
+            own_ip = _ip(host)
+            if own_port == port and own_ip is not None and (own_ip == ip or (own_ip.is_unspecified and _local(ip))):
+                return True
+        return False
+
+    def refusal(self, host: str, port: int, target: str) -> Reply | None:
+        """A permanent reply when connecting to ``host``:``port`` (for mail to ``target``) would loop; else None."""
+        ip = _ip(host)
+        if ip is None:
+            return None
+        if self._own(ip, port):
+            why = "the gateway's own listener"
+        elif _local(ip) and not self.allow_loopback:
+            why = "a loopback address (delivery.allow_loopback is off)"
+        else:
+            return None
+        return Reply.permanent(f"mail for {target} loops back to myself: {host} port {port} is {why}", "5.4.6", code=554)
