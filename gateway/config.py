@@ -66,6 +66,7 @@ class AdminConfig:
 class StoreConfig:
     batch_max: int = setting(1000, "Most writes the writer commits in one transaction (group commit).", min=1, restart=True)
     read_connections: int = setting(4, "Threads, each with its own read connection.", min=1, max=64, restart=True)
+    min_free_bytes: int = setting(67108864, "Free bytes the state directory's filesystem keeps in reserve: below it new mail gets 452 4.3.1 while delivery, its records and operator actions still write. 0: no reserve (a full disk still gives 452 4.3.1).", min=0)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -48,6 +48,11 @@ class Component:
         """Extra keys merged into `gateway status` (e.g. queue counts)."""
         return {}
 
+    def problems(self) -> list[str]:
+        """What is wrong right now, one line each naming the component ("delivery: ..."); any line
+        makes /health answer 503. Cheap and synchronous: /health asks on every probe."""
+        return []
+
     def web_routes(self) -> list["web.RouteDef"]:
         """HTTP routes this component serves on the daemon's web server."""
         return []

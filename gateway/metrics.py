@@ -80,7 +80,13 @@ def store_families(db: Any) -> list[Any]:
     writes.add_metric([], db.writes)
     up = GaugeMetricFamily("gateway_store_writer_up", "1 while the store writer thread runs.")
     up.add_metric([], 1 if db.writer_alive else 0)
-    return [commits, writes, up]
+    full = GaugeMetricFamily("gateway_store_full", "1 during a disk-full episode (new mail gets 452 4.3.1).")
+    full.add_metric([], 1 if db.full else 0)
+    episodes = CounterMetricFamily("gateway_store_full_episodes", "Disk-full episodes since start.")
+    episodes.add_metric([], db.episodes)
+    free = GaugeMetricFamily("gateway_store_free_bytes", "Free bytes on the state directory's filesystem (last measured).")
+    free.add_metric([], db.space.free())
+    return [commits, writes, up, full, episodes, free]
 
 
 __all__ = ["Metrics", "store_families", "Histogram"]

@@ -31,6 +31,7 @@ import structlog
 from .. import verp
 from ..budget import ByteBudget
 from ..config import Config
+from ..errors import StorageFull
 from ..lifecycle import Component
 from ..metrics import Metrics
 from ..store import Store
@@ -109,6 +110,7 @@ class Scheduler(Component):
         self._more_due = False
         self._routes: dict[int, tuple[float, Route]] = {}
         self._recording: set[asyncio.Task] = set()
+        self._stale_claims = False  # claims of a previous process still to release (the disk was full at start)
         # DKIM signing runs here, off the event loop: the RSA operation (OpenSSL) releases the GIL,
         # so it uses the second core while the loop serves submission and SMTP sessions.
         self._sign_pool: ThreadPoolExecutor | None = None
@@ -116,9 +118,12 @@ class Scheduler(Component):
     # ------------------------------------------------------------------ component
 
     async def start(self) -> None:
-        released = await self.store.delivery.release_all()
-        if released:
-            log.info("delivery_claims_released", recipients=released, why="left claimed by a previous process")
+        try:
+            await self._release_stale()
+        except StorageFull:
+            # A full disk must not stop the start (operators need the admin socket): the first
+            # dispatch that can write releases them, before it claims anything.
+            self._stale_claims = True
         self._http = aiohttp.ClientSession()
         self._sign_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dkim-sign")
         self._dispatcher = asyncio.get_running_loop().create_task(self._run(), name="delivery-dispatcher")
@@ -175,6 +180,8 @@ class Scheduler(Component):
                 await self._fill()
             except asyncio.CancelledError:
                 raise
+            except StorageFull:
+                pass  # the store logs the episode once and wakes us when it ends
             except Exception:  # noqa: BLE001 - the store failing: try again at the next poll
                 log.exception("delivery_claim_failed")
             self.pool.sweep()
@@ -183,8 +190,16 @@ class Scheduler(Component):
             except TimeoutError:
                 pass
 
+    async def _release_stale(self) -> None:
+        released = await self.store.delivery.release_all()
+        self._stale_claims = False
+        if released:
+            log.info("delivery_claims_released", recipients=released, why="left claimed by a previous process")
+
     async def _fill(self) -> None:
         cfg = self.config.delivery
+        if self._stale_claims:
+            await self._release_stale()
         while not self._stopping:
             room = cfg.max_inflight - self._inflight
             if room <= 0:

@@ -327,7 +327,9 @@ class Queue:
 
     async def put(self, message: NewMessage) -> dict[str, Any]:
         """Commit the message durably. Once it is on disk, returns {"id", "queue_id", "hold_reason",
-        "thread_id"} (hold_reason 'paused' when a pause held it)."""
+        "thread_id"} (hold_reason 'paused' when a pause held it). Raises ``StorageFull`` below the
+        free-space reserve or when the disk is full: the caller answers "try later"."""
+        self.db.check_room()
         return await self.db.write(_put, message)
 
     async def list(self, *, tenant_id: int | None = None, state: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:

@@ -12,7 +12,7 @@ import sqlite3
 import time
 from typing import Any
 
-from ..errors import Conflict, InvalidArgument, NotFound
+from ..errors import Conflict, InvalidArgument, NotFound, StorageFull
 from .db import Database
 from .events import append_event
 from .tenants import get_by_name as tenant_by_name
@@ -199,4 +199,7 @@ class Usecases:
             "SELECT id, usecase_id, username, password_hash, revoked_at FROM credentials WHERE username = ?", (username,)).fetchone()))
 
     async def touch_credential(self, credential_id: int) -> None:
-        await self.db.write(lambda c: c.execute("UPDATE credentials SET last_used_at = ? WHERE id = ?", (time.time(), credential_id)))
+        try:
+            await self.db.write(lambda c: c.execute("UPDATE credentials SET last_used_at = ? WHERE id = ?", (time.time(), credential_id)))
+        except StorageFull:
+            pass  # bookkeeping only: a full disk must not refuse a valid login (the store logs the episode)
