@@ -43,6 +43,7 @@ from .services.tenants import TenantService
 from .services.usecases import UsecaseService
 from .statelock import StateLock
 from .store import Store
+from .sweeper import Sweeper
 from .systemd import Notifier
 from .web import WebServer
 
@@ -113,6 +114,7 @@ class Daemon:
             monitor,
             Reverifier(domains, interval=self.config.domains.reverify_interval, concurrency=self.config.domains.verify_concurrency),
             self.scheduler,
+            Sweeper(store, self.config.queue, self.metrics),
             submission.build(
                 self.config, paths=self.paths, authenticate=usecases.authenticate, context=usecases.context,
                 submit=store.queue.put, monthly_count=store.queue.monthly_count, metrics=self.metrics,

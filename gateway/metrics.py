@@ -38,6 +38,14 @@ class Metrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400, 86400, 432000), registry=r,
         )
 
+        # Retention (gateway/sweeper.py).
+        self.swept = Counter("gateway_swept_rows_total", "Rows the sweeper aged out, by kind (bodies, messages, attempts, events).",
+                             ["kind"], registry=r)
+        self.sweep_batch_seconds = Histogram(
+            "gateway_sweep_batch_seconds", "Seconds one sweep batch held the store writer.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0), registry=r,
+        )
+
         # Submission (gateway/submission).
         self.messages_received = Counter(
             "gateway_messages_received_total", "Messages accepted on the submission ports and committed to the queue.", registry=r

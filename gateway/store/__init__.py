@@ -19,6 +19,7 @@ from .domains import Domains
 from .events import Events
 from .pauses import Pauses
 from .queue import Queue
+from .retention import Retention
 from .tenants import Tenants
 from .usecases import Usecases
 
@@ -34,6 +35,7 @@ class Store:
         self.pauses = Pauses(db)
         self.delivery = Delivery(db)
         self.connectors = Connectors(db)
+        self.retention = Retention(db)
 
     @classmethod
     async def open(cls, path: Path, config: StoreConfig | None = None) -> "Store":

@@ -111,7 +111,9 @@ def _delete(conn: sqlite3.Connection, tenant: str, name: str) -> dict[str, Any]:
     if "messages" in existing:
         (queued,) = conn.execute("SELECT count(*) FROM messages WHERE usecase_id = ?", (current["id"],)).fetchone()
         if queued:
-            raise Conflict(f"use case {name!r} still has {queued} message(s) in the queue; delete or let them finish first")
+            # Finished mail goes by itself after queue.keep_messages (the sweeper); then this succeeds.
+            raise Conflict(f"use case {name!r} still has {queued} message(s) in the queue; they are removed "
+                           "queue.keep_messages after they finish, or delete them with `gateway queue delete`")
     if "pauses" in existing:
         conn.execute("DELETE FROM pauses WHERE usecase_id = ?", (current["id"],))
     try:
