@@ -17,6 +17,7 @@ from gateway.config import QueueConfig
 from gateway.errors import Conflict
 from gateway.metrics import Metrics
 from gateway.store import Store
+from gateway.store.db import connect
 from gateway.sweeper import Sweeper
 from tests.support import process
 from tests.support.daemon import running_daemon
@@ -113,3 +114,27 @@ async def test_queue_list_shows_what_is_left_to_do_and_all_with_the_flag(tmp_pat
         assert {m["state"] for m in everything if m["queue_id"] in ids["finished"]} == {"delivered"}
         delivered = await asyncio.to_thread(cli, "--state", "delivered")
         assert sorted(m["queue_id"] for m in delivered) == sorted(ids["finished"])
+
+
+
+async def test_migration_marks_messages_that_finished_before_it(tmp_path):
+    """A store from before 0008: its finished mail is found by the migration's backfill, open mail is not."""
+    path = tmp_path / "gateway.db"
+    store = await Store.open(path)
+    ctx = await make_usecase(store)
+    ids = await fill_store(store, ctx, finished=30, deferred=3, held=3)
+    await store.close()
+    conn = connect(path)  # back to schema 6 + data: as a store written before this gateway version
+    conn.executescript("BEGIN; DROP TRIGGER recipients_finish; DROP TABLE finished_messages;"
+                       " DELETE FROM schema_migrations WHERE version = 8; COMMIT;")
+    conn.close()
+    store = await Store.open(path)
+    try:
+        listed = await store.queue.list(limit=1000, finished=True)
+        assert len(listed) == 36
+        finished = {m["queue_id"] for m in listed if (await store.queue.show(m["queue_id"]))["finished_at"] is not None}
+        assert finished == set(ids["finished"])
+        swept = await Sweeper(store, QueueConfig(), clock=lambda: time.time() + 8 * DAY).sweep()
+        assert swept["bodies"] == 30
+    finally:
+        await store.close()
