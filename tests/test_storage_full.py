@@ -186,6 +186,7 @@ async def test_disk_full_cycle_452_health_restart_while_full_recover_nothing_los
             port, web = await admin.listener_port("submission"), await admin.listener_port("web")
             shown = gw.cli_json("status")
             assert shown["store"]["full"] and "full" in shown["store"]["reason"], shown["store"]
+            assert "FULL since" in gw.cli("status").stdout
             status, body = await health(web)
             assert status == 503 and any("full" in p for p in body["problems"]), body
             reply = await send(port, setup, "stillfull@dest.test", size=BIG)
