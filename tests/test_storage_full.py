@@ -77,6 +77,29 @@ async def test_full_disk_is_storage_full_logged_once_and_the_writer_notices_room
         await store.close()
 
 
+async def test_store_opens_on_a_full_disk_after_a_clean_stop(small_fs):
+    """A clean stop removes SQLite's -shm index; opening again needs pages for it: the room kept aside."""
+    store = await Store.open(small_fs / "gateway.db", StoreConfig(min_free_bytes=0))
+    ctx = await make_usecase(store)
+    queued = await store.queue.put(new_message(ctx, 1000))
+    await store.close()
+    assert (small_fs / "store-room").stat().st_size == 1 << 20
+    filler = fill(small_fs)
+    with capture_logs() as logs:
+        store = await Store.open(small_fs / "gateway.db", StoreConfig(min_free_bytes=0))
+    try:
+        assert [e["event"] for e in logs] == ["store_room_released", "store_full"]
+        assert store.db.full and "full" in store.problems()[0]
+        assert (await store.queue.show(queued["queue_id"]))["recipients"][0]["state"] == "pending"
+        recovered = asyncio.Event()
+        store.db.on_recovered(recovered.set)
+        filler.unlink()
+        await asyncio.wait_for(recovered.wait(), 5)
+        assert (small_fs / "store-room").stat().st_size == 1 << 20  # set aside again
+    finally:
+        await store.close()
+
+
 async def test_reserve_refuses_new_mail_before_sqlite_fails_and_other_writes_go_on(tmp_path):
     store = await Store.open(tmp_path / "gateway.db", StoreConfig(min_free_bytes=1 << 60))
     try:

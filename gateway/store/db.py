@@ -19,6 +19,8 @@ seconds, even with nothing to write; once there is room a small probe write comm
 ends with one ``store_space_recovered`` line and the ``on_recovered`` callbacks (delivery wakes up).
 ``check_room`` is the reserve in front of new mail: below ``min_free_bytes`` new mail is refused
 (``StorageFull``) while deliveries, their records and operator actions keep writing into the reserve.
+Opening needs a few pages too (a clean stop removes the -shm file SQLite must create again): a MiB
+kept aside in ``store-room`` is given back when the store must open on a full disk.
 """
 
 from __future__ import annotations
@@ -56,6 +58,11 @@ RECOVERY_FREE = 1 << 20
 # With less free space than this, an I/O error from SQLite is taken for a full disk: SQLite reports
 # some ENOSPC cases (growing the WAL index) as SQLITE_IOERR_*, not SQLITE_FULL.
 NEARLY_FULL = 256 * 1024
+# Kept aside next to the database while there is plenty of room, and given back when the store must
+# open on a full disk: SQLite needs a few pages (the -shm WAL index, which a clean stop removes) to
+# open at all, and a daemon that cannot open its store cannot serve `gateway status` either.
+ROOM_FILE = "store-room"
+ROOM_BYTES = 1 << 20
 
 
 def is_full(exc: BaseException) -> bool:
@@ -172,6 +179,41 @@ class Database:
         return db
 
     def _prepare(self) -> None:
+        """Open the store; on a full disk, with the room kept aside for that (see ``_keep_room``)."""
+        try:
+            self._open()
+        except StoreError:
+            room = self._room_path()
+            if not room.exists() or self.space.measure() >= NEARLY_FULL:
+                raise
+            # A full disk, and the WAL index (-shm) SQLite creates on open found no room: a clean
+            # stop removes it. Give back what was kept for this moment and open again, full.
+            room.unlink()
+            self._open()
+            log.warning("store_room_released", path=str(room), bytes=ROOM_BYTES, why="the disk is full: opened with the room kept aside")
+            self._enter_full(f"the disk under {self.path.parent} is full (started with the room kept aside)", 0)
+        else:
+            self._keep_room()
+
+    def _room_path(self) -> Path:
+        return self.path.parent / ROOM_FILE
+
+    def _keep_room(self) -> None:
+        """Set ROOM_BYTES aside in a file of their own, when there is plenty of room (once)."""
+        room = self._room_path()
+        if room.exists() or self.space.measure() < 4 * ROOM_BYTES + self.space.min_free:
+            return
+        try:
+            fd = os.open(room, os.O_CREAT | os.O_WRONLY, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, ROOM_BYTES)  # really allocated, not a sparse promise
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            room.unlink(missing_ok=True)
+            log.warning("store_room_not_kept", path=str(room), error=exc.strerror)
+
+    def _open(self) -> None:
         """Create or check the file, set WAL, run the integrity check and the migrations."""
         fresh = not self.path.exists()
         conn: sqlite3.Connection | None = None
@@ -360,6 +402,7 @@ class Database:
             self.full_since, self.full_reason, self.full_refused = None, "", 0
         log.info("store_space_recovered", after_seconds=round(time.time() - since, 3), refused_writes=refused,
                  free_bytes=free, path=str(self.path))
+        self._keep_room()  # given back at a start on a full disk: set aside again
         for callback in self._on_recovered:
             self._loop.call_soon_threadsafe(callback)
 
