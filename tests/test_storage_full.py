@@ -62,9 +62,11 @@ async def test_full_disk_is_storage_full_logged_once_and_the_writer_notices_room
             [problem] = store.problems()
             assert "is full" in problem and "database or disk is full" in problem
             assert (await store.queue.counts())["messages"] == 0  # reads go on
+            waiting = asyncio.create_task(store.db.wait_writable())
             filler.unlink()
             # Nobody writes: the writer looks at the free space by itself and ends the episode.
             await asyncio.wait_for(recovered.wait(), 5)
+            await asyncio.wait_for(waiting, 1)
             assert store.problems() == []
             put = await store.queue.put(new_message(ctx, 512 * 1024))
         assert (await store.queue.show(put["queue_id"])) is not None

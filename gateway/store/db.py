@@ -166,6 +166,7 @@ class Database:
         self.full_refused = 0
         self.episodes = 0
         self._on_recovered: list[Callable[[], Any]] = []
+        self._waiters: list[asyncio.Future] = []
 
     # ------------------------------------------------------------------ opening and closing
 
@@ -363,6 +364,20 @@ class Database:
             self._enter_full(reason, 1)
             raise StorageFull(reason)
 
+    async def wait_writable(self) -> None:
+        """Return once no disk-full episode is on (at once when none is): a write that failed with
+        ``StorageFull`` and must not be lost (a delivery outcome) waits here, then tries again."""
+        while self.full_since is not None:
+            fut = self._loop.create_future()
+            self._waiters.append(fut)
+            await fut
+
+    def _wake_waiters(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
     def on_recovered(self, callback: Callable[[], Any]) -> None:
         """Call ``callback()`` on the event loop each time a full episode ends."""
         self._on_recovered.append(callback)
@@ -403,7 +418,7 @@ class Database:
         log.info("store_space_recovered", after_seconds=round(time.time() - since, 3), refused_writes=refused,
                  free_bytes=free, path=str(self.path))
         self._keep_room()  # given back at a start on a full disk: set aside again
-        for callback in self._on_recovered:
+        for callback in (self._wake_waiters, *self._on_recovered):
             self._loop.call_soon_threadsafe(callback)
 
     # ------------------------------------------------------------------ reading
