@@ -39,7 +39,7 @@ class Metrics:
         )
 
         # Retention (gateway/sweeper.py).
-        self.swept = Counter("gateway_swept_rows_total", "Rows the sweeper aged out, by kind (bodies, messages, attempts, events).",
+        self.swept = Counter("gateway_swept_rows_total", "Rows the sweeper aged out, by kind (bodies, messages, attempts, events, threads).",
                              ["kind"], registry=r)
         self.sweep_batch_seconds = Histogram(
             "gateway_sweep_batch_seconds", "Seconds one sweep batch held the store writer.",

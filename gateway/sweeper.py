@@ -4,6 +4,7 @@
                                  finished messages older than keep_messages           -> deleted (recipients, attempts)
                                  attempts older than keep_attempts                    -> deleted
                                  events older than keep_events                        -> deleted
+                                 Message-ID records older than keep_threads           -> deleted
 
 "Finished" means every recipient delivered or bounced; pending, deferred and held mail is never
 touched, however old. The decisions (what is old enough, how big a batch) are made here; the store
@@ -35,7 +36,7 @@ log = structlog.get_logger("sweeper")
 
 # Body bytes one batch may free: freeing a body walks its overflow pages, so rows alone do not bound a batch.
 BATCH_BYTES = 8 * 1024 * 1024
-KINDS = ("bodies", "messages", "attempts", "events")
+KINDS = ("bodies", "messages", "attempts", "events", "threads")
 
 
 class Sweeper(Component):
@@ -100,6 +101,7 @@ class Sweeper(Component):
             "messages": (cfg.keep_messages, lambda cut: retention.delete_messages(cut, max_rows=batch, max_bytes=BATCH_BYTES)),
             "attempts": (cfg.keep_attempts, lambda cut: retention.delete_attempts(cut, max_rows=batch)),
             "events": (cfg.keep_events, lambda cut: retention.delete_events(cut, max_rows=batch)),
+            "threads": (cfg.keep_threads, lambda cut: retention.delete_threads(cut, max_rows=batch)),
         }
         summary: dict[str, Any] = dict.fromkeys(KINDS, 0)
         summary.update(bytes=0, batches=0, longest_batch=0.0)

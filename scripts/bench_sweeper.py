@@ -80,7 +80,7 @@ async def main() -> None:
             print(f"a small write with no sweep running: median {sorted(lat)[25] * 1000:.1f} ms, worst {max(lat) * 1000:.1f} ms")
             sweeper = Sweeper(store, QueueConfig(sweep_batch=args.batch), clock=lambda: clock[0])
             for label, at, kinds in (("bodies (+8 d)", 8, ("bodies",)),
-                                     ("messages, attempts, events (+31 d)", 31, ("messages", "attempts", "events"))):
+                                     ("messages, attempts, events (+31 d)", 31, ("messages", "attempts", "events", "threads"))):
                 clock[0] = now + at * DAY
                 summary, worst = await timed_sweep(store, sweeper)
                 rows = sum(summary[k] for k in kinds)

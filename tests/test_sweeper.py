@@ -92,7 +92,12 @@ async def test_sweeper_on_a_large_store_drops_old_bodies_then_messages_in_short_
         assert counts["messages"] == len(open_ids) and counts["delivered"] == 0
         assert {m["queue_id"] for m in await store.queue.list(limit=100_000, finished=True)} == open_ids
         assert await store.queue.show(ids["finished"][0]) is None
+        assert swept["threads"] == 0  # Message-ID records stay for replies (keep_threads, a year)
+        assert await store.queue.thread_of(ctx["tenant_id"], f"{ids['finished'][0]}@example.com")
         await store.usecases.delete("acme", "newsletter")
+        clock[0] = now + 366 * DAY
+        assert (await sweeper.sweep())["threads"] == FINISHED + 50 + len(open_ids)
+        assert await store.queue.thread_of(ctx["tenant_id"], f"{ids['finished'][0]}@example.com") is None
     finally:
         await store.close()
 

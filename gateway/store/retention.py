@@ -8,11 +8,12 @@ for long. Each returns {"rows": n, "bytes": b, "more": bool, "seconds": time spe
 
     bodies    finished messages (finished_messages, migration 0008): the body becomes empty
     messages  finished messages: the row, its recipients and their attempts (its Message-ID record
-              in message_ids stays: replies months later still find their thread)
+              in message_ids stays longer: replies months later still find their thread)
     attempts  attempt rows, finished or not (the recipient keeps its last reply and attempt count)
     events    event rows
+    threads   Message-ID records (message_ids), the last trace of a message
 
-Attempts and events are appended in time order, so the rows past a cutoff are a prefix of their
+Attempts, events and Message-ID records are appended in time order, so the rows past a cutoff are a prefix of their
 rowid order: a batch reads the first ``max_rows`` rows by id and deletes those older than the
 cutoff. When one of them is newer, the prefix is done (no index on their times to maintain on every
 insert, and no scan of the rest of the table when nothing is due).
@@ -83,7 +84,7 @@ def _delete_messages(conn: sqlite3.Connection, cutoff: float, max_rows: int, max
 
 def _delete_prefix(conn: sqlite3.Connection, table: str, time_column: str, cutoff: float, max_rows: int) -> dict[str, Any]:
     started = time.perf_counter()
-    head = conn.execute(f"SELECT id, {time_column} FROM {table} ORDER BY id LIMIT ?", (max_rows,)).fetchall()
+    head = conn.execute(f"SELECT rowid, {time_column} FROM {table} ORDER BY rowid LIMIT ?", (max_rows,)).fetchall()
     ids = []
     for row_id, at in head:
         if at >= cutoff:
@@ -91,7 +92,7 @@ def _delete_prefix(conn: sqlite3.Connection, table: str, time_column: str, cutof
         ids.append(row_id)
     if ids:
         # The ids are the first rows by rowid: one range delete, not a list.
-        conn.execute(f"DELETE FROM {table} WHERE id <= ?", (ids[-1],))
+        conn.execute(f"DELETE FROM {table} WHERE rowid <= ?", (ids[-1],))
     return _done(started, len(ids), len(ids) == max_rows)
 
 
@@ -114,3 +115,7 @@ class Retention:
     async def delete_events(self, cutoff: float, *, max_rows: int) -> dict[str, Any]:
         """Delete event rows appended before ``cutoff``, one batch."""
         return await self.db.write(_delete_prefix, "events", "created_at", cutoff, max_rows)
+
+    async def delete_threads(self, cutoff: float, *, max_rows: int) -> dict[str, Any]:
+        """Delete Message-ID records (message_ids: what threads replies) made before ``cutoff``, one batch."""
+        return await self.db.write(_delete_prefix, "message_ids", "created_at", cutoff, max_rows)
