@@ -66,6 +66,7 @@ class AdminConfig:
 class StoreConfig:
     batch_max: int = setting(1000, "Most writes the writer commits in one transaction (group commit).", min=1, restart=True)
     read_connections: int = setting(4, "Threads, each with its own read connection.", min=1, max=64, restart=True)
+    min_free_bytes: int = setting(67108864, "Free bytes the state directory's filesystem keeps in reserve: below it new mail gets 452 4.3.1 while delivery, its records and operator actions still write. 0: no reserve (a full disk still gives 452 4.3.1).", min=0)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -142,6 +143,13 @@ class SubmissionConfig:
 @dataclass(frozen=True, kw_only=True)
 class QueueConfig:
     lifetime: float = setting(432000.0, "Seconds a message may stay in the queue; then deferred recipients bounce (default 5 days).", min=60.0)
+    keep_bodies: float = setting(604800.0, "Seconds a finished message (every recipient delivered or bounced) keeps its body; then the sweeper empties it (envelope, recipients and attempts stay). 0: keep bodies until the message goes.", min=0.0)
+    keep_messages: float = setting(2592000.0, "Seconds a finished message is kept at all; then the sweeper deletes it with its recipients and attempts (its Message-ID record stays for queue.keep_threads). 0: forever.", min=0.0)
+    keep_attempts: float = setting(2592000.0, "Seconds an attempt row (one remote reply) is kept, whether its message finished or not. 0: forever.", min=0.0)
+    keep_events: float = setting(2592000.0, "Seconds an event row is kept. 0: forever.", min=0.0)
+    keep_threads: float = setting(31536000.0, "Seconds the Message-ID record of a message is kept (what threads a reply to it, ~100 bytes a message); a reply to older mail starts a new thread. 0: forever.", min=0.0)
+    sweep_interval: float = setting(600.0, "Seconds between sweeps of old bodies, messages, attempts and events; 0 disables the sweeper.", min=0.0)
+    sweep_batch: int = setting(500, "Most rows one sweep write changes or deletes: each batch is a short write, so submission and delivery commits never wait long behind it.", min=1, max=100000)
 
 
 @dataclass(frozen=True, kw_only=True)

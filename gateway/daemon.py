@@ -13,6 +13,7 @@ Everything is passed through constructors; this module is the only place that kn
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import signal
 import sys
@@ -42,6 +43,7 @@ from .services.tenants import TenantService
 from .services.usecases import UsecaseService
 from .statelock import StateLock
 from .store import Store
+from .sweeper import Sweeper
 from .systemd import Notifier
 from .web import WebServer
 
@@ -65,6 +67,12 @@ def prepare_state_dir(path: Path) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            # Writable but full: start anyway (degraded, the store says so in /health), so operators
+            # get the admin socket rather than a restart loop.
+            probe.unlink(missing_ok=True)
+            log.warning("state_dir_full", path=str(path), error=exc.strerror)
+            return
         raise StartupError(f"state directory {path} is not writable: {exc.strerror}") from None
 
 
@@ -98,6 +106,8 @@ class Daemon:
         # The loop guard reads the listening addresses when it checks one: listeners bind after this.
         self.scheduler = Scheduler(store, self.config, self.metrics, budget=self.budget,
                                    own_addresses=lambda: [l["address"] for l in self.listeners()])
+        # A full disk's episode ends: claim what waited at once rather than at the next poll.
+        store.db.on_recovered(self.scheduler.wake)
         self.services = [TenantService(store), domains, usecases,
                          QueueService(store, wake=self.scheduler.wake, on_change=monitor.kick),
                          PauseService(store, wake=self.scheduler.wake, on_change=monitor.kick), DaemonService(self),
@@ -106,6 +116,7 @@ class Daemon:
             monitor,
             Reverifier(domains, interval=self.config.domains.reverify_interval, concurrency=self.config.domains.verify_concurrency),
             self.scheduler,
+            Sweeper(store, self.config.queue, self.metrics),
             submission.build(
                 self.config, paths=self.paths, authenticate=usecases.authenticate, context=usecases.context,
                 submit=store.queue.put, monthly_count=store.queue.monthly_count, metrics=self.metrics,
@@ -206,6 +217,8 @@ class Daemon:
         old, self.config = self.config, new
         logs.configure(new.log)
         self.budget.configure(new.daemon.memory_budget)
+        if self.store is not None:
+            self.store.db.space.min_free = new.store.min_free_bytes
         needs_restart = restart_keys(old, new)
         if needs_restart:
             # Bound sockets and open files keep their old values until the daemon restarts.
@@ -273,11 +286,21 @@ class Daemon:
         return [l.as_dict() for c in self.components for l in c.listeners()]
 
     async def health(self) -> tuple[bool, dict[str, Any]]:
+        """Healthy when nobody reports a problem. The store, the listeners and every component name
+        their own (``problems()``), so /health says why it answers 503."""
+        problems: list[str] = []
         writable = self.store is not None and await self.store.probe_writable(timeout=HEALTH_PROBE_TIMEOUT)
-        listeners = self.listeners()
-        down = [l["name"] for l in listeners if not l["up"]]
-        problems = [p for c in self.components for p in c.problems()]
-        return writable and not down and not problems, {"store_writable": writable, "listeners_down": down, "problems": problems}
+        if self.store is None:
+            problems.append("store: not open")
+        else:
+            problems += self.store.problems()
+            if not writable and not problems:
+                problems.append(f"store: a probe write did not commit within {HEALTH_PROBE_TIMEOUT:g}s")
+        down = [l["name"] for l in self.listeners() if not l["up"]]
+        problems += [f"{name}: listener is down" for name in down]
+        for component in self.components:
+            problems += component.problems()
+        return not problems, {"problems": problems, "store_writable": writable, "listeners_down": down}
 
     def status(self) -> dict[str, Any]:
         status: dict[str, Any] = {
@@ -291,6 +314,11 @@ class Daemon:
             "reloads": self.reloads,
             "listeners": self.listeners(),
         }
+        if self.store is not None:
+            db = self.store.db
+            status["store"] = {"full": db.full, "full_since": db.full_since, "reason": db.full_reason or None,
+                               "refused_writes": db.full_refused, "free_bytes": db.space.free(),
+                               "min_free_bytes": db.space.min_free}
         for component in self.components:
             status.update(component.status())
         return status

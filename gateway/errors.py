@@ -4,6 +4,7 @@
     ├── ConfigError               configuration file or value is wrong (CLI exit 2, unit RestartPreventExitStatus=2)
     ├── StartupError              the daemon cannot start: port in use, state dir unwritable, TLS file missing (exit 1)
     ├── StoreError                the database refused (corrupt, locked by another daemon, migration failed)
+    │   └── StorageFull           no room to write: the disk is full (SQLITE_FULL, ENOSPC) or below store.min_free_bytes
     ├── ServiceError              a service function refused a request; carries an admin-protocol ``code``
     │   ├── InvalidArgument       the caller's value is malformed (exit 2)          code "invalid"
     │   ├── NotFound              the named thing does not exist (exit 1)           code "not_found"
@@ -36,6 +37,12 @@ class StartupError(GatewayError):
 
 class StoreError(GatewayError):
     """The store cannot be opened or used."""
+
+
+class StorageFull(StoreError):
+    """A write found no room: the state directory's filesystem is full, or its free space is below the
+    reserve (``store.min_free_bytes``) and the write was new mail. Temporary: once space returns the
+    same write succeeds, so callers answer "try later" (SMTP 452 4.3.1), never "failed for good"."""
 
 
 class ServiceError(GatewayError):

@@ -49,8 +49,8 @@ class Component:
         return {}
 
     def problems(self) -> list[str]:
-        """Reasons this component is not healthy right now (a stall, a failing dependency); /health
-        answers 503 while any component reports one."""
+        """What is wrong right now, one line each naming the component ("delivery: ..."); any line
+        makes /health answer 503. Cheap and synchronous: /health asks on every probe."""
         return []
 
     def web_routes(self) -> list["web.RouteDef"]:

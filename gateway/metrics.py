@@ -38,6 +38,14 @@ class Metrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400, 86400, 432000), registry=r,
         )
 
+        # Retention (gateway/sweeper.py).
+        self.swept = Counter("gateway_swept_rows_total", "Rows the sweeper aged out, by kind (bodies, messages, attempts, events, threads).",
+                             ["kind"], registry=r)
+        self.sweep_batch_seconds = Histogram(
+            "gateway_sweep_batch_seconds", "Seconds one sweep batch held the store writer.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0), registry=r,
+        )
+
         # Submission (gateway/submission).
         self.messages_received = Counter(
             "gateway_messages_received_total", "Messages accepted on the submission ports and committed to the queue.", registry=r
@@ -80,7 +88,13 @@ def store_families(db: Any) -> list[Any]:
     writes.add_metric([], db.writes)
     up = GaugeMetricFamily("gateway_store_writer_up", "1 while the store writer thread runs.")
     up.add_metric([], 1 if db.writer_alive else 0)
-    return [commits, writes, up]
+    full = GaugeMetricFamily("gateway_store_full", "1 during a disk-full episode (new mail gets 452 4.3.1).")
+    full.add_metric([], 1 if db.full else 0)
+    episodes = CounterMetricFamily("gateway_store_full_episodes", "Disk-full episodes since start.")
+    episodes.add_metric([], db.episodes)
+    free = GaugeMetricFamily("gateway_store_free_bytes", "Free bytes on the state directory's filesystem (last measured).")
+    free.add_metric([], db.space.free())
+    return [commits, writes, up, full, episodes, free]
 
 
 __all__ = ["Metrics", "store_families", "Histogram"]

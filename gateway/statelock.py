@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 from pathlib import Path
@@ -27,8 +28,18 @@ class StateLock:
             raise StartupError(
                 f"another gateway (pid {holder}) is already running on state directory {self.path.parent}"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        pid = f"{os.getpid()}\n".encode()
+        try:
+            # Written over the old pid, then cut to length: no block is freed and asked for again,
+            # which a full disk would refuse.
+            os.pwrite(fd, pid, 0)
+            os.ftruncate(fd, len(pid))
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                os.close(fd)
+                raise StartupError(f"cannot write lock file {self.path}: {exc.strerror}") from None
+            # The flock is the lock; the pid in it is only for the message above. A full disk must
+            # not keep the daemon from starting.
         self._fd = fd
         return self
 

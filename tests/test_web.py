@@ -17,12 +17,13 @@ async def test_health_is_200_while_everything_is_up_and_503_when_the_store_canno
         url = f"http://{d.address('web')}/health"
         async with http.get(url) as resp:
             assert resp.status == 200
-            assert await resp.json() == {"ok": True, "store_writable": True, "listeners_down": [], "problems": []}
+            assert await resp.json() == {"ok": True, "problems": [], "store_writable": True, "listeners_down": []}
         # The writer stops (as it would after a fatal disk error): nothing can be made durable.
         await d.store.db.close()
         async with http.get(url) as resp:
             assert resp.status == 503
-            assert await resp.json() == {"ok": False, "store_writable": False, "listeners_down": [], "problems": []}
+            assert await resp.json() == {"ok": False, "problems": ["store: the writer is not running"],
+                                         "store_writable": False, "listeners_down": []}
 
 
 async def test_health_is_503_when_a_listener_is_down(tmp_path):
@@ -31,7 +32,8 @@ async def test_health_is_503_when_a_listener_is_down(tmp_path):
         await admin.stop(0)
         async with http.get(f"http://{d.address('web')}/health") as resp:
             assert resp.status == 503
-            assert (await resp.json())["listeners_down"] == ["admin"]
+            body = await resp.json()
+            assert body["listeners_down"] == ["admin"] and body["problems"] == ["admin: listener is down"]
 
 
 async def test_metrics_in_prometheus_text_format(tmp_path):

@@ -17,7 +17,7 @@ from typing import Any
 
 import structlog
 
-from ..errors import ServiceError, StartupError
+from ..errors import ServiceError, StartupError, StorageFull
 from ..lifecycle import Component, Listener
 from .registry import AdminMethod, check_params
 
@@ -159,6 +159,10 @@ class AdminServer(Component):
         except ServiceError as exc:
             outcome = exc.code
             return error_reply(req_id, exc.code, exc.message)
+        except StorageFull as exc:
+            # Logged once per episode by the store; the operator gets the reason, not "internal".
+            outcome = "storage_full"
+            return error_reply(req_id, "storage_full", f"cannot write: {exc}")
         except Exception:  # noqa: BLE001 - the daemon keeps serving; the log has the traceback
             outcome = "internal"
             log.exception("admin_method_failed", method=method)

@@ -48,6 +48,13 @@ def status(as_json: bool) -> None:
     click.echo(f"config     {result.get('config_path') or '(embedded defaults)'}  reloads {result['reloads']}")
     click.echo("")
     table(result["listeners"], ["name", "address", "up"])
+    store = result.get("store")
+    if store:
+        click.echo("")
+        line = f"store      free {store['free_bytes'] / 1e6:,.0f} MB (reserve {store['min_free_bytes'] / 1e6:,.0f} MB)"
+        if store["full"]:
+            line += f"  FULL since {time.strftime('%H:%M:%S', time.localtime(store['full_since']))}: {store['reason']}"
+        click.echo(line)
     if "queue" in result:
         click.echo("")
         click.echo("queue      " + "  ".join(f"{k} {v}" for k, v in result["queue"].items()))

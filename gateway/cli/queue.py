@@ -32,10 +32,11 @@ def queue() -> None:
 @click.option("--tenant", metavar="T", help="Only this tenant's messages.")
 @click.option("--state", type=click.Choice(STATES), help="Only messages with a recipient in this state.")
 @click.option("--limit", type=click.IntRange(1, 100_000), default=1000, show_default=True)
+@click.option("--all", "show_all", is_flag=True, help="Finished messages too (every recipient delivered or bounced).")
 @json_option
-def list_(tenant: str | None, state: str | None, limit: int, as_json: bool) -> None:
-    """List queued messages, oldest first."""
-    rows = current_admin().call("queue.list", tenant=tenant, state=state, limit=limit)
+def list_(tenant: str | None, state: str | None, limit: int, show_all: bool, as_json: bool) -> None:
+    """List what is still to do (messages with a pending, deferred or held recipient), oldest first."""
+    rows = current_admin().call("queue.list", tenant=tenant, state=state, limit=limit, all=show_all)
     if as_json:
         emit_json(rows)
         return

@@ -38,6 +38,7 @@ import structlog
 
 from ..budget import ByteBudget
 from ..config import Config
+from ..errors import StorageFull
 from ..lifecycle import Component
 from ..metrics import Metrics
 from ..store import Store
@@ -96,6 +97,7 @@ class Scheduler(Component):
         self._unreleased: set[int] = set()  # claims whose release failed: retried before the next claim
         self._writes: set[asyncio.Task] = set()
         self._record_deadline: float | None = None  # loop time after which failed writes are given up (shutdown)
+        self._stale_claims = False  # claims of a previous process still to release (the disk was full at start)
         # DKIM signing runs here, off the event loop: the RSA operation (OpenSSL) releases the GIL,
         # so it uses the second core while the loop serves submission and SMTP sessions.
         self._sign_pool: ThreadPoolExecutor | None = None
@@ -103,9 +105,12 @@ class Scheduler(Component):
     # ------------------------------------------------------------------ component
 
     async def start(self) -> None:
-        released = await self.store.delivery.release_all()
-        if released:
-            log.info("delivery_claims_released", recipients=released, why="left claimed by a previous process")
+        try:
+            await self._release_stale()
+        except StorageFull:
+            # A full disk must not stop the start (operators need the admin socket): the first
+            # dispatch that can write releases them, before it claims anything.
+            self._stale_claims = True
         self._http = aiohttp.ClientSession()
         self._sign_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dkim-sign")
         self._dispatcher = asyncio.get_running_loop().create_task(self._run(), name="delivery-dispatcher")
@@ -171,6 +176,8 @@ class Scheduler(Component):
                 await self._fill()
             except asyncio.CancelledError:
                 raise
+            except StorageFull:
+                pass  # the store logs the episode once, reports it in /health and wakes us when it ends
             except Exception as exc:  # noqa: BLE001 - the store failing: try again at the next poll
                 log.exception("delivery_claim_failed")
                 self.watch.failed(f"claiming due work failed: {type(exc).__name__}: {exc}")
@@ -180,8 +187,16 @@ class Scheduler(Component):
             except TimeoutError:
                 pass
 
+    async def _release_stale(self) -> None:
+        released = await self.store.delivery.release_all()
+        self._stale_claims = False
+        if released:
+            log.info("delivery_claims_released", recipients=released, why="left claimed by a previous process")
+
     async def _fill(self) -> None:
         cfg = self.config.delivery
+        if self._stale_claims:
+            await self._release_stale()
         while not self._stopping:
             room = cfg.max_inflight - self._inflight
             if room <= 0:

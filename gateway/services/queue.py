@@ -1,6 +1,6 @@
 """Operator control of the outbound queue (Postfix's vocabulary), and the queue's counts.
 
-    queue.list  [tenant] [state]         messages with their recipients' states
+    queue.list  [tenant] [state] [all]   unfinished messages (all: finished too) with their recipients' states
     queue.show  queue_id                 envelope, recipients, every attempt with the remote reply
     queue.hold|release|retry|delete ids  exactly the named messages; ["ALL"] only with a tenant or yes=True
     queue.flush [tenant]                 deferred recipients due now
@@ -62,12 +62,14 @@ class QueueService:
         return None if tenant is None else await self.store.pauses.tenant_id(tenant)
 
     @admin_method("queue.list")
-    async def list(self, tenant: str | None = None, state: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+    async def list(self, tenant: str | None = None, state: str | None = None, limit: int = 1000,
+                   all: bool = False) -> list[dict[str, Any]]:  # noqa: A002 - the CLI's --all
+        """What is still to do (a pending, deferred or held recipient); ``all`` adds finished messages."""
         if state is not None and state not in STATES:
             raise InvalidArgument(f"unknown state {state!r}: one of {', '.join(STATES)}")
         if not 1 <= limit <= 100_000:
             raise InvalidArgument("limit must be 1-100000")
-        return await self.store.queue.list(tenant_id=await self._tenant_id(tenant), state=state, limit=limit)
+        return await self.store.queue.list(tenant_id=await self._tenant_id(tenant), state=state, limit=limit, finished=all)
 
     @admin_method("queue.show")
     async def show(self, queue_id: str) -> dict[str, Any]:

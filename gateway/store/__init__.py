@@ -19,6 +19,7 @@ from .domains import Domains
 from .events import Events
 from .pauses import Pauses
 from .queue import Queue
+from .retention import Retention
 from .tenants import Tenants
 from .usecases import Usecases
 
@@ -34,15 +35,21 @@ class Store:
         self.pauses = Pauses(db)
         self.delivery = Delivery(db)
         self.connectors = Connectors(db)
+        self.retention = Retention(db)
 
     @classmethod
     async def open(cls, path: Path, config: StoreConfig | None = None) -> "Store":
         config = config or StoreConfig()
-        db = await Database.open(path, batch_max=config.batch_max, read_connections=config.read_connections)
+        db = await Database.open(path, batch_max=config.batch_max, read_connections=config.read_connections,
+                                 min_free_bytes=config.min_free_bytes)
         return cls(db)
 
     async def close(self) -> None:
         await self.db.close()
+
+    def problems(self) -> list[str]:
+        """Why the store is not working normally (disk full, writer gone); empty when it is."""
+        return self.db.problems()
 
     async def probe_writable(self, timeout: float | None = None) -> bool:
         """Commit one tiny write; True when it reached the disk within ``timeout`` seconds."""

@@ -10,11 +10,23 @@ Reads: ``db.read(fn, *args)`` runs ``fn(conn, *args)`` on a small thread pool, e
 own connection (WAL lets readers run beside the writer).
 
 Functions handed to the writer must be quick and pure SQL: no DNS, SMTP or HTTP inside a transaction.
+
+A full disk is a state, not a stream of errors. SQLITE_FULL and ENOSPC (and an I/O error while the
+filesystem has no room left) are translated here, once, into ``StorageFull``, for every write of the
+failed batch. The first one starts an *episode*: one ``store_full`` log line, ``problems()`` names it
+(``/health`` answers 503). While it lasts the writer looks at the free space every ``FULL_RECHECK``
+seconds, even with nothing to write; once there is room a small probe write commits and the episode
+ends with one ``store_space_recovered`` line and the ``on_recovered`` callbacks (delivery wakes up).
+``check_room`` is the reserve in front of new mail: below ``min_free_bytes`` new mail is refused
+(``StorageFull``) while deliveries, their records and operator actions keep writing into the reserve.
+Opening needs a few pages too (a clean stop removes the -shm file SQLite must create again): a MiB
+kept aside in ``store-room`` is given back when the store must open on a full disk.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import importlib.resources
 import os
 import queue
@@ -29,7 +41,8 @@ from typing import Any, TypeVar
 
 import structlog
 
-from ..errors import StoreError
+from ..errors import StorageFull, StoreError
+from .space import DiskSpace
 
 log = structlog.get_logger("store")
 
@@ -37,6 +50,37 @@ T = TypeVar("T")
 
 _STOP = object()
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+# Seconds between looks at the free space while the disk is full (and nothing else writes).
+FULL_RECHECK = 0.5
+# An episode ends only with this much room (or the reserve, if larger): a disk that gained one page
+# back would fail the next message again, and each flap would be a new episode in the log.
+RECOVERY_FREE = 1 << 20
+# With less free space than this, an I/O error from SQLite is taken for a full disk: SQLite reports
+# some ENOSPC cases (growing the WAL index) as SQLITE_IOERR_*, not SQLITE_FULL.
+NEARLY_FULL = 256 * 1024
+# Kept aside next to the database while there is plenty of room, and given back when the store must
+# open on a full disk: SQLite needs a few pages (the -shm WAL index, which a clean stop removes) to
+# open at all, and a daemon that cannot open its store cannot serve `gateway status` either.
+ROOM_FILE = "store-room"
+ROOM_BYTES = 1 << 20
+
+
+def is_full(exc: BaseException) -> bool:
+    """SQLITE_FULL ("database or disk is full") or ENOSPC, however the library raised it."""
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        return (code is not None and code & 0xFF == sqlite3.SQLITE_FULL) or "database or disk is full" in str(exc)
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def _is_ioerr(exc: BaseException) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(exc, sqlite3.Error) and code is not None and code & 0xFF == sqlite3.SQLITE_IOERR
+
+
+def _probe(conn: sqlite3.Connection) -> None:
+    conn.execute("INSERT INTO meta (key, value) VALUES ('space_probe', ?) "
+                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (str(time.time()),))
 
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
@@ -45,6 +89,10 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     conn.execute("PRAGMA foreign_keys = ON")
     conn.execute("PRAGMA busy_timeout = 30000")
     conn.execute("PRAGMA synchronous = FULL")
+    # Freed pages are not zeroed (Debian builds SQLite with secure_delete on): deleting a 25 MiB body
+    # would otherwise write 25 MiB of zeros to the WAL. As with Postfix's unlink, the pages are reused
+    # by new mail; they are unreachable from the database meanwhile.
+    conn.execute("PRAGMA secure_delete = FAST")
     if readonly:
         conn.execute("PRAGMA query_only = ON")
     return conn
@@ -86,6 +134,9 @@ def migrate(conn: sqlite3.Connection) -> list[int]:
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            if is_full(exc):
+                raise StorageFull(f"migration {version:04d}_{name} needs free space and the disk is full; "
+                                  "free some space under the state directory and start again") from exc
             raise StoreError(f"migration {version:04d}_{name} failed: {exc}") from exc
         applied.append(version)
     return applied
@@ -94,9 +145,10 @@ def migrate(conn: sqlite3.Connection) -> list[int]:
 class Database:
     """The one database of a daemon. Open with ``await Database.open(path)``."""
 
-    def __init__(self, path: Path, *, batch_max: int = 1000, read_connections: int = 4):
+    def __init__(self, path: Path, *, batch_max: int = 1000, read_connections: int = 4, min_free_bytes: int = 0):
         self.path = path
         self.batch_max = batch_max
+        self.space = DiskSpace(path.parent, min_free=min_free_bytes)
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._readers = ThreadPoolExecutor(max_workers=read_connections, thread_name_prefix="store-read")
         self._local = threading.local()
@@ -107,6 +159,14 @@ class Database:
         self.commits = 0
         self.writes = 0
         self.last_commit_error: str | None = None
+        # The current disk-full episode (None: none): when it began, why, how many writes it refused.
+        self._full_lock = threading.Lock()
+        self.full_since: float | None = None
+        self.full_reason = ""
+        self.full_refused = 0
+        self.episodes = 0
+        self._on_recovered: list[Callable[[], Any]] = []
+        self._waiters: list[asyncio.Future] = []
 
     # ------------------------------------------------------------------ opening and closing
 
@@ -120,6 +180,41 @@ class Database:
         return db
 
     def _prepare(self) -> None:
+        """Open the store; on a full disk, with the room kept aside for that (see ``_keep_room``)."""
+        try:
+            self._open()
+        except StoreError:
+            room = self._room_path()
+            if not room.exists() or self.space.measure() >= NEARLY_FULL:
+                raise
+            # A full disk, and the WAL index (-shm) SQLite creates on open found no room: a clean
+            # stop removes it. Give back what was kept for this moment and open again, full.
+            room.unlink()
+            self._open()
+            log.warning("store_room_released", path=str(room), bytes=ROOM_BYTES, why="the disk is full: opened with the room kept aside")
+            self._enter_full(f"the disk under {self.path.parent} is full (started with the room kept aside)", 0)
+        else:
+            self._keep_room()
+
+    def _room_path(self) -> Path:
+        return self.path.parent / ROOM_FILE
+
+    def _keep_room(self) -> None:
+        """Set ROOM_BYTES aside in a file of their own, when there is plenty of room (once)."""
+        room = self._room_path()
+        if room.exists() or self.space.measure() < 4 * ROOM_BYTES + self.space.min_free:
+            return
+        try:
+            fd = os.open(room, os.O_CREAT | os.O_WRONLY, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, ROOM_BYTES)  # really allocated, not a sparse promise
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            room.unlink(missing_ok=True)
+            log.warning("store_room_not_kept", path=str(room), error=exc.strerror)
+
+    def _open(self) -> None:
         """Create or check the file, set WAL, run the integrity check and the migrations."""
         fresh = not self.path.exists()
         conn: sqlite3.Connection | None = None
@@ -143,6 +238,10 @@ class Database:
         except BaseException as exc:
             if conn is not None:
                 conn.close()
+            if isinstance(exc, StoreError):
+                raise
+            if is_full(exc):
+                raise StorageFull(f"{self.path}: the disk is full ({exc}); free some space and start again") from exc
             if isinstance(exc, sqlite3.DatabaseError):
                 raise StoreError(f"{self.path}: {exc}; refusing to start") from exc
             if isinstance(exc, OSError):
@@ -185,7 +284,14 @@ class Database:
         conn = self._write_conn
         stopping = False
         while not stopping:
-            item = self._queue.get()
+            try:
+                item = self._queue.get(timeout=FULL_RECHECK if self.full_since is not None else None)
+            except queue.Empty:
+                # A full disk and nothing to write: see whether room came back, so the episode ends
+                # (and delivery wakes) without waiting for a client to try again.
+                if self.space.measure() >= self._recovery_free():
+                    self._loop.call_soon_threadsafe(_resolve, self._commit(conn, [(_probe, (), None)]))
+                continue
             if item is _STOP:
                 break
             batch = [item]
@@ -210,6 +316,8 @@ class Database:
                 try:
                     result = fn(conn, *args)
                 except BaseException as exc:  # noqa: BLE001 - handed back to the caller
+                    if is_full(exc) or _is_ioerr(exc):
+                        raise  # SQLite may have rolled the whole transaction back: the batch fails
                     conn.execute("ROLLBACK TO w")
                     conn.execute("RELEASE w")
                     outcomes.append((fut, False, exc))
@@ -220,17 +328,98 @@ class Database:
             self.commits += 1
             self.writes += len(batch)
             self.last_commit_error = None
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             if conn.in_transaction:
                 try:
                     conn.execute("ROLLBACK")
                 except sqlite3.Error:
                     pass
             self.last_commit_error = str(exc)
-            log.error("store_commit_failed", error=str(exc), writes=len(batch))
-            err = StoreError(f"commit failed: {exc}")
+            if is_full(exc) or (_is_ioerr(exc) and 0 <= self.space.measure() < NEARLY_FULL):
+                reason = f"the disk under {self.path.parent} is full ({exc})"
+                self._enter_full(reason, len(batch))
+                err: StoreError = StorageFull(reason)
+            else:
+                log.error("store_commit_failed", error=str(exc), writes=len(batch))
+                err = StoreError(f"commit failed: {exc}")
             outcomes = [(fut, False, err) for _, _, fut in batch]
+            return outcomes
+        # The free space changes with each commit: measure it here, where it costs one syscall per
+        # batch rather than per message, and end a full episode once there is room again.
+        free = self.space.measure()
+        if self.full_since is not None and free >= self._recovery_free():
+            self._leave_full(free)
         return outcomes
+
+    # ------------------------------------------------------------------ room on the disk
+
+    def check_room(self) -> None:
+        """Raise ``StorageFull`` when the free space is below the reserve (``min_free_bytes``).
+
+        Only new mail asks: refusing it before SQLite fails keeps room for what is already queued
+        to be delivered and recorded, and for operators to act."""
+        if self.space.below_reserve():
+            reason = (f"free space under {self.path.parent} is {self.space.free()} bytes, below "
+                      f"store.min_free_bytes ({self.space.min_free})")
+            self._enter_full(reason, 1)
+            raise StorageFull(reason)
+
+    async def wait_writable(self) -> None:
+        """Return once no disk-full episode is on (at once when none is): a write that failed with
+        ``StorageFull`` and must not be lost (a delivery outcome) waits here, then tries again."""
+        while self.full_since is not None:
+            fut = self._loop.create_future()
+            self._waiters.append(fut)
+            await fut
+
+    def _wake_waiters(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    def on_recovered(self, callback: Callable[[], Any]) -> None:
+        """Call ``callback()`` on the event loop each time a full episode ends."""
+        self._on_recovered.append(callback)
+
+    @property
+    def full(self) -> bool:
+        return self.full_since is not None
+
+    def problems(self) -> list[str]:
+        """What keeps the store from working normally, one line each (for /health)."""
+        out = []
+        if self._writer is None or not self._writer.is_alive():
+            out.append("store: the writer is not running")
+        if self.full_since is not None:
+            out.append(f"store: {self.full_reason}; new mail is refused (452 4.3.1) until there is room")
+        return out
+
+    def _recovery_free(self) -> int:
+        return max(self.space.min_free, RECOVERY_FREE)
+
+    def _enter_full(self, reason: str, writes: int) -> None:
+        """Count refused writes; the first of an episode is logged (one line per episode, not per write)."""
+        with self._full_lock:
+            self.full_refused += writes
+            if self.full_since is not None:
+                return
+            self.full_since, self.full_reason = time.time(), reason
+            self.episodes += 1
+        log.error("store_full", reason=reason, free_bytes=self.space.free(), min_free_bytes=self.space.min_free,
+                  path=str(self.path))
+
+    def _leave_full(self, free: int) -> None:
+        with self._full_lock:
+            if self.full_since is None:
+                return
+            since, refused = self.full_since, self.full_refused
+            self.full_since, self.full_reason, self.full_refused = None, "", 0
+        log.info("store_space_recovered", after_seconds=round(time.time() - since, 3), refused_writes=refused,
+                 free_bytes=free, path=str(self.path))
+        self._keep_room()  # given back at a start on a full disk: set aside again
+        for callback in (self._wake_waiters, *self._on_recovered):
+            self._loop.call_soon_threadsafe(callback)
 
     # ------------------------------------------------------------------ reading
 
@@ -255,7 +444,7 @@ class Database:
 
 def _resolve(outcomes: list) -> None:
     for fut, ok, value in outcomes:
-        if fut.cancelled():
+        if fut is None or fut.cancelled():  # None: the writer's own probe
             continue
         if ok:
             fut.set_result(value)

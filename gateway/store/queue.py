@@ -169,7 +169,8 @@ def _state_of(row: dict[str, Any]) -> str:
     return "empty"
 
 
-def _list(conn: sqlite3.Connection, tenant_id: int | None, state: str | None, limit: int) -> list[dict[str, Any]]:
+def _list(conn: sqlite3.Connection, tenant_id: int | None, state: str | None, limit: int,
+          finished: bool = False) -> list[dict[str, Any]]:
     where, args = ["m.deleting = 0"], []
     if tenant_id is not None:
         where.append("m.tenant_id = ?")
@@ -177,6 +178,9 @@ def _list(conn: sqlite3.Connection, tenant_id: int | None, state: str | None, li
     if state is not None:
         where.append("m.id IN (SELECT message_id FROM recipients WHERE state = ?)")
         args.append(state)
+    elif not finished:
+        # What is still to do: walks recipients_by_state over open rows only, however many finished.
+        where.append("m.id IN (SELECT message_id FROM recipients WHERE state IN ('pending', 'deferred', 'held'))")
     rows = [dict(r) for r in conn.execute(_LIST_SQL.format(where=" AND ".join(where)), (*args, limit))]
     for row in rows:
         row["state"] = _state_of(row)
@@ -186,8 +190,10 @@ def _list(conn: sqlite3.Connection, tenant_id: int | None, state: str | None, li
 def _show(conn: sqlite3.Connection, queue_id: str) -> dict[str, Any] | None:
     row = conn.execute(
         "SELECT m.id, m.queue_id, m.tenant_id, t.name AS tenant, m.usecase_id, u.name AS usecase, m.mail_from, m.message_id,"
-        " m.size, m.client, m.created_at, m.expires_at, m.held, m.hold_reason, i.thread_id"
+        " m.size, m.client, m.created_at, m.expires_at, m.held, m.hold_reason, i.thread_id,"
+        " f.finished_at, f.body_dropped_at"
         " FROM messages m JOIN tenants t ON t.id = m.tenant_id LEFT JOIN usecases u ON u.id = m.usecase_id"
+        " LEFT JOIN finished_messages f ON f.message_id = m.id"
         " LEFT JOIN message_ids i ON i.tenant_id = m.tenant_id AND i.message_id = m.message_id"
         " WHERE m.queue_id = ?",
         (queue_id,),
@@ -347,11 +353,16 @@ class Queue:
 
     async def put(self, message: NewMessage) -> dict[str, Any]:
         """Commit the message durably. Once it is on disk, returns {"id", "queue_id", "hold_reason",
-        "thread_id"} (hold_reason 'paused' when a pause held it)."""
+        "thread_id"} (hold_reason 'paused' when a pause held it). Raises ``StorageFull`` below the
+        free-space reserve or when the disk is full: the caller answers "try later"."""
+        self.db.check_room()
         return await self.db.write(_put, message)
 
-    async def list(self, *, tenant_id: int | None = None, state: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
-        return await self.db.read(_list, tenant_id, state, limit)
+    async def list(self, *, tenant_id: int | None = None, state: str | None = None, limit: int = 1000,
+                   finished: bool = False) -> list[dict[str, Any]]:
+        """Messages oldest first: those with a pending, deferred or held recipient, or with ``finished``
+        also those every recipient of which is delivered or bounced; ``state`` narrows to one state."""
+        return await self.db.read(_list, tenant_id, state, limit, finished)
 
     async def show(self, queue_id: str) -> dict[str, Any] | None:
         """The message's envelope, its recipients and every attempt; None when unknown."""

@@ -12,7 +12,7 @@ import sqlite3
 import time
 from typing import Any
 
-from ..errors import Conflict, InvalidArgument, NotFound
+from ..errors import Conflict, InvalidArgument, NotFound, StorageFull
 from .db import Database
 from .events import append_event
 from .tenants import get_by_name as tenant_by_name
@@ -111,7 +111,9 @@ def _delete(conn: sqlite3.Connection, tenant: str, name: str) -> dict[str, Any]:
     if "messages" in existing:
         (queued,) = conn.execute("SELECT count(*) FROM messages WHERE usecase_id = ?", (current["id"],)).fetchone()
         if queued:
-            raise Conflict(f"use case {name!r} still has {queued} message(s) in the queue; delete or let them finish first")
+            # Finished mail goes by itself after queue.keep_messages (the sweeper); then this succeeds.
+            raise Conflict(f"use case {name!r} still has {queued} message(s) in the queue; they are removed "
+                           "queue.keep_messages after they finish, or delete them with `gateway queue delete`")
     if "pauses" in existing:
         conn.execute("DELETE FROM pauses WHERE usecase_id = ?", (current["id"],))
     try:
@@ -199,4 +201,7 @@ class Usecases:
             "SELECT id, usecase_id, username, password_hash, revoked_at FROM credentials WHERE username = ?", (username,)).fetchone()))
 
     async def touch_credential(self, credential_id: int) -> None:
-        await self.db.write(lambda c: c.execute("UPDATE credentials SET last_used_at = ? WHERE id = ?", (time.time(), credential_id)))
+        try:
+            await self.db.write(lambda c: c.execute("UPDATE credentials SET last_used_at = ? WHERE id = ?", (time.time(), credential_id)))
+        except StorageFull:
+            pass  # bookkeeping only: a full disk must not refuse a valid login (the store logs the episode)

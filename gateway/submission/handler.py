@@ -24,7 +24,7 @@ import structlog
 from aiosmtpd.smtp import MISSING, AuthResult
 
 from ..config import SubmissionConfig
-from ..errors import SMTPError
+from ..errors import SMTPError, StorageFull
 from ..metrics import Metrics
 from ..store.queue import NewMessage, QueueIds
 from . import policy, prepare
@@ -33,6 +33,7 @@ from .ratelimit import AuthCooldown, QuotaTracker, RateLimiter, TtlCache
 log = structlog.get_logger("submission")
 
 INTERNAL_ERROR = "451 4.3.0 Internal error, please try again later"
+STORAGE_FULL = "452 4.3.1 Insufficient system storage"
 AUTH_OK = "235 2.7.0 Authentication successful"
 AUTH_INVALID = "535 5.7.8 Authentication credentials invalid"
 AUTH_COOLDOWN = "454 4.7.0 Too many failed authentication attempts, try again later"
@@ -221,6 +222,10 @@ class SubmissionHandler:
             return await self._accept(server, envelope, started)
         except SMTPError as err:
             return self._refuse(server, "DATA", err)
+        except StorageFull:
+            # Counted per message; logged once per episode by the store (store_full ... store_space_recovered).
+            self.metrics.submission_refusals.labels(step="DATA", code="452").inc()
+            return STORAGE_FULL
         except Exception as exc:  # noqa: BLE001 - nothing unexpected reaches the client; it may retry
             log.error("submission_data_failed", client=client_ip(server), error_type=type(exc).__name__, exc_info=exc)
             return INTERNAL_ERROR

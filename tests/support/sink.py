@@ -5,6 +5,7 @@
         sink.script("eve@example.org", "550 5.1.1 no such user")            # always 550
         sink.drop_in_data = 1                           # next DATA: read it, then drop the connection
         go = sink.stall("carol@example.org")            # RCPT TO for carol waits until go.set()
+        sink.gate = asyncio.Event()                      # RCPT waits (a remote gone quiet) until set
         ...
         await sink.wait_for(3)                           # until 3 messages were accepted (or TimeoutError)
         sink.messages[0].data, .mail_from, .rcpt_tos, .connection, .tls
@@ -67,6 +68,8 @@ class Sink:
         self.connections = 0
         self.dropped = 0             # DATA transactions we dropped on purpose
         self.drop_in_data = 0        # how many upcoming DATA transactions to drop
+        self.gate: asyncio.Event | None = None  # when set to an Event, each RCPT waits until it is set
+        self.waiting = 0             # RCPTs waiting at the gate now
         self.users = users or {}
         self.auth_attempts: list[tuple[str, bool]] = []
         self.port = 0
@@ -131,6 +134,14 @@ class Sink:
                 await stall.wait()
             finally:
                 self.stalled -= 1
+        gate = self.gate
+        if gate is not None and not gate.is_set():
+            self.waiting += 1
+            await self._notify()
+            try:
+                await gate.wait()  # cancelled with the session if the client goes away meanwhile
+            finally:
+                self.waiting -= 1
         reply = self._rcpt_reply(address)
         if reply.startswith("2"):
             envelope.rcpt_tos.append(address)

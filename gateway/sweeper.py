@@ -1,0 +1,140 @@
+"""The sweeper: ages out what the queue no longer needs, so the store does not grow forever.
+
+    every queue.sweep_interval:  bodies of finished messages older than keep_bodies   -> emptied
+                                 finished messages older than keep_messages           -> deleted (recipients, attempts)
+                                 attempts older than keep_attempts                    -> deleted
+                                 events older than keep_events                        -> deleted
+                                 Message-ID records older than keep_threads           -> deleted
+
+"Finished" means every recipient delivered or bounced; pending, deferred and held mail is never
+touched, however old. The decisions (what is old enough, how big a batch) are made here; the store
+(gateway/store/retention.py) runs each batch as one short write through an index. Batches follow
+each other until a kind is done, each its own write, with a rest as long as the batch between
+them, so submission and delivery commits slip in between: the writer is never held longer than one
+batch, and at most half the time. One log line per sweep that removed
+something (an idle sweep logs at debug), and ``gateway_swept_rows_total{kind}`` counts the rows.
+
+The database file does not shrink: freed pages are reused by new mail (``VACUUM`` offline to shrink).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from .config import Config, QueueConfig
+from .errors import StorageFull
+from .lifecycle import Component
+from .metrics import Metrics
+from .store import Store
+
+log = structlog.get_logger("sweeper")
+
+# Body bytes one batch may free: freeing a body walks its overflow pages, so rows alone do not bound a batch.
+BATCH_BYTES = 8 * 1024 * 1024
+KINDS = ("bodies", "messages", "attempts", "events", "threads")
+
+
+class Sweeper(Component):
+    name = "sweeper"
+
+    def __init__(self, store: Store, config: QueueConfig, metrics: Metrics | None = None, *,
+                 clock: Callable[[], float] = time.time):
+        self.store = store
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self.clock = clock
+        self.sweeps = 0
+        self.last: dict[str, Any] | None = None
+        self._task: asyncio.Task | None = None
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="sweeper")
+
+    async def stop(self, deadline: float) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def reload(self, config: Config) -> None:
+        self.config = config.queue
+        self._wake.set()
+
+    def status(self) -> dict[str, Any]:
+        return {"sweeper": {"interval": self.config.sweep_interval, "sweeps": self.sweeps, "last": self.last}}
+
+    async def _run(self) -> None:
+        while True:
+            interval = self.config.sweep_interval
+            self._wake.clear()
+            if interval > 0:
+                try:
+                    await self.sweep()
+                except StorageFull:
+                    pass  # the store logs the episode; the next sweep tries again
+                except Exception:  # noqa: BLE001 - a failed sweep must not end the loop
+                    log.exception("sweep_failed")
+            try:
+                await asyncio.wait_for(self._wake.wait(), interval if interval > 0 else None)
+            except TimeoutError:
+                pass
+
+    async def sweep(self) -> dict[str, Any]:
+        """One sweep of every kind; returns rows by kind, bytes freed, batches and the longest batch."""
+        async with self._lock:
+            return await self._sweep()
+
+    async def _sweep(self) -> dict[str, Any]:
+        cfg, now = self.config, self.clock()
+        started = time.perf_counter()
+        retention = self.store.retention
+        batch = cfg.sweep_batch
+        plan = {
+            "bodies": (cfg.keep_bodies, lambda cut: retention.drop_bodies(cut, max_rows=batch, max_bytes=BATCH_BYTES)),
+            "messages": (cfg.keep_messages, lambda cut: retention.delete_messages(cut, max_rows=batch, max_bytes=BATCH_BYTES)),
+            "attempts": (cfg.keep_attempts, lambda cut: retention.delete_attempts(cut, max_rows=batch)),
+            "events": (cfg.keep_events, lambda cut: retention.delete_events(cut, max_rows=batch)),
+            "threads": (cfg.keep_threads, lambda cut: retention.delete_threads(cut, max_rows=batch)),
+        }
+        summary: dict[str, Any] = dict.fromkeys(KINDS, 0)
+        summary.update(bytes=0, batches=0, longest_batch=0.0)
+        for kind, (keep, run) in plan.items():
+            if keep <= 0:
+                continue  # kept forever
+            cutoff = now - keep
+            while True:
+                began = time.perf_counter()
+                done = await run(cutoff)
+                # What the writer spent on it: the SQL plus the commit (WAL writes, fsync) it shared.
+                held = time.perf_counter() - began
+                summary["batches"] += 1
+                summary[kind] += done["rows"]
+                summary["bytes"] += done["bytes"]
+                summary["longest_batch"] = max(summary["longest_batch"], held)
+                self.metrics.sweep_batch_seconds.observe(held)
+                if done["rows"]:
+                    self.metrics.swept.labels(kind=kind).inc(done["rows"])
+                if not done["more"] or not done["rows"]:
+                    break
+                # Rest as long as the batch took: writes that queued behind it commit on their own,
+                # not beside the next batch, so none waits for more than about one batch.
+                await asyncio.sleep(held)
+        summary["seconds"] = time.perf_counter() - started
+        summary["at"] = now
+        self.sweeps += 1
+        self.last = summary
+        fields = {k: summary[k] for k in KINDS} | {
+            "bytes": summary["bytes"], "batches": summary["batches"],
+            "longest_batch_ms": round(summary["longest_batch"] * 1000, 1), "seconds": round(summary["seconds"], 3)}
+        if any(summary[k] for k in KINDS):
+            log.info("swept", **fields)
+        else:
+            log.debug("swept", **fields)
+        return summary
