@@ -128,7 +128,7 @@ class SubmissionConfig:
     auth_failures_limit: int = setting(5, "Failed AUTH attempts for one username from one client address (counted before the password is checked) before that login is refused for auth_cooldown.", min=1)
     auth_address_failures_limit: int = setting(30, "Failed AUTH attempts from one client address, all usernames together, before the address is refused for auth_cooldown.", min=1)
     auth_cooldown: float = setting(300.0, "Seconds a login (or a client address) is refused AUTH (454 4.7.0) after too many failures.", min=0.0)
-    auth_concurrency: int = setting(4, "Most password checks at once, all sessions together; the rest wait their turn (a legacy argon2id check costs 64 MiB).", min=1)
+    auth_concurrency: int = setting(2, "Most argon2id password checks at once, all sessions together (legacy hashes, 64 MiB each; keyed hashes take microseconds and need no cap); the rest wait their turn.", min=1, restart=True)
     command_timeout: float = setting(300.0, "Seconds the listener waits for the client's next command (or DATA line).", min=1.0)
     session_timeout: float = setting(1800.0, "Longest one connection may last, in seconds.", min=1.0)
     max_connections: int = setting(1000, "Most connections at once, all clients together.", min=1)

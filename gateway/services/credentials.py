@@ -57,9 +57,14 @@ def is_legacy(stored: str) -> bool:
 
 class Passwords:
     """Hash and check passwords under one key. ``checked`` counts the passwords looked at,
-    ``argon2_checks`` the argon2 verifications among them (legacy hashes and their dummy)."""
+    ``argon2_checks`` the argon2 verifications among them (legacy hashes and their dummy).
 
-    def __init__(self, key: bytes, hasher: argon2.PasswordHasher | None = None):
+    A keyed check runs on the loop (microseconds, nothing to cap); argon2 checks (64 MiB and ~100 ms
+    each) run in threads, at most ``concurrency`` at once whoever asks: the memory they take is
+    bounded by concurrency x the hash's memory cost, however many sessions try at once.
+    """
+
+    def __init__(self, key: bytes, hasher: argon2.PasswordHasher | None = None, *, concurrency: int = 2):
         if len(key) < 16:
             raise ValueError("the credential key is too short")
         self._key = key
@@ -67,8 +72,11 @@ class Passwords:
         # What an unknown or revoked username is checked against: no password maps to it.
         self.dummy = self.hash(secrets.token_urlsafe(24))
         self._dummy_legacy: str | None = None
+        self._slow = asyncio.Semaphore(concurrency)
         self.checked = 0
         self.argon2_checks = 0
+        self.argon2_running = 0  # now, and the most at once (never above ``concurrency``)
+        self.argon2_peak = 0
 
     def hash(self, password: str) -> str:
         return KEYED + hmac.new(self._key, password.encode("utf-8"), hashlib.sha256).hexdigest()
@@ -77,12 +85,12 @@ class Passwords:
         """(the password matches, the stored hash should be replaced by ``hash(password)``)."""
         self.checked += 1
         if is_legacy(stored):
-            ok = await asyncio.to_thread(self._argon2, stored, password)
+            ok = await self._argon2(stored, password)
             return ok, ok
         ok = hmac.compare_digest(self.hash(password), stored)
         if not ok and legacy_left:
             # Fail as slowly as a legacy hash would, so the time says nothing about the username.
-            await asyncio.to_thread(self._argon2, await self._legacy_dummy(), password)
+            await self._argon2(await self._legacy_dummy(), password)
         return ok, False
 
     async def _legacy_dummy(self) -> str:
@@ -90,8 +98,17 @@ class Passwords:
             self._dummy_legacy = await asyncio.to_thread(self.hasher.hash, secrets.token_urlsafe(24))
         return self._dummy_legacy
 
-    def _argon2(self, stored: str, password: str) -> bool:
-        self.argon2_checks += 1
+    async def _argon2(self, stored: str, password: str) -> bool:
+        async with self._slow:
+            self.argon2_checks += 1
+            self.argon2_running += 1
+            self.argon2_peak = max(self.argon2_peak, self.argon2_running)
+            try:
+                return await asyncio.to_thread(self._argon2_verify, stored, password)
+            finally:
+                self.argon2_running -= 1
+
+    def _argon2_verify(self, stored: str, password: str) -> bool:
         try:
             return self.hasher.verify(stored, password)
         except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):

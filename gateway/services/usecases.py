@@ -75,10 +75,12 @@ def check_rate_limit(value: int) -> int:
 
 
 class UsecaseService:
-    def __init__(self, store: Store, *, return_path_prefix: str = "bounces", hasher: argon2.PasswordHasher | None = None):
+    def __init__(self, store: Store, *, return_path_prefix: str = "bounces", hasher: argon2.PasswordHasher | None = None,
+                 check_concurrency: int = 2):
         self.store = store
         self.return_path_prefix = return_path_prefix
         self.hasher = hasher  # argon2, for the legacy hashes only
+        self.check_concurrency = check_concurrency  # argon2 checks at once (submission.auth_concurrency)
         self.passwords: Passwords | None = None  # once the key is read from the store
         self.usage = UsageRecorder(store.usecases.record_use)
         self.usage.on_rehashed = self._recount_legacy
@@ -203,7 +205,7 @@ class UsecaseService:
         if self.passwords is None:
             key = await self.store.usecases.credential_key(new_key())
             if self.passwords is None:  # another caller may have got here first
-                self.passwords = Passwords(key, self.hasher)
+                self.passwords = Passwords(key, self.hasher, concurrency=self.check_concurrency)
         return self.passwords
 
     async def _legacy_left(self) -> bool:

@@ -4,8 +4,7 @@
           against its address and (address, username) *before* its password is checked (a success
           gives the slot back; while every slot is being checked the next attempt waits), so
           parallel sessions get no more guesses than the limit; a login or an address over its
-          limit gets 454 4.7.0 for the cool-down without its password being looked at. At most
-          ``auth_concurrency`` checks run at once, all sessions together.
+          limit gets 454 4.7.0 for the cool-down without its password being looked at.
     MAIL  syntax, account (use case, tenant, domain), envelope sender, SIZE, quota, rate limit
     RCPT  syntax, recipient limit (452 for the excess), duplicates collapsed
     DATA  bare CR/LF and NUL, header size, Received count, From header, prepare, queue.put
@@ -17,7 +16,6 @@ unexpected is logged with its traceback and answered 451 4.3.0: exception text n
 
 from __future__ import annotations
 
-import asyncio
 import binascii
 import time
 from base64 import b64decode
@@ -78,10 +76,6 @@ class SubmissionHandler:
         self.quota = QuotaTracker(monthly_count, ttl=max(config.context_ttl, 1.0) * 6)
         self.rates = RateLimiter()
         self.cooldown = AuthCooldown(config.auth_failures_limit, config.auth_cooldown, config.auth_address_failures_limit)
-        self.checks = asyncio.Semaphore(config.auth_concurrency)
-        self.checking = 0        # password checks running now, and the most at once (bounded by auth_concurrency)
-        self.checking_peak = 0
-        self.checks_limit = config.auth_concurrency
         self.ids = QueueIds()
         self.lifetime = lifetime
         self.metrics = metrics or Metrics()
@@ -93,9 +87,6 @@ class SubmissionHandler:
         self.contexts.ttl = config.context_ttl
         self.contexts.clear()
         self.cooldown.configure(config.auth_failures_limit, config.auth_cooldown, config.auth_address_failures_limit)
-        if config.auth_concurrency != self.checks_limit:
-            self.checks = asyncio.Semaphore(config.auth_concurrency)  # checks under way finish on the old one
-        self.checks_limit = config.auth_concurrency
 
     # ------------------------------------------------------------------ helpers
 
@@ -177,7 +168,7 @@ class SubmissionHandler:
         result = None
         if username and password and len(username) <= MAX_USERNAME and len(password) <= MAX_PASSWORD:
             try:
-                result = await self._check(username, password)
+                result = await self.authenticate(username, password)
             except Exception as exc:  # noqa: BLE001 - the store or hasher failed: temporary, never the text
                 self.cooldown.succeeded(attempt)  # our failure, not a wrong guess
                 self.metrics.submission_auth.labels(outcome="error").inc()
@@ -196,16 +187,6 @@ class SubmissionHandler:
         log.info("auth_ok", client=ip, mechanism=mechanism, username=username, usecase=result.get("usecase") or result.get("name"),
                  tenant=result.get("tenant"))
         return AuthResult(success=True, auth_data=result, message=AUTH_OK)
-
-    async def _check(self, username: str, password: str) -> dict[str, Any] | None:
-        """``authenticate``, at most ``auth_concurrency`` at once (the rest wait: the slot is already counted)."""
-        async with self.checks:
-            self.checking += 1
-            self.checking_peak = max(self.checking_peak, self.checking)
-            try:
-                return await self.authenticate(username, password)
-            finally:
-                self.checking -= 1
 
     # ------------------------------------------------------------------ MAIL, RCPT
 
