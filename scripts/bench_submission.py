@@ -105,8 +105,8 @@ class Client:
             raise RuntimeError(f"{line[:40]!r} -> {reply!r}")
 
 
-async def session(port: int, username: str, password: str, count: int, payload: bytes, latencies: list[float],
-                  start: asyncio.Event, ready: asyncio.Semaphore, implicit: bool) -> None:
+async def logged_in(port: int, username: str, password: str, implicit: bool) -> tuple[Client, asyncio.StreamWriter]:
+    """A new connection: TLS (implicit or STARTTLS), EHLO, AUTH PLAIN."""
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
@@ -118,8 +118,13 @@ async def session(port: int, username: str, password: str, count: int, payload: 
         await c.cmd(b"STARTTLS", b"220")
         await writer.start_tls(ctx)
         await c.cmd(b"EHLO bench.client", b"250")
-    blob = base64.b64encode(f"\0{username}\0{password}".encode())
-    await c.cmd(b"AUTH PLAIN " + blob, b"235")
+    await c.cmd(b"AUTH PLAIN " + base64.b64encode(f"\0{username}\0{password}".encode()), b"235")
+    return c, writer
+
+
+async def session(port: int, username: str, password: str, count: int, payload: bytes, latencies: list[float],
+                  start: asyncio.Event, ready: asyncio.Semaphore, implicit: bool) -> None:
+    c, writer = await logged_in(port, username, password, implicit)
     ready.release()
     await start.wait()
     for i in range(count):
@@ -140,23 +145,11 @@ async def session(port: int, username: str, password: str, count: int, payload: 
 async def one_per_connection(port: int, username: str, password: str, count: int, payload: bytes, latencies: list[float],
                              start: asyncio.Event, ready: asyncio.Semaphore, implicit: bool) -> None:
     """``count`` messages, each on a new connection with its own TLS handshake and AUTH."""
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    blob = base64.b64encode(f"\0{username}\0{password}".encode())
     ready.release()
     await start.wait()
     for i in range(count):
         t0 = time.perf_counter()
-        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx if implicit else None)
-        c = Client(reader, writer)
-        await c.reply()
-        await c.cmd(b"EHLO bench.client", b"250")
-        if not implicit:
-            await c.cmd(b"STARTTLS", b"220")
-            await writer.start_tls(ctx)
-            await c.cmd(b"EHLO bench.client", b"250")
-        await c.cmd(b"AUTH PLAIN " + blob, b"235")
+        c, writer = await logged_in(port, username, password, implicit)
         await c.cmd(b"MAIL FROM:<app@bench.test>", b"250")
         await c.cmd(b"RCPT TO:<rcpt%d@example.org>" % i, b"250")
         await c.cmd(b"DATA", b"354")

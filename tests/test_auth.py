@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import ssl
 
 import argon2
 import pytest
@@ -19,6 +18,7 @@ import pytest
 from gateway.services.usecases import UsecaseService
 from tests.support.daemon import running_daemon
 from tests.support.dns import dns_overrides
+from tests.support.submission import RawClient
 from tests.support.tenancy import sending_setup
 
 FAST_ARGON2 = argon2.PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1)  # a legacy hash, cheaper to make
@@ -28,48 +28,15 @@ def service(d) -> UsecaseService:
     return next(s for s in d.daemon.services if isinstance(s, UsecaseService))
 
 
-class Session:
-    """One implicit-TLS connection, EHLO done, ready to AUTH."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
-        self.reader, self.writer = reader, writer
-
-    @classmethod
-    async def open(cls, d) -> "Session":
-        ctx = ssl.create_default_context()
-        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-        host, port = d.hostport("submissions")
-        session = cls(*await asyncio.open_connection(host, port, ssl=ctx))
-        await session.reply()
-        session.writer.write(b"EHLO burst.client\r\n")
-        await session.reply()
-        return session
-
-    async def reply(self) -> int:
-        while True:
-            line = await asyncio.wait_for(self.reader.readline(), 30)
-            assert line, "connection closed"
-            if line[3:4] != b"-":
-                return int(line[:3])
-
-    def send_auth(self, username: str, password: str) -> None:
-        self.writer.write(b"AUTH PLAIN " + base64.b64encode(f"\0{username}\0{password}".encode()) + b"\r\n")
-
-    async def close(self) -> None:
-        self.writer.close()
-        try:
-            await self.writer.wait_closed()
-        except (ConnectionError, ssl.SSLError):
-            pass
-
-
 async def burst(d, logins: list[tuple[str, str]]) -> list[int]:
-    """Every session connected first, then every AUTH written in one go; the reply codes in order."""
-    sessions = await asyncio.gather(*(Session.open(d) for _ in logins))
-    for session, (username, password) in zip(sessions, logins):
-        session.send_auth(username, password)
+    """Every session connected (implicit TLS, EHLO) first, then every AUTH written in one go; the reply codes in order."""
+    sessions = await asyncio.gather(*(RawClient.connect(d.hostport("submissions")[1]) for _ in logins))
     try:
-        return list(await asyncio.gather(*(s.reply() for s in sessions)))
+        for session in sessions:
+            assert (await session.cmd("EHLO burst.client"))[0] == 250
+        for session, (username, password) in zip(sessions, logins):
+            session.writer.write(b"AUTH PLAIN " + base64.b64encode(f"\0{username}\0{password}".encode()) + b"\r\n")
+        return [code for code, _ in await asyncio.gather(*(s.reply() for s in sessions))]
     finally:
         await asyncio.gather(*(s.close() for s in sessions))
 
