@@ -149,9 +149,9 @@ class SubmissionHandler:
             return AuthResult(success=False, handled=True)
         return await self._verify(server, ip, "LOGIN", username, password)
 
-    def _cooling(self, ip: str, mechanism: str) -> AuthResult:
+    def _cooling(self, ip: str, mechanism: str, username: str | None = None) -> AuthResult:
         self.metrics.submission_auth.labels(outcome="cooldown").inc()
-        log.warning("auth_refused_cooldown", client=ip, mechanism=mechanism)
+        log.warning("auth_refused_cooldown", client=ip, mechanism=mechanism, username=username)
         return AuthResult(success=False, handled=False, message=AUTH_COOLDOWN)
 
     async def _verify(self, server: Any, ip: str, mechanism: str, username_b: bytes, password_b: bytes) -> AuthResult:
@@ -164,7 +164,7 @@ class SubmissionHandler:
         # Counted before the password is looked at: a burst of parallel sessions takes the slots one by one.
         attempt = await self.cooldown.begin(ip, username)
         if attempt is None:
-            return self._cooling(ip, mechanism)
+            return self._cooling(ip, mechanism, username[:MAX_USERNAME])
         result = None
         if username and password and len(username) <= MAX_USERNAME and len(password) <= MAX_PASSWORD:
             try:
