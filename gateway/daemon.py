@@ -98,7 +98,8 @@ class Daemon:
     def _build(self) -> None:
         """Create the services and components. Later capabilities add theirs here, in start order."""
         store = self.store
-        usecases = UsecaseService(store, return_path_prefix=self.config.domains.return_path_prefix)
+        usecases = UsecaseService(store, return_path_prefix=self.config.domains.return_path_prefix,
+                                  check_concurrency=self.config.submission.auth_concurrency)
         domains = DomainService(store, self.config, self.paths.keys_dir)
         monitor = QueueMonitor(store, self.metrics)
         # One count of message bytes in memory, shared by submission (refuses past it) and delivery (waits).

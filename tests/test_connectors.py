@@ -12,6 +12,7 @@ from tests.support.daemon import AdminError
 from tests.support.delivery import delivering_daemon, dkim_dnsfunc, enqueue, recipients, wait_events
 from tests.support.sendgrid import sendgrid_api
 from tests.support.sink import mail_sink
+from tests.support.tenancy import sending_setup
 
 PASSWORD = "relay-s3cret-pw"
 TOKEN = "SG.very-secret-token"
@@ -139,3 +140,31 @@ async def test_connectors_are_tenant_scoped(tmp_path, dns_server):
             assert exc.code == "invalid"
         else:
             raise AssertionError("CR/LF accepted in a connector host")
+
+
+async def test_two_tenants_on_one_smarthost_each_deliver_under_their_own_login(tmp_path, dns_server):
+    """SendGrid-style: every tenant's username is `apikey`, only the password differs. A pooled session
+    authenticated with one tenant's password must never carry another tenant's mail."""
+    passwords = {"acme": "apikey-acme-pw-1", "other": "apikey-other-pw-2"}
+    async with mail_sink(starttls=True, users={"apikey": tuple(passwords.values())}) as relay:
+        async with delivering_daemon(tmp_path, dns_server, 9, {"delivery": {"idle_timeout": 30.0}}) as (d, acme):
+            other = await sending_setup(d, dns_server, tenant="other", domain="other.test", sender="app@other.test")
+            sent = {}
+            for setup in (acme, other):
+                tenant = setup["tenant"]
+                await d.call("connector.add", tenant=tenant, name="relay", kind="smtp", host="127.0.0.1", port=relay.port,
+                             tls="starttls", verify_tls=False, username="apikey", secret=passwords[tenant])
+                await d.call("usecase.update", tenant=tenant, name=setup["usecase"], route="connector:relay")
+            for count, setup in enumerate((acme, other, acme), start=1):
+                # One after the other: the previous session is idle in the pool when the next message goes.
+                rcpt = f"to-{count}@far.example"
+                sent[rcpt] = setup["tenant"]
+                await enqueue(d, setup, [rcpt])
+                await relay.wait_for(count)
+            for got in relay.messages:
+                [rcpt] = got.rcpt_tos
+                assert got.auth_user == "apikey"
+                assert got.auth_password == passwords[sent[rcpt]], f"{sent[rcpt]}'s mail left on another tenant's login"
+            # acme's two messages shared one session; other's got its own.
+            by_tenant = {t: {m.connection for m in relay.messages if sent[m.rcpt_tos[0]] == t} for t in passwords}
+            assert len(by_tenant["acme"]) == 1 and by_tenant["acme"].isdisjoint(by_tenant["other"])

@@ -1,7 +1,7 @@
 """Operators and the queue: the daemon as users run it, the CLI over its socket, real submission.
 
 Messages are submitted through the real listener with credentials made by `usecase.credentials.add`
-(argon2), on a domain verified against the test DNS server; the `gateway` CLI drives the queue.
+(keyed hashes), on a domain verified against the test DNS server; the `gateway` CLI drives the queue.
 """
 
 from __future__ import annotations

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from gateway import verp
 from gateway.errors import SMTPError
 from gateway.store.queue import QueueIds
 from gateway.submission import policy
-from gateway.submission.ratelimit import AuthCooldown, ConnectionCounter, RateLimiter
+from gateway.submission.ratelimit import BUSY, Attempt, AuthCooldown, ConnectionCounter, RateLimiter
 
 
 class Clock:
@@ -148,13 +150,52 @@ def test_rate_limiter_token_bucket():
 
 def test_auth_cooldown():
     clock = Clock()
-    cool = AuthCooldown(3, 60.0, clock)
-    assert not cool.failed("192.0.2.1") and not cool.failed("192.0.2.1")
-    assert not cool.blocked("192.0.2.1")
-    assert cool.failed("192.0.2.1") and cool.blocked("192.0.2.1")
-    assert not cool.blocked("192.0.2.2")
+    cool = AuthCooldown(3, 60.0, clock=clock)
+    assert not cool.failed(cool.reserve("192.0.2.1", "app")) and not cool.failed(cool.reserve("192.0.2.1", "app"))
+    assert not cool.blocked("192.0.2.1", "app")
+    assert cool.failed(cool.reserve("192.0.2.1", "app")) and cool.blocked("192.0.2.1", "app")
+    assert cool.reserve("192.0.2.1", "app") is None
+    assert not cool.blocked("192.0.2.2", "app")
     clock.now += 61
-    assert not cool.blocked("192.0.2.1")
+    assert not cool.blocked("192.0.2.1", "app")
+
+
+def test_auth_cooldown_counts_attempts_before_they_are_checked():
+    """Slots are taken when an attempt starts: parallel attempts cannot outrun the limit; a success
+    gives its slot back; a full set of slots still being checked makes the next attempt wait (BUSY)."""
+    clock = Clock()
+    cool = AuthCooldown(3, 60.0, address_limit=6, clock=clock)
+    pending = [cool.reserve("192.0.2.1", "app") for _ in range(4)]
+    assert all(isinstance(a, Attempt) for a in pending[:3]) and pending[3] is BUSY
+    cool.succeeded(pending[0])                       # the right password: its slot is free again
+    again = cool.reserve("192.0.2.1", "app")
+    assert isinstance(again, Attempt)
+    # Another login from the same address is not cooled down by this one's attempts ...
+    other = [cool.reserve("192.0.2.1", f"user{i}") for i in range(3)]
+    assert all(isinstance(a, Attempt) for a in other)
+    # ... but the address as a whole has a (looser) limit: 3 counted for app + 3 for the others.
+    assert cool.reserve("192.0.2.1", "someone-else") is BUSY
+    assert isinstance(cool.reserve("192.0.2.9", "app"), Attempt)
+    for attempt in [*other, *pending[1:3], again]:
+        cool.failed(attempt)
+    # Failures, not pending checks, now fill the address's slots: refused, not waiting.
+    assert cool.reserve("192.0.2.1", "someone-else") is None and cool.blocked("192.0.2.1")
+    clock.now += 61
+    assert isinstance(cool.reserve("192.0.2.1", "someone-else"), Attempt)
+
+
+async def test_auth_cooldown_waiters_get_in_when_a_check_succeeds():
+    cool = AuthCooldown(2, 60.0)
+    first, second = cool.reserve("192.0.2.1", "app"), cool.reserve("192.0.2.1", "app")
+    waiter = asyncio.ensure_future(cool.begin("192.0.2.1", "app"))
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    cool.succeeded(first)
+    third = await waiter
+    assert isinstance(third, Attempt)
+    cool.failed(second)
+    cool.failed(third)
+    assert await cool.begin("192.0.2.1", "app") is None  # two failures: refused at once, no waiting
 
 
 def test_connection_counter():

@@ -75,7 +75,8 @@ def smtp_options(spec: ConnectorSpec, config: DeliveryConfig, helo: str) -> Sess
 
 def relay_courier(spec: ConnectorSpec, config: DeliveryConfig, helo: str, pool: SessionPool) -> RelayCourier:
     s = spec.settings
-    return RelayCourier(spec.name, s["host"], int(s.get("port", 587)), pool, smtp_options(spec, config, helo))
+    return RelayCourier(spec.name, s["host"], int(s.get("port", 587)), pool, smtp_options(spec, config, helo),
+                        identity=(spec.tenant_id, spec.id))
 
 
 # --------------------------------------------------------------------------- SendGrid

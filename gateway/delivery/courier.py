@@ -10,6 +10,7 @@ checked for CR, LF and NUL before anything is sent (the client refuses them too)
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ssl
 import time
 from collections.abc import Callable, Sequence
@@ -217,7 +218,7 @@ class SmtpSession:
 
 
 class SessionPool:
-    """Idle sessions by (address, port, tls, user), kept ``idle_timeout`` seconds for the next message."""
+    """Idle sessions by key (direct: address, port, tls; relay: ``relay_session_key``), kept ``idle_timeout`` seconds for the next message."""
 
     def __init__(self, idle_timeout: float, max_messages: int):
         self.idle_timeout = idle_timeout
@@ -383,14 +384,27 @@ class DirectCourier:
         return {r: reply for r in rcpts}
 
 
-class RelayCourier:
-    """An `smtp` connector: every message goes to one smarthost, with its TLS mode and credentials."""
+def relay_session_key(identity: tuple, host: str, port: int, options: SessionOptions) -> tuple:
+    """The pool key of a smarthost session: whose connector it is and which secret it logged in with.
 
-    def __init__(self, name: str, host: str, port: int, pool: SessionPool, options: SessionOptions):
+    Host and username are not an identity: every SendGrid customer logs in as `apikey`, so two
+    tenants' connectors to one smarthost must never share an authenticated session. The secret's
+    digest (never the secret) makes a changed password open new sessions instead of reusing old ones.
+    """
+    secret = hashlib.sha256(b"relay-session\0" + options.password.encode("utf-8")).digest()
+    return ("relay", *identity, host, port, options.tls, options.verify, options.username, secret)
+
+
+class RelayCourier:
+    """An `smtp` connector: every message goes to one smarthost, with its TLS mode and credentials.
+    ``identity`` names the connector (tenant id, connector id): sessions are pooled per connector."""
+
+    def __init__(self, name: str, host: str, port: int, pool: SessionPool, options: SessionOptions, *, identity: tuple):
         self.name, self.host, self.port, self.pool, self.options = name, host, port, pool, options
+        self.key = relay_session_key(identity, host, port, options)
 
     async def deliver(self, envelopes: Sequence[Envelope], data: bytes, report: ReplySink | None = None) -> dict[str, Reply]:
-        key = (self.host, self.port, self.options.tls, self.options.username, self.options.verify)
+        key = self.key
         try:
             return await send_all(self.pool, key, lambda: SmtpSession(self.host, self.port, self.host, self.options), envelopes, data,
                                   report)

@@ -10,7 +10,9 @@ PIPELINING each command waits for its reply, and DATA is not sent once every rec
 
 Every wait has a timeout; a timeout, a garbled reply or a lost connection raises an ``SMTPClientError``
 and leaves the client unusable (``broken``): a half-read reply must never be paired with the next
-command. CR, LF and NUL never reach a command: ``command`` refuses them with ``ValueError``.
+command. CR, LF and NUL never reach a command: ``command`` refuses them with ``ValueError``. No error
+text carries what was sent: a timeout names the step it waited on ("the reply to AUTH PLAIN"), never
+the line (AUTH's lines are the credentials, base64-encoded).
 """
 
 from __future__ import annotations
@@ -263,13 +265,15 @@ class SmtpClient:
 
     async def login(self, username: str, password: str) -> SmtpReply:
         """AUTH PLAIN when offered, else LOGIN. Raises SMTPReplyError unless the server says 235."""
+        # Each wait is named by its step: a command's first word would be the base64 password here.
         user, secret = username.encode("utf-8"), password.encode("utf-8")
         if "PLAIN" in self.auth_mechanisms or not self.auth_mechanisms & {"LOGIN"}:
-            reply = await self.execute("AUTH PLAIN " + base64.b64encode(b"\0" + user + b"\0" + secret).decode())
+            reply = await self.execute("AUTH PLAIN " + base64.b64encode(b"\0" + user + b"\0" + secret).decode(),
+                                       what="the reply to AUTH PLAIN")
         else:
-            reply = await self.execute("AUTH LOGIN " + base64.b64encode(user).decode())
+            reply = await self.execute("AUTH LOGIN " + base64.b64encode(user).decode(), what="the reply to the AUTH LOGIN username")
             if reply.code == 334:
-                reply = await self.execute(base64.b64encode(secret).decode())
+                reply = await self.execute(base64.b64encode(secret).decode(), what="the reply to the AUTH LOGIN password")
         if reply.code != 235:
             raise SMTPReplyError(reply)
         return reply
@@ -314,9 +318,11 @@ class SmtpClient:
             raise p.error if p is not None else SMTPDisconnected("not connected")
         p.transport.write(data)
 
-    async def execute(self, line: str, encoding: str = "ascii") -> SmtpReply:
+    async def execute(self, line: str, encoding: str = "ascii", *, what: str | None = None) -> SmtpReply:
+        """Send one command and read its reply; ``what`` names the wait in a timeout's text (default:
+        the command's verb). Never let it default for a line that carries a secret."""
         self.command(line, encoding=encoding)
-        return await self.reply(self.timeout, line.split(" ", 1)[0])
+        return await self.reply(self.timeout, what or f"the reply to {line.split(' ', 1)[0]}")
 
     async def reply(self, timeout: float | None = None, what: str = "a reply") -> SmtpReply:
         p = self._proto

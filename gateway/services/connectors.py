@@ -6,6 +6,7 @@ Secrets (SMTP password, SendGrid API token) go in, never come out: every answer 
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Callable
 from typing import Any
@@ -53,6 +54,21 @@ def _check_settings(kind: str, s: dict[str, Any], *, complete: bool) -> None:
     for key, value in s.items():
         if isinstance(value, str) and any(c in value for c in "\r\n\0"):
             raise InvalidArgument(f"{key} must not contain CR, LF or NUL")
+
+
+def secret_forms(secret: str, username: str) -> list[str]:
+    """The secret as it travels: plain, base64 (AUTH LOGIN), and the AUTH PLAIN blob's base64."""
+    if not secret:
+        return []
+    raw = secret.encode("utf-8")
+    forms = {secret, base64.b64encode(raw).decode(), base64.b64encode(b"\0" + username.encode("utf-8") + b"\0" + raw).decode()}
+    return sorted(forms, key=len, reverse=True)
+
+
+def redact(text: str, forms: list[str]) -> str:
+    for form in forms:
+        text = text.replace(form, "********")
+    return text
 
 
 class ConnectorService:
@@ -109,6 +125,9 @@ class ConnectorService:
         connector = ConnectorSpec(spec["id"], spec["tenant_id"], spec["name"], spec["kind"], spec["enabled"], spec["settings"], spec["secret"])
         config = self.config()
         result = await test_connector(connector, config.delivery, config.delivery.helo_name or config.daemon.hostname)
+        # The step details quote the remote server, which may echo what it got: no form of the secret leaves.
+        forms = secret_forms(spec["secret"], spec["settings"].get("username", ""))
+        result["steps"] = [{**step, "detail": redact(str(step.get("detail", "")), forms)} for step in result["steps"]]
         return {"tenant": tenant, "name": name, "kind": spec["kind"], **result}
 
     @admin_method("connector.delete")

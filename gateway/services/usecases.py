@@ -1,15 +1,17 @@
 """Use cases and their SMTP credentials; the authentication the submission listener calls.
 
-Passwords are generated here (never chosen by people), shown once, and stored only as argon2id
-hashes. ``authenticate`` costs the same whether the username exists, is revoked or the password is
-wrong: an unknown username is verified against a dummy hash, so timing tells nothing.
+Passwords are generated here (never chosen by people), shown once, and stored only as keyed hashes
+(HMAC-SHA256, see ``credentials.py``; older argon2id hashes migrate on their next login). A failed
+``authenticate`` costs the same whether the username exists, is revoked or the password is wrong:
+an unknown or revoked username is checked against a dummy hash, so timing tells nothing. Last use is
+recorded in the background: AUTH never waits for, or fails on, a write.
 """
 
 from __future__ import annotations
 
-import asyncio
 import re
 import secrets
+import time
 from typing import Any
 
 import argon2
@@ -19,6 +21,7 @@ from ..admin.registry import admin_method
 from ..domains.names import is_within, normalise_address, normalise_domain
 from ..errors import Conflict, InvalidArgument
 from ..store import Store
+from .credentials import Passwords, UsageRecorder, generate, new_key
 from .tenants import check_tenant_name
 
 log = structlog.get_logger("usecases")
@@ -27,6 +30,7 @@ NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 KINDS = ("transactional", "marketing")
 SCOPES = ("usecase", "domain")
 MAX_SENDERS = 100
+LEGACY_RECOUNT = 60.0  # seconds between counts of the argon2 hashes left (the count only ever falls)
 
 
 def check_name(name: str) -> str:
@@ -71,12 +75,16 @@ def check_rate_limit(value: int) -> int:
 
 
 class UsecaseService:
-    def __init__(self, store: Store, *, return_path_prefix: str = "bounces", hasher: argon2.PasswordHasher | None = None):
+    def __init__(self, store: Store, *, return_path_prefix: str = "bounces", hasher: argon2.PasswordHasher | None = None,
+                 check_concurrency: int = 2):
         self.store = store
         self.return_path_prefix = return_path_prefix
-        self.hasher = hasher or argon2.PasswordHasher()  # argon2id, RFC 9106 low-memory parameters
-        # Made now (once, ~50 ms) so that the first unknown username costs what every other does.
-        self._dummy_hash = self.hasher.hash(secrets.token_urlsafe(24))
+        self.hasher = hasher  # argon2, for the legacy hashes only
+        self.check_concurrency = check_concurrency  # argon2 checks at once (submission.auth_concurrency)
+        self.passwords: Passwords | None = None  # once the key is read from the store
+        self.usage = UsageRecorder(store.usecases.record_use)
+        self.usage.on_rehashed = self._recount_legacy
+        self._legacy: tuple[float, int] = (float("-inf"), 0)  # (when counted, argon2 hashes left)
 
     # ------------------------------------------------------------------ use cases
 
@@ -150,8 +158,8 @@ class UsecaseService:
     async def add_credential(self, tenant: str, usecase: str) -> dict[str, Any]:
         """A new username and password; the password is in this reply only, never stored or shown again."""
         current = await self.store.usecases.get(tenant, usecase)
-        password = secrets.token_urlsafe(24)  # 192 bits
-        password_hash = await asyncio.to_thread(self.hasher.hash, password)
+        password = generate()  # 192 bits
+        password_hash = (await self._passwords()).hash(password)
         for _ in range(5):
             username = f"{current['name'][:40]}-{secrets.token_hex(5)}"
             try:
@@ -167,7 +175,9 @@ class UsecaseService:
 
     @admin_method("usecase.credentials.revoke")
     async def revoke_credential(self, tenant: str, usecase: str, username: str) -> dict[str, Any]:
-        return await self.store.usecases.revoke_credential(tenant, usecase, username)
+        revoked = await self.store.usecases.revoke_credential(tenant, usecase, username)
+        self._recount_legacy()
+        return revoked
 
     # ------------------------------------------------------------------ authentication
 
@@ -178,16 +188,36 @@ class UsecaseService:
         kind, route, rate_limit, entity, unsubscribe_scope, tenant_id, tenant, tenant_enabled,
         outbound_enabled, monthly_quota, domain_id, domain, domain_state, return_path_domain, senders.
         Whether the tenant may send (enabled, domain verified) is the caller's decision."""
+        passwords = await self._passwords()
         row = await self.store.usecases.credential(username) if 0 < len(username) <= 255 else None
-        stored = row["password_hash"] if row else self._dummy_hash
-        ok = await asyncio.to_thread(self._verify, stored, password)
-        if not ok or row is None or row["revoked_at"] is not None:
+        live = row is not None and row["revoked_at"] is None
+        stored = row["password_hash"] if live else passwords.dummy
+        ok, rehash = await passwords.check(stored, password, legacy_left=await self._legacy_left())
+        if not ok or not live:
             return None
         context = await self.context(row["usecase_id"])
         if context is None:
             return None
-        await self.store.usecases.touch_credential(row["id"])
+        self.usage.used(row["id"], (stored, passwords.hash(password)) if rehash else None)
         return {**context, "credential_id": row["id"], "username": row["username"]}
+
+    async def _passwords(self) -> Passwords:
+        if self.passwords is None:
+            key = await self.store.usecases.credential_key(new_key())
+            if self.passwords is None:  # another caller may have got here first
+                self.passwords = Passwords(key, self.hasher, concurrency=self.check_concurrency)
+        return self.passwords
+
+    async def _legacy_left(self) -> bool:
+        """Whether unrevoked argon2 hashes remain (counted at most every LEGACY_RECOUNT seconds)."""
+        at, count = self._legacy
+        if time.monotonic() - at > LEGACY_RECOUNT:
+            count = await self.store.usecases.legacy_credentials()
+            self._legacy = (time.monotonic(), count)
+        return count > 0
+
+    def _recount_legacy(self) -> None:
+        self._legacy = (float("-inf"), self._legacy[1])
 
     async def context(self, usecase_id: int) -> dict[str, Any] | None:
         """The same dict as ``authenticate`` (without the credential), read fresh."""
@@ -196,9 +226,3 @@ class UsecaseService:
             # Where bounces for this use case's mail go: VERP addresses under <prefix>.<domain>.
             context["return_path_domain"] = f"{self.return_path_prefix}.{context['domain']}"
         return context
-
-    def _verify(self, stored: str, password: str) -> bool:
-        try:
-            return self.hasher.verify(stored, password)
-        except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
-            return False

@@ -12,7 +12,7 @@ import sqlite3
 import time
 from typing import Any
 
-from ..errors import Conflict, InvalidArgument, NotFound, StorageFull
+from ..errors import Conflict, InvalidArgument, NotFound
 from .db import Database
 from .events import append_event
 from .tenants import get_by_name as tenant_by_name
@@ -200,8 +200,32 @@ class Usecases:
         return await self.db.read(lambda c: (lambda r: dict(r) if r else None)(c.execute(
             "SELECT id, usecase_id, username, password_hash, revoked_at FROM credentials WHERE username = ?", (username,)).fetchone()))
 
-    async def touch_credential(self, credential_id: int) -> None:
-        try:
-            await self.db.write(lambda c: c.execute("UPDATE credentials SET last_used_at = ? WHERE id = ?", (time.time(), credential_id)))
-        except StorageFull:
-            pass  # bookkeeping only: a full disk must not refuse a valid login (the store logs the episode)
+    async def record_use(self, uses: dict[int, float], rehash: list[tuple[int, str, str]]) -> None:
+        """Last use per credential id, and legacy hashes replaced by keyed ones (only where the stored
+        hash is still the one that was verified: a concurrent change wins), in one write."""
+        def run(conn: sqlite3.Connection) -> None:
+            conn.executemany("UPDATE credentials SET last_used_at = max(coalesce(last_used_at, 0), ?) WHERE id = ?",
+                             [(when, cid) for cid, when in uses.items()])
+            conn.executemany("UPDATE credentials SET password_hash = ? WHERE id = ? AND password_hash = ?",
+                             [(new, cid, old) for cid, old, new in rehash])
+
+        await self.db.write(run)
+
+    async def legacy_credentials(self) -> int:
+        """How many unrevoked credentials still carry an argon2 hash (they migrate on their next login)."""
+        return await self.db.read(lambda c: c.execute(
+            "SELECT count(*) FROM credentials WHERE revoked_at IS NULL AND password_hash LIKE '$argon2%'").fetchone()[0])
+
+    async def credential_key(self, new_key: str) -> bytes:
+        """The key of the keyed password hashes (made by migration 0007); ``new_key`` (hex) is stored
+        only when the database has none (the one write, rare: a database whose key row was removed)."""
+        def get(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'credential_key'").fetchone()
+            return row[0] if row else None
+
+        def ensure(conn: sqlite3.Connection) -> str:
+            conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('credential_key', ?)", (new_key,))
+            return get(conn)
+
+        value = await self.db.read(get) or await self.db.write(ensure)
+        return bytes.fromhex(value)

@@ -1,8 +1,10 @@
 """The submission handler: aiosmtpd's hooks for one listener (AUTH, MAIL, RCPT, DATA).
 
-    AUTH  PLAIN | LOGIN, after TLS only (aiosmtpd answers 538 before); the password is checked by
-          ``authenticate`` (argon2 off the loop); a client address with too many failures gets
-          454 4.7.0 for the cool-down period without its password even being looked at.
+    AUTH  PLAIN | LOGIN, after TLS only (aiosmtpd answers 538 before); each attempt is counted
+          against its address and (address, username) *before* its password is checked (a success
+          gives the slot back; while every slot is being checked the next attempt waits), so
+          parallel sessions get no more guesses than the limit; a login or an address over its
+          limit gets 454 4.7.0 for the cool-down without its password being looked at.
     MAIL  syntax, account (use case, tenant, domain), envelope sender, SIZE, quota, rate limit
     RCPT  syntax, recipient limit (452 for the excess), duplicates collapsed
     DATA  bare CR/LF and NUL, header size, Received count, From header, prepare, queue.put
@@ -74,7 +76,7 @@ class SubmissionHandler:
         self.submit = submit
         self.quota = QuotaTracker(monthly_count, ttl=max(config.context_ttl, 1.0) * 6)
         self.rates = RateLimiter()
-        self.cooldown = AuthCooldown(config.auth_failures_limit, config.auth_cooldown)
+        self.cooldown = AuthCooldown(config.auth_failures_limit, config.auth_cooldown, config.auth_address_failures_limit)
         self.ids = QueueIds()
         self.lifetime = lifetime
         self.metrics = metrics or Metrics()
@@ -85,7 +87,7 @@ class SubmissionHandler:
         self.lifetime = lifetime
         self.contexts.ttl = config.context_ttl
         self.contexts.clear()
-        self.cooldown.configure(config.auth_failures_limit, config.auth_cooldown)
+        self.cooldown.configure(config.auth_failures_limit, config.auth_cooldown, config.auth_address_failures_limit)
 
     # ------------------------------------------------------------------ helpers
 
@@ -148,9 +150,9 @@ class SubmissionHandler:
             return AuthResult(success=False, handled=True)
         return await self._verify(server, ip, "LOGIN", username, password)
 
-    def _cooling(self, ip: str, mechanism: str) -> AuthResult:
+    def _cooling(self, ip: str, mechanism: str, username: str | None = None) -> AuthResult:
         self.metrics.submission_auth.labels(outcome="cooldown").inc()
-        log.warning("auth_refused_cooldown", client=ip, mechanism=mechanism)
+        log.warning("auth_refused_cooldown", client=ip, mechanism=mechanism, username=username)
         return AuthResult(success=False, handled=False, message=AUTH_COOLDOWN)
 
     async def _verify(self, server: Any, ip: str, mechanism: str, username_b: bytes, password_b: bytes) -> AuthResult:
@@ -159,19 +161,29 @@ class SubmissionHandler:
             password = password_b.decode("utf-8")
         except UnicodeDecodeError:
             username, password = "", ""
+        username = username[:MAX_USERNAME + 1]
+        # Counted before the password is looked at: a burst of parallel sessions takes the slots one by one.
+        attempt = await self.cooldown.begin(ip, username)
+        if attempt is None:
+            return self._cooling(ip, mechanism, username[:MAX_USERNAME])
         result = None
         if username and password and len(username) <= MAX_USERNAME and len(password) <= MAX_PASSWORD:
             try:
                 result = await self.authenticate(username, password)
             except Exception as exc:  # noqa: BLE001 - the store or hasher failed: temporary, never the text
+                self.cooldown.succeeded(attempt)  # our failure, not a wrong guess
                 self.metrics.submission_auth.labels(outcome="error").inc()
                 log.error("auth_error", client=ip, username=username, error_type=type(exc).__name__, exc_info=exc)
                 return AuthResult(success=False, handled=False, message=AUTH_TEMPFAIL)
+            except BaseException:  # the client hung up mid-check: an abandoned guess still counts
+                self.cooldown.failed(attempt)
+                raise
         if result is None:
-            blocked = self.cooldown.failed(ip)
+            blocked = self.cooldown.failed(attempt)
             self.metrics.submission_auth.labels(outcome="failed").inc()
             log.warning("auth_failed", client=ip, mechanism=mechanism, username=username[:MAX_USERNAME], now_blocked=blocked)
             return AuthResult(success=False, handled=False, message=AUTH_INVALID)
+        self.cooldown.succeeded(attempt)
         self.metrics.submission_auth.labels(outcome="ok").inc()
         log.info("auth_ok", client=ip, mechanism=mechanism, username=username, usecase=result.get("usecase") or result.get("name"),
                  tenant=result.get("tenant"))

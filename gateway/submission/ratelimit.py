@@ -5,9 +5,11 @@ listener creates them); each is bounded so a flood of distinct keys cannot grow 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 MAX_KEYS = 100_000
 
@@ -40,32 +42,132 @@ class RateLimiter:
         return True
 
 
-class AuthCooldown:
-    """Failed AUTH attempts per client address; ``limit`` failures within ``cooldown`` seconds block
-    that address for ``cooldown`` seconds from the last failure."""
+@dataclass(eq=False)
+class Attempt:
+    """One AUTH attempt, counted against its address and (address, username) before its password is
+    checked: ``pending`` until it fails (then it stays, as a failure) or succeeds (then it is removed)."""
 
-    def __init__(self, limit: int, cooldown: float, clock: Callable[[], float] = time.monotonic):
+    ip: str
+    username: str
+    at: float
+    pending: bool = True
+
+
+BUSY = object()  # every slot is taken by attempts still being checked: wait for one to finish
+
+
+class AuthCooldown:
+    """Failed AUTH attempts, counted *before* the password is looked at.
+
+    An attempt takes a slot (``begin``) before its password is checked; a success gives the slot
+    back, a failure keeps it. Parallel sessions therefore cannot get more passwords checked than the
+    limit: when every slot is held by attempts still being checked, the next one waits for one of
+    them to finish (a success frees a slot, so a pool of workers logging in at once all get in); when
+    the slots are held by failures, it is refused.
+
+    Two limits over the same ``cooldown`` window: ``limit`` per (address, username), so one worker
+    with a stale password cools down only its own login and the other apps behind the same NAT
+    address keep working; and the looser ``address_limit`` per address, all usernames together, so
+    one address cannot spray many usernames. Reaching either blocks that key for ``cooldown``
+    seconds from the failure that reached it.
+    """
+
+    def __init__(self, limit: int, cooldown: float, address_limit: int | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         self.limit = limit
+        self.address_limit = address_limit if address_limit is not None else limit
         self.cooldown = cooldown
         self.clock = clock
-        self._failures: OrderedDict[str, list[float]] = OrderedDict()
+        self._tries: OrderedDict[tuple, list[Attempt]] = OrderedDict()   # key -> attempts counted (pending or failed)
+        self._until: OrderedDict[tuple, float] = OrderedDict()           # key -> blocked until
+        self._changed: asyncio.Event | None = None                        # set when a pending attempt finishes
 
-    def _recent(self, ip: str, now: float) -> list[float]:
-        return [t for t in self._failures.get(ip, ()) if now - t < self.cooldown]
+    def _keys(self, ip: str, username: str) -> tuple[tuple[tuple, int], tuple[tuple, int]]:
+        return ((ip,), self.address_limit), ((ip, username), self.limit)
 
-    def blocked(self, ip: str) -> bool:
-        return len(self._recent(ip, self.clock())) >= self.limit
+    def _recent(self, key: tuple, now: float) -> list[Attempt]:
+        tries = self._tries.get(key)
+        if not tries:
+            return []
+        recent = [a for a in tries if now - a.at < self.cooldown]  # a pending one that old was abandoned
+        if len(recent) != len(tries):
+            if recent:
+                self._tries[key] = recent
+            else:
+                del self._tries[key]
+        return recent
 
-    def failed(self, ip: str) -> bool:
-        """Record one failure; True when the address is now blocked."""
+    def _state(self, key: tuple, limit: int, now: float) -> object:
+        """None (a slot is free), BUSY (full, some still pending) or False (blocked by failures)."""
+        until = self._until.get(key)
+        if until is not None:
+            if until > now:
+                return False
+            del self._until[key]
+        recent = self._recent(key, now)
+        if len(recent) < limit:
+            return None
+        return False if sum(not a.pending for a in recent) >= limit else BUSY
+
+    def blocked(self, ip: str, username: str | None = None) -> bool:
+        """Whether the address (or, with ``username``, that login from the address) is refused now."""
         now = self.clock()
-        recent = self._recent(ip, now)[-(self.limit - 1):] if self.limit > 1 else []
-        recent.append(now)
-        _bounded_set(self._failures, ip, recent)
-        return len(recent) >= self.limit
+        keys = [((ip,), self.address_limit)] if username is None else self._keys(ip, username)
+        return any(self._state(key, limit, now) is False for key, limit in keys)
 
-    def configure(self, limit: int, cooldown: float) -> None:
+    def reserve(self, ip: str, username: str) -> Attempt | object | None:
+        """Count one attempt now: the Attempt; None when refused (cooling down); BUSY when every slot
+        is held by attempts still being checked (nothing counted: try again when one finishes)."""
+        now = self.clock()
+        keys = self._keys(ip, username)
+        states = [self._state(key, limit, now) for key, limit in keys]
+        if False in states:
+            return None
+        if BUSY in states:
+            return BUSY
+        attempt = Attempt(ip, username, now)
+        for key, _ in keys:
+            _bounded_set(self._tries, key, [*self._tries.get(key, ()), attempt])
+        return attempt
+
+    async def begin(self, ip: str, username: str) -> Attempt | None:
+        """``reserve``, waiting while the slots are busy; None when refused."""
+        while True:
+            attempt = self.reserve(ip, username)
+            if attempt is not BUSY:
+                return attempt
+            if self._changed is None:
+                self._changed = asyncio.Event()
+            await self._changed.wait()
+
+    def _finished(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+    def failed(self, attempt: Attempt) -> bool:
+        """The attempt failed: its slot stays counted. True when the login or the address is now blocked."""
+        attempt.pending = False
+        now = self.clock()
+        blocked = False
+        for key, limit in self._keys(attempt.ip, attempt.username):
+            if sum(not a.pending for a in self._recent(key, now)) >= limit:
+                _bounded_set(self._until, key, now + self.cooldown)
+                blocked = True
+        self._finished()
+        return blocked
+
+    def succeeded(self, attempt: Attempt) -> None:
+        """The attempt succeeded (or could not be checked): give its slot back."""
+        for key, _ in self._keys(attempt.ip, attempt.username):
+            tries = self._tries.get(key)
+            if tries and attempt in tries:
+                tries.remove(attempt)
+        self._finished()
+
+    def configure(self, limit: int, cooldown: float, address_limit: int | None = None) -> None:
         self.limit, self.cooldown = limit, cooldown
+        self.address_limit = address_limit if address_limit is not None else limit
 
 
 class ConnectionCounter:

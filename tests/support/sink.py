@@ -12,7 +12,11 @@
 
 Options: ``starttls=True`` offers STARTTLS with a self-signed certificate; ``implicit_tls=True`` wraps
 the listener in TLS; ``users={"name": "password"}`` enables AUTH PLAIN/LOGIN (after TLS only);
-``pipelining=True`` advertises PIPELINING (RFC 2920).
+``pipelining=True`` advertises PIPELINING (RFC 2920). A user may have several passwords
+(``users={"apikey": ("pw-a", "pw-b")}``, one smarthost account name shared by many tenants, as
+SendGrid's ``apikey``); each message records the login and the password its session authenticated with.
+``stall_auth="username" | "password" | "plain"`` answers nothing once that AUTH step arrived (LOGIN
+after the username or after the password, PLAIN after its blob) until the client gives up.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ class Received:
     connection: int      # which TCP connection carried it (1, 2, ...)
     tls: bool
     auth_user: str | None = None
+    auth_password: str | None = None   # which of the user's passwords the session authenticated with
 
 
 def self_signed_context(directory: Path, name: str = "sink.test") -> ssl.SSLContext:
@@ -62,7 +67,7 @@ def self_signed_context(directory: Path, name: str = "sink.test") -> ssl.SSLCont
 
 
 class Sink:
-    def __init__(self, users: dict[str, str] | None = None, pipelining: bool = False):
+    def __init__(self, users: dict[str, str | tuple[str, ...]] | None = None, pipelining: bool = False):
         self.pipelining = pipelining  # advertise RFC 2920 PIPELINING (aiosmtpd reads commands in order anyway)
         self.messages: list[Received] = []
         self.connections = 0
@@ -72,6 +77,7 @@ class Sink:
         self.waiting = 0             # RCPTs waiting at the gate now
         self.users = users or {}
         self.auth_attempts: list[tuple[str, bool]] = []
+        self.stalled = 0             # AUTH steps left unanswered (stall_auth)
         self.port = 0
         self._scripts: dict[str, list[str]] = {}
         self._stalls: dict[str, asyncio.Event] = {}
@@ -158,6 +164,7 @@ class Sink:
             mail_from=envelope.mail_from, rcpt_tos=list(envelope.rcpt_tos), data=envelope.content,
             connection=session.connection_number, tls=session.tls,
             auth_user=session.auth_data.login.decode() if isinstance(session.auth_data, LoginPassword) else None,
+            auth_password=session.auth_data.password.decode() if isinstance(session.auth_data, LoginPassword) else None,
         ))
         await self._notify()
         return "250 2.0.0 OK queued"
@@ -166,9 +173,36 @@ class Sink:
         if not isinstance(auth_data, LoginPassword):
             return AuthResult(success=False, handled=False)
         user, password = auth_data.login.decode(), auth_data.password.decode()
-        ok = self.users.get(user) == password
+        allowed = self.users.get(user, ())
+        ok = password in ((allowed,) if isinstance(allowed, str) else allowed)
         self.auth_attempts.append((user, ok))
         return AuthResult(success=ok, handled=False, auth_data=auth_data if ok else None)
+
+
+class StallingSink(Sink):
+    """A smarthost that stops answering in the middle of AUTH (``stall_at``), as a wedged server does."""
+
+    def __init__(self, users, pipelining: bool, stall_at: str):
+        super().__init__(users, pipelining)
+        self.stall_at = stall_at
+
+    async def _stall(self) -> None:
+        self.stalled += 1
+        await self._notify()
+        await asyncio.Event().wait()  # aiosmtpd cancels this when the client hangs up
+
+    async def auth_LOGIN(self, server, args):  # noqa: N802 - aiosmtpd's naming
+        if len(args) == 1:
+            await server.challenge_auth("Username:")
+        if self.stall_at == "username":
+            await self._stall()
+        await server.challenge_auth("Password:")
+        await self._stall()
+
+    async def auth_PLAIN(self, server, args):  # noqa: N802
+        if len(args) == 1:
+            await server.challenge_auth("")
+        await self._stall()
 
 
 class _Session(SMTP):
@@ -189,9 +223,9 @@ class _Session(SMTP):
 
 @contextlib.asynccontextmanager
 async def mail_sink(*, starttls: bool = False, implicit_tls: bool = False,
-                    users: dict[str, str] | None = None, host: str = "127.0.0.1",
-                    pipelining: bool = False) -> AsyncIterator[Sink]:
-    sink = Sink(users, pipelining)
+                    users: dict[str, str | tuple[str, ...]] | None = None, host: str = "127.0.0.1",
+                    pipelining: bool = False, stall_auth: str | None = None) -> AsyncIterator[Sink]:
+    sink = StallingSink(users, pipelining, stall_auth) if stall_auth else Sink(users, pipelining)
     with tempfile.TemporaryDirectory() as tmp:
         ctx = self_signed_context(Path(tmp)) if (starttls or implicit_tls or users) else None
         kwargs: dict = {"hostname": "sink.test", "ident": "sink", "data_size_limit": 50 * 1024 * 1024}
@@ -199,6 +233,8 @@ async def mail_sink(*, starttls: bool = False, implicit_tls: bool = False,
             kwargs["tls_context"] = ctx
         if users:
             kwargs.update(authenticator=sink._authenticate, auth_require_tls=True)
+        if stall_auth:  # offer only the mechanism that stalls (a client prefers PLAIN when offered)
+            kwargs["auth_exclude_mechanism"] = ["LOGIN"] if stall_auth == "plain" else ["PLAIN"]
         loop = asyncio.get_running_loop()
         server = await loop.create_server(lambda: _Session(sink, loop=loop, **kwargs), host, 0,
                                           ssl=ctx if implicit_tls else None)
@@ -210,4 +246,4 @@ async def mail_sink(*, starttls: bool = False, implicit_tls: bool = False,
             await server.wait_closed()
 
 
-__all__ = ["mail_sink", "Sink", "Received", "self_signed_context"]
+__all__ = ["mail_sink", "Sink", "StallingSink", "Received", "self_signed_context"]
