@@ -20,6 +20,7 @@ from .events import Events
 from .pauses import Pauses
 from .queue import Queue
 from .retention import Retention
+from .suppressions import Suppressions
 from .tenants import Tenants
 from .usecases import Usecases
 
@@ -36,6 +37,7 @@ class Store:
         self.delivery = Delivery(db)
         self.connectors = Connectors(db)
         self.retention = Retention(db)
+        self.suppressions = Suppressions(db)
 
     @classmethod
     async def open(cls, path: Path, config: StoreConfig | None = None) -> "Store":
