@@ -10,7 +10,8 @@
 
 Options: ``starttls=True`` offers STARTTLS with a self-signed certificate; ``implicit_tls=True`` wraps
 the listener in TLS; ``users={"name": "password"}`` enables AUTH PLAIN/LOGIN (after TLS only);
-``pipelining=True`` advertises PIPELINING (RFC 2920).
+``pipelining=True`` advertises PIPELINING (RFC 2920); ``smtputf8=True`` offers SMTPUTF8 (RFC 6531),
+and a message's ``smtputf8`` says whether its MAIL FROM carried the parameter.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class Received:
     connection: int      # which TCP connection carried it (1, 2, ...)
     tls: bool
     auth_user: str | None = None
+    smtputf8: bool = False
 
 
 def self_signed_context(directory: Path, name: str = "sink.test") -> ssl.SSLContext:
@@ -131,6 +133,7 @@ class Sink:
             mail_from=envelope.mail_from, rcpt_tos=list(envelope.rcpt_tos), data=envelope.content,
             connection=session.connection_number, tls=session.tls,
             auth_user=session.auth_data.login.decode() if isinstance(session.auth_data, LoginPassword) else None,
+            smtputf8=envelope.smtp_utf8,
         ))
         await self._notify()
         return "250 2.0.0 OK queued"
@@ -163,11 +166,12 @@ class _Session(SMTP):
 @contextlib.asynccontextmanager
 async def mail_sink(*, starttls: bool = False, implicit_tls: bool = False,
                     users: dict[str, str] | None = None, host: str = "127.0.0.1",
-                    pipelining: bool = False) -> AsyncIterator[Sink]:
+                    pipelining: bool = False, smtputf8: bool = False) -> AsyncIterator[Sink]:
     sink = Sink(users, pipelining)
     with tempfile.TemporaryDirectory() as tmp:
         ctx = self_signed_context(Path(tmp)) if (starttls or implicit_tls or users) else None
-        kwargs: dict = {"hostname": "sink.test", "ident": "sink", "data_size_limit": 50 * 1024 * 1024}
+        kwargs: dict = {"hostname": "sink.test", "ident": "sink", "data_size_limit": 50 * 1024 * 1024,
+                        "enable_SMTPUTF8": smtputf8}
         if ctx is not None and not implicit_tls:
             kwargs["tls_context"] = ctx
         if users:
