@@ -199,6 +199,18 @@ async def test_replies_before_login_have_enhanced_codes(tmp_path):
         await client.close()
 
 
+async def test_auth_verdicts_are_counted_once_and_logged_by_the_auth_code(tmp_path):
+    async with submission_listener(tmp_path) as sub:
+        client = await RawClient.connect(sub.port("submissions"))
+        assert (await client.cmd("EHLO client.example"))[0] == 250
+        with capture_logs() as logs:
+            code, _ = await client.cmd("AUTH PLAIN " + base64.b64encode(b"\0app\0wrong").decode())
+        assert code == 535
+        assert refusals(sub, "AUTH", "535") == 1
+        assert [e["event"] for e in logs if e["log_level"] != "debug"] == ["auth_failed"]
+        await client.close()
+
+
 async def test_too_many_bad_commands_closes_the_session(tmp_path):
     async with submission_listener(tmp_path) as sub:
         client = await logged_in(sub)

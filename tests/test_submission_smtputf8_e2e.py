@@ -16,32 +16,33 @@ from tests.support.sink import mail_sink
 RCPT = "jörg@dest.test"
 
 
-def utf8_message(sender: str) -> bytes:
-    return (f"From: App <{sender}>\r\nTo: Jörg <{RCPT}>\r\nSubject: Grüße aus dem Büro\r\nMIME-Version: 1.0\r\n"
+def utf8_message(sender: str, rcpt: str = RCPT) -> bytes:
+    return (f"From: App <{sender}>\r\nTo: Jörg <{rcpt}>\r\nSubject: Grüße aus dem Büro\r\nMIME-Version: 1.0\r\n"
             "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\nHallo Jörg.\r\n").encode()
 
 
-async def submit_utf8(d, setup) -> str:
+async def submit_utf8(d, setup, rcpt: str = RCPT) -> str:
     host, port = d.hostport("submission")
     smtp = aiosmtplib.SMTP(hostname=host, port=port, start_tls=True, tls_context=client_tls_context(), timeout=10)
     async with smtp:
         await smtp.ehlo()
         assert smtp.supports_extension("smtputf8")
         await smtp.auth_plain(setup["username"], setup["password"])
-        _, reply = await smtp.sendmail(setup["sender"], [RCPT], utf8_message(setup["sender"]), mail_options=["SMTPUTF8"])
+        _, reply = await smtp.sendmail(setup["sender"], [rcpt], utf8_message(setup["sender"], rcpt), mail_options=["SMTPUTF8"])
     assert "queued as" in reply, reply
     return reply.rsplit(" ", 1)[1]
 
 
-async def test_utf8_recipient_arrives_at_a_remote_offering_smtputf8(tmp_path, dns_server):
+@pytest.mark.parametrize("rcpt, mx_domain", [(RCPT, "dest.test"), ("jörg@bücher.test", "xn--bcher-kva.test")])
+async def test_utf8_recipient_arrives_at_a_remote_offering_smtputf8(tmp_path, dns_server, rcpt, mx_domain):
     async with mail_sink(smtputf8=True) as sink:
-        publish_mx(dns_server, "dest.test")
+        publish_mx(dns_server, mx_domain)  # a U-label domain's MX is looked up under its A-label
         async with delivering_daemon(tmp_path, dns_server, sink.port) as (d, setup):
-            qid = await submit_utf8(d, setup)
+            qid = await submit_utf8(d, setup, rcpt)
             [got] = await sink.wait_for(1)
-            assert got.rcpt_tos == [RCPT] and got.smtputf8
+            assert got.rcpt_tos == [rcpt] and got.smtputf8
             parsed = email.message_from_string(got.data.decode("utf-8"), policy=email.policy.default)  # RFC 6532 headers
-            assert parsed["Subject"] == "Grüße aus dem Büro" and parsed["To"].addresses[0].addr_spec == RCPT
+            assert parsed["Subject"] == "Grüße aus dem Büro" and parsed["To"].addresses[0].addr_spec == rcpt
             await wait_events(d, qid, "delivered")
 
 

@@ -41,7 +41,7 @@ SHUTDOWN_REPLY = b"421 4.3.2 Service shutting down, try again later"
 MAX_ERRORS = 10             # protocol errors before the session is closed (as Postfix's smtpd_hard_error_limit)
 TOO_MANY_ERRORS = b"421 4.7.0 Too many errors, closing connection"
 _GREETING_STEPS = (None, "HELO", "EHLO")  # their 2xx replies carry no enhanced code (RFC 2034)
-# AUTH verdicts the authentication code logs and counts itself (auth_failed, auth_refused_cooldown).
+# AUTH verdicts: counted here, logged by the authentication code (auth_failed, auth_refused_cooldown).
 _AUTH_VERDICTS = (b"535", b"454")
 
 
@@ -267,11 +267,13 @@ class SubmissionSMTP(SMTP):
         """Every refusal is logged once and counted; the handler's own are already (``accounted``).
         The rest are protocol errors: they count towards MAX_ERRORS."""
         code = status[:3]
-        if self.accounted or (self.step == "AUTH" and code in _AUTH_VERDICTS):
+        if self.accounted:
             return
-        self.errors += 1
         step = self.step or "COMMAND"
         self.owner.metrics.submission_refusals.labels(step=step, code=code.decode("ascii")).inc()
+        if step == "AUTH" and code in _AUTH_VERDICTS:
+            return  # logged by the authentication code, and the cool-down bounds them
+        self.errors += 1
         log.info("submission_refused", step=step, code=int(code), enhanced=replies.enhanced_code(status),
                  reason=status[4:].decode("utf-8", "replace"), client=self.client)
 
