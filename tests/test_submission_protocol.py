@@ -115,6 +115,26 @@ async def test_plaintext_after_starttls_closes_with_one_info_line(tmp_path):
         assert failed[0]["log_level"] == "info" and failed[0]["client"] == "127.0.0.1"
 
 
+async def test_commands_pipelined_after_starttls_are_refused_and_closed(tmp_path):
+    """RFC 3207 4: STARTTLS ends a pipelined group. Plaintext already behind it is refused (it never
+    reaches the TLS layer nor, after the handshake, the session: the old command-injection hole)."""
+    async with submission_listener(tmp_path) as sub:
+        reader, writer = await asyncio.open_connection("127.0.0.1", sub.port("submission"))
+        assert (await reader.readline()).startswith(b"220 ")
+        writer.write(b"EHLO client.example\r\n")
+        while (await reader.readline())[3:4] == b"-":
+            pass
+        with capture_logs() as logs:
+            writer.write(b"STARTTLS\r\nEHLO client.example\r\nMAIL FROM:<app@example.com>\r\n")
+            assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"554 5.5.1 ")
+            assert await asyncio.wait_for(reader.read(), 10) == b""
+        writer.close()
+        assert [e for e in logs if e["log_level"] == "error"] == []
+        [failed] = [e for e in logs if e["event"] == "submission_tls_failed"]
+        assert failed["log_level"] == "info" and failed["client"] == "127.0.0.1"
+        assert refusals(sub, "STARTTLS", "554") == 1
+
+
 # --------------------------------------------------------------------------- every reply to malformed input
 
 

@@ -223,13 +223,23 @@ class SubmissionSMTP(SMTP):
             self.transport.write(b"421 4.4.2 Session time limit reached\r\n")
             self.transport.close()
 
-    def _tls_failed(self, exc: TLSSetupException) -> None:
-        cause = exc.__cause__
+    def _tls_failed(self, why: TLSSetupException | str) -> None:
+        """STARTTLS went wrong by the client's doing: one rate-limited info line, the connection closed."""
+        if isinstance(why, str):
+            error, exc = why, None
+        else:
+            cause = why.__cause__
+            error, exc = getattr(cause, "reason", None) or type(cause).__name__, why
         suppressed = self.owner.tls_failures.allow(self.client)
         if suppressed is not None:
-            log.info("submission_tls_failed", client=self.client, error=getattr(cause, "reason", None) or type(cause).__name__,
-                     suppressed=suppressed)
-        if self.transport is not None:
+            log.info("submission_tls_failed", client=self.client, error=error, suppressed=suppressed)
+        if self.transport is None:
+            return
+        if exc is None:
+            self.owner.metrics.submission_refusals.labels(step="STARTTLS", code="554").inc()
+            self.transport.write(b"554 5.5.1 Error: improper command pipelining after STARTTLS\r\n")
+            self.transport.close()
+        else:
             self.transport.close()
             # The TLS layer never connected us, so it will not tell us the connection is gone.
             self.connection_lost(exc)
@@ -319,6 +329,11 @@ class SubmissionSMTP(SMTP):
         loop's time under load (every reply of every message goes through it)."""
         if self._tls_protocol is not None or self.implicit_tls:
             await self.push("503 5.5.1 TLS already active")
+            return
+        if self._reader._buffer:  # noqa: SLF001 - aiosmtpd's own way to see what is left (connection_made)
+            # RFC 3207 4: nothing may follow STARTTLS before the handshake. Bytes already here are
+            # plaintext a client pipelined after it (broken, or injecting commands): refuse and close.
+            self._tls_failed("plaintext pipelined after STARTTLS")
             return
         if not _is_uvloop(self.loop):
             # On asyncio's own loop start_tls gains nothing (the same SSLProtocol), and its upgrade
