@@ -5,7 +5,8 @@ edges where its defaults are wrong for a listener facing the internet:
 
 - Command lines are read here (``_next_command``), not in aiosmtpd's loop, so every line is checked
   before dispatch: CRLF ending only (RFC 5321 2.3.8: a bare LF is refused, 500 5.5.2), length, no CR
-  or NUL inside, valid UTF-8 (SMTPUTF8 is offered).
+  or NUL inside, valid UTF-8 (SMTPUTF8 is offered). At debug level each line is logged, AUTH
+  arguments masked.
 - AUTH prompts are answered through the same bounded line reading (``challenge_auth``): an over-long
   answer is ``500 5.5.6`` (RFC 4954), not a ValueError from asyncio's readline.
 - Any exception from aiosmtpd's address parsing is a syntax error (``_getaddr``), never a traceback.
@@ -14,8 +15,9 @@ edges where its defaults are wrong for a listener facing the internet:
   ``MAX_ERRORS`` protocol errors (refusals other than policy's and AUTH verdicts: bad lines, syntax,
   commands out of sequence) the session is closed with 421 4.7.0, which also bounds the log lines
   one connection can cause.
-- A TLS handshake that fails after STARTTLS (a client pipelining plaintext after it) closes the
-  connection with one rate-limited info line: it is the client's fault, not an internal error.
+- Plaintext pipelined behind STARTTLS (RFC 3207 4) is refused (554 5.5.1), and a TLS handshake
+  that fails after STARTTLS closes the connection: one rate-limited info line either way, since it
+  is the client's fault, not an internal error.
 
 Nothing a client sends should reach ``handle_exception``; if something does, the client gets
 ``451 4.3.0`` and the log the traceback.
@@ -30,7 +32,7 @@ from base64 import b64decode, b64encode
 from typing import Any
 
 import structlog
-from aiosmtpd.smtp import MISSING, SMTP, Session, TLSSetupException
+from aiosmtpd.smtp import MISSING, SMTP, Session, TLSSetupException, sanitize
 
 from ..errors import SMTPError
 from . import policy, replies
@@ -187,6 +189,7 @@ class SubmissionSMTP(SMTP):
         line = await self._read_line()
         if line is None:
             return await self._bad_line("500 5.5.2 Command line too long")
+        log.debug("submission_command", client=self.client, line=sanitize(line).rstrip(b"\r\n").decode("utf-8", "replace"))
         verb_bytes = line.split(b" ", 1)[0].rstrip(b"\r\n").upper()
         verb = verb_bytes.decode("ascii") if verb_bytes.isalpha() and verb_bytes.isascii() else ""
         if verb in self._smtp_methods:
