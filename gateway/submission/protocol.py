@@ -261,13 +261,12 @@ class SubmissionSMTP(SMTP):
             status = status.encode("utf-8")
         if not (status[:1] == b"2" and self.step in _GREETING_STEPS):
             status = replies.enhance(status, self.step)
-        if status[:1] in b"45" and status[3:4] != b"-":
-            self._account(status)
+        protocol_error = status[:1] in b"45" and status[3:4] != b"-" and self._account(status)
         self.accounted = False
         await super().push(status)
         if self.transport is None:
             return
-        if self.errors >= MAX_ERRORS:
+        if protocol_error and self.errors >= MAX_ERRORS:
             log.info("submission_too_many_errors", client=self.client, errors=self.errors)
             self.owner.metrics.submission_refusals.labels(step=self.step or "COMMAND", code="421").inc()
             self.transport.write(TOO_MANY_ERRORS + b"\r\n")
@@ -276,19 +275,20 @@ class SubmissionSMTP(SMTP):
             self.transport.write(SHUTDOWN_REPLY + b"\r\n")
             self.transport.close()
 
-    def _account(self, status: bytes) -> None:
+    def _account(self, status: bytes) -> bool:
         """Every refusal is logged once and counted; the handler's own are already (``accounted``).
-        The rest are protocol errors: they count towards MAX_ERRORS."""
+        The rest are protocol errors, counted towards MAX_ERRORS: True for one of those."""
         code = status[:3]
         if self.accounted:
-            return
+            return False
         step = self.step or "COMMAND"
         self.owner.metrics.submission_refusals.labels(step=step, code=code.decode("ascii")).inc()
         if step == "AUTH" and code in _AUTH_VERDICTS:
-            return  # logged by the authentication code, and the cool-down bounds them
+            return False  # logged by the authentication code, and the cool-down bounds them
         self.errors += 1
         log.info("submission_refused", step=step, code=int(code), enhanced=replies.enhanced_code(status),
                  reason=status[4:].decode("utf-8", "replace"), client=self.client)
+        return True
 
     # ------------------------------------------------------------------ aiosmtpd's parsing, made total
 
