@@ -46,7 +46,7 @@ MAX_LOCAL = 64
 MAX_DOMAIN = 255
 MAX_PATH = 254
 _FORBIDDEN = ("\r", "\n", "\x00")
-_FORBIDDEN_BYTES = (b"\r", b"\n", b"\x00")
+_FORBIDDEN_BYTES = tuple(c.encode() for c in _FORBIDDEN)
 NEEDS_SMTPUTF8 = "non-ASCII address without SMTPUTF8"
 
 
