@@ -105,3 +105,37 @@ def test_parents_are_bounded_and_deduplicated():
     found = prepare.inspect(f"From: a@x.example\r\nIn-Reply-To: <r99@x>\r\nReferences: {refs}\r\n\r\n".encode(), max_header_bytes=1 << 20)
     assert found.parents[0] == "r99@x" and found.parents[1] == "r98@x"
     assert len(found.parents) == prepare.MAX_PARENTS and len(set(found.parents)) == len(found.parents)
+
+
+@pytest.mark.parametrize("name", [b"From", b"Message-ID", b"In-Reply-To", b"References"])
+def test_fields_read_must_be_utf8(name):
+    """The one rule for a field we read (gateway/headers.py): UTF-8 text, or 550 5.6.0 naming it."""
+    with pytest.raises(SMTPError) as err:
+        prepare.inspect(b"From: x <app@example.com>\r\n" * (name != b"From") + name + b": <\xc3(@x>\r\n\r\n", max_header_bytes=4096)
+    assert (err.value.code, err.value.enhanced) == (550, "5.6.0")
+    assert name.decode() in err.value.public
+
+
+def test_utf8_fields_are_read_and_unread_fields_pass_untouched():
+    raw = "From: Jörg <app@example.com>\r\nReferences: <wurzel.ä@app.example>\r\n".encode() + b"X-Legacy: caf\xe9\r\n\r\nhi\r\n"
+    found, out = prepared(raw)
+    assert found.from_addresses == ["app@example.com"] and found.parents == ("wurzel.ä@app.example",)
+    assert b"X-Legacy: caf\xe9\r\n" in out  # never decoded, never refused
+
+
+@pytest.mark.parametrize("raw, refused", [
+    (b"From: a@x\r\nTo: b@x\r\nCC: c@x\r\ncc: d@x\r\n\r\n", "Cc"),
+    (b"From: a@x\r\nSubject: 1\r\nsubject: 2\r\n\r\n", "Subject"),
+    (b"From: a@x\r\nFrom: b@x\r\n\r\n", "From"),
+    (b"From: a@x\r\nBcc: b@x\r\nBcc: c@x\r\nReceived: 1\r\nReceived: 2\r\nX-A: 1\r\nX-A: 2\r\n\r\n", None),
+])
+def test_fields_allowed_once(raw, refused):
+    from gateway import headers
+
+    fields = headers.split_header(raw, 4096).fields
+    if refused is None:
+        headers.check_single(fields)
+        return
+    with pytest.raises(SMTPError) as err:
+        headers.check_single(fields)
+    assert (err.value.code, err.value.enhanced) == (550, "5.6.0") and f"one {refused} header" in err.value.public

@@ -9,7 +9,8 @@ import pytest
 from gateway import verp
 from gateway.errors import SMTPError
 from gateway.store.queue import QueueIds
-from gateway.submission import policy
+from gateway.submission import policy, replies
+from gateway.submission.protocol import LogThrottle
 from gateway.submission.ratelimit import BUSY, Attempt, AuthCooldown, ConnectionCounter, RateLimiter
 
 
@@ -42,6 +43,33 @@ class Clock:
 ])
 def test_mailbox_grammar(address, ok):
     assert (policy.mailbox_problem(address) is None) is ok
+
+
+@pytest.mark.parametrize("address, problem", [
+    ("jörg@example.com", None),
+    ("用户@例子.广告", None),
+    ("jörg@Bücher.example", None),               # UTS #46 maps the capital
+    ('"jö rg"@example.com', None),
+    ("app@example.com", None),
+    ("a\u00a0b@example.com", "not an RFC 5321 mailbox"),   # white space is not atext
+    ("a\x85b@example.com", "not an RFC 5321 mailbox"),     # nor a C1 control
+    ("jörg@exa mple.example", "not an RFC 5321 mailbox"),
+    ("jörg@bü cher.example", "domain is not a valid internationalised domain name"),
+    ("jörg@-bücher.example", "domain is not a valid internationalised domain name"),
+    ("ö" * 33 + "@example.com", "local part longer than 64 octets"),  # 66 octets in UTF-8
+])
+def test_mailbox_grammar_with_smtputf8(address, problem):
+    assert policy.mailbox_problem(address, utf8=True) == problem
+
+
+def test_non_ascii_address_needs_smtputf8():
+    with pytest.raises(SMTPError) as err:
+        policy.check_recipient_syntax("jörg@example.com")
+    assert (err.value.code, err.value.enhanced) == (553, "5.6.7")
+    with pytest.raises(SMTPError) as err:
+        policy.check_sender_syntax("jörg@example.com")
+    assert (err.value.code, err.value.enhanced) == (553, "5.6.7")
+    policy.check_recipient_syntax("jörg@example.com", utf8=True)
 
 
 def test_sender_checks():
@@ -84,6 +112,7 @@ def test_account_ok():
     (policy.check_line_endings, (b"a\r\r\n",), 550, "5.6.0"),
     (policy.check_line_endings, (b"a\x00b\r\n",), 550, "5.6.0"),
     (policy.check_command_argument, ("FROM:<a\rb@x>",), 501, "5.5.2"),
+    (policy.check_command_argument, (b"NOOP \x00",), 501, "5.5.2"),
 ])
 def test_refusal_codes(fn, args, code, enhanced):
     with pytest.raises(SMTPError) as err:
@@ -206,3 +235,45 @@ def test_connection_counter():
     assert c.admit("c") == "total"
     c.release("a")
     assert c.admit("c") is None and c.total == 3
+
+
+def test_log_throttle_counts_what_it_held_back():
+    throttle = LogThrottle(60.0, max_keys=4)
+    assert throttle.allow("a", now=0.0) == 0
+    assert throttle.allow("a", now=1.0) is None and throttle.allow("a", now=2.0) is None
+    assert throttle.allow("b", now=2.0) == 0
+    assert throttle.allow("a", now=61.0) == 2
+    for key in "cdefgh":  # bounded: old keys are forgotten, not kept forever
+        throttle.allow(key, now=62.0)
+    assert len(throttle._last) <= 4
+
+
+@pytest.mark.parametrize("line, step, expected", [
+    (b"503 Error: need RCPT command", "DATA", b"503 5.5.1 Need RCPT command first"),
+    (b"501 Syntax: MAIL FROM: <address> [SP <mail-parameters>]", "MAIL", b"501 5.5.4 Syntax: MAIL FROM: <address> [SP <mail-parameters>]"),
+    (b'500 Error: command "XYZZY" not recognized', "COMMAND", b"500 5.5.1 Command unrecognized"),
+    (b"502 Could not VRFY <evil\x1b[31m>", "VRFY", b"502 5.5.4 Cannot VRFY that address"),
+    (b"553 5.1.3 Error: malformed address", "MAIL", b"501 5.1.7 Syntax error in sender address"),
+    (b"553 5.1.3 Error: malformed address", "RCPT", b"501 5.1.3 Syntax error in recipient address"),
+    (b"250 OK", "NOOP", b"250 2.0.0 OK"),
+    (b"599 Something new", "NOOP", b"599 5.0.0 Something new"),          # a line we do not know yet
+    (b"550 5.7.1 Already has one", "MAIL", b"550 5.7.1 Already has one"),  # ours: unchanged
+    (b"334 VXNlcm5hbWU6", "AUTH", b"334 VXNlcm5hbWU6"),                     # continuations carry none
+])
+def test_aiosmtpd_replies_get_enhanced_codes(line, step, expected):
+    assert replies.enhance(line, step) == expected
+
+
+def test_every_literal_aiosmtpd_reply_is_mapped():
+    """aiosmtpd's own reply texts (read from its source) all come out with an enhanced code."""
+    import re
+    from pathlib import Path
+
+    import aiosmtpd.smtp
+
+    source = Path(aiosmtpd.smtp.__file__).read_text()
+    literals = {m.group(2) for m in re.finditer(r"""push\(\s*f?(['"])([2-5]\d\d [^'"{]*)\1""", source)}
+    assert len(literals) > 30
+    for text in literals:
+        out = replies.enhance(text.encode(), "MAIL")
+        assert replies.enhanced_code(out) or out.startswith((b"354", b"334")), (text, out)

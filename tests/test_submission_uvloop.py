@@ -7,6 +7,7 @@ import asyncio
 
 import aiosmtplib
 import uvloop
+from structlog.testing import capture_logs
 
 from tests.support.submission import message, submission_listener
 
@@ -44,9 +45,14 @@ def test_failed_handshake_closes_only_that_connection_on_uvloop(tmp_path):
                 assert line.startswith(b"250-")
             writer.write(b"STARTTLS\r\n")
             assert (await reader.readline()).startswith(b"220")
-            writer.write(b"this is not a TLS ClientHello\r\n" * 4)
-            assert await asyncio.wait_for(reader.read(), 10) == b""  # the server closed it
+            with capture_logs() as logs:
+                writer.write(b"this is not a TLS ClientHello\r\n" * 4)
+                assert await asyncio.wait_for(reader.read(), 10) == b""  # the server closed it
             writer.close()
+            # The client's fault: one info line naming it, nothing at error level.
+            assert [e for e in logs if e["log_level"] == "error"] == []
+            [failed] = [e for e in logs if e["event"] == "submission_tls_failed"]
+            assert failed["log_level"] == "info" and failed["client"] == "127.0.0.1"
             # The listener still serves the next client.
             async with sub.client() as smtp:
                 errors, _ = await smtp.sendmail("app@example.com", ["bob@example.org"], message())

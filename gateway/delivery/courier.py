@@ -162,6 +162,10 @@ class SmtpSession:
                                         self.remote, 553)
                 return {r: reply for r in envelope.rcpts}
             options, encoding = ["SMTPUTF8"], "utf-8"
+        elif smtp.supports("smtputf8") and not data[:data.find(b"\r\n\r\n") + 2].isascii():
+            # UTF-8 header fields (RFC 6532) travel under SMTPUTF8 where it is offered; elsewhere as
+            # 8-bit data, as Postfix sends mail its client did not flag SMTPUTF8.
+            options = ["SMTPUTF8"]
         if smtp.supports("8bitmime") and not data.isascii():
             options.append("BODY=8BITMIME")
         if smtp.supports("size"):

@@ -5,13 +5,18 @@
           gives the slot back; while every slot is being checked the next attempt waits), so
           parallel sessions get no more guesses than the limit; a login or an address over its
           limit gets 454 4.7.0 for the cool-down without its password being looked at.
-    MAIL  syntax, account (use case, tenant, domain), envelope sender, SIZE, quota, rate limit
+    EHLO  aiosmtpd's extensions plus PIPELINING and ENHANCEDSTATUSCODES
+    MAIL  syntax (UTF-8 only with SMTPUTF8), account (use case, tenant, domain), envelope sender,
+          SIZE, quota, rate limit
     RCPT  syntax, recipient limit (452 for the excess), duplicates collapsed
-    DATA  bare CR/LF and NUL, header size, Received count, From header, prepare, queue.put
-          (committed, group commit) and only then 250
+    DATA  bare CR/LF and NUL, header size, Received count, fields RFC 5322 allows once, From
+          header, prepare, queue.put (committed, group commit) and only then 250, whatever the
+          bookkeeping after the commit does
 
-Every refusal is an ``SMTPError``: the client gets its public text, the log its reason. Anything
-unexpected is logged with its traceback and answered 451 4.3.0: exception text never reaches a client.
+Every refusal is an ``SMTPError``: the client gets its public text, the log its reason (``_refuse``
+logs and counts it; the protocol accounts for the refusals aiosmtpd makes itself). Anything
+unexpected before the commit is logged with its traceback and answered 451 4.3.0: exception text
+never reaches a client.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from typing import Any
 import structlog
 from aiosmtpd.smtp import MISSING, AuthResult
 
+from .. import headers
 from ..config import SubmissionConfig
 from ..errors import SMTPError, StorageFull
 from ..metrics import Metrics
@@ -96,6 +102,7 @@ class SubmissionHandler:
         auth = server.session.auth_data if server.session else None
         log.info("submission_refused", step=step, code=err.code, enhanced=err.enhanced, reason=err.reason,
                  client=client_ip(server), usecase=(auth or {}).get("usecase") or (auth or {}).get("name"))
+        server.accounted = True  # the protocol does not log this reply a second time
         return err.reply
 
     async def _context(self, server: Any) -> dict[str, Any]:
@@ -189,11 +196,17 @@ class SubmissionHandler:
                  tenant=result.get("tenant"))
         return AuthResult(success=True, auth_data=result, message=AUTH_OK)
 
-    # ------------------------------------------------------------------ MAIL, RCPT
+    # ------------------------------------------------------------------ EHLO, MAIL, RCPT
+
+    async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]) -> list[str]:  # noqa: N802
+        """RFC 2920 PIPELINING (commands are read and answered strictly in order, so a client may send
+        them in groups) and RFC 2034 ENHANCEDSTATUSCODES (every reply has one; see replies.py)."""
+        session.host_name = hostname  # aiosmtpd leaves this to an EHLO hook
+        return responses[:-1] + ["250-PIPELINING", "250-ENHANCEDSTATUSCODES"] + responses[-1:]
 
     async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str, mail_options: list[str]) -> str:  # noqa: N802
         try:
-            policy.check_sender_syntax(address)
+            policy.check_sender_syntax(address, utf8=envelope.smtp_utf8)
             ctx = await self._context(server)
             policy.check_account(ctx)
             policy.check_envelope_sender(address, ctx.get("senders") or ())
@@ -213,7 +226,7 @@ class SubmissionHandler:
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]) -> str:  # noqa: N802
         try:
-            policy.check_recipient_syntax(address)
+            policy.check_recipient_syntax(address, utf8=envelope.smtp_utf8)
             key = policy.normalise(address)
             if key in envelope.seen:
                 return "250 2.1.5 Recipient OK (duplicate)"
@@ -252,6 +265,7 @@ class SubmissionHandler:
             raise policy.message_too_big(cfg.max_message_size)
         found = prepare.inspect(data, max_header_bytes=cfg.max_header_bytes)
         policy.check_received_count(found.received, cfg.max_received_headers)
+        headers.check_single(found.parsed.fields)
         if found.from_fields != 1:
             raise SMTPError(550, "5.6.0", "Message must have exactly one From header", f"{found.from_fields} From headers")
         ctx = envelope.ctx
@@ -268,17 +282,31 @@ class SubmissionHandler:
             message_id=message_id, body=body, recipients=list(envelope.rcpt_tos), parents=found.parents, client=ip,
             lifetime=self.lifetime, now=now,
         ))
-        # Committed: from here on the message is ours.
-        self.quota.accepted(ctx["tenant_id"])
-        elapsed = time.perf_counter() - started
-        self.metrics.messages_received.inc()
-        self.metrics.submission_accept_seconds.observe(elapsed)
-        self.metrics.message_size.observe(len(body))
-        log.info("queued", queue_id=queue_id, tenant=ctx.get("tenant"), usecase=ctx.get("usecase") or ctx.get("name"),
-                 mail_from=envelope.mail_from, recipients=len(envelope.rcpt_tos), size=len(body), message_id=message_id,
-                 client=ip, held=result.get("hold_reason") or None, delay=round(elapsed, 4))
-        if result.get("hold_reason"):
-            log.info("held", queue_id=queue_id, reason=result["hold_reason"], recipients=len(envelope.rcpt_tos))
-        if self.on_queued is not None:
-            self.on_queued(queue_id)
+        # Committed: from here on the message is ours, and the answer is 250 whatever fails below
+        # (a 451 now would make the client send it again: a duplicate).
+        self._after_commit(server, envelope, ctx, queue_id, message_id, body, result, started)
         return f"250 2.0.0 Ok: queued as {queue_id}"
+
+    def _after_commit(self, server: Any, envelope: Any, ctx: dict[str, Any], queue_id: str, message_id: str, body: bytes,
+                      result: dict[str, Any], started: float) -> None:
+        """Bookkeeping for a committed message. Delivery is told first; each part fails on its own."""
+        if self.on_queued is not None:
+            try:
+                self.on_queued(queue_id)
+            except Exception as exc:  # noqa: BLE001 - the message is queued; the scheduler's own poll finds it
+                log.error("submission_after_commit_failed", part="notify", queue_id=queue_id, error_type=type(exc).__name__,
+                          exc_info=exc)
+        try:
+            self.quota.accepted(ctx["tenant_id"])
+            elapsed = time.perf_counter() - started
+            self.metrics.messages_received.inc()
+            self.metrics.submission_accept_seconds.observe(elapsed)
+            self.metrics.message_size.observe(len(body))
+            log.info("queued", queue_id=queue_id, tenant=ctx.get("tenant"), usecase=ctx.get("usecase") or ctx.get("name"),
+                     mail_from=envelope.mail_from, recipients=len(envelope.rcpt_tos), size=len(body), message_id=message_id,
+                     client=client_ip(server), held=result.get("hold_reason") or None, delay=round(elapsed, 4))
+            if result.get("hold_reason"):
+                log.info("held", queue_id=queue_id, reason=result["hold_reason"], recipients=len(envelope.rcpt_tos))
+        except Exception as exc:  # noqa: BLE001 - counting and logging must not turn a queued message into a 451
+            log.error("submission_after_commit_failed", part="metrics", queue_id=queue_id, error_type=type(exc).__name__,
+                      exc_info=exc)

@@ -6,14 +6,16 @@ the answer: account and sender at MAIL, recipients at RCPT, content at the final
 
     code  enhanced  when
     501   5.5.2     CR, LF or NUL inside a command argument
-    553   5.1.7     malformed sender address (RFC 5321 grammar, lengths)
+    553   5.1.7     malformed sender address (RFC 5321 grammar, RFC 6531 with SMTPUTF8, lengths)
     553   5.1.3     malformed recipient address
+    553   5.6.7     non-ASCII address in a transaction that did not declare SMTPUTF8
     553   5.7.1     MAIL FROM or header From not one of the use case's senders
     550   5.7.1     use case / tenant / outbound disabled, domain not verified or failing
     451   4.7.0     use case's rate limit reached
     452   4.5.3     tenant's monthly quota reached; recipients beyond the limit
     552   5.3.4     SIZE or message (or its header) over the limit
-    550   5.6.0     bare CR or LF, NUL in the message; no or several From headers
+    550   5.6.0     bare CR or LF, NUL in the message; no From header; a field RFC 5322 allows once
+                    given twice; a field we read that is not UTF-8 (gateway/headers.py)
     554   5.4.6     too many Received headers (a loop)
 """
 
@@ -23,54 +25,82 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import idna
+
 from ..errors import SMTPError
 
-_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
+# RFC 5321 4.1.2, extended by RFC 6531 3.3: atext and qtext also take any non-ASCII character
+# (UTF8-non-ascii; we leave out C1 controls and Unicode white space), sub-domain takes U-labels
+# (checked through their A-label form, IDNA 2008 with UTS #46 mapping as gateway/domains/names.py).
+_UTF8 = r"[^\x00-\x9f\s\ufeff]"
+_ATEXT = rf"(?:[A-Za-z0-9!#$%&'*+/=?^_`{{|}}~-]|{_UTF8})"
 _DOT_STRING = rf"{_ATEXT}+(?:\.{_ATEXT}+)*"
-_QUOTED = r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*"'
+_QUOTED = rf'"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|{_UTF8}|\\[\x20-\x7e])*"'
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _DOMAIN = rf"{_LABEL}(?:\.{_LABEL})*"
 _LITERAL = r"\[[\x21-\x5a\x5e-\x7e]+\]"
-MAILBOX = re.compile(rf"^(?:{_DOT_STRING}|{_QUOTED})@(?:{_DOMAIN}|{_LITERAL})$")
+LOCAL_PART = re.compile(rf"^(?:{_DOT_STRING}|{_QUOTED})$")
+DOMAIN = re.compile(rf"^(?:{_DOMAIN}|{_LITERAL})$")
 
 MAX_LOCAL = 64
 MAX_DOMAIN = 255
 MAX_PATH = 254
 _FORBIDDEN = ("\r", "\n", "\x00")
+_FORBIDDEN_BYTES = tuple(c.encode() for c in _FORBIDDEN)
+NEEDS_SMTPUTF8 = "non-ASCII address without SMTPUTF8"
 
 
-def check_command_argument(arg: str | None) -> None:
+def check_command_argument(arg: str | bytes | None) -> None:
     """Nothing but the line's own CRLF may end a command: no CR, LF or NUL inside it (smuggling)."""
-    if arg and any(c in arg for c in _FORBIDDEN):
+    if not arg:
+        return
+    forbidden = _FORBIDDEN_BYTES if isinstance(arg, bytes) else _FORBIDDEN
+    if any(c in arg for c in forbidden):
         raise SMTPError(501, "5.5.2", "CR, LF and NUL are not allowed in commands", "control character in command argument")
 
 
-def mailbox_problem(address: str) -> str | None:
-    """Why ``address`` is not an RFC 5321 Mailbox (ASCII, no SMTPUTF8), or None when it is one."""
+def mailbox_problem(address: str, *, utf8: bool = False) -> str | None:
+    """Why ``address`` is not an RFC 5321 Mailbox (RFC 6531 when ``utf8``), or None when it is one.
+
+    Lengths are octets of the UTF-8 form, the domain's in its A-label form (what DNS and the
+    remote's limits see)."""
     if any(c in address for c in _FORBIDDEN):
         return "CR, LF or NUL in address"
-    if len(address) > MAX_PATH:
+    if not address.isascii() and not utf8:
+        return NEEDS_SMTPUTF8
+    if len(address.encode("utf-8")) > MAX_PATH:
         return f"address longer than {MAX_PATH} octets"
-    local, _, domain = address.rpartition("@")
-    if len(local) > MAX_LOCAL:
+    local, at, domain = address.rpartition("@")
+    if not at:
+        return "not an RFC 5321 mailbox"
+    if len(local.encode("utf-8")) > MAX_LOCAL:
         return f"local part longer than {MAX_LOCAL} octets"
+    if not domain.isascii():
+        try:
+            domain = idna.encode(domain, uts46=True).decode("ascii")
+        except (idna.IDNAError, UnicodeError, ValueError):
+            return "domain is not a valid internationalised domain name"
     if len(domain) > MAX_DOMAIN:
         return f"domain longer than {MAX_DOMAIN} octets"
-    if not MAILBOX.match(address):
+    if not (LOCAL_PART.match(local) and DOMAIN.match(domain)):
         return "not an RFC 5321 mailbox"
     return None
 
 
-def check_sender_syntax(address: str) -> None:
-    problem = mailbox_problem(address)
+def _check_syntax(address: str, utf8: bool, what: str, enhanced: str, public: str) -> None:
+    problem = mailbox_problem(address, utf8=utf8)
+    if problem == NEEDS_SMTPUTF8:
+        raise SMTPError(553, "5.6.7", "Must declare SMTPUTF8 to send a non-ASCII address", f"{what} {address!r}: {problem}")
     if problem:
-        raise SMTPError(553, "5.1.7", "Sender address is not valid", f"MAIL FROM {address!r}: {problem}")
+        raise SMTPError(553, enhanced, public, f"{what} {address!r}: {problem}")
 
 
-def check_recipient_syntax(address: str) -> None:
-    problem = mailbox_problem(address)
-    if problem:
-        raise SMTPError(553, "5.1.3", "Recipient address is not valid", f"RCPT TO {address!r}: {problem}")
+def check_sender_syntax(address: str, *, utf8: bool = False) -> None:
+    _check_syntax(address, utf8, "MAIL FROM", "5.1.7", "Sender address is not valid")
+
+
+def check_recipient_syntax(address: str, *, utf8: bool = False) -> None:
+    _check_syntax(address, utf8, "RCPT TO", "5.1.3", "Recipient address is not valid")
 
 
 def normalise(address: str) -> str:

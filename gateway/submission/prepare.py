@@ -11,7 +11,9 @@ added at delivery) intact and is quick (a few microseconds for a typical message
                            Bcc: removed (every one)
 
 ``inspect`` reads what policy needs first (From addresses, Received count, Message-ID,
-In-Reply-To/References), so the listener can refuse before doing any work.
+In-Reply-To/References), so the listener can refuse before doing any work. Fields are split and
+their values decoded by ``gateway/headers.py``: a field read here whose bytes are not UTF-8 is
+refused there (550 5.6.0 naming it), so no surrogate-escaped text reaches policy or the store.
 """
 
 from __future__ import annotations
@@ -21,31 +23,13 @@ import time
 from dataclasses import dataclass
 from email.utils import formatdate, getaddresses
 
-from ..errors import SMTPError
+from ..headers import CRLF, Field, Parsed, message_ids, split_header
 
-CRLF = b"\r\n"
-_FIELD_NAME = re.compile(rb"^[\x21-\x39\x3b-\x7e]+$")  # RFC 5322 ftext: printable ASCII but ':'
-_MSGID = re.compile(r"<([^<>\s]{1,500})>")
+__all__ = ["CRLF", "Field", "Parsed", "Inspected", "inspect", "message_ids", "prepare", "received_header", "safe_helo",
+           "split_header"]
+
 MAX_PARENTS = 30
 _HELO_SAFE = re.compile(r"[^A-Za-z0-9.\-\[\]:_]")
-
-
-@dataclass(frozen=True)
-class Field:
-    name: bytes   # lower-cased
-    raw: bytes    # the whole field, folded lines and final CRLF included
-
-    @property
-    def value(self) -> str:
-        """Unfolded value, decoded leniently (8-bit bytes survive as surrogates)."""
-        _, _, value = self.raw.partition(b":")
-        return value.replace(b"\r\n", b"").decode("utf-8", "surrogateescape").strip()
-
-
-@dataclass(frozen=True)
-class Parsed:
-    fields: list[Field]
-    body: bytes          # everything after the header block, blank separator line included (may be b"")
 
 
 @dataclass(frozen=True)
@@ -57,51 +41,6 @@ class Inspected:
     message_id: str | None   # without <>, when the client set one we can use
     parents: tuple[str, ...]  # In-Reply-To then References newest first, without <>
     has_date: bool
-
-
-def split_header(data: bytes, max_header_bytes: int) -> Parsed:
-    """Split ``data`` (CRLF lines) into header fields and body.
-
-    The header ends at the first empty line; a line that is neither a field nor a continuation also
-    ends it (like Postfix, the rest is body, and a blank line is put before it so the message stays
-    well-formed). A header block over ``max_header_bytes`` is refused with 552 5.3.4.
-    """
-    fields: list[Field] = []
-    pos, n = 0, len(data)
-    current: list[bytes] = []
-    current_name = b""
-    body = b""
-    while pos < n:
-        end = data.find(CRLF, pos)
-        end = n if end < 0 else end + 2
-        line = data[pos:end]
-        if line in (CRLF, b""):
-            body = data[pos:]
-            break
-        if line[:1] in (b" ", b"\t") and current:
-            current.append(line)
-        else:
-            name, colon, _ = line.partition(b":")
-            name = name.rstrip(b" \t")
-            if not colon or not _FIELD_NAME.match(name):
-                body = CRLF + data[pos:]
-                break
-            if current:
-                fields.append(Field(current_name, b"".join(current)))
-            current, current_name = [line], name.lower()
-        pos = end
-        if pos > max_header_bytes:
-            raise SMTPError(552, "5.3.4", "Message header too large", f"header block over {max_header_bytes} bytes")
-    if current:
-        fields.append(Field(current_name, b"".join(current)))
-    if fields and not fields[-1].raw.endswith(CRLF):
-        fields[-1] = Field(fields[-1].name, fields[-1].raw + CRLF)
-    return Parsed(fields, body)
-
-
-def message_ids(value: str) -> list[str]:
-    """The msg-ids in a Message-ID / In-Reply-To / References value, without <>."""
-    return _MSGID.findall(value)
 
 
 def inspect(data: bytes, *, max_header_bytes: int) -> Inspected:

@@ -17,6 +17,8 @@ the listener in TLS; ``users={"name": "password"}`` enables AUTH PLAIN/LOGIN (af
 SendGrid's ``apikey``); each message records the login and the password its session authenticated with.
 ``stall_auth="username" | "password" | "plain"`` answers nothing once that AUTH step arrived (LOGIN
 after the username or after the password, PLAIN after its blob) until the client gives up.
+``smtputf8=True`` offers SMTPUTF8 (RFC 6531), and a message's ``smtputf8`` says whether its MAIL FROM
+carried the parameter.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class Received:
     tls: bool
     auth_user: str | None = None
     auth_password: str | None = None   # which of the user's passwords the session authenticated with
+    smtputf8: bool = False
 
 
 def self_signed_context(directory: Path, name: str = "sink.test") -> ssl.SSLContext:
@@ -165,6 +168,7 @@ class Sink:
             connection=session.connection_number, tls=session.tls,
             auth_user=session.auth_data.login.decode() if isinstance(session.auth_data, LoginPassword) else None,
             auth_password=session.auth_data.password.decode() if isinstance(session.auth_data, LoginPassword) else None,
+            smtputf8=envelope.smtp_utf8,
         ))
         await self._notify()
         return "250 2.0.0 OK queued"
@@ -224,11 +228,12 @@ class _Session(SMTP):
 @contextlib.asynccontextmanager
 async def mail_sink(*, starttls: bool = False, implicit_tls: bool = False,
                     users: dict[str, str | tuple[str, ...]] | None = None, host: str = "127.0.0.1",
-                    pipelining: bool = False, stall_auth: str | None = None) -> AsyncIterator[Sink]:
+                    pipelining: bool = False, stall_auth: str | None = None, smtputf8: bool = False) -> AsyncIterator[Sink]:
     sink = StallingSink(users, pipelining, stall_auth) if stall_auth else Sink(users, pipelining)
     with tempfile.TemporaryDirectory() as tmp:
         ctx = self_signed_context(Path(tmp)) if (starttls or implicit_tls or users) else None
-        kwargs: dict = {"hostname": "sink.test", "ident": "sink", "data_size_limit": 50 * 1024 * 1024}
+        kwargs: dict = {"hostname": "sink.test", "ident": "sink", "data_size_limit": 50 * 1024 * 1024,
+                        "enable_SMTPUTF8": smtputf8}
         if ctx is not None and not implicit_tls:
             kwargs["tls_context"] = ctx
         if users:

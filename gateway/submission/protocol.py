@@ -1,0 +1,366 @@
+"""One submission connection: aiosmtpd's ``SMTP`` protocol, adapted where it must not decide for us.
+
+aiosmtpd parses commands, runs the SMTP state machine and reads DATA; this subclass takes over the
+edges where its defaults are wrong for a listener facing the internet:
+
+- Command lines are read here (``_next_command``), not in aiosmtpd's loop, so every line is checked
+  before dispatch: CRLF ending only (RFC 5321 2.3.8: a bare LF is refused, 500 5.5.2), length, no CR
+  or NUL inside, valid UTF-8 (SMTPUTF8 is offered). At debug level each line is logged, AUTH
+  arguments masked.
+- AUTH prompts are answered through the same bounded line reading (``challenge_auth``): an over-long
+  answer is ``500 5.5.6`` (RFC 4954), not a ValueError from asyncio's readline.
+- Any exception from aiosmtpd's address parsing is a syntax error (``_getaddr``), never a traceback.
+- Every reply passes through ``push``: aiosmtpd's own lines get enhanced status codes
+  (``replies.enhance``) and every refusal, whoever made it, is logged once and counted. After
+  ``MAX_ERRORS`` protocol errors (refusals other than policy's and AUTH verdicts: bad lines, syntax,
+  commands out of sequence) the session is closed with 421 4.7.0, which also bounds the log lines
+  one connection can cause.
+- Plaintext pipelined behind STARTTLS (RFC 3207 4) is refused (554 5.5.1), and a TLS handshake
+  that fails after STARTTLS closes the connection: one rate-limited info line either way, since it
+  is the client's fault, not an internal error.
+
+Nothing a client sends should reach ``handle_exception``; if something does, the client gets
+``451 4.3.0`` and the log the traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import binascii
+import time
+from base64 import b64decode, b64encode
+from typing import Any
+
+import structlog
+from aiosmtpd.smtp import MISSING, SMTP, Session, TLSSetupException, sanitize
+
+from ..errors import SMTPError
+from . import policy, replies
+
+log = structlog.get_logger("submission")
+
+SHUTDOWN_REPLY = b"421 4.3.2 Service shutting down, try again later"
+MAX_ERRORS = 10             # protocol errors before the session is closed (as Postfix's smtpd_hard_error_limit)
+TOO_MANY_ERRORS = b"421 4.7.0 Too many errors, closing connection"
+_GREETING_STEPS = (None, "HELO", "EHLO")  # their 2xx replies carry no enhanced code (RFC 2034)
+# AUTH verdicts: counted here, logged by the authentication code (auth_failed, auth_refused_cooldown).
+_AUTH_VERDICTS = (b"535", b"454")
+
+
+class _Session(Session):
+    """aiosmtpd's Session logs a deprecation warning whenever login_data is set; we keep it quiet."""
+
+    login_data = None  # plain attribute instead of the warning property
+
+
+class LogThrottle:
+    """At most one log line per key per ``interval`` seconds; the lines held back are counted into the next.
+
+    Bounded: past ``max_keys`` remembered keys the oldest half is forgotten."""
+
+    def __init__(self, interval: float, max_keys: int = 4096):
+        self.interval = interval
+        self.max_keys = max_keys
+        self._last: dict[str, tuple[float, int]] = {}
+
+    def allow(self, key: str, now: float | None = None) -> int | None:
+        """None: stay quiet; else the number of lines suppressed since the last one logged."""
+        now = time.monotonic() if now is None else now
+        last, suppressed = self._last.get(key, (None, 0))
+        if last is not None and now - last < self.interval:
+            self._last[key] = (last, suppressed + 1)
+            return None
+        if len(self._last) >= self.max_keys:
+            for old in list(self._last)[: self.max_keys // 2]:
+                del self._last[old]
+        self._last[key] = (now, 0)
+        return suppressed
+
+
+def _is_uvloop(loop: asyncio.AbstractEventLoop) -> bool:
+    return type(loop).__module__.startswith("uvloop")
+
+
+class _TlsUp:
+    """Stands where aiosmtpd keeps its SSLProtocol once STARTTLS is done: it only reads ``_extra``."""
+
+    def __init__(self, transport: asyncio.BaseTransport):
+        self._extra = {key: transport.get_extra_info(key) for key in
+                       ("sslcontext", "ssl_object", "peercert", "cipher", "compression", "peername", "sockname")}
+
+
+class SubmissionSMTP(SMTP):
+    """One client connection. ``owner`` is the SubmissionServer (limits, metrics, the session set)."""
+
+    def __init__(self, handler: Any, *, owner: Any, implicit_tls: bool, **kwargs: Any):
+        super().__init__(handler, **kwargs)
+        self.owner = owner
+        self.implicit_tls = implicit_tls
+        self.busy = False
+        self.closing = False
+        self.step: str | None = None   # the command being answered: the refusal's step in logs and metrics
+        self.accounted = False         # the handler logged and counted the refusal about to be pushed
+        self.errors = 0                # protocol errors so far (refusals not made by policy)
+        if implicit_tls:
+            # The whole connection is TLS: AUTH is allowed at once (aiosmtpd only knows STARTTLS).
+            self._auth_require_tls = False
+
+    def _create_session(self) -> Session:
+        return _Session(self.loop)
+
+    @property
+    def client(self) -> str:
+        peer = self.session.peer if self.session else None
+        return str(peer[0]) if isinstance(peer, tuple) else str(peer or "unknown")
+
+    def tls_description(self) -> str | None:
+        transport = self.transport
+        sslobj = transport.get_extra_info("ssl_object") if transport is not None else None
+        if sslobj is None:
+            return None
+        cipher = sslobj.cipher()
+        return f"version={sslobj.version()} cipher={cipher[0] if cipher else '?'}"
+
+    # ------------------------------------------------------------------ the connection
+
+    async def _handle_client(self) -> None:
+        ip = self.client
+        refused = self.owner.counter.admit(ip)
+        if refused:
+            log.warning("submission_connection_refused", client=ip, limit=refused)
+            self.owner.metrics.submission_refusals.labels(step="CONNECT", code="421").inc()
+            self.step, self.accounted = "CONNECT", True
+            await self.push("421 4.7.0 Too many connections, try again later")
+            self.transport.close()
+            return
+        self.owner.sessions.add(self)
+        self.owner.metrics.submission_connections.inc()
+        timer = self.loop.call_later(self.owner.config.session_timeout, self._session_expired)
+        try:
+            await self._serve()
+        finally:
+            timer.cancel()
+            self.owner.counter.release(ip)
+            self.owner.metrics.submission_connections.dec()
+            self.owner.session_ended(self)
+
+    async def _serve(self) -> None:
+        """Greet, then read and dispatch commands until the connection ends."""
+        await self.push(f"220 {self.hostname} {self.__ident__}")
+        while self.transport is not None:
+            try:
+                command = await self._next_command()
+                if command is None:
+                    continue
+                verb, arg = command
+                self._reset_timeout()
+                await self._smtp_methods[verb](arg)
+            except asyncio.CancelledError:
+                self._writer.close()
+                raise
+            except (ConnectionError, asyncio.IncompleteReadError):
+                self._writer.close()
+                return
+            except TLSSetupException as exc:
+                self._tls_failed(exc)
+                return
+            except Exception as exc:  # noqa: BLE001 - our bug, not the client's: 451, the traceback to the log
+                status = await self.handle_exception(exc)
+                if self.transport is not None:
+                    await self.push(status)
+
+    async def _read_line(self) -> bytes | None:
+        """The next line up to LF (at most the reader's limit), or None when it was longer (discarded)."""
+        try:
+            return await self._reader.readuntil(b"\n")
+        except asyncio.LimitOverrunError as exc:
+            consumed = exc.consumed
+        while True:  # drop the rest of the over-long line, in bounded pieces
+            await self._reader.read(consumed)
+            try:
+                await self._reader.readuntil(b"\n")
+                return None
+            except asyncio.LimitOverrunError as exc:
+                consumed = exc.consumed
+
+    async def _next_command(self) -> tuple[str, str | None] | None:
+        """(verb, argument) of the next acceptable command line; None when the line was refused."""
+        self.step = "COMMAND"
+        line = await self._read_line()
+        if line is None:
+            return await self._bad_line("500 5.5.2 Command line too long")
+        log.debug("submission_command", client=self.client, line=sanitize(line).rstrip(b"\r\n").decode("utf-8", "replace"))
+        verb_bytes = line.split(b" ", 1)[0].rstrip(b"\r\n").upper()
+        verb = verb_bytes.decode("ascii") if verb_bytes.isalpha() and verb_bytes.isascii() else ""
+        if verb in self._smtp_methods:
+            self.step = verb
+        if not line.endswith(b"\r\n"):
+            return await self._bad_line("500 5.5.2 Command line must end with CRLF (RFC 5321 2.3.8)")
+        content = line[:-2]
+        try:
+            policy.check_command_argument(content)
+        except SMTPError as err:
+            return await self._bad_line(err.reply)
+        if not content:
+            return await self._bad_line("500 5.5.2 Syntax error, empty command")
+        if not verb:
+            return await self._bad_line("500 5.5.2 Syntax error, command unrecognized")
+        if verb not in self._smtp_methods:
+            return await self._bad_line("500 5.5.1 Command unrecognized")
+        _, _, arg_bytes = content.partition(b" ")
+        arg_bytes = arg_bytes.strip()
+        try:
+            arg = arg_bytes.decode("utf-8") if arg_bytes else None
+        except UnicodeDecodeError:
+            return await self._bad_line("501 5.5.2 Command is not valid UTF-8")
+        return verb, arg
+
+    async def _bad_line(self, reply: str) -> None:
+        """Refuse a command line (not dispatched)."""
+        await self.push(reply)
+        return None
+
+    def _session_expired(self) -> None:
+        log.info("submission_session_expired", client=self.client, limit=self.owner.config.session_timeout)
+        if self.transport is not None:
+            self.transport.write(b"421 4.4.2 Session time limit reached\r\n")
+            self.transport.close()
+
+    def _tls_failed(self, why: TLSSetupException | str) -> None:
+        """STARTTLS went wrong by the client's doing: one rate-limited info line, the connection closed."""
+        if isinstance(why, str):
+            error, exc = why, None
+        else:
+            cause = why.__cause__
+            error, exc = getattr(cause, "reason", None) or type(cause).__name__, why
+        suppressed = self.owner.tls_failures.allow(self.client)
+        if suppressed is not None:
+            log.info("submission_tls_failed", client=self.client, error=error, suppressed=suppressed)
+        if self.transport is None:
+            return
+        if exc is None:
+            self.owner.metrics.submission_refusals.labels(step="STARTTLS", code="554").inc()
+            self.transport.write(b"554 5.5.1 Error: improper command pipelining after STARTTLS\r\n")
+            self.transport.close()
+        else:
+            self.transport.close()
+            # The TLS layer never connected us, so it will not tell us the connection is gone.
+            self.connection_lost(exc)
+
+    def shutdown(self) -> None:
+        """Daemon stopping: idle sessions are told 421 and closed now; a busy one after its reply."""
+        self.closing = True
+        if not self.busy and self.transport is not None:
+            self.transport.write(SHUTDOWN_REPLY + b"\r\n")
+            self.transport.close()
+
+    # ------------------------------------------------------------------ replies
+
+    async def push(self, status: Any) -> None:
+        if isinstance(status, str):
+            status = status.encode("utf-8")
+        if not (status[:1] == b"2" and self.step in _GREETING_STEPS):
+            status = replies.enhance(status, self.step)
+        protocol_error = status[:1] in b"45" and status[3:4] != b"-" and self._account(status)
+        self.accounted = False
+        await super().push(status)
+        if self.transport is None:
+            return
+        if protocol_error and self.errors >= MAX_ERRORS:
+            log.info("submission_too_many_errors", client=self.client, errors=self.errors)
+            self.owner.metrics.submission_refusals.labels(step=self.step or "COMMAND", code="421").inc()
+            self.transport.write(TOO_MANY_ERRORS + b"\r\n")
+            self.transport.close()
+        elif self.closing and not self.busy:
+            self.transport.write(SHUTDOWN_REPLY + b"\r\n")
+            self.transport.close()
+
+    def _account(self, status: bytes) -> bool:
+        """Every refusal is logged once and counted; the handler's own are already (``accounted``).
+        The rest are protocol errors, counted towards MAX_ERRORS: True for one of those."""
+        code = status[:3]
+        if self.accounted:
+            return False
+        step = self.step or "COMMAND"
+        self.owner.metrics.submission_refusals.labels(step=step, code=code.decode("ascii")).inc()
+        if step == "AUTH" and code in _AUTH_VERDICTS:
+            return False  # logged by the authentication code, and the cool-down bounds them
+        self.errors += 1
+        log.info("submission_refused", step=step, code=int(code), enhanced=replies.enhanced_code(status),
+                 reason=status[4:].decode("utf-8", "replace"), client=self.client)
+        return True
+
+    # ------------------------------------------------------------------ aiosmtpd's parsing, made total
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd parses paths with ``email._header_value_parser``, which raises more than the
+        HeaderParseError aiosmtpd expects (IndexError on ``<``, AttributeError on ``<a@[``): any
+        failure is an unparseable address, answered as a syntax error (replies._BY_STEP)."""
+        try:
+            return super()._getaddr(arg)
+        except Exception:  # noqa: BLE001 - whatever the parser trips on, the input was malformed
+            return None, None
+
+    async def challenge_auth(self, challenge: str | bytes, encode_to_b64: bool = True,
+                             log_client_response: bool = False) -> Any:
+        """334 prompt, then the client's answer read like a command line (bounded, CRLF): base64 bytes or MISSING."""
+        if isinstance(challenge, str):
+            challenge = challenge.encode()
+        await self.push(b"334 " + (b64encode(challenge) if encode_to_b64 else challenge))
+        line = await self._read_line()
+        if line is None:
+            await self.push("500 5.5.6 Authentication exchange line is too long")
+            return MISSING
+        if not line.endswith(b"\r\n"):
+            await self.push("500 5.5.2 Line must end with CRLF (RFC 5321 2.3.8)")
+            return MISSING
+        blob = line[:-2].strip()
+        if blob == b"*":
+            await self.push("501 5.7.0 Authentication aborted")
+            return MISSING
+        try:
+            return b64decode(blob, validate=True)
+        except (binascii.Error, ValueError):
+            await self.push("501 5.5.2 Cannot decode base64")
+            return MISSING
+
+    # ------------------------------------------------------------------ commands
+
+    async def smtp_STARTTLS(self, arg: str) -> None:  # noqa: N802 - aiosmtpd's naming
+        """aiosmtpd's STARTTLS, but through ``loop.start_tls``: with uvloop the TLS layer is its C
+        implementation instead of asyncio's pure-Python SSLProtocol, which cost about a sixth of the
+        loop's time under load (every reply of every message goes through it)."""
+        if self._tls_protocol is not None or self.implicit_tls:
+            await self.push("503 5.5.1 TLS already active")
+            return
+        if self._reader._buffer:  # noqa: SLF001 - aiosmtpd's own way to see what is left (connection_made)
+            # RFC 3207 4: nothing may follow STARTTLS before the handshake. Bytes already here are
+            # plaintext a client pipelined after it (broken, or injecting commands): refuse and close.
+            self._tls_failed("plaintext pipelined after STARTTLS")
+            return
+        if not _is_uvloop(self.loop):
+            # On asyncio's own loop start_tls gains nothing (the same SSLProtocol), and its upgrade
+            # of a StreamReaderProtocol in place stalls: keep aiosmtpd's way there (tests' loop).
+            await super().smtp_STARTTLS(arg)
+            return
+        if arg:
+            await self.push("501 5.5.4 Syntax: STARTTLS")
+            return
+        if not self.tls_context:
+            await self.push("454 4.7.0 TLS not available")
+            return
+        await self.push("220 2.0.0 Ready to start TLS")
+        plain = self.transport
+        try:
+            tls = await self.loop.start_tls(plain, self, self.tls_context, server_side=True)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            raise TLSSetupException() from error
+        # What aiosmtpd's own STARTTLS leaves behind: the plain transport (closed with the
+        # connection), a "TLS is up" marker carrying the TLS extra info, and connection_made's
+        # STARTTLS branch (new session, reader and writer on the TLS transport, leftover plaintext
+        # discarded as RFC 3207 4.2 asks).
+        self._original_transport = plain
+        self._tls_protocol = _TlsUp(tls)
+        self.connection_made(tls)
