@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from ..crlf import has_line_breakers
 from .loops import LoopGuard
 from .mx import DestinationError, MxResolver
 from .reply import Reply, describe_failure
@@ -25,7 +26,6 @@ from .smtpclient import SMTPReplyError, SmtpClient, Transaction
 
 log = structlog.get_logger("delivery")
 
-FORBIDDEN = ("\r", "\n", "\0")
 
 # Called with each transaction's replies (rcpt -> Reply) the moment that transaction ends, so what a
 # remote accepted is known (and recorded) even if the rest of the attempt is cut short.
@@ -58,7 +58,7 @@ class SessionError(Exception):
 
 
 def unsafe_address(address: str) -> bool:
-    return any(c in address for c in FORBIDDEN)
+    return has_line_breakers(address)
 
 
 def _tls_context(verify: bool) -> ssl.SSLContext:

@@ -23,6 +23,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 
+from ..crlf import to_crlf
 from ..errors import GatewayError
 
 SIGNED_HEADERS = (
@@ -51,13 +52,6 @@ class SigningKey:
 
 
 # --------------------------------------------------------------------------- canonicalisation
-
-
-def to_crlf(message: bytes) -> bytes:
-    """The message with every line ending as CRLF (what goes on the wire and what is signed)."""
-    if message.count(b"\n") == message.count(b"\r\n") and b"\r" not in message.replace(b"\r\n", b""):
-        return message
-    return re.sub(rb"\r\n|\r|\n", b"\r\n", message)
 
 
 def split_message(message: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:

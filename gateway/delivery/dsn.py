@@ -15,7 +15,8 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .dkim import split_message, to_crlf
+from ..crlf import to_crlf
+from .dkim import split_message
 
 MAX_ORIGINAL_HEADERS = 64 * 1024
 

@@ -19,15 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import re
 import ssl
 from collections import deque
 from dataclasses import dataclass, field
 
+from ..crlf import has_line_breakers, to_crlf
+
 MAX_LINE = 8192        # RFC 5321 4.5.3.1.5 says 512 for a reply line; be lenient, not unbounded
 MAX_REPLY_LINES = 200
-FORBIDDEN = frozenset("\r\n\0")
-_EOL = re.compile(rb"\r\n|\r|\n")
 
 
 class SMTPClientError(Exception):
@@ -82,9 +81,7 @@ class Transaction:
 
 def format_data(data: bytes) -> bytes:
     """The message as it goes on the wire after DATA: CRLF line endings, dot-stuffed, ending in CRLF.CRLF."""
-    crlf = data.count(b"\r\n")
-    if data.count(b"\n") != crlf or data.count(b"\r") != crlf:
-        data = _EOL.sub(b"\r\n", data)
+    data = to_crlf(data)
     if data.startswith(b"."):
         data = b"." + data
     data = data.replace(b"\r\n.", b"\r\n..")
@@ -94,7 +91,7 @@ def format_data(data: bytes) -> bytes:
 
 
 def check_argument(text: str) -> None:
-    if not FORBIDDEN.isdisjoint(text):
+    if has_line_breakers(text):
         raise ValueError("CR, LF or NUL in an SMTP command argument")
 
 

@@ -14,6 +14,7 @@ from urllib.parse import urlparse
 
 from ..admin.registry import admin_method
 from ..config import Config
+from ..crlf import has_line_breakers
 from ..delivery.connectors import SMTP_TLS_MODES, ConnectorSpec, test_connector
 from ..errors import InvalidArgument
 from ..store import Store
@@ -52,7 +53,7 @@ def _check_settings(kind: str, s: dict[str, Any], *, complete: bool) -> None:
         if s.get(key) and not ADDRESS.match(s[key]):
             raise InvalidArgument(f"{key} must be a plain address (local@domain), got {s[key]!r}")
     for key, value in s.items():
-        if isinstance(value, str) and any(c in value for c in "\r\n\0"):
+        if isinstance(value, str) and has_line_breakers(value):
             raise InvalidArgument(f"{key} must not contain CR, LF or NUL")
 
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import idna
 
+from ..crlf import has_line_breakers, only_crlf
 from ..errors import SMTPError
 
 # RFC 5321 4.1.2, extended by RFC 6531 3.3: atext and qtext also take any non-ASCII character
@@ -45,8 +46,6 @@ DOMAIN = re.compile(rf"^(?:{_DOMAIN}|{_LITERAL})$")
 MAX_LOCAL = 64
 MAX_DOMAIN = 255
 MAX_PATH = 254
-_FORBIDDEN = ("\r", "\n", "\x00")
-_FORBIDDEN_BYTES = tuple(c.encode() for c in _FORBIDDEN)
 NEEDS_SMTPUTF8 = "non-ASCII address without SMTPUTF8"
 
 
@@ -54,8 +53,7 @@ def check_command_argument(arg: str | bytes | None) -> None:
     """Nothing but the line's own CRLF may end a command: no CR, LF or NUL inside it (smuggling)."""
     if not arg:
         return
-    forbidden = _FORBIDDEN_BYTES if isinstance(arg, bytes) else _FORBIDDEN
-    if any(c in arg for c in forbidden):
+    if has_line_breakers(arg):
         raise SMTPError(501, "5.5.2", "CR, LF and NUL are not allowed in commands", "control character in command argument")
 
 
@@ -64,7 +62,7 @@ def mailbox_problem(address: str, *, utf8: bool = False) -> str | None:
 
     Lengths are octets of the UTF-8 form, the domain's in its A-label form (what DNS and the
     remote's limits see)."""
-    if any(c in address for c in _FORBIDDEN):
+    if has_line_breakers(address):
         return "CR, LF or NUL in address"
     if not address.isascii() and not utf8:
         return NEEDS_SMTPUTF8
@@ -168,8 +166,7 @@ def rate_limited(usecase: str) -> SMTPError:
 
 def check_line_endings(data: bytes) -> None:
     """Only CRLF line endings and no NUL: bare CR or LF is how SMTP smuggling hides a second message."""
-    crlf = data.count(b"\r\n")
-    if data.count(b"\n") != crlf or data.count(b"\r") != crlf:
+    if not only_crlf(data):
         raise SMTPError(550, "5.6.0", "Message contains bare CR or LF line endings", "bare CR or LF in DATA")
     if b"\x00" in data:
         raise SMTPError(550, "5.6.0", "Message contains NUL characters", "NUL in DATA")
