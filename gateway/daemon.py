@@ -91,7 +91,7 @@ class Daemon:
         """Create the services and components. Later capabilities add theirs here, in start order."""
         store = self.store
         usecases = UsecaseService(store, return_path_prefix=self.config.domains.return_path_prefix)
-        domains = DomainService(store, self.config, self.paths.keys_dir)
+        self.domains = domains = DomainService(store, self.config, self.paths.keys_dir)
         monitor = QueueMonitor(store, self.metrics)
         # One count of message bytes in memory, shared by submission (refuses past it) and delivery (waits).
         self.budget = ByteBudget(self.config.daemon.memory_budget)
@@ -102,7 +102,7 @@ class Daemon:
                          ConnectorService(store, lambda: self.config)]
         workers: list[Component] = [
             monitor,
-            Reverifier(domains, interval=self.config.domains.reverify_interval, concurrency=self.config.domains.verify_concurrency),
+            Reverifier(domains.reverify, interval=self.config.domains.reverify_interval, concurrency=self.config.domains.verify_concurrency),
             self.scheduler,
             submission.build(
                 self.config, paths=self.paths, authenticate=usecases.authenticate, context=usecases.context,
@@ -204,6 +204,7 @@ class Daemon:
         old, self.config = self.config, new
         logs.configure(new.log)
         self.budget.configure(new.daemon.memory_budget)
+        self.domains.apply_config(new)  # new records and resolvers for new work; runs in flight keep theirs
         needs_restart = restart_keys(old, new)
         if needs_restart:
             # Bound sockets and open files keep their old values until the daemon restarts.

@@ -8,14 +8,16 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from ..errors import AdminClientError
 
-class DaemonNotRunning(Exception):
+
+class DaemonNotRunning(AdminClientError):
     def __init__(self, path: Path, reason: str):
         self.path = path
         super().__init__(f"the daemon is not running: nothing answers at {path} ({reason})")
 
 
-class AdminError(Exception):
+class AdminError(AdminClientError):
     def __init__(self, code: str, message: str):
         self.code = code
         self.message = message

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from ..errors import DeliveryError
 from .mx import DestinationError, MxResolver
 from .reply import Reply, describe_failure
 from .smtpclient import SMTPReplyError, SmtpClient, Transaction
@@ -43,7 +44,7 @@ class SessionOptions:
     password: str = field(default="", repr=False)
 
 
-class SessionError(Exception):
+class SessionError(DeliveryError):
     """Could not get a usable session; ``reply`` is always temporary."""
 
     def __init__(self, reply: Reply):

@@ -31,6 +31,7 @@ import structlog
 from .. import verp
 from ..budget import ByteBudget
 from ..config import Config
+from ..errors import DeliveryError
 from ..lifecycle import Component
 from ..metrics import Metrics
 from ..store import Store
@@ -461,5 +462,5 @@ class Scheduler(Component):
             self.wake()
 
 
-class RoutingProblem(Exception):
+class RoutingProblem(DeliveryError):
     """The use case cannot be routed (missing or disabled connector...): held until an operator fixes it."""

@@ -22,13 +22,15 @@ import ssl
 from collections import deque
 from dataclasses import dataclass, field
 
+from ..errors import DeliveryError
+
 MAX_LINE = 8192        # RFC 5321 4.5.3.1.5 says 512 for a reply line; be lenient, not unbounded
 MAX_REPLY_LINES = 200
 FORBIDDEN = frozenset("\r\n\0")
 _EOL = re.compile(rb"\r\n|\r|\n")
 
 
-class SMTPClientError(Exception):
+class SMTPClientError(DeliveryError):
     """The connection is unusable: lost, timed out, garbled, or a step got an unexpected reply."""
 
 
