@@ -45,7 +45,8 @@ class GatewayGroup(click.Group):
     def main(self, args: Sequence[str] | None = None, prog_name: str | None = None, **extra: Any) -> Any:
         extra.pop("standalone_mode", None)
         try:
-            super().main(args, prog_name, standalone_mode=False, **extra)
+            # Returns the code of ctx.exit(code) (--help, --version); commands here return None.
+            code = super().main(args, prog_name, standalone_mode=False, **extra)
         except click.UsageError as exc:
             where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
             fail(printable(exc.format_message()) + where, 2)
@@ -53,7 +54,7 @@ class GatewayGroup(click.Group):
             fail(printable(exc.format_message()), exc.exit_code)
         except click.Abort:
             fail("aborted", 1)
-        sys.exit(0)
+        sys.exit(code if isinstance(code, int) else 0)
 
 
 class CliContext:
