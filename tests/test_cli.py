@@ -115,6 +115,8 @@ def test_status_human_and_json(gw):
 def test_version_and_help():
     assert run_cli("--version").stdout.startswith("gateway, version ")
     helptext = run_cli("--help").stdout
+    bare = run_cli(check=None)  # no command: the help, not a one-line error
+    assert "Commands:" in bare.stdout + bare.stderr and "\\n" not in bare.stdout + bare.stderr
     for command in ("run", "status", "config", "tenant"):
         assert f"  {command}" in helptext
 

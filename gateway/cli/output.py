@@ -39,6 +39,10 @@ READ_ONLY = {"status", "ping", "config.show", "tenant.list", "tenant.show", "dom
              "queue.list", "queue.show", "queue.counts", "pause.list"}
 
 
+# click >= 8.2 raises this (a UsageError whose message is the whole help) for a group given no command.
+NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 class GatewayGroup(click.Group):
     """The root command: click's usage errors become one line (and exit 2) like every other error."""
 
@@ -47,6 +51,9 @@ class GatewayGroup(click.Group):
         try:
             # Returns the code of ctx.exit(code) (--help, --version); commands here return None.
             code = super().main(args, prog_name, standalone_mode=False, **extra)
+        except NO_ARGS_IS_HELP as exc:
+            exc.show()  # `gateway` or `gateway tenant` alone: the help, as it is
+            sys.exit(exc.exit_code)
         except click.UsageError as exc:
             where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
             fail(printable(exc.format_message()) + where, 2)
