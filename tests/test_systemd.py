@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -123,19 +124,35 @@ def test_unit_exposure_rating_is_at_most_2(tmp_path):
     assert exposure(weaker) > exposure(UNIT)
 
 
+NOBODY = 65534
+
+
 def confinement_available() -> bool:
     if shutil.which("systemd-analyze") is None or os.geteuid() != 0:
         return False
     import ctypes.util
 
-    return ctypes.util.find_library("seccomp") is not None
+    return ctypes.util.find_library("seccomp") is not None and shutil.which("setpriv") is not None
+
+
+def free_privileged_port() -> int:
+    """A loopback port below 1024 nobody listens on: only CAP_NET_BIND_SERVICE lets a non-root user bind it."""
+    for port in range(900, 1024):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no free port below 1024 on 127.0.0.1")
 
 
 @pytest.mark.skipif(not confinement_available(), reason="needs root (mount namespace), libseccomp and systemd-analyze")
-async def test_daemon_starts_binds_and_delivers_under_the_units_confinement(tmp_path, dns_server):
+async def test_daemon_starts_binds_and_delivers_under_the_units_confinement(dns_server):
     """Not systemd itself (this machine does not boot with it): tests/support/sandbox.py applies the
-    unit's system call filter, address families, W^X, capability bounding set, read-only file system,
-    private /dev and /proc subset as the kernel sees them, then execs the daemon."""
+    unit's system call filter, address families, W^X, capabilities (as user nobody with only the
+    ambient CAP_NET_BIND_SERVICE), read-only file system, empty homes, private /dev and /proc subset
+    as the kernel sees them, then execs the daemon."""
     import aiosmtplib
 
     from gateway.submission import client_tls_context
@@ -146,25 +163,38 @@ async def test_daemon_starts_binds_and_delivers_under_the_units_confinement(tmp_
     from tests.support.sink import mail_sink
     from tests.support.tenancy import sending_setup
 
-    async with mail_sink() as sink:
-        publish_mx(dns_server, "dest.test")
-        overrides = merge(dns_overrides(dns_server), {"delivery": {**FAST_RETRIES, "remote_port": sink.port}})
-        state = tmp_path / "gw" / "state"
-        state.mkdir(parents=True)
-        wrapper = [sys.executable, "-m", "tests.support.sandbox", str(UNIT), "--rw", str(state), "--"]
-        with GatewayProcess(tmp_path, overrides, wrapper=wrapper, state_dir=state) as gw:
-            admin = AdminHandle(gw)
-            status = await admin.call("status")
-            up = {l["name"]: l["up"] for l in status["listeners"]}
-            assert all(up.get(name) for name in ("submission", "submissions", "web", "admin")), up
-            setup = await sending_setup(admin, dns_server)
-            port = await admin.listener_port("submission")
-            smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=True, tls_context=client_tls_context(), timeout=10)
-            async with smtp:
-                await smtp.login(setup["username"], setup["password"])
-                await smtp.sendmail(setup["sender"], ["bob@dest.test"], message(setup["sender"], ["bob@dest.test"]))
-            (received,) = await sink.wait_for(1)
-            assert received.rcpt_tos == ["bob@dest.test"] and b"DKIM-Signature:" in received.data
-            assert gw.stop() == 0
-        log = gw.stderr
-        assert "Operation not permitted" not in log and "Traceback" not in log and "sandbox:" not in log, log[-3000:]
+    # The daemon runs as nobody (User= in the unit is gateway): pytest's own temp dirs are root's only.
+    base = Path(tempfile.mkdtemp(prefix="gateway-unit-"))
+    try:
+        async with mail_sink() as sink:
+            publish_mx(dns_server, "dest.test")
+            low = free_privileged_port()  # the web listener, as the real ports 25/465/587 would need
+            overrides = merge(dns_overrides(dns_server), {"delivery": {**FAST_RETRIES, "remote_port": sink.port},
+                                                          "web": {"listen": f"127.0.0.1:{low}"}})
+            base.chmod(0o755)
+            state = base / "gw" / "state"
+            state.mkdir(parents=True)
+            os.chown(state, NOBODY, NOBODY)
+            wrapper = [sys.executable, "-m", "tests.support.sandbox", str(UNIT), "--rw", str(state), "--user", f"{NOBODY}:{NOBODY}", "--"]
+            gw = GatewayProcess(base, overrides, wrapper=wrapper, state_dir=state)
+            gw.notify.path.chmod(0o777)  # systemd's notify socket takes datagrams from the service's user
+            with gw:
+                assert state.stat().st_uid == NOBODY and (state / "gateway.db").stat().st_uid == NOBODY
+                admin = AdminHandle(gw)
+                status = await admin.call("status")
+                up = {l["name"]: l["up"] for l in status["listeners"]}
+                assert all(up.get(name) for name in ("submission", "submissions", "web", "admin")), up
+                assert any(l["name"] == "web" and l["address"] == f"127.0.0.1:{low}" for l in status["listeners"])
+                setup = await sending_setup(admin, dns_server)
+                port = await admin.listener_port("submission")
+                smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=True, tls_context=client_tls_context(), timeout=10)
+                async with smtp:
+                    await smtp.login(setup["username"], setup["password"])
+                    await smtp.sendmail(setup["sender"], ["bob@dest.test"], message(setup["sender"], ["bob@dest.test"]))
+                (received,) = await sink.wait_for(1)
+                assert received.rcpt_tos == ["bob@dest.test"] and b"DKIM-Signature:" in received.data
+                assert gw.stop() == 0
+            log = gw.stderr
+            assert "Operation not permitted" not in log and "Traceback" not in log and "sandbox:" not in log, log[-3000:]
+    finally:
+        shutil.rmtree(base)

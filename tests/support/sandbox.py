@@ -19,11 +19,16 @@ read from the unit file itself (so a test exercises the unit as written):
     ProtectSystem=strict                        every mount read-only except the paths after --rw
     PrivateDevices=                             a /dev holding only null, zero, full, random, urandom, tty
 
-Not applied (they need systemd or a cgroup): User= (the test runs as itself), DevicePolicy=,
+    User=, AmbientCapabilities=                 with --user UID:GID, setpriv(1) switches to that user
+                                                keeping only the ambient capabilities
+    ProtectHome=true                            /root and /home empty (this machine's Python prefix
+                                                under /root stays visible: it is the interpreter)
+
+Not applied (they need systemd or a cgroup): DevicePolicy=,
 PrivateTmp=, RemoveIPC=, PrivateMounts= (the mount namespace here is private anyway), ProtectKernel*=,
 ProtectClock=, ProtectHostname=, RestrictNamespaces=, RestrictRealtime=, LockPersonality=, UMask=.
-Refused system calls fail with EPERM as under the unit; ``--log`` writes each one seen through
-strace instead, for a report.
+Refused system calls fail with EPERM as under the unit; to see which were refused, run the whole
+command under `strace -f -o FILE` and look for EPERM.
 """
 
 from __future__ import annotations
@@ -169,6 +174,22 @@ def mounts(settings: dict[str, list[str]], writable: list[str]) -> None:
             mount(f"{host_dev}/{name}", f"/dev/{name}", None, MS_BIND)
         libc.umount2(host_dev.encode(), MNT_DETACH)
         os.rmdir(host_dev)
+    if settings.get("ProtectHome") == ["true"]:
+        # Homes become empty. This machine's Python lives under /root (pyenv): its prefix stays
+        # visible, read-only below, or nothing could run; under the real unit it is in /usr or /opt.
+        keep = [p for p in {sys.base_prefix, os.path.realpath(sys.executable).rsplit("/bin/", 1)[0]} if p.startswith("/root/")]
+        for home in ("/root", "/home"):
+            if not os.path.isdir(home):
+                continue
+            real = tempfile.mkdtemp(prefix="sandbox-home-")
+            mount(home, real, None, MS_BIND | MS_REC)
+            mount("tmpfs", home, "tmpfs", 0, "mode=0755,size=64k")
+            for path in keep:
+                if path.startswith(home + "/"):
+                    os.makedirs(path, exist_ok=True)
+                    mount(real + path[len(home):], path, None, MS_BIND | MS_REC)
+            libc.umount2(real.encode(), MNT_DETACH)
+            os.rmdir(real)
     if settings.get("ProtectSystem") == ["strict"]:
         # Writable paths first (bound onto themselves), then every mount read-only, then them again rw.
         points = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
@@ -195,23 +216,53 @@ def capabilities(settings: dict[str, list[str]]) -> None:
             raise SystemExit(f"sandbox: cannot drop capability {cap}: {os.strerror(ctypes.get_errno())}")
     if settings.get("NoNewPrivileges") == ["true"] and libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         raise SystemExit("sandbox: PR_SET_NO_NEW_PRIVS failed")
+    mdwe(settings)
+
+
+def mdwe(settings: dict[str, list[str]]) -> None:
     if settings.get("MemoryDenyWriteExecute", ["false"])[0] in ("true", "yes", "1"):
-        libc.prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0)  # absent before Linux 6.3: seccomp still applies
+        ctypes.CDLL(None).prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0)  # absent before Linux 6.3: seccomp still applies
+
+
+def become(settings: dict[str, list[str]], user: str, unit: Path, command: list[str]) -> None:
+    """User= and AmbientCapabilities= as systemd applies them, by setpriv(1); then this module again
+    (as that user) for the system call filter, which would refuse setpriv's own calls."""
+    uid, _, gid = user.partition(":")
+    caps = ",".join(["-all"] + [f"+{c.lower().removeprefix('cap_')}" for c in " ".join(settings.get("CapabilityBoundingSet", [])).split()])
+    ambient = ",".join(["-all"] + [f"+{c.lower().removeprefix('cap_')}" for c in " ".join(settings.get("AmbientCapabilities", [])).split()])
+    setpriv = ["setpriv", f"--reuid={uid}", f"--regid={gid or uid}", "--clear-groups", f"--bounding-set={caps}",
+               f"--inh-caps={ambient}", f"--ambient-caps={ambient}"]
+    if settings.get("NoNewPrivileges") == ["true"]:
+        setpriv.append("--no-new-privs")
+    os.execvp("setpriv", [*setpriv, "--", sys.executable, "-m", "tests.support.sandbox", str(unit), "--filter-only", "--", *command])
 
 
 def main(argv: list[str]) -> None:
     unit = Path(argv[0])
     rest = argv[1:]
     writable: list[str] = []
-    while rest and rest[0] == "--rw":
-        writable.append(rest[1])
+    user = None
+    filter_only = False
+    while rest and rest[0] in ("--rw", "--user", "--filter-only"):
+        if rest[0] == "--filter-only":
+            filter_only, rest = True, rest[1:]
+            continue
+        if rest[0] == "--rw":
+            writable.append(rest[1])
+        else:
+            user = rest[1]
         rest = rest[2:]
     if not rest or rest[0] != "--":
-        raise SystemExit("usage: python -m tests.support.sandbox UNIT [--rw PATH]... -- COMMAND...")
+        raise SystemExit("usage: python -m tests.support.sandbox UNIT [--rw PATH]... [--user UID[:GID]] -- COMMAND...")
     command = rest[1:]
     settings = unit_settings(unit)
-    mounts(settings, writable)
-    capabilities(settings)
+    if not filter_only:
+        mounts(settings, writable)
+        if user is not None:
+            become(settings, user, unit, command)
+        capabilities(settings)
+    else:
+        mdwe(settings)
     seccomp(settings)  # last: from here on only the unit's system calls
     os.execv(command[0], command)
 
