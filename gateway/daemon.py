@@ -202,9 +202,9 @@ class Daemon:
             self.notifier.notify(READY="1", STATUS="running; configuration reload refused, the previous one stays")
             return False
         old, self.config = self.config, new
+        self.domains.apply_config(new)  # new records and resolvers for new work; runs in flight keep theirs
         logs.configure(new.log)
         self.budget.configure(new.daemon.memory_budget)
-        self.domains.apply_config(new)  # new records and resolvers for new work; runs in flight keep theirs
         needs_restart = restart_keys(old, new)
         if needs_restart:
             # Bound sockets and open files keep their old values until the daemon restarts.

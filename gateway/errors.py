@@ -4,6 +4,7 @@
     ├── ConfigError               configuration file or value is wrong (CLI exit 2, unit RestartPreventExitStatus=2)
     ├── StartupError              the daemon cannot start: port in use, state dir unwritable, TLS file missing (exit 1)
     ├── StoreError                the database refused (corrupt, locked by another daemon, migration failed)
+    │   └── StorageFull           no room to write: the disk is full (SQLITE_FULL, ENOSPC) or below store.min_free_bytes
     ├── ServiceError              a service function refused a request; carries an admin-protocol ``code``
     │   ├── InvalidArgument       the caller's value is malformed (exit 2)          code "invalid"
     │   │   └── ParamsError       admin/registry.py: params do not fit the method     code "invalid_params"
@@ -19,7 +20,8 @@
     │   ├── SessionError          delivery/courier.py: no usable session; its ``reply`` is always temporary
     │   ├── DestinationError      delivery/mx.py: the domain cannot be delivered to now or ever (``reply`` says)
     │   ├── SigningError          delivery/dkim.py: a key cannot be loaded or used; the message is held
-    │   └── RoutingProblem        delivery/scheduler.py: the use case cannot be routed; held for an operator
+    │   ├── PayloadRefused        delivery/connectors.py: past a bound of the SendGrid mapping (permanent reply)
+    │   └── RoutingProblem        delivery: the use case cannot be routed (no or disabled connector); held
     ├── RecordError               a published DNS record cannot be evaluated; verification reports it as a status
     │   ├── PermError             domains/spf.py: the SPF policy is broken for every receiver
     │   └── TempError             domains/spf.py: DNS did not answer, we cannot tell

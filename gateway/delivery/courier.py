@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from ..errors import DeliveryError
 from .mx import DestinationError, MxResolver
 from .reply import Reply, describe_failure
 from .smtpclient import SMTPReplyError, SmtpClient, Transaction
+from ..errors import DeliveryError
 
 log = structlog.get_logger("delivery")
 

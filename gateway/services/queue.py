@@ -65,9 +65,10 @@ class QueueService:
 
     @admin_method("queue.list")
     async def list(self, tenant: str | None = None, state: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
-        if state is not None:
-            validate.choice(state, "state", STATES)
-        validate.integer(limit, "limit", low=1, high=100_000)
+        if state is not None and state not in STATES:
+            raise InvalidArgument(f"unknown state {state!r}: one of {', '.join(STATES)}")
+        if not 1 <= limit <= 100_000:
+            raise InvalidArgument("limit must be 1-100000")
         return await self.store.queue.list(tenant_id=await self._tenant_id(tenant), state=state, limit=limit)
 
     @admin_method("queue.show")
