@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time  # noqa: F401 - the store line of `status` (storage branch) formats with it
 
 import click
 
