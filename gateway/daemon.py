@@ -91,8 +91,9 @@ class Daemon:
         """Create the services and components. Later capabilities add theirs here, in start order."""
         store = self.store
         usecases = UsecaseService(store, return_path_prefix=self.config.domains.return_path_prefix)
-        self.domains = domains = DomainService(store, self.config, self.paths.keys_dir)
+        domains = DomainService(store, self.config, self.paths.keys_dir)
         monitor = QueueMonitor(store, self.metrics)
+        self.domains = domains  # SIGHUP hands it the new config (daemon.reload)
         # One count of message bytes in memory, shared by submission (refuses past it) and delivery (waits).
         self.budget = ByteBudget(self.config.daemon.memory_budget)
         self.scheduler = Scheduler(store, self.config, self.metrics, budget=self.budget)

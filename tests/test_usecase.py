@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import json
 import os
 import stat
@@ -219,6 +218,8 @@ async def test_cli_flow_and_bad_input(gw):
     code, out = await cli(d, "usecase", "credentials", "list", "acme", "receipts")
     assert code == 0 and password not in out
     # Times for people: ISO 8601 UTC, not epoch floats.
+    import re
+
     assert out.splitlines()[0].split() == ["USERNAME", "CREATED", "LAST", "USED", "REVOKED"]
     assert re.fullmatch(r"\S+  \d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ\s+-\s+-", out.splitlines()[1]), out
     code, out = await cli(d, "domain", "show", "acme.test")

@@ -8,21 +8,23 @@ wrong: an unknown username is verified against a dummy hash, so timing tells not
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 from typing import Any
 
 import argon2
 import structlog
 
+from .. import validate
 from ..admin.registry import admin_method
 from ..domains.names import is_within, normalise_address, normalise_domain
 from ..errors import Conflict, InvalidArgument
 from ..store import Store
-from .. import validate
 from .tenants import check_tenant_name
 
 log = structlog.get_logger("usecases")
 
+NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 KINDS = ("transactional", "marketing")
 SCOPES = ("usecase", "domain")
 MAX_SENDERS = 100
@@ -168,8 +170,6 @@ class UsecaseService:
 
     @admin_method("usecase.credentials.revoke")
     async def revoke_credential(self, tenant: str, usecase: str, username: str) -> dict[str, Any]:
-        _check_names(tenant, usecase)
-        validate.line(username, "username", max_len=255)
         return await self.store.usecases.revoke_credential(tenant, usecase, username)
 
     # ------------------------------------------------------------------ authentication
