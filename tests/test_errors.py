@@ -31,6 +31,34 @@ def test_every_exception_class_is_in_the_tree_and_drawn():
     assert undrawn == []
 
 
+def drawn_parents() -> dict[str, str]:
+    """Each class in the drawing at the top of errors.py -> the class it is drawn under."""
+    parents: dict[str, str] = {}
+    stack: list[tuple[int, str]] = []
+    for line in errors.__doc__.splitlines():
+        if "── " in line:
+            column = line.index("── ") + 3
+        elif line.strip() == "GatewayError" or line.strip().startswith("GatewayError "):
+            column = len(line) - len(line.lstrip())
+        else:
+            continue
+        name = line[column:].split()[0]
+        while stack and stack[-1][0] >= column:
+            stack.pop()
+        if stack:
+            parents[name] = stack[-1][1]
+        stack.append((column, name))
+    return parents
+
+
+def test_the_drawing_matches_the_classes():
+    parents = drawn_parents()
+    assert parents["ParamsError"] == "InvalidArgument" and parents["SMTPTimeout"] == "SMTPClientError"
+    wrong = {name: (cls.__mro__[1].__name__, parents[cls.__name__]) for name, cls in defined_exceptions().items()
+             if cls.__name__ in parents and cls.__mro__[1].__name__ != parents[cls.__name__]}
+    assert wrong == {}, "class: (its base, the parent drawn in errors.py)"
+
+
 def test_translated_errors_keep_their_behaviour():
     from gateway.delivery.smtpclient import SMTPDisconnected, SMTPTimeout
     from gateway.domains.spf import PermError
