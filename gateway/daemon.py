@@ -102,6 +102,7 @@ class Daemon:
                                   check_concurrency=self.config.submission.auth_concurrency)
         domains = DomainService(store, self.config, self.paths.keys_dir)
         monitor = QueueMonitor(store, self.metrics)
+        self.domains = domains  # SIGHUP hands it the new config (daemon.reload)
         # One count of message bytes in memory, shared by submission (refuses past it) and delivery (waits).
         self.budget = ByteBudget(self.config.daemon.memory_budget)
         # The loop guard reads the listening addresses when it checks one: listeners bind after this.
@@ -115,7 +116,7 @@ class Daemon:
                          ConnectorService(store, lambda: self.config)]
         workers: list[Component] = [
             monitor,
-            Reverifier(domains, interval=self.config.domains.reverify_interval, concurrency=self.config.domains.verify_concurrency),
+            Reverifier(domains.reverify, interval=self.config.domains.reverify_interval, concurrency=self.config.domains.verify_concurrency),
             self.scheduler,
             Sweeper(store, self.config.queue, self.metrics),
             submission.build(
@@ -216,6 +217,7 @@ class Daemon:
             self.notifier.notify(READY="1", STATUS="running; configuration reload refused, the previous one stays")
             return False
         old, self.config = self.config, new
+        self.domains.apply_config(new)  # new records and resolvers for new work; runs in flight keep theirs
         logs.configure(new.log)
         self.budget.configure(new.daemon.memory_budget)
         if self.store is not None:

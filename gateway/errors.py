@@ -7,9 +7,30 @@
     │   └── StorageFull           no room to write: the disk is full (SQLITE_FULL, ENOSPC) or below store.min_free_bytes
     ├── ServiceError              a service function refused a request; carries an admin-protocol ``code``
     │   ├── InvalidArgument       the caller's value is malformed (exit 2)          code "invalid"
+    │   │   └── ParamsError       admin/registry.py: params do not fit the method     code "invalid_params"
     │   ├── NotFound              the named thing does not exist (exit 1)           code "not_found"
     │   └── Conflict              the request clashes with existing state (exit 1)  code "conflict"
-    └── SMTPError                 an SMTP-facing refusal: code, enhanced code, public text, private reason
+    ├── SMTPError                 an SMTP-facing refusal: code, enhanced code, public text, private reason
+    ├── DeliveryError             an outbound step failed; the delivery code decides temporary or permanent
+    │   ├── SMTPClientError       delivery/smtpclient.py: the connection is unusable (lost, timed out, garbled)
+    │   │   ├── SMTPDisconnected  also a ConnectionError
+    │   │   ├── SMTPTimeout       also a TimeoutError
+    │   │   ├── SMTPProtocolError
+    │   │   └── SMTPReplyError    a session step got a reply other than the one it needs
+    │   ├── SessionError          delivery/courier.py: no usable session; its ``reply`` is always temporary
+    │   ├── DestinationError      delivery/mx.py: the domain cannot be delivered to now or ever (``reply`` says)
+    │   ├── SigningError          delivery/dkim.py: a key cannot be loaded or used; the message is held
+    │   ├── PayloadRefused        delivery/connectors.py: past a bound of the SendGrid mapping (permanent reply)
+    │   └── RoutingProblem        delivery: the use case cannot be routed (no or disabled connector); held
+    ├── RecordError               a published DNS record cannot be evaluated; verification reports it as a status
+    │   ├── PermError             domains/spf.py: the SPF policy is broken for every receiver
+    │   └── TempError             domains/spf.py: DNS did not answer, we cannot tell
+    └── AdminClientError          the CLI's side of the admin socket (admin/client.py)
+        ├── AdminError            the daemon refused a call; ``code`` is the protocol's (exit 2 for usage codes)
+        └── DaemonNotRunning      nothing answers at the socket (exit 1)
+
+Subclasses live beside the code that raises them; this drawing names each one, and
+tests/test_errors.py checks that every exception class in the package is in the tree.
 
 Rules: lower-library exceptions are translated once, at the boundary that calls the library, with
 ``raise ... from exc``. Clients (SMTP peers, admin-socket callers) see only the public text; the private
@@ -87,3 +108,15 @@ class SMTPError(GatewayError):
     @property
     def permanent(self) -> bool:
         return self.code >= 500
+
+
+class DeliveryError(GatewayError):
+    """An outbound step (connect, session, route, sign) failed; the caller decides what the reply means."""
+
+
+class RecordError(GatewayError):
+    """A published DNS record cannot be evaluated (SPF permerror or temperror)."""
+
+
+class AdminClientError(GatewayError):
+    """The CLI could not get an answer from the daemon, or the daemon refused the call."""

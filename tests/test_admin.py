@@ -171,3 +171,91 @@ def test_check_params_binds_and_types():
 def test_collect_refuses_duplicate_names():
     with pytest.raises(ValueError, match="defined twice"):
         collect(Boom(), Boom())
+
+
+async def test_deep_nesting_is_refused_and_the_connection_keeps_serving(tmp_path):
+    async with running_daemon(tmp_path) as d:
+        c = await Conn.open(d.daemon.paths.socket)
+        try:
+            reply = await c.send_raw(b"[" * 100_000 + b"]" * 100_000 + b"\n")
+            assert reply["error"]["code"] == "too_deep" and reply["id"] is None
+            inner = b'{"a":' * 100_000 + b"1" + b"}" * 100_000
+            assert code(await c.send_raw(b'{"id":1,"method":"ping","params":{"a":' + inner + b"}}\n")) == "too_deep"
+            # Unbalanced and deep: refused as well; and deeper than ours but far within Python's limit.
+            assert code(await c.send_raw(b"[" * 50_000 + b"\n")) == "too_deep"
+            assert code(await c.send_raw(b'{"id":1,"method":"ping","params":{"a":' + b"[" * 40 + b"]" * 40 + b"}}\n")) == "too_deep"
+            # Brackets inside strings are text, not nesting; escaped quotes do not end a string.
+            ok = await c.call({"id": 2, "method": "tenant.add", "params": {"name": "brackets", "display_name": '[{"\\' * 40}})
+            assert ok["result"]["display_name"] == '[{"\\' * 40
+            assert await c.call({"id": 3, "method": "ping"}) == {"id": 3, "result": "pong"}
+        finally:
+            await c.close()
+
+
+async def test_non_finite_numbers_in_json_are_refused(tmp_path):
+    async with running_daemon(tmp_path) as d:
+        c = await Conn.open(d.daemon.paths.socket)
+        try:
+            for literal in (b"NaN", b"Infinity", b"-Infinity", b"1e999"):
+                line = b'{"id":1,"method":"domain.reverify","params":{"older_than":' + literal + b"}}\n"
+                reply = await c.send_raw(line)
+                assert code(reply) in ("parse_error", "invalid"), (literal, reply)
+            assert await c.call({"id": 2, "method": "ping"}) == {"id": 2, "result": "pong"}
+        finally:
+            await c.close()
+
+
+# Values no admin method may accept: each must be refused with a usage or not-found error, never
+# an internal error and never a result.
+HOSTILE = {
+    "int beyond 64 bits": 2**64,
+    "negative int beyond 64 bits": -(2**70),
+    "lone surrogate (non-UTF-8 argument)": "ab\udcff",
+    "100 KB string": "a" * 100_000,
+    "terminal escape": "x\x1b[2J",
+    "NUL": "a\x00b",
+    "bidi override": "abc\u202edef",
+}
+
+
+def placeholder(hint) -> object:
+    """A well-formed value of the parameter's type, for the parameters not under test."""
+    text = str(hint)
+    if "list" in text:
+        return ["t"]
+    if "bool" in text:
+        return False
+    if "int" in text:
+        return 1
+    if "float" in text:
+        return 1.0
+    return "t"
+
+
+async def test_every_method_refuses_hostile_values(tmp_path):
+    import inspect
+    import typing
+
+    async with running_daemon(tmp_path) as d:
+        methods = next(c for c in d.daemon.components if c.name == "admin").methods
+        c = await Conn.open(d.daemon.paths.socket)
+        tried = 0
+        try:
+            for method, fn in sorted(methods.items()):
+                hints = typing.get_type_hints(fn)
+                params = inspect.signature(fn).parameters
+                required = {p: placeholder(hints.get(p)) for p, spec in params.items() if spec.default is inspect.Parameter.empty}
+                for name in params:
+                    if "bool" in str(hints.get(name)) and "None" not in str(hints.get(name)):
+                        continue  # a flag: its type check is the whole rule
+                    for label, value in HOSTILE.items():
+                        bad = value if "list" not in str(hints.get(name)) else [value]
+                        reply = await c.call({"id": 1, "method": method, "params": {**required, name: bad}})
+                        tried += 1
+                        assert "error" in reply, (method, name, label, reply)
+                        assert reply["error"]["code"] in ("invalid", "invalid_params", "not_found"), (method, name, label, reply)
+                        assert "\x1b" not in reply["error"]["message"] and len(reply["error"]["message"]) < 500, (method, name, label)
+            assert tried > 200
+            assert await c.call({"id": 2, "method": "ping"}) == {"id": 2, "result": "pong"}
+        finally:
+            await c.close()

@@ -4,6 +4,7 @@ tenants, output forms and exit codes (0 ok, 1 operational, 2 usage or invalid va
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -114,6 +115,8 @@ def test_status_human_and_json(gw):
 def test_version_and_help():
     assert run_cli("--version").stdout.startswith("gateway, version ")
     helptext = run_cli("--help").stdout
+    bare = run_cli(check=None)  # no command: the help, not a one-line error
+    assert "Commands:" in bare.stdout + bare.stderr and "\\n" not in bare.stdout + bare.stderr
     for command in ("run", "status", "config", "tenant"):
         assert f"  {command}" in helptext
 
@@ -125,3 +128,101 @@ def test_cli_import_stays_light():
             "print(json.dumps(sorted(m for m in heavy if m in sys.modules)))")
     out = subprocess.run([sys.executable, "-c", "import json; " + code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == []
+
+
+def hostile_cases():
+    return [
+        (["tenant", "add", "big", "--quota", str(2**64)], "--quota"),
+        (["tenant", "add", "big", "--quota", "1000000001"], "--quota"),
+        (["tenant", "update", "acme", "--quota", str(-(2**70))], "--quota"),
+        (["usecase", "add", "acme", "--domain", "acme.test", "--name", "u", "--entity", "Acme", "--kind", "transactional",
+          "--from", "a@acme.test", "--rate-limit", str(2**70)], "--rate-limit"),
+        (["tenant", "add", "evil", "--display-name", "\x1b]0;pwned\x07\x1b[2J"], "display name"),
+        (["tenant", "add", "evil", "--display-name", "two\nlines"], "display name"),
+        (["tenant", "add", "evil", "--display-name", "right\u202eleft"], "display name"),
+        (["tenant", "add", "evil", "--display-name", "x" * 100_000], "display name"),
+        (["tenant", "add", os.fsdecode(b"caf\xe9")], "UTF-8"),
+        (["tenant", "update", "acme", "--display-name", os.fsdecode(b"\xff\xfe")], "UTF-8"),
+        (["connector", "add", "acme", "relay", "--kind", "smtp", "--host", "a" * 100_000], "host"),
+        (["connector", "add", "acme", "relay", "--kind", "smtp", "--host", "relay\x1b.test"], "host"),
+        (["usecase", "add", "acme", "--domain", "acme.test", "--name", "u", "--entity", "E\x1b[1m", "--kind", "transactional",
+          "--from", "a@acme.test"], "entity"),
+        (["domain", "reverify", "--older-than", "nan"], "older"),
+        (["domain", "reverify", "--older-than", "inf"], "older"),
+        (["domain", "add", "acme", "d" * 100_000 + ".test"], "domain"),
+    ]
+
+
+def test_hostile_arguments_get_one_line_and_exit_2(gw):
+    gw.cli("tenant", "add", "acme", check=None)
+    before = gw.cli_json("tenant", "show", "acme")
+    for args, names in hostile_cases():
+        result = gw.cli(*args, check=None)
+        assert result.returncode == 2, (args[:3], result.stdout, result.stderr[-500:])
+        line = err_line(result)
+        assert line.startswith("gateway: ") and names in line and len(line) < 300, (args[:3], line)
+        assert "internal error" not in line and "\x1b" not in line
+    # Nothing of it reached the store.
+    assert [r["name"] for r in gw.cli_json("tenant", "list") if r["name"] in ("big", "evil")] == []
+    assert gw.cli_json("tenant", "show", "acme") == before
+
+
+async def test_stored_control_characters_are_printed_escaped(gw):
+    # Written by an older version (or by hand) straight into the database: the CLI must not pass
+    # a terminal escape through to the operator's terminal.
+    gw.cli("tenant", "add", "legacy")
+    store = await Store.open(gw.state_dir / "gateway.db")
+    try:
+        await store.db.write(lambda c: c.execute("UPDATE tenants SET display_name = ? WHERE name = 'legacy'",
+                                                 ("Evil\x1b]0;owned\x07\x1b[2J\nfake row\u202e",)))
+    finally:
+        await store.close()
+    for args in (["tenant", "show", "legacy"], ["tenant", "list"]):
+        out = gw.cli(*args).stdout
+        assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out and "fake row" in out
+        assert "Evil\\x1b]0;owned\\x07\\x1b[2J\\nfake row\\u202e" in out
+        assert not any(line.startswith("fake row") for line in out.splitlines())
+    # --json keeps the stored value exactly (JSON escapes it).
+    assert gw.cli_json("tenant", "show", "legacy")["display_name"] == "Evil\x1b]0;owned\x07\x1b[2J\nfake row\u202e"
+    assert "\x1b" not in gw.cli("tenant", "show", "legacy", "--json").stdout
+
+
+def test_explicit_flags_beat_the_environment_and_mutations_name_the_daemon(gw, tmp_path):
+    # A second daemon that $GATEWAY_SOCKET points at: an explicit --state-dir or --config must win.
+    with GatewayProcess(tmp_path, name="other") as other:
+        env = {"GATEWAY_SOCKET": str(other.socket_path)}
+        ours = gw.cli_json("status")["pid"]
+        added = run_cli("--state-dir", str(gw.state_dir), "tenant", "add", "by-state-dir", env=env)
+        assert added.stderr == f"gateway: acted on the daemon at {gw.socket_path} (pid {ours})\n"
+        config = tmp_path / "points-at-gw.toml"
+        config.write_text(f'[admin]\nsocket = "{gw.socket_path}"\n')
+        run_cli("--config", str(config), "tenant", "add", "by-config", env=env)
+        # The environment still counts when no flag says otherwise; then the other daemon acts, and says so.
+        theirs = other.cli_json("status")["pid"]
+        added = run_cli("tenant", "add", "by-env", env=env)
+        assert added.stderr == f"gateway: acted on the daemon at {other.socket_path} (pid {theirs})\n"
+        assert [t["name"] for t in other.cli_json("tenant", "list")] == ["by-env"]
+        assert other.stop() == 0
+    names = {t["name"] for t in gw.cli_json("tenant", "list")}
+    assert {"by-state-dir", "by-config"} <= names and "by-env" not in names
+    # Read-only commands and --json output say nothing extra.
+    assert gw.cli("tenant", "list").stderr == ""
+    assert gw.cli("tenant", "add", "quiet-json", "--json").stderr == ""
+
+
+def test_listings_show_human_utc_times_and_json_keeps_seconds(gw):
+    import re
+
+    gw.cli("tenant", "add", "paused")
+    gw.cli("pause", "--tenant", "paused")
+    try:
+        rows = gw.cli_json("pause", "--list")
+        assert isinstance(rows[0]["created_at"], float)
+        text = gw.cli("pause", "--list").stdout
+        since = time.strftime("%Y-%m-%d %H:%M", time.gmtime(rows[0]["created_at"]))
+        assert re.search(rf"{since}:\d\dZ", text), text
+        assert str(rows[0]["created_at"]) not in text and str(int(rows[0]["created_at"])) not in text
+        status = gw.cli("status").stdout
+        assert re.search(r"\(since \d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ\)", status), status
+    finally:
+        gw.cli("resume", "--tenant", "paused")

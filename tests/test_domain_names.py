@@ -134,3 +134,19 @@ def test_txt_split_and_zone_text_load_into_bind_parser():
     assert b"".join(rd.strings).decode() == "v=DKIM1; k=rsa; p=" + "B" * 600
     assert all(len(s) <= 255 for s in rd.strings)
     assert parsed.find_rdataset("bounces.shop.example.", "MX")
+
+
+def test_zone_comments_out_the_domain_mx_unless_inbound_is_wanted():
+    # Pasted as told, a live MX for the domain itself would move its inbound mail to the gateway.
+    text = zone("shop.example", plan(DOMAIN, settings()))
+    parsed = dns.zone.from_text(text, origin="shop.example.", relativize=False, check_origin=False)
+    assert parsed.get_rdataset("shop.example.", "MX") is None
+    assert parsed.find_rdataset("bounces.shop.example.", "MX")  # the return path's MX stays live
+    commented = [line for line in text.splitlines() if line.startswith(";") and " IN MX " in line]
+    assert commented == ["; shop.example. 3600 IN MX 10 mx.gw.example."]
+    reason = text.splitlines()[text.splitlines().index(commented[0]) - 1]
+    assert reason.startswith(";") and "domains.require_mx" in reason and "inbound mail" in reason
+    # With domains.require_mx the gateway is meant to receive the domain's mail: the record is live.
+    wanted = dns.zone.from_text(zone("shop.example", plan(DOMAIN, settings(require_mx=True))), origin="shop.example.",
+                                relativize=False, check_origin=False)
+    assert [rd.exchange.to_text() for rd in wanted.find_rdataset("shop.example.", "MX")] == ["mx.gw.example."]

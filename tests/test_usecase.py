@@ -218,6 +218,11 @@ async def test_cli_flow_and_bad_input(gw):
     password = next(line.split()[1] for line in out.splitlines() if line.startswith("password "))
     code, out = await cli(d, "usecase", "credentials", "list", "acme", "receipts")
     assert code == 0 and password not in out
+    # Times for people: ISO 8601 UTC, not epoch floats.
+    import re
+
+    assert out.splitlines()[0].split() == ["USERNAME", "CREATED", "LAST", "USED", "REVOKED"]
+    assert re.fullmatch(r"\S+  \d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ\s+-\s+-", out.splitlines()[1]), out
     code, out = await cli(d, "domain", "show", "acme.test")
     assert code == 0 and "use case receipts" in out and "retired" not in out
     before = await d.call("domain.list")

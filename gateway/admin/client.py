@@ -5,17 +5,20 @@ from __future__ import annotations
 import itertools
 import json
 import socket
+import struct
 from pathlib import Path
 from typing import Any
 
+from ..errors import AdminClientError
 
-class DaemonNotRunning(Exception):
+
+class DaemonNotRunning(AdminClientError):
     def __init__(self, path: Path, reason: str):
         self.path = path
         super().__init__(f"the daemon is not running: nothing answers at {path} ({reason})")
 
 
-class AdminError(Exception):
+class AdminError(AdminClientError):
     def __init__(self, code: str, message: str):
         self.code = code
         self.message = message
@@ -29,6 +32,7 @@ class AdminClient:
         self._sock: socket.socket | None = None
         self._file: Any = None
         self._ids = itertools.count(1)
+        self.peer_pid: int | None = None
 
     def __enter__(self) -> "AdminClient":
         return self
@@ -55,6 +59,10 @@ class AdminClient:
             ) from None
         self._sock = sock
         self._file = sock.makefile("rb")
+        try:  # who listens there: the kernel's word (Linux), for "acted on the daemon ... (pid N)"
+            self.peer_pid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[0]
+        except (AttributeError, OSError):
+            self.peer_pid = None
 
     def call(self, method: str, **params: Any) -> Any:
         if self._sock is None:

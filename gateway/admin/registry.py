@@ -3,7 +3,9 @@
 Service classes decorate their coroutines with ``@admin_method("tenant.add")``. The decorator only
 marks the function; ``collect(*services)`` builds the daemon's own name -> bound method table, so
 there is no global registry. ``check_params`` binds a request's params to the signature and checks
-the simple types the protocol carries (str, int, float, bool, lists of those, None).
+the simple types the protocol carries (str, int, float, bool, lists of those, None), then the
+boundary rules every value passes (gateway/validate.py: 64-bit integers, finite numbers, bounded
+UTF-8 text and lists).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..errors import InvalidArgument
+from .. import validate
 
 AdminMethod = Callable[..., Awaitable[Any]]
 
@@ -76,4 +79,5 @@ def check_params(fn: AdminMethod, params: dict[str, Any]) -> inspect.BoundArgume
     for name, value in bound.arguments.items():
         if name in hints and not _matches(value, hints[name]):
             raise ParamsError(f"bad params: {name!r} has the wrong type ({type(value).__name__})")
+        validate.boundary(name, value)
     return bound

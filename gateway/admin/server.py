@@ -3,12 +3,18 @@ service method and writes the reply line.
 
 Request:  {"id": 1, "method": "tenant.add", "params": {"name": "acme"}}
 Reply:    {"id": 1, "result": ...}   or   {"id": 1, "error": {"code": "not_found", "message": "..."}}
+
+A request is bounded before any method sees it: one line of at most ``admin.max_request_bytes``,
+nesting at most ``MAX_DEPTH`` deep (the parser's own recursion limit stops a 100,000-deep line
+first), no NaN or infinity; then registry.check_params applies gateway/validate.py's boundary rules.
+A refused request gets an error reply and the connection keeps serving.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import socket
 import stat
@@ -23,9 +29,50 @@ from .registry import AdminMethod, check_params
 
 log = structlog.get_logger("admin")
 
+# Requests are flat (an object of params holding scalars and lists of scalars): 3 levels. Leave room.
+MAX_DEPTH = 16
+
 
 def error_reply(req_id: Any, code: str, message: str) -> dict[str, Any]:
     return {"id": req_id, "error": {"code": code, "message": message}}
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:20]} is out of range")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number a request may carry")
+
+
+def depth(value: Any) -> int:
+    """How deep lists and objects nest in a parsed request (iterative: a deep value cannot recurse here)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, level)
+        if level <= MAX_DEPTH:  # past the limit the answer is known; stop walking
+            stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def parse_request(line: bytes) -> tuple[Any, dict[str, Any] | None]:
+    """(the parsed line, None), or (None, the error reply saying why it cannot be a request)."""
+    try:
+        request = json.loads(line, parse_float=_finite, parse_constant=_no_constant)
+    except RecursionError:
+        return None, error_reply(None, "too_deep", f"request nested deeper than {MAX_DEPTH} levels")
+    except (ValueError, UnicodeDecodeError) as exc:
+        return None, error_reply(None, "parse_error", f"malformed JSON: {str(exc)[:200]}")
+    if depth(request) > MAX_DEPTH:
+        return None, error_reply(None, "too_deep", f"request nested deeper than {MAX_DEPTH} levels")
+    return request, None
 
 
 class AdminServer(Component):
@@ -134,10 +181,9 @@ class AdminServer(Component):
                     yield line
 
     async def handle_line(self, line: bytes) -> dict[str, Any]:
-        try:
-            request = json.loads(line)
-        except (ValueError, UnicodeDecodeError) as exc:
-            return error_reply(None, "parse_error", f"malformed JSON: {exc}")
+        request, refusal = parse_request(line)
+        if refusal is not None:
+            return refusal
         if not isinstance(request, dict):
             return error_reply(None, "invalid_request", "a request is a JSON object")
         req_id = request.get("id")

@@ -6,12 +6,13 @@ from __future__ import annotations
 import click
 
 from .. import __version__
-from .output import current_admin, socket_path  # noqa: F401 - the CLI's entry points for callers and tests
+from .output import GatewayGroup, current_admin, socket_path  # noqa: F401 - the CLI's entry points for callers and tests
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=GatewayGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="gateway")
-@click.option("--socket", "socket_option", metavar="PATH", help="Admin socket (default: as the daemon resolves it; $GATEWAY_SOCKET).")
+@click.option("--socket", "socket_option", metavar="PATH",
+              help="Admin socket (default: $GATEWAY_SOCKET unless --state-dir or --config is given, else where that daemon listens).")
 @click.option("--state-dir", metavar="DIR", help="State directory (default: $STATE_DIRECTORY, else ./var).")
 @click.option("--config", "config_option", metavar="PATH", help="Configuration file, to find the socket (default: $GATEWAY_CONFIG).")
 @click.pass_context
@@ -19,7 +20,9 @@ def main(ctx: click.Context, socket_option: str | None, state_dir: str | None, c
     """gateway: a multi-tenant SMTP/IMAP mail gateway.
 
     Exit codes: 0 ok, 1 operational error (daemon not running, not found, conflict), 2 usage or
-    configuration error.
+    configuration error. Errors are one line on stderr.
+
+    Flags beat environment variables, which beat the config file, which beats the defaults.
     """
     ctx.ensure_object(dict)
     ctx.obj["state_dir"] = state_dir

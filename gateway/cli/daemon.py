@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import sys
-import time
 
 import click
 
 from ..config import config_path_from, load_config, render_example, render_reference, render_toml, to_dict
 from ..errors import ConfigError
-from .output import current_admin, details, emit_json, fail, json_option, table
+from .output import current_admin, details, emit_json, fail, format_time, json_option, table
 
 config_option = click.option("--config", "config_option", metavar="PATH", help="Configuration file (default: $GATEWAY_CONFIG, else none).")
 
@@ -43,7 +42,7 @@ def status(as_json: bool) -> None:
         emit_json(result)
         return
     click.echo(f"gateway {result['version']}  pid {result['pid']}  up {_duration(result['uptime_seconds'])}"
-               f"  (since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(result['started_at']))})")
+               f"  (since {format_time(result['started_at'])})")
     click.echo(f"state dir  {result['state_dir']}")
     click.echo(f"config     {result.get('config_path') or '(embedded defaults)'}  reloads {result['reloads']}")
     click.echo("")
@@ -53,7 +52,7 @@ def status(as_json: bool) -> None:
         click.echo("")
         line = f"store      free {store['free_bytes'] / 1e6:,.0f} MB (reserve {store['min_free_bytes'] / 1e6:,.0f} MB)"
         if store["full"]:
-            line += f"  FULL since {time.strftime('%H:%M:%S', time.localtime(store['full_since']))}: {store['reason']}"
+            line += f"  FULL since {format_time(store['full_since'])}: {store['reason']}"
         click.echo(line)
     if "queue" in result:
         click.echo("")

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import sys
-import time
 
 import click
 
-from .output import current_admin, details, emit_json, json_option, table
+from .. import validate
+from .output import current_admin, details, emit_json, format_age, json_option, table
 
 tenant_option = click.option("--tenant", default=None, help="Act only if this tenant owns the domain.")
 dkim_option = click.option("--dkim", type=click.Choice(["rsa", "ed25519", "both"]), default=None,
@@ -19,19 +19,12 @@ def domain() -> None:
     """Manage sending domains: DKIM keys, DNS records, verification."""
 
 
-def _age(ts: float | None) -> str:
-    if not ts:
-        return "-"
-    days = (time.time() - ts) / 86400
-    return f"{days:.0f}d" if days >= 1 else f"{days * 24:.0f}h"
-
-
 def _show_domain(record: dict) -> None:
     details(record, [k for k in ("name", "unicode", "tenant", "state", "return_path_domain", "last_outcome", "dmarc_policy", "used_by")
                      if k in record and (k != "unicode" or record["unicode"] != record["name"])])
     if record.get("keys"):
         click.echo("")
-        table([{**k, "age": _age(k["created_at"])} for k in record["keys"]], ["selector", "algorithm", "state", "age"])
+        table([{**k, "age": format_age(k["created_at"])} for k in record["keys"]], ["selector", "algorithm", "state", "age"])
 
 
 @domain.command("add")
@@ -100,7 +93,7 @@ def verify(name: str, tenant: str | None, as_json: bool) -> None:
 
 
 @domain.command("reverify")
-@click.option("--older-than", type=click.FloatRange(min=0), default=0.0, help="Only domains last checked this many seconds ago.")
+@click.option("--older-than", type=click.FloatRange(0, validate.MAX_SECONDS), default=0.0, help="Only domains last checked this many seconds ago.")
 @json_option
 def reverify(older_than: float, as_json: bool) -> None:
     """Verify every verified or failing domain again now."""
@@ -117,7 +110,7 @@ def list_(tenant: str | None, as_json: bool) -> None:
     if as_json:
         emit_json(rows)
         return
-    table([{**r, "checked": _age(r["checked_at"])} for r in rows], ["name", "tenant", "state", "selectors", "checked"],
+    table([{**r, "checked": format_age(r["checked_at"])} for r in rows], ["name", "tenant", "state", "selectors", "checked"],
           ["NAME", "TENANT", "STATE", "SELECTORS", "CHECKED AGO"])
 
 

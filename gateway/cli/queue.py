@@ -2,25 +2,11 @@
 
 from __future__ import annotations
 
-import time
-
 import click
 
-from .output import current_admin, details, emit_json, fail, json_option, table
+from .output import current_admin, details, emit_json, fail, format_age, format_time, json_option, table
 
 STATES = ("pending", "deferred", "delivered", "bounced", "held")
-
-
-def _when(ts: float | None) -> str:
-    return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
-
-
-def _age(ts: float) -> str:
-    secs = max(0, int(time.time() - ts))
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if secs >= size:
-            return f"{secs // size}{unit}"
-    return f"{secs}s"
 
 
 @click.group()
@@ -41,7 +27,7 @@ def list_(tenant: str | None, state: str | None, limit: int, show_all: bool, as_
         emit_json(rows)
         return
     for r in rows:
-        r["age"] = _age(r["created_at"])
+        r["age"] = format_age(r["created_at"])
         r["rcpts"] = f"{r['recipients']}" + "".join(f" {k[0]}{r[k]}" for k in STATES if r.get(k))
     table(rows, ["queue_id", "tenant", "usecase", "state", "mail_from", "rcpts", "size", "age"],
           ["QUEUE ID", "TENANT", "USECASE", "STATE", "FROM", "RECIPIENTS", "SIZE", "AGE"])
@@ -56,8 +42,8 @@ def show(queue_id: str, as_json: bool) -> None:
     if as_json:
         emit_json(msg)
         return
-    msg["created"] = _when(msg["created_at"])
-    msg["expires"] = _when(msg["expires_at"])
+    msg["created"] = format_time(msg["created_at"])
+    msg["expires"] = format_time(msg["expires_at"])
     details(msg, ["queue_id", "tenant", "usecase", "mail_from", "message_id", "thread_id", "size", "client", "created", "expires"])
     for r in msg["recipients"]:
         click.echo("")
@@ -67,11 +53,11 @@ def show(queue_id: str, as_json: bool) -> None:
         if r["in_flight"]:
             line += "  [delivery in progress]"
         if r["state"] in ("pending", "deferred"):
-            line += f"  next attempt {_when(r['next_attempt_at'])}"
+            line += f"  next attempt {format_time(r['next_attempt_at'])}"
         click.echo(line)
         for a in r["attempt_log"]:
             reply = " ".join(str(x) for x in (a["code"], a["enhanced"], a["reply"]) if x)
-            click.echo(f"  {_when(a['at'])}  {a['outcome']:<9}  {a['remote'] or '-'}  {reply}")
+            click.echo(f"  {format_time(a['at'])}  {a['outcome']:<9}  {a['remote'] or '-'}  {reply}")
         if not r["attempt_log"]:
             click.echo("  (no attempts yet)")
 
@@ -127,7 +113,7 @@ def pause(tenant: str | None, usecase: str | None, show_list: bool, as_json: boo
             emit_json(rows)
         else:
             for r in rows:
-                r["since"] = _when(r["created_at"])
+                r["since"] = format_time(r["created_at"])
             table(rows, ["scope", "tenant", "usecase", "since", "held"])
         return
     if usecase and not tenant:

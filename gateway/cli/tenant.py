@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from .. import validate
 from .output import current_admin, details, emit_json, json_option, table
 
 COLUMNS = ["name", "display_name", "enabled", "outbound_enabled", "monthly_quota"]
@@ -24,7 +25,7 @@ def _show(record: dict, as_json: bool) -> None:
 @tenant.command("add")
 @click.argument("name")
 @click.option("--display-name", default="", help="Human name of the tenant.")
-@click.option("--quota", "monthly_quota", type=click.IntRange(min=0), default=0, show_default=True, help="Messages per month; 0 = unlimited.")
+@click.option("--quota", "monthly_quota", type=click.IntRange(0, validate.MAX_MONTHLY_QUOTA), default=0, show_default=True, help="Messages per month; 0 = unlimited.")
 @json_option
 def add(name: str, display_name: str, monthly_quota: int, as_json: bool) -> None:
     """Create a tenant."""
@@ -68,7 +69,7 @@ def disable(name: str, outbound: bool, as_json: bool) -> None:
 @tenant.command("update")
 @click.argument("name")
 @click.option("--display-name", default=None)
-@click.option("--quota", "monthly_quota", type=click.IntRange(min=0), default=None)
+@click.option("--quota", "monthly_quota", type=click.IntRange(0, validate.MAX_MONTHLY_QUOTA), default=None)
 @json_option
 def update(name: str, display_name: str | None, monthly_quota: int | None, as_json: bool) -> None:
     """Change a tenant's display name or quota."""

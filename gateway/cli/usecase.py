@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from .. import validate
 from .output import current_admin, details, emit_json, json_option, table
 
 KEYS = ["name", "tenant", "domain", "domain_state", "kind", "entity", "senders", "unsubscribe_scope", "route", "rate_limit", "credentials"]
@@ -29,7 +30,7 @@ def _show(record: dict, as_json: bool) -> None:
 @click.option("--from", "senders", multiple=True, required=True, help="Allowed sender address (repeat); on the domain or a subdomain.")
 @click.option("--unsubscribe-scope", type=scope_choice, default="usecase", show_default=True)
 @click.option("--route", default="direct", show_default=True, help="direct, or connector:NAME.")
-@click.option("--rate-limit", type=click.IntRange(min=0), default=0, show_default=True, help="Messages per minute; 0 = unlimited.")
+@click.option("--rate-limit", type=click.IntRange(0, validate.MAX_RATE_LIMIT), default=0, show_default=True, help="Messages per minute; 0 = unlimited.")
 @json_option
 def add(tenant, domain, name, entity, kind, senders, unsubscribe_scope, route, rate_limit, as_json) -> None:
     """Add a use case on a verified domain."""
@@ -66,7 +67,7 @@ def show(tenant: str, name: str, as_json: bool) -> None:
 @click.option("--remove-from", "remove_senders", multiple=True, help="Remove a sender address (repeat).")
 @click.option("--unsubscribe-scope", type=scope_choice, default=None)
 @click.option("--route", default=None)
-@click.option("--rate-limit", type=click.IntRange(min=0), default=None)
+@click.option("--rate-limit", type=click.IntRange(0, validate.MAX_RATE_LIMIT), default=None)
 @json_option
 def update(tenant, name, new_name, entity, kind, senders, add_senders, remove_senders, unsubscribe_scope, route, rate_limit, as_json) -> None:
     """Change a use case."""
@@ -113,7 +114,7 @@ def credentials_add(tenant: str, usecase_name: str, as_json: bool) -> None:
 def credentials_list(tenant: str, usecase_name: str, as_json: bool) -> None:
     """List credentials (never their secrets)."""
     rows = current_admin().call("usecase.credentials.list", tenant=tenant, usecase=usecase_name)
-    emit_json(rows) if as_json else table(rows, ["username", "created_at", "last_used_at", "revoked_at"])
+    emit_json(rows) if as_json else table(rows, ["username", "created_at", "last_used_at", "revoked_at"], ["USERNAME", "CREATED", "LAST USED", "REVOKED"])
 
 
 @credentials.command("revoke")

@@ -29,7 +29,7 @@ from typing import Any
 import aiohttp
 
 from ..config import DeliveryConfig
-from ..errors import GatewayError
+from ..errors import DeliveryError
 from .courier import RelayCourier, SessionOptions, SessionPool, SmtpSession
 from .reply import Reply, describe_failure
 
@@ -40,7 +40,7 @@ SENDGRID_MAX_BYTES = 30 * 1024 * 1024   # SendGrid's v3 limit for a whole messag
 SENDGRID_MAX_PARTS = 256
 
 
-class PayloadRefused(GatewayError):
+class PayloadRefused(DeliveryError):
     """The message is past a bound of the SendGrid mapping; ``reply`` is the permanent answer."""
 
     def __init__(self, reply: Reply):

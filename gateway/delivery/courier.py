@@ -23,6 +23,7 @@ from .loops import LoopGuard
 from .mx import DestinationError, MxResolver
 from .reply import Reply, describe_failure
 from .smtpclient import SMTPReplyError, SmtpClient, Transaction
+from ..errors import DeliveryError
 
 log = structlog.get_logger("delivery")
 
@@ -49,7 +50,7 @@ class SessionOptions:
     password: str = field(default="", repr=False)
 
 
-class SessionError(Exception):
+class SessionError(DeliveryError):
     """Could not get a usable session; ``reply`` is always temporary."""
 
     def __init__(self, reply: Reply):

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 
 from ..crlf import to_crlf
-from ..errors import GatewayError
+from ..errors import DeliveryError
 
 SIGNED_HEADERS = (
     "from", "sender", "reply-to", "to", "cc", "subject", "date", "message-id", "in-reply-to", "references",
@@ -39,7 +39,7 @@ _FOLD = re.compile(rb"\r?\n")
 _B64_LINE = 72
 
 
-class SigningError(GatewayError):
+class SigningError(DeliveryError):
     """A key cannot be loaded or used; the message is held, not sent unsigned."""
 
 

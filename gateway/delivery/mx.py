@@ -17,6 +17,7 @@ import dns.name
 import dns.resolver
 
 from ..config import DnsConfig
+from ..errors import DeliveryError
 from ..resolver import make_resolver
 from .reply import Reply
 
@@ -32,7 +33,7 @@ class Destination:
     addresses: tuple[str, ...]
 
 
-class DestinationError(Exception):
+class DestinationError(DeliveryError):
     """The domain cannot be delivered to now (temporary) or ever (permanent); ``reply`` says which."""
 
     def __init__(self, reply: Reply):

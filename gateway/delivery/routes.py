@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..errors import GatewayError
+from ..errors import DeliveryError
 from ..store import Store
 from .connectors import ConnectorSpec
 from .dkim import SigningKey
@@ -20,7 +20,7 @@ from .dkim import SigningKey
 ROUTE_TTL = 10.0
 
 
-class RoutingProblem(GatewayError):
+class RoutingProblem(DeliveryError):
     """The use case cannot be routed (missing or disabled connector...): held until an operator fixes it."""
 
 

@@ -24,12 +24,13 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from ..crlf import has_line_breakers, to_crlf
+from ..errors import DeliveryError
 
 MAX_LINE = 8192        # RFC 5321 4.5.3.1.5 says 512 for a reply line; be lenient, not unbounded
 MAX_REPLY_LINES = 200
 
 
-class SMTPClientError(Exception):
+class SMTPClientError(DeliveryError):
     """The connection is unusable: lost, timed out, garbled, or a step got an unexpected reply."""
 
 

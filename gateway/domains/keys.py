@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from ..errors import InvalidArgument
+from ..validate import shown
 
 RSA_BITS = 2048
 SELECTOR = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
@@ -36,7 +37,7 @@ class NewKey:
 def check_selector(selector: str) -> str:
     selector = selector.strip().lower()
     if not SELECTOR.match(selector):
-        raise InvalidArgument(f"invalid DKIM selector {selector!r}: use 1-63 letters, digits or '-' (one DNS label)")
+        raise InvalidArgument(f"invalid DKIM selector {shown(selector)}: use 1-63 letters, digits or '-' (one DNS label)")
     return selector
 
 
@@ -44,7 +45,7 @@ def algorithms(choice: str) -> tuple[str, ...]:
     try:
         return ALGORITHMS[choice]
     except KeyError:
-        raise InvalidArgument(f"invalid DKIM choice {choice!r}: expected rsa, ed25519 or both") from None
+        raise InvalidArgument(f"invalid DKIM choice {shown(choice)}: expected rsa, ed25519 or both") from None
 
 
 def selector_for(base: str, algorithm: str, dual: bool) -> str:

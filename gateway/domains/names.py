@@ -13,6 +13,7 @@ import re
 import idna
 
 from ..errors import InvalidArgument
+from ..validate import shown
 
 LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 # RFC 5321 dot-atom local part; quoted local parts are legal but no sender we configure needs one.
@@ -22,40 +23,42 @@ LOCAL_PART = re.compile(rf"^{ATEXT}+(\.{ATEXT}+)*$")
 
 def normalise_domain(raw: str, *, reserved: tuple[str, ...] | list[str] = ()) -> str:
     """The stored form of a domain name, or InvalidArgument naming what is wrong."""
+    if len(raw) > 1024:  # before IDNA work; a Unicode name is longer before it is encoded, so not 253 yet
+        raise InvalidArgument(f"invalid domain name {shown(raw)}: longer than 253 characters")
     name = raw.strip()
     if name.endswith("."):
         name = name[:-1]
     if not name:
         raise InvalidArgument("invalid domain name: empty")
     if any(c in name for c in "\r\n\0 \t@/\\"):
-        raise InvalidArgument(f"invalid domain name {raw!r}: contains a space, '@', '/' or a control character")
+        raise InvalidArgument(f"invalid domain name {shown(raw)}: contains a space, '@', '/' or a control character")
     try:
         ipaddress.ip_address(name.strip("[]"))
     except ValueError:
         pass
     else:
-        raise InvalidArgument(f"invalid domain name {raw!r}: an IP address is not a domain")
+        raise InvalidArgument(f"invalid domain name {shown(raw)}: an IP address is not a domain")
     try:
         name = idna.encode(name, uts46=True).decode("ascii") if not name.isascii() else name.lower()
     except idna.IDNAError as exc:
-        raise InvalidArgument(f"invalid domain name {raw!r}: {exc}") from None
+        raise InvalidArgument(f"invalid domain name {shown(raw)}: {exc}") from None
     labels = name.split(".")
     if len(labels) < 2:
-        raise InvalidArgument(f"invalid domain name {raw!r}: needs at least two labels (like example.com)")
+        raise InvalidArgument(f"invalid domain name {shown(raw)}: needs at least two labels (like example.com)")
     if len(name) > 253:
-        raise InvalidArgument(f"invalid domain name {raw!r}: longer than 253 characters")
+        raise InvalidArgument(f"invalid domain name {shown(raw)}: longer than 253 characters")
     for label in labels:
         if not LABEL.match(label):
             raise InvalidArgument(
-                f"invalid domain name {raw!r}: label {label!r} must be 1-63 letters, digits or '-', not starting or ending with '-'"
+                f"invalid domain name {shown(raw)}: label {label!r} must be 1-63 letters, digits or '-', not starting or ending with '-'"
             )
         if label.startswith("xn--"):
             try:
                 idna.decode(label)
             except idna.IDNAError as exc:
-                raise InvalidArgument(f"invalid domain name {raw!r}: bad A-label {label!r}: {exc}") from None
+                raise InvalidArgument(f"invalid domain name {shown(raw)}: bad A-label {label!r}: {exc}") from None
     if labels[-1].isdigit():
-        raise InvalidArgument(f"invalid domain name {raw!r}: the top-level label cannot be numeric")
+        raise InvalidArgument(f"invalid domain name {shown(raw)}: the top-level label cannot be numeric")
     for suffix in reserved:
         suffix = suffix.strip(".").lower()
         if name == suffix or name.endswith("." + suffix):
@@ -70,21 +73,23 @@ def is_within(name: str, domain: str) -> bool:
 
 def normalise_address(raw: str) -> str:
     """A sender address: dot-atom local part, normalised domain."""
+    if len(raw) > 1024:
+        raise InvalidArgument(f"invalid address {shown(raw)}: longer than 254 characters")
     address = raw.strip()
     if any(c in address for c in "\r\n\0 \t<>"):
-        raise InvalidArgument(f"invalid address {raw!r}: contains a space, '<', '>' or a control character")
+        raise InvalidArgument(f"invalid address {shown(raw)}: contains a space, '<', '>' or a control character")
     local, at, domain = address.rpartition("@")
     if not at or not local:
-        raise InvalidArgument(f"invalid address {raw!r}: expected local@domain")
+        raise InvalidArgument(f"invalid address {shown(raw)}: expected local@domain")
     if len(local) > 64 or not LOCAL_PART.match(local):
-        raise InvalidArgument(f"invalid address {raw!r}: the local part must be a dot-atom of at most 64 characters")
+        raise InvalidArgument(f"invalid address {shown(raw)}: the local part must be a dot-atom of at most 64 characters")
     try:
         domain = normalise_domain(domain)
     except InvalidArgument as exc:
-        raise InvalidArgument(f"invalid address {raw!r}: {exc.message}") from None
+        raise InvalidArgument(f"invalid address {shown(raw)}: {exc.message}") from None
     address = f"{local}@{domain}"
     if len(address) > 254:
-        raise InvalidArgument(f"invalid address {raw!r}: longer than 254 characters")
+        raise InvalidArgument(f"invalid address {shown(raw)}: longer than 254 characters")
     return address
 
 

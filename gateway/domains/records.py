@@ -156,10 +156,19 @@ def quote_txt(value: str) -> str:
 
 
 def zone(domain: str, records: list[Record]) -> str:
-    """BIND zone-file lines, fully qualified, that paste into any zone as they are."""
+    """BIND zone-file lines, fully qualified, that paste into any zone as they are.
+
+    An optional MX stays commented out: pasted live, the domain's own MX would send all of its
+    inbound mail to the gateway, which does not receive it (there is no inbound yet; the record is
+    live only with domains.require_mx)."""
     lines = [f"; DNS records for {domain}, from the mail gateway. Lines marked 'optional' are not needed to verify."]
     for r in records:
         value = quote_txt(r.value) if r.type == "TXT" else r.value
         lines.append(f"; {r.purpose}{'' if r.required else ' (optional)'}: {r.note}" if r.note else f"; {r.purpose}")
-        lines.append(f"{r.name}. {TTL} IN {r.type} {value}")
+        line = f"{r.name}. {TTL} IN {r.type} {value}"
+        if r.type == "MX" and not r.required:
+            lines.append(f"; commented out: live, it moves all inbound mail for {r.name} to the gateway; "
+                         "uncomment only if the gateway should receive it (then set domains.require_mx = true)")
+            line = "; " + line
+        lines.append(line)
     return "\n".join(lines) + "\n"

@@ -21,6 +21,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 
+from ..errors import RecordError
 from .lookup import Lookup
 
 MAX_LOOKUPS = 10
@@ -32,11 +33,11 @@ MODIFIER = re.compile(r"^([a-z][a-z0-9_.-]*)=(.*)$", re.I)
 RESULTS = {"+": "pass", "-": "fail", "~": "softfail", "?": "neutral"}
 
 
-class PermError(Exception):
+class PermError(RecordError):
     """The policy is broken for every receiver."""
 
 
-class TempError(Exception):
+class TempError(RecordError):
     """DNS did not answer; we cannot tell."""
 
 

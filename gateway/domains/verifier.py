@@ -4,6 +4,9 @@ A verified domain whose required record disappeared turns ``failing`` (event ``d
 a warning log line, written by the service); submissions then see ``domain_state`` "failing" in
 their use case context and refuse. A failing domain that is fixed turns ``verified`` again.
 Each round verifies the due domains with at most ``verify_concurrency`` in flight.
+
+It knows nothing of the layers above: the daemon hands it ``reverify``, the function that runs one
+round (the domain service's), and gives that service its new configuration on SIGHUP itself.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -19,7 +23,10 @@ from ..lifecycle import Component
 
 if TYPE_CHECKING:
     from ..config import Config
-    from ..services.domains import DomainService
+
+# One round: verify the domains last checked more than ``older_than`` seconds ago, at most
+# ``concurrency`` at once; returns a summary ({"checked": n, "states": {...}, "seconds": s}).
+Reverify = Callable[..., Awaitable[dict[str, Any]]]
 
 log = structlog.get_logger("domains")
 
@@ -27,8 +34,8 @@ log = structlog.get_logger("domains")
 class Reverifier(Component):
     name = "domain-reverifier"
 
-    def __init__(self, service: "DomainService", *, interval: float, concurrency: int):
-        self.service = service
+    def __init__(self, reverify: Reverify, *, interval: float, concurrency: int):
+        self.reverify = reverify
         self.interval = interval
         self.concurrency = concurrency
         self.rounds = 0
@@ -48,7 +55,6 @@ class Reverifier(Component):
             self._task = None
 
     async def reload(self, config: "Config") -> None:
-        self.service.apply_config(config)
         self.interval = config.domains.reverify_interval
         self.concurrency = config.domains.verify_concurrency
         self._wake.set()
@@ -72,7 +78,7 @@ class Reverifier(Component):
             if self.interval <= 0:
                 continue
             try:
-                summary = await self.service.reverify(older_than=self.interval * 0.9, concurrency=self.concurrency)
+                summary = await self.reverify(older_than=self.interval * 0.9, concurrency=self.concurrency)
             except Exception:  # noqa: BLE001 - the next round tries again
                 log.exception("domain_reverify_round_failed")
                 summary = {"error": True}

@@ -14,13 +14,12 @@ from urllib.parse import urlparse
 
 from ..admin.registry import admin_method
 from ..config import Config
-from ..crlf import has_line_breakers
 from ..delivery.connectors import SMTP_TLS_MODES, ConnectorSpec, test_connector
 from ..errors import InvalidArgument
 from ..store import Store
+from .. import validate
+from .tenants import check_tenant_name
 
-CONNECTOR_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-HOST = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,62}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*$|^\[?[0-9a-fA-F:.]+\]?$")
 ADDRESS = re.compile(r"^[^@\s<>\"]{1,64}@[A-Za-z0-9.-]{1,253}$")
 OUT_KINDS = ("smtp", "sendgrid")
 SETTING_KEYS = ("host", "port", "tls", "username", "sender", "reply_to", "base_url", "verify_tls")
@@ -33,12 +32,14 @@ def _check_settings(kind: str, s: dict[str, Any], *, complete: bool) -> None:
     if kind == "smtp":
         if complete and not s.get("host"):
             raise InvalidArgument("an smtp connector needs --host")
-        if "host" in s and not HOST.match(str(s["host"])):
-            raise InvalidArgument(f"invalid host {s['host']!r}")
-        if "port" in s and not (isinstance(s["port"], int) and 1 <= s["port"] <= 65535):
-            raise InvalidArgument("port must be 1-65535")
-        if "tls" in s and s["tls"] not in SMTP_TLS_MODES:
-            raise InvalidArgument(f"tls must be one of {', '.join(SMTP_TLS_MODES)}")
+        if "host" in s:
+            validate.host(s["host"])
+        if "port" in s:
+            validate.integer(s["port"], "port", low=1, high=65535)
+        if "tls" in s:
+            validate.choice(s["tls"], "tls mode", SMTP_TLS_MODES)
+        if "username" in s:
+            validate.line(s["username"], "username", max_len=validate.MAX_HOST)
         if "base_url" in s:
             raise InvalidArgument("base_url is for sendgrid connectors")
     else:
@@ -46,15 +47,27 @@ def _check_settings(kind: str, s: dict[str, Any], *, complete: bool) -> None:
             if key in s:
                 raise InvalidArgument(f"{key} is for smtp connectors")
         if s.get("base_url"):
+            validate.line(s["base_url"], "base_url", max_len=validate.MAX_URL)
             url = urlparse(s["base_url"])
-            if url.scheme not in ("http", "https") or not url.netloc:
-                raise InvalidArgument(f"base_url must be an http(s) URL, got {s['base_url']!r}")
+            if url.scheme not in ("http", "https") or not url.netloc or validate.unprintable(s["base_url"]):
+                raise InvalidArgument(f"base_url must be an http(s) URL, got {validate.shown(s['base_url'])}")
     for key in ("sender", "reply_to"):
-        if s.get(key) and not ADDRESS.match(s[key]):
-            raise InvalidArgument(f"{key} must be a plain address (local@domain), got {s[key]!r}")
+        if s.get(key) and not (len(s[key]) <= 254 and ADDRESS.match(s[key])):
+            raise InvalidArgument(f"{key} must be a plain address (local@domain), got {validate.shown(s[key])}")
     for key, value in s.items():
-        if isinstance(value, str) and has_line_breakers(value):
-            raise InvalidArgument(f"{key} must not contain CR, LF or NUL")
+        if isinstance(value, str) and validate.unprintable(value):
+            raise InvalidArgument(f"{key} must not contain CR, LF, NUL or other control characters")
+
+
+def _check_names(tenant: str, name: str) -> None:
+    check_tenant_name(tenant)
+    validate.name(name, "connector")
+
+
+def _check_secret(secret: str | None) -> None:
+    if secret is not None:
+        # Never shown, not even escaped: only what is wrong with it.
+        validate.line(secret, "the secret", max_len=validate.MAX_SECRET)
 
 
 def secret_forms(secret: str, username: str) -> list[str]:
@@ -82,14 +95,15 @@ class ConnectorService:
                   tls: str | None = None, username: str | None = None, secret: str | None = None,
                   sender: str | None = None, reply_to: str | None = None, base_url: str | None = None,
                   verify_tls: bool | None = None, enabled: bool = True) -> dict[str, Any]:
-        if not CONNECTOR_NAME.match(name):
-            raise InvalidArgument(f"invalid connector name {name!r}: use 1-63 lower-case letters, digits, '-' or '_'")
+        check_tenant_name(tenant)
+        validate.name(name, "connector")
         settings = {k: v for k, v in {"host": host, "port": port, "tls": tls, "username": username, "sender": sender,
                                       "reply_to": reply_to, "base_url": base_url, "verify_tls": verify_tls}.items() if v is not None}
         if kind == "smtp":
             settings.setdefault("tls", "starttls")
             settings.setdefault("port", {"implicit": 465, "none": 25}.get(settings["tls"], 587))
         _check_settings(kind, settings, complete=True)
+        _check_secret(secret)
         if kind == "sendgrid" and not secret:
             raise InvalidArgument("a sendgrid connector needs its API token (secret)")
         if kind == "smtp" and settings.get("username") and not secret:
@@ -99,10 +113,11 @@ class ConnectorService:
 
     @admin_method("connector.list")
     async def list(self, tenant: str | None = None) -> list[dict[str, Any]]:
-        return await self.store.connectors.list(tenant)
+        return await self.store.connectors.list(None if tenant is None else check_tenant_name(tenant))
 
     @admin_method("connector.show")
     async def show(self, tenant: str, name: str) -> dict[str, Any]:
+        _check_names(tenant, name)
         return await self.store.connectors.get(tenant, name)
 
     @admin_method("connector.update")
@@ -110,18 +125,21 @@ class ConnectorService:
                      username: str | None = None, secret: str | None = None, sender: str | None = None,
                      reply_to: str | None = None, base_url: str | None = None, verify_tls: bool | None = None,
                      enabled: bool | None = None, unset: list[str] | None = None) -> dict[str, Any]:
+        _check_names(tenant, name)
+        _check_secret(secret)
         current = await self.store.connectors.get(tenant, name)
         settings = {k: v for k, v in {"host": host, "port": port, "tls": tls, "username": username, "sender": sender,
                                       "reply_to": reply_to, "base_url": base_url, "verify_tls": verify_tls}.items() if v is not None}
         unset = unset or []
         bad = [k for k in unset if k not in ("username", "sender", "reply_to", "base_url", "verify_tls")]
         if bad:
-            raise InvalidArgument(f"cannot unset {', '.join(bad)}")
+            raise InvalidArgument(f"cannot unset {', '.join(validate.shown(k) for k in bad[:5])}")
         _check_settings(current["kind"], settings, complete=False)
         return await self.store.connectors.update(tenant, name, settings=settings, unset=unset, secret=secret, enabled=enabled)
 
     @admin_method("connector.test")
     async def test(self, tenant: str, name: str) -> dict[str, Any]:
+        _check_names(tenant, name)
         spec = await self.store.connectors.spec_by_tenant_name(tenant, name)
         connector = ConnectorSpec(spec["id"], spec["tenant_id"], spec["name"], spec["kind"], spec["enabled"], spec["settings"], spec["secret"])
         config = self.config()
@@ -133,4 +151,5 @@ class ConnectorService:
 
     @admin_method("connector.delete")
     async def delete(self, tenant: str, name: str) -> dict[str, Any]:
+        _check_names(tenant, name)
         return await self.store.connectors.delete(tenant, name)

@@ -16,6 +16,7 @@ from typing import Any
 
 import structlog
 
+from .. import validate
 from ..admin.registry import admin_method
 from ..config import Config
 from ..domains import keys as dkim_keys
@@ -171,8 +172,9 @@ class DomainService:
     @admin_method("domain.reverify")
     async def reverify(self, older_than: float = 0.0, concurrency: int | None = None) -> dict[str, Any]:
         """Verify again every verified or failing domain last checked more than ``older_than`` seconds ago."""
-        if concurrency is not None and concurrency < 1 or older_than < 0:
-            raise InvalidArgument("concurrency must be at least 1 and older_than at least 0")
+        validate.number(older_than, "older_than", low=0, high=validate.MAX_SECONDS, unit=" seconds")
+        if concurrency is not None:
+            validate.integer(concurrency, "concurrency", low=1, high=validate.MAX_CONCURRENCY)
         started = time.monotonic()
         due = await self.store.domains.due(time.time() - older_than)
         gate = asyncio.Semaphore(concurrency or self.config.domains.verify_concurrency)

@@ -11,6 +11,7 @@ from typing import Any
 
 import structlog
 
+from .. import validate
 from ..admin.registry import admin_method
 from ..errors import InvalidArgument
 from ..store import Store
@@ -19,6 +20,8 @@ log = structlog.get_logger("queue")
 
 
 def _check(tenant: str | None, usecase: str | None) -> None:
+    validate.optional_name(tenant, "tenant")
+    validate.optional_name(usecase, "use case")
     if usecase is not None and tenant is None:
         raise InvalidArgument("a use case is named within its tenant: add --tenant")
 

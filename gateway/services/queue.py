@@ -21,6 +21,7 @@ from typing import Any
 import structlog
 from prometheus_client.core import GaugeMetricFamily
 
+from .. import validate
 from ..admin.registry import admin_method
 from ..errors import InvalidArgument, NotFound
 from ..lifecycle import Component
@@ -48,7 +49,7 @@ def check_ids(ids: list[str], tenant: str | None, yes: bool) -> list[str] | None
     ids = [i.lower() for i in ids]  # ids are printed in lower case; accept them pasted in any case
     bad = [i for i in ids if not QUEUE_ID.match(i)]
     if bad:
-        raise InvalidArgument(f"not a queue id: {', '.join(bad[:5])}")
+        raise InvalidArgument(f"not a queue id: {', '.join(validate.shown(i) for i in bad[:5])}")
     return list(dict.fromkeys(ids))
 
 
@@ -59,6 +60,7 @@ class QueueService:
         self.on_change = on_change
 
     async def _tenant_id(self, tenant: str | None) -> int | None:
+        validate.optional_name(tenant, "tenant")
         return None if tenant is None else await self.store.pauses.tenant_id(tenant)
 
     @admin_method("queue.list")
@@ -75,7 +77,7 @@ class QueueService:
     async def show(self, queue_id: str) -> dict[str, Any]:
         queue_id = queue_id.lower()
         if not QUEUE_ID.match(queue_id):
-            raise InvalidArgument(f"not a queue id: {queue_id!r}")
+            raise InvalidArgument(f"not a queue id: {validate.shown(queue_id)}")
         message = await self.store.queue.show(queue_id)
         if message is None:
             raise NotFound(f"no message {queue_id} in the queue")

@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from ..admin.registry import admin_method
-from ..errors import InvalidArgument
 from ..store import Store
-
-TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+from .. import validate
 
 
 def check_tenant_name(name: str) -> str:
-    if not TENANT_NAME.match(name):
-        raise InvalidArgument(
-            f"invalid tenant name {name!r}: use 1-63 lower-case letters, digits, '-' or '_', starting with a letter or digit"
-        )
-    return name
+    return validate.name(name, "tenant")
 
 
 class TenantService:
@@ -27,9 +20,8 @@ class TenantService:
     @admin_method("tenant.add")
     async def add(self, name: str, display_name: str = "", monthly_quota: int = 0) -> dict[str, Any]:
         check_tenant_name(name)
-        if monthly_quota < 0:
-            raise InvalidArgument("monthly quota must be 0 (unlimited) or more")
-        return await self.store.tenants.add(name, display_name=display_name, monthly_quota=monthly_quota)
+        return await self.store.tenants.add(name, display_name=validate.display(display_name, "display name"),
+                                            monthly_quota=validate.monthly_quota(monthly_quota))
 
     @admin_method("tenant.list")
     async def list(self) -> list[dict[str, Any]]:
@@ -37,6 +29,7 @@ class TenantService:
 
     @admin_method("tenant.show")
     async def show(self, name: str) -> dict[str, Any]:
+        check_tenant_name(name)
         tenant = await self.store.tenants.get(name)
         tenant["owns"] = await self.store.tenants.holdings(name)
         return tenant
@@ -44,24 +37,26 @@ class TenantService:
     @admin_method("tenant.enable")
     async def enable(self, name: str, outbound: bool = False) -> dict[str, Any]:
         """Enable the tenant; with outbound=True enable only its outbound mail."""
+        check_tenant_name(name)
         return await self.store.tenants.update(name, **({"outbound_enabled": 1} if outbound else {"enabled": 1}))
 
     @admin_method("tenant.disable")
     async def disable(self, name: str, outbound: bool = False) -> dict[str, Any]:
         """Disable the tenant; with outbound=True disable only its outbound mail."""
+        check_tenant_name(name)
         return await self.store.tenants.update(name, **({"outbound_enabled": 0} if outbound else {"enabled": 0}))
 
     @admin_method("tenant.update")
     async def update(self, name: str, display_name: str | None = None, monthly_quota: int | None = None) -> dict[str, Any]:
+        check_tenant_name(name)
         changes: dict[str, Any] = {}
         if display_name is not None:
-            changes["display_name"] = display_name
+            changes["display_name"] = validate.display(display_name, "display name")
         if monthly_quota is not None:
-            if monthly_quota < 0:
-                raise InvalidArgument("monthly quota must be 0 (unlimited) or more")
-            changes["monthly_quota"] = monthly_quota
+            changes["monthly_quota"] = validate.monthly_quota(monthly_quota)
         return await self.store.tenants.update(name, **changes)
 
     @admin_method("tenant.delete")
     async def delete(self, name: str) -> dict[str, Any]:
+        check_tenant_name(name)
         return await self.store.tenants.delete(name)

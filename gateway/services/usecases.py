@@ -17,6 +17,7 @@ from typing import Any
 import argon2
 import structlog
 
+from .. import validate
 from ..admin.registry import admin_method
 from ..domains.names import is_within, normalise_address, normalise_domain
 from ..errors import Conflict, InvalidArgument
@@ -34,22 +35,21 @@ LEGACY_RECOUNT = 60.0  # seconds between counts of the argon2 hashes left (the c
 
 
 def check_name(name: str) -> str:
-    if not NAME.match(name):
-        raise InvalidArgument(f"invalid use case name {name!r}: use 1-63 lower-case letters, digits, '-' or '_', starting with a letter or digit")
-    return name
+    return validate.name(name, "use case")
+
+
+def _check_names(tenant: str, name: str) -> None:
+    check_tenant_name(tenant)
+    check_name(name)
 
 
 def check_entity(entity: str) -> str:
-    entity = entity.strip()
-    if not entity or len(entity) > 200 or any(ord(c) < 32 or ord(c) == 127 for c in entity):
-        raise InvalidArgument("invalid entity: 1-200 printable characters (the organisation or product the mail speaks for)")
-    return entity
+    # The organisation or product the mail speaks for.
+    return validate.display(entity, "entity", required=True)
 
 
 def check_choice(what: str, value: str, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise InvalidArgument(f"invalid {what} {value!r}: expected {' or '.join(choices)}")
-    return value
+    return validate.choice(value, what, choices)
 
 
 def check_senders(addresses: list[str], domain: str) -> list[str]:
@@ -62,16 +62,14 @@ def check_senders(addresses: list[str], domain: str) -> list[str]:
     for raw in addresses:
         address = normalise_address(raw)
         if not is_within(address.rpartition("@")[2], domain):
-            raise InvalidArgument(f"sender {raw!r} is not on the domain {domain!r} (or a subdomain of it)")
+            raise InvalidArgument(f"sender {validate.shown(raw)} is not on the domain {domain!r} (or a subdomain of it)")
         if address not in out:
             out.append(address)
     return out
 
 
 def check_rate_limit(value: int) -> int:
-    if value < 0:
-        raise InvalidArgument("rate limit must be 0 (unlimited) or more messages per minute")
-    return value
+    return validate.rate_limit(value)
 
 
 class UsecaseService:
@@ -98,17 +96,18 @@ class UsecaseService:
             "entity": check_entity(entity),
             "kind": check_choice("kind", kind, KINDS),
             "unsubscribe_scope": check_choice("unsubscribe scope", unsubscribe_scope, SCOPES),
-            "route": route.strip(),
+            "route": validate.route(route),
             "rate_limit": check_rate_limit(rate_limit),
         }
         return await self.store.usecases.add(tenant, domain=domain, name=name, senders=check_senders(senders, domain), **fields)
 
     @admin_method("usecase.list")
     async def list(self, tenant: str | None = None) -> list[dict[str, Any]]:
-        return await self.store.usecases.list(tenant)
+        return await self.store.usecases.list(None if tenant is None else check_tenant_name(tenant))
 
     @admin_method("usecase.show")
     async def show(self, tenant: str, name: str) -> dict[str, Any]:
+        _check_names(tenant, name)
         usecase = await self.store.usecases.get(tenant, name)
         usecase["credential_list"] = await self.store.usecases.credentials(tenant, name)
         return usecase
@@ -118,6 +117,7 @@ class UsecaseService:
                      kind: str | None = None, senders: list[str] | None = None, add_senders: list[str] | None = None,
                      remove_senders: list[str] | None = None, unsubscribe_scope: str | None = None,
                      route: str | None = None, rate_limit: int | None = None) -> dict[str, Any]:
+        _check_names(tenant, name)
         current = await self.store.usecases.get(tenant, name)
         changes: dict[str, Any] = {}
         if new_name is not None and new_name != name:
@@ -129,7 +129,7 @@ class UsecaseService:
         if unsubscribe_scope is not None:
             changes["unsubscribe_scope"] = check_choice("unsubscribe scope", unsubscribe_scope, SCOPES)
         if route is not None:
-            changes["route"] = route.strip()
+            changes["route"] = validate.route(route)
         if rate_limit is not None:
             changes["rate_limit"] = check_rate_limit(rate_limit)
         new_senders = None
@@ -139,7 +139,7 @@ class UsecaseService:
             removing = {normalise_address(a) for a in remove_senders or []}
             missing = removing - set(current["senders"]) - {normalise_address(a) for a in chosen}
             if missing:
-                raise InvalidArgument(f"use case {name!r} has no sender {sorted(missing)[0]!r}")
+                raise InvalidArgument(f"use case {name!r} has no sender {validate.shown(sorted(missing)[0])}")
             new_senders = [a for a in check_senders(chosen, current["domain"]) if a not in removing]
             if not new_senders:
                 raise InvalidArgument("a use case needs at least one sender address")
@@ -150,6 +150,7 @@ class UsecaseService:
 
     @admin_method("usecase.delete")
     async def delete(self, tenant: str, name: str) -> dict[str, Any]:
+        _check_names(tenant, name)
         return await self.store.usecases.delete(tenant, name)
 
     # ------------------------------------------------------------------ credentials
@@ -157,6 +158,7 @@ class UsecaseService:
     @admin_method("usecase.credentials.add")
     async def add_credential(self, tenant: str, usecase: str) -> dict[str, Any]:
         """A new username and password; the password is in this reply only, never stored or shown again."""
+        _check_names(tenant, usecase)
         current = await self.store.usecases.get(tenant, usecase)
         password = generate()  # 192 bits
         password_hash = (await self._passwords()).hash(password)
@@ -171,6 +173,7 @@ class UsecaseService:
 
     @admin_method("usecase.credentials.list")
     async def list_credentials(self, tenant: str, usecase: str) -> list[dict[str, Any]]:
+        _check_names(tenant, usecase)
         return await self.store.usecases.credentials(tenant, usecase)
 
     @admin_method("usecase.credentials.revoke")

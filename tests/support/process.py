@@ -95,7 +95,7 @@ class NotifySocket:
 
 class GatewayProcess:
     def __init__(self, tmp_path: Path, overrides: dict | None = None, *, env: dict[str, str] | None = None,
-                 state_dir: Path | None = None, name: str = "gw"):
+                 state_dir: Path | None = None, name: str = "gw", wrapper: list[str] | None = None):
         self.dir = tmp_path / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.config_path = write_config(self.dir / "config.toml", overrides)
@@ -104,6 +104,7 @@ class GatewayProcess:
         self.stderr_path = self.dir / "stderr.log"
         self.notify = NotifySocket(self.dir / "notify.sock")
         self.extra_env = env or {}
+        self.wrapper = wrapper or []  # a command the daemon runs under (tests/support/sandbox.py)
         self.proc: subprocess.Popen | None = None
 
     # ------------------------------------------------------------------ life
@@ -112,7 +113,7 @@ class GatewayProcess:
         env = gateway_env(NOTIFY_SOCKET=str(self.notify.path), **self.extra_env)
         self._stderr = open(self.stderr_path, "wb")
         self.proc = subprocess.Popen(
-            [GATEWAY, "run", "--config", str(self.config_path), "--state-dir", str(self.state_dir)],
+            [*self.wrapper, GATEWAY, "run", "--config", str(self.config_path), "--state-dir", str(self.state_dir)],
             env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._stderr,
         )
         if wait_ready:
