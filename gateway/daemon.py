@@ -32,7 +32,7 @@ from .delivery.scheduler import Scheduler
 from .domains.verifier import Reverifier
 from .errors import ConfigError, GatewayError, StartupError
 from .lifecycle import Component
-from .metrics import Metrics, store_families
+from .metrics import Metrics, budget_families, store_families
 from .paths import Paths, resolve_paths
 from .services.connectors import ConnectorService
 from .services.domains import DomainService
@@ -107,7 +107,7 @@ class Daemon:
             submission.build(
                 self.config, paths=self.paths, authenticate=usecases.authenticate, context=usecases.context,
                 submit=store.queue.put, monthly_count=store.queue.monthly_count, metrics=self.metrics,
-                on_queued=self.scheduler.wake,
+                on_queued=self.scheduler.wake, budget=self.budget,
             ),
         ]
         # Components start in this order and stop in reverse. Web and admin start first and stop
@@ -129,6 +129,7 @@ class Daemon:
             self.notifier.notify(STATUS="starting: opening the store")
             self.store = await Store.open(self.paths.database, self.config.store)
             self.metrics.add_collector(lambda: store_families(self.store.db) if self.store else [])
+            self.metrics.add_collector(lambda: budget_families(self.budget))
             self._build()
             started: list[Component] = []
             try:

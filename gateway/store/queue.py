@@ -104,12 +104,18 @@ def _thread_of(conn: sqlite3.Connection, m: NewMessage) -> str:
 
 def _put(conn: sqlite3.Connection, m: NewMessage) -> dict[str, Any]:
     hold_reason = m.hold_reason or ("paused" if paused(conn, m.tenant_id, m.usecase_id) else "")
+    # The body is written through a blob handle into a zeroblob of its size: bound as a parameter,
+    # SQLite would copy it twice (the bound value, then the record), 2 x its size in memory for
+    # every message being committed (48 MB for a 24 MB message, measured with VmHWM); this way none.
     cur = conn.execute(
         "INSERT INTO messages (queue_id, tenant_id, usecase_id, mail_from, message_id, size, body, client, created_at, expires_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (m.queue_id, m.tenant_id, m.usecase_id, m.mail_from, m.message_id, len(m.body), m.body, m.client, m.now, m.now + m.lifetime),
+        " VALUES (?, ?, ?, ?, ?, ?, zeroblob(?), ?, ?, ?)",
+        (m.queue_id, m.tenant_id, m.usecase_id, m.mail_from, m.message_id, len(m.body), len(m.body), m.client, m.now, m.now + m.lifetime),
     )
     msg_id = cur.lastrowid
+    if m.body:
+        with conn.blobopen("messages", "body", msg_id) as blob:
+            blob.write(m.body)
     state = "held" if hold_reason else "pending"
     conn.executemany(
         "INSERT INTO recipients (message_id, tenant_id, usecase_id, rcpt, domain, state, hold_reason, next_attempt_at, updated_at)"

@@ -5,7 +5,8 @@ offers STARTTLS (AUTH only once TLS is up), ``submissions`` is TLS from the firs
 Each connection is an aiosmtpd ``SMTP`` protocol created by ``loop.create_server`` (not aiosmtpd's
 threaded Controller), extended here with what aiosmtpd leaves to us: connection limits, a session
 time limit, CR/LF/NUL refusal in command arguments, enhanced status codes on aiosmtpd's own size
-replies, and a graceful stop that lets a message being committed get its 250.
+replies, DATA read under the in-flight memory budget (data.py), and a graceful stop that lets a
+message being committed get its 250.
 """
 
 from __future__ import annotations
@@ -17,14 +18,16 @@ import ssl
 from typing import Any
 
 import structlog
-from aiosmtpd.smtp import SMTP, Session, TLSSetupException
+from aiosmtpd.smtp import MISSING, SMTP, Session, TLSSetupException
 
+from ..budget import ByteBudget
 from ..config import Config, SubmissionConfig, split_hostport
 from ..errors import SMTPError, StartupError
 from ..lifecycle import Component, Listener, format_address
 from ..metrics import Metrics
-from . import policy
+from . import data, policy
 from .handler import SubmissionHandler
+from .handler import _size_param as size_param  # noqa: PLC2701 - the one SIZE= parser
 from .ratelimit import ConnectionCounter
 from .tls import TlsContext
 
@@ -185,13 +188,51 @@ class SubmissionSMTP(SMTP):
         if await self._checked("AUTH", arg):
             await super().smtp_AUTH(arg)
 
+    async def smtp_DATA(self, arg: str) -> None:  # noqa: N802
+        """aiosmtpd's DATA with the message read by data.receive: charged to the budget as it arrives."""
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        if not self.envelope.rcpt_tos:
+            await self.push("503 5.5.1 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 5.5.4 Syntax: DATA")
+            return
+        reservation = data.Reservation(self.owner.budget)
+        try:
+            first = data.first_size(size_param(self.envelope.mail_options), self.data_size_limit)
+            if not reservation.cover(first):
+                await self._refuse_data(data.Outcome.NO_MEMORY)
+                return
+            await self.push("354 End data with <CR><LF>.<CR><LF>")
+            outcome, content = await data.receive(self._reader, reservation, size_limit=self.data_size_limit,
+                                                  line_limit=self.line_length_limit)
+            if outcome is not data.Outcome.RECEIVED:
+                self._set_post_data_state()
+                await self._refuse_data(outcome)
+                return
+            # The handler holds the only reference, so it can drop the buffer once it has prepared.
+            self.envelope.original_content = self.envelope.content = content
+            del content
+            status = await self._call_handler_hook("DATA")
+            self._set_post_data_state()
+        finally:
+            reservation.release()
+        await self.push("250 OK" if status is MISSING else status)
+
+    async def _refuse_data(self, outcome: data.Outcome) -> None:
+        if outcome is data.Outcome.NO_MEMORY:
+            self.owner.metrics.memory_refusals.inc()
+        await self.push(self.event_handler._refuse(self, "DATA", data.refusal(outcome)))  # noqa: SLF001 - our own handler
+
 
 class SubmissionServer(Component):
     name = "submission"
 
     def __init__(self, config: SubmissionConfig, *, handler: SubmissionHandler, tls: TlsContext, hostname: str,
-                 metrics: Metrics | None = None):
+                 budget: ByteBudget, metrics: Metrics | None = None):
         self.config = config
+        self.budget = budget
         self.handler = handler
         self.tls = tls
         self.hostname = hostname
