@@ -23,7 +23,7 @@ from typing import Any
 
 import structlog
 
-from . import __version__, logs, submission
+from . import __version__, allocator, logs, submission
 from .admin.registry import admin_method, collect
 from .admin.server import AdminServer
 from .budget import ByteBudget
@@ -337,6 +337,7 @@ def run_daemon(config_path: str | None, state_dir: str | None) -> int:
             print(f"gateway: config error: {problem}", file=sys.stderr)
         return 2
     logs.configure(config.log)
+    allocator.tune()
     paths = resolve_paths(config, state_dir)
     daemon = Daemon(config, paths, config_path=config_path, notifier=Notifier())
     try:
