@@ -131,6 +131,8 @@ async def one_round(pid: int, port: int, cred: dict, sessions: int, payload: byt
     elapsed = time.perf_counter() - began
     stop.set()
     await watcher
+    if os.environ.get("BENCH_TRACE"):
+        print("samples MB", [s // MB for s in samples[::10]])
     return {"tally": tally, "elapsed": elapsed, "baseline": baseline, "peak": max(proc_status(pid, "VmHWM"), *samples)}
 
 

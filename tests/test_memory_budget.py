@@ -170,6 +170,37 @@ async def test_concurrent_large_messages_stay_within_the_budget(tmp_path):
         assert budget.in_use == 0
 
 
+# --------------------------------------------------------------------------- no second copy
+
+CASES = [
+    (Path(__file__).parent / "data" / "folded.eml").read_bytes(),            # Bcc dropped, Message-ID and Date added
+    b"From: a@example.com\r\nDate: Tue, 1 Dec 2026 10:00:00 +0000\r\nMessage-ID: <m@x>\r\n\r\n" + b"z" * 5000 + b"\r\n",
+    b"From: a@example.com\r\nBcc: " + b"b" * 3000 + b"\r\n\r\nshort\r\n",   # the header shrinks
+    b"From: a@example.com\r\nnot a header\r\n",                              # no separator: prepared by copy
+    b"From: a@example.com\r\n",                                                # no body at all
+]
+
+
+@pytest.mark.parametrize("raw", CASES)
+def test_prepare_in_place_is_prepare_without_the_copy(raw):
+    from gateway.submission import prepare
+
+    received = prepare.received_header(helo="c.example", client_ip="192.0.2.7", hostname="gw.example", queue_id="q1",
+                                       tls=None, recipients=["bob@example.org"], now=1_700_000_000.0)
+
+    def args(found):
+        return {"received": received, "message_id": found.message_id or "q1@example.com",
+                "add_message_id": found.message_id is None, "now": 1_700_000_000.0}
+
+    expected = prepare.prepare(found := prepare.inspect(raw, max_header_bytes=65536), **args(found))
+    buf = bytearray(raw)
+    found = prepare.inspect(buf, max_header_bytes=65536)
+    out = prepare.prepare_in_place(found, buf, **args(found))
+    assert out == expected
+    if b"\r\n\r\n" in raw:
+        assert out is buf                          # the received buffer itself: no second copy
+
+
 # --------------------------------------------------------------------------- the daemon's RSS
 
 
