@@ -17,7 +17,7 @@ import pytest
 
 from gateway.budget import ByteBudget
 from gateway.submission import client_tls_context, data
-from tests.support.daemon import merge
+from tests.support.daemon import merge, running_daemon
 from tests.support.process import AdminHandle, GatewayProcess
 from tests.support.submission import RawClient, message, submission_listener
 from tests.support.tenancy import dns_overrides, sending_setup
@@ -168,6 +168,39 @@ async def test_concurrent_large_messages_stay_within_the_budget(tmp_path):
         assert sum(tries) > 6                                       # some were refused and retried
         assert budget.peak <= budget.limit
         assert budget.in_use == 0
+
+
+async def test_daemon_budget_is_the_listeners_and_is_in_metrics(tmp_path, dns_server):
+    """The daemon's one budget (shared with delivery) is what the listener charges; /metrics shows it."""
+    import aiohttp
+
+    overrides = merge(dns_overrides(dns_server), {"daemon": {"memory_budget": 8 * MiB}})
+    async with running_daemon(tmp_path, overrides) as d, aiohttp.ClientSession() as http:
+        setup = await sending_setup(d, dns_server, domain="acme.test", sender="app@acme.test")
+        budget = d.daemon.budget
+        assert budget.try_acquire(8 * MiB)                  # as if delivery held it all
+        host, port = d.hostport("submissions")
+        smtp = aiosmtplib.SMTP(hostname=host, port=port, use_tls=True, tls_context=client_tls_context(), timeout=10)
+        async with smtp:
+            await smtp.login(setup["username"], setup["password"])
+            with pytest.raises(aiosmtplib.SMTPResponseException) as refused:
+                await smtp.sendmail(setup["sender"], ["bob@dest.test"], message(sender=setup["sender"]))
+            assert refused.value.code == 452
+        async with http.get(f"http://{d.address('web')}/metrics") as resp:
+            text = await resp.text()
+        budget.release(8 * MiB)
+    samples = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    assert float(samples["gateway_memory_budget_bytes"]) == 8 * MiB
+    assert float(samples["gateway_memory_in_use_bytes"]) == 8 * MiB
+    assert float(samples["gateway_memory_peak_bytes"]) >= 8 * MiB
+    assert float(samples["gateway_memory_refusals_total"]) == 1
+    assert float(samples['gateway_submission_refusals_total{code="452",step="DATA"}']) == 1
+
+
+def test_allocator_threshold_is_fixed_on_glibc():
+    from gateway import allocator
+
+    assert allocator.tune() is True                         # this is Linux with glibc: mallopt accepted it
 
 
 # --------------------------------------------------------------------------- no second copy
