@@ -21,10 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import os
-import ssl
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_submission import GATEWAY, Client, call, free_port, make_payload, setup, write_config  # noqa: E402
+from bench_e2e import connect  # noqa: E402
+from bench_submission import Client, call, free_port, make_payload, setup, start_daemon, write_config  # noqa: E402
 from tests.support.dns import DnsServer  # noqa: E402
 
 MB = 1024 * 1024
@@ -58,22 +55,6 @@ class Tally:
         self.refused_at_data = 0    # 452 instead of 354: nothing sent
         self.refused_after = 0      # 452 after the final dot
         self.other: list[bytes] = []
-
-
-async def login(port: int, cred: dict) -> tuple[Client, asyncio.StreamWriter]:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
-    c = Client(reader, writer)
-    await c.reply()
-    await c.cmd(b"EHLO bench.client", b"250")
-    await c.cmd(b"STARTTLS", b"220")
-    await writer.start_tls(ctx)
-    await c.cmd(b"EHLO bench.client", b"250")
-    blob = base64.b64encode(f"\0{cred['username']}\0{cred['password']}".encode())
-    await c.cmd(b"AUTH PLAIN " + blob, b"235")
-    return c, writer
 
 
 async def send_one(c: Client, writer: asyncio.StreamWriter, payload: bytes, tally: Tally, retry_pause: float) -> None:
@@ -118,7 +99,7 @@ async def watch(pid: int, samples: list[int], stop: asyncio.Event) -> None:
 async def one_round(pid: int, port: int, cred: dict, sessions: int, payload: bytes, retry_pause: float) -> dict:
     """Every session logs in first (AUTH's password hash costs memory of its own, not the messages'):
     the baseline is read and the peak reset after that, then all send at once."""
-    clients = await asyncio.gather(*(login(port, cred) for _ in range(sessions)))
+    clients = await asyncio.gather(*(connect(port, cred["username"], cred["password"]) for _ in range(sessions)))
     await asyncio.sleep(1.0)  # let the AUTH threads' memory go back before the baseline is read
     baseline = proc_status(pid, "VmRSS")
     reset_peak(pid)
@@ -131,8 +112,6 @@ async def one_round(pid: int, port: int, cred: dict, sessions: int, payload: byt
     elapsed = time.perf_counter() - began
     stop.set()
     await watcher
-    if os.environ.get("BENCH_TRACE"):
-        print("samples MB", [s // MB for s in samples[::10]])
     return {"tally": tally, "elapsed": elapsed, "baseline": baseline, "peak": max(proc_status(pid, "VmHWM"), *samples)}
 
 
@@ -152,21 +131,8 @@ def main() -> None:
         port, tls_port = free_port(), free_port()
         extra = "[daemon]\n" + (f"memory_budget = {args.budget}\n" if args.budget else "")
         write_config(work / "config.toml", dns, port, tls_port, extra)
-        env = {k: v for k, v in os.environ.items() if k not in {"NOTIFY_SOCKET", "STATE_DIRECTORY", "GATEWAY_CONFIG"}}
-        env.update(item.split("=", 1) for item in args.env)
-        proc = subprocess.Popen([GATEWAY, "run", "--config", str(work / "config.toml"), "--state-dir", str(work / "state")],
-                                env=env, stdout=subprocess.DEVNULL, stderr=open(work / "daemon.log", "wb"))
-        sock = work / "state" / "admin.sock"
+        proc, sock = start_daemon(work, dict(item.split("=", 1) for item in args.env))
         try:
-            deadline = time.time() + 30
-            while True:
-                try:
-                    call(sock, "ping")
-                    break
-                except Exception:  # noqa: BLE001 - not up yet
-                    if time.time() > deadline or proc.poll() is not None:
-                        raise SystemExit("bench: the daemon did not start:\n" + (work / "daemon.log").read_text()[-2000:])
-                    time.sleep(0.1)
             cred = setup(sock, dns)
             call(sock, "pause")  # the submission side alone: mail is committed and held
             budget = call(sock, "config.show")["daemon"]["memory_budget"]
