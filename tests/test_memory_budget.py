@@ -85,6 +85,19 @@ async def test_budget_is_charged_while_data_arrives(tmp_path):
         assert len(sub.queued) == 1
 
 
+async def test_dot_stuffed_lines_arrive_as_sent(tmp_path):
+    """RFC 5321 4.5.2 transparency through our own DATA reader: the client doubles leading dots,
+    the queued message has them back as they were, and a lone dot inside the body does not end it."""
+    body = ".leading dot\r\n..two dots\r\n.\r\nafter a lone dot\r\n.\r\n"
+    async with submission_listener(tmp_path) as sub:
+        async with sub.client() as smtp:                            # aiosmtplib dot-stuffs
+            await smtp.sendmail("app@example.com", ["bob@example.org"], message(body=body))
+        (queue_id,) = sub.queued
+        stored = await sub.store.db.read(
+            lambda conn: conn.execute("SELECT body FROM messages WHERE queue_id = ?", (queue_id,)).fetchone()[0])
+    assert stored.endswith(b"\r\n\r\n" + body.encode()), stored[-200:]
+
+
 async def test_a_message_alone_may_exceed_the_budget(tmp_path):
     """Like budget.py promises: with nothing else in flight one message of any size gets through,
     declared (SIZE=) or not, so a budget below max_message_size slows large mail instead of refusing it."""

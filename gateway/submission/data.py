@@ -108,9 +108,7 @@ async def receive(reader: asyncio.StreamReader, reservation: Reservation, *, siz
         try:
             line = await reader.readuntil(b"\r\n")
         except asyncio.LimitOverrunError as exc:
-            line = await reader.read(exc.consumed)   # a piece of an overlong line: drain it
-            if outcome is Outcome.RECEIVED:
-                outcome = Outcome.TOO_LONG
+            line = await reader.read(exc.consumed)   # a piece of an overlong line (no CRLF): drain it
         except asyncio.IncompleteReadError as exc:
             raise ConnectionResetError("connection closed during DATA") from exc
         if not partial and line == b".\r\n":
@@ -119,7 +117,7 @@ async def receive(reader: asyncio.StreamReader, reservation: Reservation, *, siz
         received += len(line)
         if outcome is not Outcome.RECEIVED:
             continue
-        if was_partial or len(line) > line_limit:
+        if partial or was_partial or len(line) > line_limit:
             outcome = Outcome.TOO_LONG
         elif size_limit and received > size_limit:
             outcome = Outcome.TOO_MUCH
