@@ -24,7 +24,7 @@ from typing import Any
 
 import structlog
 
-from . import __version__, logs, submission
+from . import __version__, allocator, logs, submission
 from .admin.registry import admin_method, collect
 from .admin.server import AdminServer
 from .budget import ByteBudget
@@ -33,7 +33,7 @@ from .delivery.scheduler import Scheduler
 from .domains.verifier import Reverifier
 from .errors import ConfigError, GatewayError, StartupError
 from .lifecycle import Component
-from .metrics import Metrics, store_families
+from .metrics import Metrics, budget_families, store_families
 from .paths import Paths, resolve_paths
 from .services.connectors import ConnectorService
 from .services.domains import DomainService
@@ -122,7 +122,7 @@ class Daemon:
             submission.build(
                 self.config, paths=self.paths, authenticate=usecases.authenticate, context=usecases.context,
                 submit=store.queue.put, monthly_count=store.queue.monthly_count, metrics=self.metrics,
-                on_queued=self.scheduler.wake,
+                on_queued=self.scheduler.wake, budget=self.budget,
             ),
         ]
         # Components start in this order and stop in reverse. Web and admin start first and stop
@@ -144,6 +144,7 @@ class Daemon:
             self.notifier.notify(STATUS="starting: opening the store")
             self.store = await Store.open(self.paths.database, self.config.store)
             self.metrics.add_collector(lambda: store_families(self.store.db) if self.store else [])
+            self.metrics.add_collector(lambda: budget_families(self.budget))
             self._build()
             started: list[Component] = []
             try:
@@ -370,6 +371,7 @@ def run_daemon(config_path: str | None, state_dir: str | None) -> int:
             print(f"gateway: config error: {problem}", file=sys.stderr)
         return 2
     logs.configure(config.log)
+    allocator.tune()
     paths = resolve_paths(config, state_dir)
     daemon = Daemon(config, paths, config_path=config_path, notifier=Notifier())
     try:

@@ -55,10 +55,12 @@ class Field:
 @dataclass(frozen=True)
 class Parsed:
     fields: list[Field]
-    body: bytes          # everything after the header block, blank separator line included (may be b"")
+    # Everything after the header block, blank separator line included (may be empty): a view into
+    # the received data, not a copy, so a large message is held once until it is prepared.
+    body: bytes | memoryview
 
 
-def split_header(data: bytes, max_header_bytes: int) -> Parsed:
+def split_header(data: bytes | bytearray, max_header_bytes: int) -> Parsed:
     """Split ``data`` (CRLF lines) into header fields and body.
 
     The header ends at the first empty line; a line that is neither a field nor a continuation also
@@ -69,13 +71,13 @@ def split_header(data: bytes, max_header_bytes: int) -> Parsed:
     pos, n = 0, len(data)
     current: list[bytes] = []
     current_name = b""
-    body = b""
+    body: bytes | memoryview = b""
     while pos < n:
         end = data.find(CRLF, pos)
         end = n if end < 0 else end + 2
-        line = data[pos:end]
+        line = bytes(data[pos:end])
         if line in (CRLF, b""):
-            body = data[pos:]
+            body = memoryview(data)[pos:]
             break
         if line[:1] in (b" ", b"\t") and current:
             current.append(line)

@@ -67,6 +67,10 @@ class Metrics:
         self.submission_connections = Gauge(
             "gateway_submission_connections", "Open connections on the submission listeners.", registry=r
         )
+        # The in-flight memory budget (gateway/budget.py); its levels are read on scrape (budget_families).
+        self.memory_refusals = Counter(
+            "gateway_memory_refusals_total", "Messages refused with 452 4.3.1 because the in-flight memory budget was spent.", registry=r
+        )
 
     def add_collector(self, collect: Callable[[], list[Any]]) -> None:
         """Register a function that yields metric families on each scrape (for values read on demand)."""
@@ -97,4 +101,14 @@ def store_families(db: Any) -> list[Any]:
     return [commits, writes, up, full, episodes, free]
 
 
-__all__ = ["Metrics", "store_families", "Histogram"]
+def budget_families(budget: Any) -> list[Any]:
+    limit = GaugeMetricFamily("gateway_memory_budget_bytes", "The in-flight memory budget (daemon.memory_budget).")
+    limit.add_metric([], budget.limit)
+    in_use = GaugeMetricFamily("gateway_memory_in_use_bytes", "Bytes of the in-flight memory budget held now (submission and delivery).")
+    in_use.add_metric([], budget.in_use)
+    peak = GaugeMetricFamily("gateway_memory_peak_bytes", "Most bytes of the in-flight memory budget held at once since start.")
+    peak.add_metric([], budget.peak)
+    return [limit, in_use, peak]
+
+
+__all__ = ["Metrics", "store_families", "budget_families", "Histogram"]

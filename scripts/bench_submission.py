@@ -66,6 +66,25 @@ def write_config(path: Path, dns: DnsServer, port: int, tls_port: int, extra: st
     path.write_text("\n".join(lines) + "\n" + extra)
 
 
+def start_daemon(work: Path, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, Path]:
+    """`gateway run` on work/config.toml (state in work/state); returns once its admin socket answers."""
+    environ = {k: v for k, v in os.environ.items() if k not in {"NOTIFY_SOCKET", "STATE_DIRECTORY", "GATEWAY_CONFIG"}}
+    environ.update(env or {})
+    proc = subprocess.Popen([GATEWAY, "run", "--config", str(work / "config.toml"), "--state-dir", str(work / "state")],
+                            env=environ, stdout=subprocess.DEVNULL, stderr=open(work / "daemon.log", "wb"))
+    sock = work / "state" / "admin.sock"
+    deadline = time.time() + 30
+    while True:
+        try:
+            call(sock, "ping")
+            return proc, sock
+        except Exception:  # noqa: BLE001 - not up yet
+            if time.time() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise SystemExit("bench: the daemon did not start:\n" + (work / "daemon.log").read_text()[-2000:])
+            time.sleep(0.1)
+
+
 def call(sock: Path, method: str, **params):
     with AdminClient(sock, timeout=60) as client:
         return client.call(method, **params)
@@ -219,21 +238,9 @@ def main() -> None:
         port, tls_port = free_port(), free_port()
         write_config(work / "config.toml", dns, port, tls_port, "")
         client_port = tls_port if args.implicit else port
-        env = {k: v for k, v in os.environ.items() if k not in {"NOTIFY_SOCKET", "STATE_DIRECTORY", "GATEWAY_CONFIG"}}
-        proc = subprocess.Popen([GATEWAY, "run", "--config", str(work / "config.toml"), "--state-dir", str(work / "state")],
-                                env=env, stdout=subprocess.DEVNULL, stderr=open(work / "daemon.log", "wb"))
-        sock = work / "state" / "admin.sock"
+        proc, sock = start_daemon(work)
         spy = None
         try:
-            deadline = time.time() + 30
-            while True:
-                try:
-                    call(sock, "ping")
-                    break
-                except Exception:  # noqa: BLE001 - not up yet
-                    if time.time() > deadline or proc.poll() is not None:
-                        raise SystemExit("bench: the daemon did not start:\n" + (work / "daemon.log").read_text()[-2000:])
-                    time.sleep(0.1)
             cred = setup(sock, dns)
             call(sock, "pause")  # measure acceptance alone: mail is committed and held, not delivered
             if args.warmup:

@@ -13,6 +13,12 @@ and leaves the client unusable (``broken``): a half-read reply must never be pai
 command. CR, LF and NUL never reach a command: ``command`` refuses them with ``ValueError``. No error
 text carries what was sent: a timeout names the step it waited on ("the reply to AUTH PLAIN"), never
 the line (AUTH's lines are the credentials, base64-encoded).
+
+Why our own client and not aiosmtplib (which does not pipeline: 3 + recipients round trips per
+message): scripts/bench_smtpclient.py, one connection to a sink that adds 50 ms to every reply,
+20 messages of 4 KB with 5 recipients each: 9.1 msg/s, 104 ms per message, against aiosmtplib
+5.1.3's 2.4 msg/s, 416 ms (3.8x); with one recipient 9.1 against 4.7 msg/s (2.0x); with no delay
+at all 691 against 154 msg/s (4.5x, less CPU per message).
 """
 
 from __future__ import annotations

@@ -306,6 +306,8 @@ class Database:
                 batch.append(nxt)
             outcomes = self._commit(conn, batch)
             self._loop.call_soon_threadsafe(_resolve, outcomes)
+            # Not held while waiting for the next write: a batch may carry large message bodies.
+            item = nxt = batch = outcomes = None
 
     def _commit(self, conn: sqlite3.Connection, batch: list) -> list:
         outcomes = []

@@ -110,12 +110,20 @@ def _thread_of(conn: sqlite3.Connection, m: NewMessage) -> str:
 
 def _put(conn: sqlite3.Connection, m: NewMessage) -> dict[str, Any]:
     hold_reason = m.hold_reason or holds.hold_reason(operator_held=False, pauses=covering(pauses(conn), m.tenant_id, m.usecase_id))
+    # The body is written through a blob handle into a zeroblob of its size, not bound: Python's
+    # sqlite3 resets a cached statement after use but keeps its bindings, so a bound body stayed in
+    # memory until the next message (24 MB of RSS after a 24 MB message, measured). The commit
+    # still makes two passing copies (the zeroblob is expanded because ``body`` is not the record's
+    # last column; a migration moving it there would spare those too).
     cur = conn.execute(
         "INSERT INTO messages (queue_id, tenant_id, usecase_id, mail_from, message_id, size, body, client, created_at, expires_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (m.queue_id, m.tenant_id, m.usecase_id, m.mail_from, m.message_id, len(m.body), m.body, m.client, m.now, m.now + m.lifetime),
+        " VALUES (?, ?, ?, ?, ?, ?, zeroblob(?), ?, ?, ?)",
+        (m.queue_id, m.tenant_id, m.usecase_id, m.mail_from, m.message_id, len(m.body), len(m.body), m.client, m.now, m.now + m.lifetime),
     )
     msg_id = cur.lastrowid
+    if m.body:
+        with conn.blobopen("messages", "body", msg_id) as blob:
+            blob.write(m.body)
     state = "held" if hold_reason else "pending"
     conn.executemany(
         "INSERT INTO recipients (message_id, tenant_id, usecase_id, rcpt, domain, state, hold_reason, next_attempt_at, updated_at)"

@@ -259,7 +259,7 @@ class SubmissionHandler:
 
     async def _accept(self, server: Any, envelope: Any, started: float) -> str:
         cfg = self.config
-        data: bytes = envelope.original_content
+        data: bytearray = envelope.original_content   # as received (data.py): the only copy so far
         policy.check_line_endings(data)
         if len(data) > cfg.max_message_size:
             raise policy.message_too_big(cfg.max_message_size)
@@ -276,10 +276,15 @@ class SubmissionHandler:
         ip = client_ip(server)
         received = prepare.received_header(helo=server.session.host_name, client_ip=ip, hostname=self.hostname, queue_id=queue_id,
                                            tls=server.tls_description(), recipients=envelope.rcpt_tos, now=now)
-        body = prepare.prepare(found, received=received, message_id=message_id, add_message_id=found.message_id is None, now=now)
+        # Prepared inside the received buffer: the message is held once, not twice (data.py).
+        body = prepare.prepare_in_place(found, data, received=received, message_id=message_id,
+                                        add_message_id=found.message_id is None, now=now)
+        parents = found.parents
+        envelope.original_content = envelope.content = None
+        del data, found
         result = await self.submit(NewMessage(
             queue_id=queue_id, tenant_id=ctx["tenant_id"], usecase_id=_usecase_id(ctx), mail_from=envelope.mail_from,
-            message_id=message_id, body=body, recipients=list(envelope.rcpt_tos), parents=found.parents, client=ip,
+            message_id=message_id, body=body, recipients=list(envelope.rcpt_tos), parents=parents, client=ip,
             lifetime=self.lifetime, now=now,
         ))
         # Committed: from here on the message is ours, and the answer is 250 whatever fails below

@@ -5,7 +5,7 @@ verbatim), never re-serialised through ``email``: the body and every header we d
 the recipient exactly as the client sent them, which keeps the client's own signatures (and ours,
 added at delivery) intact and is quick (a few microseconds for a typical message).
 
-    prepare(data, ...) ->  Received: prepended
+    prepare(data, ...) ->  Received: prepended (prepare_in_place: the same inside the received buffer)
                            Message-ID: <queue-id@sending-domain> added when missing
                            Date: added when missing
                            Bcc: removed (every one)
@@ -43,7 +43,7 @@ class Inspected:
     has_date: bool
 
 
-def inspect(data: bytes, *, max_header_bytes: int) -> Inspected:
+def inspect(data: bytes | bytearray, *, max_header_bytes: int) -> Inspected:
     parsed = split_header(data, max_header_bytes)
     from_values: list[str] = []
     received = 0
@@ -102,8 +102,7 @@ def received_header(*, helo: str | None, client_ip: str, hostname: str, queue_id
     return ("\r\n".join(lines) + "\r\n").encode("utf-8", "surrogateescape")
 
 
-def prepare(inspected: Inspected, *, received: bytes, message_id: str, add_message_id: bool, now: float | None = None) -> bytes:
-    """The message as queued: our Received on top, Bcc gone, Message-ID and Date added when missing."""
+def _header(inspected: Inspected, *, received: bytes, message_id: str, add_message_id: bool, now: float | None) -> list[bytes]:
     parts = [received]
     # A Message-ID field we could not use (no <id>) goes, so the message never carries two.
     drop = (b"bcc", b"message-id") if add_message_id else (b"bcc",)
@@ -112,8 +111,31 @@ def prepare(inspected: Inspected, *, received: bytes, message_id: str, add_messa
         parts.append(f"Message-ID: <{message_id}>\r\n".encode("ascii"))
     if not inspected.has_date:
         parts.append(f"Date: {formatdate(time.time() if now is None else now, localtime=True)}\r\n".encode("ascii"))
+    return parts
+
+
+def prepare(inspected: Inspected, *, received: bytes, message_id: str, add_message_id: bool, now: float | None = None) -> bytes:
+    """The message as queued: our Received on top, Bcc gone, Message-ID and Date added when missing."""
+    parts = _header(inspected, received=received, message_id=message_id, add_message_id=add_message_id, now=now)
     body = inspected.parsed.body
     if not body:
         body = CRLF
     parts.append(body)
     return b"".join(parts)
+
+
+def prepare_in_place(inspected: Inspected, data: bytes | bytearray, *, received: bytes, message_id: str, add_message_id: bool,
+                     now: float | None = None) -> bytes | bytearray:
+    """``prepare`` without a second copy of the message: the new header block replaces the old one
+    inside ``data`` (the received buffer ``inspected`` was made from) and the body is not copied,
+    so a 24 MB message stays 24 MB instead of two. Returns ``data``; ``inspected``'s body view is
+    released (do not use it afterwards). A message whose body is not a view into ``data`` (no
+    header/body separator) or not a bytearray is prepared by copy, as ``prepare`` does."""
+    body = inspected.parsed.body
+    if not isinstance(data, bytearray) or not isinstance(body, memoryview) or body.obj is not data or not len(body):
+        return prepare(inspected, received=received, message_id=message_id, add_message_id=add_message_id, now=now)
+    start = len(data) - len(body)
+    head = b"".join(_header(inspected, received=received, message_id=message_id, add_message_id=add_message_id, now=now))
+    body.release()           # a bytearray with a view on it cannot be resized
+    data[:start] = head      # moves the body by the difference in place (no second buffer)
+    return data

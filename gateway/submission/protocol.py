@@ -1,7 +1,7 @@
 """One submission connection: aiosmtpd's ``SMTP`` protocol, adapted where it must not decide for us.
 
-aiosmtpd parses commands, runs the SMTP state machine and reads DATA; this subclass takes over the
-edges where its defaults are wrong for a listener facing the internet:
+aiosmtpd parses commands and runs the SMTP state machine; this subclass takes over the edges where
+its defaults are wrong for a listener facing the internet:
 
 - Command lines are read here (``_next_command``), not in aiosmtpd's loop, so every line is checked
   before dispatch: CRLF ending only (RFC 5321 2.3.8: a bare LF is refused, 500 5.5.2), length, no CR
@@ -9,6 +9,8 @@ edges where its defaults are wrong for a listener facing the internet:
   arguments masked.
 - AUTH prompts are answered through the same bounded line reading (``challenge_auth``): an over-long
   answer is ``500 5.5.6`` (RFC 4954), not a ValueError from asyncio's readline.
+- DATA is read by ``data.receive``, charged to the in-flight memory budget as it arrives (452 4.3.1
+  past it), into one buffer that is prepared in place.
 - Any exception from aiosmtpd's address parsing is a syntax error (``_getaddr``), never a traceback.
 - Every reply passes through ``push``: aiosmtpd's own lines get enhanced status codes
   (``replies.enhance``) and every refusal, whoever made it, is logged once and counted. After
@@ -35,7 +37,8 @@ import structlog
 from aiosmtpd.smtp import MISSING, SMTP, Session, TLSSetupException, sanitize
 
 from ..errors import SMTPError
-from . import policy, replies
+from . import data, policy, replies
+from .handler import _size_param as size_param  # noqa: PLC2701 - the one SIZE= parser
 
 log = structlog.get_logger("submission")
 
@@ -364,3 +367,42 @@ class SubmissionSMTP(SMTP):
         self._original_transport = plain
         self._tls_protocol = _TlsUp(tls)
         self.connection_made(tls)
+
+    # ------------------------------------------------------------------ DATA, under the memory budget
+
+    async def smtp_DATA(self, arg: str) -> None:  # noqa: N802
+        """aiosmtpd's DATA with the message read by data.receive: charged to the budget as it arrives."""
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        if not self.envelope.rcpt_tos:
+            await self.push("503 5.5.1 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 5.5.4 Syntax: DATA")
+            return
+        reservation = data.Reservation(self.owner.budget)
+        try:
+            first = data.first_size(size_param(self.envelope.mail_options), self.data_size_limit)
+            if not reservation.cover(first):
+                await self._refuse_data(data.Outcome.NO_MEMORY)
+                return
+            await self.push("354 End data with <CR><LF>.<CR><LF>")
+            outcome, content = await data.receive(self._reader, reservation, size_limit=self.data_size_limit,
+                                                  line_limit=self.line_length_limit)
+            if outcome is not data.Outcome.RECEIVED:
+                self._set_post_data_state()
+                await self._refuse_data(outcome)
+                return
+            # The handler holds the only reference, so it can drop the buffer once it has prepared.
+            self.envelope.original_content = self.envelope.content = content
+            del content
+            status = await self._call_handler_hook("DATA")
+            self._set_post_data_state()
+        finally:
+            reservation.release()
+        await self.push("250 OK" if status is MISSING else status)
+
+    async def _refuse_data(self, outcome: data.Outcome) -> None:
+        if outcome is data.Outcome.NO_MEMORY:
+            self.owner.metrics.memory_refusals.inc()
+        await self.push(self.event_handler._refuse(self, "DATA", data.refusal(outcome)))  # noqa: SLF001 - our own handler

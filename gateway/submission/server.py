@@ -4,8 +4,9 @@ Two listening sockets share one handler and one TLS context: ``submission`` spea
 offers STARTTLS (AUTH only once TLS is up), ``submissions`` is TLS from the first byte (RFC 8314).
 Each connection is a ``protocol.SubmissionSMTP`` created by ``loop.create_server`` (not aiosmtpd's
 threaded Controller). This module owns what spans connections: connection limits, the session
-set, TLS, and a graceful stop that lets a message being committed get its 250. What one connection
-does with the bytes a client sends (line checks, replies, refusal accounting) is in protocol.py.
+set, TLS, the in-flight memory budget that DATA is read under (data.py), and a graceful stop that
+lets a message being committed get its 250. What one connection does with the bytes a client sends
+(line checks, replies, refusal accounting, DATA reading) is in protocol.py.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 import structlog
 
+from ..budget import ByteBudget
 from ..config import Config, SubmissionConfig, split_hostport
 from ..errors import StartupError
 from ..lifecycle import Component, Listener, format_address
@@ -35,8 +37,9 @@ class SubmissionServer(Component):
     name = "submission"
 
     def __init__(self, config: SubmissionConfig, *, handler: SubmissionHandler, tls: TlsContext, hostname: str,
-                 metrics: Metrics | None = None):
+                 budget: ByteBudget, metrics: Metrics | None = None):
         self.config = config
+        self.budget = budget
         self.handler = handler
         self.tls = tls
         self.hostname = hostname

@@ -19,6 +19,7 @@ from typing import Any
 
 import aiosmtplib
 
+from gateway.budget import ByteBudget
 from gateway.config import Config, SubmissionConfig
 from gateway.metrics import Metrics
 from gateway.paths import Paths
@@ -104,7 +105,7 @@ class Listener:
 
 @contextlib.asynccontextmanager
 async def submission_listener(tmp_path: Path, *, submission: dict[str, Any] | None = None, usecase: dict[str, Any] | None = None,
-                              store: Store | None = None) -> AsyncIterator[Listener]:
+                              store: Store | None = None, budget: ByteBudget | None = None) -> AsyncIterator[Listener]:
     own_store = store is None
     if store is None:
         store = await Store.open(tmp_path / "gateway.db")
@@ -120,7 +121,8 @@ async def submission_listener(tmp_path: Path, *, submission: dict[str, Any] | No
             listener.queued.append(queue_id)
 
         server = build(config, paths=paths, authenticate=auth.authenticate, context=store.usecases.context,
-                       submit=store.queue.put, monthly_count=store.queue.monthly_count, metrics=Metrics(), on_queued=queued)
+                       submit=store.queue.put, monthly_count=store.queue.monthly_count, metrics=Metrics(), on_queued=queued,
+                       budget=budget)
         listener = Listener(server, store, auth, ctx)
         await server.start()
         try:
