@@ -167,3 +167,25 @@ def test_covering_pauses():
     assert holds.covering(pauses, 2, 7) == ["usecase"]
     assert holds.covering(pauses, 3, 8) == []
     assert holds.covering([holds.Pause("global", None, None)], 3, 8) == ["global"]
+
+
+async def test_a_smarthost_whose_name_reaches_loopback_is_refused_once_connected():
+    """The guard checks the address a connection really reached, not only the name it was given: a
+    smarthost name that resolves to loopback (or to our own listener) is refused before MAIL."""
+    from gateway.delivery.courier import SessionError, SessionOptions, SmtpSession
+
+    async with mail_sink() as sink:
+        options = SessionOptions(helo="gw.test", connect_timeout=5, command_timeout=5, tls="off")
+        session = SmtpSession("127.0.0.1", sink.port, "relay.example.net", options,
+                              guard=LoopGuard(allow_loopback=False), target="connector relay")
+        with pytest.raises(SessionError) as caught:
+            await session.open()
+        reply = caught.value.reply
+        assert reply.code == 554 and reply.enhanced == "5.4.6" and "loops back to myself" in reply.line
+        assert sink.messages == [] and not session.alive
+        # Allowed loopback (tests, a local relay on purpose): the same session opens.
+        allowed = SmtpSession("127.0.0.1", sink.port, "relay.example.net", options,
+                              guard=LoopGuard(allow_loopback=True), target="connector relay")
+        await allowed.open()
+        assert allowed.alive
+        await allowed.close()

@@ -67,7 +67,7 @@ class Attempts:
             refusal = self.guard.refusal(host, port, f"connector {connector.name}")
             if refusal is not None:
                 return {r: refusal for r in rcpts}
-            return await relay_courier(connector, cfg.delivery, self.helo(), self.pool).deliver(envelopes, work.data, report)
+            return await relay_courier(connector, cfg.delivery, self.helo(), self.pool, self.guard).deliver(envelopes, work.data, report)
         limits = MxLimits(cfg.delivery.mx_address_limit, cfg.delivery.mx_session_limit)
         courier = DirectCourier(self.resolver, self.pool, self.options(), cfg.delivery.remote_port, limits=limits, guard=self.guard)
         return await courier.deliver(work.dest[1], envelopes, work.data, report)

@@ -31,6 +31,7 @@ import aiohttp
 from ..config import DeliveryConfig
 from ..errors import DeliveryError
 from .courier import RelayCourier, SessionOptions, SessionPool, SmtpSession
+from .loops import LoopGuard
 from .reply import Reply, describe_failure
 
 # Headers SendGrid accepts in `headers` that matter downstream (threading, unsubscribe).
@@ -73,10 +74,11 @@ def smtp_options(spec: ConnectorSpec, config: DeliveryConfig, helo: str) -> Sess
     )
 
 
-def relay_courier(spec: ConnectorSpec, config: DeliveryConfig, helo: str, pool: SessionPool) -> RelayCourier:
+def relay_courier(spec: ConnectorSpec, config: DeliveryConfig, helo: str, pool: SessionPool,
+                  guard: LoopGuard | None = None) -> RelayCourier:
     s = spec.settings
     return RelayCourier(spec.name, s["host"], int(s.get("port", 587)), pool, smtp_options(spec, config, helo),
-                        identity=(spec.tenant_id, spec.id))
+                        identity=(spec.tenant_id, spec.id), guard=guard)
 
 
 # --------------------------------------------------------------------------- SendGrid

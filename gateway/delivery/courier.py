@@ -71,10 +71,16 @@ def _tls_context(verify: bool) -> ssl.SSLContext:
 
 
 class SmtpSession:
-    """One connection to one server. ``steps`` records what ``open`` did (for `connector test`)."""
+    """One connection to one server. ``steps`` records what ``open`` did (for `connector test`).
 
-    def __init__(self, address: str, port: int, server_name: str, options: SessionOptions):
+    ``guard`` checks the address the connection really reached, for a server given by name (a
+    smarthost): a name that resolves to one of our own listeners or to loopback is refused there,
+    with the guard's permanent reply, before anything is sent."""
+
+    def __init__(self, address: str, port: int, server_name: str, options: SessionOptions, *, guard: LoopGuard | None = None,
+                 target: str = ""):
         self.address, self.port, self.server_name, self.options = address, port, server_name, options
+        self.guard, self.target = guard, target
         self.remote = f"{server_name}[{address}]:{port}" if server_name != address else f"[{address}]:{port}"
         self.sent = 0
         self.broken = False
@@ -99,6 +105,10 @@ class SmtpSession:
                                           server_hostname=self.server_name)
             self.tls = o.tls == "implicit"
             self._step(step, True, f"{greeting.code} {greeting.message}")
+            peer = smtp.peer() if self.guard is not None else None
+            refusal = self.guard.refusal(peer[0], peer[1], self.target) if peer is not None else None
+            if refusal is not None:
+                raise SessionError(refusal)
             step = "ehlo"
             ehlo = await smtp.ehlo()
             self._step(step, True, f"{ehlo.code} {ehlo.message.splitlines()[0] if ehlo.message else ''}")
@@ -404,14 +414,16 @@ class RelayCourier:
     """An `smtp` connector: every message goes to one smarthost, with its TLS mode and credentials.
     ``identity`` names the connector (tenant id, connector id): sessions are pooled per connector."""
 
-    def __init__(self, name: str, host: str, port: int, pool: SessionPool, options: SessionOptions, *, identity: tuple):
+    def __init__(self, name: str, host: str, port: int, pool: SessionPool, options: SessionOptions, *, identity: tuple,
+                 guard: LoopGuard | None = None):
         self.name, self.host, self.port, self.pool, self.options = name, host, port, pool, options
         self.key = relay_session_key(identity, host, port, options)
+        self.guard = guard
 
     async def deliver(self, envelopes: Sequence[Envelope], data: bytes, report: ReplySink | None = None) -> dict[str, Reply]:
         key = self.key
         try:
-            return await send_all(self.pool, key, lambda: SmtpSession(self.host, self.port, self.host, self.options), envelopes, data,
-                                  report)
+            return await send_all(self.pool, key, lambda: SmtpSession(self.host, self.port, self.host, self.options, guard=self.guard,
+                                                                      target=f"connector {self.name}"), envelopes, data, report)
         except SessionError as exc:
             return {r: exc.reply for env in envelopes for r in env.rcpts}

@@ -6,8 +6,10 @@ listener counts for the loopback addresses). Refused unless ``delivery.allow_loo
 loopback or unspecified address (127.0.0.0/8, ::1, 0.0.0.0, ::), where nothing but this host
 answers. A refusal is a permanent 5.4.6 (RFC 3463 "routing loop detected"): retrying cannot help.
 
-Host names are not resolved here: an MX's addresses come resolved from DNS; a smarthost given by
-name is checked for ``localhost`` only.
+Host names are not resolved here: an MX's addresses come resolved from DNS and are checked before
+connecting; a smarthost given by name is checked for ``localhost`` before connecting and, once
+connected, on the address the name really reached (``SmtpSession``'s guard), so a name that resolves
+to a loopback address or to one of our listeners is refused before anything is sent.
 """
 
 from __future__ import annotations

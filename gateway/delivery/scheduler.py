@@ -402,6 +402,15 @@ class Scheduler(Component):
                               why="shutting down while the store fails; the next start tries them again")
                     return None
                 wait = delay if self._record_deadline is None else max(0.0, min(delay, self._record_deadline - loop.time()))
+                if isinstance(exc, StorageFull):
+                    # The disk is full: try again as soon as the episode ends, not at the next backoff step
+                    # (still bounded by it, and by the shutdown deadline).
+                    wait = RECORD_RETRY_MAX if self._record_deadline is None else max(0.0, self._record_deadline - loop.time())
+                    try:
+                        await asyncio.wait_for(self.store.db.wait_writable(), wait)
+                    except TimeoutError:
+                        pass
+                    continue
                 await asyncio.sleep(wait)
                 delay = min(delay * 2, RECORD_RETRY_MAX)
 

@@ -219,6 +219,12 @@ class SmtpClient:
         value = self.extensions.get("size", "").strip()
         return int(value) if value.isdigit() else 0
 
+    def peer(self) -> tuple[str, int] | None:
+        """The address and port the connection actually reached (what a host name resolved to)."""
+        p = self._proto
+        peer = p.transport.get_extra_info("peername") if p is not None and p.transport is not None else None
+        return (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) and len(peer) >= 2 else None
+
     def ssl_object(self) -> ssl.SSLObject | None:
         p = self._proto
         return p.transport.get_extra_info("ssl_object") if p is not None and p.transport is not None else None

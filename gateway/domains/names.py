@@ -13,6 +13,7 @@ import re
 import idna
 
 from ..errors import InvalidArgument
+from ..crlf import has_line_breakers
 from ..validate import shown
 
 LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
@@ -30,7 +31,7 @@ def normalise_domain(raw: str, *, reserved: tuple[str, ...] | list[str] = ()) ->
         name = name[:-1]
     if not name:
         raise InvalidArgument("invalid domain name: empty")
-    if any(c in name for c in "\r\n\0 \t@/\\"):
+    if has_line_breakers(name) or any(c in name for c in " \t@/\\"):
         raise InvalidArgument(f"invalid domain name {shown(raw)}: contains a space, '@', '/' or a control character")
     try:
         ipaddress.ip_address(name.strip("[]"))
@@ -76,7 +77,7 @@ def normalise_address(raw: str) -> str:
     if len(raw) > 1024:
         raise InvalidArgument(f"invalid address {shown(raw)}: longer than 254 characters")
     address = raw.strip()
-    if any(c in address for c in "\r\n\0 \t<>"):
+    if has_line_breakers(address) or any(c in address for c in " \t<>"):
         raise InvalidArgument(f"invalid address {shown(raw)}: contains a space, '<', '>' or a control character")
     local, at, domain = address.rpartition("@")
     if not at or not local:
