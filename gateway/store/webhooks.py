@@ -212,6 +212,15 @@ class Webhooks:
                 " WHERE enabled = 1 ORDER BY id")]
         return await self.db.read(read)
 
+    async def waiting(self) -> set[int]:
+        """Enabled endpoints with at least one outbox row: one probe of the lane index per endpoint,
+        in one read, so idle lanes cost nothing of their own."""
+        def read(conn: sqlite3.Connection) -> set[int]:
+            return {r[0] for r in conn.execute(
+                "SELECT e.id FROM webhook_endpoints e WHERE e.enabled = 1"
+                " AND EXISTS (SELECT 1 FROM webhook_outbox o WHERE o.endpoint_id = e.id)")}
+        return await self.db.read(read)
+
     async def secret_of(self, tenant: str, name: str) -> tuple[dict[str, Any], str]:
         """(the endpoint, its secret): for ``webhook test`` only."""
         def read(conn: sqlite3.Connection) -> tuple[dict[str, Any], str]:

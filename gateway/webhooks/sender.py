@@ -1,7 +1,9 @@
 """The webhook sender: one lane per enabled endpoint, POSTing its outbox head in event order.
 
-    supervisor: every few poll intervals (or when woken by an admin change) reads the enabled
-                endpoints, starts a lane for each new one and stops the lanes of the others
+    supervisor: every poll interval, one read names the endpoints with outbox rows and wakes
+                their lanes (an idle lane makes no query of its own); every few intervals (or when
+                woken by an admin change) it reads the enabled endpoints, starts a lane for each
+                new one and stops the lanes of the others
     lane:       head = first batch_max outbox rows by id
                 -> POST (inside the overall ``concurrency`` cap) -> 2xx: the rows go, one write
                 -> else: failures + 1, the head waits backoff_base * 2^(failures-1) (+ jitter, up
@@ -47,9 +49,11 @@ log = structlog.get_logger("webhooks")
 MAX_RESPONSE = 4096
 # Seconds between two counts of a lane's backlog (against webhooks.max_backlog).
 BACKLOG_CHECK = 10.0
-# Supervisor rounds are this many poll intervals apart (at most SUPERVISE_MAX seconds).
+# The endpoint list is read again every this many poll intervals (at most SUPERVISE_MAX seconds).
 SUPERVISE_EVERY = 4
 SUPERVISE_MAX = 2.0
+# An idle lane looks at its outbox by itself at least this often, woken or not.
+IDLE_MAX = 5.0
 
 
 class RefusedAddress(OSError):
@@ -105,6 +109,7 @@ class WebhookSender(Component):
         self.session: aiohttp.ClientSession | None = None
         self._endpoints: dict[int, dict[str, Any]] = {}
         self._lanes: dict[int, asyncio.Task] = {}
+        self._due: dict[int, asyncio.Event] = {}
         self._supervisor: asyncio.Task | None = None
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(config.concurrency)
@@ -149,31 +154,47 @@ class WebhookSender(Component):
     # ------------------------------------------------------------------ lanes
 
     async def _supervise(self) -> None:
+        refreshed = float("-inf")
         while True:
+            interval = self.config.poll_interval
+            if self._wake.is_set() or time.monotonic() - refreshed >= min(SUPERVISE_MAX, interval * SUPERVISE_EVERY):
+                self._wake.clear()
+                refreshed = time.monotonic()
+                await self._refresh()
             try:
-                live = {e["id"]: e for e in await self.store.webhooks.live()}
+                for endpoint_id in await self.store.webhooks.waiting():
+                    if endpoint_id in self._due:
+                        self._due[endpoint_id].set()
             except Exception:  # noqa: BLE001 - the next round tries again
-                log.exception("webhooks_refresh_failed")
-                live = self._endpoints
-            self._endpoints = live
-            for endpoint_id, task in list(self._lanes.items()):
-                if endpoint_id not in live or task.done():
-                    task.cancel()
-                    del self._lanes[endpoint_id]
-            for endpoint_id, endpoint in live.items():
-                if endpoint_id not in self._lanes:
-                    self._lanes[endpoint_id] = asyncio.create_task(self._lane(endpoint), name=f"webhook-{endpoint_id}")
-            self._wake.clear()
+                log.exception("webhooks_poll_failed")
             try:
-                await asyncio.wait_for(self._wake.wait(), min(SUPERVISE_MAX, self.config.poll_interval * SUPERVISE_EVERY))
+                await asyncio.wait_for(self._wake.wait(), interval)
             except TimeoutError:
                 pass
+
+    async def _refresh(self) -> None:
+        try:
+            live = {e["id"]: e for e in await self.store.webhooks.live()}
+        except Exception:  # noqa: BLE001 - the next round tries again
+            log.exception("webhooks_refresh_failed")
+            return
+        self._endpoints = live
+        for endpoint_id, task in list(self._lanes.items()):
+            if endpoint_id not in live or task.done():
+                task.cancel()
+                del self._lanes[endpoint_id]
+                self._due.pop(endpoint_id, None)
+        for endpoint_id, endpoint in live.items():
+            if endpoint_id not in self._lanes:
+                self._due[endpoint_id] = asyncio.Event()
+                self._lanes[endpoint_id] = asyncio.create_task(self._lane(endpoint), name=f"webhook-{endpoint_id}")
 
     async def _lane(self, endpoint: dict[str, Any]) -> None:
         endpoint_id = endpoint["id"]
         failures, next_at = endpoint["failures"], endpoint["next_attempt_at"]
         failing_since = endpoint["failing_since"]
         backlog_checked = 0.0
+        due = self._due[endpoint_id]
         while True:
             cfg = self.config
             now = self.clock()
@@ -189,6 +210,7 @@ class WebhookSender(Component):
                         await self._disable(current, f"more than webhooks.max_backlog ({cfg.max_backlog}) events waiting",
                                             {"backlog": backlog})
                         return
+                due.clear()  # before the read: a wake during it is not lost
                 rows = await self.store.webhooks.head(endpoint_id, cfg.batch_max)
                 lost = [r["outbox_id"] for r in rows if r["kind"] is None]
                 if lost:
@@ -197,7 +219,10 @@ class WebhookSender(Component):
                     log.warning("webhook_events_expired", endpoint=current["name"], tenant_id=current["tenant_id"], events=len(lost))
                     rows = [r for r in rows if r["kind"] is not None]
                 if not rows:
-                    await asyncio.sleep(cfg.poll_interval)
+                    try:
+                        await asyncio.wait_for(due.wait(), IDLE_MAX)
+                    except TimeoutError:
+                        pass
                     continue
                 body = json.dumps({"events": [payload(r) for r in rows]}, separators=(",", ":"), default=str).encode()
                 async with self._slots:
