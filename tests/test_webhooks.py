@@ -209,3 +209,22 @@ async def test_outbox_rows_commit_with_their_event(tmp_path):
         assert await store.webhooks.backlog(ep["id"]) == 1
     finally:
         await store.close()
+
+
+async def test_sweeper_ages_out_the_delivery_log(tmp_path):
+    from gateway.config import QueueConfig, WebhooksConfig
+    from gateway.sweeper import Sweeper
+
+    store = await Store.open(tmp_path / "gw.db")
+    try:
+        await store.tenants.add("acme")
+        ep = await store.webhooks.add("acme", "a", "https://h.example/", "whsec_x", None)
+        for at in (1000.0, 2000.0, 9000.0):
+            await store.webhooks.failed(ep["id"], {"at": at, "first_event": 1, "last_event": 1, "events": 1, "status": 500,
+                                                   "latency": 0.01, "ok": False, "error": "HTTP 500"}, at + 5, keep=100)
+        sweeper = Sweeper(store, QueueConfig(), clock=lambda: 10000.0, webhooks=WebhooksConfig(keep_log_seconds=7500.0))
+        summary = await sweeper.sweep()
+        assert summary["webhook_log"] == 2
+        assert [d["at"] for d in await store.webhooks.deliveries(ep["id"])] == [9000.0]
+    finally:
+        await store.close()
