@@ -158,7 +158,7 @@ class QueueConfig:
 class WebhooksConfig:
     allow_loopback: bool = setting(False, "Allow webhook URLs on loopback (127.0.0.0/8, ::1, localhost). Off: such endpoints are refused when added and when their name resolves there (link-local, multicast and unspecified addresses always are).")
     timeout: float = setting(10.0, "Seconds one webhook POST may take, connecting included.", min=0.1)
-    concurrency: int = setting(16, "Most webhook POSTs in flight at once, all endpoints together (each endpoint sends one at a time, in event order).", min=1, max=1000, restart=True)
+    concurrency: int = setting(16, "Most webhook POSTs in flight at once to endpoints that answer, all together (each endpoint sends one at a time, in event order); endpoints that are failing share another quarter of it, so they cannot take the others' slots.", min=1, max=1000, restart=True)
     batch_max: int = setting(100, "Most events in one POST (a JSON array, in event order).", min=1, max=1000)
     poll_interval: float = setting(0.5, "Seconds between looks at an idle endpoint's outbox (the delay of a new event at most).", min=0.01)
     backoff_base: float = setting(5.0, "Seconds before the first retry of a failed POST; doubles per consecutive failure.", min=0.0)

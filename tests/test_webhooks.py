@@ -228,3 +228,58 @@ async def test_sweeper_ages_out_the_delivery_log(tmp_path):
         assert [d["at"] for d in await store.webhooks.deliveries(ep["id"])] == [9000.0]
     finally:
         await store.close()
+
+
+async def test_mail_outcomes_reach_the_webhook(tmp_path, dns_server):
+    """A real delivery (a deferral, then 250) and a 5xx bounce: the tenant's endpoint gets queued,
+    deferred, delivered and bounced in the order they happened, with the remote's reply."""
+    from tests.support.delivery import delivering_daemon, enqueue, publish_mx, wait_events
+    from tests.support.sink import mail_sink
+
+    with WebhookReceiver() as rx:
+        async with mail_sink() as sink:
+            publish_mx(dns_server, "dest.test")
+            sink.script("bob@dest.test", "451 4.3.0 busy, try later", "250 2.1.5 OK")
+            sink.script("eve@dest.test", "550 5.1.1 no such user here")
+            async with delivering_daemon(tmp_path, dns_server, sink.port, FAST) as (d, setup):
+                await d.call("webhook.add", tenant="acme", url=rx.url("/mail"), name="mail",
+                             events=["queued", "deferred", "delivered", "bounced"])
+                qid = await enqueue(d, setup, ["bob@dest.test", "eve@dest.test"])
+                await wait_events(d, qid, "delivered")
+                await wait_posts(rx, lambda posts: {"delivered", "bounced"} <= {e["type"] for e in rx.events("/mail")
+                                                                                 if e["subject"] == qid})
+                got = [e for e in rx.events("/mail") if e["subject"] == qid]
+                kinds = [e["type"] for e in got]
+                assert kinds[0] == "queued" and kinds.index("deferred") < kinds.index("delivered")
+                assert sorted(kinds) == ["bounced", "deferred", "delivered", "queued"]
+                assert [e["id"] for e in got] == sorted(e["id"] for e in got)
+                bounced = next(e for e in got if e["type"] == "bounced")
+                assert bounced["data"]["code"] == 550 and bounced["data"]["enhanced"] == "5.1.1"
+                assert bounced["data"]["rcpt"] == "eve@dest.test" and bounced["tenant"] == "acme"
+
+
+async def test_endpoints_that_are_down_cannot_take_the_slots_of_one_that_works(tmp_path):
+    """concurrency 1: the one slot is held by the first hanging POST for at most one timeout; after
+    that, failing endpoints retry from a pool of their own and the working endpoint flows."""
+    with WebhookReceiver() as rx:
+        for path in ("/down1", "/down2"):
+            rx.hang(path)
+        async with running_daemon(tmp_path, merged({"webhooks": {"timeout": 0.5, "concurrency": 1, "backoff_base": 0.01,
+                                                                 "backoff_max": 0.01}})) as d:
+            await d.call("tenant.add", name="acme")
+            for name in ("down1", "down2"):
+                await d.call("webhook.add", tenant="acme", url=rx.url(f"/{name}"), name=name)
+            await make_events(d, 1)
+            # Both have failed once (timed out): from now on they retry, hanging, back to back.
+            await eventually(lambda: _failing(d, "down1", "down2"))
+            await d.call("webhook.add", tenant="acme", url=rx.url("/up"), name="up", events=["tenant_updated"])
+            for i in range(3):
+                began = time.monotonic()
+                await make_events(d, 1)
+                await wait_posts(rx, lambda posts, n=i + 1: sum(p["path"] == "/up" for p in posts) >= n, timeout=5)
+                assert time.monotonic() - began < 0.4   # never behind a 0.5 s hanging POST
+
+
+async def _failing(d, *names):
+    shown = [await d.call("webhook.show", tenant="acme", name=n) for n in names]
+    return all(s["failures"] >= 1 for s in shown)

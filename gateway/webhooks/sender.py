@@ -12,7 +12,8 @@
 A lane sends one POST at a time, so its events arrive in id order, and a failing head holds back
 the rest of its endpoint (order over progress, as documented in the README); lanes are
 independent tasks, so an endpoint that is down or slow never delays another beyond the shared cap
-of POSTs in flight (each bounded by ``timeout``). Nothing is held in a transaction while a POST
+of POSTs in flight (each bounded by ``timeout``); once failing, a lane takes its slots from a
+separate pool (a quarter of ``concurrency``), so endpoints that are down cannot starve those that work. Nothing is held in a transaction while a POST
 is out. A crash after a 2xx and before its write sends the batch again: at-least-once.
 """
 
@@ -112,7 +113,10 @@ class WebhookSender(Component):
         self._due: dict[int, asyncio.Event] = {}
         self._supervisor: asyncio.Task | None = None
         self._wake = asyncio.Event()
+        # Lanes in a run of failures take their slots from a pool of their own: endpoints that are
+        # down (each POST waiting out the timeout) cannot take the slots of those that answer.
         self._slots = asyncio.Semaphore(config.concurrency)
+        self._retry_slots = asyncio.Semaphore(max(1, config.concurrency // 4))
         self.posts = 0
         self.failures = 0
         self.events_sent = 0
@@ -120,7 +124,9 @@ class WebhookSender(Component):
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=self.config.concurrency, limit_per_host=0, ttl_dns_cache=60,
+        # Room for both pools of slots: the connector's own limit must never be the one that waits.
+        connector = aiohttp.TCPConnector(limit=self.config.concurrency + max(1, self.config.concurrency // 4),
+                                         limit_per_host=0, ttl_dns_cache=60,
                                          resolver=GuardedResolver(lambda: self.config.allow_loopback))
         self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
                                              headers={"User-Agent": f"gateway-webhooks/{__version__}"})
@@ -130,14 +136,16 @@ class WebhookSender(Component):
         # A POST cut off here was not recorded: its rows stay in the outbox and go again after the
         # restart (at-least-once), so there is nothing to drain.
         tasks = [t for t in (self._supervisor, *self._lanes.values()) if t is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._supervisor = None
-        self._lanes.clear()
-        if self.session is not None:
-            await self.session.close()
-            self.session = None
+        try:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            self._supervisor = None
+            self._lanes.clear()
+            if self.session is not None:
+                session, self.session = self.session, None
+                await session.close()
 
     async def reload(self, config: Config) -> None:
         self.config = config.webhooks  # concurrency keeps its start value: the semaphore is shared by running lanes
@@ -225,7 +233,7 @@ class WebhookSender(Component):
                         pass
                     continue
                 body = json.dumps({"events": [payload(r) for r in rows]}, separators=(",", ":"), default=str).encode()
-                async with self._slots:
+                async with self._retry_slots if failures else self._slots:
                     attempt = await self.post(current["url"], current["secret"], body, [r["event_id"] for r in rows])
                 attempt.update(first_event=rows[0]["event_id"], last_event=rows[-1]["event_id"], events=len(rows))
                 if attempt["ok"]:
