@@ -16,6 +16,7 @@ import asyncio
 import errno
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -111,7 +112,8 @@ class Daemon:
                                    own_addresses=lambda: [l["address"] for l in self.listeners()])
         # A full disk's episode ends: claim what waited at once rather than at the next poll.
         store.db.on_recovered(self.scheduler.wake)
-        webhooks = WebhookSender(store, self.config.webhooks, self.metrics)
+        webhooks = WebhookSender(store, self.config.webhooks, self.metrics,
+                                 node=f"{socket.gethostname()}:{self.paths.state_dir.resolve()}")
         self.services = [TenantService(store), domains, usecases,
                          QueueService(store, wake=self.scheduler.wake, on_change=monitor.kick),
                          PauseService(store, wake=self.scheduler.wake, on_change=monitor.kick), DaemonService(self),

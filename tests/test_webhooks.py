@@ -283,3 +283,45 @@ async def test_endpoints_that_are_down_cannot_take_the_slots_of_one_that_works(t
 async def _failing(d, *names):
     shown = [await d.call("webhook.show", tenant="acme", name=n) for n in names]
     return all(s["failures"] >= 1 for s in shown)
+
+
+async def test_one_node_sends_for_an_endpoint_at_a_time(tmp_path):
+    """Two senders on one store (two gateway nodes): the endpoint's lease lets one of them send, so its
+    events stay in order; the other takes over once the lease runs out."""
+    from gateway.config import WebhooksConfig
+    from gateway.webhooks.sender import WebhookSender
+
+    cfg = WebhooksConfig(allow_loopback=True, poll_interval=0.02, timeout=1.0)
+    clock = [time.time()]
+    with WebhookReceiver() as rx:
+        store = await Store.open(tmp_path / "gw.db")
+        a = WebhookSender(store, cfg, node="a")
+        b = WebhookSender(store, cfg, node="b", clock=lambda: clock[0])
+        try:
+            acme = (await store.tenants.add("acme"))["id"]
+            await store.webhooks.add("acme", "h", rx.url("/h"), "whsec_x", ["note"])
+            await a.start()
+            for i in range(5):
+                await store.events.append(acme, "note", f"n{i}")
+            await wait_posts(rx, lambda posts: len(rx.events("/h")) >= 5)
+            await b.start()
+            for i in range(5, 10):
+                await store.events.append(acme, "note", f"n{i}")
+            await wait_posts(rx, lambda posts: len(rx.events("/h")) >= 10)
+            assert a.posts >= 1 and b.posts == 0   # b waits: a holds the lease
+            ep_id = (await store.webhooks.get("acme", "h"))["id"]
+            await eventually(lambda: _empty(store, ep_id))   # a's last 2xx is recorded (else b sends it again)
+            await a.stop(0)
+            clock[0] += 3600   # a's lease has run out (as after a node died)
+            await store.events.append(acme, "note", "n10")
+            await wait_posts(rx, lambda posts: len(rx.events("/h")) >= 11)
+            assert b.posts == 1
+            assert [e["subject"] for e in rx.events("/h")] == [f"n{i}" for i in range(11)]
+        finally:
+            await a.stop(0)
+            await b.stop(0)
+            await store.close()
+
+
+async def _empty(store, endpoint_id):
+    return await store.webhooks.backlog(endpoint_id) == 0

@@ -158,6 +158,12 @@ def _disable(conn: sqlite3.Connection, endpoint_id: int, reason: str, data: dict
     return True
 
 
+def _lease(conn: sqlite3.Connection, endpoint_id: int, owner: str, now: float, until: float) -> bool:
+    return conn.execute("UPDATE webhook_endpoints SET lease_owner = ?, lease_until = ? WHERE id = ? AND enabled = 1"
+                        " AND (lease_owner IS NULL OR lease_owner = ? OR lease_until < ?)",
+                        (owner, until, endpoint_id, owner, now)).rowcount == 1
+
+
 def _drop_lost(conn: sqlite3.Connection, endpoint_id: int, outbox_ids: list[int]) -> None:
     conn.executemany("DELETE FROM webhook_outbox WHERE endpoint_id = ? AND id = ?", [(endpoint_id, i) for i in outbox_ids])
 
@@ -242,6 +248,11 @@ class Webhooks:
     async def disable(self, endpoint_id: int, reason: str, data: dict[str, Any] | None = None) -> bool:
         """Disable an enabled endpoint with a ``webhook_disabled`` event; False when it was not enabled."""
         return await self.db.write(_disable, endpoint_id, reason, data or {})
+
+    async def lease(self, endpoint_id: int, owner: str, *, now: float, until: float) -> bool:
+        """Take or renew the right to send for the endpoint until ``until``; False while another
+        node holds it. One sender per endpoint keeps its events in order across gateway nodes."""
+        return await self.db.write(_lease, endpoint_id, owner, now, until)
 
     async def drop_lost(self, endpoint_id: int, outbox_ids: list[int]) -> None:
         """Outbox rows whose event the events sweep removed first: nothing left to send."""

@@ -55,6 +55,10 @@ SUPERVISE_EVERY = 4
 SUPERVISE_MAX = 2.0
 # An idle lane looks at its outbox by itself at least this often, woken or not.
 IDLE_MAX = 5.0
+# Seconds a lane's lease on its endpoint lasts (at least LEASE_TIMEOUTS POST timeouts); it is renewed
+# before a POST whenever less than a POST timeout and a margin is left.
+LEASE = 30.0
+LEASE_TIMEOUTS = 3
 
 
 class RefusedAddress(OSError):
@@ -100,9 +104,12 @@ def _printable(raw: bytes, limit: int = 200) -> str:
 class WebhookSender(Component):
     name = "webhooks"
 
-    def __init__(self, store: Store, config: WebhooksConfig, metrics: Metrics | None = None, *,
+    def __init__(self, store: Store, config: WebhooksConfig, metrics: Metrics | None = None, *, node: str = "",
                  clock: Callable[[], float] = time.time, rand: Callable[[], float] = random.random):
         self.store = store
+        # Who holds an endpoint's lease: the same for a restarted daemon on the same state directory
+        # (its lock says the previous one is gone), so it takes its lanes back at once.
+        self.node = node or f"{socket.gethostname()}:{id(self)}"
         self.config = config
         self.metrics = metrics or Metrics()
         self.clock = clock
@@ -202,6 +209,7 @@ class WebhookSender(Component):
         failures, next_at = endpoint["failures"], endpoint["next_attempt_at"]
         failing_since = endpoint["failing_since"]
         backlog_checked = 0.0
+        leased_until = 0.0
         due = self._due[endpoint_id]
         while True:
             cfg = self.config
@@ -232,6 +240,14 @@ class WebhookSender(Component):
                     except TimeoutError:
                         pass
                     continue
+                if leased_until - self.clock() < cfg.timeout + 5.0:
+                    now = self.clock()
+                    until = now + max(LEASE, LEASE_TIMEOUTS * cfg.timeout)
+                    if not await self.store.webhooks.lease(endpoint_id, self.node, now=now, until=until):
+                        leased_until = 0.0
+                        await asyncio.sleep(max(cfg.poll_interval, 1.0))  # another node sends for it
+                        continue
+                    leased_until = until
                 body = json.dumps({"events": [payload(r) for r in rows]}, separators=(",", ":"), default=str).encode()
                 async with self._retry_slots if failures else self._slots:
                     attempt = await self.post(current["url"], current["secret"], body, [r["event_id"] for r in rows])

@@ -17,6 +17,8 @@ CREATE TABLE webhook_endpoints (
     last_status     INTEGER,
     last_error      TEXT NOT NULL DEFAULT '',
     last_success_at REAL,
+    lease_owner     TEXT,                         -- the gateway node sending for it now (one at a time: order)
+    lease_until     REAL,
     created_at      REAL NOT NULL,
     updated_at      REAL NOT NULL,
     UNIQUE (tenant_id, name)
