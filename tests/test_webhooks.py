@@ -325,3 +325,29 @@ async def test_one_node_sends_for_an_endpoint_at_a_time(tmp_path):
 
 async def _empty(store, endpoint_id):
     return await store.webhooks.backlog(endpoint_id) == 0
+
+
+async def test_an_endpoint_past_its_backlog_bound_is_disabled(tmp_path):
+    from gateway.config import WebhooksConfig
+    from gateway.webhooks.sender import WebhookSender
+
+    with WebhookReceiver() as rx:
+        rx.script("/full", [503] * 1000)
+        store = await Store.open(tmp_path / "gw.db")
+        sender = WebhookSender(store, WebhooksConfig(allow_loopback=True, poll_interval=0.02, backoff_base=60.0, max_backlog=3))
+        sender.backlog_check = 0.0
+        try:
+            acme = (await store.tenants.add("acme"))["id"]
+            ep = await store.webhooks.add("acme", "full", rx.url("/full"), "whsec_x", ["note"])
+            await sender.start()
+            await store.events.append(acme, "note", "n0")
+            await wait_posts(rx, lambda posts: len(posts) >= 1)   # failed once: now backing off for a minute
+            for i in range(1, 5):
+                await store.events.append(acme, "note", f"n{i}")
+            disabled = await eventually(lambda: store.events.list(kind="webhook_disabled"))
+            assert "max_backlog" in disabled[0]["data"]["reason"] and disabled[0]["data"]["backlog"] == 5
+            await store.events.append(acme, "note", "n5")
+            assert await store.webhooks.backlog(ep["id"]) == 5   # kept, and no longer growing
+        finally:
+            await sender.stop(0)
+            await store.close()

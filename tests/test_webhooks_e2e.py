@@ -70,6 +70,7 @@ def test_order_and_at_least_once_across_sigkill(tmp_path):
             rx.hang("/a", False)
             in_flight = [json.loads(p["body"]) for p in rx.of("/a", ok_only=False) if p["status"] == 0][0]["events"]
             gw.close()
+            first_log = gw.stderr
             gw = GatewayProcess(tmp_path, CONFIG).start()
             make_events(gw, 10, start=30)
             with AdminClient(gw.socket_path) as client:
@@ -92,6 +93,7 @@ def test_order_and_at_least_once_across_sigkill(tmp_path):
             listed = gw.cli("webhook", "list", "--tenant", "acme").stdout
             assert re.search(r"acme\s+a\s+http://127\.0\.0\.1:\d+/a\s+tenant_updated\s+enabled", listed), listed
             assert gw.stop() == 0
+            assert "webhook_added" in first_log and secret not in first_log + gw.stderr   # never in the daemon's log
         finally:
             gw.close()
 

@@ -124,6 +124,7 @@ class WebhookSender(Component):
         # down (each POST waiting out the timeout) cannot take the slots of those that answer.
         self._slots = asyncio.Semaphore(config.concurrency)
         self._retry_slots = asyncio.Semaphore(max(1, config.concurrency // 4))
+        self.backlog_check = BACKLOG_CHECK
         self.posts = 0
         self.failures = 0
         self.events_sent = 0
@@ -213,19 +214,20 @@ class WebhookSender(Component):
         due = self._due[endpoint_id]
         while True:
             cfg = self.config
-            now = self.clock()
-            if next_at > now:
-                await asyncio.sleep(min(next_at - now, cfg.poll_interval))
-                continue
             current = self._endpoints.get(endpoint_id, endpoint)
             try:
-                if time.monotonic() - backlog_checked > BACKLOG_CHECK:
+                # Counted while backing off too: an endpoint that is down is the one whose backlog grows.
+                if time.monotonic() - backlog_checked > self.backlog_check:
                     backlog_checked = time.monotonic()
                     backlog = await self.store.webhooks.backlog(endpoint_id)
                     if backlog > cfg.max_backlog:
                         await self._disable(current, f"more than webhooks.max_backlog ({cfg.max_backlog}) events waiting",
                                             {"backlog": backlog})
                         return
+                now = self.clock()
+                if next_at > now:
+                    await asyncio.sleep(min(next_at - now, cfg.poll_interval))
+                    continue
                 due.clear()  # before the read: a wake during it is not lost
                 rows = await self.store.webhooks.head(endpoint_id, cfg.batch_max)
                 lost = [r["outbox_id"] for r in rows if r["kind"] is None]
