@@ -92,6 +92,14 @@ def test_order_and_at_least_once_across_sigkill(tmp_path):
                 assert verify(secret, p["headers"][HEADER], p["body"], now=time.time())
             listed = gw.cli("webhook", "list", "--tenant", "acme").stdout
             assert re.search(r"acme\s+a\s+http://127\.0\.0\.1:\d+/a\s+tenant_updated\s+enabled", listed), listed
+            assert re.match(r"http://127\.0\.0\.1:\d+/a: HTTP 200 in \d+\.\d ms", gw.cli("webhook", "test", "acme", "a").stdout)
+            rx.script("/b", [500])
+            failed = gw.cli("webhook", "test", "acme", "b", check=1)
+            assert "HTTP 500" in failed.stdout and "did not answer 2xx" in failed.stderr
+            assert "disabled" in gw.cli("webhook", "disable", "acme", "b").stdout
+            assert "disabled (operator)" in gw.cli("webhook", "show", "acme", "b").stdout
+            assert "0 undelivered" in gw.cli("webhook", "delete", "acme", "b").stdout
+            assert gw.cli("webhook", "show", "acme", "b", check=1).stderr.startswith("gateway: tenant 'acme' has no webhook")
             assert gw.stop() == 0
             assert "webhook_added" in first_log and secret not in first_log + gw.stderr   # never in the daemon's log
         finally:
