@@ -351,3 +351,19 @@ async def test_an_endpoint_past_its_backlog_bound_is_disabled(tmp_path):
         finally:
             await sender.stop(0)
             await store.close()
+
+
+async def test_names_resolving_to_refused_addresses_are_not_posted_to():
+    """The resolver the sender's connector uses drops refused addresses: a name that resolves only to
+    loopback (here the system's own 'localhost') cannot be POSTed to unless loopback is allowed."""
+    from gateway.webhooks.sender import GuardedResolver, RefusedAddress
+
+    closed = GuardedResolver(lambda: False)
+    opened = GuardedResolver(lambda: True)
+    try:
+        with pytest.raises(RefusedAddress):
+            await closed.resolve("localhost", 80)
+        assert {r["host"] for r in await opened.resolve("localhost", 80)} <= {"127.0.0.1", "::1"}
+    finally:
+        await closed.close()
+        await opened.close()
