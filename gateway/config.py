@@ -155,6 +155,22 @@ class QueueConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class WebhooksConfig:
+    allow_loopback: bool = setting(False, "Allow webhook URLs on loopback (127.0.0.0/8, ::1, localhost). Off: such endpoints are refused when added and when their name resolves there (link-local, multicast and unspecified addresses always are).")
+    timeout: float = setting(10.0, "Seconds one webhook POST may take, connecting included.", min=0.1)
+    concurrency: int = setting(16, "Most webhook POSTs in flight at once to endpoints that answer, all together (each endpoint sends one at a time, in event order); endpoints that are failing share another quarter of it, so they cannot take the others' slots.", min=1, max=1000, restart=True)
+    batch_max: int = setting(100, "Most events in one POST (a JSON array, in event order).", min=1, max=1000)
+    poll_interval: float = setting(0.5, "Seconds between looks at an idle endpoint's outbox (the delay of a new event at most).", min=0.01)
+    backoff_base: float = setting(5.0, "Seconds before the first retry of a failed POST; doubles per consecutive failure.", min=0.0)
+    backoff_max: float = setting(3600.0, "Longest wait between two tries of an endpoint.", min=0.0)
+    backoff_jitter: float = setting(0.2, "Random spread added to each wait, as a fraction of it.", min=0.0, max=1.0)
+    disable_after: float = setting(259200.0, "Seconds an endpoint may fail without one success before it is disabled (event webhook_disabled; default 3 days).", min=0.0)
+    max_backlog: int = setting(100000, "Most undelivered events one endpoint may have waiting; past it the endpoint is disabled (event webhook_disabled), its backlog kept for when it is enabled again.", min=1)
+    keep_log: int = setting(100, "Attempts kept in each endpoint's delivery log (status, latency, error).", min=1, max=100000)
+    keep_log_seconds: float = setting(2592000.0, "Seconds a delivery-log row is kept at most (the sweeper removes older ones). 0: only keep_log bounds it.", min=0.0)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     daemon: DaemonConfig = section(DaemonConfig, "The daemon itself.")
     log: LogConfig = section(LogConfig, "Logging (structlog).")
@@ -166,6 +182,7 @@ class Config:
     submission: SubmissionConfig = section(SubmissionConfig, "Submission listeners: apps relay mail through these.")
     queue: QueueConfig = section(QueueConfig, "The outbound queue.")
     delivery: DeliveryConfig = section(DeliveryConfig, "Outbound delivery: workers, timeouts, retries, DSNs.")
+    webhooks: WebhooksConfig = section(WebhooksConfig, "Signed webhook POSTs of events to tenants' endpoints.")
 
 
 # --------------------------------------------------------------------------- parsing

@@ -16,6 +16,7 @@ import asyncio
 import errno
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -41,11 +42,13 @@ from .services.pauses import PauseService
 from .services.queue import QueueMonitor, QueueService
 from .services.tenants import TenantService
 from .services.usecases import UsecaseService
+from .services.webhooks import EventService, WebhookService
 from .statelock import StateLock
 from .store import Store
 from .sweeper import Sweeper
 from .systemd import Notifier
 from .web import WebServer
+from .webhooks.sender import WebhookSender
 
 log = structlog.get_logger("daemon")
 
@@ -110,15 +113,21 @@ class Daemon:
                                    own_addresses=lambda: [l["address"] for l in self.listeners()])
         # A full disk's episode ends: claim what waited at once rather than at the next poll.
         store.db.on_recovered(self.scheduler.wake)
+        webhooks = WebhookSender(store, self.config.webhooks, self.metrics,
+                                 node=f"{socket.gethostname()}:{self.paths.state_dir.resolve()}")
         self.services = [TenantService(store), domains, usecases,
                          QueueService(store, wake=self.scheduler.wake, on_change=monitor.kick),
                          PauseService(store, wake=self.scheduler.wake, on_change=monitor.kick), DaemonService(self),
-                         ConnectorService(store, lambda: self.config)]
+                         ConnectorService(store, lambda: self.config),
+                         WebhookService(store, allow_loopback=lambda: self.config.webhooks.allow_loopback,
+                                        post=webhooks.post, on_change=webhooks.wake),
+                         EventService(store)]
         workers: list[Component] = [
             monitor,
             Reverifier(domains.reverify, interval=self.config.domains.reverify_interval, concurrency=self.config.domains.verify_concurrency),
             self.scheduler,
-            Sweeper(store, self.config.queue, self.metrics),
+            Sweeper(store, self.config.queue, self.metrics, webhooks=self.config.webhooks),
+            webhooks,
             submission.build(
                 self.config, paths=self.paths, authenticate=usecases.authenticate, context=usecases.context,
                 submit=store.queue.put, monthly_count=store.queue.monthly_count, metrics=self.metrics,

@@ -33,6 +33,9 @@ class Metrics:
         self.bounced = Counter("gateway_messages_bounced_total", "Recipients bounced (permanent failure or expiry), by route kind.", ["route"], registry=r)
         self.held = Counter("gateway_messages_held_total", "Recipients moved to held by an internal failure.", registry=r)
         self.dsns = Counter("gateway_dsn_sent_total", "Delivery status notifications queued.", registry=r)
+        # Webhooks (gateway/webhooks/sender.py).
+        self.webhook_posts = Counter("gateway_webhook_posts_total", "Webhook POSTs by outcome (ok: 2xx).", ["outcome"], registry=r)
+        self.webhook_events = Counter("gateway_webhook_events_delivered_total", "Events a webhook endpoint took (2xx).", registry=r)
         self.delivery_duration = Histogram(
             "gateway_delivery_duration_seconds", "Time from queued to delivered, per recipient.",
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400, 86400, 432000), registry=r,

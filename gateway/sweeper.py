@@ -5,6 +5,8 @@
                                  attempts older than keep_attempts                    -> deleted
                                  events older than keep_events                        -> deleted
                                  Message-ID records older than keep_threads           -> deleted
+                                 webhook delivery-log rows older than webhooks.keep_log_seconds -> deleted
+                                 (delivered outbox rows need no sweep: they go with the 2xx)
 
 "Finished" means every recipient delivered or bounced; pending, deferred and held mail is never
 touched, however old. The decisions (what is old enough, how big a batch) are made here; the store
@@ -26,7 +28,7 @@ from typing import Any
 
 import structlog
 
-from .config import Config, QueueConfig
+from .config import Config, QueueConfig, WebhooksConfig
 from .errors import StorageFull
 from .lifecycle import Component
 from .metrics import Metrics
@@ -36,16 +38,17 @@ log = structlog.get_logger("sweeper")
 
 # Body bytes one batch may free: freeing a body walks its overflow pages, so rows alone do not bound a batch.
 BATCH_BYTES = 8 * 1024 * 1024
-KINDS = ("bodies", "messages", "attempts", "events", "threads")
+KINDS = ("bodies", "messages", "attempts", "events", "threads", "webhook_log")
 
 
 class Sweeper(Component):
     name = "sweeper"
 
     def __init__(self, store: Store, config: QueueConfig, metrics: Metrics | None = None, *,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, webhooks: WebhooksConfig | None = None):
         self.store = store
         self.config = config
+        self.webhooks = webhooks or WebhooksConfig()
         self.metrics = metrics or Metrics()
         self.clock = clock
         self.sweeps = 0
@@ -65,6 +68,7 @@ class Sweeper(Component):
 
     async def reload(self, config: Config) -> None:
         self.config = config.queue
+        self.webhooks = config.webhooks
         self._wake.set()
 
     def status(self) -> dict[str, Any]:
@@ -102,6 +106,8 @@ class Sweeper(Component):
             "attempts": (cfg.keep_attempts, lambda cut: retention.delete_attempts(cut, max_rows=batch)),
             "events": (cfg.keep_events, lambda cut: retention.delete_events(cut, max_rows=batch)),
             "threads": (cfg.keep_threads, lambda cut: retention.delete_threads(cut, max_rows=batch)),
+            "webhook_log": (self.webhooks.keep_log_seconds,
+                            lambda cut: self.store.webhooks.delete_log_before(cut, max_rows=batch)),
         }
         summary: dict[str, Any] = dict.fromkeys(KINDS, 0)
         summary.update(bytes=0, batches=0, longest_batch=0.0)

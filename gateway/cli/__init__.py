@@ -36,6 +36,8 @@ from . import tenant as _tenant  # noqa: E402
 from . import domain as _domain  # noqa: E402
 from . import usecase as _usecase  # noqa: E402
 from . import queue as _queue  # noqa: E402
+from . import events as _events  # noqa: E402
+from . import webhook as _webhook  # noqa: E402
 
 main.add_command(_daemon.run)
 main.add_command(_daemon.status)
@@ -47,3 +49,5 @@ main.add_command(_queue.queue)
 main.add_command(_queue.pause)
 main.add_command(_queue.resume)
 main.add_command(_connector.connector)
+main.add_command(_events.events)
+main.add_command(_webhook.webhook)

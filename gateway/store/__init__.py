@@ -23,6 +23,7 @@ from .retention import Retention
 from .suppressions import Suppressions
 from .tenants import Tenants
 from .usecases import Usecases
+from .webhooks import Webhooks
 
 
 class Store:
@@ -38,6 +39,7 @@ class Store:
         self.connectors = Connectors(db)
         self.retention = Retention(db)
         self.suppressions = Suppressions(db)
+        self.webhooks = Webhooks(db)
 
     @classmethod
     async def open(cls, path: Path, config: StoreConfig | None = None) -> "Store":

@@ -435,9 +435,18 @@ class Database:
         return conn
 
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(conn, *args)`` on a read connection."""
+        """Run ``fn(conn, *args)`` on a read connection, inside one read transaction: every statement
+        of ``fn`` sees the same snapshot (a row and its counts never come from two different commits)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._readers, lambda: fn(self._reader(), *args))
+        return await loop.run_in_executor(self._readers, self._read_snapshot, fn, args)
+
+    def _read_snapshot(self, fn: Callable[..., T], args: tuple) -> T:
+        conn = self._reader()
+        conn.execute("BEGIN")
+        try:
+            return fn(conn, *args)
+        finally:
+            conn.execute("COMMIT")
 
     @property
     def writer_alive(self) -> bool:

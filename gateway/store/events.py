@@ -1,4 +1,11 @@
-"""Events: the append-only record that logs, metrics and webhooks are fed from."""
+"""Events: the append-only record that logs, metrics and webhooks are fed from.
+
+``append_event`` runs inside the write that caused the event. In the same statement list it fills
+the webhook outbox: one row per enabled endpoint of the event's tenant that subscribed to its kind
+(an INSERT ... SELECT through the partial index ``webhook_endpoints_live``), so the event and its
+deliveries-to-be commit together or not at all. For a tenant without endpoints that is one probe of
+an empty index range: no cache to keep coherent, and nothing a second gateway node could miss.
+"""
 
 from __future__ import annotations
 
@@ -12,16 +19,59 @@ from .db import Database
 
 def append_event(conn: sqlite3.Connection, tenant_id: int | None, kind: str, subject: str = "", data: dict | None = None) -> None:
     """Append one event row; called inside the write that caused it, so both commit together."""
-    conn.execute(
+    now = time.time()
+    event_id = conn.execute(
         "INSERT INTO events (created_at, tenant_id, kind, subject, data) VALUES (?, ?, ?, ?, ?)",
-        (time.time(), tenant_id, kind, subject, json.dumps(data or {}, separators=(",", ":"))),
-    )
+        (now, tenant_id, kind, subject, json.dumps(data or {}, separators=(",", ":"))),
+    ).lastrowid
+    if tenant_id is not None:
+        conn.execute(
+            "INSERT INTO webhook_outbox (endpoint_id, event_id, created_at)"
+            " SELECT id, ?, ? FROM webhook_endpoints INDEXED BY webhook_endpoints_live"
+            " WHERE tenant_id = ? AND enabled = 1 AND (events = '*' OR instr(events, ?) > 0)",
+            (event_id, now, tenant_id, f",{kind},"),
+        )
 
 
 def _event_row(row: sqlite3.Row) -> dict[str, Any]:
     d = dict(row)
     d["data"] = json.loads(d["data"])
     return d
+
+
+def first_id_since(conn: sqlite3.Connection, since: float) -> int:
+    """The id of the first event appended at or after ``since``: a binary search over ids (events
+    are appended in time order), a few point reads instead of an index on created_at that every
+    insert would pay for."""
+    lo_hi = conn.execute("SELECT MIN(id), MAX(id) FROM events").fetchone()
+    if lo_hi[0] is None:
+        return 1
+    lo, hi = lo_hi[0], lo_hi[1] + 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        # ids may have gaps (swept, rolled back): the next row at or after mid stands for it.
+        row = conn.execute("SELECT id, created_at FROM events WHERE id >= ? ORDER BY id LIMIT 1", (mid,)).fetchone()
+        if row is None or row[1] >= since:
+            hi = mid
+        else:
+            lo = row[0] + 1
+    return lo
+
+
+def _list(conn: sqlite3.Connection, tenant_id: int | None, subject: str | None, kind: str | None, after_id: int,
+          since: float | None, limit: int, newest: bool) -> list[dict[str, Any]]:
+    if since is not None:
+        after_id = max(after_id, first_id_since(conn, since) - 1)
+    where, args = ["e.id > ?"], [after_id]
+    for column, value in (("e.tenant_id", tenant_id), ("e.subject", subject), ("e.kind", kind)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            args.append(value)
+    order = "DESC" if newest else "ASC"
+    sql = (f"SELECT e.*, t.name AS tenant FROM events e LEFT JOIN tenants t ON t.id = e.tenant_id"
+           f" WHERE {' AND '.join(where)} ORDER BY e.id {order} LIMIT ?")
+    rows = [_event_row(r) for r in conn.execute(sql, (*args, limit))]
+    return rows[::-1] if newest else rows
 
 
 class Events:
@@ -32,16 +82,11 @@ class Events:
         await self.db.write(append_event, tenant_id, kind, subject, data)
 
     async def list(self, *, tenant_id: int | None = None, subject: str | None = None, kind: str | None = None,
-                   after_id: int = 0, limit: int = 100) -> list[dict[str, Any]]:
-        where, args = ["id > ?"], [after_id]
-        if tenant_id is not None:
-            where.append("tenant_id = ?")
-            args.append(tenant_id)
-        if subject is not None:
-            where.append("subject = ?")
-            args.append(subject)
-        if kind is not None:
-            where.append("kind = ?")
-            args.append(kind)
-        sql = f"SELECT * FROM events WHERE {' AND '.join(where)} ORDER BY id LIMIT ?"
-        return await self.db.read(lambda c: [_event_row(r) for r in c.execute(sql, (*args, limit))])
+                   after_id: int = 0, since: float | None = None, limit: int = 100,
+                   newest: bool = False) -> list[dict[str, Any]]:
+        """Events in id order after ``after_id`` (and at or after ``since``); with ``newest`` the last
+        ``limit`` of them (still in id order). Each row carries its tenant's name."""
+        return await self.db.read(_list, tenant_id, subject, kind, after_id, since, limit, newest)
+
+    async def last_id(self) -> int:
+        return await self.db.read(lambda c: c.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0])

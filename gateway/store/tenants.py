@@ -18,6 +18,7 @@ OWNED_TABLES = [
     ("usecases", "use case", "name"),
     ("connectors", "connector", "name"),
     ("messages", "queued message", "queue_id"),
+    ("webhook_endpoints", "webhook endpoint", "name"),
 ]
 
 

@@ -25,6 +25,7 @@ TEST_OVERRIDES: dict[str, Any] = {
     "submission": {"listen": "127.0.0.1:0", "listen_tls": "127.0.0.1:0"},
     "daemon": {"shutdown_timeout": 5.0},
     "delivery": {"allow_loopback": True},
+    "webhooks": {"allow_loopback": True},
 }
 
 

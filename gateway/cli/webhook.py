@@ -1,0 +1,122 @@
+"""`gateway webhook add|list|show|test|enable|disable|delete`: a tenant's signed event endpoints."""
+
+from __future__ import annotations
+
+import click
+
+from .events import when
+from .output import current_admin, details, emit_json, fail, json_option, table
+
+
+def _kinds(value: str | None) -> list[str] | None:
+    return [k.strip() for k in value.split(",") if k.strip()] if value else None
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.1f} ms"
+
+
+@click.group()
+def webhook() -> None:
+    """Webhook endpoints: events POSTed as signed JSON to a tenant's URL."""
+
+
+@webhook.command("add")
+@click.argument("tenant")
+@click.argument("url")
+@click.option("--events", "kinds", metavar="K,K...", help="Event types to send (e.g. delivered,bounced,complained). Default: all.")
+@click.option("--name", metavar="N", help="Name of the endpoint within the tenant (default: the URL's host).")
+@json_option
+def add(tenant: str, url: str, kinds: str | None, name: str | None, as_json: bool) -> None:
+    """Add an endpoint. Its signing secret is printed now, and never again."""
+    result = current_admin().call("webhook.add", tenant=tenant, url=url, events=_kinds(kinds), name=name)
+    if as_json:
+        emit_json(result)
+        return
+    click.echo(f"added webhook {result['name']} of {tenant}: {result['url']} (events: {','.join(result['events'])})")
+    click.echo(f"signing secret (shown once; keep it where the receiver can read it): {result['secret']}")
+
+
+@webhook.command("list")
+@click.option("--tenant", metavar="T", help="Only this tenant's endpoints.")
+@json_option
+def list_(tenant: str | None, as_json: bool) -> None:
+    """List endpoints with their backlog and last outcome."""
+    rows = current_admin().call("webhook.list", tenant=tenant)
+    if as_json:
+        emit_json(rows)
+        return
+    for r in rows:
+        r["state"] = "enabled" if r["enabled"] else "disabled"
+        r["last"] = r["last_status"] if r["last_error"] == "" else (r["last_error"][:40] or r["last_status"])
+        r["failing"] = when(r["failing_since"]) if r["failing_since"] else "-"
+    table(rows, ["tenant", "name", "url", "events", "state", "backlog", "last", "failing"],
+          ["TENANT", "NAME", "URL", "EVENTS", "STATE", "BACKLOG", "LAST", "FAILING SINCE"])
+
+
+@webhook.command("show")
+@click.argument("tenant")
+@click.argument("name")
+@click.option("--log", "log_limit", type=click.IntRange(1, 1000), default=20, show_default=True, help="Attempts shown.")
+@json_option
+def show(tenant: str, name: str, log_limit: int, as_json: bool) -> None:
+    """Show one endpoint and its latest attempts (the secret is never shown)."""
+    ep = current_admin().call("webhook.show", tenant=tenant, name=name, log_limit=log_limit)
+    if as_json:
+        emit_json(ep)
+        return
+    ep["state"] = "enabled" if ep["enabled"] else f"disabled ({ep['disabled_reason']})"
+    ep["created"] = when(ep["created_at"])
+    ep["failing since"] = when(ep["failing_since"])
+    ep["next attempt"] = when(ep["next_attempt_at"]) if ep["failures"] else "-"
+    ep["last success"] = when(ep["last_success_at"])
+    details(ep, ["tenant", "name", "url", "events", "state", "backlog", "failures", "failing since", "next attempt",
+                 "last success", "last_error", "created"])
+    click.echo("")
+    rows = [{"time": when(d["at"]), "events": f"{d['first_event']}-{d['last_event']} ({d['events']})",
+             "status": d["status"], "latency": _ms(d["latency"]), "ok": d["ok"], "error": d["error"][:60] or "-"}
+            for d in ep["deliveries"]]
+    table(rows, ["time", "events", "status", "latency", "ok", "error"], ["TIME", "EVENTS", "STATUS", "LATENCY", "OK", "ERROR"])
+
+
+@webhook.command("test")
+@click.argument("tenant")
+@click.argument("name")
+@json_option
+def test(tenant: str, name: str, as_json: bool) -> None:
+    """POST a signed test event now; prints the status and latency (exit 1 unless 2xx)."""
+    result = current_admin().call("webhook.test", tenant=tenant, name=name)
+    if as_json:
+        emit_json(result)
+    elif result["ok"]:
+        click.echo(f"{result['url']}: HTTP {result['status']} in {_ms(result['latency'])}")
+    else:
+        click.echo(f"{result['url']}: failed after {_ms(result['latency'])}: {result['error']}")
+    if not result["ok"]:
+        fail(f"webhook {name} did not answer 2xx", 1)
+
+
+def _toggle(action: str, verb: str) -> click.Command:
+    @click.command(action, help=f"{verb.capitalize()} an endpoint.")
+    @click.argument("tenant")
+    @click.argument("name")
+    @json_option
+    def command(tenant: str, name: str, as_json: bool) -> None:
+        ep = current_admin().call(f"webhook.{action}", tenant=tenant, name=name)
+        emit_json(ep) if as_json else click.echo(f"webhook {name} of {tenant}: {verb}")
+
+    return command
+
+
+webhook.add_command(_toggle("enable", "enabled"))
+webhook.add_command(_toggle("disable", "disabled"))
+
+
+@webhook.command("delete")
+@click.argument("tenant")
+@click.argument("name")
+@json_option
+def delete(tenant: str, name: str, as_json: bool) -> None:
+    """Delete an endpoint; events still waiting for it are dropped (the count is printed)."""
+    result = current_admin().call("webhook.delete", tenant=tenant, name=name)
+    emit_json(result) if as_json else click.echo(f"deleted webhook {name} of {tenant}; {result['undelivered']} undelivered event(s) dropped")
