@@ -40,11 +40,14 @@ from .services.domains import DomainService
 from .services.pauses import PauseService
 from .services.queue import QueueMonitor, QueueService
 from .services.tenants import TenantService
+from .services.unsubscribe import UnsubscribeService
 from .services.usecases import UsecaseService
 from .statelock import StateLock
 from .store import Store
 from .sweeper import Sweeper
 from .systemd import Notifier
+from .unsubscribe.links import Keyring, Links
+from .unsubscribe.web import Unsubscriber
 from .web import WebServer
 
 log = structlog.get_logger("daemon")
@@ -104,19 +107,23 @@ class Daemon:
         monitor = QueueMonitor(store, self.metrics)
         # One count of message bytes in memory, shared by submission (refuses past it) and delivery (waits).
         self.budget = ByteBudget(self.config.daemon.memory_budget)
+        # One keyring: delivery mints List-Unsubscribe links with it, the web pages verify them.
+        keyring = Keyring(store)
         # The loop guard reads the listening addresses when it checks one: listeners bind after this.
         self.scheduler = Scheduler(store, self.config, self.metrics, budget=self.budget,
-                                   own_addresses=lambda: [l["address"] for l in self.listeners()])
+                                   own_addresses=lambda: [l["address"] for l in self.listeners()],
+                                   links=Links(keyring, lambda: self.config))
         # A full disk's episode ends: claim what waited at once rather than at the next poll.
         store.db.on_recovered(self.scheduler.wake)
         self.services = [TenantService(store), domains, usecases,
                          QueueService(store, wake=self.scheduler.wake, on_change=monitor.kick),
                          PauseService(store, wake=self.scheduler.wake, on_change=monitor.kick), DaemonService(self),
-                         ConnectorService(store, lambda: self.config)]
+                         ConnectorService(store, lambda: self.config), UnsubscribeService(store, keyring)]
         workers: list[Component] = [
             monitor,
             Reverifier(domains, interval=self.config.domains.reverify_interval, concurrency=self.config.domains.verify_concurrency),
             self.scheduler,
+            Unsubscriber(store, keyring, self.metrics),
             Sweeper(store, self.config.queue, self.metrics),
             submission.build(
                 self.config, paths=self.paths, authenticate=usecases.authenticate, context=usecases.context,

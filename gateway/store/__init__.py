@@ -22,6 +22,7 @@ from .queue import Queue
 from .retention import Retention
 from .suppressions import Suppressions
 from .tenants import Tenants
+from .unsubscribes import Unsubscribes
 from .usecases import Usecases
 
 
@@ -38,6 +39,7 @@ class Store:
         self.connectors = Connectors(db)
         self.retention = Retention(db)
         self.suppressions = Suppressions(db)
+        self.unsubscribes = Unsubscribes(db)
 
     @classmethod
     async def open(cls, path: Path, config: StoreConfig | None = None) -> "Store":
