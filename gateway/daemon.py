@@ -123,7 +123,7 @@ class Daemon:
             monitor,
             Reverifier(domains, interval=self.config.domains.reverify_interval, concurrency=self.config.domains.verify_concurrency),
             self.scheduler,
-            Unsubscriber(store, keyring, self.metrics),
+            Unsubscriber(store, keyring, self.metrics, lambda: self.config),
             Sweeper(store, self.config.queue, self.metrics),
             submission.build(
                 self.config, paths=self.paths, authenticate=usecases.authenticate, context=usecases.context,

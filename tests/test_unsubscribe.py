@@ -111,3 +111,13 @@ def test_pages_escape_everything_from_outside():
     assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; Co" in html and 'action="tok&quot;en"' in html
     assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in html
     assert "<script" not in pages.confirmation("t", "a@b.test", {**info, "suppression": {"reason": "unsubscribe"}})
+
+
+def test_public_url_must_be_a_plain_http_url():
+    from gateway.config import parse_config
+    from gateway.errors import ConfigError
+
+    assert parse_config({"web": {"public_url": "https://mail.example.com/gw"}}).web.public_url == "https://mail.example.com/gw"
+    for bad in ("mail.example.com", "ftp://x.example", "https://x.example/?a=1", "https://x.example/#f", "https://x.example/ a"):
+        with pytest.raises(ConfigError, match="web.public_url"):
+            parse_config({"web": {"public_url": bad}})

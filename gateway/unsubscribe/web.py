@@ -13,11 +13,14 @@ Responses are not cached and send no Referer onward (the token is in the URL).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import structlog
 from aiohttp import web
 
+from ..config import Config
 from ..errors import StorageFull
 from ..lifecycle import Component
 from ..metrics import Metrics
@@ -42,8 +45,22 @@ SOURCES = ("one-click", "page", "mailto")
 class Unsubscriber(Component):
     name = "unsubscribe"
 
-    def __init__(self, store: Store, keyring: Keyring, metrics: Metrics):
-        self.store, self.keyring, self.metrics = store, keyring, metrics
+    def __init__(self, store: Store, keyring: Keyring, metrics: Metrics, config: Callable[[], Config] | None = None):
+        self.store, self.keyring, self.metrics, self.config = store, keyring, metrics, config
+
+    async def start(self) -> None:
+        if self.config is not None:
+            self._check_url(self.config())
+
+    async def reload(self, config: Config) -> None:
+        self._check_url(config)
+
+    @staticmethod
+    def _check_url(config: Config) -> None:
+        url = config.web.public_url
+        if urlsplit(url).scheme != "https" and urlsplit(url).hostname not in ("127.0.0.1", "localhost", "::1"):
+            log.warning("unsubscribe_url_not_https", public_url=url,
+                        hint="Gmail and Yahoo honour one-click unsubscribe only over https: set web.public_url")
 
     def web_routes(self) -> list[web.RouteDef]:
         return [web.get(PATH, self._get, allow_head=False), web.post(PATH, self._post)]
