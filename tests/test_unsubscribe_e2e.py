@@ -22,6 +22,7 @@ import aiohttp
 import dkim
 import pytest
 
+from gateway.unsubscribe import tokens
 from tests.support import process
 from tests.support.delivery import delivering_daemon, dkim_dnsfunc, publish_mx, wait_events
 from tests.support.sink import mail_sink
@@ -83,12 +84,12 @@ async def test_each_recipient_gets_its_own_signed_one_click_fields_and_the_post_
             # The app's own List-Unsubscribe is replaced: RFC 8058 wants exactly one https URI.
             got = await marketing_mail(d, setup, sink, ["bob@dest.test", "carol@dest.test"],
                                        headers="List-Unsubscribe: <mailto:app@acme.test>\r\n")
-            tokens = {}
+            links = {}
             for rcpt, data in got.items():
                 f = fields_of(data)
                 assert f["List-Unsubscribe-Post"] == ["List-Unsubscribe=One-Click"]
                 [value] = f["List-Unsubscribe"]
-                token = tokens[rcpt] = token_of(data)
+                token = links[rcpt] = token_of(data)
                 assert value == (f"<{PUBLIC}/u/{token}>, "
                                  f"<mailto:unsubscribe@{setup['return_path_domain']}?subject=unsubscribe%20{token}>")
                 # Signed, and oversigned (listed once more than present): nobody can add another after us.
@@ -99,12 +100,12 @@ async def test_each_recipient_gets_its_own_signed_one_click_fields_and_the_post_
                 # A second List-Unsubscribe added in transit breaks the signature.
                 tampered = b"List-Unsubscribe: <https://evil.example/x>\r\n" + data
                 assert not dkim.DKIM(tampered).verify(dnsfunc=dkim_dnsfunc(dns_server))
-            assert tokens["bob@dest.test"] != tokens["carol@dest.test"]
+            assert links["bob@dest.test"] != links["carol@dest.test"]
 
             # A mailbox provider's one-click: POST, the RFC 8058 body, no cookies, no login.
             async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
                 for attempt in range(2):  # idempotent: 200 both times, one suppression, one event
-                    async with http.post(local_url(d, tokens["bob@dest.test"]), data={"List-Unsubscribe": "One-Click"}) as r:
+                    async with http.post(local_url(d, links["bob@dest.test"]), data={"List-Unsubscribe": "One-Click"}) as r:
                         assert r.status == 200, await r.text()
                         assert "Set-Cookie" not in r.headers and r.headers["Cache-Control"] == "no-store"
             entry = await suppressed(d, setup, "bob@dest.test")
@@ -158,6 +159,17 @@ async def test_tampered_or_unknown_tokens_get_400_and_change_nothing_and_resubsc
                     assert r.status == 200 and "Unsubscribe?" in await r.text()
                 async with http.post(local_url(d, token), data={"something": "else"}) as r:
                     assert r.status == 400
+                # Signed by us but naming a use case the tenant does not own (another tenant's, or an id
+                # SQLite reused after a delete): nothing is written anywhere.
+                unsubscriber = next(c for c in d.daemon.components if c.name == "unsubscribe")
+                key_id, secret = await unsubscriber.keyring.signing()
+                tenant_id = (await d.store.tenants.get("acme"))["id"]
+                for t_id, scope_id in ((tenant_id, setup["usecase_id"] + 1), (tenant_id + 1, setup["usecase_id"])):
+                    foreign = tokens.mint(tokens.Claim(key_id, t_id, "usecase", scope_id, scope_id, 0, "bob@dest.test"), secret)
+                    async with http.post(local_url(d, foreign), data={"List-Unsubscribe": "One-Click"}) as r:
+                        assert r.status == 400
+                    async with http.get(local_url(d, foreign)) as r:
+                        assert r.status == 400
                 assert await suppressed(d, setup, "bob@dest.test") is None
                 assert len(await d.store.events.list(limit=10000)) == before
 

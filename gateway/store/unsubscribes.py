@@ -48,8 +48,17 @@ def _live(conn: sqlite3.Connection, tenant_id: int, scope: str, scope_id: int, a
     return dict(row) if row else None
 
 
+def _owned(conn: sqlite3.Connection, tenant_id: int, scope: str, scope_id: int) -> bool:
+    """Whether the scope's use case or domain still exists and belongs to the tenant (a deleted
+    tenant's or use case's ids may be reused by SQLite: a token must not reach the new owner)."""
+    table = "usecases" if scope == "usecase" else "domains"
+    return conn.execute(f"SELECT 1 FROM {table} WHERE id = ? AND tenant_id = ?", (scope_id, tenant_id)).fetchone() is not None
+
+
 def _unsubscribe(conn: sqlite3.Connection, tenant_id: int, scope: str, scope_id: int, address: str, source: str,
-                 detail: dict[str, Any], now: float) -> bool:
+                 detail: dict[str, Any], now: float) -> bool | None:
+    if not _owned(conn, tenant_id, scope, scope_id):
+        return None
     if _live(conn, tenant_id, scope, scope_id, address, now) is not None:
         return False
     add_suppression(conn, tenant_id, scope, scope_id, address, "unsubscribe", source, None, now, True)
@@ -58,7 +67,9 @@ def _unsubscribe(conn: sqlite3.Connection, tenant_id: int, scope: str, scope_id:
 
 
 def _resubscribe(conn: sqlite3.Connection, tenant_id: int, scope: str, scope_id: int, address: str, source: str,
-                 detail: dict[str, Any]) -> bool:
+                 detail: dict[str, Any]) -> bool | None:
+    if not _owned(conn, tenant_id, scope, scope_id):
+        return None
     n = conn.execute("DELETE FROM suppressions WHERE tenant_id = ? AND address = ? AND scope = ? AND scope_id = ? AND reason = 'unsubscribe'",
                      (tenant_id, address, scope, scope_id)).rowcount
     if not n:
@@ -70,7 +81,7 @@ def _resubscribe(conn: sqlite3.Connection, tenant_id: int, scope: str, scope_id:
 
 def _page(conn: sqlite3.Connection, tenant_id: int, usecase_id: int, scope: str, scope_id: int, address: str, now: float) -> dict[str, Any] | None:
     tenant = conn.execute("SELECT name, display_name FROM tenants WHERE id = ?", (tenant_id,)).fetchone()
-    if tenant is None:
+    if tenant is None or not _owned(conn, tenant_id, scope, scope_id):
         return None
     usecase = conn.execute("SELECT u.name, u.entity, d.name AS domain FROM usecases u JOIN domains d ON d.id = u.domain_id"
                            " WHERE u.id = ? AND u.tenant_id = ?", (usecase_id, tenant_id)).fetchone()
@@ -101,14 +112,15 @@ class Unsubscribes:
         return await self.db.write(_retire, key_id, time.time())
 
     async def unsubscribe(self, tenant_id: int, scope: tuple[str, int], address: str, *, source: str,
-                          detail: dict[str, Any] | None = None, now: float | None = None) -> bool:
-        """Suppress ``address`` at ``scope``; True when that changed anything (False: already suppressed there)."""
+                          detail: dict[str, Any] | None = None, now: float | None = None) -> bool | None:
+        """Suppress ``address`` at ``scope``; True when that changed anything, False when it was already
+        suppressed there, None when the scope's use case or domain is gone (or not the tenant's)."""
         return await self.db.write(_unsubscribe, tenant_id, scope[0], scope[1], address, source, detail or {},
                                    time.time() if now is None else now)
 
     async def resubscribe(self, tenant_id: int, scope: tuple[str, int], address: str, *, source: str,
-                          detail: dict[str, Any] | None = None) -> bool:
-        """Lift the 'unsubscribe' entry at ``scope``; True when there was one."""
+                          detail: dict[str, Any] | None = None) -> bool | None:
+        """Lift the 'unsubscribe' entry at ``scope``; True when there was one (None as for unsubscribe)."""
         return await self.db.write(_resubscribe, tenant_id, scope[0], scope[1], address, source, detail or {})
 
     async def page(self, tenant_id: int, usecase_id: int, scope: tuple[str, int], address: str) -> dict[str, Any] | None:

@@ -67,8 +67,9 @@ class Unsubscriber(Component):
 
     # ------------------------------------------------------------------ the writes (also for mailto)
 
-    async def apply(self, claim: Claim, source: str, *, resubscribe: bool = False) -> bool:
-        """Unsubscribe (or re-subscribe) what ``claim`` names; True when that changed anything."""
+    async def apply(self, claim: Claim, source: str, *, resubscribe: bool = False) -> bool | None:
+        """Unsubscribe (or re-subscribe) what ``claim`` names; True when that changed anything, None
+        when what it names is gone (its use case or domain deleted): nothing to do, the link is dead."""
         assert source in SOURCES
         detail = {"usecase_id": claim.usecase_id, "key_id": claim.key_id, "issued_at": claim.issued_at}
         if resubscribe:
@@ -115,9 +116,11 @@ class Unsubscriber(Component):
         if not one_click and action not in ("unsubscribe", "resubscribe"):
             return self._reply(400, "expected List-Unsubscribe=One-Click (RFC 8058)\n", "text/plain")
         try:
-            await self.apply(claim, "one-click" if one_click else "page", resubscribe=action == "resubscribe" and not one_click)
+            changed = await self.apply(claim, "one-click" if one_click else "page", resubscribe=action == "resubscribe" and not one_click)
         except StorageFull:
             return self._reply(503, pages.unavailable())
+        if changed is None:
+            return self._reply(400, pages.invalid())
         if one_click:
             return self._reply(200, "unsubscribed\n", "text/plain")
         info = await self._info(claim)
