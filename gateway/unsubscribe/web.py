@@ -7,7 +7,8 @@
 
 No login and no cookie: the signed token is the authority. Idempotent: a repeated POST answers 200
 and writes nothing more. A tampered, unknown or retired token answers 400 and changes nothing; so
-does a POST whose body asks for nothing we know. A GET never changes anything (link scanners).
+does a POST whose body asks for nothing we know, or a token whose use case or domain is gone. A
+full disk answers 503 with Retry-After (the provider tries again). A GET never changes anything.
 Responses are not cached and send no Referer onward (the token is in the URL).
 """
 
@@ -87,7 +88,8 @@ class Unsubscriber(Component):
 
     def _reply(self, status: int, body: str, content_type: str = "text/html") -> web.Response:
         self.metrics.http_requests.labels(path="/u", status=str(status)).inc()
-        return web.Response(status=status, text=body, content_type=content_type, charset="utf-8", headers=SECURITY_HEADERS)
+        headers = {**SECURITY_HEADERS, "Retry-After": "300"} if status == 503 else SECURITY_HEADERS
+        return web.Response(status=status, text=body, content_type=content_type, charset="utf-8", headers=headers)
 
     async def _claim(self, request: web.Request) -> Claim | None:
         try:
