@@ -15,6 +15,7 @@ import os
 import tomllib
 import types
 import typing
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,14 @@ class LogConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class WebConfig:
-    listen: str = setting("127.0.0.1:8025", "host:port of the HTTP server (/health, /metrics).", kind="hostport", restart=True)
+    listen: str = setting("127.0.0.1:8025", "host:port of the HTTP server (/health, /metrics, the unsubscribe pages /u/...).", kind="hostport", restart=True)
+    public_url: str = setting("http://127.0.0.1:8025", "Base URL under which receivers reach this HTTP server (a reverse proxy in front of web.listen); List-Unsubscribe links are <public_url>/u/TOKEN. Gmail and Yahoo honour one-click only over https.", kind="url")
+
+
+@dataclass(frozen=True, kw_only=True)
+class UnsubscribeConfig:
+    mailto: bool = setting(True, "List-Unsubscribe carries a mailto: URI too (RFC 2369), beside the https one.")
+    mailto_domain: str = setting("", "Domain of the mailto: address (unsubscribe@<this>). Empty: the message's return-path domain (<domains.return_path_prefix>.<sending domain>), which already points its MX at the gateway.")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -183,6 +191,7 @@ class Config:
     queue: QueueConfig = section(QueueConfig, "The outbound queue.")
     delivery: DeliveryConfig = section(DeliveryConfig, "Outbound delivery: workers, timeouts, retries, DSNs.")
     webhooks: WebhooksConfig = section(WebhooksConfig, "Signed webhook POSTs of events to tenants' endpoints.")
+    unsubscribe: UnsubscribeConfig = section(UnsubscribeConfig, "List-Unsubscribe and one-click unsubscribe (RFC 2369, RFC 8058) on the mail of use cases that carry it.")
 
 
 # --------------------------------------------------------------------------- parsing
@@ -218,6 +227,11 @@ def _check_scalar(path: str, expected: type, value: Any, meta: dict, problems: l
             ipaddress.ip_network(value, strict=False)
         except ValueError:
             problems.append(f"{path}: expected an IP address or network, got {value!r}")
+    if meta.get("kind") == "url":
+        parts = urllib.parse.urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment \
+                or any(c in value for c in " <>\"\\") or not value.isascii() or not value.isprintable():
+            problems.append(f"{path}: expected an http(s) URL without query or fragment, got {value!r}")
     return value
 
 

@@ -41,12 +41,15 @@ from .services.domains import DomainService
 from .services.pauses import PauseService
 from .services.queue import QueueMonitor, QueueService
 from .services.tenants import TenantService
+from .services.unsubscribe import UnsubscribeService
 from .services.usecases import UsecaseService
 from .services.webhooks import EventService, WebhookService
 from .statelock import StateLock
 from .store import Store
 from .sweeper import Sweeper
 from .systemd import Notifier
+from .unsubscribe.links import Keyring, Links
+from .unsubscribe.web import Unsubscriber
 from .web import WebServer
 from .webhooks.sender import WebhookSender
 
@@ -108,9 +111,12 @@ class Daemon:
         self.domains = domains  # SIGHUP hands it the new config (daemon.reload)
         # One count of message bytes in memory, shared by submission (refuses past it) and delivery (waits).
         self.budget = ByteBudget(self.config.daemon.memory_budget)
+        # One keyring: delivery mints List-Unsubscribe links with it, the web pages verify them.
+        keyring = Keyring(store)
         # The loop guard reads the listening addresses when it checks one: listeners bind after this.
         self.scheduler = Scheduler(store, self.config, self.metrics, budget=self.budget,
-                                   own_addresses=lambda: [l["address"] for l in self.listeners()])
+                                   own_addresses=lambda: [l["address"] for l in self.listeners()],
+                                   links=Links(keyring, lambda: self.config))
         # A full disk's episode ends: claim what waited at once rather than at the next poll.
         store.db.on_recovered(self.scheduler.wake)
         webhooks = WebhookSender(store, self.config.webhooks, self.metrics,
@@ -121,11 +127,12 @@ class Daemon:
                          ConnectorService(store, lambda: self.config),
                          WebhookService(store, allow_loopback=lambda: self.config.webhooks.allow_loopback,
                                         post=webhooks.post, on_change=webhooks.wake),
-                         EventService(store)]
+                         EventService(store), UnsubscribeService(store, keyring)]
         workers: list[Component] = [
             monitor,
             Reverifier(domains.reverify, interval=self.config.domains.reverify_interval, concurrency=self.config.domains.verify_concurrency),
             self.scheduler,
+            Unsubscriber(store, keyring, self.metrics, lambda: self.config),
             Sweeper(store, self.config.queue, self.metrics, webhooks=self.config.webhooks),
             webhooks,
             submission.build(

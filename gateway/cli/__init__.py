@@ -38,6 +38,7 @@ from . import usecase as _usecase  # noqa: E402
 from . import queue as _queue  # noqa: E402
 from . import events as _events  # noqa: E402
 from . import webhook as _webhook  # noqa: E402
+from . import unsubscribe as _unsubscribe  # noqa: E402
 
 main.add_command(_daemon.run)
 main.add_command(_daemon.status)
@@ -51,3 +52,4 @@ main.add_command(_queue.resume)
 main.add_command(_connector.connector)
 main.add_command(_events.events)
 main.add_command(_webhook.webhook)
+main.add_command(_unsubscribe.unsubscribe)

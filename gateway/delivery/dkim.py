@@ -5,8 +5,8 @@ Canonicalisation and header selection are done here; the private-key operation g
 constant-time. dkimpy is only used by the tests, as the verifier.
 
 What is signed: the usual headers that carry meaning to a reader or to a list manager. From, To,
-Subject, Date and Message-ID are oversigned (listed once more than they occur), so nobody can add
-a second one after signing without breaking the signature.
+Subject, Date, Message-ID, List-Unsubscribe and List-Unsubscribe-Post are oversigned (listed once
+more than they occur), so nobody can add a second one after signing without breaking the signature.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ SIGNED_HEADERS = (
     "mime-version", "content-type", "content-transfer-encoding", "list-id", "list-unsubscribe",
     "list-unsubscribe-post", "feedback-id",
 )
-OVERSIGNED = frozenset({"from", "to", "subject", "date", "message-id"})
+# List-Unsubscribe(-Post) too (RFC 8058 4: both must be signed): nobody may add a second one later.
+OVERSIGNED = frozenset({"from", "to", "subject", "date", "message-id", "list-unsubscribe", "list-unsubscribe-post"})
 
 _WSP_RUN = re.compile(rb"[\t ]+")
 _TRAILING_WSP = re.compile(rb"[\t ]+\r\n")

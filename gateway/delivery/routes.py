@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 from ..errors import DeliveryError
 from ..store import Store
+from ..unsubscribe import carries_fields
+from ..unsubscribe.links import UnsubscribeSpec
 from .connectors import ConnectorSpec
 from .dkim import SigningKey
 
@@ -32,6 +34,7 @@ class Route:
     keys: list[SigningKey] = field(default_factory=list)
     connector: ConnectorSpec | None = None
     problem: str = ""                       # why this use case cannot be routed (kind 'problem')
+    unsubscribe: UnsubscribeSpec | None = None  # its mail carries List-Unsubscribe (one copy per recipient)
 
     def destination(self, rcpt_domain: str) -> tuple:
         if self.kind == "direct":
@@ -46,9 +49,11 @@ async def load_route(store: Store, usecase_id: int, tenant_id: int) -> Route:
     if info is None:
         return Route("problem", tenant_id, problem=f"use case {usecase_id} no longer exists")
     keys = [SigningKey(info["domain"], k["selector"], k["algorithm"], k["key_path"]) for k in info["keys"]]
+    unsubscribe = UnsubscribeSpec(info["unsubscribe_scope"], info["id"] if info["unsubscribe_scope"] == "usecase" else info["domain_id"],
+                                  info["id"]) if carries_fields(info["kind"], info["list_unsubscribe"]) else None
     route = info["route"] or "direct"
     if route == "direct":
-        return Route("direct", tenant_id, info["domain"], keys)
+        return Route("direct", tenant_id, info["domain"], keys, unsubscribe=unsubscribe)
     kind, _, name = route.partition(":")
     if kind != "connector" or not name:
         return Route("problem", tenant_id, problem=f"use case {info['name']!r} has an unknown route {route!r}")
@@ -60,7 +65,7 @@ async def load_route(store: Store, usecase_id: int, tenant_id: int) -> Route:
     if spec["kind"] not in ("smtp", "sendgrid"):
         return Route("problem", tenant_id, problem=f"route {route!r}: a {spec['kind']} connector cannot send")
     connector = ConnectorSpec(spec["id"], spec["tenant_id"], spec["name"], spec["kind"], spec["enabled"], spec["settings"], spec["secret"])
-    return Route(spec["kind"], tenant_id, info["domain"], keys, connector)
+    return Route(spec["kind"], tenant_id, info["domain"], keys, connector, unsubscribe=unsubscribe)
 
 
 class Routes:

@@ -44,6 +44,7 @@ from ..metrics import Metrics
 from ..store import Store
 from ..store.delivery import Dsn, Outcome
 from ..store.queue import QueueIds
+from ..unsubscribe.links import Keyring, Links
 from .attempt import Attempts
 from .courier import SessionPool
 from .dkim import Signer
@@ -68,7 +69,8 @@ class Scheduler(Component):
 
     def __init__(self, store: Store, config: Config, metrics: Metrics, *, resolver: MxResolver | None = None,
                  clock: Callable[[], float] = time.time, rand: Callable[[], float] = random.random,
-                 budget: ByteBudget | None = None, own_addresses: Callable[[], Iterable[str]] = lambda: ()):
+                 budget: ByteBudget | None = None, own_addresses: Callable[[], Iterable[str]] = lambda: (),
+                 links: Links | None = None):
         self.store = store
         self.budget = budget or ByteBudget(config.daemon.memory_budget)
         self.config = config
@@ -77,6 +79,7 @@ class Scheduler(Component):
         self.clock = clock
         self.rand = rand
         self.signer = Signer()
+        self.links = links or Links(Keyring(store), lambda: self.config)
         self.token = f"{config.daemon.hostname}:{os.getpid()}:{secrets.token_hex(4)}"
         self.pool = SessionPool(config.delivery.idle_timeout, config.delivery.messages_per_connection)
         self.routes = Routes(store)
@@ -224,9 +227,14 @@ class Scheduler(Component):
                 msg = row.pop("message")
                 route = await self.routes.get(msg["usecase_id"], msg["tenant_id"])
                 dest = route.destination(row["domain"])
-                work = groups.get((msg["id"], dest))
+                # List-Unsubscribe names one recipient: such a copy is its own work item (not for DSNs).
+                own = route.unsubscribe is not None and bool(msg["mail_from"])
+                key = (msg["id"], dest, row["id"] if own else None)
+                work = groups.get(key)
                 if work is None:
-                    work = groups[(msg["id"], dest)] = Work(dest, msg, [], route)
+                    work = groups[key] = Work(dest, msg, [], route)
+                    if own:
+                        work.fields = await self.links.fields(route.unsubscribe, msg["tenant_id"], row["rcpt"], route.domain)
                 work.rcpts.append(row)
             works = list(groups.values())
             i = 0

@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .dkim import Signer
+from ..unsubscribe.headers import with_fields
+from .dkim import Signer, to_crlf
 from .reply import Reply
 from .routes import Route
 
@@ -30,6 +31,7 @@ class Work:
     started: float = 0.0                    # when its attempt began (monotonic)
     writes: list[Any] = field(default_factory=list)           # its record tasks, in order
     finished: bool = False                  # its claims and budget are accounted for (exactly once)
+    fields: bytes = b""                     # header fields for this copy only (List-Unsubscribe: one recipient)
 
     @property
     def size(self) -> int:
@@ -52,8 +54,11 @@ SIGN_CHUNK = 32
 
 
 def prepare(work: Work, body: bytes, signer: Signer) -> bytes:
-    """The bytes to send: Reply-To a relay connector wants, then DKIM (not for the SendGrid API)."""
+    """The bytes to send: the copy's own fields (List-Unsubscribe, replacing the app's), Reply-To a
+    relay connector wants, then DKIM (not for the SendGrid API), which signs them all."""
     route, data = work.route, body
+    if work.fields:
+        data = with_fields(to_crlf(data), work.fields)
     connector = route.connector
     if connector is not None and connector.settings.get("reply_to") and b"\nreply-to:" not in data.split(b"\r\n\r\n", 1)[0].lower():
         data = f"Reply-To: {connector.settings['reply_to']}\r\n".encode() + data

@@ -22,6 +22,7 @@ from ..admin.registry import admin_method
 from ..domains.names import is_within, normalise_address, normalise_domain
 from ..errors import Conflict, InvalidArgument
 from ..store import Store
+from ..unsubscribe import carries_fields
 from .credentials import Passwords, UsageRecorder, generate, new_key
 from .tenants import check_tenant_name
 
@@ -68,6 +69,23 @@ def check_senders(addresses: list[str], domain: str) -> list[str]:
     return out
 
 
+LIST_UNSUBSCRIBE = {"on": 1, "off": 0, "default": None}
+
+
+def check_list_unsubscribe(value: str) -> int | None:
+    """on, off, or default (the kind decides: on for marketing, off for transactional)."""
+    if value not in LIST_UNSUBSCRIBE:
+        raise InvalidArgument(f"invalid list-unsubscribe {value!r}: expected on, off or default")
+    return LIST_UNSUBSCRIBE[value]
+
+
+def present(usecase: dict[str, Any]) -> dict[str, Any]:
+    """The use case as operators read it: list_unsubscribe as on/off, with "(default)" when the kind decides."""
+    setting = usecase.get("list_unsubscribe")
+    shown = "on" if carries_fields(usecase["kind"], setting) else "off"
+    return {**usecase, "list_unsubscribe": shown + (" (default)" if setting is None else "")}
+
+
 def check_rate_limit(value: int) -> int:
     return validate.rate_limit(value)
 
@@ -88,7 +106,8 @@ class UsecaseService:
 
     @admin_method("usecase.add")
     async def add(self, tenant: str, domain: str, name: str, entity: str, kind: str, senders: list[str],
-                  unsubscribe_scope: str = "usecase", route: str = "direct", rate_limit: int = 0) -> dict[str, Any]:
+                  unsubscribe_scope: str = "usecase", route: str = "direct", rate_limit: int = 0,
+                  list_unsubscribe: str = "default") -> dict[str, Any]:
         check_tenant_name(tenant)
         check_name(name)
         domain = normalise_domain(domain)
@@ -98,17 +117,18 @@ class UsecaseService:
             "unsubscribe_scope": check_choice("unsubscribe scope", unsubscribe_scope, SCOPES),
             "route": validate.route(route),
             "rate_limit": check_rate_limit(rate_limit),
+            "list_unsubscribe": check_list_unsubscribe(list_unsubscribe),
         }
-        return await self.store.usecases.add(tenant, domain=domain, name=name, senders=check_senders(senders, domain), **fields)
+        return present(await self.store.usecases.add(tenant, domain=domain, name=name, senders=check_senders(senders, domain), **fields))
 
     @admin_method("usecase.list")
     async def list(self, tenant: str | None = None) -> list[dict[str, Any]]:
-        return await self.store.usecases.list(None if tenant is None else check_tenant_name(tenant))
+        return [present(u) for u in await self.store.usecases.list(None if tenant is None else check_tenant_name(tenant))]
 
     @admin_method("usecase.show")
     async def show(self, tenant: str, name: str) -> dict[str, Any]:
         _check_names(tenant, name)
-        usecase = await self.store.usecases.get(tenant, name)
+        usecase = present(await self.store.usecases.get(tenant, name))
         usecase["credential_list"] = await self.store.usecases.credentials(tenant, name)
         return usecase
 
@@ -116,7 +136,7 @@ class UsecaseService:
     async def update(self, tenant: str, name: str, new_name: str | None = None, entity: str | None = None,
                      kind: str | None = None, senders: list[str] | None = None, add_senders: list[str] | None = None,
                      remove_senders: list[str] | None = None, unsubscribe_scope: str | None = None,
-                     route: str | None = None, rate_limit: int | None = None) -> dict[str, Any]:
+                     route: str | None = None, rate_limit: int | None = None, list_unsubscribe: str | None = None) -> dict[str, Any]:
         _check_names(tenant, name)
         current = await self.store.usecases.get(tenant, name)
         changes: dict[str, Any] = {}
@@ -132,6 +152,8 @@ class UsecaseService:
             changes["route"] = validate.route(route)
         if rate_limit is not None:
             changes["rate_limit"] = check_rate_limit(rate_limit)
+        if list_unsubscribe is not None:
+            changes["list_unsubscribe"] = check_list_unsubscribe(list_unsubscribe)
         new_senders = None
         if senders is not None or add_senders or remove_senders:
             chosen = list(senders) if senders is not None else list(current["senders"])
@@ -146,7 +168,7 @@ class UsecaseService:
         if not changes and new_senders is None:
             raise InvalidArgument("nothing to change: give at least one option")
         # Stored senders were checked against the same domain (a use case never changes domain).
-        return await self.store.usecases.update(tenant, name, changes, new_senders)
+        return present(await self.store.usecases.update(tenant, name, changes, new_senders))
 
     @admin_method("usecase.delete")
     async def delete(self, tenant: str, name: str) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from .queue import Queue
 from .retention import Retention
 from .suppressions import Suppressions
 from .tenants import Tenants
+from .unsubscribes import Unsubscribes
 from .usecases import Usecases
 from .webhooks import Webhooks
 
@@ -40,6 +41,7 @@ class Store:
         self.retention = Retention(db)
         self.suppressions = Suppressions(db)
         self.webhooks = Webhooks(db)
+        self.unsubscribes = Unsubscribes(db)
 
     @classmethod
     async def open(cls, path: Path, config: StoreConfig | None = None) -> "Store":

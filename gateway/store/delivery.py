@@ -197,7 +197,8 @@ def _record(conn: sqlite3.Connection, token: str, tenant_id: int, queue_id: str,
 
 def _routing(conn: sqlite3.Connection, usecase_id: int) -> dict[str, Any] | None:
     row = conn.execute(
-        "SELECT u.id, u.tenant_id, u.name, u.route, d.name AS domain, d.id AS domain_id FROM usecases u"
+        "SELECT u.id, u.tenant_id, u.name, u.route, u.kind, u.unsubscribe_scope, u.list_unsubscribe, d.name AS domain,"
+        " d.id AS domain_id FROM usecases u"
         " JOIN domains d ON d.id = u.domain_id WHERE u.id = ?",
         (usecase_id,),
     ).fetchone()

@@ -1,0 +1,92 @@
+"""The keys in memory and the List-Unsubscribe fields delivery adds to each recipient's copy.
+
+``Keyring`` reads the keys from the store and keeps them ``ttl`` seconds (the first read makes the
+first key when there is none). A token naming a key the ring does not hold makes it read again
+(at most once a second), so a key rotated by another process verifies at once; a retired key stops
+verifying within ``ttl`` (at once in the process that retired it).
+
+``Links`` mints: delivery calls ``fields`` for every recipient of a use case whose mail carries the
+fields. It runs on the event loop and costs one HMAC; the store is read only when the ring is stale.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..config import Config
+from ..store import Store
+from . import headers, tokens
+
+KEY_TTL = 30.0
+MISS_RELOAD = 1.0
+
+
+@dataclass(frozen=True)
+class UnsubscribeSpec:
+    """How one use case's links read: the scope they unsubscribe from, and the use case."""
+
+    scope: str        # 'usecase' | 'domain'
+    scope_id: int     # usecases.id or domains.id
+    usecase_id: int
+
+
+class Keyring:
+    def __init__(self, store: Store, *, ttl: float = KEY_TTL, clock: Callable[[], float] = time.monotonic):
+        self.store, self.ttl, self.clock = store, ttl, clock
+        self._verifying: dict[int, bytes] = {}
+        self._signing: tuple[int, bytes] | None = None
+        self._loaded = float("-inf")
+
+    async def _load(self) -> None:
+        rows = await self.store.unsubscribes.keys()
+        if not any(r["retired_at"] is None for r in rows):
+            rows = await self.store.unsubscribes.ensure_key(secrets.token_bytes(32))
+        live = [r for r in rows if r["retired_at"] is None]
+        self._verifying = {r["id"]: bytes(r["secret"]) for r in live}
+        newest = max(live, key=lambda r: r["id"])
+        self._signing = (newest["id"], bytes(newest["secret"]))
+        self._loaded = self.clock()
+
+    def invalidate(self) -> None:
+        self._loaded = float("-inf")
+
+    async def signing(self) -> tuple[int, bytes]:
+        if self._signing is None or self.clock() - self._loaded > self.ttl:
+            await self._load()
+        return self._signing  # type: ignore[return-value]
+
+    async def verify(self, token: str) -> tokens.Claim:
+        """The token's claim; InvalidToken when it is not one of ours (or its key is retired)."""
+        if self.clock() - self._loaded > self.ttl:
+            await self._load()
+        try:
+            return tokens.verify(token, self._verifying)
+        except tokens.InvalidToken:
+            if self.clock() - self._loaded <= MISS_RELOAD:
+                raise
+        await self._load()  # a key made (or retired) elsewhere since we last read
+        return tokens.verify(token, self._verifying)
+
+
+class Links:
+    def __init__(self, keyring: Keyring, config: Callable[[], Config], *, clock: Callable[[], float] = time.time):
+        self.keyring, self.config, self.clock = keyring, config, clock
+
+    def mailto_address(self, sending_domain: str) -> str | None:
+        cfg = self.config()
+        if not cfg.unsubscribe.mailto:
+            return None
+        domain = cfg.unsubscribe.mailto_domain or f"{cfg.domains.return_path_prefix}.{sending_domain}"
+        return f"unsubscribe@{domain}"
+
+    async def fields(self, spec: UnsubscribeSpec, tenant_id: int, address: str, sending_domain: str) -> bytes:
+        """The List-Unsubscribe and List-Unsubscribe-Post fields for ``address``'s copy."""
+        key_id, secret = await self.keyring.signing()
+        claim = tokens.Claim(key_id, tenant_id, spec.scope, spec.scope_id, spec.usecase_id, int(self.clock()), address.lower())
+        token = tokens.mint(claim, secret)
+        mailto = self.mailto_address(sending_domain)
+        return headers.fields(headers.unsubscribe_url(self.config().web.public_url, token),
+                              headers.mailto_uri(mailto, token) if mailto else None)
