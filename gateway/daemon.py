@@ -39,6 +39,7 @@ from .services.connectors import ConnectorService
 from .services.domains import DomainService
 from .services.pauses import PauseService
 from .services.queue import QueueMonitor, QueueService
+from .services.suppressions import SuppressionService
 from .services.tenants import TenantService
 from .services.usecases import UsecaseService
 from .statelock import StateLock
@@ -102,6 +103,7 @@ class Daemon:
                                   check_concurrency=self.config.submission.auth_concurrency)
         domains = DomainService(store, self.config, self.paths.keys_dir)
         monitor = QueueMonitor(store, self.metrics)
+        suppressions = SuppressionService(store)
         # One count of message bytes in memory, shared by submission (refuses past it) and delivery (waits).
         self.budget = ByteBudget(self.config.daemon.memory_budget)
         # The loop guard reads the listening addresses when it checks one: listeners bind after this.
@@ -112,7 +114,7 @@ class Daemon:
         self.services = [TenantService(store), domains, usecases,
                          QueueService(store, wake=self.scheduler.wake, on_change=monitor.kick),
                          PauseService(store, wake=self.scheduler.wake, on_change=monitor.kick), DaemonService(self),
-                         ConnectorService(store, lambda: self.config)]
+                         ConnectorService(store, lambda: self.config), suppressions]
         workers: list[Component] = [
             monitor,
             Reverifier(domains, interval=self.config.domains.reverify_interval, concurrency=self.config.domains.verify_concurrency),
@@ -121,7 +123,7 @@ class Daemon:
             submission.build(
                 self.config, paths=self.paths, authenticate=usecases.authenticate, context=usecases.context,
                 submit=store.queue.put, monthly_count=store.queue.monthly_count, metrics=self.metrics,
-                on_queued=self.scheduler.wake,
+                on_queued=self.scheduler.wake, check_recipient=suppressions.at_rcpt,
             ),
         ]
         # Components start in this order and stop in reverse. Web and admin start first and stop

@@ -33,6 +33,7 @@ from . import tenant as _tenant  # noqa: E402
 from . import domain as _domain  # noqa: E402
 from . import usecase as _usecase  # noqa: E402
 from . import queue as _queue  # noqa: E402
+from . import suppression as _suppression  # noqa: E402
 
 main.add_command(_daemon.run)
 main.add_command(_daemon.status)
@@ -44,3 +45,4 @@ main.add_command(_queue.queue)
 main.add_command(_queue.pause)
 main.add_command(_queue.resume)
 main.add_command(_connector.connector)
+main.add_command(_suppression.suppression)

@@ -21,6 +21,7 @@ from ..admin.registry import admin_method
 from ..domains.names import is_within, normalise_address, normalise_domain
 from ..errors import Conflict, InvalidArgument
 from ..store import Store
+from ..suppression import ACTIONS as SUPPRESSED_ACTIONS
 from .credentials import Passwords, UsageRecorder, generate, new_key
 from .tenants import check_tenant_name
 
@@ -90,7 +91,8 @@ class UsecaseService:
 
     @admin_method("usecase.add")
     async def add(self, tenant: str, domain: str, name: str, entity: str, kind: str, senders: list[str],
-                  unsubscribe_scope: str = "usecase", route: str = "direct", rate_limit: int = 0) -> dict[str, Any]:
+                  unsubscribe_scope: str = "usecase", route: str = "direct", rate_limit: int = 0,
+                  suppressed: str = "refuse") -> dict[str, Any]:
         check_tenant_name(tenant)
         check_name(name)
         domain = normalise_domain(domain)
@@ -100,6 +102,7 @@ class UsecaseService:
             "unsubscribe_scope": check_choice("unsubscribe scope", unsubscribe_scope, SCOPES),
             "route": route.strip(),
             "rate_limit": check_rate_limit(rate_limit),
+            "suppressed_action": check_choice("suppressed action", suppressed, SUPPRESSED_ACTIONS),
         }
         return await self.store.usecases.add(tenant, domain=domain, name=name, senders=check_senders(senders, domain), **fields)
 
@@ -117,7 +120,7 @@ class UsecaseService:
     async def update(self, tenant: str, name: str, new_name: str | None = None, entity: str | None = None,
                      kind: str | None = None, senders: list[str] | None = None, add_senders: list[str] | None = None,
                      remove_senders: list[str] | None = None, unsubscribe_scope: str | None = None,
-                     route: str | None = None, rate_limit: int | None = None) -> dict[str, Any]:
+                     route: str | None = None, rate_limit: int | None = None, suppressed: str | None = None) -> dict[str, Any]:
         current = await self.store.usecases.get(tenant, name)
         changes: dict[str, Any] = {}
         if new_name is not None and new_name != name:
@@ -132,6 +135,8 @@ class UsecaseService:
             changes["route"] = route.strip()
         if rate_limit is not None:
             changes["rate_limit"] = check_rate_limit(rate_limit)
+        if suppressed is not None:
+            changes["suppressed_action"] = check_choice("suppressed action", suppressed, SUPPRESSED_ACTIONS)
         new_senders = None
         if senders is not None or add_senders or remove_senders:
             chosen = list(senders) if senders is not None else list(current["senders"])
