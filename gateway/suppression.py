@@ -70,7 +70,8 @@ class Feedback:
     """What one delivery outcome does to the suppression list (applied in the same write)."""
 
     address: str          # normalised
-    kind: str             # 'hard': suppress tenant-wide; 'soft': count, suppress at the limit; 'clear': a delivery
+    kind: str             # 'hard': suppress tenant-wide; 'soft': count, suppress at the limit; 'clear': a delivery;
+                          # 'complaint': suppress for the tenant's marketing use cases
     source: str           # the queue id
     soft_limit: int = 0
     soft_window: float = 0.0

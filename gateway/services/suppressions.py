@@ -173,3 +173,24 @@ class SuppressionService:
         if action == "accept-drop":
             return "drop"
         raise suppression.refusal(entry)
+
+    # ------------------------------------------------------------------ asynchronous reports
+
+    async def from_report(self, tenant_id: int, address: str, kind: str, *, source: str, data: dict[str, Any] | None = None,
+                          soft_limit: int = 0, soft_window: float = 0.0, soft_for: float = 0.0) -> str:
+        """What an asynchronous report does, once the inbound path resolved it (VERP, Message-ID) to a
+        tenant and recipient: ``kind`` is a bounce class or 'complaint'. A 'bounced' or 'complained'
+        event is recorded with it; 'unknown' (and block, rate, quota) is recorded and never acted on.
+        Returns what was done: 'suppressed', 'counted' or 'recorded'."""
+        addr = suppression.normalise_address(address)
+        event_kind = "complained" if kind == "complaint" else "bounced"
+        event = (event_kind, source, {"rcpt": addr, "class": kind, "async": True, **(data or {})})
+        if kind == "complaint":
+            fb = suppression.Feedback(addr, "complaint", source)
+        else:
+            fb = suppression.feedback("bounced", kind, addr, source, soft_limit=soft_limit, soft_window=soft_window, soft_for=soft_for)
+        if fb is None:
+            await self.store.events.append(tenant_id, *event)
+            return "recorded"
+        await self.store.suppressions.apply(tenant_id, fb, event=event)
+        return "counted" if fb.kind == "soft" else "suppressed"
