@@ -117,5 +117,7 @@ def without_dsn(outcomes: list[Outcome], error: BaseException) -> list[Outcome]:
     """The DSN could not be built: hold the bounced recipients (an operator's `queue release` tries
     them again and the DSN with them); delivered and deferred ones are recorded as they are."""
     reason = f"internal error building the DSN: {type(error).__name__}: {error}"
-    return [dataclasses.replace(o, state="held", hold_reason=f"bounced ({o.reply}); {reason}") if o.state == "bounced" else o
+    # Not suppressed either: released, the recipient must bounce again with its DSN, not end
+    # 'suppressed' at the check before delivery with the sender never told.
+    return [dataclasses.replace(o, state="held", hold_reason=f"bounced ({o.reply}); {reason}", feedback=None) if o.state == "bounced" else o
             for o in outcomes]
