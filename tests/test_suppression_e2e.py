@@ -102,6 +102,8 @@ async def test_accept_and_drop_and_the_check_before_delivery(tmp_path, dns_serve
             assert rows["late@dest.test"]["state"] == "suppressed" and rows["ok@dest.test"]["state"] == "delivered"
             assert sink.for_rcpt("late@dest.test") == [] and sink.for_rcpt("complained@dest.test") == []
             assert await d.store.events.list(subject=qid, kind="dsn_sent") == []
+            [listed] = await d.store.queue.list(state="suppressed")
+            assert (listed["queue_id"], listed["suppressed"], listed["delivered"], listed["state"]) == (qid, 1, 1, "suppressed")
 
 
 async def test_soft_failures_suppress_for_a_while(tmp_path, dns_server):

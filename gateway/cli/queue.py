@@ -8,7 +8,7 @@ import click
 
 from .output import current_admin, details, emit_json, fail, json_option, table
 
-STATES = ("pending", "deferred", "delivered", "bounced", "held")
+STATES = ("pending", "deferred", "delivered", "bounced", "held", "suppressed")
 
 
 def _when(ts: float | None) -> str:
