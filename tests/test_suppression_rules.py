@@ -131,3 +131,38 @@ async def test_sweeper_ages_out_expired_entries_and_stale_counts(store):
     done = await store.retention.delete_expired_suppressions(now - 500, max_rows=100)
     assert done["rows"] == 2
     assert sorted(r["address"] for r in await store.suppressions.list(store.acme)) == ["hard@example.org", "live@example.org"]
+
+
+async def test_reports_matched_by_verp_to_a_queued_message(store):
+    """What the inbound path will hand over: a DSN or ARF arriving at a VERP return path of a real
+    queued message. Hard DSN -> tenant suppression; ARF -> marketing only; a DSN about someone else,
+    an unknown tag or an unrecognised report -> recorded, nothing suppressed."""
+    from gateway.store.queue import NewMessage
+
+    def domain_and_usecase(conn):
+        conn.execute("INSERT INTO domains (tenant_id, name, verification_token, state, created_at)"
+                     " VALUES (?, 'shop.example.com', 't', 'verified', 0)", (store.acme,))
+        did = conn.execute("SELECT id FROM domains").fetchone()[0]
+        conn.execute("INSERT INTO usecases (tenant_id, domain_id, name, entity, kind, unsubscribe_scope, route, rate_limit, created_at)"
+                     " VALUES (?, ?, 'news', 'Shop', 'marketing', 'usecase', 'direct', 0, 0)", (store.acme, did))
+        return conn.execute("SELECT id FROM usecases").fetchone()[0]
+
+    usecase_id = await store.db.write(domain_and_usecase)
+    qid = "0h3k9x2a7mq4rt5b"
+    await store.queue.put(NewMessage(queue_id=qid, tenant_id=store.acme, usecase_id=usecase_id, mail_from="news@shop.example.com",
+                                     message_id=f"{qid}@shop.example.com", body=b"Subject: x\r\n\r\nx\r\n",
+                                     recipients=["jdoe@example.org", "b@example.org", "c@example.org", "angry.reader@yahoo.com"]))
+    service = SuppressionService(store)
+    raw = (DATA / "postfix-user-unknown.eml").read_bytes()   # VERP tag .0 -> jdoe@example.org
+    assert await service.handle_report(raw) == {"type": "bounce", "matched": True, "done": ["suppressed"]}
+    assert (await store.suppressions.live(store.acme, "jdoe@example.org", [("tenant", 0)]))["source"] == qid
+    other = (DATA / "gmail-no-such-user.eml").read_bytes()   # same tag, but it names lost.contact@gmail.com
+    assert (await service.handle_report(other))["done"] == ["recorded"]
+    complaint = (DATA / "arf" / "yahoo-abuse.eml").read_bytes()   # VERP .3 -> angry.reader@yahoo.com
+    assert await service.handle_report(complaint) == {"type": "complaint", "matched": True, "done": ["suppressed"]}
+    assert (await store.suppressions.live(store.acme, "angry.reader@yahoo.com", [("marketing", 0)]))["reason"] == "complaint"
+    unknown_tag = (DATA / "arf" / "microsoft-jmrp-redacted.eml").read_bytes()   # a queue id we never had
+    assert (await service.handle_report(unknown_tag))["matched"] is False
+    assert sorted(r["address"] for r in await store.suppressions.list(store.acme)) == ["angry.reader@yahoo.com", "jdoe@example.org"]
+    assert [e["kind"] for e in await store.events.list(tenant_id=store.acme) if e["kind"] in ("bounced", "complained")] == [
+        "bounced", "bounced", "complained"]

@@ -26,6 +26,7 @@ import structlog
 
 from .. import suppression
 from ..admin.registry import admin_method
+from ..feedback import arf, dsn
 from ..errors import InvalidArgument, NotFound
 from ..store import Store
 
@@ -167,9 +168,12 @@ class SuppressionService:
         if entry is None:
             return ""
         action = ctx.get("suppressed_action") or "refuse"
-        await self.store.events.append(ctx["tenant_id"], "suppressed", addr, {
-            "rcpt": addr, "reason": entry["reason"], "scope": entry["scope"], "source": entry["source"], "checked": "rcpt",
-            "usecase": ctx.get("usecase") or ctx.get("name"), "action": "dropped" if action == "accept-drop" else "refused"})
+        try:
+            await self.store.events.append(ctx["tenant_id"], "suppressed", addr, {
+                "rcpt": addr, "reason": entry["reason"], "scope": entry["scope"], "source": entry["source"], "checked": "rcpt",
+                "usecase": ctx.get("usecase") or ctx.get("name"), "action": "dropped" if action == "accept-drop" else "refused"})
+        except Exception as exc:  # noqa: BLE001 - a full disk must not turn a refusal into a 451
+            log.warning("suppressed_event_failed", rcpt=addr, error=f"{type(exc).__name__}: {exc}")
         if action == "accept-drop":
             return "drop"
         raise suppression.refusal(entry)
@@ -194,3 +198,34 @@ class SuppressionService:
             return "recorded"
         await self.store.suppressions.apply(tenant_id, fb, event=event)
         return "counted" if fb.kind == "soft" else "suppressed"
+
+    async def handle_report(self, raw: bytes, envelope_to: str = "", **soft: Any) -> dict[str, Any]:
+        """A report that arrived at a return path (the inbound MX or a polled mailbox will call this):
+        a complaint (ARF) or a bounce (DSN or a non-standard one), matched to the queued message and
+        recipient by its VERP tag. Unmatched or unrecognised reports change nothing.
+        Returns {"type": complaint|bounce, "matched": bool, "done": [...]}."""
+        complaint = arf.parse(raw, envelope_to)
+        if complaint is not None:
+            target = await self._target(complaint.verp)
+            if target is None:
+                return {"type": "complaint", "matched": False, "done": []}
+            done = await self.from_report(target["tenant_id"], target["rcpt"], "complaint", source=target["queue_id"],
+                                          data={"feedback_type": complaint.feedback_type})
+            return {"type": "complaint", "matched": True, "done": [done]}
+        report = dsn.parse(raw, envelope_to)
+        target = await self._target(report.verp)
+        if target is None:
+            return {"type": "bounce", "matched": False, "done": []}
+        done = []
+        for b in report.bounces:
+            if b.recipient and b.recipient.lower() != target["rcpt"].lower():
+                continue   # another address: the tag names one recipient, and that is who gets the verdict
+            done.append(await self.from_report(target["tenant_id"], target["rcpt"], b.kind, source=target["queue_id"],
+                                               data={"status": b.status, "diagnostic": b.diagnostic[:300], "reason": b.reason},
+                                               **soft))
+        if not done:   # matched a message, but the report names someone else: recorded, never acted on
+            done.append(await self.from_report(target["tenant_id"], target["rcpt"], "unknown", source=target["queue_id"]))
+        return {"type": "bounce", "matched": True, "done": done}
+
+    async def _target(self, tag: Any) -> dict[str, Any] | None:
+        return await self.store.suppressions.verp_recipient(tag.queue_id, tag.recipient_index) if tag is not None else None

@@ -124,6 +124,14 @@ def _filter(conn: sqlite3.Connection, tenant_id: int, usecase_id: int, rcpts: Se
     return out
 
 
+def _verp_recipient(conn: sqlite3.Connection, queue_id: str, index: int) -> dict[str, Any] | None:
+    """The recipient a VERP tag names: the index-th row (by id) of the queued message."""
+    row = conn.execute(
+        "SELECT r.rcpt, r.tenant_id, m.usecase_id, m.queue_id FROM messages m JOIN recipients r ON r.message_id = m.id"
+        " WHERE m.queue_id = ? ORDER BY r.id LIMIT 1 OFFSET ?", (queue_id, index)).fetchone()
+    return dict(row) if row is not None else None
+
+
 def scope_names(conn: sqlite3.Connection, tenant_id: int) -> dict[tuple[str, int], str]:
     """{('domain', 3): 'domain:example.com', ('usecase', 7): 'usecase:receipts', ...} for one tenant."""
     names: dict[tuple[str, int], str] = {("tenant", 0): "tenant", ("marketing", 0): "marketing"}
@@ -201,6 +209,10 @@ class Suppressions:
     async def filter(self, tenant_id: int, usecase_id: int, rcpts: Sequence[tuple[int, str]], now: float | None = None) -> dict[int, dict[str, Any]]:
         """{recipient id: entry} for the recipients (id, address) of a use case's message that are suppressed now."""
         return await self.db.read(_filter, tenant_id, usecase_id, list(rcpts), time.time() if now is None else now)
+
+    async def verp_recipient(self, queue_id: str, index: int) -> dict[str, Any] | None:
+        """{rcpt, tenant_id, usecase_id, queue_id} of the recipient a VERP tag names, or None (unknown, or swept)."""
+        return await self.db.read(_verp_recipient, queue_id, index)
 
     async def scope_names(self, tenant_id: int) -> dict[tuple[str, int], str]:
         return await self.db.read(scope_names, tenant_id)
