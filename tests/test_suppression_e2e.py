@@ -170,6 +170,10 @@ def test_suppression_cli_through_the_daemon(tmp_path):
                                                "erin@example.org,tenant,soft_bounce,import,2099-01-01T00:00:00Z"])
         assert gw.cli_json("suppression", "list", "globex")["entries"] == []
         assert "(none)" in gw.cli("suppression", "list", "globex").stdout
+        big = tmp_path / "big.csv"   # more rows than one admin call carries: sent in chunks, line numbers kept
+        big.write_text("address\n" + "".join(f"user{i}@bulk.example\n" for i in range(4500)) + "broken\n")
+        result = gw.cli_json("suppression", "import", "acme", str(big))
+        assert (result["added"], result["updated"], [r["line"] for r in result["refused"]]) == (4500, 0, [4502])
         gw.cli("suppression", "remove", "acme", "bob@example.org", "--scope", "marketing")
         missing = gw.cli("suppression", "show", "acme", "nobody@example.org", check=1)
         assert "not suppressed" in missing.stderr
