@@ -45,6 +45,12 @@ async def test_hard_bounce_suppresses_and_the_next_submission_is_refused_at_rcpt
         async with delivering_daemon(tmp_path, dns_server, sink.port) as (d, setup):
             qid = await submit(d, setup, ["bob@dest.test", "Eve@Dest.test"])
             [bounced] = await wait_events(d, qid, "bounced")
+            [bob] = sink.for_rcpt("bob@dest.test")
+            tenant_id = (await d.store.tenants.get(setup["tenant"]))["id"]
+            head = bob.data.split(b"\r\n\r\n", 1)[0].decode()
+            assert f"Feedback-ID: u{setup['usecase_id']}:t{tenant_id}:gateway\r\n" in head
+            signed = "".join(head.split("DKIM-Signature:", 1)[1].split("b=", 1)[0].split()).lower()
+            assert "feedback-id" in signed.split("h=", 1)[1].split(";", 1)[0]   # covered by the signature
             assert bounced["data"]["class"] == "hard" and bounced["data"]["class_reason"] == "status 5.1.1"
             assert {(a["outcome"], a["class"]) for a in await attempts(d, qid)} == {("delivered", ""), ("bounced", "hard")}
             page = await d.call("suppression.list", tenant=setup["tenant"])

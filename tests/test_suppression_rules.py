@@ -163,6 +163,14 @@ async def test_reports_matched_by_verp_to_a_queued_message(store):
     assert (await store.suppressions.live(store.acme, "angry.reader@yahoo.com", [("marketing", 0)]))["reason"] == "complaint"
     unknown_tag = (DATA / "arf" / "microsoft-jmrp-redacted.eml").read_bytes()   # a queue id we never had
     assert (await service.handle_report(unknown_tag))["matched"] is False
-    assert sorted(r["address"] for r in await store.suppressions.list(store.acme)) == ["angry.reader@yahoo.com", "jdoe@example.org"]
+    # The return path stripped, but our Feedback-ID and the Original-Rcpt-To survive: the tenant is found.
+    stripped = complaint.replace(b"bounces+0h3k9x2a7mq4rt5b.3@", b"someone@").replace(
+        b"Feedback-ID: newsletter:acme:gw", f"Feedback-ID: u{usecase_id}:t{store.acme}:gateway".encode())
+    stripped = stripped.replace(b"angry.reader@yahoo.com", b"second.reader@yahoo.com")
+    assert await service.handle_report(stripped) == {"type": "complaint", "matched": True, "done": ["suppressed"]}
+    forged = stripped.replace(f":t{store.acme}:".encode(), b":t999:")   # no such tenant
+    assert (await service.handle_report(forged))["matched"] is False
+    assert sorted(r["address"] for r in await store.suppressions.list(store.acme)) == [
+        "angry.reader@yahoo.com", "jdoe@example.org", "second.reader@yahoo.com"]
     assert [e["kind"] for e in await store.events.list(tenant_id=store.acme) if e["kind"] in ("bounced", "complained")] == [
-        "bounced", "bounced", "complained"]
+        "bounced", "bounced", "complained", "complained"]

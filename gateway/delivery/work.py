@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..feedback.arf import feedback_id
 from .dkim import Signer
 from .reply import Reply
 from .routes import Route
@@ -52,11 +53,15 @@ SIGN_CHUNK = 32
 
 
 def prepare(work: Work, body: bytes, signer: Signer) -> bytes:
-    """The bytes to send: Reply-To a relay connector wants, then DKIM (not for the SendGrid API)."""
+    """The bytes to send: Reply-To a relay connector wants, our Feedback-ID (unless the app set one:
+    complaints find their tenant by it, gateway/feedback/arf.py), then DKIM (not for the SendGrid API)."""
     route, data = work.route, body
     connector = route.connector
-    if connector is not None and connector.settings.get("reply_to") and b"\nreply-to:" not in data.split(b"\r\n\r\n", 1)[0].lower():
+    head = data.split(b"\r\n\r\n", 1)[0].lower()
+    if connector is not None and connector.settings.get("reply_to") and b"\nreply-to:" not in head:
         data = f"Reply-To: {connector.settings['reply_to']}\r\n".encode() + data
+    if not head.startswith(b"feedback-id:") and b"\nfeedback-id:" not in head:
+        data = f"Feedback-ID: {feedback_id(work.message['tenant_id'], work.message['usecase_id'])}\r\n".encode() + data
     if route.kind != "sendgrid":
         data = signer.sign(data, route.keys)
     return data

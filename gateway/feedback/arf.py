@@ -14,6 +14,7 @@ report came to), then the returned Message-ID, then a ``Feedback-ID`` header (RF
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from ..verp import VerpTag, decode as verp_decode
@@ -21,6 +22,21 @@ from . import mime
 from .dsn import _ADDRESS, normalise
 
 FEEDBACK_TYPES = {"abuse", "fraud", "virus", "other", "not-spam", "auth-failure", "dmarc"}
+SENDER_ID = "gateway"
+_FEEDBACK_ID = re.compile(r"^u(\d{1,12}):t(\d{1,12}):" + SENDER_ID + "$")
+
+
+def feedback_id(tenant_id: int, usecase_id: int) -> str:
+    """The Feedback-ID value delivery adds (Gmail's 'a:b:SenderId' form: the use case, the tenant, us).
+    It names no recipient or message, so receivers can aggregate on it; with a complaint's
+    Original-Rcpt-To it still finds the tenant when the receiver stripped our VERP return path."""
+    return f"u{usecase_id}:t{tenant_id}:{SENDER_ID}"
+
+
+def parse_feedback_id(value: str) -> tuple[int, int] | None:
+    """(tenant_id, usecase_id) from a Feedback-ID we made, or None."""
+    m = _FEEDBACK_ID.match(value.strip())
+    return (int(m.group(2)), int(m.group(1))) if m else None
 
 
 @dataclass(frozen=True)

@@ -207,6 +207,10 @@ class SuppressionService:
         complaint = arf.parse(raw, envelope_to)
         if complaint is not None:
             target = await self._target(complaint.verp)
+            by_id = arf.parse_feedback_id(complaint.feedback_id)
+            if target is None and by_id is not None and complaint.recipient and await self.store.tenants.get_by_id(by_id[0]):
+                # No usable return path, but our Feedback-ID and the receiver's Original-Rcpt-To.
+                target = {"tenant_id": by_id[0], "rcpt": complaint.recipient, "queue_id": f"feedback-id {complaint.feedback_id}"}
             if target is None:
                 return {"type": "complaint", "matched": False, "done": []}
             done = await self.from_report(target["tenant_id"], target["rcpt"], "complaint", source=target["queue_id"],
