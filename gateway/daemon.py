@@ -40,6 +40,7 @@ from .services.connectors import ConnectorService
 from .services.domains import DomainService
 from .services.pauses import PauseService
 from .services.queue import QueueMonitor, QueueService
+from .services.suppressions import SuppressionService
 from .services.tenants import TenantService
 from .services.unsubscribe import UnsubscribeService
 from .services.usecases import UsecaseService
@@ -109,6 +110,7 @@ class Daemon:
         domains = DomainService(store, self.config, self.paths.keys_dir)
         monitor = QueueMonitor(store, self.metrics)
         self.domains = domains  # SIGHUP hands it the new config (daemon.reload)
+        suppressions = SuppressionService(store)
         # One count of message bytes in memory, shared by submission (refuses past it) and delivery (waits).
         self.budget = ByteBudget(self.config.daemon.memory_budget)
         # One keyring: delivery mints List-Unsubscribe links with it, the web pages verify them.
@@ -127,7 +129,7 @@ class Daemon:
                          ConnectorService(store, lambda: self.config),
                          WebhookService(store, allow_loopback=lambda: self.config.webhooks.allow_loopback,
                                         post=webhooks.post, on_change=webhooks.wake),
-                         EventService(store), UnsubscribeService(store, keyring)]
+                         EventService(store), UnsubscribeService(store, keyring), suppressions]
         workers: list[Component] = [
             monitor,
             Reverifier(domains.reverify, interval=self.config.domains.reverify_interval, concurrency=self.config.domains.verify_concurrency),
@@ -138,7 +140,7 @@ class Daemon:
             submission.build(
                 self.config, paths=self.paths, authenticate=usecases.authenticate, context=usecases.context,
                 submit=store.queue.put, monthly_count=store.queue.monthly_count, metrics=self.metrics,
-                on_queued=self.scheduler.wake, budget=self.budget,
+                on_queued=self.scheduler.wake, budget=self.budget, check_recipient=suppressions.at_rcpt,
             ),
         ]
         # Components start in this order and stop in reverse. Web and admin start first and stop

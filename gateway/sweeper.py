@@ -4,11 +4,13 @@
                                  finished messages older than keep_messages           -> deleted (recipients, attempts)
                                  attempts older than keep_attempts                    -> deleted
                                  events older than keep_events                        -> deleted
+                                 suppressions expired longer than keep_events, and
+                                 soft-failure counts untouched that long              -> deleted
                                  Message-ID records older than keep_threads           -> deleted
                                  webhook delivery-log rows older than webhooks.keep_log_seconds -> deleted
                                  (delivered outbox rows need no sweep: they go with the 2xx)
 
-"Finished" means every recipient delivered or bounced; pending, deferred and held mail is never
+"Finished" means every recipient delivered, bounced or suppressed; pending, deferred and held mail is never
 touched, however old. The decisions (what is old enough, how big a batch) are made here; the store
 (gateway/store/retention.py) runs each batch as one short write through an index. Batches follow
 each other until a kind is done, each its own write, with a rest as long as the batch between
@@ -38,7 +40,7 @@ log = structlog.get_logger("sweeper")
 
 # Body bytes one batch may free: freeing a body walks its overflow pages, so rows alone do not bound a batch.
 BATCH_BYTES = 8 * 1024 * 1024
-KINDS = ("bodies", "messages", "attempts", "events", "threads", "webhook_log")
+KINDS = ("bodies", "messages", "attempts", "events", "threads", "webhook_log", "suppressions")
 
 
 class Sweeper(Component):
@@ -108,6 +110,8 @@ class Sweeper(Component):
             "threads": (cfg.keep_threads, lambda cut: retention.delete_threads(cut, max_rows=batch)),
             "webhook_log": (self.webhooks.keep_log_seconds,
                             lambda cut: self.store.webhooks.delete_log_before(cut, max_rows=batch)),
+            # Expired suppressions stay visible (`suppression show`) as long as events do, then go.
+            "suppressions": (cfg.keep_events, lambda cut: retention.delete_expired_suppressions(cut, max_rows=batch)),
         }
         summary: dict[str, Any] = dict.fromkeys(KINDS, 0)
         summary.update(bytes=0, batches=0, longest_batch=0.0)

@@ -6,7 +6,7 @@ import click
 
 from .output import current_admin, details, emit_json, fail, format_age, format_time, json_option, table
 
-STATES = ("pending", "deferred", "delivered", "bounced", "held")
+STATES = ("pending", "deferred", "delivered", "bounced", "held", "suppressed")
 
 
 @click.group()

@@ -7,7 +7,8 @@ import click
 from .. import validate
 from .output import current_admin, details, emit_json, json_option, table
 
-KEYS = ["name", "tenant", "domain", "domain_state", "kind", "entity", "senders", "unsubscribe_scope", "list_unsubscribe", "route", "rate_limit", "credentials"]
+KEYS = ["name", "tenant", "domain", "domain_state", "kind", "entity", "senders", "unsubscribe_scope", "list_unsubscribe", "route", "rate_limit",
+        "suppressed_action", "credentials"]
 kind_choice = click.Choice(["transactional", "marketing"])
 scope_choice = click.Choice(["usecase", "domain"])
 list_unsubscribe_choice = click.Choice(["on", "off", "default"])
@@ -32,14 +33,16 @@ def _show(record: dict, as_json: bool) -> None:
 @click.option("--from", "senders", multiple=True, required=True, help="Allowed sender address (repeat); on the domain or a subdomain.")
 @click.option("--unsubscribe-scope", type=scope_choice, default="usecase", show_default=True)
 @click.option("--list-unsubscribe", type=list_unsubscribe_choice, default="default", show_default=True, help=LIST_UNSUBSCRIBE_HELP)
+@click.option("--suppressed", type=click.Choice(["refuse", "accept-drop"]), default="refuse", show_default=True,
+              help="A suppressed recipient at RCPT: refused (550 5.7.1), or accepted and dropped (for apps that cannot handle a partial refusal).")
 @click.option("--route", default="direct", show_default=True, help="direct, or connector:NAME.")
 @click.option("--rate-limit", type=click.IntRange(0, validate.MAX_RATE_LIMIT), default=0, show_default=True, help="Messages per minute; 0 = unlimited.")
 @json_option
-def add(tenant, domain, name, entity, kind, senders, unsubscribe_scope, list_unsubscribe, route, rate_limit, as_json) -> None:
+def add(tenant, domain, name, entity, kind, senders, unsubscribe_scope, list_unsubscribe, suppressed, route, rate_limit, as_json) -> None:
     """Add a use case on a verified domain."""
     _show(current_admin().call("usecase.add", tenant=tenant, domain=domain, name=name, entity=entity, kind=kind, senders=list(senders),
                         unsubscribe_scope=unsubscribe_scope, route=route, rate_limit=rate_limit,
-                        list_unsubscribe=list_unsubscribe), as_json)
+                        list_unsubscribe=list_unsubscribe, suppressed=suppressed), as_json)
 
 
 @usecase.command("list")
@@ -71,16 +74,17 @@ def show(tenant: str, name: str, as_json: bool) -> None:
 @click.option("--remove-from", "remove_senders", multiple=True, help="Remove a sender address (repeat).")
 @click.option("--unsubscribe-scope", type=scope_choice, default=None)
 @click.option("--list-unsubscribe", type=list_unsubscribe_choice, default=None, help=LIST_UNSUBSCRIBE_HELP)
+@click.option("--suppressed", type=click.Choice(["refuse", "accept-drop"]), default=None)
 @click.option("--route", default=None)
 @click.option("--rate-limit", type=click.IntRange(0, validate.MAX_RATE_LIMIT), default=None)
 @json_option
-def update(tenant, name, new_name, entity, kind, senders, add_senders, remove_senders, unsubscribe_scope, list_unsubscribe, route,
-           rate_limit, as_json) -> None:
+def update(tenant, name, new_name, entity, kind, senders, add_senders, remove_senders, unsubscribe_scope, list_unsubscribe, suppressed,
+           route, rate_limit, as_json) -> None:
     """Change a use case."""
     _show(current_admin().call("usecase.update", tenant=tenant, name=name, new_name=new_name, entity=entity, kind=kind,
                         senders=list(senders) or None, add_senders=list(add_senders) or None,
                         remove_senders=list(remove_senders) or None, unsubscribe_scope=unsubscribe_scope, route=route,
-                        rate_limit=rate_limit, list_unsubscribe=list_unsubscribe), as_json)
+                        rate_limit=rate_limit, list_unsubscribe=list_unsubscribe, suppressed=suppressed), as_json)
 
 
 @usecase.command("delete")

@@ -3,7 +3,9 @@
 Plain functions on values (the work item, the replies, the clock, the retry settings):
 
     classify    a reply per recipient -> Outcome (delivered, deferred with its next attempt, bounced;
-                a deferral past the message's lifetime bounces) and the FailedRecipients for a DSN
+                a deferral past the message's lifetime bounces) and the FailedRecipients for a DSN; a
+                failed one carries its bounce class (gateway/feedback/classify.py) and what it does to
+                the suppression list (gateway/suppression.py feedback)
     conclude    the outcomes of the recipients not yet recorded when an attempt ends: what the remote
                 said where it said something; for the rest, held (our own failure) or deferred
                 (the time budget ran out, or a shutdown interrupted it)
@@ -18,7 +20,9 @@ import dataclasses
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from .. import suppression
 from ..config import DeliveryConfig
+from ..feedback.classify import classify as classify_reply
 from ..store.delivery import Dsn, Outcome
 from ..store.queue import NewMessage, QueueIds
 from .backoff import next_attempt
@@ -47,13 +51,29 @@ def classify(work: Work, rows: Iterable[dict[str, Any]], results: dict[str, Repl
                  "route": work.route.kind}
         if expired:
             event["expired"] = True
+        verdict = classify_reply(reply.code, reply.enhanced, reply.text) if state != "delivered" else None
+        kind = verdict.kind if verdict else ""
+        if expired and kind == "hard":
+            kind = "soft"   # a deferral that ran out of time never proved the address wrong
         outcomes.append(Outcome(recipient_id=r["id"], state=state, code=reply.code or None, enhanced=reply.enhanced,
-                                reply=reply.line, remote=reply.remote, duration=duration, next_attempt_at=next_at, event=event))
+                                reply=reply.line, remote=reply.remote, duration=duration, next_attempt_at=next_at, event=event,
+                                bounce_class=kind, class_reason=verdict.reason if verdict else "",
+                                feedback=None if not msg["mail_from"] else   # our own DSNs never feed the tenant's list
+                                suppression.feedback(state, kind, r["rcpt"], msg["queue_id"], soft_limit=config.soft_bounce_limit,
+                                                     soft_window=config.soft_bounce_window, soft_for=config.soft_bounce_suppress_for)))
         if state == "bounced":
             failed.append(FailedRecipient(r["rcpt"], failure_status(reply.status, expired),
                                           reply.line + (" (gave up: message lifetime ran out)" if expired else ""),
                                           reply.remote.split("[")[0] if reply.remote else "", expired))
     return outcomes, failed
+
+
+def suppressed(rows: Iterable[dict[str, Any]], entries: dict[int, dict[str, Any]]) -> list[Outcome]:
+    """Recipients put on the suppression list while their message was queued: final, nothing sent, no DSN."""
+    return [Outcome(recipient_id=r["id"], state="suppressed", attempted=False, reply=f"suppressed: {suppression.words(entries[r['id']])}",
+                    event={"rcpt": r["rcpt"], "reason": entries[r["id"]]["reason"], "scope": entries[r["id"]]["scope"],
+                           "source": entries[r["id"]]["source"], "checked": "delivery"})
+            for r in rows if r["id"] in entries]
 
 
 def held(rows: Iterable[dict[str, Any]], reason: str) -> list[Outcome]:
@@ -98,5 +118,7 @@ def without_dsn(outcomes: list[Outcome], error: BaseException) -> list[Outcome]:
     """The DSN could not be built: hold the bounced recipients (an operator's `queue release` tries
     them again and the DSN with them); delivered and deferred ones are recorded as they are."""
     reason = f"internal error building the DSN: {type(error).__name__}: {error}"
-    return [dataclasses.replace(o, state="held", hold_reason=f"bounced ({o.reply}); {reason}") if o.state == "bounced" else o
+    # Not suppressed either: released, the recipient must bounce again with its DSN, not end
+    # 'suppressed' at the check before delivery with the sender never told.
+    return [dataclasses.replace(o, state="held", hold_reason=f"bounced ({o.reply}); {reason}", feedback=None) if o.state == "bounced" else o
             for o in outcomes]

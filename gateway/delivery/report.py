@@ -39,6 +39,8 @@ def report(metrics: Metrics, work: Work, outcomes: list[Outcome], result: dict[s
         elif o.state == "bounced":
             metrics.bounced.labels(route=kind).inc()
             log.info("bounced", **fields)
+        elif o.state == "suppressed":
+            log.info("suppressed", **fields)
         else:
             metrics.held.inc()
             log.warning("held", queue_id=msg["queue_id"], rcpt=o.event.get("rcpt"), reason=o.hold_reason)

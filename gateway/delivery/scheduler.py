@@ -51,7 +51,7 @@ from .dkim import Signer
 from .lanes import Lanes
 from .loops import LoopGuard
 from .mx import MxResolver
-from .outcomes import classify, conclude, held, make_dsn, without_dsn
+from .outcomes import classify, conclude, held, make_dsn, suppressed, without_dsn
 from .reply import Reply
 from .report import StallWatch, report
 from .routes import Routes
@@ -213,9 +213,40 @@ class Scheduler(Component):
                     self.watch.moved()  # nothing due and nothing held: idle, not stalled
                 return
             self._inflight += len(rows)
+            rows = await self._skip_suppressed(rows)
             await self._dispatch(rows)
             if not self._more_due:
                 return
+
+    async def _skip_suppressed(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Recipients suppressed since their message was queued are recorded 'suppressed', not sent.
+        The RCPT check already ran at submission: if this second look fails, the mail goes out."""
+        by_message: dict[int, list[dict[str, Any]]] = {}
+        for row in rows:
+            by_message.setdefault(row["message"]["id"], []).append(row)
+        keep: list[dict[str, Any]] = []
+        for group in by_message.values():
+            msg = group[0]["message"]
+            try:
+                found = await self.store.suppressions.filter(msg["tenant_id"], msg["usecase_id"], [(r["id"], r["rcpt"]) for r in group])
+            except Exception as exc:  # noqa: BLE001 - see the docstring
+                log.warning("suppression_check_failed", queue_id=msg["queue_id"], error=f"{type(exc).__name__}: {exc}")
+                found = {}
+            if not found:
+                keep += group
+                continue
+            keep += [r for r in group if r["id"] not in found]
+            done = [r for r in group if r["id"] in found]
+            outcomes = suppressed(done, found)
+            try:
+                await self.store.delivery.record(self.token, msg["tenant_id"], msg["queue_id"], outcomes, None, self.clock())
+            except Exception:  # noqa: BLE001 - released: the next claim checks them again
+                log.exception("suppressed_record_failed", queue_id=msg["queue_id"])
+                await self._release([r["id"] for r in done])
+            self._inflight -= len(done)
+            for o in outcomes:
+                log.info("suppressed", queue_id=msg["queue_id"], **o.event)
+        return keep
 
     async def _dispatch(self, rows: list[dict[str, Any]]) -> None:
         """Group, budget, load, sign and hand to lanes; whatever is not handed over is released."""

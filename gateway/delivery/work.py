@@ -11,8 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..crlf import to_crlf
+from ..feedback.arf import feedback_id
 from ..unsubscribe.headers import with_fields
-from .dkim import Signer, to_crlf
+from .dkim import Signer
 from .reply import Reply
 from .routes import Route
 
@@ -55,13 +57,17 @@ SIGN_CHUNK = 32
 
 def prepare(work: Work, body: bytes, signer: Signer) -> bytes:
     """The bytes to send: the copy's own fields (List-Unsubscribe, replacing the app's), Reply-To a
-    relay connector wants, then DKIM (not for the SendGrid API), which signs them all."""
+    relay connector wants, our Feedback-ID (unless the app set one: complaints find their tenant by
+    it, gateway/feedback/arf.py), then DKIM (not for the SendGrid API), which signs them all."""
     route, data = work.route, body
     if work.fields:
         data = with_fields(to_crlf(data), work.fields)
     connector = route.connector
-    if connector is not None and connector.settings.get("reply_to") and b"\nreply-to:" not in data.split(b"\r\n\r\n", 1)[0].lower():
+    head = data.split(b"\r\n\r\n", 1)[0].lower()
+    if connector is not None and connector.settings.get("reply_to") and b"\nreply-to:" not in head:
         data = f"Reply-To: {connector.settings['reply_to']}\r\n".encode() + data
+    if not head.startswith(b"feedback-id:") and b"\nfeedback-id:" not in head:
+        data = f"Feedback-ID: {feedback_id(work.message['tenant_id'], work.message['usecase_id'])}\r\n".encode() + data
     if route.kind != "sendgrid":
         data = signer.sign(data, route.keys)
     return data

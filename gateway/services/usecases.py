@@ -23,6 +23,7 @@ from ..domains.names import is_within, normalise_address, normalise_domain
 from ..errors import Conflict, InvalidArgument
 from ..store import Store
 from ..unsubscribe import carries_fields
+from ..suppression import ACTIONS as SUPPRESSED_ACTIONS
 from .credentials import Passwords, UsageRecorder, generate, new_key
 from .tenants import check_tenant_name
 
@@ -107,7 +108,7 @@ class UsecaseService:
     @admin_method("usecase.add")
     async def add(self, tenant: str, domain: str, name: str, entity: str, kind: str, senders: list[str],
                   unsubscribe_scope: str = "usecase", route: str = "direct", rate_limit: int = 0,
-                  list_unsubscribe: str = "default") -> dict[str, Any]:
+                  list_unsubscribe: str = "default", suppressed: str = "refuse") -> dict[str, Any]:
         check_tenant_name(tenant)
         check_name(name)
         domain = normalise_domain(domain)
@@ -118,6 +119,7 @@ class UsecaseService:
             "route": validate.route(route),
             "rate_limit": check_rate_limit(rate_limit),
             "list_unsubscribe": check_list_unsubscribe(list_unsubscribe),
+            "suppressed_action": check_choice("suppressed action", suppressed, SUPPRESSED_ACTIONS),
         }
         return present(await self.store.usecases.add(tenant, domain=domain, name=name, senders=check_senders(senders, domain), **fields))
 
@@ -136,7 +138,8 @@ class UsecaseService:
     async def update(self, tenant: str, name: str, new_name: str | None = None, entity: str | None = None,
                      kind: str | None = None, senders: list[str] | None = None, add_senders: list[str] | None = None,
                      remove_senders: list[str] | None = None, unsubscribe_scope: str | None = None,
-                     route: str | None = None, rate_limit: int | None = None, list_unsubscribe: str | None = None) -> dict[str, Any]:
+                     route: str | None = None, rate_limit: int | None = None, list_unsubscribe: str | None = None,
+                     suppressed: str | None = None) -> dict[str, Any]:
         _check_names(tenant, name)
         current = await self.store.usecases.get(tenant, name)
         changes: dict[str, Any] = {}
@@ -154,6 +157,8 @@ class UsecaseService:
             changes["rate_limit"] = check_rate_limit(rate_limit)
         if list_unsubscribe is not None:
             changes["list_unsubscribe"] = check_list_unsubscribe(list_unsubscribe)
+        if suppressed is not None:
+            changes["suppressed_action"] = check_choice("suppressed action", suppressed, SUPPRESSED_ACTIONS)
         new_senders = None
         if senders is not None or add_senders or remove_senders:
             chosen = list(senders) if senders is not None else list(current["senders"])

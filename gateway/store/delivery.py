@@ -26,9 +26,11 @@ from typing import Any
 
 from .. import holds
 from ..holds import covering
+from ..suppression import Feedback
 from .db import Database
 from .events import append_event
 from .queue import NewMessage, _put, drop_deleted, pauses
+from .suppressions import apply_feedback
 
 # Same terms as the partial index's WHERE, so SQLite can use it; INDEXED BY pins it, because the planner
 # otherwise prefers recipients_by_state (0006) and sorts every deferred row (checked with EXPLAIN).
@@ -40,7 +42,7 @@ class Outcome:
     """One recipient's result of one attempt, as the scheduler decided it."""
 
     recipient_id: int
-    state: str                   # delivered | deferred | bounced | held
+    state: str                   # delivered | deferred | bounced | held | suppressed (found on the list just before sending)
     code: int | None = None
     enhanced: str = ""
     reply: str = ""
@@ -50,6 +52,9 @@ class Outcome:
     hold_reason: str = ""
     attempted: bool = True        # False: no remote was asked (held before sending): no attempts row
     event: dict[str, Any] = field(default_factory=dict)  # extra event fields (rcpt, delay...)
+    bounce_class: str = ""        # gateway/feedback/classify.py class of a failed attempt ('' when delivered)
+    class_reason: str = ""        # the classifier rule that chose it
+    feedback: Feedback | None = None  # what this outcome does to the suppression list, applied in the same write
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -159,10 +164,15 @@ def _record(conn: sqlite3.Connection, token: str, tenant_id: int, queue_id: str,
         recorded.append(o.recipient_id)
         if o.attempted:
             conn.execute(
-                "INSERT INTO attempts (recipient_id, at, duration, outcome, code, enhanced, reply, remote) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (o.recipient_id, now, o.duration, o.state, o.code, o.enhanced, o.reply, o.remote),
+                "INSERT INTO attempts (recipient_id, at, duration, outcome, code, enhanced, reply, remote, class, class_reason)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (o.recipient_id, now, o.duration, o.state, o.code, o.enhanced, o.reply, o.remote, o.bounce_class, o.class_reason),
             )
         data = {"code": o.code, "enhanced": o.enhanced, "reply": o.reply, "remote": o.remote, **o.event}
+        if o.bounce_class:
+            data["class"], data["class_reason"] = o.bounce_class, o.class_reason
+        if o.feedback is not None and not deleting:
+            apply_feedback(conn, tenant_id, o.feedback, now)
         if o.state == "deferred":
             data["next_attempt_at"] = o.next_attempt_at
         if o.state == "held":

@@ -16,6 +16,7 @@ from typing import Any
 from ..errors import Conflict, NotFound
 from .db import Database
 from .events import append_event
+from .suppressions import delete_scope
 from .tenants import get_by_name as tenant_by_name
 
 KEY_COLUMNS = "id, selector, algorithm, key_path, public_key, state, created_at, activated_at, retired_at"
@@ -114,6 +115,7 @@ def _delete(conn: sqlite3.Connection, tenant: str, name: str) -> dict[str, Any]:
     if held:
         raise Conflict(f"domain {name!r} is in use by {', '.join(held)}; delete or move those first")
     conn.execute("DELETE FROM dkim_keys WHERE domain_id = ?", (domain["id"],))
+    delete_scope(conn, domain["tenant_id"], "domain", domain["id"])
     conn.execute("DELETE FROM domains WHERE id = ?", (domain["id"],))
     append_event(conn, domain["tenant_id"], "domain_deleted", name)
     return domain

@@ -6,7 +6,7 @@ message starts held by a pause is decided inside that same transaction, so a pau
 moment earlier always wins (no window where the listener's view of the pauses is stale).
 
 Recipient states: pending (due at next_attempt_at), deferred (a temporary failure, retried at
-next_attempt_at), delivered, bounced, held (hold_reason 'paused', 'operator' or why a stage gave up).
+next_attempt_at), delivered, bounced, suppressed (on the list when its turn came), held (hold_reason 'paused', 'operator' or why a stage gave up).
 Operator actions never touch a recipient while a worker has it claimed: that attempt finishes and
 records its own outcome. `delete` of a message in flight deletes what is not claimed and marks the
 message ``deleting``; its claimed recipients go once their attempt is recorded (or their claim is
@@ -31,7 +31,7 @@ from ..holds import Pause, covering
 from .db import Database
 from .events import append_event
 
-STATES = ("pending", "deferred", "delivered", "bounced", "held")
+STATES = ("pending", "deferred", "delivered", "bounced", "held", "suppressed")
 ACTIVE = ("pending", "deferred")
 
 _B32 = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case
@@ -157,7 +157,7 @@ SELECT m.queue_id, m.tenant_id, t.name AS tenant, u.name AS usecase, m.mail_from
        COUNT(r.id) AS recipients,
        SUM(r.state = 'pending') AS pending, SUM(r.state = 'deferred') AS deferred,
        SUM(r.state = 'delivered') AS delivered, SUM(r.state = 'bounced') AS bounced,
-       SUM(r.state = 'held') AS held, MIN(CASE WHEN r.state IN ('pending', 'deferred') THEN r.next_attempt_at END) AS next_attempt_at
+       SUM(r.state = 'held') AS held, SUM(r.state = 'suppressed') AS suppressed, MIN(CASE WHEN r.state IN ('pending', 'deferred') THEN r.next_attempt_at END) AS next_attempt_at
 FROM messages m
 JOIN tenants t ON t.id = m.tenant_id
 LEFT JOIN usecases u ON u.id = m.usecase_id
@@ -171,7 +171,7 @@ LIMIT ?
 
 def _state_of(row: dict[str, Any]) -> str:
     """One word for a message: the least-finished state among its recipients."""
-    for state in ("held", "deferred", "pending", "bounced", "delivered"):
+    for state in ("held", "deferred", "pending", "bounced", "suppressed", "delivered"):
         if row.get(state):
             return state
     return "empty"

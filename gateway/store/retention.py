@@ -12,6 +12,8 @@ for long. Each returns {"rows": n, "bytes": b, "more": bool, "seconds": time spe
     attempts  attempt rows, finished or not (the recipient keeps its last reply and attempt count)
     events    event rows
     threads   Message-ID records (message_ids), the last trace of a message
+    suppressions  suppression entries that expired before the cutoff (soft-bounce ones), and
+              soft-failure counts (soft_bounces) not touched since it; both through an index on the time
 
 Attempts, events and Message-ID records are appended in time order, so the rows past a cutoff are a prefix of their
 rowid order: a batch reads the first ``max_rows`` rows by id and deletes those older than the
@@ -96,6 +98,15 @@ def _delete_prefix(conn: sqlite3.Connection, table: str, time_column: str, cutof
     return _done(started, len(ids), len(ids) == max_rows)
 
 
+def _delete_expired(conn: sqlite3.Connection, cutoff: float, max_rows: int) -> dict[str, Any]:
+    started = time.perf_counter()
+    n = conn.execute("DELETE FROM suppressions WHERE id IN (SELECT id FROM suppressions WHERE expires_at IS NOT NULL"
+                     " AND expires_at < ? ORDER BY expires_at LIMIT ?)", (cutoff, max_rows)).rowcount
+    m = conn.execute("DELETE FROM soft_bounces WHERE (tenant_id, address) IN (SELECT tenant_id, address FROM soft_bounces"
+                     " WHERE last_at < ? ORDER BY last_at LIMIT ?)", (cutoff, max_rows)).rowcount
+    return _done(started, n + m, n == max_rows or m == max_rows)
+
+
 class Retention:
     def __init__(self, db: Database):
         self.db = db
@@ -119,3 +130,7 @@ class Retention:
     async def delete_threads(self, cutoff: float, *, max_rows: int) -> dict[str, Any]:
         """Delete Message-ID records (message_ids: what threads replies) made before ``cutoff``, one batch."""
         return await self.db.write(_delete_prefix, "message_ids", "created_at", cutoff, max_rows)
+
+    async def delete_expired_suppressions(self, cutoff: float, *, max_rows: int) -> dict[str, Any]:
+        """Delete suppression entries that expired before ``cutoff`` and soft-failure counts untouched since, one batch."""
+        return await self.db.write(_delete_expired, cutoff, max_rows)

@@ -9,6 +9,7 @@ from typing import Any
 from ..errors import Conflict, NotFound
 from .db import Database
 from .events import append_event
+from .suppressions import delete_tenant
 
 # Tables that a tenant can own, as (table, what to call a row, column that names it).
 # Deleting a tenant is refused while any of these holds a row of it; tables that a later
@@ -80,6 +81,9 @@ def _delete(conn: sqlite3.Connection, name: str) -> dict[str, Any]:
     held = holdings(conn, tenant["id"])
     if held:
         raise Conflict(f"tenant {name!r} still owns: {', '.join(held)}; delete those first")
+    # The suppression list goes with the tenant (it is about other people's addresses, meaningless
+    # without the tenant; keeping it would block the delete forever).
+    delete_tenant(conn, tenant["id"])
     conn.execute("DELETE FROM tenants WHERE id = ?", (tenant["id"],))
     append_event(conn, None, "tenant_deleted", name)
     return tenant

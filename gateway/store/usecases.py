@@ -15,10 +15,11 @@ from typing import Any
 from ..errors import Conflict, InvalidArgument, NotFound
 from .db import Database
 from .events import append_event
+from .suppressions import delete_scope
 from .tenants import get_by_name as tenant_by_name
 
 CONTEXT_SQL = """
-SELECT u.id, u.name, u.entity, u.kind, u.route, u.rate_limit, u.unsubscribe_scope, u.list_unsubscribe,
+SELECT u.id, u.name, u.entity, u.kind, u.route, u.rate_limit, u.unsubscribe_scope, u.list_unsubscribe, u.suppressed_action,
        t.id AS tenant_id, t.name AS tenant, t.enabled AS tenant_enabled, t.outbound_enabled, t.monthly_quota,
        d.id AS domain_id, d.name AS domain, d.state AS domain_state
 FROM usecases u JOIN tenants t ON t.id = u.tenant_id JOIN domains d ON d.id = u.domain_id
@@ -75,9 +76,9 @@ def _add(conn: sqlite3.Connection, tenant: str, domain: str, name: str, fields: 
     try:
         cur = conn.execute(
             "INSERT INTO usecases (tenant_id, domain_id, name, entity, kind, unsubscribe_scope, route, rate_limit, created_at,"
-            " list_unsubscribe) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " list_unsubscribe, suppressed_action) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (t["id"], row["id"], name, fields["entity"], fields["kind"], fields["unsubscribe_scope"], fields["route"],
-             fields["rate_limit"], time.time(), fields.get("list_unsubscribe")),
+             fields["rate_limit"], time.time(), fields.get("list_unsubscribe"), fields.get("suppressed_action", "refuse")),
         )
     except sqlite3.IntegrityError:
         raise Conflict(f"tenant {tenant!r} already has a use case named {name!r}") from None
@@ -90,7 +91,8 @@ def _update(conn: sqlite3.Connection, tenant: str, name: str, changes: dict[str,
     current = get_usecase(conn, tenant, name)
     if "route" in changes:
         _check_route(conn, current["tenant_id"], changes["route"])
-    cols = [c for c in ("name", "entity", "kind", "unsubscribe_scope", "route", "rate_limit", "list_unsubscribe") if c in changes]
+    cols = [c for c in ("name", "entity", "kind", "unsubscribe_scope", "route", "rate_limit", "list_unsubscribe", "suppressed_action")
+            if c in changes]
     if cols:
         try:
             conn.execute(f"UPDATE usecases SET {', '.join(f'{c} = ?' for c in cols)} WHERE id = ?",
@@ -116,6 +118,7 @@ def _delete(conn: sqlite3.Connection, tenant: str, name: str) -> dict[str, Any]:
                            "queue.keep_messages after they finish, or delete them with `gateway queue delete`")
     if "pauses" in existing:
         conn.execute("DELETE FROM pauses WHERE usecase_id = ?", (current["id"],))
+    delete_scope(conn, current["tenant_id"], "usecase", current["id"])
     try:
         conn.execute("DELETE FROM usecases WHERE id = ?", (current["id"],))
     except sqlite3.IntegrityError:

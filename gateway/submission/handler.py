@@ -8,7 +8,8 @@
     EHLO  aiosmtpd's extensions plus PIPELINING and ENHANCEDSTATUSCODES
     MAIL  syntax (UTF-8 only with SMTPUTF8), account (use case, tenant, domain), envelope sender,
           SIZE, quota, rate limit
-    RCPT  syntax, recipient limit (452 for the excess), duplicates collapsed
+    RCPT  syntax, recipient limit (452 for the excess), duplicates collapsed, suppression list
+          (``check_recipient``: 550 5.7.1, or accepted and dropped at DATA when the use case says so)
     DATA  bare CR/LF and NUL, header size, Received count, fields RFC 5322 allows once, From
           header, prepare, queue.put (committed, group commit) and only then 250, whatever the
           bookkeeping after the commit does
@@ -52,6 +53,7 @@ MAX_PASSWORD = 1024
 Authenticate = Callable[[str, str], Awaitable[dict[str, Any] | None]]
 Context = Callable[[int], Awaitable[dict[str, Any] | None]]
 Submit = Callable[[NewMessage], Awaitable[dict[str, Any]]]
+CheckRecipient = Callable[[dict[str, Any], str], Awaitable[str]]   # '' send, 'drop', or raises SMTPError
 
 
 def client_ip(server: Any) -> str:
@@ -74,7 +76,8 @@ def _size_param(options: list[str]) -> int | None:
 class SubmissionHandler:
     def __init__(self, config: SubmissionConfig, *, hostname: str, authenticate: Authenticate, context: Context,
                  submit: Submit, monthly_count: Callable[[int], Awaitable[int]], lifetime: float,
-                 metrics: Metrics | None = None, on_queued: Callable[[str], None] | None = None):
+                 metrics: Metrics | None = None, on_queued: Callable[[str], None] | None = None,
+                 check_recipient: CheckRecipient | None = None):
         self.config = config
         self.hostname = hostname
         self.authenticate = authenticate
@@ -87,6 +90,7 @@ class SubmissionHandler:
         self.lifetime = lifetime
         self.metrics = metrics or Metrics()
         self.on_queued = on_queued
+        self.check_recipient = check_recipient
 
     def configure(self, config: SubmissionConfig, lifetime: float) -> None:
         self.config = config
@@ -231,6 +235,8 @@ class SubmissionHandler:
             if key in envelope.seen:
                 return "250 2.1.5 Recipient OK (duplicate)"
             policy.check_recipient_count(len(envelope.rcpt_tos), self.config.max_recipients)
+            if self.check_recipient is not None and await self.check_recipient(envelope.ctx, address) == "drop":
+                envelope.dropped = getattr(envelope, "dropped", set()) | {address}
         except SMTPError as err:
             return self._refuse(server, "RCPT", err)
         envelope.seen.add(key)
@@ -276,6 +282,9 @@ class SubmissionHandler:
         ip = client_ip(server)
         received = prepare.received_header(helo=server.session.host_name, client_ip=ip, hostname=self.hostname, queue_id=queue_id,
                                            tls=server.tls_description(), recipients=envelope.rcpt_tos, now=now)
+        recipients = [r for r in envelope.rcpt_tos if r not in getattr(envelope, "dropped", ())]
+        if not recipients:   # every recipient suppressed, accept-and-drop: nothing to queue
+            return "250 2.0.0 Ok: accepted, nothing to send (suppressed recipients)"
         # Prepared inside the received buffer: the message is held once, not twice (data.py).
         body = prepare.prepare_in_place(found, data, received=received, message_id=message_id,
                                         add_message_id=found.message_id is None, now=now)
@@ -284,7 +293,7 @@ class SubmissionHandler:
         del data, found
         result = await self.submit(NewMessage(
             queue_id=queue_id, tenant_id=ctx["tenant_id"], usecase_id=_usecase_id(ctx), mail_from=envelope.mail_from,
-            message_id=message_id, body=body, recipients=list(envelope.rcpt_tos), parents=parents, client=ip,
+            message_id=message_id, body=body, recipients=recipients, parents=parents, client=ip,
             lifetime=self.lifetime, now=now,
         ))
         # Committed: from here on the message is ours, and the answer is 250 whatever fails below

@@ -1,0 +1,209 @@
+"""Bounce messages -> the failed recipients, each classified.
+
+    parse(raw, envelope_to="") -> Report(bounces, verp, message_id, reporting_mta, standard)
+
+RFC 3464 first: a ``message/delivery-status`` part gives one group per recipient (Final-Recipient,
+Original-Recipient, Action, Status, Diagnostic-Code, Remote-MTA); groups whose Action is not
+``failed`` or ``delayed`` (delivered, relayed, expanded) are not bounces and are left out. The
+Status is the receiver's verdict; a generic one (5.0.0) yields to the specific status in the
+Diagnostic-Code, and the text decides where neither is specific (gateway/feedback/classify.py).
+
+Anything else is a non-standard bounce (qmail, old Exim and Sendmail, Exchange, Domino, Yahoo's
+text replies...): the human-readable text before the returned message is searched for the failed
+address (the first address that is not the bounce's own sender or recipient and not a system
+mailbox) and for the reason (the first line carrying an SMTP reply code, else the paragraph after
+the address, else the whole text). No address found -> one Bounce of kind 'unknown' with recipient
+'': recorded, never acted on.
+
+The VERP tag (gateway/verp.py) comes from the envelope recipient the MX saw when the caller gives
+it, else from the bounce's To, Delivered-To or X-Original-To, else from the returned message's
+Return-Path: it names the queued message and recipient even when the body names nobody.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from ..verp import VerpTag, decode as verp_decode
+from . import mime
+from .classify import UNKNOWN, classify, code_in, status_in
+
+_ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+")
+_REPLY_LINE = re.compile(r"(?<![\d.])[45]\d\d[ -](?:[245]\.\d{1,3}\.\d{1,3})?|#[45]\.\d{1,3}\.\d{1,3}")
+# Where the returned copy of the message begins in a plain-text bounce.
+_CUT = re.compile(r"^(?:-{2,}.*(?:original message|copy of (?:the|your) message|message follows|returned message|"
+                  r"below this line|undelivered message|message headers)|original message headers:|below is a copy|"
+                  r"received: from |return-path: )", re.I | re.M)
+_SYSTEM_LOCALS = {"mailer-daemon", "postmaster", "mail-daemon", "mailerdaemon", "noreply", "no-reply", "root"}
+# A plain-text message is read as a bounce only when it says it is one (an out-of-office reply is not).
+_BOUNCE_SUBJECT = re.compile(r"undeliver|deliver(?:y|ed)|failure|failed|returned|rejected|bounce|non-?delivery|error|notice", re.I)
+MAX_TEXT = 64 * 1024   # a bounce's human-readable part longer than this is read only this far
+
+
+@dataclass(frozen=True)
+class Bounce:
+    recipient: str            # the failed address ('' when none was found)
+    kind: str                 # hard | soft | block | quota | rate | unknown
+    reason: str               # the classifier rule that fired
+    status: str = ""          # RFC 3463 status (DSN Status, or found in the text)
+    diagnostic: str = ""      # the remote's words (Diagnostic-Code or the heuristic's line)
+    action: str = ""          # failed | delayed ('' for a non-standard bounce)
+    original_recipient: str = ""
+    remote: str = ""          # Remote-MTA
+
+
+@dataclass(frozen=True)
+class Report:
+    bounces: list[Bounce]
+    standard: bool                       # an RFC 3464 delivery-status part was found
+    verp: VerpTag | None = None
+    message_id: str = ""                 # of the returned message, when it came back
+    reporting_mta: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+def _value(field_value: str | None) -> str:
+    """'rfc822; bob@example.org' -> 'bob@example.org'; 'dns; mx.example.org' -> 'mx.example.org'."""
+    if not field_value:
+        return ""
+    v = " ".join(str(field_value).split())
+    typ, sep, rest = v.partition(";")
+    return (rest if sep else typ).strip().strip("<>").strip()
+
+
+def normalise(address: str) -> str:
+    """An address as the feedback path compares it: trimmed, brackets off, domain lower-cased."""
+    address = address.strip().strip("<>").strip().rstrip(".")
+    local, at, domain = address.rpartition("@")
+    return f"{local}@{domain.lower()}" if at else address
+
+
+def _walk(msg: mime.Part) -> tuple[mime.Part | None, list[str], dict[str, str] | None]:
+    """(the delivery-status part, the human-readable texts, the returned message's headers)."""
+    status, texts, returned = None, [], None
+    stack = [msg]
+    while stack:
+        part = stack.pop(0)
+        ctype = part.content_type
+        if ctype == "message/delivery-status" and status is None:
+            status = part
+        elif ctype == "message/rfc822" and returned is None:
+            returned = part.parts[0].headers if part.parts else {}
+        elif ctype in ("text/rfc822-headers", "message/rfc822-headers") and returned is None:
+            returned = mime.headers(part.text())
+        elif part.parts:
+            stack[0:0] = part.parts
+        elif ctype.startswith("text/") and ctype != "text/html":
+            texts.append(part.text()[:MAX_TEXT])
+    return status, texts, returned
+
+
+def _standard(status: mime.Part) -> tuple[list[Bounce], str]:
+    groups = mime.header_blocks(status.decoded())
+    mta = _value(groups[0].get("reporting-mta")) if groups else ""
+    out = []
+    for g in groups:
+        final, original = _value(g.get("final-recipient")), _value(g.get("original-recipient"))
+        if not final and not original:
+            continue
+        action = (g.get("action") or "").strip().lower()
+        if action and action not in ("failed", "delayed"):
+            continue
+        st = (g.get("status") or "").strip().split(" ")[0]
+        diag = " ".join((g.get("diagnostic-code") or "").split())
+        typ, sep, rest = diag.partition(";")
+        diag_text = rest.strip() if sep and " " not in typ.strip() else diag
+        code = code_in(diag_text)
+        if action == "delayed" and st.startswith("5"):
+            st = "4" + st[1:]
+        v = classify(code if action != "delayed" or code < 500 else 0, st, diag_text)
+        out.append(Bounce(recipient=normalise(final or original), kind=v.kind, reason=v.reason, status=st, diagnostic=diag_text,
+                          action=action or "failed", original_recipient=normalise(original) if original else "",
+                          remote=_value(g.get("remote-mta"))))
+    return out, mta
+
+
+def _own_addresses(msg: mime.Part) -> set[str]:
+    own = set()
+    for h in ("from", "to", "sender", "return-path", "reply-to", "delivered-to", "x-original-to", "errors-to"):
+        for a in _ADDRESS.findall(msg.get(h)):
+            own.add(a.lower())
+    return own
+
+
+def _reason_near(text: str, start: int) -> str:
+    """The remote's words for the address found at ``start``: the first reply line after it (or before it,
+    for MTAs that print the reason first), else the paragraph that follows it."""
+    after = text[start:]
+    m = _REPLY_LINE.search(after)
+    if m and m.start() < 2000:
+        line_start = after.rfind("\n", 0, m.start()) + 1
+        end = after.find("\n\n", m.start())
+        return " ".join(after[line_start:end if end != -1 else m.start() + 500][:600].split())
+    m = _REPLY_LINE.search(text)
+    if m:
+        line_start = text.rfind("\n", 0, m.start()) + 1
+        line_end = text.find("\n", m.start())
+        return " ".join(text[line_start:line_end if line_end != -1 else None].split())
+    para_end = after.find("\n\n", after.find("\n") + 1)
+    return " ".join(after[:para_end if para_end != -1 else 600][:600].split())
+
+
+def _looks_like_bounce(msg: mime.Part) -> bool:
+    sender = _ADDRESS.search(msg.get("from"))
+    if sender and sender.group(0).partition("@")[0].lower() in _SYSTEM_LOCALS:
+        return True
+    if msg.get("x-failed-recipients"):
+        return True
+    return bool(_BOUNCE_SUBJECT.search(msg.get("subject"))) and not msg.get("x-autoreply") and \
+        not msg.get("subject").lower().startswith(("automatic reply", "auto:", "out of office", "autoreply"))
+
+
+def _heuristic(msg: mime.Part, texts: list[str]) -> Bounce:
+    text = "\n".join(t.replace("\r\n", "\n") for t in texts)
+    cut = _CUT.search(text)
+    if cut:
+        text = text[:cut.start()]
+    if not _looks_like_bounce(msg):
+        return Bounce(recipient="", kind=UNKNOWN, reason="not a bounce", diagnostic=" ".join(text.split())[:300])
+    own = _own_addresses(msg)
+    failed = _ADDRESS.findall(msg.get("x-failed-recipients"))
+    candidates = [(a, text.find(a)) for a in failed] + [(m.group(0), m.end()) for m in _ADDRESS.finditer(text)]
+    for address, at in candidates:
+        address = address.rstrip(".")
+        if address.lower() in own or address.partition("@")[0].lower() in _SYSTEM_LOCALS:
+            continue
+        reason = _reason_near(text, max(at, 0))
+        v = classify(0, "", reason)
+        if v.kind == UNKNOWN:
+            v = classify(0, "", text)
+        return Bounce(recipient=normalise(address), kind=v.kind, reason=v.reason, status=status_in(reason), diagnostic=reason)
+    return Bounce(recipient="", kind=UNKNOWN, reason="no failed address found", diagnostic=" ".join(text.split())[:300])
+
+
+def _verp(msg: mime.Part, returned: dict[str, str] | None, envelope_to: str) -> VerpTag | None:
+    candidates = [envelope_to] + [msg.get(h) for h in ("delivered-to", "x-original-to", "to")]
+    if returned is not None:
+        candidates.append(returned.get("return-path", ""))
+    for c in candidates:
+        for a in _ADDRESS.findall(c or ""):
+            tag = verp_decode(a)
+            if tag is not None:
+                return tag
+    return None
+
+
+def parse(raw: bytes, envelope_to: str = "") -> Report:
+    """The recipients a bounce message reports as failed (or delayed), each classified."""
+    msg = mime.parse(raw)
+    status, texts, returned = _walk(msg)
+    bounces, mta, standard = [], "", False
+    if status is not None:
+        bounces, mta = _standard(status)
+        standard = bool(bounces)
+    if not bounces:
+        bounces = [_heuristic(msg, texts)]
+    message_id = (returned or {}).get("message-id", "").strip()
+    return Report(bounces=bounces, standard=standard, verp=_verp(msg, returned, envelope_to), message_id=message_id,
+                  reporting_mta=mta)
