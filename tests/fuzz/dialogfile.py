@@ -10,6 +10,7 @@
     < 501 5\\.1\\.7                        the next reply (its last line) must match this regex
     closed                              the server closes the connection
     abort                               the client resets the connection
+    close                               the client closes its side
 
 After the last line: every 4xx/5xx reply carried an enhanced code, and the listener logged nothing
 at error level while the dialog ran (nor while it wound down).
@@ -53,7 +54,7 @@ def parse(path: Path) -> Case:
             case.steps.append(("send", codecs.escape_decode(line[2:].encode())[0]))
         elif line.startswith("< "):
             case.steps.append(("expect", re.compile(line[2:].encode())))
-        elif line.strip() in ("starttls", "login", "closed", "abort"):
+        elif line.strip() in ("starttls", "login", "closed", "abort", "close"):
             case.steps.append((line.strip(), None))
         elif ":" in line and line.split(":", 1)[0] in ("endpoint", "xfail"):
             key, _, value = line.partition(":")
@@ -121,6 +122,8 @@ async def run(case: Case, endpoints: list[Endpoint], capture: LogCapture, idle) 
                     problems.append(f"expected the connection closed, got {got!r}")
             elif kind == "abort":
                 writer.transport.abort()
+            elif kind == "close":
+                writer.close()
     except TimeoutError:
         problems.append("no reply in time (hang)")
     except (ConnectionError, ssl.SSLError) as exc:

@@ -161,7 +161,7 @@ def describe(d: grammar.Dialog) -> str:
         elif isinstance(step, grammar.Login):
             out.append("login")
         elif isinstance(step, grammar.Close):
-            out.append("close")
+            out.append("abort" if step.abort else "close")
         elif isinstance(step, grammar.Finish):
             if step.prefix:
                 out.append("> " + repr(step.prefix)[2:-1])

@@ -69,4 +69,24 @@ async def submission_target(tmp_path: Path) -> AsyncIterator[Running]:
                       sessions=lambda: len(sub.server.sessions))
 
 
-TARGETS = {"submission": submission_target}
+@contextlib.asynccontextmanager
+async def daemon_target(tmp_path: Path) -> AsyncIterator[Running]:
+    """The whole daemon in this process: admin-made tenant, DNS-verified domain, use case and credential
+    (argon2: about 0.1 s an AUTH, so a tenth of the listener target's rate), delivery and DSNs running
+    on what the fuzzer gets queued (the recipients' domains have no MX in the test DNS server)."""
+    from gateway.submission.server import SubmissionServer
+    from tests.support.daemon import merge, running_daemon
+    from tests.support.dns import DnsServer
+    from tests.support.tenancy import dns_overrides, sending_setup
+
+    with DnsServer() as dns:
+        async with running_daemon(tmp_path, merge(dns_overrides(dns), {"submission": SUBMISSION_LIMITS})) as d:
+            setup = await sending_setup(d, dns, domain="acme.test", sender="app@acme.test")
+            server = next(c for c in d.daemon.components if isinstance(c, SubmissionServer))
+            common = dict(credentials=(setup["username"], setup["password"]), sender=setup["sender"], limits=SUBMISSION_LIMITS)
+            yield Running([Endpoint(name=name, host=d.hostport(name)[0], port=d.hostport(name)[1], tls=tls, **common)
+                           for name, tls in (("submission", "starttls"), ("submissions", "implicit"))],
+                          sessions=lambda: len(server.sessions))
+
+
+TARGETS = {"submission": submission_target, "daemon": daemon_target}

@@ -19,7 +19,8 @@ from gateway.submission import client_tls_context as _new_client_context
 from tests.fuzz.grammar import Close, Dialog, Finish, Login, Send, StartTLS
 from tests.fuzz.targets import Endpoint
 
-REPLY_TIMEOUT = 5.0
+REPLY_TIMEOUT = 10.0  # generous: a loaded 2-core machine is slow, a hang is forever
+LOGIN_TIMEOUT = 30.0  # the daemon target hashes with argon2 off the loop: slow on a loaded machine, not a hang
 DIALOG_TIMEOUT = 30.0
 @functools.lru_cache(maxsize=1)
 def client_context() -> ssl.SSLContext:
@@ -143,7 +144,7 @@ async def play(ep: Endpoint, dialog: Dialog, *, dialog_timeout: float = DIALOG_T
                     blob = base64.b64encode(b"\0" + ep.credentials[0].encode() + b"\0" + ep.credentials[1].encode())
                     writer.write(b"EHLO fuzz.example\r\nAUTH PLAIN " + blob + b"\r\n")
                     await writer.drain()
-                    got = await r.replies(2, REPLY_TIMEOUT)
+                    got = await r.replies(2, LOGIN_TIMEOUT)
                     if got is None or len(got) < 2 or not got[1].startswith(b"235"):
                         outcome.hang = "" if got is not None else "no reply to AUTH"
                         outcome.error = f"login failed: {got}"
