@@ -13,7 +13,8 @@ from tests.fuzz.oracle import FIXED_ON_SUBMISSION, KNOWN, NEW_FOR_SUBMISSION
 from tests.fuzz.runner import DEFAULT_SEED, run_pass
 
 DIALOGS = 2000
-BUDGET = 240.0  # hard cap, seconds (about 40 s on an idle 2-core machine)
+BUDGET = 240.0  # hard cap, seconds (20-25 s here with other work on the machine)
+pytestmark = pytest.mark.timeout(BUDGET + 60)  # whichever test runs first runs the pass
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,6 @@ def _report(result) -> str:
     return "\n".join(f"{c}: {info['count']} e.g. {info['dialogs']} {info['texts'][:3]}" for c, info in result.summary()["findings"].items())
 
 
-@pytest.mark.timeout(BUDGET + 60)
 def test_the_pass_ran_every_dialog_within_the_budget(fuzz_pass):
     print(fuzz_pass.summary())
     assert fuzz_pass.dialogs == DIALOGS and not fuzz_pass.budget_hit
