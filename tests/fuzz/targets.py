@@ -26,7 +26,7 @@ SUBMISSION_LIMITS = {
     "max_received_headers": 10,
     "auth_failures_limit": 1_000_000_000,
     "auth_cooldown": 0.0,
-    "command_timeout": 10.0,
+    "command_timeout": 30.0,  # over the reply timeout: a case expecting a close must not pass by the idle timeout
     "session_timeout": 60.0,
     "max_connections_per_client": 1000,
 }
