@@ -105,8 +105,9 @@ def judge(result: PassResult, capture: LogCapture, index: int, dialog: grammar.D
 
 
 async def run_pass(tmp_path: Path, *, dialogs: int, seed: int = DEFAULT_SEED, budget: float = 120.0, concurrency: int = 8,
-                   target: str = "submission", capture: LogCapture | None = None, progress: float = 0.0) -> PassResult:
-    """Run up to ``dialogs`` dialogs within ``budget`` seconds against a fresh listener."""
+                   target: str = "submission", capture: LogCapture | None = None, progress: float = 0.0,
+                   start: int = 0) -> PassResult:
+    """Run up to ``dialogs`` dialogs (numbers ``start`` on) within ``budget`` seconds against a fresh listener."""
     result = PassResult(seed=seed, rss_start_kib=rss_kib())
     own_capture = capture is None
     capture = (capture or LogCapture()).start()
@@ -115,12 +116,12 @@ async def run_pass(tmp_path: Path, *, dialogs: int, seed: int = DEFAULT_SEED, bu
             endpoints = running.endpoints
             started = time.monotonic()
             deadline = started + budget
-            next_index = 0
+            next_index = start
             last_report = started
 
             async def worker() -> None:
                 nonlocal next_index, last_report
-                while next_index < dialogs and time.monotonic() < deadline:
+                while next_index < start + dialogs and time.monotonic() < deadline:
                     index = next_index
                     next_index += 1
                     ep = endpoint_for(endpoints, index)
@@ -173,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="scripts/fuzz", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dialogs", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    ap.add_argument("--start", type=int, default=0, help="number of the first dialog (to rerun a stretch of a long pass)")
     ap.add_argument("--budget", type=float, default=3600.0, help="hard cap in seconds")
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--target", default="submission", choices=sorted(TARGETS))
@@ -188,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     with tempfile.TemporaryDirectory(prefix="gateway-fuzz-") as tmp:
         result = asyncio.run(run_pass(Path(tmp), dialogs=args.dialogs, seed=args.seed, budget=args.budget,
-                                      concurrency=args.concurrency, target=args.target, progress=30.0))
+                                      concurrency=args.concurrency, target=args.target, progress=30.0,
+                                      start=args.start))
     summary = result.summary()
     if args.json:
         print(json.dumps(summary, indent=2))
