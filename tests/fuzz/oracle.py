@@ -38,7 +38,10 @@ KNOWN = {
     "accepted:duplicate-singleton": FIXED_ON_SUBMISSION,       # two To/Cc/Subject/Date/Message-ID
     # found by this fuzzer, inside gateway/submission/ (described in the fuzzer branch's report)
     "internal:address-parser": NEW_FOR_SUBMISSION,             # MAIL FROM:a@[ , MAIL FROM:" , RCPT TO:a@
-    "internal:tls-write-after-close": NEW_FOR_SUBMISSION,      # over TLS, commands pipelined past aiosmtpd's bogus limit
+    "internal:tls-use-after-close": NEW_FOR_SUBMISSION,        # over TLS, commands pipelined past aiosmtpd's bogus limit
+    # STARTTLS (or "STARTTLS\n") with plaintext behind it: the plaintext is discarded and the listener waits
+    # for a ClientHello until command_timeout instead of closing (issue 12 #4)
+    "hang:starttls-pipelined": FIXED_ON_SUBMISSION,
 }
 
 
@@ -47,8 +50,8 @@ def classify_log(record: dict) -> str:
     text = " ".join(str(record.get(k, "")) for k in ("event", "error_type", "exception", "exc_info"))
     if "get_angle_addr" in text:
         return "internal:unterminated-angle-address"
-    if "_write_appdata" in text:
-        return "internal:tls-write-after-close"
+    if "_write_appdata" in text or "_resume_reading" in text:  # aiosmtpd closed the SSL transport twice, then used it
+        return "internal:tls-use-after-close"
     if "_header_value_parser" in text and "_getaddr" in text:
         return "internal:address-parser"
     if "chunk is longer than limit" in text or ("challenge_auth" in text and ("LimitOverrun" in text or "ValueError" in text)):

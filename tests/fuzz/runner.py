@@ -91,7 +91,8 @@ def judge(result: PassResult, capture: LogCapture, index: int, dialog: grammar.D
             result.internal_replies += 1
     if outcome.hang:
         result.hangs += 1
-        result.findings.add("hang", where, outcome.hang.encode())
+        starttls = any(isinstance(s, grammar.Send) and b"starttls" in s.data.lower() for s in dialog.steps)
+        result.findings.add("hang:starttls-pipelined" if starttls else "hang", where, outcome.hang.encode())
     if outcome.closed_early:
         result.closed_early += 1
     for why, reply in outcome.verdicts:
