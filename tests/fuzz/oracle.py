@@ -50,12 +50,12 @@ def classify_log(record: dict) -> str:
     text = " ".join(str(record.get(k, "")) for k in ("event", "error_type", "exception", "exc_info"))
     if "get_angle_addr" in text:
         return "internal:unterminated-angle-address"
+    if "chunk is longer than limit" in text or ("challenge_auth" in text and ("LimitOverrun" in text or "ValueError" in text)):
+        return "internal:auth-line-too-long"
     if "_write_appdata" in text or "_resume_reading" in text:  # aiosmtpd closed the SSL transport twice, then used it
         return "internal:tls-use-after-close"
     if "_header_value_parser" in text and "_getaddr" in text:
         return "internal:address-parser"
-    if "chunk is longer than limit" in text or ("challenge_auth" in text and ("LimitOverrun" in text or "ValueError" in text)):
-        return "internal:auth-line-too-long"
     if "surrogates not allowed" in text:
         return "internal:surrogate-identifier"
     if "WRONG_VERSION_NUMBER" in text or "TLSSetupException" in text or ("SSLError" in text and "STARTTLS" in text.upper()):
