@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import sys
 import tempfile
@@ -140,7 +141,10 @@ async def run_pass(tmp_path: Path, *, dialogs: int, seed: int = DEFAULT_SEED, bu
             await asyncio.gather(*(worker() for _ in range(concurrency)))
             result.seconds = time.monotonic() - started
             result.budget_hit = result.dialogs < dialogs
-        # the listener has stopped: anything it logged on the way out is in the capture too
+        # The listener has stopped. A session task that died of an exception nobody retrieved is logged
+        # by asyncio when the task is collected: collect now, while the log is still captured.
+        gc.collect()
+        await asyncio.sleep(0)
         for cls, n in capture.classes.items():
             result.findings.counts[cls] = n
         result.log_lines = capture.lines
