@@ -3,7 +3,8 @@
     python -m tests.fuzz.runner --dialogs 100000 --seed 12 --budget 3600      (what scripts/fuzz runs)
     python -m tests.fuzz.runner --replay 1234 --seed 12                       (print one dialog's steps)
 
-Prints dialogs/s, findings by class (known ones marked), hangs and the process's RSS at start and end.
+Prints dialogs/s, findings by class (known ones marked), hangs and the process's RSS at start and end;
+exits 1 when a class outside oracle.KNOWN turned up.
 The listener runs in this process (as in the tests), so the RSS is the daemon's plus the client's.
 """
 
@@ -209,8 +210,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"finding {cls}: {info['count']} [{mark}] e.g. dialogs {', '.join(info['dialogs'])}")
             for text in info["texts"]:
                 print(f"    {text}")
-    unknown = {c for c in summary["findings"] if c not in KNOWN}
-    return 1 if unknown or result.hangs else 0
+    unknown = {c for c in summary["findings"] if c not in KNOWN}  # an unexplained hang is class "hang"
+    return 1 if unknown else 0
 
 
 if __name__ == "__main__":
