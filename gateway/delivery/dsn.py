@@ -19,6 +19,9 @@ from ..crlf import to_crlf
 from .dkim import split_message
 
 MAX_ORIGINAL_HEADERS = 64 * 1024
+# RFC 5322 2.1.1 allows 998 octets a line; "<address>: diagnostic" must fit in one (address <= 256).
+MAX_FIELD = 256
+MAX_DIAGNOSTIC = 700
 
 
 @dataclass(frozen=True)
@@ -30,9 +33,11 @@ class FailedRecipient:
     expired: bool = False
 
 
-def _clean(text: str) -> str:
-    """One line of printable ASCII (header fields and report fields may not carry CR/LF/NUL)."""
-    return "".join(c if " " <= c <= "~" else "?" for c in " ".join(text.split()))
+def _clean(text: str, limit: int = MAX_FIELD) -> str:
+    """One line of printable ASCII (header fields and report fields may not carry CR/LF/NUL), at
+    most ``limit`` characters: a remote's reply may be kilobytes long, a DSN line may not."""
+    line = "".join(c if " " <= c <= "~" else "?" for c in " ".join(text.split()))
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def original_headers(message: bytes) -> bytes:
@@ -72,7 +77,7 @@ def build_dsn(*, original: bytes, queue_id: str, arrival: float, envelope_from: 
         "",
     ]
     for f in failed:
-        lines.append(f"<{_clean(f.rcpt)}>: {_clean(f.diagnostic)}")
+        lines.append(f"<{_clean(f.rcpt)}>: {_clean(f.diagnostic, MAX_DIAGNOSTIC)}")
     lines += [
         "",
         f"--{boundary}",
@@ -89,7 +94,7 @@ def build_dsn(*, original: bytes, queue_id: str, arrival: float, envelope_from: 
                   f"Status: {_clean(f.status)}"]
         if f.remote:
             lines.append(f"Remote-MTA: dns; {_clean(f.remote)}")
-        lines += [f"Diagnostic-Code: smtp; {_clean(f.diagnostic)}", f"Last-Attempt-Date: {date}"]
+        lines += [f"Diagnostic-Code: smtp; {_clean(f.diagnostic, MAX_DIAGNOSTIC)}", f"Last-Attempt-Date: {date}"]
     lines += [
         "",
         f"--{boundary}",
