@@ -115,6 +115,8 @@ class SubmissionServer(Component):
                 for session in list(self.sessions):
                     if session.transport is not None:
                         session.transport.abort()
+        # A session cancelled mid-commit (its client hung up) leaves its commit running: let it finish.
+        await self.handler.drain(max(deadline - asyncio.get_running_loop().time(), 0.01))
 
     async def reload(self, config: Config) -> None:
         new = config.submission
