@@ -60,7 +60,7 @@ async def close(client: RawClient) -> None:
 
 @pytest.mark.parametrize("bad", [10, 12, 200])
 @pytest.mark.parametrize("implicit", [True, False], ids=["implicit-tls", "starttls"])
-async def test_nothing_pipelined_behind_too_many_errors_is_run(tmp_path, implicit, bad):
+async def test_nothing_pipelined_behind_too_many_errors_is_run(tmp_path, caplog, implicit, bad):
     async with submission_listener(tmp_path, submission={"context_ttl": 60.0}) as sub:
         client = await connected(sub, implicit)
         with capture_logs() as logs:
@@ -71,6 +71,7 @@ async def test_nothing_pipelined_behind_too_many_errors_is_run(tmp_path, implici
         assert sub.queued == [] and await sub.store.queue.list() == []
         assert [e["event"] for e in logs if e["event"].startswith("submission_") and e["log_level"] != "debug"] == ["submission_refused"] * 10 + [
             "submission_too_many_errors"]
+        assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []  # no writes to a closing transport
         await close(client)
 
 
@@ -95,6 +96,40 @@ async def test_nothing_pipelined_behind_the_session_time_limit_is_run(tmp_path):
         assert sub.queued == [] and await sub.store.queue.list() == []
         assert [e["event"] for e in logs if e["event"].startswith("submission_") and e["log_level"] != "debug"] == ["submission_session_expired"]
         assert refusals(sub, "MAIL", "421") == 1
+        await close(client)
+
+
+async def test_a_stop_while_committing_answers_250_then_421_and_runs_nothing_more(tmp_path):
+    async with submission_listener(tmp_path) as sub:
+        handler = sub.server.handler
+        entered, release = asyncio.Event(), asyncio.Event()
+        real = handler.submit
+
+        async def held(new):
+            entered.set()
+            await release.wait()
+            return await real(new)
+
+        handler.submit = held
+        mails = []
+        real_mail = handler.handle_MAIL
+
+        async def counted_mail(*args):
+            mails.append(args[3])
+            return await real_mail(*args)
+
+        handler.handle_MAIL = counted_mail  # before the connection: aiosmtpd looks its hooks up once
+        client = await connected(sub, True)
+        client.writer.write(TRANSACTION.replace(b"QUIT\r\n", b"") + TRANSACTION)  # the second pipelined behind the first
+        await entered.wait()
+        stopping = asyncio.create_task(sub.server.stop(asyncio.get_running_loop().time() + 5))
+        await asyncio.sleep(0)  # let stop tell the busy session (it waits for the commit's reply)
+        release.set()
+        codes = await replies_until_closed(client)
+        await stopping
+        assert codes == [250, 250, 354, 250, 421]
+        assert mails == ["app@example.com"]  # the second MAIL was never run
+        assert len(await sub.store.queue.list()) == 1 and len(sub.queued) == 1
         await close(client)
 
 
