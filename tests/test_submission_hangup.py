@@ -46,7 +46,7 @@ async def replies_until_closed(client: RawClient) -> list[int]:
 
 async def settled(sub) -> None:
     """Every session ended and every commit it started finished: nothing more can be queued."""
-    await sub.server._idle.wait()  # noqa: SLF001 - the listener's own "no sessions" event
+    await sub.server.wait_idle()
     await sub.server.handler.drain()
 
 
@@ -167,9 +167,11 @@ async def test_a_session_cancelled_during_the_commit_still_does_its_bookkeeping(
             client.writer.write(message() + b".\r\n")
             await committed.wait()
             client.writer.transport.abort()
-            await sub.server._idle.wait()  # noqa: SLF001 - the session is gone (its handler cancelled)
+            await sub.server.wait_idle()  # the session is gone: its handler was cancelled
+            assert sub.server.budget.in_use > 0  # the message is still held, by its commit
             gone.set()
             await handler.drain()
+        assert sub.server.budget.in_use == 0
         [row] = await sub.store.queue.list()
         [queued] = [e for e in logs if e["event"] == "queued"]
         assert queued["queue_id"] == row["queue_id"]

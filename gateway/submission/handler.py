@@ -313,6 +313,7 @@ class SubmissionHandler:
         commit = asyncio.ensure_future(self._commit(server, envelope, ctx, new, started))
         self._commits.add(commit)
         commit.add_done_callback(self._commits.discard)
+        server.commit = commit  # the DATA reservation is released when the commit ends, not before
         try:
             return await asyncio.shield(commit)
         except asyncio.CancelledError:

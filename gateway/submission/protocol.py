@@ -109,6 +109,7 @@ class SubmissionSMTP(SMTP):
         self.accounted = False         # the handler logged and counted the refusal about to be pushed
         self.errors = 0                # protocol errors so far (refusals not made by policy)
         self._auth_answers = False     # the lines read now may be answers to an AUTH (_loggable)
+        self.commit: asyncio.Future[str] | None = None  # the handler's commit of this DATA (handler._accept)
         if implicit_tls:
             # The whole connection is TLS: AUTH is allowed at once (aiosmtpd only knows STARTTLS).
             self._auth_require_tls = False
@@ -141,7 +142,7 @@ class SubmissionSMTP(SMTP):
             await self.push("421 4.7.0 Too many connections, try again later")
             self.transport.close()
             return
-        self.owner.sessions.add(self)
+        self.owner.session_started(self)
         self.owner.metrics.submission_connections.inc()
         timer = self.loop.call_later(self.owner.config.session_timeout, self._session_expired)
         try:
@@ -478,7 +479,12 @@ class SubmissionSMTP(SMTP):
             status = await self._call_handler_hook("DATA")
             self._set_post_data_state()
         finally:
-            reservation.release()
+            commit, self.commit = self.commit, None
+            if commit is not None and not commit.done():
+                # Cancelled mid-commit (the client hung up): the commit goes on holding the message.
+                commit.add_done_callback(lambda _: reservation.release())
+            else:
+                reservation.release()
         await self.push("250 OK" if status is MISSING else status)
 
     async def _refuse_data(self, outcome: data.Outcome) -> None:

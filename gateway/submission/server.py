@@ -95,6 +95,14 @@ class SubmissionServer(Component):
             server.close()
         self._servers.clear()
 
+    def session_started(self, session: SubmissionSMTP) -> None:
+        self.sessions.add(session)
+        self._idle.clear()
+
+    async def wait_idle(self) -> None:
+        """Until no session is left (each ended: served, closed or cancelled)."""
+        await self._idle.wait()
+
     def session_ended(self, session: SubmissionSMTP) -> None:
         self.sessions.discard(session)
         if not self.sessions:
