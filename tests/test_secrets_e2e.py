@@ -88,6 +88,15 @@ async def test_secrets_never_in_logs_or_cli_output(tmp_path, dns_server):
                     await smtp.auth_plain(added["username"], WRONG_PASSWORD)
                 await smtp.auth_login(added["username"], password)
                 await smtp.sendmail(setup["sender"], ["bob@far.example"], message(sender=setup["sender"], to="bob@far.example"))
+            # A refused AUTH (538: no TLS yet) with its answers pipelined behind it: they are read as
+            # commands and refused, and the debug log of command lines must not show them.
+            reader, writer = await asyncio.open_connection(host, int(port))
+            await reader.readline()
+            b64 = lambda text: base64.b64encode(text.encode())  # noqa: E731
+            writer.write(b"EHLO client.example\r\nAUTH LOGIN\r\n" + b64(added["username"]) + b"\r\n" + b64(password)
+                         + b"\r\nAUTH PLAIN\r\n" + b64(f"\0{added['username']}\0{password}") + b"\r\nQUIT\r\n")
+            assert b"221 " in await asyncio.wait_for(reader.read(), 10)
+            writer.close()
             [got] = await relay.wait_for(1)
             assert got.auth_user == "relay"
             assert ("relay", True) in relay.auth_attempts

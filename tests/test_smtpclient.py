@@ -263,3 +263,22 @@ async def test_an_unsolicited_reply_takes_an_idle_connection_out_of_the_pool():
         await asyncio.sleep(0.3)
         assert not s.alive  # the pool will not hand it out: the 421 would answer our next MAIL FROM
         await s.close()
+
+
+@pytest.mark.parametrize("size", ["\u00b2", "\u0661\u0662"])
+async def test_a_remote_size_that_is_not_ascii_digits_is_no_limit(size):
+    """'²'.isdigit() is True but int('²') raises; '١٢' int()s to 12: a remote's SIZE is ASCII digits or nothing."""
+    async def handler(reader, writer, log):
+        writer.write(b"220 raw.test ESMTP\r\n")
+        await reader.readline()
+        writer.write(b"250-raw.test\r\n250 SIZE " + size.encode() + b"\r\n")
+        await writer.drain()
+        await reader.readline()
+        writer.write(b"221 bye\r\n")
+
+    async with raw_server(handler) as (port, _):
+        c = SmtpClient(local_hostname="gw.test", timeout=5)
+        await c.connect("127.0.0.1", port, timeout=5)
+        await c.ehlo()
+        assert c.max_size == 0
+        await c.quit()

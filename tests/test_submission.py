@@ -323,7 +323,8 @@ async def test_command_timeout_closes_idle_session(tmp_path):
     async with submission_listener(tmp_path, submission={"command_timeout": 1.0}) as sub:
         reader, writer = await asyncio.open_connection("127.0.0.1", sub.port("submission"))
         assert (await reader.readline()).startswith(b"220 ")
-        assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the listener
+        # Told why, then closed by the listener (issue 7 item 15; tests/test_submission_hangup.py).
+        assert await asyncio.wait_for(reader.read(), 10) == b"421 4.4.2 Timeout, closing connection\r\n"
         writer.close()
 
 

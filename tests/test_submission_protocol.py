@@ -375,3 +375,83 @@ async def test_bookkeeping_failure_after_the_commit_still_answers_250(tmp_path):
         failed = [e for e in logs if e["log_level"] == "error"]
         assert {(e["event"], e["part"]) for e in failed} == {("submission_after_commit_failed", "notify"),
                                                              ("submission_after_commit_failed", "metrics")}
+
+
+# --------------------------------------------------------------------------- client parameters: ASCII digits only
+
+
+@pytest.mark.parametrize("size", ["\u00b2", "1\u2460", "\u0661\u0662", "\uff11"])
+async def test_a_size_that_is_not_ascii_digits_is_a_syntax_error(tmp_path, size):
+    """'²'.isdigit() is True but int('²') raises; '١٢' (Arabic-Indic) int()s to 12: neither is a number on the wire."""
+    async with submission_listener(tmp_path) as sub:
+        client = await logged_in(sub)
+        with capture_logs() as logs:
+            code, text = await client.cmd(f"MAIL FROM:<app@example.com> SIZE={size}")
+        assert (code, text[:5]) == (501, "5.5.4"), text
+        assert internal_errors(logs) == []
+        assert (await client.cmd("MAIL FROM:<app@example.com> SIZE=100"))[0] == 250
+        await client.close()
+
+
+def test_size_param_counts_only_ascii_digits():
+    from gateway.submission.handler import _size_param
+
+    assert _size_param(["SIZE=100"]) == 100
+    for value in ("\u00b2", "1\u2460", "\u0661\u0662", "\uff11", "", "-1", "+1", " 1"):
+        assert _size_param([f"SIZE={value}"]) is None, value
+
+
+# --------------------------------------------------------------------------- AUTH conformance
+
+
+async def test_auth_mechanism_names_are_case_insensitive(tmp_path):
+    async with submission_listener(tmp_path) as sub:
+        client = await RawClient.connect(sub.port("submissions"))
+        assert (await client.cmd("EHLO client.example"))[0] == 250
+        blob = base64.b64encode(f"\0app\0{PASSWORD}".encode()).decode()
+        assert (await client.cmd(f"AUTH plain {blob}"))[0] == 235  # RFC 4954 4: mechanism names are case-insensitive
+        await client.close()
+
+
+async def test_plain_with_another_authzid_is_refused_535_and_counted_as_a_failure(tmp_path):
+    async with submission_listener(tmp_path, submission={"auth_failures_limit": 2}) as sub:
+        client = await RawClient.connect(sub.port("submissions"))
+        assert (await client.cmd("EHLO client.example"))[0] == 250
+        proxy = base64.b64encode(f"someone-else\0app\0{PASSWORD}".encode()).decode()
+        with capture_logs() as logs:
+            assert await client.cmd(f"AUTH PLAIN {proxy}") == (535, "5.7.8 Authentication credentials invalid")
+            assert (await client.cmd(f"AUTH PLAIN {proxy}"))[0] == 535
+            # Two failures: the login is cooling down, even with the right credentials.
+            right = base64.b64encode(f"\0app\0{PASSWORD}".encode()).decode()
+            assert (await client.cmd(f"AUTH PLAIN {right}"))[0] == 454
+        assert [e["event"] for e in logs if e["log_level"] != "debug"] == ["auth_failed", "auth_failed", "auth_refused_cooldown"]
+        assert sub.auth.calls == 0  # a proxy login is never a password check
+        await client.close()
+
+
+# --------------------------------------------------------------------------- debug logs hold no credentials
+
+
+async def test_credentials_pipelined_behind_a_refused_auth_are_not_logged(tmp_path):
+    """538 (no TLS yet) and 504 (unknown mechanism) leave the client's pipelined answers to be read as
+    commands: at debug level none of them is logged as it was sent, in any of its encodings."""
+    secret_user, secret_password = "app-user-7q", "pw-Zx81-secret"
+    blobs = [base64.b64encode(secret_user.encode()), base64.b64encode(secret_password.encode()),
+             base64.b64encode(f"\0{secret_user}\0{secret_password}".encode()),
+             base64.b64encode(b"\x00\xa8\xe8"),  # three bytes of a secret whose base64 ("AKjo") looks like a verb
+             base64.b64encode(b"@\x03\x02")]  # ... or is one ("QAMC")? Either way: masked
+    async with submission_listener(tmp_path) as sub:
+        client = await RawClient.connect(sub.port("submission"), implicit=False)
+        assert (await client.cmd("EHLO client.example"))[0] == 250
+        with capture_logs() as logs:
+            client.writer.write(b"AUTH LOGIN\r\n" + b"\r\n".join(blobs[:2]) + b"\r\nAUTH PLAIN\r\n" + blobs[2] + b"\r\n"
+                                + b"AUTH X-UNKNOWN\r\n" + b"\r\n".join(blobs[3:]) + b"\r\n" + blobs[1] + b"\r\nEHLO client.example\r\nNOOP\r\n")
+            codes = [(await client.reply())[0] for _ in range(11)]
+        assert codes == [538, 500, 500, 538, 500, 538, 500, 500, 500, 250, 250]
+        commands = [e for e in logs if e["event"] == "submission_command"]
+        assert len(commands) == 11
+        text = repr(logs)
+        for secret in [secret_user, secret_password, *(b.decode() for b in blobs)]:
+            assert secret not in text
+        assert [e["line"] for e in commands][-2:] == ["EHLO client.example", "NOOP"]
+        await client.close()

@@ -217,7 +217,7 @@ class SmtpClient:
     def max_size(self) -> int:
         """SIZE's limit; 0 when the server gives none."""
         value = self.extensions.get("size", "").strip()
-        return int(value) if value.isdigit() else 0
+        return int(value) if value.isascii() and value.isdigit() else 0  # str.isdigit: also "²", "١"
 
     def peer(self) -> tuple[str, int] | None:
         """The address and port the connection actually reached (what a host name resolved to)."""

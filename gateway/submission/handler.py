@@ -22,6 +22,7 @@ never reaches a client.
 
 from __future__ import annotations
 
+import asyncio
 import binascii
 import time
 from base64 import b64decode
@@ -68,9 +69,16 @@ def _usecase_id(auth: dict[str, Any]) -> int:
 def _size_param(options: list[str]) -> int | None:
     for opt in options:
         key, _, value = opt.partition("=")
-        if key.upper() == "SIZE" and value.isdigit():
-            return int(value)
+        if key.upper() == "SIZE":
+            return policy.ascii_number(value)
     return None
+
+
+def _orphaned_commit_done(commit: asyncio.Task[str]) -> None:
+    """A commit whose session was cancelled: a failed put is logged here (the client got no 250)."""
+    exc = None if commit.cancelled() else commit.exception()
+    if exc is not None:
+        log.warning("submission_commit_failed_after_hangup", error_type=type(exc).__name__)
 
 
 class SubmissionHandler:
@@ -91,6 +99,7 @@ class SubmissionHandler:
         self.metrics = metrics or Metrics()
         self.on_queued = on_queued
         self.check_recipient = check_recipient
+        self._commits: set[asyncio.Task[str]] = set()  # commits whose session may be gone (_accept)
 
     def configure(self, config: SubmissionConfig, lifetime: float) -> None:
         self.config = config
@@ -98,6 +107,11 @@ class SubmissionHandler:
         self.contexts.ttl = config.context_ttl
         self.contexts.clear()
         self.cooldown.configure(config.auth_failures_limit, config.auth_cooldown, config.auth_address_failures_limit)
+
+    async def drain(self, timeout: float | None = None) -> None:
+        """Wait for the commits in flight, also those whose session has already gone."""
+        if self._commits:
+            await asyncio.wait(set(self._commits), timeout=timeout)
 
     # ------------------------------------------------------------------ helpers
 
@@ -137,10 +151,13 @@ class SubmissionHandler:
                 await server.push("501 5.5.2 Cannot decode base64")
                 return AuthResult(success=False, handled=True)
         parts = blob.split(b"\x00")
-        if len(parts) != 3 or (parts[0] and parts[0] != parts[1]):
+        if len(parts) != 3:
             await server.push("501 5.5.2 Malformed PLAIN response")
             return AuthResult(success=False, handled=True)
-        return await self._verify(server, ip, "PLAIN", parts[1], parts[2])
+        # An authzid other than the login asks to act as someone else (RFC 4616 2), which no login
+        # may: a failed attempt like a wrong password (535, counted), the password never checked.
+        proxy = bool(parts[0]) and parts[0] != parts[1]
+        return await self._verify(server, ip, "PLAIN", parts[1], parts[2], proxy=proxy)
 
     async def auth_LOGIN(self, server: Any, args: list[str]) -> AuthResult:  # noqa: N802
         ip = client_ip(server)
@@ -166,7 +183,8 @@ class SubmissionHandler:
         log.warning("auth_refused_cooldown", client=ip, mechanism=mechanism, username=username)
         return AuthResult(success=False, handled=False, message=AUTH_COOLDOWN)
 
-    async def _verify(self, server: Any, ip: str, mechanism: str, username_b: bytes, password_b: bytes) -> AuthResult:
+    async def _verify(self, server: Any, ip: str, mechanism: str, username_b: bytes, password_b: bytes, *,
+                      proxy: bool = False) -> AuthResult:
         try:
             username = username_b.decode("utf-8")
             password = password_b.decode("utf-8")
@@ -178,7 +196,7 @@ class SubmissionHandler:
         if attempt is None:
             return self._cooling(ip, mechanism, username[:MAX_USERNAME])
         result = None
-        if username and password and len(username) <= MAX_USERNAME and len(password) <= MAX_PASSWORD:
+        if username and password and len(username) <= MAX_USERNAME and len(password) <= MAX_PASSWORD and not proxy:
             try:
                 result = await self.authenticate(username, password)
             except Exception as exc:  # noqa: BLE001 - the store or hasher failed: temporary, never the text
@@ -192,7 +210,8 @@ class SubmissionHandler:
         if result is None:
             blocked = self.cooldown.failed(attempt)
             self.metrics.submission_auth.labels(outcome="failed").inc()
-            log.warning("auth_failed", client=ip, mechanism=mechanism, username=username[:MAX_USERNAME], now_blocked=blocked)
+            log.warning("auth_failed", client=ip, mechanism=mechanism, username=username[:MAX_USERNAME], now_blocked=blocked,
+                        **({"reason": "authzid differs from the login"} if proxy else {}))
             return AuthResult(success=False, handled=False, message=AUTH_INVALID)
         self.cooldown.succeeded(attempt)
         self.metrics.submission_auth.labels(outcome="ok").inc()
@@ -291,15 +310,32 @@ class SubmissionHandler:
         parents = found.parents
         envelope.original_content = envelope.content = None
         del data, found
-        result = await self.submit(NewMessage(
+        new = NewMessage(
             queue_id=queue_id, tenant_id=ctx["tenant_id"], usecase_id=_usecase_id(ctx), mail_from=envelope.mail_from,
             message_id=message_id, body=body, recipients=recipients, parents=parents, client=ip,
             lifetime=self.lifetime, now=now,
-        ))
+        )
+        del body
+        # Once the put has started, it and the bookkeeping after it run to the end even when the
+        # session is cancelled meanwhile (the client hung up at the final dot): a task of their own,
+        # shielded from the session's cancellation and awaited by stop (drain).
+        commit = asyncio.ensure_future(self._commit(server, envelope, ctx, new, started))
+        self._commits.add(commit)
+        commit.add_done_callback(self._commits.discard)
+        server.commit = commit  # the DATA reservation is released when the commit ends, not before
+        try:
+            return await asyncio.shield(commit)
+        except asyncio.CancelledError:
+            commit.add_done_callback(_orphaned_commit_done)  # nobody is left to answer for its outcome
+            raise
+
+    async def _commit(self, server: Any, envelope: Any, ctx: dict[str, Any], new: NewMessage, started: float) -> str:
+        result = await self.submit(new)
         # Committed: from here on the message is ours, and the answer is 250 whatever fails below
         # (a 451 now would make the client send it again: a duplicate).
-        self._after_commit(server, envelope, ctx, queue_id, message_id, body, result, started)
-        return f"250 2.0.0 Ok: queued as {queue_id}"
+        self._after_commit(server, envelope, ctx, new.queue_id, new.message_id, new.body, result, started)
+        return f"250 2.0.0 Ok: queued as {new.queue_id}"
+
 
     def _after_commit(self, server: Any, envelope: Any, ctx: dict[str, Any], queue_id: str, message_id: str, body: bytes,
                       result: dict[str, Any], started: float) -> None:

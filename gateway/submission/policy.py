@@ -49,6 +49,15 @@ MAX_PATH = 254
 NEEDS_SMTPUTF8 = "non-ASCII address without SMTPUTF8"
 
 
+def ascii_number(value: Any) -> int | None:
+    """A parameter value as a number when it is one on the wire: ASCII digits only (RFC 5321's
+    1*DIGIT). ``str.isdigit`` is also true for '\u00b2' (which int() refuses) and for other
+    scripts' digits (which int() reads): never use it on client input."""
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        return int(value)
+    return None
+
+
 def check_command_argument(arg: str | bytes | None) -> None:
     """Nothing but the line's own CRLF may end a command: no CR, LF or NUL inside it (smuggling)."""
     if not arg:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import re
 import time
 from base64 import b64decode, b64encode
 from typing import Any
@@ -46,6 +47,8 @@ SHUTDOWN_REPLY = b"421 4.3.2 Service shutting down, try again later"
 MAX_ERRORS = 10             # protocol errors before the session is closed (as Postfix's smtpd_hard_error_limit)
 TOO_MANY_ERRORS = b"421 4.7.0 Too many errors, closing connection"
 _GREETING_STEPS = (None, "HELO", "EHLO")  # their 2xx replies carry no enhanced code (RFC 2034)
+_BASE64_TOKEN = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
+_MIN_MASKED_BLOB = 8   # a lone token this long that is no verb is masked anywhere (a password's base64)
 # AUTH verdicts: counted here, logged by the authentication code (auth_failed, auth_refused_cooldown).
 _AUTH_VERDICTS = (b"535", b"454")
 
@@ -99,11 +102,14 @@ class SubmissionSMTP(SMTP):
         super().__init__(handler, **kwargs)
         self.owner = owner
         self.implicit_tls = implicit_tls
-        self.busy = False
-        self.closing = False
+        self.busy = False              # a message is being committed: a close waits for its reply
+        self.hangup = False            # we decided to close: nothing more is dispatched, answered or committed
+        self._close_reply: bytes | None = None  # a close decided while busy, made after the reply (_close_soon)
         self.step: str | None = None   # the command being answered: the refusal's step in logs and metrics
         self.accounted = False         # the handler logged and counted the refusal about to be pushed
         self.errors = 0                # protocol errors so far (refusals not made by policy)
+        self._auth_answers = False     # the lines read now may be answers to an AUTH (_loggable)
+        self.commit: asyncio.Future[str] | None = None  # the handler's commit of this DATA (handler._accept)
         if implicit_tls:
             # The whole connection is TLS: AUTH is allowed at once (aiosmtpd only knows STARTTLS).
             self._auth_require_tls = False
@@ -136,7 +142,7 @@ class SubmissionSMTP(SMTP):
             await self.push("421 4.7.0 Too many connections, try again later")
             self.transport.close()
             return
-        self.owner.sessions.add(self)
+        self.owner.session_started(self)
         self.owner.metrics.submission_connections.inc()
         timer = self.loop.call_later(self.owner.config.session_timeout, self._session_expired)
         try:
@@ -150,10 +156,10 @@ class SubmissionSMTP(SMTP):
     async def _serve(self) -> None:
         """Greet, then read and dispatch commands until the connection ends."""
         await self.push(f"220 {self.hostname} {self.__ident__}")
-        while self.transport is not None:
+        while self.transport is not None and not self.hangup:
             try:
                 command = await self._next_command()
-                if command is None:
+                if command is None or self.hangup:  # a close decided while the line was read: not run
                     continue
                 verb, arg = command
                 self._reset_timeout()
@@ -170,7 +176,7 @@ class SubmissionSMTP(SMTP):
             except Exception as exc:  # noqa: BLE001 - our bug, not the client's: 451, the traceback to the log
                 status = await self.handle_exception(exc)
                 if self.transport is not None:
-                    await self.push(status)
+                    await self.push(status)  # nothing once we have hung up (push)
 
     async def _read_line(self) -> bytes | None:
         """The next line up to LF (at most the reader's limit), or None when it was longer (discarded)."""
@@ -192,9 +198,9 @@ class SubmissionSMTP(SMTP):
         line = await self._read_line()
         if line is None:
             return await self._bad_line("500 5.5.2 Command line too long")
-        log.debug("submission_command", client=self.client, line=sanitize(line).rstrip(b"\r\n").decode("utf-8", "replace"))
         verb_bytes = line.split(b" ", 1)[0].rstrip(b"\r\n").upper()
         verb = verb_bytes.decode("ascii") if verb_bytes.isalpha() and verb_bytes.isascii() else ""
+        log.debug("submission_command", client=self.client, line=self._loggable(line, verb))
         if verb in self._smtp_methods:
             self.step = verb
         if not line.endswith(b"\r\n"):
@@ -218,16 +224,65 @@ class SubmissionSMTP(SMTP):
             return await self._bad_line("501 5.5.2 Command is not valid UTF-8")
         return verb, arg
 
+    def _loggable(self, line: bytes, verb: str) -> str:
+        """The command line as the debug log may show it: never what might be a credential. AUTH's
+        own argument is masked, and so are the lines after an AUTH while they could be its answers
+        (one base64 token each: a refused AUTH, 538 or 454, leaves those the client pipelined
+        behind it to be read as commands; "QUIT" is valid base64 too), and any other line that is
+        one long base64 token."""
+        text = line.rstrip(b"\r\n")
+        if verb == "AUTH":
+            self._auth_answers = True
+            return sanitize(line).rstrip(b"\r\n").decode("utf-8", "replace")
+        blob = _BASE64_TOKEN.fullmatch(text) is not None
+        if self._auth_answers and blob:
+            return f"<{len(text)} bytes masked: may answer an AUTH>"
+        self._auth_answers = False
+        if blob and len(text) >= _MIN_MASKED_BLOB and verb not in self._smtp_methods:
+            return f"<{len(text)} bytes masked: looks like base64>"
+        return sanitize(line).rstrip(b"\r\n").decode("utf-8", "replace")
+
     async def _bad_line(self, reply: str) -> None:
         """Refuse a command line (not dispatched)."""
         await self.push(reply)
         return None
 
-    def _session_expired(self) -> None:
-        log.info("submission_session_expired", client=self.client, limit=self.owner.config.session_timeout)
+    # ------------------------------------------------------------------ closes we decide
+
+    def _close(self, reply: bytes) -> None:
+        """Answer ``reply`` and close. From here on nothing the client sent is acted on: a closing
+        TLS transport stays set until connection_lost, and commands pipelined behind the reply are
+        already buffered, so ``hangup`` (checked before every dispatch, in DATA and by ``push``) is
+        what stops them, not the transport."""
+        if self.hangup:
+            return
+        self.hangup = True
         if self.transport is not None:
-            self.transport.write(b"421 4.4.2 Session time limit reached\r\n")
+            self.transport.write(reply + b"\r\n")
             self.transport.close()
+
+    def _close_soon(self, reply: bytes) -> None:
+        """``_close``, but a session committing a message gets its reply first (``push``): a 421
+        instead of the 250 of a queued message would make the client send it again."""
+        if self.busy:
+            self._close_reply = self._close_reply or reply
+        else:
+            self._close(reply)
+
+    def _closed_by_limit(self, event: str, reply: bytes, limit: float) -> None:
+        if self.hangup or self.transport is None:
+            return
+        log.info(event, client=self.client, step=self.step, limit=limit)
+        self.owner.metrics.submission_refusals.labels(step=self.step or "COMMAND", code="421").inc()
+        self._close_soon(reply)
+
+    def _session_expired(self) -> None:
+        self._closed_by_limit("submission_session_expired", b"421 4.4.2 Session time limit reached",
+                              self.owner.config.session_timeout)
+
+    def _timeout_cb(self) -> None:
+        """aiosmtpd closes a session idle for the command timeout without a word: say why (as Postfix)."""
+        self._closed_by_limit("submission_timeout", b"421 4.4.2 Timeout, closing connection", self._timeout_duration)
 
     def _tls_failed(self, why: TLSSetupException | str) -> None:
         """STARTTLS went wrong by the client's doing: one rate-limited info line, the connection closed."""
@@ -243,23 +298,22 @@ class SubmissionSMTP(SMTP):
             return
         if exc is None:
             self.owner.metrics.submission_refusals.labels(step="STARTTLS", code="554").inc()
-            self.transport.write(b"554 5.5.1 Error: improper command pipelining after STARTTLS\r\n")
-            self.transport.close()
+            self._close(b"554 5.5.1 Error: improper command pipelining after STARTTLS")
         else:
+            self.hangup = True
             self.transport.close()
             # The TLS layer never connected us, so it will not tell us the connection is gone.
             self.connection_lost(exc)
 
     def shutdown(self) -> None:
         """Daemon stopping: idle sessions are told 421 and closed now; a busy one after its reply."""
-        self.closing = True
-        if not self.busy and self.transport is not None:
-            self.transport.write(SHUTDOWN_REPLY + b"\r\n")
-            self.transport.close()
+        self._close_soon(SHUTDOWN_REPLY)
 
     # ------------------------------------------------------------------ replies
 
     async def push(self, status: Any) -> None:
+        if self.hangup:
+            return  # the client was told we are closing: no reply to anything after that
         if isinstance(status, str):
             status = status.encode("utf-8")
         if not (status[:1] == b"2" and self.step in _GREETING_STEPS):
@@ -272,11 +326,9 @@ class SubmissionSMTP(SMTP):
         if protocol_error and self.errors >= MAX_ERRORS:
             log.info("submission_too_many_errors", client=self.client, errors=self.errors)
             self.owner.metrics.submission_refusals.labels(step=self.step or "COMMAND", code="421").inc()
-            self.transport.write(TOO_MANY_ERRORS + b"\r\n")
-            self.transport.close()
-        elif self.closing and not self.busy:
-            self.transport.write(SHUTDOWN_REPLY + b"\r\n")
-            self.transport.close()
+            self._close(TOO_MANY_ERRORS)
+        elif self._close_reply is not None and not self.busy:
+            self._close(self._close_reply)
 
     def _account(self, status: bytes) -> bool:
         """Every refusal is logged once and counted; the handler's own are already (``accounted``).
@@ -304,6 +356,17 @@ class SubmissionSMTP(SMTP):
         except Exception:  # noqa: BLE001 - whatever the parser trips on, the input was malformed
             return None, None
 
+    def _getparams(self, params: Any) -> dict[str, str | bool] | None:
+        """aiosmtpd's parameter split, with RFC 5321's grammar for what it then reads as numbers:
+        ``SIZE=`` is ASCII digits only (aiosmtpd checks ``str.isdigit``, true for '\u00b2', which
+        int() refuses, and for other scripts' digits, which int() reads). Keywords are ASCII."""
+        result = super()._getparams(params)
+        if result is None or not all(key.isascii() for key in result):
+            return None
+        if "SIZE" in result and policy.ascii_number(result["SIZE"]) is None:
+            return None
+        return result
+
     async def challenge_auth(self, challenge: str | bytes, encode_to_b64: bool = True,
                              log_client_response: bool = False) -> Any:
         """334 prompt, then the client's answer read like a command line (bounded, CRLF): base64 bytes or MISSING."""
@@ -311,6 +374,8 @@ class SubmissionSMTP(SMTP):
             challenge = challenge.encode()
         await self.push(b"334 " + (b64encode(challenge) if encode_to_b64 else challenge))
         line = await self._read_line()
+        if self.hangup:
+            return MISSING
         if line is None:
             await self.push("500 5.5.6 Authentication exchange line is too long")
             return MISSING
@@ -328,6 +393,19 @@ class SubmissionSMTP(SMTP):
             return MISSING
 
     # ------------------------------------------------------------------ commands
+
+    async def smtp_QUIT(self, arg: str) -> None:  # noqa: N802
+        await super().smtp_QUIT(arg)
+        if not arg:
+            self.hangup = True  # 221 said: what the client pipelined after QUIT is not run
+
+    async def smtp_AUTH(self, arg: str) -> None:  # noqa: N802
+        """RFC 4954 4: mechanism names are case-insensitive (aiosmtpd looks them up as sent)."""
+        if arg:
+            mechanism, space, rest = arg.partition(" ")
+            if mechanism.isascii():
+                arg = mechanism.upper() + space + rest
+        await super().smtp_AUTH(arg)
 
     async def smtp_STARTTLS(self, arg: str) -> None:  # noqa: N802 - aiosmtpd's naming
         """aiosmtpd's STARTTLS, but through ``loop.start_tls``: with uvloop the TLS layer is its C
@@ -389,6 +467,8 @@ class SubmissionSMTP(SMTP):
             await self.push("354 End data with <CR><LF>.<CR><LF>")
             outcome, content = await data.receive(self._reader, reservation, size_limit=self.data_size_limit,
                                                   line_limit=self.line_length_limit)
+            if self.hangup:
+                return  # closed while the message arrived (421 sent): it is not ours to commit
             if outcome is not data.Outcome.RECEIVED:
                 self._set_post_data_state()
                 await self._refuse_data(outcome)
@@ -399,7 +479,12 @@ class SubmissionSMTP(SMTP):
             status = await self._call_handler_hook("DATA")
             self._set_post_data_state()
         finally:
-            reservation.release()
+            commit, self.commit = self.commit, None
+            if commit is not None and not commit.done():
+                # Cancelled mid-commit (the client hung up): the commit goes on holding the message.
+                commit.add_done_callback(lambda _: reservation.release())
+            else:
+                reservation.release()
         await self.push("250 OK" if status is MISSING else status)
 
     async def _refuse_data(self, outcome: data.Outcome) -> None:

@@ -95,6 +95,14 @@ class SubmissionServer(Component):
             server.close()
         self._servers.clear()
 
+    def session_started(self, session: SubmissionSMTP) -> None:
+        self.sessions.add(session)
+        self._idle.clear()
+
+    async def wait_idle(self) -> None:
+        """Until no session is left (each ended: served, closed or cancelled)."""
+        await self._idle.wait()
+
     def session_ended(self, session: SubmissionSMTP) -> None:
         self.sessions.discard(session)
         if not self.sessions:
@@ -115,6 +123,8 @@ class SubmissionServer(Component):
                 for session in list(self.sessions):
                     if session.transport is not None:
                         session.transport.abort()
+        # A session cancelled mid-commit (its client hung up) leaves its commit running: let it finish.
+        await self.handler.drain(max(deadline - asyncio.get_running_loop().time(), 0.01))
 
     async def reload(self, config: Config) -> None:
         new = config.submission
