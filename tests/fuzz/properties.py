@@ -200,8 +200,13 @@ def check_split_message(message: bytes) -> None:
 
 def check_signature_verifies(signer: ours.Signer, key: ours.SigningKey, dnsfunc: Callable, message: bytes) -> None:
     """Whatever the header and body shapes, dkimpy verifies our signature (when it can parse the mail,
-    and no header value ends in VT/FF, where dkimpy strips more than RFC 6376's WSP: see above)."""
-    if any(_dkimpy_strips_more(n, v) for n, v in ours.split_message(ours.to_crlf(message))[0]):
+    and no header value ends in VT/FF, where dkimpy strips more than RFC 6376's WSP: see above; and no
+    field is written in the obsolete form with WSP before its colon, RFC 5322 4.5.8, which dkimpy does
+    not select by its name while we, as RFC 6376 3.4.2 reads, sign it as that name)."""
+    fields = ours.split_message(ours.to_crlf(message))[0]
+    if any(_dkimpy_strips_more(n, v) for n, v in fields):
+        return
+    if any(n != n.rstrip(b" \t") for n, _ in fields):
         return
     signed = signer.sign(message, [key], now=1_700_000_000)
     try:
