@@ -47,6 +47,8 @@ def free_port() -> int:
 
 
 def toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
     if isinstance(v, str):
         return f'"{v}"'
     if isinstance(v, list):

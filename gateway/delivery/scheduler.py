@@ -224,14 +224,21 @@ class Scheduler(Component):
         by_message: dict[int, list[dict[str, Any]]] = {}
         for row in rows:
             by_message.setdefault(row["message"]["id"], []).append(row)
+        # One read for the whole claim: a read per message, one after the other, held delivery to
+        # about 110 msg/s (scripts/bench_e2e.py, 20 sessions; 270 msg/s with this one read).
+        try:
+            suppressed_now = await self.store.suppressions.filter_many(
+                [(g[0]["message"]["tenant_id"], g[0]["message"]["usecase_id"], [(r["id"], r["rcpt"]) for r in g])
+                 for g in by_message.values()])
+        except Exception as exc:  # noqa: BLE001 - see the docstring
+            log.warning("suppression_check_failed", recipients=len(rows), error=f"{type(exc).__name__}: {exc}")
+            suppressed_now = {}
+        if not suppressed_now:
+            return rows
         keep: list[dict[str, Any]] = []
         for group in by_message.values():
             msg = group[0]["message"]
-            try:
-                found = await self.store.suppressions.filter(msg["tenant_id"], msg["usecase_id"], [(r["id"], r["rcpt"]) for r in group])
-            except Exception as exc:  # noqa: BLE001 - see the docstring
-                log.warning("suppression_check_failed", queue_id=msg["queue_id"], error=f"{type(exc).__name__}: {exc}")
-                found = {}
+            found = {r["id"]: suppressed_now[r["id"]] for r in group if r["id"] in suppressed_now}
             if not found:
                 keep += group
                 continue

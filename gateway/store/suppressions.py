@@ -206,6 +206,19 @@ class Suppressions:
         reader pool ~100 µs (scripts/bench_suppression.py)."""
         return self.db.read_now(live, tenant_id, address, list(scopes), time.time() if now is None else now)
 
+    async def filter_many(self, groups: Sequence[tuple[int, int, Sequence[tuple[int, str]]]],
+                          now: float | None = None) -> dict[int, dict[str, Any]]:
+        """``filter`` for several messages' recipients at once, (tenant id, use case id, [(recipient id,
+        address)]) each, in one read: what delivery checks for a whole claim before sending."""
+        when = time.time() if now is None else now
+
+        def run(conn: sqlite3.Connection) -> dict[int, dict[str, Any]]:
+            out: dict[int, dict[str, Any]] = {}
+            for tenant_id, usecase_id, rcpts in groups:
+                out.update(_filter(conn, tenant_id, usecase_id, rcpts, when))
+            return out
+        return await self.db.read(run)
+
     async def filter(self, tenant_id: int, usecase_id: int, rcpts: Sequence[tuple[int, str]], now: float | None = None) -> dict[int, dict[str, Any]]:
         """{recipient id: entry} for the recipients (id, address) of a use case's message that are suppressed now."""
         return await self.db.read(_filter, tenant_id, usecase_id, list(rcpts), time.time() if now is None else now)
