@@ -119,7 +119,7 @@ def test_events_list_and_tail_through_the_cli(tmp_path):
         assert gw.cli_json("events", "list", "--since", "2099-01-01T00:00") == []
         human = gw.cli("events", "list", "--tenant", "acme").stdout.splitlines()
         assert human[0].split() == ["ID", "TIME", "TENANT", "TYPE", "SUBJECT", "DETAILS"]
-        assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\s+acme\s+tenant_updated\s+acme\s+display_name=Acme 2", human[-1])
+        assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ\s+acme\s+tenant_updated\s+acme\s+display_name=Acme 2", human[-1])
         assert "expected e.g." in gw.cli("events", "list", "--since", "yesterday", check=2).stderr
 
         cmd = [GATEWAY, "--socket", str(gw.socket_path), "events", "tail", "--follow", "--tenant", "acme",

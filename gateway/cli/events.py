@@ -17,16 +17,11 @@ from typing import Any
 
 import click
 
-from .output import current_admin, emit_json, json_option, table
+from .output import current_admin, emit_json, format_time, json_option, table
 
 PAGE = 1000
 RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def when(ts: float | None) -> str:
-    """A listing's time: local, to the second."""
-    return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
 
 def parse_since(value: str, now: float | None = None) -> float:
@@ -46,7 +41,7 @@ def summary(data: dict[str, Any], width: int = 90) -> str:
 
 
 def _row(e: dict[str, Any]) -> dict[str, Any]:
-    return {"id": e["id"], "time": when(e["created_at"]), "tenant": e.get("tenant") or "-", "kind": e["kind"],
+    return {"id": e["id"], "time": format_time(e["created_at"]), "tenant": e.get("tenant") or "-", "kind": e["kind"],
             "subject": e["subject"] or "-", "details": summary(e["data"])}
 
 

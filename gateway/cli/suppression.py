@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from .output import current_admin, details, emit_json, json_option, table
+from .output import current_admin, details, emit_json, format_time, json_option, table
 
 COLUMNS = ["address", "scope", "reason", "source", "created_at", "expires_at"]
 SCOPE_HELP = "tenant, marketing, domain:NAME or usecase:NAME."
@@ -17,14 +17,16 @@ IMPORT_BYTES = 256 * 1024
 EXPORT_PAGE = 5000
 
 
-def _when(ts: float | None) -> str:
+def _iso(ts: float | None) -> str:
+    """A time in the export CSV: ISO 8601 UTC, what import reads back."""
     if ts is None:
         return ""
     return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _readable(rows: list[dict]) -> list[dict]:
-    return [{**r, "created_at": _when(r["created_at"]), "expires_at": _when(r["expires_at"]) or "never"} for r in rows]
+    return [{**r, "created_at": format_time(r["created_at"]), "expires_at": format_time(r["expires_at"]) if r["expires_at"] else "never"}
+            for r in rows]
 
 
 @click.group()
@@ -134,7 +136,7 @@ def export(tenant: str) -> None:
     while True:
         page = admin.call("suppression.list", tenant=tenant, after_id=after, limit=EXPORT_PAGE)
         for e in page["entries"]:
-            w.writerow([e["address"], e["scope"], e["reason"], e["source"], _when(e["expires_at"])])
+            w.writerow([e["address"], e["scope"], e["reason"], e["source"], _iso(e["expires_at"])])
         sys.stdout.flush()
         if page["next_after"] is None:
             return

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .events import when
-from .output import current_admin, details, emit_json, fail, json_option, table
+from .output import current_admin, details, emit_json, fail, format_time, json_option, table
 
 
 def _kinds(value: str | None) -> list[str] | None:
@@ -49,7 +48,7 @@ def list_(tenant: str | None, as_json: bool) -> None:
     for r in rows:
         r["state"] = "enabled" if r["enabled"] else "disabled"
         r["last"] = r["last_status"] if r["last_error"] == "" else (r["last_error"][:40] or r["last_status"])
-        r["failing"] = when(r["failing_since"]) if r["failing_since"] else "-"
+        r["failing"] = format_time(r["failing_since"]) if r["failing_since"] else "-"
     table(rows, ["tenant", "name", "url", "events", "state", "backlog", "last", "failing"],
           ["TENANT", "NAME", "URL", "EVENTS", "STATE", "BACKLOG", "LAST", "FAILING SINCE"])
 
@@ -66,14 +65,14 @@ def show(tenant: str, name: str, log_limit: int, as_json: bool) -> None:
         emit_json(ep)
         return
     ep["state"] = "enabled" if ep["enabled"] else f"disabled ({ep['disabled_reason']})"
-    ep["created"] = when(ep["created_at"])
-    ep["failing since"] = when(ep["failing_since"])
-    ep["next attempt"] = when(ep["next_attempt_at"]) if ep["failures"] else "-"
-    ep["last success"] = when(ep["last_success_at"])
+    ep["created"] = format_time(ep["created_at"])
+    ep["failing since"] = format_time(ep["failing_since"])
+    ep["next attempt"] = format_time(ep["next_attempt_at"]) if ep["failures"] else "-"
+    ep["last success"] = format_time(ep["last_success_at"])
     details(ep, ["tenant", "name", "url", "events", "state", "backlog", "failures", "failing since", "next attempt",
                  "last success", "last_error", "created"])
     click.echo("")
-    rows = [{"time": when(d["at"]), "events": f"{d['first_event']}-{d['last_event']} ({d['events']})",
+    rows = [{"time": format_time(d["at"]), "events": f"{d['first_event']}-{d['last_event']} ({d['events']})",
              "status": d["status"], "latency": _ms(d["latency"]), "ok": d["ok"], "error": d["error"][:60] or "-"}
             for d in ep["deliveries"]]
     table(rows, ["time", "events", "status", "latency", "ok", "error"], ["TIME", "EVENTS", "STATUS", "LATENCY", "OK", "ERROR"])
