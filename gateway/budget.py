@@ -40,11 +40,15 @@ class ByteBudget:
         self.in_use += n
         self.peak = max(self.peak, self.in_use)
 
+    def fits(self, n: int) -> bool:
+        """``try_acquire`` would take ``n`` bytes now (nobody waits ahead and they fit)."""
+        return not self._waiters and self._fits(n)
+
     def try_acquire(self, n: int) -> bool:
         """Take ``n`` bytes now if they fit (and nobody is waiting ahead); False otherwise."""
         if n < 0:
             raise ValueError("negative size")
-        if self._waiters or not self._fits(n):
+        if not self.fits(n):
             self.refused += 1
             return False
         self._take(n)

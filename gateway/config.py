@@ -60,7 +60,7 @@ class WebConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class UnsubscribeConfig:
-    mailto: bool = setting(True, "List-Unsubscribe carries a mailto: URI too (RFC 2369), beside the https one.")
+    mailto: bool = setting(False, "List-Unsubscribe carries a mailto: URI too (RFC 2369), beside the https one. Off by default: no inbound MX handles such requests yet.")
     mailto_domain: str = setting("", "Domain of the mailto: address (unsubscribe@<this>). Empty: the message's return-path domain (<domains.return_path_prefix>.<sending domain>), which already points its MX at the gateway.")
 
 

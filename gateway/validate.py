@@ -19,6 +19,7 @@ import unicodedata
 from collections.abc import Iterable
 from typing import Any
 
+from .crlf import has_line_breakers
 from .errors import InvalidArgument
 
 INT64_MAX = 2**63 - 1  # SQLite INTEGER is a signed 64-bit value
@@ -128,7 +129,7 @@ def line(value: str, what: str, *, max_len: int) -> str:
     """A value that goes into a protocol line (user name, secret): no CR, LF or NUL, bounded."""
     if len(value) > max_len:
         raise InvalidArgument(f"{what} is too long: {len(value)} characters, at most {max_len}")
-    if any(c in value for c in "\r\n\0"):
+    if has_line_breakers(value):
         raise InvalidArgument(f"{what} must not contain CR, LF or NUL")
     return value
 

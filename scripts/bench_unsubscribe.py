@@ -25,7 +25,6 @@ import multiprocessing
 import os
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_submission import GATEWAY, call, free_port, make_payload, logged_in, pct, setup, write_config  # noqa: E402
+from bench_submission import call, free_port, make_payload, logged_in, pct, setup, start_daemon, write_config  # noqa: E402
 from gateway.unsubscribe import tokens  # noqa: E402
 from tests.support.dns import DnsServer  # noqa: E402
 
@@ -150,20 +149,8 @@ def main() -> None:
         write_config(work / "config.toml", dns, port, tls_port, "")
         text = (work / "config.toml").read_text().replace('listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{web_port}"', 1)
         (work / "config.toml").write_text(text)
-        env = {k: v for k, v in os.environ.items() if k not in {"NOTIFY_SOCKET", "STATE_DIRECTORY", "GATEWAY_CONFIG"}}
-        proc = subprocess.Popen([GATEWAY, "run", "--config", str(work / "config.toml"), "--state-dir", str(work / "state")],
-                                env=env, stdout=subprocess.DEVNULL, stderr=open(work / "daemon.log", "wb"))
-        sock = work / "state" / "admin.sock"
+        proc, sock = start_daemon(work)
         try:
-            deadline = time.time() + 30
-            while True:
-                try:
-                    call(sock, "ping")
-                    break
-                except Exception:  # noqa: BLE001 - not up yet
-                    if time.time() > deadline or proc.poll() is not None:
-                        raise SystemExit("bench: the daemon did not start:\n" + (work / "daemon.log").read_text()[-2000:])
-                    time.sleep(0.1)
             cred = setup(sock, dns)
             news = call(sock, "usecase.add", tenant="bench", domain="bench.test", name="news", entity="Bench news",
                         kind="marketing", senders=["news@bench.test"])

@@ -281,7 +281,7 @@ class Scheduler(Component):
                 while i < len(works) and len(chunk) < SIGN_CHUNK:
                     work = works[i]
                     need = work.size if work.route.kind != "problem" else 0
-                    if need and chunk and not self._fits(need):
+                    if need and chunk and not self.budget.fits(need):
                         break  # hand over what this chunk holds before waiting, or it would wait on itself
                     if need:
                         await self.budget.acquire(need)
@@ -306,10 +306,6 @@ class Scheduler(Component):
             else:
                 self._unreleased.update(left)  # cancelled (shutdown): stop() releases every claim of ours
             raise
-
-    def _fits(self, n: int) -> bool:
-        b = self.budget
-        return not b.waiting and (b.in_use + n <= b.limit or b.in_use == 0)
 
     async def _prepare(self, chunk: list[Work]) -> None:
         ids = [w.message["id"] for w in chunk if w.route.kind != "problem"]

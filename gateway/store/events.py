@@ -87,6 +87,3 @@ class Events:
         """Events in id order after ``after_id`` (and at or after ``since``); with ``newest`` the last
         ``limit`` of them (still in id order). Each row carries its tenant's name."""
         return await self.db.read(_list, tenant_id, subject, kind, after_id, since, limit, newest)
-
-    async def last_id(self) -> int:
-        return await self.db.read(lambda c: c.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0])

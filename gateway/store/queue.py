@@ -94,10 +94,6 @@ def pauses(conn: sqlite3.Connection) -> list[Pause]:
     return [Pause(r[0], r[1], r[2]) for r in conn.execute("SELECT scope, tenant_id, usecase_id FROM pauses")]
 
 
-def paused(conn: sqlite3.Connection, tenant_id: int, usecase_id: int) -> bool:
-    return bool(covering(pauses(conn), tenant_id, usecase_id))
-
-
 def _thread_of(conn: sqlite3.Connection, m: NewMessage) -> str:
     if m.thread_id:
         return m.thread_id

@@ -208,7 +208,7 @@ class Suppressions:
 
     async def filter_many(self, groups: Sequence[tuple[int, int, Sequence[tuple[int, str]]]],
                           now: float | None = None) -> dict[int, dict[str, Any]]:
-        """``filter`` for several messages' recipients at once, (tenant id, use case id, [(recipient id,
+        """{recipient id: entry} for several messages' recipients suppressed now, (tenant id, use case id, [(recipient id,
         address)]) each, in one read: what delivery checks for a whole claim before sending."""
         when = time.time() if now is None else now
 
@@ -218,10 +218,6 @@ class Suppressions:
                 out.update(_filter(conn, tenant_id, usecase_id, rcpts, when))
             return out
         return await self.db.read(run)
-
-    async def filter(self, tenant_id: int, usecase_id: int, rcpts: Sequence[tuple[int, str]], now: float | None = None) -> dict[int, dict[str, Any]]:
-        """{recipient id: entry} for the recipients (id, address) of a use case's message that are suppressed now."""
-        return await self.db.read(_filter, tenant_id, usecase_id, list(rcpts), time.time() if now is None else now)
 
     async def verp_recipient(self, queue_id: str, index: int) -> dict[str, Any] | None:
         """{rcpt, tenant_id, usecase_id, queue_id} of the recipient a VERP tag names, or None (unknown, or swept)."""

@@ -245,6 +245,7 @@ class SubmissionHandler:
         envelope.mail_options.extend(mail_options)
         envelope.ctx = ctx
         envelope.seen = set()
+        envelope.dropped = set()   # accepted at RCPT, not queued: suppressed under accept-and-drop
         return "250 2.1.0 Sender OK"
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]) -> str:  # noqa: N802
@@ -255,7 +256,7 @@ class SubmissionHandler:
                 return "250 2.1.5 Recipient OK (duplicate)"
             policy.check_recipient_count(len(envelope.rcpt_tos), self.config.max_recipients)
             if self.check_recipient is not None and await self.check_recipient(envelope.ctx, address) == "drop":
-                envelope.dropped = getattr(envelope, "dropped", set()) | {address}
+                envelope.dropped.add(address)
         except SMTPError as err:
             return self._refuse(server, "RCPT", err)
         envelope.seen.add(key)
@@ -301,7 +302,7 @@ class SubmissionHandler:
         ip = client_ip(server)
         received = prepare.received_header(helo=server.session.host_name, client_ip=ip, hostname=self.hostname, queue_id=queue_id,
                                            tls=server.tls_description(), recipients=envelope.rcpt_tos, now=now)
-        recipients = [r for r in envelope.rcpt_tos if r not in getattr(envelope, "dropped", ())]
+        recipients = [r for r in envelope.rcpt_tos if r not in envelope.dropped]
         if not recipients:   # every recipient suppressed, accept-and-drop: nothing to queue
             return "250 2.0.0 Ok: accepted, nothing to send (suppressed recipients)"
         # Prepared inside the received buffer: the message is held once, not twice (data.py).

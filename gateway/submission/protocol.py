@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import logging
 import re
 import time
 from base64 import b64decode, b64encode
@@ -40,6 +41,7 @@ from aiosmtpd.smtp import MISSING, SMTP, Session, TLSSetupException, sanitize
 from ..errors import SMTPError
 from . import data, policy, replies
 from .handler import _size_param as size_param  # noqa: PLC2701 - the one SIZE= parser
+from .handler import client_ip
 
 log = structlog.get_logger("submission")
 
@@ -119,8 +121,7 @@ class SubmissionSMTP(SMTP):
 
     @property
     def client(self) -> str:
-        peer = self.session.peer if self.session else None
-        return str(peer[0]) if isinstance(peer, tuple) else str(peer or "unknown")
+        return client_ip(self)
 
     def tls_description(self) -> str | None:
         transport = self.transport
@@ -200,7 +201,8 @@ class SubmissionSMTP(SMTP):
             return await self._bad_line("500 5.5.2 Command line too long")
         verb_bytes = line.split(b" ", 1)[0].rstrip(b"\r\n").upper()
         verb = verb_bytes.decode("ascii") if verb_bytes.isalpha() and verb_bytes.isascii() else ""
-        log.debug("submission_command", client=self.client, line=self._loggable(line, verb))
+        if log.is_enabled_for(logging.DEBUG):  # masking the line costs a base64 match: only when it is logged
+            log.debug("submission_command", client=self.client, line=self._loggable(line, verb))
         if verb in self._smtp_methods:
             self.step = verb
         if not line.endswith(b"\r\n"):

@@ -13,8 +13,8 @@ import ipaddress
 from urllib.parse import urlsplit
 
 from ..errors import InvalidArgument
+from ..validate import MAX_URL
 
-MAX_URL = 2048
 MIN_URL = len("http://a")
 
 
