@@ -108,8 +108,7 @@ class Sweeper(Component):
             "attempts": (cfg.keep_attempts, lambda cut: retention.delete_attempts(cut, max_rows=batch)),
             "events": (cfg.keep_events, lambda cut: retention.delete_events(cut, max_rows=batch)),
             "threads": (cfg.keep_threads, lambda cut: retention.delete_threads(cut, max_rows=batch)),
-            "webhook_log": (self.webhooks.keep_log_seconds,
-                            lambda cut: self.store.webhooks.delete_log_before(cut, max_rows=batch)),
+            "webhook_log": (self.webhooks.keep_log_seconds, lambda cut: retention.delete_webhook_log(cut, max_rows=batch)),
             # Expired suppressions stay visible (`suppression show`) as long as events do, then go.
             "suppressions": (cfg.keep_events, lambda cut: retention.delete_expired_suppressions(cut, max_rows=batch)),
         }

@@ -131,6 +131,10 @@ class Retention:
         """Delete Message-ID records (message_ids: what threads replies) made before ``cutoff``, one batch."""
         return await self.db.write(_delete_prefix, "message_ids", "created_at", cutoff, max_rows)
 
+    async def delete_webhook_log(self, cutoff: float, *, max_rows: int) -> dict[str, Any]:
+        """Delete webhook delivery-log rows (webhook_deliveries) written before ``cutoff``, one batch."""
+        return await self.db.write(_delete_prefix, "webhook_deliveries", "at", cutoff, max_rows)
+
     async def delete_expired_suppressions(self, cutoff: float, *, max_rows: int) -> dict[str, Any]:
         """Delete suppression entries that expired before ``cutoff`` and soft-failure counts untouched since, one batch."""
         return await self.db.write(_delete_expired, cutoff, max_rows)

@@ -168,16 +168,6 @@ def _drop_lost(conn: sqlite3.Connection, endpoint_id: int, outbox_ids: list[int]
     conn.executemany("DELETE FROM webhook_outbox WHERE endpoint_id = ? AND id = ?", [(endpoint_id, i) for i in outbox_ids])
 
 
-def _delete_log_before(conn: sqlite3.Connection, cutoff: float, max_rows: int) -> dict[str, Any]:
-    started = time.perf_counter()
-    head = conn.execute("SELECT id, at FROM webhook_deliveries ORDER BY id LIMIT ?", (max_rows,)).fetchall()
-    ids = [i for i, at in head if at < cutoff]
-    if ids:
-        conn.executemany("DELETE FROM webhook_deliveries WHERE id = ?", [(i,) for i in ids])
-    return {"rows": len(ids), "bytes": 0, "more": len(head) == max_rows and len(ids) > 0,
-            "seconds": time.perf_counter() - started}
-
-
 class Webhooks:
     def __init__(self, db: Database):
         self.db = db
@@ -266,7 +256,3 @@ class Webhooks:
     async def drop_lost(self, endpoint_id: int, outbox_ids: list[int]) -> None:
         """Outbox rows whose event the events sweep removed first: nothing left to send."""
         await self.db.write(_drop_lost, endpoint_id, outbox_ids)
-
-    async def delete_log_before(self, cutoff: float, *, max_rows: int) -> dict[str, Any]:
-        """Retention: delivery-log rows older than ``cutoff``, one batch."""
-        return await self.db.write(_delete_log_before, cutoff, max_rows)
