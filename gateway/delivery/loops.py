@@ -23,12 +23,16 @@ from .reply import Reply
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-def _ip(host: str) -> IP | None:
+def host_ip(host: str) -> IP | None:
+    """The address a host names without asking DNS: an IP literal ([v6], zone and v4-mapped forms
+    unwrapped), 127.0.0.1 for the localhost names, None for any other name. The loop guard and the
+    webhook URL rules both read hosts through this."""
     try:
         ip = ipaddress.ip_address(host.strip("[]").split("%")[0])
     except ValueError:
         name = host.lower().rstrip(".")
-        return ipaddress.ip_address("127.0.0.1") if name == "localhost" or name.endswith(".localhost") else None
+        local = name in ("localhost", "localhost.localdomain") or name.endswith(".localhost")
+        return ipaddress.ip_address("127.0.0.1") if local else None
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         return ip.ipv4_mapped
     return ip
@@ -49,14 +53,14 @@ class LoopGuard:
                 host, own_port = split_hostport(address)
             except ValueError:
                 continue
-            own_ip = _ip(host)
+            own_ip = host_ip(host)
             if own_port == port and own_ip is not None and (own_ip == ip or (own_ip.is_unspecified and _local(ip))):
                 return True
         return False
 
     def refusal(self, host: str, port: int, target: str) -> Reply | None:
         """A permanent reply when connecting to ``host``:``port`` (for mail to ``target``) would loop; else None."""
-        ip = _ip(host)
+        ip = host_ip(host)
         if ip is None:
             return None
         if self._own(ip, port):

@@ -9,9 +9,9 @@ URL cannot bounce a POST to a refused address.
 
 from __future__ import annotations
 
-import ipaddress
 from urllib.parse import urlsplit
 
+from ..delivery.loops import host_ip
 from ..errors import InvalidArgument
 from ..validate import MAX_URL
 
@@ -44,14 +44,9 @@ def check_url(url: str, *, allow_loopback: bool) -> str:
 
 def address_refused(host: str, *, allow_loopback: bool) -> str:
     """Why a POST to ``host`` (a name or an address) must not be made; '' when it may."""
-    if host.lower().rstrip(".") in ("localhost", "localhost.localdomain") or host.lower().endswith(".localhost"):
-        return "" if allow_loopback else f"{host} is loopback (webhooks.allow_loopback is off)"
-    try:
-        ip = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
+    ip = host_ip(host)
+    if ip is None:
         return ""  # a name: its addresses are checked when it is resolved
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
     if ip.is_loopback:
         return "" if allow_loopback else f"{ip} is loopback (webhooks.allow_loopback is off)"
     if ip.is_link_local or ip.is_multicast or ip.is_unspecified or ip.is_reserved:
