@@ -394,7 +394,7 @@ async def test_a_size_that_is_not_ascii_digits_is_a_syntax_error(tmp_path, size)
 
 
 def test_size_param_counts_only_ascii_digits():
-    from gateway.submission.handler import _size_param
+    from gateway.submission.policy import size_param as _size_param
 
     assert _size_param(["SIZE=100"]) == 100
     for value in ("\u00b2", "1\u2460", "\u0661\u0662", "\uff11", "", "-1", "+1", " 1"):

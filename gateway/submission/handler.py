@@ -66,13 +66,6 @@ def _usecase_id(auth: dict[str, Any]) -> int:
     return auth["usecase_id"] if "usecase_id" in auth else auth["id"]
 
 
-def _size_param(options: list[str]) -> int | None:
-    for opt in options:
-        key, _, value = opt.partition("=")
-        if key.upper() == "SIZE":
-            return policy.ascii_number(value)
-    return None
-
 
 def _orphaned_commit_done(commit: asyncio.Task[str]) -> None:
     """A commit whose session was cancelled: a failed put is logged here (the client got no 250)."""
@@ -233,7 +226,8 @@ class SubmissionHandler:
             ctx = await self._context(server)
             policy.check_account(ctx)
             policy.check_envelope_sender(address, ctx.get("senders") or ())
-            policy.check_size(_size_param(mail_options), self.config.max_message_size)
+            declared = policy.size_param(mail_options)
+            policy.check_size(declared, self.config.max_message_size)
             quota = ctx.get("monthly_quota") or 0
             if quota:
                 policy.check_quota(await self.quota.used(ctx["tenant_id"]), quota)
@@ -246,6 +240,7 @@ class SubmissionHandler:
         envelope.ctx = ctx
         envelope.seen = set()
         envelope.dropped = set()   # accepted at RCPT, not queued: suppressed under accept-and-drop
+        envelope.declared_size = declared   # SIZE= of MAIL, read once: DATA reserves the budget by it
         return "250 2.1.0 Sender OK"
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]) -> str:  # noqa: N802

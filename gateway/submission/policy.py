@@ -49,6 +49,15 @@ MAX_PATH = 254
 NEEDS_SMTPUTF8 = "non-ASCII address without SMTPUTF8"
 
 
+def size_param(options: list[str]) -> int | None:
+    """The SIZE= value among MAIL FROM's parameters (RFC 1870), or None when absent or not a number."""
+    for opt in options:
+        key, _, value = opt.partition("=")
+        if key.upper() == "SIZE":
+            return ascii_number(value)
+    return None
+
+
 def ascii_number(value: Any) -> int | None:
     """A parameter value as a number when it is one on the wire: ASCII digits only (RFC 5321's
     1*DIGIT). ``str.isdigit`` is also true for '\u00b2' (which int() refuses) and for other
@@ -190,5 +199,3 @@ def message_too_big(limit: int) -> SMTPError:
     return SMTPError(552, "5.3.4", "Message size exceeds fixed maximum message size", f"message over {limit} bytes")
 
 
-def header_too_big(limit: int) -> SMTPError:
-    return SMTPError(552, "5.3.4", "Message header too large", f"header block over {limit} bytes")

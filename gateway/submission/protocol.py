@@ -40,7 +40,6 @@ from aiosmtpd.smtp import MISSING, SMTP, Session, TLSSetupException, sanitize
 
 from ..errors import SMTPError
 from . import data, policy, replies
-from .handler import _size_param as size_param  # noqa: PLC2701 - the one SIZE= parser
 from .handler import client_ip
 
 log = structlog.get_logger("submission")
@@ -462,7 +461,7 @@ class SubmissionSMTP(SMTP):
             return
         reservation = data.Reservation(self.owner.budget)
         try:
-            first = data.first_size(size_param(self.envelope.mail_options), self.data_size_limit)
+            first = data.first_size(self.envelope.declared_size, self.data_size_limit)
             if not reservation.cover(first):
                 await self._refuse_data(data.Outcome.NO_MEMORY)
                 return
