@@ -46,6 +46,14 @@ def normalise_address(raw: str) -> str:
     return address
 
 
+def same_address(a: str, b: str) -> bool:
+    """``a`` and ``b`` are one address in the list's spelling (normalise_address)."""
+    try:
+        return normalise_address(a) == normalise_address(b)
+    except InvalidArgument:
+        return a.strip().lower() == b.strip().lower()
+
+
 def scopes_for(ctx: dict[str, Any]) -> list[tuple[str, int]]:
     """The suppression scopes a send of this use case must check (``ctx``: a use case context)."""
     usecase_id = ctx["usecase_id"] if "usecase_id" in ctx else ctx["id"]

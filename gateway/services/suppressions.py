@@ -223,7 +223,7 @@ class SuppressionService:
             return {"type": "bounce", "matched": False, "done": []}
         done = []
         for b in report.bounces:
-            if b.recipient and b.recipient.lower() != target["rcpt"].lower():
+            if b.recipient and not suppression.same_address(b.recipient, target["rcpt"]):
                 continue   # another address: the tag names one recipient, and that is who gets the verdict
             done.append(await self.from_report(target["tenant_id"], target["rcpt"], b.kind, source=target["queue_id"],
                                                data={"status": b.status, "diagnostic": b.diagnostic[:300], "reason": b.reason},

@@ -16,7 +16,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .. import suppression
 from ..config import Config
+from ..errors import InvalidArgument
 from ..store import Store
 from . import headers, tokens
 
@@ -85,7 +87,11 @@ class Links:
     async def fields(self, spec: UnsubscribeSpec, tenant_id: int, address: str, sending_domain: str) -> bytes:
         """The List-Unsubscribe and List-Unsubscribe-Post fields for ``address``'s copy."""
         key_id, secret = await self.keyring.signing()
-        claim = tokens.Claim(key_id, tenant_id, spec.scope, spec.scope_id, spec.usecase_id, int(self.clock()), address.lower())
+        try:
+            listed = suppression.normalise_address(address)   # the spelling the list (and the RCPT check) uses
+        except InvalidArgument:
+            listed = address.lower()
+        claim = tokens.Claim(key_id, tenant_id, spec.scope, spec.scope_id, spec.usecase_id, int(self.clock()), listed)
         token = tokens.mint(claim, secret)
         mailto = self.mailto_address(sending_domain)
         return headers.fields(headers.unsubscribe_url(self.config().web.public_url, token),
