@@ -107,11 +107,15 @@ def apply_feedback(conn: sqlite3.Connection, tenant_id: int, fb: suppression.Fee
             conn.execute("DELETE FROM soft_bounces WHERE tenant_id = ? AND address = ?", (tenant_id, fb.address))
 
 
-def _filter(conn: sqlite3.Connection, tenant_id: int, usecase_id: int, rcpts: Sequence[tuple[int, str]], now: float) -> dict[int, dict[str, Any]]:
+def _scopes(conn: sqlite3.Connection, tenant_id: int, usecase_id: int) -> list[tuple[str, int]] | None:
     ctx = conn.execute("SELECT id, domain_id, kind FROM usecases WHERE id = ? AND tenant_id = ?", (usecase_id, tenant_id)).fetchone()
-    if ctx is None:
+    return None if ctx is None else suppression.scopes_for(dict(ctx))
+
+
+def _filter(conn: sqlite3.Connection, tenant_id: int, rcpts: Sequence[tuple[int, str]], scopes: list[tuple[str, int]] | None,
+            now: float) -> dict[int, dict[str, Any]]:
+    if scopes is None:
         return {}
-    scopes = suppression.scopes_for(dict(ctx))
     out = {}
     for rid, rcpt in rcpts:
         try:
@@ -214,8 +218,11 @@ class Suppressions:
 
         def run(conn: sqlite3.Connection) -> dict[int, dict[str, Any]]:
             out: dict[int, dict[str, Any]] = {}
+            scopes: dict[tuple[int, int], list[tuple[str, int]] | None] = {}   # one use-case read per use case
             for tenant_id, usecase_id, rcpts in groups:
-                out.update(_filter(conn, tenant_id, usecase_id, rcpts, when))
+                if (tenant_id, usecase_id) not in scopes:
+                    scopes[(tenant_id, usecase_id)] = _scopes(conn, tenant_id, usecase_id)
+                out.update(_filter(conn, tenant_id, rcpts, scopes[(tenant_id, usecase_id)], when))
             return out
         return await self.db.read(run)
 
