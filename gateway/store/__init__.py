@@ -17,6 +17,7 @@ from .db import Database
 from .delivery import Delivery
 from .domains import Domains
 from .events import Events
+from .inbound import Inbound
 from .pauses import Pauses
 from .queue import Queue
 from .retention import Retention
@@ -42,6 +43,7 @@ class Store:
         self.suppressions = Suppressions(db)
         self.webhooks = Webhooks(db)
         self.unsubscribes = Unsubscribes(db)
+        self.inbound = Inbound(db)
 
     @classmethod
     async def open(cls, path: Path, config: StoreConfig | None = None) -> "Store":
