@@ -55,3 +55,31 @@ async def test_get_is_scoped_to_the_tenant(store):
 def test_unknown_source_is_refused():
     with pytest.raises(ValueError):
         Spooled(inbound_id="x", source="fax", raw=b"")
+
+
+async def test_finish_records_once_with_attachments_and_a_received_event(store):
+    from gateway.store.inbound import Attachment, Processed
+    a = await store.tenants.add("acme")
+    qid = QueueIds().new()
+    (row_id,) = await store.inbound.spool([Spooled(inbound_id=qid, source="mx", raw=b"Subject: hi\r\n\r\nbody\r\n", tenant_id=a["id"])])
+    assert [r["inbound_id"] for r in await store.inbound.spooled()] == [qid]
+    done = Processed(kind="reply", thread_id="t1@x", parent_message_id="t1@x", subject="hi", summary={"text": "body"},
+                     attachments=[Attachment(position=0, filename="a.pdf", content_type="application/pdf", size=3, sha256="ab")],
+                     raw=b"Authentication-Results: gw; none\r\nSubject: hi\r\n\r\nbody\r\n")
+    assert await store.inbound.finish(row_id, done) is True
+    assert await store.inbound.finish(row_id, done) is False   # a second finish writes nothing
+    assert await store.inbound.spooled() == []
+    row = await store.inbound.get(qid, tenant_id=a["id"])
+    assert (row["state"], row["kind"], row["summary"], row["raw"][:22]) == ("processed", "reply", {"text": "body"}, b"Authentication-Results")
+    events = await store.events.list(tenant_id=a["id"], kind="received")
+    assert [e["subject"] for e in events] == [qid]
+    n = await store.db.read(lambda c: c.execute("SELECT count(*) FROM inbound_attachments").fetchone()[0])
+    assert n == 1
+
+
+async def test_hold_keeps_the_message_with_its_reason(store):
+    qid = QueueIds().new()
+    (row_id,) = await store.inbound.spool([Spooled(inbound_id=qid, source="pop3", raw=b"x\r\n")])
+    assert await store.inbound.hold(row_id, "parse failed: boom") is True
+    row = await store.inbound.get(qid)
+    assert (row["state"], row["hold_reason"], row["raw"]) == ("held", "parse failed: boom", b"x\r\n")

@@ -7,9 +7,11 @@ reaches, each with only that tenant's recipients) and commits them together, wit
 disk. The raw bytes go through a blob handle into a zeroblob (as the outbound queue does), so a large
 message is not kept alive by a cached statement's bindings.
 
-What happens next is the processor's (it reads rows in state 'spooled' and fills the processed
-columns); this module only promises that a spooled row is never lost and never written twice by
-one ``spool`` call.
+The processor reads rows in state 'spooled' (``spooled``) and ends each one with ``finish``
+(state 'processed', what it found, its attachments and the ``received`` event, in one write) or
+``hold`` (state 'held' with the reason: nothing is dropped). The ``received`` event (subject: the
+inbound id; data: kind, thread, parent, use case and address ids) is what downstream delivery to
+the tenant's application (webhook, forward) starts from.
 """
 
 from __future__ import annotations
@@ -86,6 +88,90 @@ def _get(conn: sqlite3.Connection, inbound_id: str, tenant_id: int | None) -> di
     return d
 
 
+@dataclass(frozen=True, kw_only=True)
+class Attachment:
+    position: int            # order of the depth-first walk
+    filename: str            # sanitised; the Content-ID for an inline cid: image
+    content_type: str
+    size: int
+    sha256: str              # names the content-addressed file under <state>/attachments
+    content_id: str = ""
+    inline: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class Processed:
+    """What the processor found in one spooled message."""
+    kind: str                            # message, reply, dsn, arf, auto_reply, unsubscribe
+    tenant_id: int | None = None         # set when the processor resolved a row spooled without one
+    usecase_id: int | None = None
+    address_id: int | None = None
+    thread_id: str = ""
+    parent_message_id: str = ""
+    flags: Sequence[str] = ()
+    from_address: str = ""
+    subject: str = ""
+    summary: dict[str, Any] = field(default_factory=dict)   # bodies, stripped reply, report, auth, defects
+    attachments: Sequence[Attachment] = ()
+    raw: bytes | None = None             # the stored copy when it changed (Authentication-Results added)
+    now: float = field(default_factory=time.time)
+
+
+def _spooled(conn: sqlite3.Connection, after_id: int, limit: int) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        "SELECT id, inbound_id, source, connector_id, tenant_id, client, helo, mail_from, recipients, size,"
+        " header_message_id, auth_results, received_at FROM inbound_messages"
+        " WHERE state = 'spooled' AND id > ? ORDER BY id LIMIT ?", (after_id, limit)).fetchall()
+    out = []
+    for r in rows:
+        d = dict(r)
+        d["recipients"] = json.loads(d["recipients"])
+        out.append(d)
+    return out
+
+
+def _raw(conn: sqlite3.Connection, row_id: int) -> bytes:
+    row = conn.execute("SELECT raw FROM inbound_messages WHERE id = ?", (row_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"no inbound row {row_id}")
+    return bytes(row[0])
+
+
+def _finish(conn: sqlite3.Connection, row_id: int, p: Processed) -> bool:
+    row = conn.execute("SELECT inbound_id, tenant_id FROM inbound_messages WHERE id = ? AND state = 'spooled'", (row_id,)).fetchone()
+    if row is None:
+        return False   # already finished or held (a second processor, a retry): nothing written twice
+    tenant_id = p.tenant_id if p.tenant_id is not None else row["tenant_id"]
+    conn.execute(
+        "UPDATE inbound_messages SET state = 'processed', processed_at = ?, tenant_id = ?, kind = ?, usecase_id = ?,"
+        " address_id = ?, thread_id = ?, parent_message_id = ?, flags = ?, from_address = ?, subject = ?, summary = ?"
+        " WHERE id = ?",
+        (p.now, tenant_id, p.kind, p.usecase_id, p.address_id, p.thread_id, p.parent_message_id, json.dumps(list(p.flags)),
+         p.from_address, p.subject, json.dumps(p.summary), row_id))
+    if p.raw is not None:
+        conn.execute("UPDATE inbound_messages SET raw = zeroblob(?), size = ? WHERE id = ?", (len(p.raw), len(p.raw), row_id))
+        if p.raw:
+            with conn.blobopen("inbound_messages", "raw", row_id) as blob:
+                blob.write(p.raw)
+    conn.executemany(
+        "INSERT INTO inbound_attachments (message_id, position, filename, content_type, size, sha256, content_id, inline)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [(row_id, a.position, a.filename, a.content_type, a.size, a.sha256, a.content_id, int(a.inline)) for a in p.attachments])
+    append_event(conn, tenant_id, "received", row["inbound_id"],
+                 {"kind": p.kind, "thread_id": p.thread_id, "parent": p.parent_message_id, "usecase_id": p.usecase_id,
+                  "address_id": p.address_id, "from": p.from_address, "flags": list(p.flags)})
+    return True
+
+
+def _hold(conn: sqlite3.Connection, row_id: int, reason: str, now: float) -> bool:
+    row = conn.execute("SELECT inbound_id, tenant_id FROM inbound_messages WHERE id = ? AND state = 'spooled'", (row_id,)).fetchone()
+    if row is None:
+        return False
+    conn.execute("UPDATE inbound_messages SET state = 'held', hold_reason = ?, processed_at = ? WHERE id = ?", (reason, now, row_id))
+    append_event(conn, row["tenant_id"], "inbound_held", row["inbound_id"], {"reason": reason})
+    return True
+
+
 class Inbound:
     def __init__(self, db: Database):
         self.db = db
@@ -95,6 +181,21 @@ class Inbound:
         ``StorageFull`` (nothing written) when the disk is below the reserve for new mail."""
         self.db.check_room()
         return await self.db.write(_spool, list(items))
+
+    async def spooled(self, *, after_id: int = 0, limit: int = 100) -> list[dict[str, Any]]:
+        """Rows waiting for the processor, oldest first (without their raw bytes: ``raw`` reads one)."""
+        return await self.db.read(_spooled, after_id, limit)
+
+    async def raw(self, row_id: int) -> bytes:
+        return await self.db.read(_raw, row_id)
+
+    async def finish(self, row_id: int, processed: Processed) -> bool:
+        """Record what the processor found; False when the row was no longer spooled (nothing written)."""
+        return await self.db.write(_finish, row_id, processed)
+
+    async def hold(self, row_id: int, reason: str, *, now: float | None = None) -> bool:
+        """Set a row the processor could not handle aside, with the reason (an operator can release it)."""
+        return await self.db.write(_hold, row_id, reason, time.time() if now is None else now)
 
     async def get(self, inbound_id: str, *, tenant_id: int | None = None) -> dict[str, Any]:
         """One spooled or processed message with its raw bytes; ``tenant_id`` scopes the lookup."""
