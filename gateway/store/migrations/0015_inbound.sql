@@ -9,6 +9,10 @@ ALTER TABLE domains ADD COLUMN catchall_usecase_id INTEGER REFERENCES usecases(i
 -- The tenant's choice to refuse at the final dot (550 5.7.1) mail whose DMARC policy is reject and fails.
 ALTER TABLE tenants ADD COLUMN dmarc_reject INTEGER NOT NULL DEFAULT 0;
 
+-- The Message-ID a message answers (its In-Reply-To as resolved), so an outbound reply's References
+-- chain can be rebuilt from our own records even when the customer's client stripped it.
+ALTER TABLE message_ids ADD COLUMN parent TEXT NOT NULL DEFAULT '';
+
 -- Channel addresses: the "email address" objects of a contact-center channel.
 CREATE TABLE channel_addresses (
     id            INTEGER PRIMARY KEY,
