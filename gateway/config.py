@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .numbers import ascii_number
 
 MASK = "********"
 
@@ -314,9 +315,10 @@ def split_hostport(value: str) -> tuple[str, int]:
     if not sep or not host:
         raise ValueError(f"expected host:port, got {value!r}")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
+    number = ascii_number(port)
+    if number is None or number > 65535:
         raise ValueError(f"expected a port number 0-65535, got {port!r}")
-    return host, int(port)
+    return host, number
 
 
 def restart_keys(old: Any, new: Any, prefix: str = "") -> list[str]:

@@ -50,6 +50,9 @@ def check(tmp_path: Path, text: str, expect: int = 2):
         ("[store]\nread_connections = 1000\n", "store.read_connections: must be at most 64, got 1000"),
         ('[web]\nlisten = "localhost"\n', "web.listen: expected host:port, got 'localhost'"),
         ('[web]\nlisten = "localhost:99999"\n', "web.listen: expected a port number 0-65535, got '99999'"),
+        # Arabic-Indic digits: str.isdigit and int() accept them, a port written so is a typo or a trick.
+        ('[web]\nlisten = "127.0.0.1:\u0668\u0660\u0668\u0660"\n', "web.listen: expected a port number 0-65535, got '\u0668\u0660\u0668\u0660'"),
+        ('[web]\nlisten = "127.0.0.1:\u00b2"\n', "web.listen: expected a port number 0-65535, got '\u00b2'"),
         ('[dns]\nnameservers = "1.1.1.1"\n', "dns.nameservers: expected an array, got string '1.1.1.1'"),
         ("[dns]\nnameservers = [1]\n", "dns.nameservers[0]: expected a string, got integer 1"),
     ],

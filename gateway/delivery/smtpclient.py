@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 from ..crlf import has_line_breakers, to_crlf
 from ..errors import DeliveryError
+from ..numbers import ascii_number
 
 MAX_LINE = 8192        # RFC 5321 4.5.3.1.5 says 512 for a reply line; be lenient, not unbounded
 MAX_REPLY_LINES = 200
@@ -217,7 +218,7 @@ class SmtpClient:
     def max_size(self) -> int:
         """SIZE's limit; 0 when the server gives none."""
         value = self.extensions.get("size", "").strip()
-        return int(value) if value.isascii() and value.isdigit() else 0  # str.isdigit: also "²", "١"
+        return ascii_number(value) or 0
 
     def peer(self) -> tuple[str, int] | None:
         """The address and port the connection actually reached (what a host name resolved to)."""

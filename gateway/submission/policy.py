@@ -29,6 +29,7 @@ import idna
 
 from ..crlf import has_line_breakers, only_crlf
 from ..errors import SMTPError
+from ..numbers import ascii_number  # protocol.py reads it as policy.ascii_number
 
 # RFC 5321 4.1.2, extended by RFC 6531 3.3: atext and qtext also take any non-ASCII character
 # (UTF8-non-ascii; we leave out C1 controls and Unicode white space), sub-domain takes U-labels
@@ -57,14 +58,6 @@ def size_param(options: list[str]) -> int | None:
             return ascii_number(value)
     return None
 
-
-def ascii_number(value: Any) -> int | None:
-    """A parameter value as a number when it is one on the wire: ASCII digits only (RFC 5321's
-    1*DIGIT). ``str.isdigit`` is also true for '\u00b2' (which int() refuses) and for other
-    scripts' digits (which int() reads): never use it on client input."""
-    if isinstance(value, str) and value.isascii() and value.isdigit():
-        return int(value)
-    return None
 
 
 def check_command_argument(arg: str | bytes | None) -> None:
