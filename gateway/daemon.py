@@ -142,6 +142,7 @@ class Daemon:
                 self.config, paths=self.paths, authenticate=usecases.authenticate, context=usecases.context,
                 submit=store.queue.put, monthly_count=store.queue.monthly_count, metrics=self.metrics,
                 on_queued=self.scheduler.wake, budget=self.budget, check_recipient=suppressions.at_rcpt,
+                lineage=store.queue.lineage,
             ),
         ]
         # Components start in this order and stop in reverse. Web and admin start first and stop
