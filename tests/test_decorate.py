@@ -20,7 +20,7 @@ def apply(raw: bytes, decorations: Decorations = DECO, card=None) -> bytes:
     parsed = split_header(raw, 65536)
     done = decorate(parsed.fields, parsed.body, decorations, card)
     assert done is not None
-    return b"".join(f.raw for f in parsed.fields if f.name not in REPLACED) + b"".join(done.fields) + done.body
+    return b"".join(f.raw for f in parsed.fields if f.name not in REPLACED) + b"".join(done.fields) + b"".join(done.body)
 
 
 def leaves(raw: bytes) -> list[tuple[str, str | None, str]]:

@@ -58,7 +58,7 @@ class Decorations:
 @dataclass(frozen=True)
 class Decorated:
     fields: list[bytes]   # replace the message's fields named in REPLACED (Content-*, MIME-Version), raw
-    body: bytes           # blank separator line included, as Parsed.body
+    body: tuple[bytes | bytearray | memoryview, ...]   # its pieces in order, blank separator line included
 
 
 # --------------------------------------------------------------------------- the MIME walk
@@ -223,26 +223,30 @@ def vcard(display_name: str, address: str) -> tuple[str, bytes]:
     return f"{name}.vcf", card.serialize().encode("utf-8")
 
 
-def _wrap(entity: bytes, filename: str, card: bytes) -> bytes:
-    """multipart/mixed: the original entity, then the vCard as an attachment."""
+def _wrapper(filename: str, card: bytes) -> tuple[bytes, bytes, bytes]:
+    """(Content-Type field, what goes before the original entity, what goes after it): the message
+    becomes multipart/mixed with the original first and the vCard attached."""
     boundary = "=_vcard_" + secrets.token_hex(16)   # random: cannot occur in the entity by chance
     encoded, cte = (card, "7bit") if card.isascii() else (base64.encodebytes(card).replace(b"\n", CRLF), "base64")
-    return b"".join([
-        _field("Content-Type", f'multipart/mixed; boundary="{boundary}"'), CRLF,
-        f"--{boundary}\r\n".encode(), entity, f"\r\n--{boundary}\r\n".encode(),
+    after = b"".join([
+        f"\r\n--{boundary}\r\n".encode(),
         _field("Content-Type", f'text/vcard; charset=utf-8; name="{filename}"'),
         _field("Content-Disposition", f'attachment; filename="{filename}"'),
         _field("Content-Transfer-Encoding", cte), CRLF, encoded,
         f"\r\n--{boundary}--\r\n".encode(),
     ])
+    return _field("Content-Type", f'multipart/mixed; boundary="{boundary}"'), f"\r\n--{boundary}\r\n".encode(), after
 
 
 def decorate(fields: list[Field], body: bytes | memoryview, decorations: Decorations,
              card: tuple[str, bytes] | None = None) -> Decorated | None:
     """The message's new content fields and body with the decorations and the vCard, or None when
-    nothing changes (no decoration, and no body part that takes one)."""
-    content = [f.raw for f in fields if f.name in CONTENT]
-    entity = b"".join(content) + bytes(body if len(body) else CRLF)
+    nothing changes (no decoration, and no body part that takes one).
+
+    The message is copied once (into the entity the parts are rewritten in, in place); the body
+    returned is views and pieces of it, joined once by ``prepare``."""
+    entity = bytearray(b"".join(f.raw for f in fields if f.name in CONTENT))
+    entity += body if len(body) else CRLF
     changed = False
     if decorations:
         found: dict[str, _Leaf] = {}
@@ -251,18 +255,19 @@ def decorate(fields: list[Field], body: bytes | memoryview, decorations: Decorat
         for leaf in sorted(found.values(), key=lambda l: l.start, reverse=True):
             header = decorations.header_html if leaf.kind == "html" else decorations.header_text
             footer = decorations.footer_html if leaf.kind == "html" else decorations.footer_text
-            new = _rewrite(entity[leaf.start:leaf.end], leaf.kind, header, footer)
+            new = _rewrite(bytes(entity[leaf.start:leaf.end]), leaf.kind, header, footer)
             if new is not None:
-                entity = entity[:leaf.start] + new + entity[leaf.end:]
+                entity[leaf.start:leaf.end] = new
                 changed = True
+    # MIME-Version replaces the client's (if any): a part may now declare a charset or encoding.
+    version = b"MIME-Version: 1.0\r\n"
     if card is not None:
-        entity = _wrap(entity, *card)
-        changed = True
+        content_type, before, after = _wrapper(*card)
+        return Decorated([content_type, version], (before, entity, after))
     if not changed:
         return None
     parsed = split_header(entity, len(entity))
-    # MIME-Version replaces the client's (if any): a part may now declare a charset or encoding.
-    return Decorated([f.raw for f in parsed.fields] + [b"MIME-Version: 1.0\r\n"], bytes(parsed.body))
+    return Decorated([f.raw for f in parsed.fields] + [version], (parsed.body,))
 
 
 def reply_to(fields: list[Field], copy: str) -> bytes | None:

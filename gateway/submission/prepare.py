@@ -49,11 +49,12 @@ class Inspected:
 @dataclass(frozen=True)
 class Edits:
     """Changes to the header (and body) beyond the standard ones: fields named in ``drop`` go,
-    ``add`` (raw fields) are appended, ``body`` (blank separator line included) replaces the body."""
+    ``add`` (raw fields) are appended, ``body`` (its pieces, blank separator line included) replaces
+    the body."""
 
     drop: frozenset[bytes] = frozenset()
     add: tuple[bytes, ...] = ()
-    body: bytes | None = None
+    body: tuple[bytes | bytearray | memoryview, ...] | None = None   # pieces, joined once
 
 
 def inspect(data: bytes | bytearray, *, max_header_bytes: int) -> Inspected:
@@ -164,7 +165,10 @@ def prepare(inspected: Inspected, *, received: bytes, message_id: str, add_messa
     """The message as queued: our Received on top, Bcc gone, Message-ID and Date added when missing
     (and ``edits`` applied)."""
     parts = _header(inspected, received=received, message_id=message_id, add_message_id=add_message_id, now=now, edits=edits)
-    body = inspected.parsed.body if edits is None or edits.body is None else edits.body
+    if edits is not None and edits.body is not None:
+        parts += edits.body
+        return b"".join(parts)
+    body = inspected.parsed.body
     if not body:
         body = CRLF
     parts.append(body)
