@@ -93,6 +93,20 @@ def test_part_in_unknown_charset_or_undecodable_is_left_alone():
     assert decorate(parsed.fields, parsed.body, DECO) is None
 
 
+def test_signed_content_and_unknown_transfer_encodings_are_left_whole():
+    signed = (b"From: a@acme.test\r\nMIME-Version: 1.0\r\nContent-Type: multipart/signed; protocol=\"application/pgp-signature\";"
+              b" boundary=\"S\"\r\n\r\n--S\r\nContent-Type: text/plain\r\n\r\nsigned text\r\n--S\r\n"
+              b"Content-Type: application/pgp-signature\r\n\r\n-----BEGIN PGP SIGNATURE-----\r\n--S--\r\n")
+    parsed = split_header(signed, 65536)
+    assert decorate(parsed.fields, parsed.body, DECO) is None
+    # With a vCard the signed entity is wrapped whole: its bytes (and its signature) unchanged.
+    out = apply(signed, DECO, vcard("A", "a@acme.test"))
+    assert signed.split(b"\r\n\r\n", 1)[1] in out and b"Hello from Acme" not in out
+    uu = b"From: a@acme.test\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: x-uuencode\r\n\r\nbegin 644 a\r\nend\r\n"
+    parsed = split_header(uu, 65536)
+    assert decorate(parsed.fields, parsed.body, DECO) is None
+
+
 def test_vcard_wraps_the_message_in_multipart_mixed():
     raw = b"From: a@acme.test\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nbody \xc3\xa9\r\n"
     out = apply(raw, Decorations(), vcard("Acme Support \u00e9", "support@acme.test"))

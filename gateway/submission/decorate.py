@@ -3,7 +3,8 @@
     decorate(fields, body, ...) -> Decorated(content fields, body) or None (nothing to change)
         header/footer: into the message's first text/plain and first text/html body parts, found
                        depth-first over the MIME tree; never into an attachment (a part with
-                       Content-Disposition: attachment) nor inside an attached message (message/*)
+                       Content-Disposition: attachment), inside an attached message (message/*)
+                       or inside signed or encrypted content (multipart/signed: it would break)
         vCard:         the message becomes multipart/mixed around the original, the .vcf after it
     reply_to(fields, copy) -> the Reply-To field with the reply copy added
 
@@ -39,6 +40,10 @@ MAX_LINE = 998   # RFC 5322 2.1.1: longer lines need a transfer encoding
 CONTENT = (b"content-type", b"content-transfer-encoding", b"content-disposition", b"content-id", b"content-description",
            b"content-language", b"content-location", b"content-md5")
 REPLACED = frozenset((*CONTENT, b"mime-version"))
+# Signed or encrypted content (RFC 1847): a changed byte breaks the sender's signature. Left whole.
+SEALED = ("multipart/signed", "multipart/encrypted", "application/pkcs7-mime", "application/x-pkcs7-mime")
+IDENTITY = ("7bit", "8bit", "binary")
+
 _BODY_OPEN = re.compile(r"<body\b[^>]*>", re.IGNORECASE)
 _BODY_CLOSE = re.compile(r"</body\s*>", re.IGNORECASE)
 _FILENAME_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -120,7 +125,7 @@ def _children(entity: bytes, start: int, end: int, boundary: str) -> list[tuple[
 def _leaves(entity: bytes, start: int, end: int, depth: int, found: dict[str, _Leaf]) -> None:
     msg, body_start = _headers(entity, start, end)
     ctype = msg.get_content_type()
-    if msg.get_content_disposition() == "attachment" or ctype.startswith("message/"):
+    if msg.get_content_disposition() == "attachment" or ctype.startswith("message/") or ctype in SEALED:
         return
     if ctype.startswith("multipart/"):
         boundary = msg.get_boundary()
@@ -162,7 +167,7 @@ def _encode(data: bytes, cte: str) -> tuple[bytes, str]:
     if cte == "base64":
         return base64.encodebytes(data).replace(b"\n", CRLF), cte
     long_line = any(len(line) > MAX_LINE for line in data.split(b"\n"))
-    if cte == "quoted-printable" or long_line or (not data.isascii() and cte not in ("8bit", "binary")):
+    if cte == "quoted-printable" or long_line or (not data.isascii() and cte == "7bit"):
         qp = binascii.b2a_qp(data.replace(CRLF, b"\n"), istext=True).replace(b"\n", CRLF)
         return qp, "quoted-printable"
     return data, cte
@@ -191,6 +196,8 @@ def _rewrite(part: bytes, kind: str, header: str, footer: str) -> bytes | None:
         else:
             data, new_charset = new.encode("utf-8"), "utf-8"
     cte = (msg.get("Content-Transfer-Encoding") or "7bit").strip().lower()
+    if cte not in (*IDENTITY, "base64", "quoted-printable"):
+        return None   # x-uuencode and the like: we would not write it back the same way
     data, new_cte = _encode(data, cte)
     parsed = split_header(part, MAX_PART_HEADER)
     fields = [f.raw for f in parsed.fields if f.name != b"content-transfer-encoding"
