@@ -129,3 +129,20 @@ async def test_parent_recorded_and_references_rebuilt_when_the_client_strips_the
                                             ("out2@example.com", "in1@cust.example", "out1@example.com"),
                                             ("out3@example.com", "in2@cust.example", "out1@example.com"),
                                             ("out4@example.com", "", "out4@example.com")]
+
+
+async def test_another_tenants_address_is_no_sender_here(tmp_path):
+    from tests.support.submission import PASSWORD, make_usecase
+
+    async with submission_listener(tmp_path) as sub:
+        await add(sub, "support@example.com", direction="outbound")
+        beta = await make_usecase(sub.store, tenant="beta", domain="beta.example", usecase="desk", senders=["@beta.example"])
+        sub.auth.logins["beta"] = (PASSWORD, beta["id"])
+        async with sub.client(login=("beta", PASSWORD)) as smtp:
+            with pytest.raises(aiosmtplib.SMTPSenderRefused) as info:
+                await smtp.sendmail("support@example.com", ["bob@example.org"], message("support@example.com"))
+            assert info.value.code == 553
+            with pytest.raises(aiosmtplib.SMTPDataError) as info:
+                await smtp.sendmail("x@beta.example", ["bob@example.org"], message("support@example.com"))
+            assert info.value.code == 553
+        assert set(beta["addresses"]) == set()   # beta's context never holds acme's addresses
