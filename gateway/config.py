@@ -151,7 +151,7 @@ class SubmissionConfig:
     session_timeout: float = setting(1800.0, "Longest one connection may last, in seconds.", min=1.0)
     max_connections: int = setting(1000, "Most connections at once, all clients together.", min=1)
     max_connections_per_client: int = setting(50, "Most connections at once from one client address.", min=1)
-    context_ttl: float = setting(5.0, "Seconds a use case's policy view (domain state, tenant flags, senders) is cached.", min=0.0)
+    context_ttl: float = setting(5.0, "Seconds a use case's policy view (domain state, tenant flags, senders, channel addresses) is cached.", min=0.0)
 
 
 @dataclass(frozen=True, kw_only=True)

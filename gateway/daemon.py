@@ -36,6 +36,7 @@ from .errors import ConfigError, GatewayError, StartupError
 from .lifecycle import Component
 from .metrics import Metrics, budget_families, store_families
 from .paths import Paths, resolve_paths
+from .services.addresses import AddressService
 from .services.connectors import ConnectorService
 from .services.domains import DomainService
 from .services.pauses import PauseService
@@ -129,7 +130,7 @@ class Daemon:
                          ConnectorService(store, lambda: self.config),
                          WebhookService(store, allow_loopback=lambda: self.config.webhooks.allow_loopback,
                                         post=webhooks.post, on_change=webhooks.wake),
-                         EventService(store), UnsubscribeService(store, keyring), suppressions]
+                         EventService(store), UnsubscribeService(store, keyring), suppressions, AddressService(store)]
         workers: list[Component] = [
             monitor,
             Reverifier(domains.reverify, interval=self.config.domains.reverify_interval, concurrency=self.config.domains.verify_concurrency),
@@ -141,6 +142,7 @@ class Daemon:
                 self.config, paths=self.paths, authenticate=usecases.authenticate, context=usecases.context,
                 submit=store.queue.put, monthly_count=store.queue.monthly_count, metrics=self.metrics,
                 on_queued=self.scheduler.wake, budget=self.budget, check_recipient=suppressions.at_rcpt,
+                lineage=store.queue.lineage,
             ),
         ]
         # Components start in this order and stop in reverse. Web and admin start first and stop

@@ -20,7 +20,8 @@ def domain() -> None:
 
 
 def _show_domain(record: dict) -> None:
-    details(record, [k for k in ("name", "unicode", "tenant", "state", "return_path_domain", "last_outcome", "dmarc_policy", "used_by")
+    details(record, [k for k in ("name", "unicode", "tenant", "state", "return_path_domain", "last_outcome", "dmarc_policy", "inbound_enabled", "catchall",
+                                           "used_by")
                      if k in record and (k != "unicode" or record["unicode"] != record["name"])])
     if record.get("keys"):
         click.echo("")
@@ -128,6 +129,20 @@ def show(name: str, tenant: str | None, as_json: bool) -> None:
     click.echo("")
     table([{**r, "what": r["purpose"] + ("" if r["required"] else " (optional)")} for r in record["records"]],
           ["what", "type", "name", "last_status", "last_detail"], ["RECORD", "TYPE", "NAME", "LAST RESULT", "DETAIL"])
+
+
+@domain.command("inbound")
+@click.argument("name")
+@tenant_option
+@click.option("--on/--off", "enabled", default=None, help="Receive on the MX for this domain (only while it is verified).")
+@click.option("--catchall", default=None, metavar="USECASE", help="Mail to any other local part goes to this use case of the domain.")
+@click.option("--no-catchall", is_flag=True, help="No catch-all: unknown local parts are refused (550 5.1.1).")
+@json_option
+def inbound(name: str, tenant: str | None, enabled: bool | None, catchall: str | None, no_catchall: bool, as_json: bool) -> None:
+    """Turn receiving on or off for a domain, and set or clear its catch-all."""
+    record = current_admin().call("domain.inbound", domain=name, tenant=tenant, enabled=enabled, catchall=catchall,
+                                  no_catchall=no_catchall)
+    emit_json(record) if as_json else details(record, ["name", "tenant", "state", "inbound_enabled", "catchall"])
 
 
 @domain.command("delete")

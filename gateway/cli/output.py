@@ -36,7 +36,7 @@ USAGE_CODES = {"invalid", "invalid_params", "invalid_request", "parse_error", "m
 # Methods that change nothing; after any other, the CLI names the daemon that acted.
 READ_ONLY = {"status", "ping", "config.show", "tenant.list", "tenant.show", "domain.list", "domain.show", "domain.records",
              "usecase.list", "usecase.show", "usecase.credentials.list", "connector.list", "connector.show", "connector.test",
-             "queue.list", "queue.show", "queue.counts", "pause.list"}
+             "queue.list", "queue.show", "queue.counts", "pause.list", "address.list", "address.show"}
 
 
 # click >= 8.2 raises this (a UsageError whose message is the whole help) for a group given no command.

@@ -19,7 +19,7 @@ def _show(record: dict, as_json: bool) -> None:
     if as_json:
         emit_json(record)
     else:
-        details(record, [k for k in COLUMNS + ["owns"] if k in record])
+        details(record, [k for k in COLUMNS + ["dmarc_reject", "owns"] if k in record])
 
 
 @tenant.command("add")
@@ -70,10 +70,13 @@ def disable(name: str, outbound: bool, as_json: bool) -> None:
 @click.argument("name")
 @click.option("--display-name", default=None)
 @click.option("--quota", "monthly_quota", type=click.IntRange(0, validate.MAX_MONTHLY_QUOTA), default=None)
+@click.option("--dmarc-reject/--no-dmarc-reject", default=None,
+              help="Refuse at the final dot (550 5.7.1) inbound mail whose DMARC policy is reject and fails.")
 @json_option
-def update(name: str, display_name: str | None, monthly_quota: int | None, as_json: bool) -> None:
-    """Change a tenant's display name or quota."""
-    _show(current_admin().call("tenant.update", name=name, display_name=display_name, monthly_quota=monthly_quota), as_json)
+def update(name: str, display_name: str | None, monthly_quota: int | None, dmarc_reject: bool | None, as_json: bool) -> None:
+    """Change a tenant's display name, quota or inbound DMARC choice."""
+    _show(current_admin().call("tenant.update", name=name, display_name=display_name, monthly_quota=monthly_quota,
+                               dmarc_reject=dmarc_reject), as_json)
 
 
 @tenant.command("delete")

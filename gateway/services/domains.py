@@ -230,7 +230,23 @@ class DomainService:
         out["last_outcome"] = row["last_result"].get("outcome")
         out["dmarc_policy"] = row["last_result"].get("dmarc_policy")
         out["used_by"] = await self.store.domains.users(tenant, name)
+        out.update(await self.store.domains.inbound(tenant, name))
         return out
+
+    @admin_method("domain.inbound")
+    async def inbound(self, domain: str, enabled: bool | None = None, catchall: str | None = None, no_catchall: bool = False,
+                      tenant: str | None = None) -> dict[str, Any]:
+        """Receiving on the MX on or off, and the catch-all use case (one of this domain's) set or cleared.
+        Mail is accepted only while the domain is also verified (the MX checks it per message)."""
+        if catchall is not None and no_catchall:
+            raise InvalidArgument("give a catch-all use case or no catch-all, not both")
+        if catchall is not None:
+            validate.name(catchall, "use case")
+        if enabled is None and catchall is None and not no_catchall:
+            raise InvalidArgument("nothing to change: turn inbound on or off, or set or clear the catch-all")
+        tenant, name = await self._scope(domain, tenant)
+        row = await self.store.domains.set_inbound(tenant, name, enabled=enabled, catchall=catchall, clear_catchall=no_catchall)
+        return {"name": name, "tenant": tenant, "state": row["state"], **await self.store.domains.inbound(tenant, name)}
 
     @admin_method("domain.delete")
     async def delete(self, domain: str, tenant: str | None = None) -> dict[str, Any]:

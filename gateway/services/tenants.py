@@ -47,9 +47,13 @@ class TenantService:
         return await self.store.tenants.update(name, **({"outbound_enabled": 0} if outbound else {"enabled": 0}))
 
     @admin_method("tenant.update")
-    async def update(self, name: str, display_name: str | None = None, monthly_quota: int | None = None) -> dict[str, Any]:
+    async def update(self, name: str, display_name: str | None = None, monthly_quota: int | None = None,
+                     dmarc_reject: bool | None = None) -> dict[str, Any]:
+        """``dmarc_reject``: refuse at the final dot (550 5.7.1) inbound mail whose DMARC policy is reject and fails."""
         check_tenant_name(name)
         changes: dict[str, Any] = {}
+        if dmarc_reject is not None:
+            changes["dmarc_reject"] = int(dmarc_reject)
         if display_name is not None:
             changes["display_name"] = validate.display(display_name, "display name")
         if monthly_quota is not None:

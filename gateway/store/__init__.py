@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from ..config import StoreConfig
+from .addresses import Addresses
 from .connectors import Connectors
 from .db import Database
 from .delivery import Delivery
@@ -44,6 +45,7 @@ class Store:
         self.webhooks = Webhooks(db)
         self.unsubscribes = Unsubscribes(db)
         self.inbound = Inbound(db)
+        self.addresses = Addresses(db)
 
     @classmethod
     async def open(cls, path: Path, config: StoreConfig | None = None) -> "Store":

@@ -121,6 +121,37 @@ def _delete(conn: sqlite3.Connection, tenant: str, name: str) -> dict[str, Any]:
     return domain
 
 
+def _set_inbound(conn: sqlite3.Connection, tenant: str, name: str, enabled: bool | None, catchall: str | None,
+                 clear_catchall: bool) -> dict[str, Any]:
+    """Turn receiving on or off and set (or clear) the catch-all use case, which must be of this domain."""
+    domain = get_domain(conn, tenant, name)
+    changes: dict[str, Any] = {}
+    if enabled is not None:
+        changes["inbound_enabled"] = int(enabled)
+    if clear_catchall:
+        changes["catchall_usecase_id"] = None
+    elif catchall is not None:
+        row = conn.execute("SELECT id, domain_id FROM usecases WHERE tenant_id = ? AND name = ?", (domain["tenant_id"], catchall)).fetchone()
+        if row is None:
+            raise NotFound(f"tenant {tenant!r} has no use case {catchall!r}")
+        if row["domain_id"] != domain["id"]:
+            raise Conflict(f"use case {catchall!r} is not of the domain {name!r}; a catch-all receives for its own domain")
+        changes["catchall_usecase_id"] = row["id"]
+    if changes:
+        conn.execute(f"UPDATE domains SET {', '.join(f'{c} = ?' for c in changes)} WHERE id = ?", (*changes.values(), domain["id"]))
+        append_event(conn, domain["tenant_id"], "domain_inbound_changed", name,
+                     {**({"inbound": bool(enabled)} if enabled is not None else {}),
+                      **({"catchall": None if clear_catchall else catchall} if clear_catchall or catchall is not None else {})})
+    return get_domain(conn, tenant, name)
+
+
+def inbound_of(conn: sqlite3.Connection, domain_id: int) -> dict[str, Any]:
+    """The domain's inbound switches for people: on/off and the catch-all use case's name."""
+    row = conn.execute("SELECT d.inbound_enabled, u.name FROM domains d LEFT JOIN usecases u ON u.id = d.catchall_usecase_id "
+                       "WHERE d.id = ?", (domain_id,)).fetchone()
+    return {"inbound_enabled": bool(row[0]), "catchall": row[1]} if row else {"inbound_enabled": False, "catchall": None}
+
+
 def _add_keys(conn: sqlite3.Connection, tenant: str, name: str, keys: list[dict[str, Any]]) -> dict[str, Any]:
     domain = get_domain(conn, tenant, name)
     taken = {k["selector"] for k in domain["keys"]}
@@ -231,6 +262,13 @@ class Domains:
 
     async def delete(self, tenant: str, name: str) -> dict[str, Any]:
         return await self.db.write(_delete, tenant, name)
+
+    async def set_inbound(self, tenant: str, name: str, *, enabled: bool | None = None, catchall: str | None = None,
+                          clear_catchall: bool = False) -> dict[str, Any]:
+        return await self.db.write(_set_inbound, tenant, name, enabled, catchall, clear_catchall)
+
+    async def inbound(self, tenant: str, name: str) -> dict[str, Any]:
+        return await self.db.read(lambda c: inbound_of(c, get_domain(c, tenant, name)["id"]))
 
     async def add_keys(self, tenant: str, name: str, keys: list[dict[str, Any]]) -> dict[str, Any]:
         return await self.db.write(_add_keys, tenant, name, keys)

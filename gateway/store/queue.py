@@ -94,14 +94,46 @@ def pauses(conn: sqlite3.Connection) -> list[Pause]:
     return [Pause(r[0], r[1], r[2]) for r in conn.execute("SELECT scope, tenant_id, usecase_id FROM pauses")]
 
 
-def _thread_of(conn: sqlite3.Connection, m: NewMessage) -> str:
-    if m.thread_id:
-        return m.thread_id
+def _thread_of(conn: sqlite3.Connection, m: NewMessage) -> tuple[str, str]:
+    """(thread id, parent): the thread of the first of the message's parents we have a record of,
+    and that parent; else a new thread (the message's own id) and no parent."""
     for parent in m.parents:
         row = conn.execute("SELECT thread_id FROM message_ids WHERE tenant_id = ? AND message_id = ?", (m.tenant_id, parent)).fetchone()
         if row is not None:
-            return row[0]
-    return m.message_id
+            return m.thread_id or row[0], parent
+    return m.thread_id or m.message_id, ""
+
+
+# The ancestors of one recorded message through the parent links, itself first; bounded by depth
+# (a cycle of links repeats ids until then, removed by the caller).
+_LINEAGE_SQL = """
+WITH RECURSIVE up(message_id, parent, depth) AS (
+    SELECT message_id, parent, 0 FROM message_ids WHERE tenant_id = ? AND message_id = ?
+    UNION ALL
+    SELECT p.message_id, p.parent, up.depth + 1 FROM up JOIN message_ids p ON p.tenant_id = ? AND p.message_id = up.parent
+    WHERE up.parent != '' AND up.depth < ?
+)
+SELECT message_id FROM up ORDER BY depth
+"""
+
+
+def lineage(conn: sqlite3.Connection, tenant_id: int, parents: Sequence[str], limit: int) -> list[str]:
+    """The conversation above the first of ``parents`` (In-Reply-To, then References newest first)
+    that the tenant has a record of, oldest first and ending with it; [] when none is known."""
+    if not parents:
+        return []
+    marks = ", ".join("?" * len(parents))
+    known = {r[0] for r in conn.execute(f"SELECT message_id FROM message_ids WHERE tenant_id = ? AND message_id IN ({marks})",
+                                        (tenant_id, *parents))}
+    first = next((p for p in parents if p in known), None)
+    if first is None:
+        return []
+    chain: list[str] = []
+    for (mid,) in conn.execute(_LINEAGE_SQL, (tenant_id, first, tenant_id, limit)):
+        if mid in chain:
+            break
+        chain.append(mid)
+    return chain[::-1]
 
 
 def _put(conn: sqlite3.Connection, m: NewMessage) -> dict[str, Any]:
@@ -126,11 +158,11 @@ def _put(conn: sqlite3.Connection, m: NewMessage) -> dict[str, Any]:
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [(msg_id, m.tenant_id, m.usecase_id, r, recipient_domain(r), state, hold_reason, m.now, m.now) for r in m.recipients],
     )
-    thread_id = _thread_of(conn, m)
+    thread_id, parent = _thread_of(conn, m)
     conn.execute(
-        "INSERT OR IGNORE INTO message_ids (message_id, tenant_id, usecase_id, thread_id, queue_id, direction, created_at)"
-        " VALUES (?, ?, ?, ?, ?, 'out', ?)",
-        (m.message_id, m.tenant_id, m.usecase_id, thread_id, m.queue_id, m.now),
+        "INSERT OR IGNORE INTO message_ids (message_id, tenant_id, usecase_id, thread_id, queue_id, direction, created_at, parent)"
+        " VALUES (?, ?, ?, ?, ?, 'out', ?, ?)",
+        (m.message_id, m.tenant_id, m.usecase_id, thread_id, m.queue_id, m.now, parent),
     )
     if m.counts_to_quota:
         conn.execute(
@@ -354,6 +386,13 @@ def _flush(conn: sqlite3.Connection, tenant_id: int | None, now: float) -> int:
 class Queue:
     def __init__(self, db: Database):
         self.db = db
+
+    async def lineage(self, tenant_id: int, parents: Sequence[str], limit: int = 100) -> list[str]:
+        """``lineage``: the recorded conversation a new message answers, oldest first (submission
+        rebuilds References from it and knows whether the message starts a thread)."""
+        if not parents:
+            return []
+        return await self.db.read(lineage, tenant_id, list(parents), limit)
 
     async def put(self, message: NewMessage) -> dict[str, Any]:
         """Commit the message durably. Once it is on disk, returns {"id", "queue_id", "hold_reason",

@@ -17,6 +17,7 @@ from .suppressions import delete_tenant
 OWNED_TABLES = [
     ("domains", "domain", "name"),
     ("usecases", "use case", "name"),
+    ("channel_addresses", "channel address", "address"),
     ("connectors", "connector", "name"),
     ("messages", "queued message", "queue_id"),
     ("webhook_endpoints", "webhook endpoint", "name"),
@@ -29,6 +30,7 @@ def tenant_row(row: sqlite3.Row | None) -> dict[str, Any] | None:
     d = dict(row)
     d["enabled"] = bool(d["enabled"])
     d["outbound_enabled"] = bool(d["outbound_enabled"])
+    d["dmarc_reject"] = bool(d.get("dmarc_reject"))
     return d
 
 
@@ -53,7 +55,7 @@ def _add(conn: sqlite3.Connection, name: str, display_name: str, monthly_quota: 
 
 def _set(conn: sqlite3.Connection, name: str, changes: dict[str, Any]) -> dict[str, Any]:
     tenant = get_by_name(conn, name)
-    allowed = {"enabled", "outbound_enabled", "monthly_quota", "display_name"}
+    allowed = {"enabled", "outbound_enabled", "monthly_quota", "display_name", "dmarc_reject"}
     cols = [c for c in changes if c in allowed]
     if cols:
         conn.execute(

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from ..errors import Conflict, InvalidArgument, NotFound
+from .addresses import for_senders, of_usecase
 from .db import Database
 from .events import append_event
 from .suppressions import delete_scope
@@ -116,6 +117,15 @@ def _delete(conn: sqlite3.Connection, tenant: str, name: str) -> dict[str, Any]:
             # Finished mail goes by itself after queue.keep_messages (the sweeper); then this succeeds.
             raise Conflict(f"use case {name!r} still has {queued} message(s) in the queue; they are removed "
                            "queue.keep_messages after they finish, or delete them with `gateway queue delete`")
+    addresses = of_usecase(conn, current["id"])
+    if addresses:
+        # An address carries the operator's settings (copy, footer, vCard): never dropped as a side effect.
+        raise Conflict(f"use case {name!r} is used by channel address(es) {', '.join(addresses)}; delete them or move them "
+                       "to another use case (`gateway address update --usecase`) first")
+    catchall = conn.execute("SELECT name FROM domains WHERE catchall_usecase_id = ?", (current["id"],)).fetchone()
+    if catchall is not None:
+        raise Conflict(f"use case {name!r} is the catch-all of {catchall[0]!r}; turn it off first "
+                       f"(`gateway domain inbound {catchall[0]} --no-catchall`)")
     if "pauses" in existing:
         conn.execute("DELETE FROM pauses WHERE usecase_id = ?", (current["id"],))
     delete_scope(conn, current["tenant_id"], "usecase", current["id"])
@@ -184,8 +194,17 @@ class Usecases:
         return await self.db.write(_delete, tenant, name)
 
     async def context(self, usecase_id: int) -> dict[str, Any] | None:
-        """What a submission session needs about its use case, read fresh (None when deleted)."""
-        return await self.db.read(lambda c: _context(c, c.execute(CONTEXT_SQL + " WHERE u.id = ?", (usecase_id,)).fetchone()))
+        """What a submission session needs about its use case, read fresh (None when deleted).
+
+        ``addresses``: the tenant's channel addresses a sender of this use case may use, by address
+        (``store.addresses.for_senders``), so MAIL and DATA decide on them without a query."""
+        def run(conn: sqlite3.Connection) -> dict[str, Any] | None:
+            ctx = _context(conn, conn.execute(CONTEXT_SQL + " WHERE u.id = ?", (usecase_id,)).fetchone())
+            if ctx is not None:
+                ctx["addresses"] = for_senders(conn, ctx["tenant_id"], ctx["domain"])
+            return ctx
+
+        return await self.db.read(run)
 
     # ------------------------------------------------------------------ credentials
 

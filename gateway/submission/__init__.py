@@ -13,7 +13,7 @@ from ..budget import ByteBudget
 from ..config import Config
 from ..metrics import Metrics
 from ..paths import Paths
-from .handler import Authenticate, CheckRecipient, Context, Submit, SubmissionHandler
+from .handler import Authenticate, CheckRecipient, Context, Lineage, Submit, SubmissionHandler
 from .server import SubmissionServer, client_tls_context
 from .tls import TlsContext
 
@@ -21,13 +21,14 @@ from .tls import TlsContext
 def build(config: Config, *, paths: Paths, authenticate: Authenticate, context: Context, submit: Submit,
           monthly_count: Callable[[int], Awaitable[int]], metrics: Metrics,
           on_queued: Callable[[str], Any] | None = None, budget: ByteBudget | None = None,
-          check_recipient: CheckRecipient | None = None) -> SubmissionServer:
+          check_recipient: CheckRecipient | None = None, lineage: Lineage | None = None) -> SubmissionServer:
     """The submission listeners. ``budget`` is the daemon's in-flight memory budget (shared with
     delivery); without one (tests) the listener gets its own of ``daemon.memory_budget``."""
     sub = config.submission
     handler = SubmissionHandler(sub, hostname=config.daemon.hostname, authenticate=authenticate, context=context,
                                 submit=submit, monthly_count=monthly_count, lifetime=config.queue.lifetime,
-                                metrics=metrics, on_queued=on_queued, check_recipient=check_recipient)
+                                metrics=metrics, on_queued=on_queued, check_recipient=check_recipient,
+                                lineage=lineage)
     tls = TlsContext(sub.tls_cert, sub.tls_key, tls_dir=paths.tls_dir, hostname=config.daemon.hostname)
     budget = budget if budget is not None else ByteBudget(config.daemon.memory_budget)
     return SubmissionServer(sub, handler=handler, tls=tls, hostname=config.daemon.hostname, budget=budget, metrics=metrics)

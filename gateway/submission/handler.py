@@ -6,13 +6,15 @@
           parallel sessions get no more guesses than the limit; a login or an address over its
           limit gets 454 4.7.0 for the cool-down without its password being looked at.
     EHLO  aiosmtpd's extensions plus PIPELINING and ENHANCEDSTATUSCODES
-    MAIL  syntax (UTF-8 only with SMTPUTF8), account (use case, tenant, domain), envelope sender,
-          SIZE, quota, rate limit
+    MAIL  syntax (UTF-8 only with SMTPUTF8), account (use case, tenant, domain), envelope sender
+          (a sender of the use case or an enabled, sending channel address of it), SIZE, quota,
+          rate limit
     RCPT  syntax, recipient limit (452 for the excess), duplicates collapsed, suppression list
           (``check_recipient``: 550 5.7.1, or accepted and dropped at DATA when the use case says so)
     DATA  bare CR/LF and NUL, header size, Received count, fields RFC 5322 allows once, From
-          header, prepare, queue.put (committed, group commit) and only then 250, whatever the
-          bookkeeping after the commit does
+          header, prepare (References rebuilt from our records; from a channel address: reply
+          copy, header/footer, vCard, see ``channel.py``), queue.put (committed, group commit)
+          and only then 250, whatever the bookkeeping after the commit does
 
 Every refusal is an ``SMTPError``: the client gets its public text, the log its reason (``_refuse``
 logs and counts it; the protocol accounts for the refusals aiosmtpd makes itself). Anything
@@ -26,7 +28,7 @@ import asyncio
 import binascii
 import time
 from base64 import b64decode
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import structlog
@@ -37,7 +39,7 @@ from ..config import SubmissionConfig
 from ..errors import SMTPError, StorageFull
 from ..metrics import Metrics
 from ..store.queue import NewMessage, QueueIds
-from . import policy, prepare
+from . import channel, policy, prepare
 from .ratelimit import AuthCooldown, QuotaTracker, RateLimiter, TtlCache
 
 log = structlog.get_logger("submission")
@@ -55,6 +57,7 @@ Authenticate = Callable[[str, str], Awaitable[dict[str, Any] | None]]
 Context = Callable[[int], Awaitable[dict[str, Any] | None]]
 Submit = Callable[[NewMessage], Awaitable[dict[str, Any]]]
 CheckRecipient = Callable[[dict[str, Any], str], Awaitable[str]]   # '' send, 'drop', or raises SMTPError
+Lineage = Callable[[int, Sequence[str]], Awaitable[list[str]]]      # store.queue.lineage
 
 
 def client_ip(server: Any) -> str:
@@ -78,7 +81,7 @@ class SubmissionHandler:
     def __init__(self, config: SubmissionConfig, *, hostname: str, authenticate: Authenticate, context: Context,
                  submit: Submit, monthly_count: Callable[[int], Awaitable[int]], lifetime: float,
                  metrics: Metrics | None = None, on_queued: Callable[[str], None] | None = None,
-                 check_recipient: CheckRecipient | None = None):
+                 check_recipient: CheckRecipient | None = None, lineage: Lineage | None = None):
         self.config = config
         self.hostname = hostname
         self.authenticate = authenticate
@@ -92,6 +95,7 @@ class SubmissionHandler:
         self.metrics = metrics or Metrics()
         self.on_queued = on_queued
         self.check_recipient = check_recipient
+        self.lineage = lineage
         self._commits: set[asyncio.Task[str]] = set()  # commits whose session may be gone (_accept)
 
     def configure(self, config: SubmissionConfig, lifetime: float) -> None:
@@ -225,7 +229,7 @@ class SubmissionHandler:
             policy.check_sender_syntax(address, utf8=envelope.smtp_utf8)
             ctx = await self._context(server)
             policy.check_account(ctx)
-            policy.check_envelope_sender(address, ctx.get("senders") or ())
+            sender_channel = policy.check_sender(address, ctx)
             declared = policy.size_param(mail_options)
             policy.check_size(declared, self.config.max_message_size)
             quota = ctx.get("monthly_quota") or 0
@@ -238,6 +242,7 @@ class SubmissionHandler:
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         envelope.ctx = ctx
+        envelope.channel = sender_channel   # the channel address record it sends from, or None
         envelope.seen = set()
         envelope.dropped = set()   # accepted at RCPT, not queued: suppressed under accept-and-drop
         envelope.declared_size = declared   # SIZE= of MAIL, read once: DATA reserves the budget by it
@@ -290,7 +295,7 @@ class SubmissionHandler:
         if found.from_fields != 1:
             raise SMTPError(550, "5.6.0", "Message must have exactly one From header", f"{found.from_fields} From headers")
         ctx = envelope.ctx
-        policy.check_header_senders(found.from_addresses, ctx.get("senders") or ())
+        sent_from = policy.check_from(found.from_addresses, ctx) or envelope.channel
         now = time.time()
         queue_id = self.ids.new(now)
         message_id = found.message_id or f"{queue_id}@{ctx['domain']}"
@@ -300,9 +305,18 @@ class SubmissionHandler:
         recipients = [r for r in envelope.rcpt_tos if r not in envelope.dropped]
         if not recipients:   # every recipient suppressed, accept-and-drop: nothing to queue
             return "250 2.0.0 Ok: accepted, nothing to send (suppressed recipients)"
-        # Prepared inside the received buffer: the message is held once, not twice (data.py).
+        chain = []
+        if self.lineage is not None and (found.in_reply_to or (sent_from and sent_from["vcard"] and found.parents)):
+            chain = await self.lineage(ctx["tenant_id"], found.parents)
+        edits, copy = await channel.edits(found, sent_from, chain)
+        if copy and policy.normalise(copy) not in {policy.normalise(r) for r in recipients}:
+            recipients.append(copy)   # the reply copy: an envelope recipient, never a header the recipients see
+        # Prepared inside the received buffer: the message is held once, not twice (data.py), unless
+        # the channel address changes its body.
         body = prepare.prepare_in_place(found, data, received=received, message_id=message_id,
-                                        add_message_id=found.message_id is None, now=now)
+                                        add_message_id=found.message_id is None, now=now, edits=edits)
+        if len(body) > cfg.max_message_size:
+            raise policy.message_too_big(cfg.max_message_size)
         parents = found.parents
         envelope.original_content = envelope.content = None
         del data, found

@@ -9,8 +9,10 @@ the answer: account and sender at MAIL, recipients at RCPT, content at the final
     553   5.1.7     malformed sender address (RFC 5321 grammar, RFC 6531 with SMTPUTF8, lengths)
     553   5.1.3     malformed recipient address
     553   5.6.7     non-ASCII address in a transaction that did not declare SMTPUTF8
-    553   5.7.1     MAIL FROM or header From not one of the use case's senders
-    550   5.7.1     use case / tenant / outbound disabled, domain not verified or failing
+    553   5.7.1     MAIL FROM or header From not one of the use case's senders (nor one of its
+                    channel addresses); a channel address of another use case
+    550   5.7.1     use case / tenant / outbound disabled, domain not verified or failing;
+                    sender a disabled or receive-only (direction inbound) channel address
     451   4.7.0     use case's rate limit reached
     452   4.5.3     tenant's monthly quota reached; recipients beyond the limit
     552   5.3.4     SIZE or message (or its header) over the limit
@@ -28,8 +30,9 @@ from typing import Any
 import idna
 
 from ..crlf import has_line_breakers, only_crlf
-from ..errors import SMTPError
+from ..errors import InvalidArgument, SMTPError
 from ..numbers import ascii_number  # protocol.py reads it as policy.ascii_number
+from ..suppression import normalise_address
 
 # RFC 5321 4.1.2, extended by RFC 6531 3.3: atext and qtext also take any non-ASCII character
 # (UTF8-non-ascii; we leave out C1 controls and Unicode white space), sub-domain takes U-labels
@@ -140,6 +143,53 @@ def check_header_senders(addresses: list[str], senders: Iterable[str]) -> None:
     for a in addresses:
         if not sender_allowed(a, senders):
             raise SMTPError(553, "5.7.1", "From header address not allowed for this login", f"header From {a} not in the use case's senders")
+
+
+def address_key(address: str) -> str:
+    """The one spelling channel addresses are stored in (suppression.normalise_address)."""
+    try:
+        return normalise_address(address)
+    except InvalidArgument:
+        return normalise(address)
+
+
+def channel_sender(address: str, ctx: Mapping[str, Any], what: str = "MAIL FROM") -> dict[str, Any] | None:
+    """The channel address record when ``address`` is one of the tenant's (``ctx['addresses']``, read
+    with the cached context) and it may send through this use case; None when it is no channel
+    address. A disabled one, a receive-only one and one of another use case are refused."""
+    record = (ctx.get("addresses") or {}).get(address_key(address))
+    if record is None:
+        return None
+    if not record["enabled"]:
+        raise SMTPError(550, "5.7.1", "Sender address disabled", f"{what} {address}: channel address disabled")
+    if record["direction"] == "inbound":
+        raise SMTPError(550, "5.7.1", "Sender address does not send (receive only)", f"{what} {address}: channel address is inbound only")
+    usecase_id = ctx["usecase_id"] if "usecase_id" in ctx else ctx.get("id")
+    if record["usecase_id"] != usecase_id:
+        # Its copy, footer and threads belong to its own use case: it sends through that one only.
+        raise SMTPError(553, "5.7.1", "Sender address not allowed for this login", f"{what} {address}: channel address of another use case")
+    return dict(record)
+
+
+def check_sender(address: str, ctx: Mapping[str, Any]) -> dict[str, Any] | None:
+    """MAIL FROM: a channel address that may send (its record returned), or one of the senders."""
+    record = channel_sender(address, ctx)
+    if record is None:
+        check_envelope_sender(address, ctx.get("senders") or ())
+    return record
+
+
+def check_from(addresses: list[str], ctx: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Header From as ``check_header_senders``, channel addresses allowed; the first one's record."""
+    if not addresses:
+        raise SMTPError(550, "5.6.0", "Message must have one From header with an address", "no From address")
+    found = None
+    for a in addresses:
+        record = channel_sender(a, ctx, "header From")
+        if record is None and not sender_allowed(a, ctx.get("senders") or ()):
+            raise SMTPError(553, "5.7.1", "From header address not allowed for this login", f"header From {a} not in the use case's senders")
+        found = found or record
+    return found
 
 
 def check_account(ctx: Mapping[str, Any]) -> None:

@@ -25,10 +25,11 @@ from email.utils import formatdate, getaddresses
 
 from ..headers import CRLF, Field, Parsed, message_ids, split_header
 
-__all__ = ["CRLF", "Field", "Parsed", "Inspected", "inspect", "message_ids", "prepare", "received_header", "safe_helo",
+__all__ = ["CRLF", "Edits", "Field", "Parsed", "Inspected", "inspect", "message_ids", "prepare", "received_header", "safe_helo",
            "split_header"]
 
 MAX_PARENTS = 30
+MAX_REFERENCES = 100   # ids kept from a client's References (the newest)
 _HELO_SAFE = re.compile(r"[^A-Za-z0-9.\-\[\]:_]")
 
 
@@ -41,6 +42,19 @@ class Inspected:
     message_id: str | None   # without <>, when the client set one we can use
     parents: tuple[str, ...]  # In-Reply-To then References newest first, without <>
     has_date: bool
+    in_reply_to: tuple[str, ...] = ()   # as the client sent them, without <>
+    references: tuple[str, ...] = ()    # oldest first, as the client sent them
+
+
+@dataclass(frozen=True)
+class Edits:
+    """Changes to the header (and body) beyond the standard ones: fields named in ``drop`` go,
+    ``add`` (raw fields) are appended, ``body`` (its pieces, blank separator line included) replaces
+    the body."""
+
+    drop: frozenset[bytes] = frozenset()
+    add: tuple[bytes, ...] = ()
+    body: tuple[bytes | bytearray | memoryview, ...] | None = None   # pieces, joined once
 
 
 def inspect(data: bytes | bytearray, *, max_header_bytes: int) -> Inspected:
@@ -79,7 +93,34 @@ def inspect(data: bytes | bytearray, *, max_header_bytes: int) -> Inspected:
         message_id=message_id,
         parents=tuple(parents[:MAX_PARENTS]),
         has_date=has_date,
+        in_reply_to=tuple(in_reply_to[:MAX_PARENTS]),
+        references=tuple(references[-MAX_REFERENCES:]),
     )
+
+
+def references(client: tuple[str, ...] | list[str], in_reply_to: tuple[str, ...] | list[str], chain: list[str],
+               limit: int = MAX_REFERENCES) -> list[str] | None:
+    """The References a reply carries: the client's, with the conversation we recorded (``chain``,
+    oldest first, ending with the recorded message it answers) put in where that message stands in
+    the client's list (or after the client's ids when it is not there: a client that stripped
+    References), and the In-Reply-To last. None when nothing is recorded or nothing changes. Over
+    ``limit`` ids, the first (the thread's root) and the newest are kept (as MUAs trim)."""
+    if not chain:
+        return None
+    client = list(client)
+    at = client.index(chain[-1]) if chain[-1] in client else len(client)
+    out: list[str] = []
+    for mid in [*client[:at], *chain, *client[at + 1:], *in_reply_to[:1]]:
+        if mid not in out:
+            out.append(mid)
+    if len(out) > limit:
+        out = out[:1] + out[-(limit - 1):]
+    return None if out == client else out
+
+
+def references_field(ids: list[str]) -> bytes:
+    """One id per line, folded (RFC 5322 3.6.4 allows folding between msg-ids)."""
+    return ("References: " + "\r\n ".join(f"<{i}>" for i in ids) + "\r\n").encode("utf-8")
 
 
 def safe_helo(helo: str | None) -> str:
@@ -102,11 +143,16 @@ def received_header(*, helo: str | None, client_ip: str, hostname: str, queue_id
     return ("\r\n".join(lines) + "\r\n").encode("utf-8", "surrogateescape")
 
 
-def _header(inspected: Inspected, *, received: bytes, message_id: str, add_message_id: bool, now: float | None) -> list[bytes]:
+def _header(inspected: Inspected, *, received: bytes, message_id: str, add_message_id: bool, now: float | None,
+            edits: Edits | None = None) -> list[bytes]:
     parts = [received]
     # A Message-ID field we could not use (no <id>) goes, so the message never carries two.
-    drop = (b"bcc", b"message-id") if add_message_id else (b"bcc",)
+    drop = {b"bcc", b"message-id"} if add_message_id else {b"bcc"}
+    if edits is not None:
+        drop |= edits.drop
     parts += [f.raw for f in inspected.parsed.fields if f.name not in drop]
+    if edits is not None:
+        parts += edits.add
     if add_message_id:
         parts.append(f"Message-ID: <{message_id}>\r\n".encode("ascii"))
     if not inspected.has_date:
@@ -114,9 +160,14 @@ def _header(inspected: Inspected, *, received: bytes, message_id: str, add_messa
     return parts
 
 
-def prepare(inspected: Inspected, *, received: bytes, message_id: str, add_message_id: bool, now: float | None = None) -> bytes:
-    """The message as queued: our Received on top, Bcc gone, Message-ID and Date added when missing."""
-    parts = _header(inspected, received=received, message_id=message_id, add_message_id=add_message_id, now=now)
+def prepare(inspected: Inspected, *, received: bytes, message_id: str, add_message_id: bool, now: float | None = None,
+            edits: Edits | None = None) -> bytes:
+    """The message as queued: our Received on top, Bcc gone, Message-ID and Date added when missing
+    (and ``edits`` applied)."""
+    parts = _header(inspected, received=received, message_id=message_id, add_message_id=add_message_id, now=now, edits=edits)
+    if edits is not None and edits.body is not None:
+        parts += edits.body
+        return b"".join(parts)
     body = inspected.parsed.body
     if not body:
         body = CRLF
@@ -125,17 +176,20 @@ def prepare(inspected: Inspected, *, received: bytes, message_id: str, add_messa
 
 
 def prepare_in_place(inspected: Inspected, data: bytes | bytearray, *, received: bytes, message_id: str, add_message_id: bool,
-                     now: float | None = None) -> bytes | bytearray:
+                     now: float | None = None, edits: Edits | None = None) -> bytes | bytearray:
     """``prepare`` without a second copy of the message: the new header block replaces the old one
     inside ``data`` (the received buffer ``inspected`` was made from) and the body is not copied,
     so a 24 MB message stays 24 MB instead of two. Returns ``data``; ``inspected``'s body view is
     released (do not use it afterwards). A message whose body is not a view into ``data`` (no
-    header/body separator) or not a bytearray is prepared by copy, as ``prepare`` does."""
+    header/body separator) or not a bytearray, or one given a new body, is prepared by copy, as
+    ``prepare`` does."""
     body = inspected.parsed.body
-    if not isinstance(data, bytearray) or not isinstance(body, memoryview) or body.obj is not data or not len(body):
-        return prepare(inspected, received=received, message_id=message_id, add_message_id=add_message_id, now=now)
+    if (not isinstance(data, bytearray) or not isinstance(body, memoryview) or body.obj is not data or not len(body)
+            or (edits is not None and edits.body is not None)):
+        return prepare(inspected, received=received, message_id=message_id, add_message_id=add_message_id, now=now, edits=edits)
     start = len(data) - len(body)
-    head = b"".join(_header(inspected, received=received, message_id=message_id, add_message_id=add_message_id, now=now))
+    head = b"".join(_header(inspected, received=received, message_id=message_id, add_message_id=add_message_id, now=now,
+                            edits=edits))
     body.release()           # a bytearray with a view on it cannot be resized
     data[:start] = head      # moves the body by the difference in place (no second buffer)
     return data

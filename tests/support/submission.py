@@ -122,7 +122,7 @@ async def submission_listener(tmp_path: Path, *, submission: dict[str, Any] | No
 
         server = build(config, paths=paths, authenticate=auth.authenticate, context=store.usecases.context,
                        submit=store.queue.put, monthly_count=store.queue.monthly_count, metrics=Metrics(), on_queued=queued,
-                       budget=budget)
+                       budget=budget, lineage=store.queue.lineage)
         listener = Listener(server, store, auth, ctx)
         await server.start()
         try:
