@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 import time
 
 import authres as authres_parser
@@ -14,8 +15,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from gateway.inbound.authres import MAX_SIGNATURES, authenticate, header_fields, summarise, with_header
+from gateway.inbound.authres import authenticate, header_fields, summarise, with_header
 from gateway.inbound.dnscache import DnsCache
+from gateway.inbound.signatures import MAX_SIGNATURES
 
 ME = "mx.gateway.test"
 CLIENT = "192.0.2.25"
@@ -207,6 +209,87 @@ async def test_every_signature_is_evaluated_up_to_the_bound(dns_server, key):
         many = sign(many, pem)
     verdict = await check(dns_server, many)
     assert [r for r, _, _ in verdict.dkim] == ["pass"] * MAX_SIGNATURES + ["policy"] * 2
+
+
+def ed25519_key():
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    private = ed25519.Ed25519PrivateKey.generate()
+    seed = private.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+    public = private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return base64.b64encode(seed), "v=DKIM1; k=ed25519; p=" + base64.b64encode(public).decode()
+
+
+# RFC 8301 refuses keys below 1,024 bits and cryptography will not make one: this 768-bit key was
+# made once with `openssl genrsa -traditional 768`, for this test only.
+SMALL_KEY = b"""\
+-----BEGIN RSA PRIVATE KEY-----
+MIIBygIBAAJhALhkwcwK5KzwrHkze2ih+toCRHhnvIB30Z0eUXb9umebxKFk6nnE
+r6GRRSQYIOcscwW6vsnacZJahA/YGnDb+zxag2hPJbDA7Z/Z35ngr06sBfhP6X6q
+h1I7XcoCVEUDewIDAQABAmBfd7MqvD0XGOiDO9daHfstolzm5fafoOmC6m6NJ+K5
+v9k3InOPpfi0suzUOjXW2pi1kj6a2hgmFs9pNR5ornpzBNLoLLBifZ7A5pEqKxcs
++2h/bDJkZTVm24ZQqlpXH5kCMQDkA3m0iNUzXqCNoreW5+VRPrYkuJ9neHE/ezG8
+PIGj9RstivRzKETTFb0yEKHWCqcCMQDPBq0+uA2V9IGV5XH1GahIQuBh4hK8yvZi
+wlRRyGnAopScJx98sqFopjAnMNTJ3w0CMENt9675DDu9zzMznKFnALzvE8R2SMW7
+q5n/X6zwI9KN6LSmNDZeAUR/WE0W+BUpXwIxAJms0x0jcrJFdYvXbegKy6gYPIds
+UYxi/NICfqTWp+mexcHEKNNfpgEQm937mXjgYQIwHdlOOIgRzj8oQGCxlBauFjEU
+XGYgHXyEC/pQgzKzJDfoVI4keXxY3tnfVdyWG1it
+-----END RSA PRIVATE KEY-----
+"""
+
+
+def small_rsa_key():
+    public = serialization.load_pem_private_key(SMALL_KEY, password=None).public_key()
+    der = public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return SMALL_KEY, "v=DKIM1; k=rsa; p=" + base64.b64encode(der).decode()
+
+
+async def test_dkim_key_kinds_and_signature_variants(dns_server, key):
+    pem, record = key
+    seed, ed_record = ed25519_key()
+    small_pem, small_record = small_rsa_key()
+    dns_server.add("sel._domainkey.acme.test", "TXT", record)
+    dns_server.add("ed._domainkey.acme.test", "TXT", ed_record)
+    dns_server.add("small._domainkey.acme.test", "TXT", small_record)
+    dns_server.add("revoked._domainkey.acme.test", "TXT", "v=DKIM1; k=rsa; p=")
+    dns_server.add("web._domainkey.acme.test", "TXT", record.replace("k=rsa;", "k=rsa; s=tlsrpt;"))
+    base = message()
+    ed = dkim.sign(base, b"ed", b"acme.test", seed, signature_algorithm=b"ed25519-sha256") + base
+    assert (await check(dns_server, ed)).dkim == [("pass", "acme.test", "ed")]
+    assert (await check(dns_server, ed.replace(b"Hello.", b"Hi."))).dkim[0][0] == "fail"
+    length = dkim.sign(base, b"sel", b"acme.test", pem, length=True) + base
+    assert (await check(dns_server, length + b"-- \r\nAppended by a list\r\n")).dkim[0][0] == "pass"
+    sha1 = dkim.sign(base, b"sel", b"acme.test", pem, signature_algorithm=b"rsa-sha1") + base
+    assert (await check(dns_server, sha1)).dkim[0][0] == "fail"  # RFC 8301
+    expired = sign(base, pem).replace(b"DKIM-Signature: v=1;", b"DKIM-Signature: v=1; x=1000000000;", 1)
+    assert (await check(dns_server, expired)).dkim[0][0] == "fail"
+    assert (await check(dns_server, sign(base, small_pem, selector="small"))).dkim[0][0] == "permerror"
+    assert (await check(dns_server, sign(base, pem, selector="revoked"))).dkim[0][0] == "permerror"
+    assert (await check(dns_server, sign(base, pem, selector="web"))).dkim[0][0] == "permerror"
+    wrong_type = sign(base, pem).replace(b"s=sel", b"s=ed")
+    assert (await check(dns_server, wrong_type)).dkim[0][0] == "permerror"
+    no_from = re.sub(rb"h=[^;]*;", b"h=to : subject;", sign(base, pem), count=1)
+    assert (await check(dns_server, no_from)).dkim[0][0] == "neutral"
+
+
+async def test_dkim_verdicts_agree_with_dkimpy(dns_server, key):
+    """Our verifier (dkimpy's canonicalization, OpenSSL's RSA) against dkimpy's own verify."""
+    pem, record = key
+    dns_server.add("sel._domainkey.acme.test", "TXT", record)
+    base = message(body="Line one.\r\n  indented  line \t\r\n\r\n\r\n")
+    cases = []
+    for canon in ((b"relaxed", b"relaxed"), (b"simple", b"simple"), (b"relaxed", b"simple"), (b"simple", b"relaxed")):
+        signed = dkim.sign(base, b"sel", b"acme.test", pem, canonicalize=canon,
+                           include_headers=[b"from", b"to", b"subject", b"date", b"from"]) + base
+        cases += [signed, signed.replace(b"  indented  line", b" indented line"), signed.replace(b"Subject: Question",
+                  b"Subject:  Question"), signed.replace(b"Subject: Question", b"subject:Question"),
+                  signed.replace(b"\r\n\r\nLine", b"\r\nFrom: Mallory <m@evil.test>\r\n\r\nLine"),
+                  signed.replace(b"Line one.", b"Line 1.")]
+    records = {b"sel._domainkey.acme.test.": record.encode()}
+    for raw in cases:
+        expected = "pass" if dkim.verify(raw, dnsfunc=lambda name, timeout=5: records.get(name)) else "fail"
+        assert (await check(dns_server, raw)).dkim[0][0] == expected, raw
+    assert {"pass", "fail"} <= {(await check(dns_server, raw)).dkim[0][0] for raw in cases}
 
 
 # ------------------------------------------------------------------------------------------- DMARC

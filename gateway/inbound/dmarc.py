@@ -50,6 +50,7 @@ def _suffixes() -> PublicSuffixList:
     return PublicSuffixList()  # read-only once loaded; loading takes a while, so once, on first use
 
 
+@functools.lru_cache(maxsize=4096)  # the same few sender domains, message after message
 def organizational_domain(domain: str) -> str:
     """The registrable domain (3.2): one label below the longest public suffix; the name itself
     when it is a public suffix (or has nothing above one)."""

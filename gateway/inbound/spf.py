@@ -2,8 +2,12 @@
 
 Our own evaluator, not pyspf. pyspf is synchronous (its DNS goes through a module-level lookup
 function and a per-query cache), so on the event loop it needs a thread per check and asks DNS
-afresh for every message. (Measurement: see scripts/bench_authres.py; figures follow.) The record grammar is shared with domain verification (gateway/domains/spf.py
-``parse``); what differs is that a receiver walks only the path the client's address takes.
+afresh for every message. Measured back to back on this 2-core machine (shared, load ~5), one
+include then mx and ip4 terms, the tests' DNS server on loopback: pyspf 2.0.14 in a thread 225
+checks/s (``scripts/bench_authres.py --pyspf``), this evaluator on DnsCache 4,734 checks/s
+(``--spf-only``), against the MX's 1,500 msg/s target. The record grammar is shared with domain
+verification (gateway/domains/spf.py ``parse``); what differs is that a receiver walks only the
+path the client's address takes.
 
 Bounds (4.6.4): at most 10 DNS-querying terms (include, a, mx, ptr, exists, redirect) in the whole
 evaluation, at most 2 of them void (NXDOMAIN or no answer), at most 10 names per mx and ptr; past
