@@ -146,6 +146,12 @@ async def test_spf_null_sender_checks_helo(dns_server):
     assert parsed(verdict)[("spf", "pass")] == {("smtp", "helo"): "mail.acme.test"}
 
 
+async def test_spf_null_sender_with_an_address_literal_helo_is_none(dns_server):
+    verdict = await check(dns_server, mail_from="", helo="[192.0.2.25]")
+    assert verdict.spf == "none"
+    assert dns_server.queries == [] or all(not n.startswith("192.0.2.25") for n, _ in dns_server.queries)
+
+
 async def test_spf_servfail_is_temperror(dns_server):
     dns_server.servfail("acme.test", "TXT")
     verdict = await check(dns_server)
@@ -194,6 +200,11 @@ async def test_dkim_missing_key_unreadable_signature_and_dns_error(dns_server, k
     assert (await check(dns_server, signed)).dkim == [("temperror", "acme.test", "gone")]
     broken = b"DKIM-Signature: this is not a tag list\r\n" + message()
     assert (await check(dns_server, broken)).dkim[0][0] == "neutral"
+    unreadable = signed.replace(b" bh=", b" bh=!!", 1)  # an invalid signature costs no key lookup
+    dns_server.heal()
+    asked = dns_server.queried("gone._domainkey.acme.test", "TXT")
+    assert (await check(dns_server, unreadable)).dkim == [("neutral", "acme.test", "gone")]
+    assert dns_server.queried("gone._domainkey.acme.test", "TXT") == asked
 
 
 async def test_every_signature_is_evaluated_up_to_the_bound(dns_server, key):
@@ -290,6 +301,41 @@ async def test_dkim_verdicts_agree_with_dkimpy(dns_server, key):
         expected = "pass" if dkim.verify(raw, dnsfunc=lambda name, timeout=5: records.get(name)) else "fail"
         assert (await check(dns_server, raw)).dkim[0][0] == expected, raw
     assert {"pass", "fail"} <= {(await check(dns_server, raw)).dkim[0][0] for raw in cases}
+
+
+async def test_large_message_is_verified_off_the_loop_with_the_same_result(dns_server, key):
+    pem, record = key
+    dns_server.add("sel._domainkey.acme.test", "TXT", record)
+    big = sign(message(body="x" * 76 + "\r\n" * 1 + ("y" * 998 + "\r\n") * 400), pem)
+    assert len(big) > 300_000
+    assert (await check(dns_server, big)).dkim[0][0] == "pass"
+    assert (await check(dns_server, big[:-10] + b"tampered\r\n")).dkim[0][0] == "fail"
+
+
+HOSTILE = [
+    b"",
+    b"\r\n\r\n",
+    b"no header section at all",
+    b"From\r\n\r\nbody",
+    b"From: <>\r\nDKIM-Signature: v=1; a=rsa-sha256; d=acme.test; s=sel; h=from; bh=!!; b=??\r\n\r\nx",
+    b"DKIM-Signature: v=1; a=rsa-sha256; d=ac(me.test; s=sel; h=from; bh=AAAA; b=AAAA\r\nFrom: a@acme.test\r\n\r\n",
+    b"DKIM-Signature: " + b"a=" * 5000 + b"\r\nFrom: a@acme.test\r\n\r\n",
+    b"From: =?utf-8?q?=FF=FE?= <a@\xff\xfe.test>, \"x\" <@>, group: b@acme.test;\r\n\r\n",
+    b"From: a@" + b"very-long-label" * 30 + b".test\r\n\r\n",
+    b"\x00\x01\x02: \xff\r\n continuation without field\r\nFrom: a@acme.test\r\n\r\n\x00",
+    b"ARC-Seal: i=1; a=rsa-sha256; cv=none; d=relay.test; s=arc; b=AAAA\r\nFrom: a@acme.test\r\n\r\n",
+    b"ARC-Seal: i=99; cv=pass\r\n" * 12 + b"From: a@acme.test\r\n\r\n",
+]
+
+
+@pytest.mark.parametrize("raw", HOSTILE)
+async def test_hostile_messages_get_a_verdict_not_an_exception(dns_server, raw):
+    dns_server.add("_dmarc.acme.test", "TXT", "v=DMARC1; p=reject")
+    verdict = await check(dns_server, raw)
+    assert verdict.spf == "none" and verdict.header.startswith(ME + ";")
+    authres_parser.AuthenticationResultsHeader.parse_value(verdict.header)
+    stored = with_header(raw, verdict)
+    assert stored.startswith(b"Authentication-Results: " + ME.encode() + b";")
 
 
 # ------------------------------------------------------------------------------------------- DMARC

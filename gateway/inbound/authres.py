@@ -33,7 +33,7 @@ from . import dmarc as dmarc_policy
 from . import signatures as signatures_
 from . import spf as spf_check
 from .dnscache import DnsCache
-from .signatures import MAX_SIGNATURES, domain_selector, key_name, tags
+from .signatures import MAX_SIGNATURES, domain_selector, invalid, key_name, tags
 
 MAX_FROM_DOMAINS = 5    # From domains DMARC is applied to (RFC 7489 6.6.1: the strictest wins)
 THREAD_ABOVE = 256 * 1024  # messages larger than this are hashed in a worker thread, off the loop
@@ -104,7 +104,8 @@ async def authenticate(message: bytes, *, client_ip: str, helo: str, mail_from: 
         async with asyncio.timeout(budget):
             spf, keys, arc = await asyncio.gather(
                 spf_check.check(dns, client_ip=client_ip, mail_from=mail_from, helo=helo),
-                signatures_.fetch_keys(dns, {n for n in map(key_name, signatures[:MAX_SIGNATURES]) if n}),
+                signatures_.fetch_keys(dns, {key_name(sig) for sig in signatures[:MAX_SIGNATURES]
+                                             if key_name(sig) and not invalid(sig)}),
                 _arc_keys(dns, arc_names),
             )
             dkim_results, arc_result = await _verify(message, signatures, keys, arc)

@@ -114,6 +114,17 @@ def public_key(record: bytes):
     raise UnusableKey(f"unknown key type k={kind.decode('ascii', 'replace')}")
 
 
+def invalid(sig: dict[bytes, bytes]) -> str:
+    """Why the signature's fields are not a valid DKIM-Signature ('' when they are)."""
+    if not sig:
+        return "not a tag=value list"
+    try:
+        dkim.validate_signature_fields(sig)
+    except Exception as exc:  # noqa: BLE001 - ValidationError, or worse on hostile input
+        return str(exc) or type(exc).__name__
+    return ""
+
+
 def _expired(problem: str) -> bool:
     return "x= value is past" in problem or "expired" in problem
 
@@ -139,10 +150,9 @@ class Message:
 
     def verify(self, index: int, sig: dict[bytes, bytes], record: bytes) -> str:
         """The result of the index-th DKIM-Signature field, whose tags are ``sig``."""
-        try:
-            dkim.validate_signature_fields(sig)
-        except dkim.ValidationError as exc:
-            return "fail" if _expired(str(exc)) else "neutral"
+        problem = invalid(sig)
+        if problem:
+            return "fail" if _expired(problem) else "neutral"
         algorithm = sig[b"a"]
         if algorithm not in ALGORITHMS:
             return "fail"  # rsa-sha1 (RFC 8301 3.1: not valid)
@@ -191,8 +201,9 @@ def verify(raw: bytes, signatures: list[dict[bytes, bytes]], keys: dict[str, byt
         d, s = domain_selector(sig)
         name = key_name(sig)
         key = keys.get(name) if name else None
-        if not sig or name is None:
-            results.append(("neutral", d, s))
+        problem = invalid(sig)
+        if not sig or name is None or problem:
+            results.append(("fail" if _expired(problem) else "neutral", d, s))
         elif isinstance(key, str):
             results.append(("temperror", d, s))
         elif key is None:

@@ -66,7 +66,7 @@ async def check(dns: DnsCache, *, client_ip: str, mail_from: str, helo: str) -> 
         return SpfResult("permerror", domain, kind, f"client address {client_ip!r} is not an IP address")
     if ip.version == 6 and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    if not _valid_domain(domain):
+    if not _valid_domain(domain) or _is_ip(domain):
         return SpfResult("none", domain, kind, "not a multi-label domain name (4.3)")
     walk = _Walk(dns, ip, sender, helo.strip().strip("[]").lower())
     try:
@@ -74,6 +74,14 @@ async def check(dns: DnsCache, *, client_ip: str, mail_from: str, helo: str) -> 
     except _Stop as stop:
         return SpfResult(stop.result, domain, kind, stop.reason, walk.lookups)
     return SpfResult(result, domain, kind, walk.reason, walk.lookups)
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _valid_domain(domain: str) -> bool:
