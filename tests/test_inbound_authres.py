@@ -393,6 +393,12 @@ async def test_dmarc_organizational_domain_under_a_multi_label_public_suffix(dns
     assert dns_server.queried("_dmarc.co.uk", "TXT") == 0 and dns_server.queried("_dmarc.sub.acme.co.uk", "TXT") == 0
 
 
+async def test_dmarc_of_an_internationalised_from_domain_asks_its_a_labels(dns_server):
+    dns_server.add("_dmarc.xn--bcher-kva.test", "TXT", "v=DMARC1; p=reject")
+    verdict = await check(dns_server, message(sender="info@bücher.test"), mail_from="x@elsewhere.test")
+    assert (verdict.from_domain, verdict.dmarc, verdict.reject_by_dmarc) == ("xn--bcher-kva.test", "fail", True)
+
+
 async def test_dmarc_none_without_record_and_with_two_records(dns_server):
     assert (await check(dns_server)).dmarc == "none"
     dns_server.add("_dmarc.acme.test", "TXT", "v=DMARC1; p=reject", "v=DMARC1; p=none")

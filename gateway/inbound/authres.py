@@ -178,10 +178,11 @@ def _from_domains(fields: list[tuple[str, bytes]]) -> list[str]:
     for _, address in email.utils.getaddresses(values):
         domain = address.rpartition("@")[2].strip().rstrip(".").lower()
         if "@" in address and domain:
-            try:
-                domain = idna.encode(domain, uts46=True).decode()
-            except idna.IDNAError:
-                pass
+            if not domain.isascii():  # U-labels to A-labels; idna is slow, so only when needed
+                try:
+                    domain = idna.encode(domain, uts46=True).decode()
+                except idna.IDNAError:
+                    pass
             if domain not in domains:
                 domains.append(domain)
     return domains
