@@ -139,6 +139,31 @@ async def test_spf_third_void_lookup_is_permerror(dns_server):
     assert verdict.spf == "permerror" and "void" in verdict.reasons["spf"]
 
 
+async def test_spf_ptr_and_the_mx_name_bound(dns_server):
+    dns_server.add("acme.test", "TXT", "v=spf1 ptr -all")
+    dns_server.add("25.2.0.192.in-addr.arpa", "PTR", "mail.acme.test.")
+    dns_server.add("mail.acme.test", "A", CLIENT)
+    assert (await check(dns_server)).spf == "pass"
+    dns_server.set("mail.acme.test", "A", "192.0.2.99")  # the name does not lead back: not validated
+    assert (await check(dns_server)).spf == "fail"
+    dns_server.set("acme.test", "TXT", "v=spf1 mx -all")
+    dns_server.add("acme.test", "MX", *(f"{i} mx{i}.acme.test." for i in range(11)))
+    verdict = await check(dns_server)
+    assert verdict.spf == "permerror" and "MX names" in verdict.reasons["spf"]
+
+
+async def test_dns_errors_are_not_cached_negative_answers_are(dns_server):
+    dns = cache(dns_server)
+    dns_server.servfail("acme.test", "TXT")
+    assert (await check(dns_server, dns=dns)).spf == "temperror"
+    dns_server.heal()
+    dns_server.add("acme.test", "TXT", f"v=spf1 ip4:{CLIENT} -all")
+    assert (await check(dns_server, dns=dns)).spf == "pass"
+    asked = dns_server.queried("_dmarc.acme.test", "TXT")
+    await check(dns_server, dns=dns)
+    assert dns_server.queried("_dmarc.acme.test", "TXT") == asked  # its NXDOMAIN is kept for the SOA's TTL
+
+
 async def test_spf_null_sender_checks_helo(dns_server):
     dns_server.add("mail.acme.test", "TXT", f"v=spf1 ip4:{CLIENT} -all")
     verdict = await check(dns_server, mail_from="")
