@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa, utils
 from dkim.canonicalization import CanonicalizationPolicy, InvalidCanonicalizationPolicyError
 
+from ..errors import RecordError
 from .dnscache import DnsCache
 
 MAX_SIGNATURES = 5      # DKIM-Signature fields evaluated; more are reported as "policy" (RFC 8601 2.7.1)
@@ -82,20 +83,18 @@ def arc_key_names(fields: list[tuple[str, bytes]]) -> set[str] | None:
     return {n for n in (key_name(t) for t in arc) if n}
 
 
-class UnusableKey(Exception):
-    """The key record cannot verify anything: revoked, malformed, wrong type, too small."""
-
-
 @functools.lru_cache(maxsize=1024)  # the same few senders' keys, message after message
 def public_key(record: bytes):
+    """The key a DKIM key record publishes; RecordError when it cannot verify anything (revoked,
+    malformed, of another service or type, too small)."""
     key = tags(record)
     if not key or key.get(b"v", b"DKIM1") != b"DKIM1":
-        raise UnusableKey("not a DKIM1 key record")
+        raise RecordError("not a DKIM1 key record")
     if not {b"*", b"email"} & {t.strip() for t in key.get(b"s", b"*").split(b":")}:
-        raise UnusableKey("key is not for email (s=)")
+        raise RecordError("key is not for email (s=)")
     data = re.sub(rb"\s", b"", key.get(b"p", b""))
     if not data:
-        raise UnusableKey("key revoked (empty p=)")
+        raise RecordError("key revoked (empty p=)")
     kind = key.get(b"k", b"rsa")
     try:
         raw = base64.b64decode(data, validate=True)
@@ -104,13 +103,13 @@ def public_key(record: bytes):
         if kind == b"rsa":
             loaded = serialization.load_der_public_key(raw)
             if not isinstance(loaded, rsa.RSAPublicKey):
-                raise UnusableKey("k=rsa but not an RSA key")
+                raise RecordError("k=rsa but not an RSA key")
             if loaded.key_size < MIN_RSA_BITS:
-                raise UnusableKey(f"RSA key of {loaded.key_size} bits (RFC 8301: at least {MIN_RSA_BITS})")
+                raise RecordError(f"RSA key of {loaded.key_size} bits (RFC 8301: at least {MIN_RSA_BITS})")
             return loaded
     except (ValueError, TypeError) as exc:
-        raise UnusableKey(f"key cannot be parsed: {exc}") from None
-    raise UnusableKey(f"unknown key type k={kind.decode('ascii', 'replace')}")
+        raise RecordError(f"key cannot be parsed: {exc}") from None
+    raise RecordError(f"unknown key type k={kind.decode('ascii', 'replace')}")
 
 
 def invalid(sig: dict[bytes, bytes]) -> str:
@@ -161,7 +160,7 @@ class Message:
             return "neutral"
         try:
             key = public_key(record)
-        except UnusableKey as exc:
+        except RecordError as exc:
             log.debug("dkim key for d=%s unusable: %s", sig.get(b"d"), exc)
             return "permerror"
         if isinstance(key, ed25519.Ed25519PublicKey) != (algorithm == b"ed25519-sha256"):
