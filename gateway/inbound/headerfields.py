@@ -1,0 +1,155 @@
+"""Header fields of a MIME entity, read the way ``email.policy.default`` reads them, at a fraction
+of its cost.
+
+Why not ``email`` for everything: its header objects are built anew on every access and cost
+25-300 µs each (Content-Type ~150 µs, a To list ~300 µs, measured on this machine); a reply with two
+attachments needs ~30 of them, several milliseconds, where the processor has 2 ms per message for
+all its work. Almost every field is simple (``application/pdf; name="receipt.pdf"``,
+``Carla <carla@example.com>``), so the simple ones are read here with one regular expression, and
+anything else (RFC 2231 parameters, encoded words, comments, quoted display names, groups) goes to
+``email.policy.default``'s own header parser: the rules are the standard library's, only the easy
+cases are short-cut (tests/test_inbound_mime.py checks both paths agree).
+
+Text in, text out: the block's bytes are decoded before (UTF-8, else Windows-1252 per line, see
+mime.py), so no surrogate escape reaches a value.
+"""
+
+from __future__ import annotations
+
+import re
+from email import policy, utils
+from email.headerregistry import BaseHeader
+
+_FACTORY = policy.default.header_factory
+_UNFOLD = re.compile(r"\r?\n(?=[ \t])")
+_FIELD_START = re.compile(r"\r?\n(?![ \t])")
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_SIMPLE_TYPE = re.compile(rf"\s*({_TOKEN})\s*(?:/\s*({_TOKEN}))?\s*(?:;|$)")
+_SIMPLE_PARAM = re.compile(rf'\s*({_TOKEN})\s*=\s*("(?:[^"\\]|\\.)*"|[^;\s"]*)\s*(?:;|$)')
+_HARD_PARAMS = re.compile(r"\*\s*=|\*\d|=\?|\(")   # RFC 2231, encoded words, comments: email reads those
+_QUOTED_PAIR = re.compile(r"\\(.)")
+_SIMPLE_MAILBOX = re.compile(r"\s*(?:([^\"(),.:;<>@\[\]\\=?]*?)\s*<([^<>\s\"(),:;\\]+@[^<>\s\"(),:;\\]+)>|"
+                             r"([^<>\s\"(),:;\\]+@[^<>\s\"(),:;\\]+))\s*(?:,|$)")
+
+
+class Fields:
+    """The fields of one header block: (lower-case name, unfolded value) in order."""
+
+    __slots__ = ("items", "_first")
+
+    def __init__(self, items: list[tuple[str, str]]):
+        self.items = items
+        self._first: dict[str, str] = {}
+        for key, value in items:
+            self._first.setdefault(key, value)
+
+    def get(self, name: str, default: str = "") -> str:
+        """The first field called ``name`` (lower case)."""
+        return self._first.get(name, default)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._first
+
+
+def fields(text: str) -> Fields:
+    """Split a header block (as text, line ends kept) into fields; lines that are neither a field nor
+    a continuation were already excluded by the caller (mime.py's ``split``)."""
+    items: list[tuple[str, str]] = []
+    for field in _FIELD_START.split(text):
+        name, colon, value = field.partition(":")
+        if colon and name.strip():
+            items.append((name.strip().lower(), (_UNFOLD.sub("", value) if "\n" in value else value).strip()))
+    return Fields(items)
+
+
+def parsed(name: str, value: str) -> BaseHeader:
+    """``email.policy.default``'s reading of one field (may raise on hostile input: callers catch)."""
+    return _FACTORY(name, value)
+
+
+def content_type(value: str, default: str = "text/plain") -> tuple[str, dict[str, str], list[str]]:
+    """(type/subtype lower-cased, parameters by lower-case name, defects) of a Content-Type value;
+    ``default`` when it is absent or is not type/subtype (RFC 2045 5.2)."""
+    if not value:
+        return default, {}, []
+    simple = _simple_params(value)
+    if simple is not None:
+        kind, params = simple
+        if "/" not in kind:
+            return default, params, [f"Content-Type {value[:60]!r} is not type/subtype"]
+        return kind, params, []
+    header = parsed("content-type", value)
+    kind = header.content_type if "/" in str(header.content_type) else default
+    return kind, dict(header.params), _defects(header)
+
+
+def content_disposition(value: str) -> tuple[str, dict[str, str], list[str]]:
+    """('inline' | 'attachment' | other, lower case; '' when absent), parameters, defects."""
+    if not value:
+        return "", {}, []
+    simple = _simple_params(value)
+    if simple is not None:
+        return simple[0], simple[1], []
+    header = parsed("content-disposition", value)
+    return (header.content_disposition or "").lower(), dict(header.params), _defects(header)
+
+
+def _defects(header: BaseHeader) -> list[str]:
+    """What email found wrong with a field, each once, as readable text."""
+    return list(dict.fromkeys(str(d) or type(d).__name__ for d in header.defects))
+
+
+def _simple_params(value: str) -> tuple[str, dict[str, str]] | None:
+    if _HARD_PARAMS.search(value):
+        return None
+    m = _SIMPLE_TYPE.match(value)
+    if m is None:
+        return None
+    kind = m.group(1).lower() + ("/" + m.group(2).lower() if m.group(2) else "")
+    params: dict[str, str] = {}
+    pos = m.end()
+    while pos < len(value):
+        p = _SIMPLE_PARAM.match(value, pos)
+        if p is None or p.end() == pos:
+            return None
+        raw = p.group(2)
+        params[p.group(1).lower()] = _QUOTED_PAIR.sub(r"\1", raw[1:-1]) if raw.startswith('"') else raw
+        pos = p.end()
+    return kind, params
+
+
+def addresses(name: str, value: str) -> list[tuple[str, str]]:
+    """(addr-spec, display name) of each mailbox in an address list (groups flattened)."""
+    if not value:
+        return []
+    found: list[tuple[str, str]] = []
+    pos = 0
+    if "=?" not in value:
+        while pos < len(value):
+            m = _SIMPLE_MAILBOX.match(value, pos)
+            if m is None or m.end() == pos:
+                found = []
+                break
+            found.append((m.group(2), m.group(1).strip()) if m.group(2) else (m.group(3), ""))
+            pos = m.end()
+        else:
+            return found
+    header = parsed(name, value)
+    return [(a.addr_spec, a.display_name) for a in header.addresses]
+
+
+def unstructured(name: str, value: str) -> str:
+    """A Subject-like value with its encoded words decoded."""
+    if "=?" not in value:
+        return value
+    return str(parsed(name, value))
+
+
+def timestamp(value: str) -> float | None:
+    """The Date value as a POSIX time; None when it cannot be read."""
+    if not value:
+        return None
+    try:
+        return utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None

@@ -1,0 +1,209 @@
+"""MIME parsing of received mail: the corpus under tests/data/mime/, table-driven, and the bounds.
+
+Each ``NAME.eml`` has a ``NAME.json`` beside it saying what the parse must find: header fields,
+snippets the text and HTML bodies contain (and must not), the attachments in depth-first order
+(name, type, inline flag, Content-ID, size, SHA-256 or first bytes) and substrings of the defects
+(an empty list: no defect at all). The bombs too large to commit are generated here.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from gateway.inbound import filenames
+from gateway.inbound.mime import MimeLimits, parse
+from gateway.inbound.reply import stripped_reply
+
+CORPUS = Path(__file__).parent / "data" / "mime"
+CASES = sorted(p.stem for p in CORPUS.glob("*.eml"))
+
+
+def expectation(name: str) -> dict:
+    return json.loads((CORPUS / f"{name}.json").read_text())
+
+
+def test_the_corpus_has_every_shape_the_issue_names():
+    assert {"apple_nested", "forwarded_rfc822", "cid_inline", "rfc2231_names", "hostile_names", "broken_base64",
+            "deep_nesting_bomb", "outlook", "gmail", "thunderbird", "plain_nonmime", "latin1_nocharset"} <= set(CASES)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_corpus_message(name):
+    want = expectation(name)
+    limits = MimeLimits(**want.get("limits", {}))
+    got = parse((CORPUS / f"{name}.eml").read_bytes(), limits)
+
+    for key in ("message_id", "in_reply_to", "references", "subject", "cc", "to", "auto_submitted", "precedence"):
+        if key in want:
+            assert getattr(got, key) == want[key], key
+    if "from" in want:
+        assert list(got.from_) == want["from"]
+    for field, value in want.get("headers", {}).items():
+        assert got.headers[field] == value
+    for snippet in want.get("text", []):
+        assert snippet in got.text
+    for snippet in want.get("text_not", []):
+        assert snippet not in got.text
+    if want.get("html") == []:
+        assert got.html == ""
+    for snippet in want.get("html", []):
+        assert snippet in got.html
+    if "html_order" in want:
+        positions = [got.html.index(s) for s in want["html_order"]]
+        assert positions == sorted(positions)
+
+    assert [p.filename for p in got.attachments] == [a["filename"] for a in want["attachments"]]
+    for part, a in zip(got.attachments, want["attachments"]):
+        data = part.data()
+        assert part.size == len(data)
+        assert part.inline == a.get("inline", False), part.filename
+        for key in ("content_type", "content_id", "disposition", "size"):
+            if key in a:
+                assert getattr(part, key) == a[key], (part.filename, key)
+        if "sha256" in a:
+            assert hashlib.sha256(data).hexdigest() == a["sha256"], part.filename
+        if "starts_with" in a:
+            assert data.startswith(a["starts_with"].encode()), part.filename
+        if "contains" in a:
+            assert a["contains"].encode() in data
+        assert b"".join(part.chunks()) == data
+    if "downloads" in want:
+        assert [p.filename for p in got.downloads] == want["downloads"]
+
+    if want["defects"] == []:
+        assert got.defects == []
+    for snippet in want["defects"]:
+        assert any(snippet in d for d in got.defects), (snippet, got.defects)
+    if "stripped" in want:
+        assert stripped_reply(got.text) == want["stripped"]
+    if "stripped_html" in want:
+        assert stripped_reply("", got.html) == want["stripped_html"]
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_corpus_message_with_bare_lf_line_ends(name):
+    # Polled mailboxes hand over LF-only files: the same parts, names and bodies.
+    raw = (CORPUS / f"{name}.eml").read_bytes()
+    want = expectation(name)
+    got = parse(raw.replace(b"\r\n", b"\n"), MimeLimits(**want.get("limits", {})))
+    assert [p.filename for p in got.attachments] == [a["filename"] for a in want["attachments"]]
+    for snippet in want.get("text", []):
+        assert snippet in got.text
+
+
+def multipart(parts: list[bytes], boundary: str = "b") -> bytes:
+    body = b"".join(b"--" + boundary.encode() + b"\r\n" + p + b"\r\n" for p in parts)
+    return (b"From: a@example.com\r\nSubject: s\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\""
+            + boundary.encode() + b"\"\r\n\r\n" + body + b"--" + boundary.encode() + b"--\r\n")
+
+
+def attachment(name: str, data: bytes) -> bytes:
+    return (f"Content-Type: application/octet-stream; name=\"{name}\"\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+            .encode() + base64.encodebytes(data).replace(b"\n", b"\r\n"))
+
+
+def test_many_parts_bomb_keeps_the_rest_as_one_unparsed_attachment():
+    parts = [b"Content-Type: text/plain\r\n\r\nfirst"] + [attachment(f"f{i}.bin", b"x%d" % i) for i in range(5000)]
+    raw = multipart(parts)
+    got = parse(raw, MimeLimits(max_parts=100))
+    # The message itself is entity 1: 99 parts walked, the remaining 4901 kept raw in one piece.
+    assert got.text == "first"
+    assert len(got.attachments) == 99
+    rest = got.attachments[-1]
+    assert rest.filename == "unparsed-1.txt"
+    assert got.attachments[-2].filename == "f97.bin"
+    assert rest.data().startswith(b"Content-Type: application/octet-stream; name=\"f98.bin\"")
+    assert rest.data().endswith(b"--b--\r\n")
+    assert any("more than 100 MIME parts" in d for d in got.defects)
+
+
+def test_decoded_size_bound_keeps_the_rest_unparsed():
+    big = bytes(range(256)) * 400  # 100 KiB
+    raw = multipart([b"Content-Type: text/plain\r\n\r\nhello", attachment("one.bin", big), attachment("two.bin", big)])
+    got = parse(raw, MimeLimits(max_decoded_bytes=150_000))
+    assert [p.filename for p in got.attachments] == ["one.bin", "unparsed-1.txt"]
+    assert got.attachments[0].data() == big
+    assert got.attachments[1].data().startswith(b"Content-Type: application/octet-stream; name=\"two.bin\"")
+    assert any("over 150000 decoded bytes" in d for d in got.defects)
+
+
+def test_header_block_bound():
+    raw = b"From: a@example.com\r\n" + b"X-Filler: " + b"y" * 200 + b"\r\n" * 1 + (b"X-More: z\r\n" * 2000) + \
+        b"Subject: late\r\n\r\nbody text\r\n"
+    got = parse(raw, MimeLimits(max_header_bytes=4096))
+    assert got.text == "body text\n"  # a single-part body keeps its last line end; the one before a boundary is the boundary's
+    assert got.subject == ""  # past the bound: not read
+    assert got.from_ == ("a@example.com", "")
+    assert any("header block over 4096 bytes" in d for d in got.defects)
+
+
+def test_message_rfc822_inside_is_never_walked_even_when_it_is_a_bomb():
+    inner = multipart([b"Content-Type: text/plain\r\n\r\ninner"] * 50, boundary="in")
+    raw = multipart([b"Content-Type: text/plain\r\n\r\nouter", b"Content-Type: message/rfc822\r\n\r\n" + inner])
+    got = parse(raw, MimeLimits(max_parts=10))
+    assert got.text == "outer"
+    assert [p.filename for p in got.attachments] == ["s.eml"]
+    assert got.attachments[0].data() == inner
+    assert got.defects == []
+
+
+def test_unparsed_input_never_raises():
+    samples = [b"", b"\r\n", b"garbage without header", b"Content-Type: multipart/mixed\r\n\r\nno boundary param",
+               b"Content-Type: multipart/mixed; boundary=\"\"\r\n\r\n--\r\n",
+               b"From: <<<@@@>>>\r\nTo: ,,,;;;\r\nDate: not a date\r\nMessage-ID: junk\r\n\r\nx",
+               b"Content-Type: text/plain; charset=x-unknown-charset\r\n\r\n\xff\xfe",
+               b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: x-uuencode\r\n\r\nbegin 644",
+               b"Subject: \xff\xfe\x80 raw bytes\r\nFrom: \"\xe9\" <a@b.c>\r\n\r\nbody",
+               b"Content-Type: multipart/mixed; boundary=a\r\n\r\n--a\r\n--a\r\n--a--"]
+    for raw in samples:
+        got = parse(raw)
+        for value in (got.text, got.subject, got.from_[1], *got.defects, *(p.filename for p in got.attachments)):
+            value.encode("utf-8")  # no surrogate reaches the store
+    assert parse(b"Subject: \xe9t\xe9\r\n\r\n").subject == "été"
+    assert parse(b"Content-Type: text/plain; charset=x-unknown-charset\r\n\r\nok").defects == [
+        "message (text/plain): unknown charset 'x-unknown-charset'"]
+
+
+def test_large_attachment_is_decoded_on_demand_in_chunks():
+    data = hashlib.sha256(b"seed").digest() * (3 * 2**20 // 32)  # 3 MiB, not a multiple of a chunk line
+    raw = multipart([b"Content-Type: text/plain\r\n\r\nhi", attachment("big.bin", data)])
+    got = parse(raw)
+    part = got.attachments[0]
+    assert part.decoded is None  # past KEEP_DECODED: nothing held from the parse
+    chunks = list(part.chunks())
+    assert len(chunks) > 2 and max(len(c) for c in chunks) < 2**20
+    assert b"".join(chunks) == data and part.size == len(data)
+
+
+@pytest.mark.parametrize("given, safe", [
+    ("../../etc/passwd", "passwd"), ("/etc/passwd", "passwd"), ("C:\\Users\\x\\evil.exe", "evil.exe"),
+    ("a\x00b\x07c.txt", "abc.txt"), ("invoice\u202efdp.exe", "invoicefdp.exe"), ("zero\u200bwidth.txt", "zerowidth.txt"),
+    ("..", ""), ("...", ""), ("   ", ""), ("con", "_con"), ("LPT1.txt", "_LPT1.txt"), ('a<b>c:d"e|f?g*.txt', "a_b_c_d_e_f_g_.txt"),
+    ("name. ", "name"), ("tab\there.txt", "tab here.txt"), ("e\u0301cole.pdf", "\u00e9cole.pdf"),
+])
+def test_sanitise(given, safe):
+    assert filenames.sanitise(given) == safe
+
+
+def test_sanitise_bounds_length_and_keeps_the_extension():
+    name = filenames.sanitise("ä" * 300 + ".pdf")
+    assert name.endswith(".pdf") and len(name.encode()) <= filenames.MAX_BYTES
+    assert name[:-4] == "ä" * ((filenames.MAX_BYTES - 4) // 2)
+
+
+def test_unique_names_within_a_message():
+    taken: set[str] = set()
+    assert [filenames.unique(n, taken) for n in ("a.pdf", "A.pdf", "a.pdf", "README", "README")] == [
+        "a.pdf", "A-2.pdf", "a-3.pdf", "README", "README-2"]
+
+
+def test_fallback_names_come_from_the_content_type():
+    assert filenames.fallback(3, "application/octet-stream") == "attachment-3.bin"
+    assert filenames.fallback(1, "image/jpeg") == "attachment-1.jpg"
+    assert filenames.fallback(2, "message/rfc822") == "attachment-2.eml"
+    assert filenames.fallback(4, "application/x-no-such-type") == "attachment-4.bin"
