@@ -14,6 +14,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gateway.inbound import filenames
 from gateway.inbound.mime import MimeLimits, parse
@@ -207,3 +209,92 @@ def test_fallback_names_come_from_the_content_type():
     assert filenames.fallback(1, "image/jpeg") == "attachment-1.jpg"
     assert filenames.fallback(2, "message/rfc822") == "attachment-2.eml"
     assert filenames.fallback(4, "application/x-no-such-type") == "attachment-4.bin"
+
+
+# -- header fields: the short cut reads what email.policy.default reads -------------------------
+
+CONTENT_TYPES = [
+    "text/plain", "text/plain; charset=us-ascii", 'text/plain; charset="UTF-8"; format=flowed',
+    "TEXT/HTML; CHARSET=ISO-8859-1", 'multipart/mixed; boundary="----=_Part_123_456.789"',
+    "multipart/alternative;\tboundary=000000000000a1b2c3d4e5f6a7b6", 'application/pdf; name="receipt 2026.pdf"',
+    'application/octet-stream; name="a \\"quoted\\" name.bin"', "image/png; name=logo.png; x-unix-mode=0644",
+    'multipart/related; type="multipart/alternative"; boundary="_004_AM0PR_"', "text/plain;",
+]
+DISPOSITIONS = [
+    "attachment", "inline", 'attachment; filename="receipt.pdf"', "INLINE; filename=IMG_0042.jpeg",
+    'attachment; filename="Tracking details.docx"; size=600; creation-date="Tue, 01 Dec 2026 14:59:00 GMT"',
+]
+ADDRESS_LISTS = [
+    "carla@example.com", "Carla <carla@example.com>", "Carla Ruiz <carla.ruiz@gmail.com>, bob@example.net",
+    "<bare@example.com>", "Shop Support <support@shop.example.com>,\tteam@corp.example.com",
+]
+
+
+@pytest.mark.parametrize("value", CONTENT_TYPES)
+def test_content_type_short_cut_agrees_with_email(value):
+    from email import policy
+
+    from gateway.inbound import headerfields
+    header = policy.default.header_factory("content-type", value)
+    kind, params, defects = headerfields.content_type(value)
+    assert headerfields._simple_params(value) is not None  # the short cut did answer
+    assert (kind, params) == (header.content_type, dict(header.params))
+
+
+@pytest.mark.parametrize("value", DISPOSITIONS)
+def test_disposition_short_cut_agrees_with_email(value):
+    from email import policy
+
+    from gateway.inbound import headerfields
+    header = policy.default.header_factory("content-disposition", value)
+    assert headerfields._simple_params(value) is not None
+    assert headerfields.content_disposition(value)[:2] == (header.content_disposition, dict(header.params))
+
+
+@pytest.mark.parametrize("value", ADDRESS_LISTS)
+def test_address_short_cut_agrees_with_email(value):
+    from email import policy
+
+    from gateway.inbound import headerfields
+    header = policy.default.header_factory("to", value)
+    assert headerfields.addresses("to", value) == [(a.addr_spec, a.display_name) for a in header.addresses]
+
+
+def test_date():
+    from gateway.inbound import headerfields
+    assert headerfields.timestamp("Tue, 1 Dec 2026 10:00:00 +0000") == 1796119200.0
+    assert headerfields.timestamp("Tue, 1 Dec 2026 11:00:00 +0100") == 1796119200.0
+    assert headerfields.timestamp("Tue, 1 Dec 2026 10:00:00 -0000") == 1796119200.0  # unknown zone: UTC
+    assert headerfields.timestamp("yesterday") is None and headerfields.timestamp("") is None
+
+
+def test_hard_fields_go_to_email():
+    from gateway.inbound import headerfields
+    assert headerfields.content_type("application/pdf; name*=UTF-8''%C3%A4.pdf")[1] == {"name": "ä.pdf"}
+    assert headerfields.content_type('text/plain (a comment); charset="utf-8"')[:2] == ("text/plain", {"charset": "utf-8"})
+    assert headerfields.addresses("from", '"Doe, Jane" <jane@example.com>') == [("jane@example.com", "Doe, Jane")]
+    assert headerfields.addresses("from", "=?utf-8?q?J=C3=B6rg?= <j@example.de>") == [("j@example.de", "Jörg")]
+    assert headerfields.addresses("to", "undisclosed-recipients:;") == []
+
+
+# -- whatever the bytes, parse answers ----------------------------------------------------------
+
+SEEDS = [(CORPUS / f"{name}.eml").read_bytes() for name in ("apple_nested", "gmail", "rfc2231_names", "broken_base64")]
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(seed=st.sampled_from(SEEDS), edits=st.lists(st.tuples(st.floats(0, 1), st.integers(0, 40), st.binary(max_size=12)),
+                                                     max_size=8))
+def test_a_damaged_message_is_parsed_as_far_as_it_goes(seed, edits):
+    raw = seed
+    for where, cut, insert in edits:
+        at = int(where * len(raw))
+        raw = raw[:at] + insert + raw[at + cut:]
+    got = parse(raw, MimeLimits(max_parts=50, max_depth=8))
+    for value in (got.text, got.html, got.subject, *got.from_, *got.to, *got.defects, *got.headers.values()):
+        value.encode("utf-8")  # nothing the store would refuse
+    assert len({p.filename.lower() for p in got.attachments}) == len(got.attachments)
+    for part in got.attachments:
+        assert part.filename and "/" not in part.filename and "\\" not in part.filename
+        assert len(part.data()) == part.size

@@ -17,6 +17,7 @@ mime.py), so no surrogate escape reaches a value.
 from __future__ import annotations
 
 import re
+from datetime import timezone
 from email import policy, utils
 from email.headerregistry import BaseHeader
 
@@ -150,6 +151,9 @@ def timestamp(value: str) -> float | None:
     if not value:
         return None
     try:
-        return utils.parsedate_to_datetime(value).timestamp()
+        when = utils.parsedate_to_datetime(value)
+        if when.tzinfo is None:  # "-0000": the zone is unknown (RFC 5322 3.3); UTC, not the host's zone
+            when = when.replace(tzinfo=timezone.utc)
+        return when.timestamp()
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
