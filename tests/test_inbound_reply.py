@@ -38,14 +38,32 @@ CASES = [
 ]
 
 
+# Gmail's quote headers in languages the library's patterns miss: found by the line that ends in a
+# colon, names a date or an address, and has a '>' quote under it.
+GMAIL_HEADERS = {
+    "es": "El mar, 1 dic 2026 a las 10:00, Soporte (<s@x.com>) escribió:",
+    "nl": "Op di 1 dec. 2026 om 10:00 schreef Support <s@x.com>:",
+    "pt": "Em ter., 1 de dez. de 2026 às 10:00, Suporte <s@x.com> escreveu:",
+    "pl": "wt., 1 gru 2026 o 10:00 Support <s@x.com> napisał(a):",
+    "zh": "Support <s@x.com> 于2026年12月1日周二 10:00写道：",
+    "ru": "вт, 1 дек. 2026 г. в 10:00, Support <s@x.com>:",
+}
+CASES += [(f"gmail_{lang}", f"Reply text\n\n{header}\n\n> quoted one\n> quoted two\n", "Reply text")
+          for lang, header in GMAIL_HEADERS.items()]
+CASES += [
+    ("colon_line_without_quote_is_text", "Call me at 10:30:\n0171 123456\n", "Call me at 10:30:\n0171 123456"),
+    ("inline_answer_after_plain_colon", "As you asked:\n> can you?\nYes I can.\n", "As you asked:\n> can you?\nYes I can."),
+]
+
+
 @pytest.mark.parametrize("name, text, reply", CASES, ids=[c[0] for c in CASES])
 def test_stripped_reply(name, text, reply):
     assert stripped_reply(text) == reply
 
 
 # Where we answer differently from the library on purpose: it keeps a trailing quote that has no
-# header, and for a bottom-posted answer returns the quote above it.
-OURS = ("trailing_quote_without_header", "bottom_posted")
+# header, returns the quote above a bottom-posted answer, and misses the headers above.
+OURS = ("trailing_quote_without_header", "bottom_posted", *(f"gmail_{lang}" for lang in GMAIL_HEADERS))
 
 
 @pytest.mark.parametrize("name, text, reply", [c for c in CASES if c[0] not in OURS],

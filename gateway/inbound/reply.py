@@ -4,7 +4,10 @@
 What flows in: a message's text body (or, when it has none, its HTML). What flows out: the newest
 reply: the text above the first quote header ("On ... wrote:", "Am ... schrieb ...:", Outlook's
 "From: ... Sent: ..." block, "-----Original Message-----", in the 13 languages mail-parser-reply
-knows), without a trailing signature ("-- ", "Best regards", "Sent from my iPhone") or disclaimer.
+knows; and in any language, a line ending in a colon that names a date or an address with a '>'
+quote under it, which covers what the library misses: Gmail's Spanish, Dutch, Portuguese, Polish,
+Chinese, Russian...), without a trailing signature ("-- ", "Best regards", "Sent from my iPhone")
+or disclaimer.
 
 The patterns are mail-parser-reply's (a maintained library with multi-language quote headers and
 signatures); the scan is ours, because a measurement showed why: the library tries its combined
@@ -35,6 +38,8 @@ LANGUAGES = tuple(sorted(name for name in MAIL_LANGUAGES if len(name) == 2))  # 
 # full-width) anywhere, or a run of dashes/underscores (Outlook's separators).
 _CANDIDATE = re.compile(r"^.*[:\uff1a].*$|^[> ]*[-_]{5,}", re.MULTILINE)
 _QUOTED = re.compile(r"^\s*>")
+_DATE_OR_ADDRESS = re.compile(r"\d|@")
+_NEXT_LINE = re.compile(r"(?:\n[ \t]*)*\n[ \t]*(\S)")  # the first character of the next non-blank line
 
 
 class _Patterns:
@@ -90,7 +95,20 @@ def _first_header(text: str, p: _Patterns) -> tuple[int | None, int]:
             found = p.header.match(text, pos)
             if found and found.group().strip():
                 return pos, found.end()
+        if _introduces_quote(text, m):
+            return line, m.end()
     return None, 0
+
+
+def _introduces_quote(text: str, m: re.Match) -> bool:
+    """The header of a language the library misses (Gmail's Spanish, Dutch, Portuguese, Polish,
+    Chinese, Russian...): a line ending in a colon, naming a date or an address, with a '>' quote
+    right under it (blank lines between allowed)."""
+    line = m.group()
+    if not line.rstrip().endswith((":", "\uff1a")) or not _DATE_OR_ADDRESS.search(line):
+        return False
+    below = _NEXT_LINE.match(text, m.end())
+    return below is not None and below.group(1) == ">"
 
 
 def _without_trailing_quote(reply: str) -> str:
