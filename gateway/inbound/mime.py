@@ -160,11 +160,12 @@ class _Walk:
         self.decoded = 0
         self.unparsed_count = 0
         self.stopped = False
+        self.budget = headerfields.Budget()
 
     def run(self) -> ParsedMessage:
         header, body_start = self.split(0, len(self.raw), "message")
         top = self.headers(header, "message")
-        fields = _top_fields(top, self.defects)
+        fields = _top_fields(top, self.defects, self.budget)
         try:
             self.entity(top, body_start, len(self.raw), head=0, depth=0, where="message")
         except RecursionError:  # cannot happen below max_depth ~ 1000, but parse never raises
@@ -218,7 +219,7 @@ class _Walk:
 
     def content_type(self, head_fields: Fields, default: str, where: str) -> tuple[str, dict[str, str]]:
         try:
-            kind, params, defects = headerfields.content_type(head_fields.get("content-type"), default)
+            kind, params, defects = headerfields.content_type(head_fields.get("content-type"), default, self.budget)
         except Exception as exc:  # email's parser on hostile input
             self.defects.append(f"{where}: Content-Type unreadable ({type(exc).__name__})")
             return default, {}
@@ -286,7 +287,8 @@ class _Walk:
         encoding = (head_fields.get("content-transfer-encoding").split() or [""])[0]
         payload = Payload(self.view[start:end], encoding)
         try:
-            disposition, dparams, problems = headerfields.content_disposition(head_fields.get("content-disposition"))
+            disposition, dparams, problems = headerfields.content_disposition(head_fields.get("content-disposition"),
+                                                                                   self.budget)
         except Exception as exc:  # email's parser on hostile input
             disposition, dparams, problems = "", {}, [f"unreadable ({type(exc).__name__})"]
         defects.extend(f"{where}: Content-Disposition: {d}" for d in problems)
@@ -310,7 +312,7 @@ class _Walk:
             if not self.account(size, head, where):
                 return
             if content_type in ("message/rfc822", "message/global") and not name:
-                name = _subject_name(decoded if decoded is not None else next(payload.chunks(), b""))
+                name = _subject_name(decoded if decoded is not None else next(payload.chunks(), b""), self.budget)
             self.found.append(_Found(filenames.sanitise(name), content_type, size, content_id[:250], disposition,
                                      payload, decoded))
         defects.extend(f"{where} ({content_type}): {d}" for d in part_defects)
@@ -351,17 +353,18 @@ class _Walk:
 
 # -- header fields ------------------------------------------------------------------------------
 
-def _top_fields(top: Fields, defects: list[str]) -> dict:
+def _top_fields(top: Fields, defects: list[str], budget: headerfields.Budget) -> dict:
     def addresses(name: str) -> list[tuple[str, str]]:
         try:
-            found = headerfields.addresses(name, top.get(name))
+            found, problems = headerfields.addresses(name, top.get(name), budget)
         except Exception as exc:  # email's parser on hostile input
             defects.append(f"message: {name} unreadable ({type(exc).__name__})")
             return []
+        defects.extend(f"message: {name}: {d}" for d in problems)
         return [(addr, " ".join(display.split())) for addr, display in found if addr and addr != "<>"][:MAX_ADDRESSES]
 
     try:
-        subject = headerfields.unstructured("subject", top.get("subject"))
+        subject = headerfields.unstructured("subject", top.get("subject")[:MAX_VALUE], budget)
     except Exception as exc:
         defects.append(f"message: Subject unreadable ({type(exc).__name__})")
         subject = top.get("subject")
@@ -381,11 +384,12 @@ def _top_fields(top: Fields, defects: list[str]) -> dict:
     )
 
 
-def _subject_name(head: bytes) -> str:
+def _subject_name(head: bytes, budget: headerfields.Budget) -> str:
     """``Subject.eml`` for an attached message, from the first bytes of it; '' when it has none."""
     block = re.split(rb"\r?\n\r?\n", head[:64 * 1024], maxsplit=1)[0]
     try:
-        subject = headerfields.unstructured("subject", headerfields.fields(_header_text(block)).get("subject"))
+        subject = headerfields.unstructured("subject", headerfields.fields(_header_text(block)).get("subject")[:MAX_VALUE],
+                                            budget)
     except Exception:  # a forwarded message's broken header only costs it its name
         return ""
     return f"{subject[:150]}.eml" if subject else ""
