@@ -261,6 +261,18 @@ def test_address_short_cut_agrees_with_email(value):
     assert headerfields.addresses("to", value) == ([(a.addr_spec, a.display_name) for a in header.addresses], [])
 
 
+@pytest.mark.parametrize("value", [
+    "application/pdf; name*=UTF-8''%C3%A4.pdf", "application/pdf; name*0*=UTF-8''f%C3%BC; name*1=\"r a.pdf\"",
+    "text/plain; name*=iso-8859-1'de'Gr%FC%DFe.txt; charset=utf-8", 'text/plain; charset="utf-8"; format=flowed',
+])
+def test_lenient_reading_agrees_with_email_on_rfc_2231(value):
+    from email import policy
+
+    from gateway.inbound import headerfields
+    header = policy.default.header_factory("content-type", value)
+    assert headerfields._lenient_params(value) == (header.content_type, dict(header.params))
+
+
 def test_date():
     from gateway.inbound import headerfields
     assert headerfields.timestamp("Tue, 1 Dec 2026 10:00:00 +0000") == 1796119200.0
@@ -283,14 +295,16 @@ def test_hostile_header_values_cost_email_at_most_the_budget():
     # spend seconds on them; past the budget they are read leniently, in milliseconds.
     to = ", ".join(f'"Doe, J{i}" <j{i}@example.com>' for i in range(1200))
     parts = [b"Content-Type: text/plain\r\n\r\nhi"] + [
-        f"Content-Type: application/pdf; name*0*=UTF-8''f%C3%BC{i}; name*1=.pdf\r\n\r\nx".encode() for i in range(998)]
+        f"Content-Type: application/pdf; name*0*=UTF-8''f%C3%BC{i}; name*1={'-' * 80}.pdf\r\n\r\nx".encode()
+        for i in range(998)]
     raw = multipart(parts).replace(b"Subject: s\r\n", f"Subject: s\r\nTo: {to}\r\n".encode())
     start = time.perf_counter()
     got = parse(raw)
     elapsed = time.perf_counter() - start
     assert got.to[:2] == ["j0@example.com", "j1@example.com"] and len(got.to) == 100
-    assert [p.filename for p in got.attachments[:2]] == ["fü0.pdf", "fü1.pdf"]
-    assert got.attachments[-1].filename == "fü997.pdf"  # the lenient reading joins RFC 2231 the same way
+    dashes = "-" * 80
+    assert [p.filename for p in got.attachments[:2]] == [f"fü0{dashes}.pdf", f"fü1{dashes}.pdf"]
+    assert got.attachments[-1].filename == f"fü997{dashes}.pdf"  # the lenient reading joins RFC 2231 the same way
     assert "message: to: too long to parse fully, read leniently" in got.defects
     lenient = [d for d in got.defects if d.endswith("Content-Type: too long to parse fully, read leniently")]
     assert 0 < len(lenient) < 998  # email parsed the first ones, until the budget ran out

@@ -164,7 +164,10 @@ def _lenient_params(value: str) -> tuple[str, dict[str, str]]:
     except Exception:  # email.utils on input it did not foresee: keep the pairs as they are
         decoded = pairs
     for n, v in decoded:
-        text = utils.collapse_rfc2231_value(v) if isinstance(v, tuple) else utils.unquote(v)
+        if isinstance(v, tuple):  # (charset, language, quoted text): decode_params quotes what it joined
+            text = utils.collapse_rfc2231_value((v[0], v[1], utils.unquote(v[2])))
+        else:
+            text = utils.unquote(v)
         params.setdefault(n, str(text))
     return kind, params
 
