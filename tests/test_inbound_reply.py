@@ -88,6 +88,13 @@ def test_html_text_skips_styles_and_scripts():
         "Hello\n\nWorld & more"
 
 
+@pytest.mark.parametrize("html", ["<style " * 50_000, "<a " * 50_000, "<p>x</p>" + "<div" * 50_000])
+def test_html_without_closing_brackets_is_linear(html):
+    start = time.perf_counter()
+    html_text(html)
+    assert time.perf_counter() - start < 0.5
+
+
 def test_a_50_kb_body_is_stripped_quickly():
     paragraph = "Thanks for the quick answer, this is a long paragraph of text that goes on and on.\n" * 6 + "\n"
     body = paragraph * 95 + "On Tue, 1 Dec 2026 at 10:00, Support <s@x.com> wrote:\n" + "> quoted\n" * 200

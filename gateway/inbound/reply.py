@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import functools
 import re
-from html.parser import HTMLParser
+from html import unescape
 
 from mailparser_reply.constants import MAIL_LANGUAGES
 from mailparser_reply.parser import EmailMessage
 
-MAX_TEXT = 256 * 1024       # characters of a body looked at
+MAX_TEXT = 256 * 1024       # characters of a text body looked at
+MAX_HTML = 1024 * 1024      # characters of an HTML body turned into text when there is no text body
 MAX_CANDIDATES = 500        # lines tried as a quote header before the rest counts as the reply
 SIGNATURE_TAIL = 4096       # characters at the end of the reply searched for a signature
 LANGUAGES = tuple(sorted(name for name in MAIL_LANGUAGES if len(name) == 2))  # ISO codes only
@@ -60,7 +61,7 @@ def _compiled(languages: tuple[str, ...]) -> _Patterns:
 def stripped_reply(text: str, html: str = "", *, languages: tuple[str, ...] = LANGUAGES) -> str:
     """The newest reply in ``text`` (or in ``html`` turned into text when ``text`` is empty)."""
     if not text.strip() and html:
-        text = html_text(html[:MAX_TEXT * 4])
+        text = html_text(html[:MAX_HTML])
     p = _compiled(tuple(languages))
     text = _normalise(text[:MAX_TEXT])
     start, end = _first_header(text, p)
@@ -131,54 +132,40 @@ def _without_signature(reply: str, p: _Patterns) -> str:
     return reply
 
 
-class _Text(HTMLParser):
-    """HTML as the text a reader sees: block elements end lines, blockquotes are quoted with '> '."""
-
-    BLOCKS = {"p", "div", "br", "tr", "li", "h1", "h2", "h3", "h4", "h5", "h6", "hr", "table", "pre", "ul", "ol"}
-    SKIP = {"style", "script", "head", "title"}
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.out: list[str] = []
-        self.quote = 0
-        self.skip = 0
-
-    def handle_starttag(self, tag: str, attrs) -> None:
-        if tag in self.SKIP:
-            self.skip += 1
-        elif tag == "blockquote":
-            self.quote += 1
-            self.out.append("\n")
-        elif tag in self.BLOCKS:
-            self.out.append("\n")
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in self.SKIP:
-            self.skip = max(0, self.skip - 1)
-        elif tag == "blockquote":
-            self.quote = max(0, self.quote - 1)
-            self.out.append("\n")
-        elif tag in self.BLOCKS:
-            self.out.append("\n")
-
-    def handle_data(self, data: str) -> None:
-        if self.skip:
-            return
-        data = re.sub(r"\s+", " ", data)
-        if self.quote:
-            data = data.replace("\n", "\n" + "> " * self.quote)
-            if not self.out or self.out[-1].endswith("\n"):
-                data = "> " * self.quote + data.lstrip()
-        self.out.append(data)
+_BLOCKS = frozenset({"p", "div", "br", "tr", "li", "h1", "h2", "h3", "h4", "h5", "h6", "hr", "table", "pre", "ul",
+                     "ol", "blockquote"})
+_INVISIBLE = re.compile(r"<!--.*?(?:-->|$)|<(style|script|head|title)\b[^>]*>.*?(?:</\1\s*>|$)", re.IGNORECASE | re.DOTALL)
+_TAG = re.compile(r"<(/?)([a-zA-Z][a-zA-Z0-9:]*)[^>]*>")
+_SPACE = re.compile(r"\s+")
 
 
 def html_text(html: str) -> str:
-    """``html`` as plain text (quoted parts prefixed with '> '); never raises."""
-    parser = _Text()
-    try:
-        parser.feed(html)
-        parser.close()
-    except Exception:  # HTMLParser is lenient; this is for the input nobody foresaw
-        pass
-    lines = [line.strip() for line in "".join(parser.out).split("\n")]
+    """``html`` as the text a reader sees: block elements end lines, blockquotes are quoted with '> '.
+    Regular expressions, not an HTML parser: html.parser measured ~1.5 ms per KB here, this ~0.1."""
+    # No tag can start after the last '>': leaving that tail out keeps the patterns linear (a '<'
+    # with no '>' after it would otherwise be scanned to the end once for every '<').
+    cut = html.rfind(">") + 1
+    html = _INVISIBLE.sub(" ", html[:cut]) + html[cut:].replace("<", " ")
+    out: list[str] = []
+    depth = pos = 0
+    line_start = True
+
+    def text(chunk: str) -> None:
+        nonlocal line_start
+        chunk = _SPACE.sub(" ", unescape(chunk))
+        if chunk.strip():
+            out.append(("> " * depth + chunk.lstrip()) if line_start else chunk)
+            line_start = False
+
+    for m in _TAG.finditer(html):
+        text(html[pos:m.start()])
+        pos = m.end()
+        tag = m.group(2).lower()
+        if tag in _BLOCKS:
+            if tag == "blockquote":
+                depth = max(0, depth + (-1 if m.group(1) else 1))
+            out.append("\n")
+            line_start = True
+    text(html[pos:])
+    lines = [line.strip() for line in "".join(out).split("\n")]
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
