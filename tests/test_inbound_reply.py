@@ -95,6 +95,14 @@ def test_html_without_closing_brackets_is_linear(html):
     assert time.perf_counter() - start < 0.5
 
 
+@pytest.mark.parametrize("text", ["On " + "x " * 5000 + ":\n> q\n", ("On " + "x " * 120 + ":\n") * 500,
+                                  ("Le " + "x " * 120 + "a écrit :\n") * 500])
+def test_lines_that_make_the_librarys_patterns_quadratic_are_bounded(text):
+    start = time.perf_counter()
+    stripped_reply(text)
+    assert time.perf_counter() - start < 1.0
+
+
 def test_a_50_kb_body_is_stripped_quickly():
     paragraph = "Thanks for the quick answer, this is a long paragraph of text that goes on and on.\n" * 6 + "\n"
     body = paragraph * 95 + "On Tue, 1 Dec 2026 at 10:00, Support <s@x.com> wrote:\n" + "> quoted\n" * 200

@@ -31,7 +31,9 @@ from mailparser_reply.parser import EmailMessage
 
 MAX_TEXT = 256 * 1024       # characters of a text body looked at
 MAX_HTML = 1024 * 1024      # characters of an HTML body turned into text when there is no text body
-MAX_CANDIDATES = 500        # lines tried as a quote header before the rest counts as the reply
+MAX_CANDIDATES = 100        # lines tried as a quote header before the rest counts as the reply
+MAX_HEADER_LINE = 250       # characters: a longer line is not a quote header
+MAX_WINDOW = 400            # characters a header pattern is matched against
 SIGNATURE_TAIL = 4096       # characters at the end of the reply searched for a signature
 LANGUAGES = tuple(sorted(name for name in MAIL_LANGUAGES if len(name) == 2))  # ISO codes only
 
@@ -90,15 +92,28 @@ def _first_header(text: str, p: _Patterns) -> tuple[int | None, int]:
         line = m.start()
         before = text.rfind("\n", 0, max(line - 1, 0)) + 1 if line else 0
         for pos in (before, line):
-            if pos in tried:
+            if pos in tried or m.end() - line > MAX_HEADER_LINE:
                 continue
             tried.add(pos)
-            found = p.header.match(text, pos)
+            found = p.header.match(text, pos, _window(text, pos))
             if found and found.group().strip():
                 return pos, found.end()
         if _introduces_quote(text, m):
             return line, m.end()
     return None, 0
+
+
+def _window(text: str, pos: int) -> int:
+    """Where a header match starting at ``pos`` may end: the end of the next line (a wrapped "On ...
+    wrote:", the first two lines of Outlook's block are enough), at most ``MAX_WINDOW`` characters on.
+    Some of the library's patterns are quadratic in the text they see (two lazy ``.+?`` in a row:
+    4 s for one 10 KB line starting with "On"), so they never see more."""
+    first = text.find("\n", pos)
+    end = len(text) if first < 0 else text.find("\n", first + 1)
+    end = len(text) if end < 0 else end
+    if end - pos > MAX_WINDOW:
+        end = len(text) if first < 0 else first
+    return min(end, pos + MAX_WINDOW)
 
 
 def _introduces_quote(text: str, m: re.Match) -> bool:
