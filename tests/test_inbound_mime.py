@@ -290,7 +290,7 @@ def test_hard_fields_go_to_email():
     assert headerfields.addresses("to", "undisclosed-recipients:;")[0] == []
 
 
-@pytest.mark.parametrize("value", ["a" + " " * 3000 + "b <c@d.e>", "a" * 20000, "x <" + "a" * 20000])
+@pytest.mark.parametrize("value", ["a" + " " * 20000 + "b <c@d.e>", "a" * 20000, "x <" + "a" * 20000])
 def test_address_patterns_stay_linear(value):
     from gateway.inbound import headerfields
     start = time.perf_counter()
