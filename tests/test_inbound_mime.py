@@ -183,6 +183,20 @@ def test_large_attachment_is_decoded_on_demand_in_chunks():
     assert b"".join(chunks) == data and part.size == len(data)
 
 
+def test_bodies_that_are_one_long_line_are_still_decoded_in_chunks():
+    import binascii
+    import os
+
+    from gateway.inbound.transfer import CHUNK, Payload
+    data = os.urandom(3 * CHUNK)
+    chunks = list(Payload(base64.b64encode(data), "base64").chunks())  # no line breaks at all
+    assert b"".join(chunks) == data and max(map(len, chunks)) <= CHUNK
+    text = bytes(range(256)) * (3 * CHUNK // 256) + b"  tail  "
+    qp = binascii.b2a_qp(text, istext=False).replace(b"=\n", b"")  # escapes and spaces on one line
+    chunks = list(Payload(qp, "quoted-printable").chunks())
+    assert len(chunks) > 2 and b"".join(chunks) == binascii.a2b_qp(qp)
+
+
 @pytest.mark.parametrize("given, safe", [
     ("../../etc/passwd", "passwd"), ("/etc/passwd", "passwd"), ("C:\\Users\\x\\evil.exe", "evil.exe"),
     ("a\x00b\x07c.txt", "abc.txt"), ("invoice\u202efdp.exe", "invoicefdp.exe"), ("zero\u200bwidth.txt", "zerowidth.txt"),

@@ -53,17 +53,31 @@ class Payload:
 
 
 def _line_chunks(source: bytes | memoryview) -> Iterator[bytes | memoryview]:
-    """``source`` cut into pieces of about ``CHUNK`` bytes that end at a line end (quoted-printable's
-    soft line breaks and base64's groups must not be cut in the middle of a line)."""
+    """``source`` cut into pieces of about ``CHUNK`` bytes, at a line end when one is near (a
+    quoted-printable soft line break must not be cut in two). A body that is one long line (some
+    senders write base64 without line breaks) is cut anyway (``_mid_line_cut``); base64 carries
+    its incomplete group over to the next piece."""
     view = memoryview(source)
     start, n = 0, len(view)
     while start < n:
         end = min(start + CHUNK, n)
         if end < n:
             newline = bytes(view[end:min(end + 4096, n)]).find(b"\n")
-            end = n if newline < 0 else end + newline + 1
+            if newline >= 0:
+                end += newline + 1
+            else:
+                end = _mid_line_cut(view, start, end)
         yield view[start:end]
         start = end
+
+
+def _mid_line_cut(view: memoryview, start: int, end: int) -> int:
+    """``end`` moved back so the piece ends neither inside an ``=XX`` escape nor on a space or tab
+    (quoted-printable drops whitespace at the end of what it decodes, as at a line's end)."""
+    stop = max(start + 1, end - 64)
+    while end > stop and (view[end - 1] in b" \t=" or view[end - 2] == 0x3D):  # 0x3D: '='
+        end -= 1
+    return end
 
 
 def _base64(source: bytes | memoryview, defects: list[str]) -> Iterator[bytes]:
