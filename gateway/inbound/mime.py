@@ -118,7 +118,7 @@ class ParsedMessage:
     timestamp: float | None = None               # Date as a POSIX time, None when absent or unreadable
     auto_submitted: str = ""                     # lower case, '' when absent
     precedence: str = ""                         # lower case
-    headers: dict[str, str] = field(default_factory=dict)  # SELECTED fields present, by lower-case name
+    headers: dict[str, str] = field(default_factory=dict)  # SELECTED fields present (first, unfolded, as sent)
     text: str = ""
     html: str = ""
     attachments: list[Part] = field(default_factory=list)  # depth-first order, inline images included
