@@ -67,7 +67,7 @@ class AttachmentFiles:
     def _write(self, data: bytes | Iterable[bytes], pending: set[str]) -> str:
         if isinstance(data, (bytes, bytearray, memoryview)):
             sha256 = hashlib.sha256(data).hexdigest()
-            if self._intact(self.path(sha256), len(data)):
+            if self._reused(self.path(sha256), len(data)):
                 pending.add(str(self.path(sha256)))  # another put may not have synced it yet: cheap if it has
                 return sha256
             data = (data,)
@@ -83,7 +83,7 @@ class AttachmentFiles:
                     size += len(chunk)
             sha256 = digest.hexdigest()
             target = self.path(sha256)
-            if self._intact(target, size):
+            if self._reused(target, size):
                 os.unlink(temp)
                 pending.add(str(target))
                 return sha256
@@ -97,10 +97,15 @@ class AttachmentFiles:
         return sha256
 
     @staticmethod
-    def _intact(path: Path, size: int) -> bool:
-        # A file of another size under this name was cut short (a crash before its fsync): replace it.
+    def _reused(path: Path, size: int) -> bool:
+        """Whether the file is already there, whole; if so its mtime is brought to now, so a sweep that
+        counted no reference to it a moment ago leaves it alone (``remove``'s ``unused_since``). A file
+        of another size under this name was cut short (a crash before its fsync): it is replaced."""
         try:
-            return path.stat().st_size == size
+            if path.stat().st_size != size:
+                return False
+            os.utime(path)
+            return True
         except FileNotFoundError:
             return False
 
@@ -117,11 +122,16 @@ class AttachmentFiles:
     def size(self, sha256: str) -> int:
         return self.path(sha256).stat().st_size
 
-    def remove(self, sha256: str) -> bool:
-        """Delete the file; False when it was not there. Empty fan-out directories are left: there
-        are at most 65,536 of them and a later put reuses them."""
+    def remove(self, sha256: str, *, unused_since: float | None = None) -> bool:
+        """Delete the file; False when it was not there, or (with ``unused_since``) when a put wrote
+        or reused it after that time. The sweeper passes the time it began counting references: a
+        message being processed right now may have put the same bytes and not be recorded yet.
+        Empty fan-out directories are left: there are at most 65,536 and later puts reuse them."""
+        path = self.path(sha256)
         try:
-            os.unlink(self.path(sha256))
+            if unused_since is not None and path.stat().st_mtime > unused_since:
+                return False
+            os.unlink(path)
         except FileNotFoundError:
             return False
         return True
