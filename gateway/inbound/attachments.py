@@ -1,0 +1,222 @@
+"""Attachment files: the bytes of inbound attachments, content-addressed under the state directory.
+
+What flows in: an attachment's decoded bytes (whole, or as chunks so a 25 MB file is never held in
+memory at once). What flows out: its SHA-256, which names the file
+``<root>/ab/cd/<sha256>`` (``root`` is ``<state>/attachments``), and the bytes again on request.
+
+What it promises:
+
+- **Durable before it is recorded.** ``put`` writes a temporary file in ``<root>/tmp``, renames it into
+  place, fsyncs the file and its directory, and only then returns the name the processor records in
+  ``store.inbound.finish``. ``batch()`` does the same for many files with the fsyncs issued together
+  at the end (one wait for the disk instead of two per file). A crash before the fsync can leave a
+  short file under a name nobody recorded yet; the next put of the same bytes finds its size wrong
+  and replaces it. A stray temporary file is removed by ``remove_stale_temporaries`` (the sweeper).
+- **Idempotent.** The same bytes always have the same name; putting them again writes nothing new, so
+  a message processed twice (crash between files and ``finish``) costs no space.
+- **Private.** Files 0600, directories 0700: attachments are customers' mail.
+
+Removing a file is the retention sweeper's decision (a file may be shared by several messages:
+it counts references in the store first); this class only does what it is told.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import BinaryIO
+
+_NAME = re.compile(r"[0-9a-f]{64}")
+# A temporary file this old belongs to a put that died; a live put finishes in well under this.
+STALE_TEMP = 3600.0
+FSYNC_THREADS = 16  # fsyncs of one batch in flight at once
+
+
+class AttachmentFiles:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self._tmp = self.root / "tmp"
+
+    def path(self, sha256: str) -> Path:
+        """Where the file named ``sha256`` lives; ``ValueError`` for anything but 64 lower-case hex digits
+        (a name from a URL or a row must never reach outside ``root``)."""
+        if not isinstance(sha256, str) or not _NAME.fullmatch(sha256):
+            raise ValueError(f"not an attachment name: {sha256!r:.80}")
+        return self.root / sha256[:2] / sha256[2:4] / sha256
+
+    def put(self, data: bytes | Iterable[bytes]) -> str:
+        """Store ``data`` (bytes, or an iterable of byte chunks such as ``Part.chunks()``); returns its
+        SHA-256 once the file is on disk (one fsync of the file and one of its directory)."""
+        pending: set[str] = set()
+        sha256 = self._write(data, pending)
+        _fsync_all(pending)
+        return sha256
+
+    def batch(self) -> Batch:
+        """Many puts, one wait for the disk: ``with files.batch() as b: b.put(...)``; every file written
+        in the block is fsynced (with its directories) when the block ends. Use it for the attachments
+        of a batch of messages before their ``finish``: fsyncs issued together cost about one."""
+        return Batch(self)
+
+    def _write(self, data: bytes | Iterable[bytes], pending: set[str]) -> str:
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            sha256 = hashlib.sha256(data).hexdigest()
+            if self._reused(self.path(sha256), len(data)):
+                pending.add(str(self.path(sha256)))  # another put may not have synced it yet: cheap if it has
+                return sha256
+            data = (data,)
+        _mkdir(self._tmp)
+        digest = hashlib.sha256()
+        size = 0
+        fd, temp = tempfile.mkstemp(dir=self._tmp, prefix="put-")  # mkstemp creates it 0600
+        try:
+            with os.fdopen(fd, "wb") as f:
+                for chunk in data:
+                    digest.update(chunk)
+                    f.write(chunk)
+                    size += len(chunk)
+            sha256 = digest.hexdigest()
+            target = self.path(sha256)
+            if self._reused(target, size):
+                os.unlink(temp)
+                pending.add(str(target))
+                return sha256
+            created = _mkdir(target.parent)
+            os.replace(temp, target)
+        except BaseException:
+            _unlink(temp)
+            raise
+        # The content, the new name and any fan-out directory made for it must survive a power cut.
+        pending.update((str(target), str(target.parent), *(str(c.parent) for c in created)))
+        return sha256
+
+    @staticmethod
+    def _reused(path: Path, size: int) -> bool:
+        """Whether the file is already there, whole; if so its mtime is brought to now, so a sweep that
+        counted no reference to it a moment ago leaves it alone (``remove``'s ``unused_since``). A file
+        of another size under this name was cut short (a crash before its fsync): it is replaced."""
+        try:
+            if path.stat().st_size != size:
+                return False
+            os.utime(path)
+            return True
+        except FileNotFoundError:
+            return False
+
+    def exists(self, sha256: str) -> bool:
+        return self.path(sha256).exists()
+
+    def open(self, sha256: str) -> BinaryIO:
+        """The file for reading (``FileNotFoundError`` when it is not there)."""
+        return open(self.path(sha256), "rb")
+
+    def read(self, sha256: str) -> bytes:
+        return self.path(sha256).read_bytes()
+
+    def size(self, sha256: str) -> int:
+        return self.path(sha256).stat().st_size
+
+    def remove(self, sha256: str, *, unused_since: float | None = None) -> bool:
+        """Delete the file; False when it was not there, or (with ``unused_since``) when a put wrote
+        or reused it after that time. The sweeper passes the time it began counting references: a
+        message being processed right now may have put the same bytes and not be recorded yet.
+        Empty fan-out directories are left: there are at most 65,536 and later puts reuse them."""
+        path = self.path(sha256)
+        try:
+            if unused_since is not None and path.stat().st_mtime > unused_since:
+                return False
+            os.unlink(path)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def remove_stale_temporaries(self, now: float | None = None) -> int:
+        """Delete temporary files left by puts that died (older than ``STALE_TEMP``); returns how many."""
+        now = time.time() if now is None else now
+        removed = 0
+        try:
+            entries = list(os.scandir(self._tmp))
+        except FileNotFoundError:
+            return 0
+        for entry in entries:
+            try:
+                if entry.is_file() and now - entry.stat().st_mtime > STALE_TEMP:
+                    os.unlink(entry.path)
+                    removed += 1
+            except FileNotFoundError:
+                pass
+        return removed
+
+
+class Batch:
+    """Puts whose fsyncs wait for the end of the block (``AttachmentFiles.batch``)."""
+
+    def __init__(self, files: AttachmentFiles):
+        self.files = files
+        self._pending: set[str] = set()
+
+    def put(self, data: bytes | Iterable[bytes]) -> str:
+        """As ``AttachmentFiles.put``, but on disk only once the block has ended."""
+        return self.files._write(data, self._pending)
+
+    def __enter__(self) -> Batch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pending, self._pending = self._pending, set()
+        _fsync_all(pending)
+
+
+def _fsync_all(paths: set[str]) -> None:
+    """fsync every path: files first, then directories (a name is worth keeping only once its content
+    is on disk). Issued from several threads at once: the filesystem commits concurrent fsyncs
+    together (measured here: 100 files in 230 ms one after the other, 56 ms from 16 threads)."""
+    dirs = {p for p in paths if os.path.isdir(p)}
+    for group in (sorted(paths - dirs), sorted(dirs)):
+        if len(group) <= 1:
+            for path in group:
+                _fsync(path)
+            continue
+        with ThreadPoolExecutor(max_workers=min(FSYNC_THREADS, len(group)), thread_name_prefix="fsync") as pool:
+            for done in [pool.submit(_fsync, path) for path in group]:
+                done.result()
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if os.path.isdir(path) else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _mkdir(path: Path) -> list[Path]:
+    """Make ``path`` and its missing parents 0700 (mkdir's mode is masked by the umask, so each is
+    chmodded); returns the directories it made."""
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    made: list[Path] = []
+    for d in reversed(missing):
+        try:
+            d.mkdir(mode=0o700)
+        except FileExistsError:
+            continue
+        os.chmod(d, 0o700)
+        made.append(d)
+    return made
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
