@@ -21,11 +21,14 @@ from typing import Any
 
 from ..budget import ByteBudget
 from ..config import Config, InboundConfig
+from ..errors import SMTPError
 from ..metrics import Metrics
 from ..submission.protocol import SubmissionSMTP
 from ..submission.server import SmtpServer, quiet_aiosmtpd
 from ..submission.tls import TlsContext
-from .handler import InboundHandler
+from . import authres
+from .dnscache import DnsCache
+from .handler import Authenticate, InboundHandler
 from .recipients import Resolver, Rules, relaying_denied
 
 NO_AUTH = "502 5.5.1 AUTH not available on this port"
@@ -92,12 +95,34 @@ class InboundServer(SmtpServer):
         return {"inbound": {"connections": len(self.sessions), "listen": self._addresses["inbound"]}}
 
 
+def dmarc_at_data(config: Config, dns: DnsCache | None = None) -> Authenticate:
+    """The check the handler runs at the final dot when a recipient's tenant has ``dmarc_reject``:
+    authres.authenticate over the message as received; a DMARC fail under p=reject is refused
+    550 5.7.1, anything else (temperror included) is accepted with the Authentication-Results value
+    kept for the stored copy (Spooled.auth_results: the processor does not evaluate it again)."""
+    cache = dns or DnsCache.from_config(config.dns)
+    authserv_id = config.domains.mx_hostname or config.daemon.hostname
+
+    async def check(message: bytes, client_ip: str, helo: str, mail_from: str) -> tuple[SMTPError | None, str]:
+        verdict = await authres.authenticate(message, client_ip=client_ip, helo=helo, mail_from=mail_from,
+                                             resolver=cache, authserv_id=authserv_id)
+        if verdict.reject_by_dmarc:
+            return SMTPError(550, "5.7.1", "Message rejected: it fails the DMARC policy (p=reject) of its From domain",
+                             f"DMARC fail under p=reject for {verdict.from_domain} (spf={verdict.spf},"
+                             f" dkim={authres.dkim_overall(verdict.dkim)})"), verdict.header
+        return None, verdict.header
+
+    return check
+
+
 def build(config: Config, *, store: Any, tls: TlsContext, budget: ByteBudget, metrics: Metrics,
-          authenticate: Any = None, on_spooled: Any = None) -> InboundServer:
+          authenticate: Authenticate | None = None, on_spooled: Any = None) -> InboundServer:
     """The MX listener as the daemon runs it: the recipient rules over ``store.recipients`` (cached
     for ``inbound.facts_ttl``), rows spooled through ``store.inbound.spool``, the submission
-    listener's TLS context and the daemon's memory budget."""
+    listener's TLS context, the daemon's memory budget, and DMARC at the final dot for tenants that
+    refuse DMARC rejects (``dmarc_at_data`` unless ``authenticate`` is given)."""
     cfg = config.inbound
+    authenticate = authenticate or dmarc_at_data(config)
     resolver = Resolver(store.recipients.facts, Rules.from_config(config), ttl=cfg.facts_ttl)
     handler = InboundHandler(cfg, hostname=config.daemon.hostname, resolver=resolver, spool=store.inbound.spool,
                              metrics=metrics, authenticate=authenticate, on_spooled=on_spooled)
