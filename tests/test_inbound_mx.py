@@ -272,3 +272,25 @@ async def test_a_store_failure_at_rcpt_is_451(tmp_path, store):
         async with mx_listener(tmp_path, store=store) as mx:
             got = await rcpt(mx, "help@acme.test")
     assert got == (451, "4.3.0 Internal error, please try again later")
+
+
+async def test_pipelined_commands_get_every_reply_in_order_and_none_is_held_while_we_wait(tmp_path, store):
+    """RFC 2920: replies to a group of pipelined commands may go out together, but the listener
+    must never sit on a reply while it waits for the client (a client that waits for it would hang)."""
+    async with mx_listener(tmp_path, store=store) as mx:
+        client = await RawClient.connect(mx.port, implicit=False)
+        try:
+            await client.cmd("EHLO client.example.org")
+            # A group that ends without DATA: the client now waits for both replies.
+            client.writer.write(b"MAIL FROM:<customer@example.org>\r\nRCPT TO:<help@acme.test>\r\n")
+            assert [await client.reply() for _ in range(2)] == [(250, "2.1.0 Sender OK"), (250, "2.1.5 Recipient OK")]
+            client.writer.write(b"RSET\r\nMAIL FROM:<customer@example.org>\r\nRCPT TO:<nobody@example.org>\r\n"
+                                b"RCPT TO:<help@acme.test>\r\nDATA\r\n")
+            got = [await client.reply() for _ in range(5)]
+            assert [code for code, _ in got] == [250, 250, 550, 250, 354], got
+            client.writer.write(b"From: a@example.org\r\n\r\npipelined\r\n.\r\nQUIT\r\n")
+            assert (await client.reply())[0] == 250
+            assert await client.reply() == (221, "2.0.0 Bye")
+        finally:
+            await client.close()
+        assert json.loads(mx.rows()[0]["recipients"]) == ["help@acme.test"]
