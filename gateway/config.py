@@ -162,6 +162,7 @@ class InboundConfig:
     max_line_length: int = setting(1000, "Longest DATA line in octets with its CRLF (RFC 5321 4.5.3.1.6); longer is 500 5.5.2.", min=1000)
     max_received_headers: int = setting(50, "More Received headers than this is a mail loop (554 5.4.6).", min=1)
     max_header_bytes: int = setting(262144, "Largest header block of a message, in bytes (more is 552 5.3.4).", min=1024)
+    max_refused_recipients: int = setting(20, "Refused recipients one connection may try (guessing addresses) before it is closed with 421 4.7.0, as Postfix's smtpd_hard_error_limit.", min=1)
     command_timeout: float = setting(300.0, "Seconds the listener waits for the client's next command or DATA line (RFC 5321 4.5.3.2.7: at least 5 minutes).", min=1.0)
     session_timeout: float = setting(1800.0, "Longest one connection may last, in seconds.", min=1.0)
     max_connections: int = setting(1000, "Most connections at once, all clients together.", min=1)

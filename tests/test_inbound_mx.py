@@ -3,6 +3,7 @@ relay trick, limits, spool before 250, STARTTLS without AUTH."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import smtplib
 
@@ -152,7 +153,6 @@ async def test_smtplib_too(tmp_path, store):
             with smtplib.SMTP("127.0.0.1", mx.port, timeout=10) as smtp:
                 refused = smtp.sendmail("customer@example.org", ["help@acme.test", "x@example.org"], inbound_message())
                 return refused
-        import asyncio
         refused = await asyncio.to_thread(send)
         assert refused == {"x@example.org": (550, b"5.7.1 Relaying denied")}
         assert [json.loads(r["recipients"]) for r in mx.rows()] == [["help@acme.test"]]
@@ -294,3 +294,32 @@ async def test_pipelined_commands_get_every_reply_in_order_and_none_is_held_whil
         finally:
             await client.close()
         assert json.loads(mx.rows()[0]["recipients"]) == ["help@acme.test"]
+
+
+async def test_guessing_recipients_ends_the_connection(tmp_path, store):
+    async with mx_listener(tmp_path, store=store, inbound={"max_refused_recipients": 3}) as mx:
+        client = await RawClient.connect(mx.port, implicit=False)
+        try:
+            await client.cmd("EHLO client.example.org")
+            await client.cmd("MAIL FROM:<customer@example.org>")
+            assert (await client.cmd("RCPT TO:<help@acme.test>"))[0] == 250
+            assert (await client.cmd("RCPT TO:<a@acme.test>"))[0] == 550
+            assert (await client.cmd("RCPT TO:<b@acme.test>"))[0] == 550
+            assert await client.cmd("RCPT TO:<c@acme.test>") == (550, "5.1.1 No such user here")
+            assert await client.reply() == (421, "4.7.0 Too many refused recipients, closing connection")
+            assert await client.reply() == (0, "connection closed")
+        finally:
+            await client.close()
+
+
+async def test_connections_per_client_are_bounded(tmp_path, store):
+    async with mx_listener(tmp_path, store=store, inbound={"max_connections_per_client": 1}) as mx:
+        first = await RawClient.connect(mx.port, implicit=False)
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", mx.port)
+            assert await reader.readline() == b"421 4.7.0 Too many connections, try again later\r\n"
+            writer.close()
+            assert (await first.cmd("NOOP"))[0] == 250     # the first one is served on
+        finally:
+            await first.close()
+        assert mx.refusals("CONNECT", "421") == 1

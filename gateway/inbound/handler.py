@@ -4,7 +4,8 @@ recipient rules' (recipients.py) decision, and nothing is answered 250 before it
     EHLO  aiosmtpd's extensions plus PIPELINING and ENHANCEDSTATUSCODES; never AUTH (server.py)
     MAIL  syntax (the null sender <> is fine: bounces come from it), SIZE against the limit
     RCPT  syntax, recipient limit (452 4.5.3 for the excess), duplicates collapsed, then
-          ``Resolver.resolve``: a Target, or its refusal (550 5.7.1 relaying denied, 550 5.1.1, 550 5.2.1)
+          ``Resolver.resolve``: a Target, or its refusal (550 5.7.1 relaying denied, 550 5.1.1, 550 5.2.1);
+          after ``max_refused_recipients`` refusals the connection is closed (421 4.7.0)
     DATA  bare CR/LF and NUL, size, header size, Received count (shared with submission: hooks.py);
           DMARC at the final dot when a recipient's tenant asked for it (``authenticate``); our
           Received field prepended; one Spooled row per tenant the envelope reaches (the gateway's
@@ -32,6 +33,8 @@ from ..submission.hooks import SmtpHandler, client_ip, inspect_content
 from .recipients import Resolver, Target
 
 log = structlog.get_logger("inbound")
+
+TOO_MANY_REFUSED = b"421 4.7.0 Too many refused recipients, closing connection"
 
 Spool = Callable[[Sequence[Spooled]], Awaitable[list[int]]]
 # (message, client_ip, helo, mail_from) -> (refusal or None, the Authentication-Results value)
@@ -98,6 +101,13 @@ class InboundHandler(SmtpHandler):
                 return "250 2.1.5 Recipient OK (duplicate)"
             policy.check_recipient_count(len(envelope.targets), self.config.max_recipients)
         except SMTPError as err:
+            if err.permanent:
+                # Guessing addresses (a directory harvest) ends the connection after the limit,
+                # once this refusal has been sent (protocol.push closes after the reply).
+                server.refused_recipients = getattr(server, "refused_recipients", 0) + 1
+                if server.refused_recipients >= self.config.max_refused_recipients:
+                    log.info("inbound_too_many_refused_recipients", client=client_ip(server), refused=server.refused_recipients)
+                    server._close_reply = TOO_MANY_REFUSED  # noqa: SLF001
             return self._refuse(server, "RCPT", err)
         envelope.targets[target.address] = target
         envelope.rcpt_tos.append(address)
