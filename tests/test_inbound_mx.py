@@ -323,3 +323,13 @@ async def test_connections_per_client_are_bounded(tmp_path, store):
         finally:
             await first.close()
         assert mx.refusals("CONNECT", "421") == 1
+
+
+async def test_an_idle_client_is_told_why_it_is_closed(tmp_path, store):
+    async with mx_listener(tmp_path, store=store, inbound={"command_timeout": 1.0}) as mx:
+        client = await RawClient.connect(mx.port, implicit=False)
+        try:
+            assert (await client.cmd("EHLO client.example.org"))[0] == 250
+            assert await asyncio.wait_for(client.reply(), 5) == (421, "4.4.2 Timeout, closing connection")
+        finally:
+            await client.close()

@@ -151,3 +151,10 @@ async def test_one_tenants_address_on_another_tenants_domain_is_not_honoured(wor
                                                                          w["globex.test"].usecase_id), "x@acme.test")
     assert rogue
     assert (await refused(w, "x@acme.test")).enhanced == "5.1.1"
+
+
+async def test_an_internationalised_domain_is_matched_by_its_a_label(world):
+    w = world
+    idn = await receiving_domain(w["store"], w["acme"], "xn--bcher-kva.test", catchall=True)
+    got = await resolve(w["store"], "Info@Bücher.test", RULES)
+    assert (got.kind, got.address, got.domain_id) == ("catchall", "info@xn--bcher-kva.test", idn.id)
