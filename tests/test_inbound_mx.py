@@ -333,3 +333,18 @@ async def test_an_idle_client_is_told_why_it_is_closed(tmp_path, store):
             assert await asyncio.wait_for(client.reply(), 5) == (421, "4.4.2 Timeout, closing connection")
         finally:
             await client.close()
+
+
+async def test_postmaster_without_a_domain_is_accepted(tmp_path, store):
+    """RFC 5321 4.5.1: RCPT TO:<Postmaster> is the gateway's own postmaster (tenant none)."""
+    async with mx_listener(tmp_path, store=store) as mx:
+        client = await RawClient.connect(mx.port, implicit=False)
+        try:
+            await client.cmd("EHLO client.example.org")
+            await client.cmd("MAIL FROM:<customer@example.org>")
+            assert await client.cmd("RCPT TO:<PostMaster>") == (250, "2.1.5 Recipient OK")
+            assert (await client.data(b"From: a@example.org\r\n\r\nhello postmaster\r\n.\r\n"))[0] == 250
+        finally:
+            await client.close()
+        [row] = mx.rows()
+    assert (row["tenant_id"], json.loads(row["recipients"])) == (None, ["postmaster@mx.gateway.test"])

@@ -33,6 +33,7 @@ from .recipients import Resolver, Rules, relaying_denied
 
 NO_AUTH = "502 5.5.1 AUTH not available on this port"
 _SOURCE_ROUTE = re.compile(r"(?i)^\s*TO:\s*<\s*@")
+_BARE_POSTMASTER = re.compile(r"(?i)^\s*TO:\s*<postmaster>\s*$")
 
 
 class InboundSMTP(SubmissionSMTP):
@@ -47,6 +48,9 @@ class InboundSMTP(SubmissionSMTP):
         await self.push(NO_AUTH)
 
     async def smtp_RCPT(self, arg: str) -> None:  # noqa: N802
+        if arg and _BARE_POSTMASTER.match(arg):
+            # RFC 5321 4.5.1: <Postmaster> without a domain must be accepted: ours, the gateway's own name.
+            arg = f"TO:<postmaster@{self.hostname}>"
         if arg and _SOURCE_ROUTE.match(arg) and self.envelope.mail_from is not None:
             await self.push(self.event_handler._refuse(self, "RCPT", relaying_denied(f"source route in {arg[:100]!r}")))  # noqa: SLF001
             return
