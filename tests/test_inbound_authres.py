@@ -139,11 +139,42 @@ async def test_spf_third_void_lookup_is_permerror(dns_server):
     assert verdict.spf == "permerror" and "void" in verdict.reasons["spf"]
 
 
+async def test_spf_ptr_and_the_mx_name_bound(dns_server):
+    dns_server.add("acme.test", "TXT", "v=spf1 ptr -all")
+    dns_server.add("25.2.0.192.in-addr.arpa", "PTR", "mail.acme.test.")
+    dns_server.add("mail.acme.test", "A", CLIENT)
+    assert (await check(dns_server)).spf == "pass"
+    dns_server.set("mail.acme.test", "A", "192.0.2.99")  # the name does not lead back: not validated
+    assert (await check(dns_server)).spf == "fail"
+    dns_server.set("acme.test", "TXT", "v=spf1 mx -all")
+    dns_server.add("acme.test", "MX", *(f"{i} mx{i}.acme.test." for i in range(11)))
+    verdict = await check(dns_server)
+    assert verdict.spf == "permerror" and "MX names" in verdict.reasons["spf"]
+
+
+async def test_dns_errors_are_not_cached_negative_answers_are(dns_server):
+    dns = cache(dns_server)
+    dns_server.servfail("acme.test", "TXT")
+    assert (await check(dns_server, dns=dns)).spf == "temperror"
+    dns_server.heal()
+    dns_server.add("acme.test", "TXT", f"v=spf1 ip4:{CLIENT} -all")
+    assert (await check(dns_server, dns=dns)).spf == "pass"
+    asked = dns_server.queried("_dmarc.acme.test", "TXT")
+    await check(dns_server, dns=dns)
+    assert dns_server.queried("_dmarc.acme.test", "TXT") == asked  # its NXDOMAIN is kept for the SOA's TTL
+
+
 async def test_spf_null_sender_checks_helo(dns_server):
     dns_server.add("mail.acme.test", "TXT", f"v=spf1 ip4:{CLIENT} -all")
     verdict = await check(dns_server, mail_from="")
     assert (verdict.spf, verdict.spf_domain) == ("pass", "mail.acme.test")
     assert parsed(verdict)[("spf", "pass")] == {("smtp", "helo"): "mail.acme.test"}
+
+
+async def test_spf_null_sender_with_an_address_literal_helo_is_none(dns_server):
+    verdict = await check(dns_server, mail_from="", helo="[192.0.2.25]")
+    assert verdict.spf == "none"
+    assert dns_server.queries == [] or all(not n.startswith("192.0.2.25") for n, _ in dns_server.queries)
 
 
 async def test_spf_servfail_is_temperror(dns_server):
@@ -194,6 +225,11 @@ async def test_dkim_missing_key_unreadable_signature_and_dns_error(dns_server, k
     assert (await check(dns_server, signed)).dkim == [("temperror", "acme.test", "gone")]
     broken = b"DKIM-Signature: this is not a tag list\r\n" + message()
     assert (await check(dns_server, broken)).dkim[0][0] == "neutral"
+    unreadable = signed.replace(b" bh=", b" bh=!!", 1)  # an invalid signature costs no key lookup
+    dns_server.heal()
+    asked = dns_server.queried("gone._domainkey.acme.test", "TXT")
+    assert (await check(dns_server, unreadable)).dkim == [("neutral", "acme.test", "gone")]
+    assert dns_server.queried("gone._domainkey.acme.test", "TXT") == asked
 
 
 async def test_every_signature_is_evaluated_up_to_the_bound(dns_server, key):
@@ -292,6 +328,41 @@ async def test_dkim_verdicts_agree_with_dkimpy(dns_server, key):
     assert {"pass", "fail"} <= {(await check(dns_server, raw)).dkim[0][0] for raw in cases}
 
 
+async def test_large_message_is_verified_off_the_loop_with_the_same_result(dns_server, key):
+    pem, record = key
+    dns_server.add("sel._domainkey.acme.test", "TXT", record)
+    big = sign(message(body="x" * 76 + "\r\n" * 1 + ("y" * 998 + "\r\n") * 400), pem)
+    assert len(big) > 300_000
+    assert (await check(dns_server, big)).dkim[0][0] == "pass"
+    assert (await check(dns_server, big[:-10] + b"tampered\r\n")).dkim[0][0] == "fail"
+
+
+HOSTILE = [
+    b"",
+    b"\r\n\r\n",
+    b"no header section at all",
+    b"From\r\n\r\nbody",
+    b"From: <>\r\nDKIM-Signature: v=1; a=rsa-sha256; d=acme.test; s=sel; h=from; bh=!!; b=??\r\n\r\nx",
+    b"DKIM-Signature: v=1; a=rsa-sha256; d=ac(me.test; s=sel; h=from; bh=AAAA; b=AAAA\r\nFrom: a@acme.test\r\n\r\n",
+    b"DKIM-Signature: " + b"a=" * 5000 + b"\r\nFrom: a@acme.test\r\n\r\n",
+    b"From: =?utf-8?q?=FF=FE?= <a@\xff\xfe.test>, \"x\" <@>, group: b@acme.test;\r\n\r\n",
+    b"From: a@" + b"very-long-label" * 30 + b".test\r\n\r\n",
+    b"\x00\x01\x02: \xff\r\n continuation without field\r\nFrom: a@acme.test\r\n\r\n\x00",
+    b"ARC-Seal: i=1; a=rsa-sha256; cv=none; d=relay.test; s=arc; b=AAAA\r\nFrom: a@acme.test\r\n\r\n",
+    b"ARC-Seal: i=99; cv=pass\r\n" * 12 + b"From: a@acme.test\r\n\r\n",
+]
+
+
+@pytest.mark.parametrize("raw", HOSTILE)
+async def test_hostile_messages_get_a_verdict_not_an_exception(dns_server, raw):
+    dns_server.add("_dmarc.acme.test", "TXT", "v=DMARC1; p=reject")
+    verdict = await check(dns_server, raw)
+    assert verdict.spf == "none" and verdict.header.startswith(ME + ";")
+    authres_parser.AuthenticationResultsHeader.parse_value(verdict.header)
+    stored = with_header(raw, verdict)
+    assert stored.startswith(b"Authentication-Results: " + ME.encode() + b";")
+
+
 # ------------------------------------------------------------------------------------------- DMARC
 
 async def test_dmarc_passes_on_aligned_dkim_when_spf_fails(dns_server, key):
@@ -345,6 +416,12 @@ async def test_dmarc_organizational_domain_under_a_multi_label_public_suffix(dns
     verdict = await check(dns_server, message(sender="a@deep.sub.acme.co.uk"), mail_from="a@x.test")
     assert (verdict.dmarc, verdict.dmarc_policy) == ("fail", "reject")
     assert dns_server.queried("_dmarc.co.uk", "TXT") == 0 and dns_server.queried("_dmarc.sub.acme.co.uk", "TXT") == 0
+
+
+async def test_dmarc_of_an_internationalised_from_domain_asks_its_a_labels(dns_server):
+    dns_server.add("_dmarc.xn--bcher-kva.test", "TXT", "v=DMARC1; p=reject")
+    verdict = await check(dns_server, message(sender="info@bücher.test"), mail_from="x@elsewhere.test")
+    assert (verdict.from_domain, verdict.dmarc, verdict.reject_by_dmarc) == ("xn--bcher-kva.test", "fail", True)
 
 
 async def test_dmarc_none_without_record_and_with_two_records(dns_server):

@@ -7,9 +7,10 @@ a DnsCache (gateway/inbound/dnscache.py) and our authserv-id (the MX hostname). 
 and ``reject_by_dmarc`` (DMARC fail under p=reject; whether to refuse is the caller's decision,
 with the tenant's ``dmarc_reject`` switch).
 
-    authenticate -> spf.check (MAIL FROM or HELO)         \\
-                 -> DKIM keys (each signature, at most 5) -> signatures.verify -> dmarc.evaluate (From)
-                 -> ARC keys (at most 5 sets)             -> dkimpy verifies the chain (reported only)
+    authenticate -> spf.check (MAIL FROM or HELO)          \\
+                 -> DKIM keys (each signature, at most 5)  -> signatures.verify -> dmarc.judge (each From domain)
+                 -> ARC keys (at most 5 sets)              -> dkimpy verifies the chain (reported only)
+                 -> dmarc.discover (each From domain, at most 5) /
 
 What it promises: it never raises for what DNS or the message does; a DNS failure or timeout is
 ``temperror`` (and a DMARC temperror is never a reject); the whole evaluation ends within
@@ -33,7 +34,7 @@ from . import dmarc as dmarc_policy
 from . import signatures as signatures_
 from . import spf as spf_check
 from .dnscache import DnsCache
-from .signatures import MAX_SIGNATURES, domain_selector, key_name, tags
+from .signatures import MAX_SIGNATURES, domain_selector, invalid, key_name, tags
 
 MAX_FROM_DOMAINS = 5    # From domains DMARC is applied to (RFC 7489 6.6.1: the strictest wins)
 THREAD_ABOVE = 256 * 1024  # messages larger than this are hashed in a worker thread, off the loop
@@ -102,14 +103,17 @@ async def authenticate(message: bytes, *, client_ip: str, helo: str, mail_from: 
     arc_names = signatures_.arc_key_names(fields)
     try:
         async with asyncio.timeout(budget):
-            spf, keys, arc = await asyncio.gather(
+            # Every lookup at once: SPF's walk, the DKIM and ARC keys, the From domains' policies.
+            spf, keys, arc, *policies = await asyncio.gather(
                 spf_check.check(dns, client_ip=client_ip, mail_from=mail_from, helo=helo),
-                signatures_.fetch_keys(dns, {n for n in map(key_name, signatures[:MAX_SIGNATURES]) if n}),
+                signatures_.fetch_keys(dns, {key_name(sig) for sig in signatures[:MAX_SIGNATURES]
+                                             if key_name(sig) and not invalid(sig)}),
                 _arc_keys(dns, arc_names),
+                *(dmarc_policy.discover(dns, d) for d in from_domains[:MAX_FROM_DOMAINS]),
             )
             dkim_results, arc_result = await _verify(message, signatures, keys, arc)
-            dmarcs = [await dmarc_policy.evaluate(dns, d, spf=spf.result, spf_domain=spf.domain, dkim=dkim_results)
-                      for d in from_domains[:MAX_FROM_DOMAINS]]
+            dmarcs = [dmarc_policy.judge(p, d, spf=spf.result, spf_domain=spf.domain, dkim=dkim_results)
+                      for p, d in zip(policies, from_domains)]
     except TimeoutError:
         reason = f"authentication took longer than {budget:g}s"
         sender = spf_check.identity(mail_from, helo)
@@ -177,10 +181,11 @@ def _from_domains(fields: list[tuple[str, bytes]]) -> list[str]:
     for _, address in email.utils.getaddresses(values):
         domain = address.rpartition("@")[2].strip().rstrip(".").lower()
         if "@" in address and domain:
-            try:
-                domain = idna.encode(domain, uts46=True).decode()
-            except idna.IDNAError:
-                pass
+            if not domain.isascii():  # U-labels to A-labels; idna is slow, so only when needed
+                try:
+                    domain = idna.encode(domain, uts46=True).decode()
+                except idna.IDNAError:
+                    pass
             if domain not in domains:
                 domains.append(domain)
     return domains
