@@ -33,6 +33,7 @@ from .config import Config, load_config, restart_keys, to_dict
 from .delivery.scheduler import Scheduler
 from .domains.verifier import Reverifier
 from .errors import ConfigError, GatewayError, StartupError
+from .inbound import server as inbound_server
 from .lifecycle import Component
 from .metrics import Metrics, budget_families, store_families
 from .paths import Paths, resolve_paths
@@ -131,6 +132,19 @@ class Daemon:
                          WebhookService(store, allow_loopback=lambda: self.config.webhooks.allow_loopback,
                                         post=webhooks.post, on_change=webhooks.wake),
                          EventService(store), UnsubscribeService(store, keyring), suppressions, AddressService(store)]
+        submission_server = submission.build(
+            self.config, paths=self.paths, authenticate=usecases.authenticate, context=usecases.context,
+            submit=store.queue.put, monthly_count=store.queue.monthly_count, metrics=self.metrics,
+            on_queued=self.scheduler.wake, budget=self.budget, check_recipient=suppressions.at_rcpt,
+            lineage=store.queue.lineage,
+        )
+        # The MX listener shares submission's certificate and the memory budget. It starts after
+        # submission and stops before it. (The processing stage, when wired, passes on_spooled to
+        # be woken by each spooled message.)
+        listeners: list[Component] = [submission_server]
+        if self.config.inbound.enabled:
+            listeners.append(inbound_server.build(self.config, store=store, tls=submission_server.tls, budget=self.budget,
+                                                  metrics=self.metrics))
         workers: list[Component] = [
             monitor,
             Reverifier(domains.reverify, interval=self.config.domains.reverify_interval, concurrency=self.config.domains.verify_concurrency),
@@ -138,12 +152,7 @@ class Daemon:
             Unsubscriber(store, keyring, self.metrics, lambda: self.config),
             Sweeper(store, self.config.queue, self.metrics, webhooks=self.config.webhooks),
             webhooks,
-            submission.build(
-                self.config, paths=self.paths, authenticate=usecases.authenticate, context=usecases.context,
-                submit=store.queue.put, monthly_count=store.queue.monthly_count, metrics=self.metrics,
-                on_queued=self.scheduler.wake, budget=self.budget, check_recipient=suppressions.at_rcpt,
-                lineage=store.queue.lineage,
-            ),
+            *listeners,
         ]
         # Components start in this order and stop in reverse. Web and admin start first and stop
         # last, so status and /health answer until the end; the listeners stop accepting before the

@@ -196,6 +196,8 @@ def _must_refuse(ep: Endpoint, headers: list[bytes], flags: set[str]) -> str:
         return sorted(flags)[0]
     if names.count(b"received") > ep.limits.get("max_received_headers", 1 << 30):
         return "too-many-received"
+    if ep.credentials is None:
+        return ""  # an MX takes mail from the internet as it comes: defects are recorded, not refused
     if names.count(b"from") != 1:
         return "from-count"
     if any(names.count(n.lower()) > 1 for n in SINGLETONS):
@@ -308,15 +310,18 @@ def dialog(seed: int, index: int, ep: Endpoint) -> Dialog:
         steps.append(Send(b"EHLO fuzz.example\r\n"))
         steps.append(StartTLS())
         in_tls = True
+    open_mx = ep.credentials is None  # an MX: anyone may send mail, after EHLO
     if authed:
         steps.append(Login())
         d.tags.append("authed")
     else:
         d.tags.append("tls" if in_tls else "plain")
+        if open_mx:
+            steps.append(Send(b"EHLO fuzz.example\r\n"))
     pending = False  # a DATA or an AUTH challenge may still wait for more lines
     for _ in range(rng.choice([1, 1, 2, 3, 5, 8])):
         r = rng.random()
-        if authed and r < 0.45:
+        if (authed or open_mx) and r < 0.45:
             more, pending = _transaction(rng, ep)
             d.tags.append("transaction")
         elif r < 0.6:

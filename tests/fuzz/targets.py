@@ -89,4 +89,27 @@ async def daemon_target(tmp_path: Path) -> AsyncIterator[Running]:
                           sessions=lambda: len(server.sessions))
 
 
-TARGETS = {"submission": submission_target, "daemon": daemon_target}
+MX_LIMITS = {k: v for k, v in SUBMISSION_LIMITS.items() if not k.startswith("auth_")}
+
+
+@contextlib.asynccontextmanager
+async def mx_target(tmp_path: Path) -> AsyncIterator[Running]:
+    """The real MX listener over a real store: a tenant domain with a channel address and a catch-all."""
+    from gateway.store import Store
+    from tests.support.inbound import channel_address, mx_listener, receiving_domain
+
+    store = await Store.open(tmp_path / "gateway.db")
+    try:
+        tenant = (await store.tenants.add("acme"))["id"]
+        await channel_address(store, await receiving_domain(store, tenant, "acme.test"), "help@acme.test")
+        await receiving_domain(store, tenant, "shop.test", catchall=True)
+        async with mx_listener(tmp_path, store=store, inbound=MX_LIMITS) as mx:
+            yield Running([Endpoint(name="inbound", host="127.0.0.1", port=mx.port, tls="starttls", credentials=None,
+                                    sender="customer@example.org", recipients=("help@acme.test", "anyone@shop.test"),
+                                    limits=MX_LIMITS)],
+                          sessions=lambda: len(mx.server.sessions))
+    finally:
+        await store.close()
+
+
+TARGETS = {"submission": submission_target, "daemon": daemon_target, "mx": mx_target}
