@@ -18,6 +18,7 @@ from .delivery import Delivery
 from .domains import Domains
 from .events import Events
 from .inbound import Inbound
+from .mailboxes import Mailboxes
 from .pauses import Pauses
 from .queue import Queue
 from .retention import Retention
@@ -44,6 +45,7 @@ class Store:
         self.webhooks = Webhooks(db)
         self.unsubscribes = Unsubscribes(db)
         self.inbound = Inbound(db)
+        self.mailboxes = Mailboxes(db)
 
     @classmethod
     async def open(cls, path: Path, config: StoreConfig | None = None) -> "Store":
