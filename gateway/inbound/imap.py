@@ -114,6 +114,9 @@ class ImapSession:
         try:
             done, _ = await asyncio.wait({task, lost}, timeout=timeout or self.command_timeout,
                                          return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            task.cancel()   # we were cancelled (the poller stops): the command goes with us
+            raise
         finally:
             lost.cancel()
         if task in done:
