@@ -142,9 +142,11 @@ class MailboxTask:
         cp = await self.store.mailboxes.checkpoint(self.connector_id)
         failures = cp["failures"] if cp else 0
         if cp and cp["backoff_until"] and cp["backoff_until"] > time.time():
-            # Restarted while backing off: the wait goes on, a wrong password is not retried at once.
-            failures = cp["failures"]
-            await self._backoff(failures, cp["last_error"], until=cp["backoff_until"])
+            # The daemon restarted while this mailbox backed off: the wait goes on (a wrong password
+            # is not tried again at once). A change of its settings cleared the backoff instead.
+            self.state.state, self.state.last_error, self.state.failures = "backoff", cp["last_error"], failures
+            self.state.backoff_until = cp["backoff_until"]
+            await self._sleep(cp["backoff_until"] - time.time())
         while True:
             try:
                 if self.incoming.protocol == "imap":
@@ -170,10 +172,10 @@ class MailboxTask:
             failures += 1
             await self._backoff(failures, error)
 
-    async def _backoff(self, failures: int, error: str, until: float | None = None) -> None:
+    async def _backoff(self, failures: int, error: str) -> None:
         config = self.config()
         now = time.time()
-        until = until or now + backoff(failures, config)
+        until = now + backoff(failures, config)
         self.state.state, self.state.last_error, self.state.failures, self.state.backoff_until = "backoff", error, failures, until
         self.state.last_poll_at = now
         log.warning("mailbox_poll_failed", tenant=self.state.tenant, connector=self.state.name, error=error,

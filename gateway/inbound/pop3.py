@@ -32,6 +32,7 @@ class Pop3Session:
         self.connect_timeout = connect_timeout
         self.command_timeout = command_timeout
         self.conn: poplib.POP3 | None = None
+        self._closed = False
         self.tls = ""
         self.steps: list[dict[str, Any]] = []   # what open() got through, for `connector test`
 
@@ -47,15 +48,19 @@ class Pop3Session:
         inc = self.incoming
         steps = self.steps
 
-        def connect() -> poplib.POP3:
+        def connect() -> None:
             if inc.tls == "implicit":
                 conn = poplib.POP3_SSL(inc.host, inc.port, timeout=self.connect_timeout, context=self.ctx)
             else:
                 conn = poplib.POP3(inc.host, inc.port, timeout=self.connect_timeout)
+            # Set here, on the thread: a session cancelled while connecting still closes this socket.
+            self.conn = conn
+            if self._closed:
+                conn.close()
+                return
             conn.sock.settimeout(self.command_timeout)
-            return conn
 
-        self.conn = await self._run("connect", connect)
+        await self._run("connect", connect)
         steps.append({"step": "connect", "ok": True, "detail": f"connected to {inc.host}:{inc.port}"})
         if inc.tls == "starttls":
             caps = await self._run("tls", self.conn.capa)
@@ -121,6 +126,7 @@ class Pop3Session:
 
     async def close(self) -> None:
         """Drop the session without QUIT: nothing marked for deletion is deleted."""
+        self._closed = True
         conn, self.conn = self.conn, None
         if conn is not None:
             with contextlib.suppress(OSError):

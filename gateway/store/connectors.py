@@ -86,6 +86,8 @@ def _set_incoming(conn: sqlite3.Connection, tenant: str, name: str, incoming: di
                  (json.dumps(settings, sort_keys=True), direction, current["id"]))
     if secret is not None:
         conn.execute("UPDATE connectors SET incoming_secret = ? WHERE id = ?", (secret, current["id"]))
+    # New settings get a new try at once: a backoff earned with the old ones (a wrong password) ends.
+    conn.execute("UPDATE mailbox_checkpoints SET failures = 0, backoff_until = NULL WHERE connector_id = ?", (current["id"],))
     if incoming is None:
         conn.execute("UPDATE connectors SET incoming_secret = '' WHERE id = ?", (current["id"],))
         conn.execute("DELETE FROM mailbox_checkpoints WHERE connector_id = ?", (current["id"],))
