@@ -347,3 +347,21 @@ async def test_incoming_settings_are_checked(tmp_path, dns_server, dovecot):
         added = await d.call("connector.add", tenant="acme", name="x", kind="imap", host="127.0.0.1", username="alice",
                              secret="pw", usecase="receipts", tls="none", insecure_plaintext=True)
         assert added["settings"]["incoming"]["port"] == 143 and added["settings"]["incoming"]["folder"] == "INBOX"
+
+
+async def test_mailbox_is_left_alone_when_the_spool_cannot_commit(tmp_path, dns_server, dovecot):
+    dovecot.append("alice", message(0))
+    async with daemon(tmp_path, dns_server, dovecot) as d:
+        await sending_setup(d, dns_server)
+        d.store.db.space.min_free = 1 << 60   # below the reserve: new mail is refused (StorageFull)
+        await add_mailbox(d, dovecot, after="delete")
+        status = await mailbox_status(d, until=lambda s: s.get("failures", 0) >= 1)
+        assert status["last_error"].startswith("store: ") and status["fetched"] == 0
+        assert list(dovecot.messages("alice").values())[0][1] == message(0)   # not deleted: nothing was stored
+        assert await d.store.inbound.spooled() == []
+        d.store.db.space.min_free = 0         # room again: the retry stores it, then deletes it
+        [row] = await spooled(d, 1)
+        assert row["header_message_id"] == message_id(message(0))
+        async with asyncio.timeout(10):
+            while dovecot.messages("alice"):
+                await asyncio.sleep(0.05)
