@@ -176,6 +176,9 @@ async def test_wrong_password_backs_off_shows_the_error_and_leaves_other_connect
         bad = next(m for m in running if m["name"] == "bad")
         assert bad["state"] == "backoff" and "login refused" in bad["last_error"] and bad["failures"] >= 2
         assert next(m for m in running if m["name"] == "good")["last_error"] == ""
+        code, out, err = await cli(d, "status")
+        assert code == 0 and "polled mailboxes" in out and "acme/bad  imap://alice@127.0.0.1" in out
+        assert "ERROR login refused for alice" in out and "not-the-password" not in out
         assert len(await d.store.inbound.spooled(limit=100)) == 1   # nothing of alice's
         # The operator fixes the password: the change is picked up at once, the mail comes in.
         await d.call("connector.incoming", tenant="acme", name="bad", secret=dovecot.users["alice"])
@@ -285,6 +288,13 @@ async def test_one_connector_carries_smtp_out_and_imap_in_set_through_the_cli(tm
         assert shown["has_secret"] and shown["has_incoming_secret"] and "pw" not in str(shown)
         listed = await d.call("connector.list", tenant="acme")
         assert "alice-pw" not in str(listed) and "smtp-pw" not in str(listed)
+        # disabling the connector stops its polling; enabling starts it again
+        await d.call("connector.update", tenant="acme", name="mail", enabled=False)
+        async with asyncio.timeout(10):
+            while d.daemon.poller.tasks:
+                await asyncio.sleep(0.05)
+        await d.call("connector.update", tenant="acme", name="mail", enabled=True)
+        await settled(d, "mail")
         # removing the incoming settings stops the polling and leaves the SMTP side
         code, out, err = await cli(d, "connector", "incoming", "acme", "mail", "--remove")
         assert code == 0, err

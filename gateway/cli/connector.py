@@ -67,11 +67,11 @@ def _show(record: dict, as_json: bool) -> None:
 
 def settings_options(fn):
     for option in reversed([
-        click.option("--host", default=None, help="smtp: relay host name or address."),
-        click.option("--port", type=click.IntRange(1, 65535), default=None, help="smtp: port (default by --tls: 587, 465, 25)."),
-        click.option("--tls", type=click.Choice(["none", "starttls", "implicit"]), default=None, help="smtp: TLS mode (default starttls)."),
-        click.option("--no-verify-tls", "no_verify", is_flag=True, default=None, help="smtp: do not check the relay's certificate."),
-        click.option("--username", default=None, help="smtp: AUTH user name (password via --secret-stdin/--secret-env)."),
+        click.option("--host", default=None, help="smtp: relay host; imap/pop3: mailbox server."),
+        click.option("--port", type=click.IntRange(1, 65535), default=None, help="Port (default by kind and --tls: smtp 587/465/25, imap 993/143, pop3 995/110)."),
+        click.option("--tls", type=click.Choice(["none", "starttls", "implicit"]), default=None, help="TLS mode (default: smtp starttls, imap/pop3 implicit; none needs --insecure-plaintext for imap/pop3)."),
+        click.option("--no-verify-tls", "no_verify", is_flag=True, default=None, help="Do not check the server's certificate (smtp, imap, pop3)."),
+        click.option("--username", default=None, help="smtp: AUTH user name; imap/pop3: mailbox login (password via --secret-stdin/--secret-env)."),
         click.option("--sender", default=None, help="Envelope sender (smtp) or From (sendgrid) to use instead of the message's."),
         click.option("--reply-to", default=None, help="Reply-To to add when the message has none."),
         click.option("--base-url", default=None, help="sendgrid: API base URL (default https://api.sendgrid.com)."),
