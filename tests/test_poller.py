@@ -375,3 +375,40 @@ async def test_mailbox_is_left_alone_when_the_spool_cannot_commit(tmp_path, dns_
         async with asyncio.timeout(10):
             while dovecot.messages("alice"):
                 await asyncio.sleep(0.05)
+
+
+async def test_without_idle_the_mailbox_is_polled_every_interval(tmp_path, dns_server, dovecot):
+    async with daemon(tmp_path, dns_server, dovecot, idle=False, interval=0.2) as d:
+        await sending_setup(d, dns_server)
+        await add_mailbox(d, dovecot, tls="none", insecure_plaintext=True)
+        assert (await settled(d))["state"] == "waiting"
+        dovecot.append("alice", message(0))
+        await spooled(d, 1, timeout=5)
+        dovecot.append("alice", message(1))
+        rows = await spooled(d, 2, timeout=5)
+        assert [r["header_message_id"] for r in rows] == [message_id(message(0)), message_id(message(1))]
+
+
+async def test_a_restart_during_backoff_waits_it_out(tmp_path, dns_server, dovecot):
+    async with daemon(tmp_path, dns_server, dovecot, backoff_base=60.0, backoff_max=60.0) as d:
+        await sending_setup(d, dns_server)
+        await add_mailbox(d, dovecot, password="wrong")
+        status = await mailbox_status(d, until=lambda s: s.get("failures", 0) >= 1)
+        assert status["backoff_until"] > status["last_poll_at"] + 50
+    # The next try is a minute away: a restart does not try the wrong password again before then.
+    async with daemon(tmp_path, dns_server, dovecot, backoff_base=60.0, backoff_max=60.0) as d:
+        state = await asyncio.wait_for(_state(d, "inbox", "backoff"), 10)
+        assert state["failures"] == 1 and state["backoff_until"] == status["backoff_until"]
+        assert "login refused" in state["last_error"]
+        assert await mailbox_status(d) == status   # no new attempt recorded
+        # a settings change (the fixed password) tries at once
+        await d.call("connector.incoming", tenant="acme", name="inbox", secret=dovecot.users["alice"])
+        await mailbox_status(d, until=lambda s: s.get("last_ok_at") and s["failures"] == 0)
+
+
+async def _state(d: DaemonHandle, name: str, wanted: str) -> dict:
+    while True:
+        for t in d.daemon.poller.tasks.values():
+            if t.state.name == name and t.state.state == wanted:
+                return t.state.as_dict()
+        await asyncio.sleep(0.05)
