@@ -104,7 +104,7 @@ async def test_imap_messages_polled_once_marked_seen_and_not_again_after_restart
         # after seen: every message flagged \Seen on the server, still there
         on_server = dovecot.messages("alice")
         assert len(on_server) == 3 and all("\\Seen" in flags for flags, _ in on_server.values())
-        status = await mailbox_status(d, until=lambda s: s.get("fetched") == 3)
+        status = await mailbox_status(d, until=lambda s: s.get("fetched") == 3 and s.get("last_ok_at"))
         assert status["last_error"] == "" and status["last_ok_at"] and status["uidvalidity"] and status["last_uid"] == 3
     # A restart: nothing fetched twice; a new message is.
     dovecot.append("alice", message(9))
@@ -183,7 +183,7 @@ async def test_wrong_password_backs_off_shows_the_error_and_leaves_other_connect
         # The operator fixes the password: the change is picked up at once, the mail comes in.
         await d.call("connector.incoming", tenant="acme", name="bad", secret=dovecot.users["alice"])
         await spooled(d, 2)
-        fixed = await mailbox_status(d, "bad", until=lambda s: s.get("fetched") == 1)
+        fixed = await mailbox_status(d, "bad", until=lambda s: s.get("fetched") == 1 and s["last_ok_at"])
         assert fixed["last_error"] == "" and fixed["failures"] == 0 and fixed["backoff_until"] is None
 
 

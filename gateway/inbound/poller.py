@@ -37,14 +37,14 @@ from typing import Any
 import structlog
 
 from ..config import Config, PollerConfig
-from ..errors import StorageFull, StoreError
+from ..errors import StoreError
 from ..lifecycle import Component
 from ..store import Store
 from ..store.inbound import Spooled
 from ..store.mailboxes import Checkpoint
 from ..store.queue import QueueIds
 from .imap import ImapSession
-from .mailbox import Incoming, MailboxAuthError, MailboxError, crlf, describe, header_message_id, tls_context
+from .mailbox import Incoming, MailboxError, crlf, describe, header_message_id, tls_context
 from .pop3 import Pop3Session
 
 log = structlog.get_logger("poller")
@@ -122,6 +122,7 @@ class MailboxTask:
         self.fingerprint = fingerprint(spec)
         self.task: asyncio.Task | None = None
         self._wake = asyncio.Event()
+        self._worked = False           # the current session completed a round
 
     def start(self) -> None:
         self.task = asyncio.create_task(self.run(), name=f"poller:{self.spec['tenant']}/{self.spec['name']}")
@@ -147,30 +148,33 @@ class MailboxTask:
             self.state.state, self.state.last_error, self.state.failures = "backoff", cp["last_error"], failures
             self.state.backoff_until = cp["backoff_until"]
             await self._sleep(cp["backoff_until"] - time.time())
+        last_quick_retry = 0.0
         while True:
+            self._worked = False
             try:
                 if self.incoming.protocol == "imap":
                     await self._imap_session()
                 else:
                     await self._pop3_round()
-                    failures = 0
                     await self._sleep(self.config().interval)
                     continue
             except asyncio.CancelledError:
                 raise
-            except MailboxAuthError as exc:
-                error = str(exc)
             except MailboxError as exc:
                 error = str(exc)
-            except StorageFull as exc:
-                error = f"store: {exc}"
-            except StoreError as exc:
+            except StoreError as exc:   # StorageFull included: nothing was spooled, nothing changed
                 error = f"store: {exc}"
             except Exception as exc:  # noqa: BLE001 - one mailbox must never take the daemon down
                 log.exception("mailbox_poll_crashed", tenant=self.state.tenant, connector=self.state.name)
                 error = f"internal: {describe(exc)}"
-            failures += 1
-            await self._backoff(failures, error)
+            now = time.monotonic()
+            if self._worked and now - last_quick_retry > self.config().backoff_base:
+                # A session that had worked broke (the server restarted, an idle connection was cut):
+                # reconnect at once, once per backoff_base; a second break in a row backs off.
+                last_quick_retry = now
+                log.info("mailbox_reconnecting", tenant=self.state.tenant, connector=self.state.name, reason=error)
+                continue
+            await self._backoff(self.state.failures + 1, error)
 
     async def _backoff(self, failures: int, error: str) -> None:
         config = self.config()
@@ -190,9 +194,10 @@ class MailboxTask:
             await asyncio.wait_for(self._wake.wait(), seconds)
 
     async def _ok(self) -> None:
+        self._worked = True
         now = time.time()
+        await self.store.mailboxes.record(self.connector_id, now=now)   # stored before it is shown as done
         self.state.last_poll_at, self.state.last_error, self.state.failures, self.state.backoff_until = now, "", 0, None
-        await self.store.mailboxes.record(self.connector_id, now=now)
 
     # ------------------------------------------------------------------ shared by both protocols
 

@@ -36,9 +36,18 @@ class Pop3Session:
         self.tls = ""
         self.steps: list[dict[str, Any]] = []   # what open() got through, for `connector test`
 
+    def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        """On the worker thread: a session closed meanwhile (the task was cancelled while this call
+        ran) closes whatever socket the call left, a TLS one made by STLS included."""
+        try:
+            return fn(*args)
+        finally:
+            if self._closed:
+                self._drop()
+
     async def _run(self, step: str, fn: Callable[..., T], *args: Any) -> T:
         try:
-            return await asyncio.to_thread(fn, *args)
+            return await asyncio.to_thread(self._call, fn, *args)
         except poplib.error_proto as exc:
             raise MailboxError(step, f"{step}: server said {describe_reply(exc)}") from exc
         except (OSError, ssl.SSLError, EOFError, ValueError) as exc:
@@ -49,16 +58,23 @@ class Pop3Session:
         steps = self.steps
 
         def connect() -> None:
-            if inc.tls == "implicit":
-                conn = poplib.POP3_SSL(inc.host, inc.port, timeout=self.connect_timeout, context=self.ctx)
-            else:
-                conn = poplib.POP3(inc.host, inc.port, timeout=self.connect_timeout)
-            # Set here, on the thread: a session cancelled while connecting still closes this socket.
-            self.conn = conn
-            if self._closed:
-                conn.close()
-                return
-            conn.sock.settimeout(self.command_timeout)
+            made: list[socket.socket] = []
+            base = poplib.POP3_SSL if inc.tls == "implicit" else poplib.POP3
+
+            class Recorded(base):
+                # poplib leaves the socket open when the greeting fails inside its constructor.
+                def _create_socket(self, timeout: float) -> socket.socket:
+                    made.append(super()._create_socket(timeout))
+                    return made[-1]
+
+            try:
+                kwargs = {"context": self.ctx} if inc.tls == "implicit" else {}
+                self.conn = Recorded(inc.host, inc.port, timeout=self.connect_timeout, **kwargs)
+            except BaseException:
+                for sock in made:
+                    sock.close()
+                raise
+            self.conn.sock.settimeout(self.command_timeout)
 
         await self._run("connect", connect)
         steps.append({"step": "connect", "ok": True, "detail": f"connected to {inc.host}:{inc.port}"})
@@ -74,7 +90,7 @@ class Pop3Session:
             steps.append({"step": "tls", "ok": True, "detail": "none (plaintext allowed for this connector)"})
         await self._run("login", self.conn.user, inc.username)
         try:
-            await asyncio.to_thread(self.conn.pass_, inc.password)
+            await asyncio.to_thread(self._call, self.conn.pass_, inc.password)
         except poplib.error_proto as exc:
             raise MailboxAuthError("login", f"login refused for {inc.username}: {describe_reply(exc)}") from exc
         except (OSError, EOFError) as exc:
@@ -116,23 +132,28 @@ class Pop3Session:
 
     async def quit(self) -> None:
         """QUIT: the server commits the deletions now (RFC 1939 6)."""
-        conn, self.conn = self.conn, None
-        if conn is not None:
-            try:
-                await self._run("delete", conn.quit)
-            finally:
-                with contextlib.suppress(OSError):
-                    conn.close()
+        if self.conn is None:
+            return
+        try:
+            await self._run("delete", self.conn.quit)
+        finally:
+            await self.close()
 
     async def close(self) -> None:
-        """Drop the session without QUIT: nothing marked for deletion is deleted."""
+        """Drop the session without QUIT (nothing marked for deletion is deleted). A call still
+        running on the worker thread finds the session closed and closes what it made."""
         self._closed = True
-        conn, self.conn = self.conn, None
-        if conn is not None:
-            with contextlib.suppress(OSError):
+        self._drop()
+
+    def _drop(self) -> None:
+        conn = self.conn
+        if conn is None:
+            return
+        with contextlib.suppress(OSError, AttributeError):
+            if conn.sock is not None:
                 conn.sock.shutdown(socket.SHUT_RDWR)
-            with contextlib.suppress(OSError):
-                conn.close()
+        with contextlib.suppress(OSError, AttributeError):
+            conn.close()
 
 
 def describe_reply(exc: poplib.error_proto) -> str:
