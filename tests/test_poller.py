@@ -12,6 +12,7 @@ import pytest
 
 from tests.support.daemon import AdminError, DaemonHandle, running_daemon
 from tests.support.dovecot import Dovecot
+from tests.support.proxy import relay
 from tests.support.tenancy import dns_overrides, sending_setup
 
 # Short waits everywhere: a failing login backs off for 0.3 s, not 30.
@@ -142,14 +143,15 @@ async def test_uidvalidity_change_rescans_without_duplicates(tmp_path, dns_serve
         assert all("\\Seen" in flags for flags, _ in dovecot.messages("alice").values())
 
 
-async def test_server_restart_during_idle_is_reestablished_and_new_mail_fetched(tmp_path, dns_server, dovecot):
+@pytest.mark.parametrize("graceful", [True, False], ids=["shutdown-with-BYE", "crash"])
+async def test_server_restart_during_idle_is_reestablished_and_new_mail_fetched(tmp_path, dns_server, dovecot, graceful):
     dovecot.append("alice", message(0))
     async with daemon(tmp_path, dns_server, dovecot) as d:
         await sending_setup(d, dns_server)
         await add_mailbox(d, dovecot)
         await spooled(d, 1)
         assert (await settled(d))["state"] == "idle"
-        await asyncio.to_thread(dovecot.restart)
+        await asyncio.to_thread(dovecot.restart, graceful=graceful)
         dovecot.append("alice", message(1))
         rows = await spooled(d, 2)
         assert sorted(r["header_message_id"] for r in rows) == sorted([message_id(message(0)), message_id(message(1))])
@@ -158,6 +160,20 @@ async def test_server_restart_during_idle_is_reestablished_and_new_mail_fetched(
         # and IDLE works again on the new connection: mail appended now arrives without a poll interval
         dovecot.append("alice", message(2))
         await spooled(d, 3, timeout=5)
+
+
+async def test_a_server_gone_silent_during_idle_is_noticed_and_left(tmp_path, dns_server, dovecot):
+    # No BYE, no FIN: the connection just stops carrying anything. aioimaplib alone would wait forever.
+    async with relay(dovecot.host, dovecot.imap_port) as proxy:
+        async with daemon(tmp_path, dns_server, dovecot, idle_timeout=1.0, command_timeout=1.0) as d:
+            await sending_setup(d, dns_server)
+            await add_mailbox(d, dovecot, tls="none", insecure_plaintext=True, port=proxy.port)
+            assert (await settled(d))["state"] == "idle" and proxy.connections == 1
+            proxy.freeze()
+            proxy.thaw()                       # the frozen connection stays dead; a new one works
+            dovecot.append("alice", message(0))
+            [row] = await spooled(d, 1, timeout=15)
+            assert row["header_message_id"] == message_id(message(0)) and proxy.connections == 2
 
 
 async def test_wrong_password_backs_off_shows_the_error_and_leaves_other_connectors_alone(tmp_path, dns_server, dovecot):

@@ -7,7 +7,7 @@
         dc.messages("alice", "INBOX")                        # {uid: (flags, bytes)} as the server sees it
         dc.create("alice", "Done")                           # a folder
         dc.set_uidvalidity("alice", "INBOX", 7)              # the mailbox "recreated": new UIDVALIDITY
-        dc.restart()                                         # stop and start on the same ports
+        dc.restart()                                         # stop and start on the same ports (graceful=False: a crash)
         dc.cert_path                                         # the self-signed certificate it serves
 
 Its own configuration (nothing under /etc is read), passwd-file authentication with plain
@@ -240,6 +240,9 @@ service stats {{
         if _alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        # A killed master leaves its pid file, and a zombie still answers kill(pid, 0): Dovecot would
+        # think itself running.
+        (self.root / "run" / "master.pid").unlink(missing_ok=True)
         # The ports must be free again before a restart binds them.
         for port in (self.imap_port, self.pop3_port, self.imaps_port, self.pop3s_port):
             while time.monotonic() < deadline:
@@ -249,8 +252,8 @@ service stats {{
                     break
                 time.sleep(0.02)
 
-    def restart(self) -> None:
-        self.stop()
+    def restart(self, *, graceful: bool = True) -> None:
+        self.stop(graceful=graceful)
         self.start()
 
     def close(self) -> None:
