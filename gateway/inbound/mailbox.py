@@ -102,7 +102,7 @@ def check(incoming: dict[str, Any], *, insecure_plaintext: bool = False) -> dict
     s["tls"] = validate.choice(s.get("tls") or "implicit", "incoming tls mode", TLS_MODES)
     if s["tls"] == "none" and not insecure_plaintext:
         raise InvalidArgument("tls none sends the mailbox password in clear: say --insecure-plaintext to allow it")
-    s["port"] = validate.integer(s.get("port") or DEFAULT_PORTS[(protocol, s["tls"])], "port", low=1, high=65535)
+    s["port"] = validate.integer(DEFAULT_PORTS[(protocol, s["tls"])] if s.get("port") is None else s["port"], "port", low=1, high=65535)
     if not s.get("username"):
         raise InvalidArgument("incoming settings need a username")
     validate.line(s["username"], "username", max_len=validate.MAX_HOST)

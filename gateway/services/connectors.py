@@ -111,6 +111,9 @@ class ConnectorService:
                 raise InvalidArgument(f"a {kind} connector polls over {kind}; add another connector for {given['protocol']}")
             given["protocol"] = kind
         merged = {**(current or {}), **given}
+        if current and "port" not in given and current.get("port") == mailbox.DEFAULT_PORTS.get(
+                (current.get("protocol"), current.get("tls", "implicit"))):
+            merged.pop("port", None)   # it was the old mode's default: a new --tls gets the new default
         for key in unset:
             merged.pop(key, None)
         if current and current.get("tls") == "none" and "tls" not in given:
