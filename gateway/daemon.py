@@ -123,7 +123,7 @@ class Daemon:
         # A full disk's episode ends: claim what waited at once rather than at the next poll.
         store.db.on_recovered(self.scheduler.wake)
         # Mailbox polling: a connector change through the CLI wakes it to look at the connectors again.
-        self.poller = Poller(store, self.config.poller)
+        self.poller = Poller(store, self.config.poller, self.metrics)
         webhooks = WebhookSender(store, self.config.webhooks, self.metrics,
                                  node=f"{socket.gethostname()}:{self.paths.state_dir.resolve()}")
         self.services = [TenantService(store), domains, usecases,

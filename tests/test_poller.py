@@ -8,6 +8,7 @@ import hashlib
 import sys
 from typing import Any, AsyncIterator
 
+import aiohttp
 import pytest
 
 from tests.support.daemon import AdminError, DaemonHandle, running_daemon
@@ -195,6 +196,7 @@ async def test_wrong_password_backs_off_shows_the_error_and_leaves_other_connect
         code, out, err = await cli(d, "status")
         assert code == 0 and "polled mailboxes" in out and "acme/bad  imap://alice@127.0.0.1" in out
         assert "ERROR login refused for alice" in out and "not-the-password" not in out
+        assert d.daemon.metrics.mailbox_failures.labels(protocol="imap")._value.get() >= 2
         assert len(await d.store.inbound.spooled(limit=100)) == 1   # nothing of alice's
         # The operator fixes the password: the change is picked up at once, the mail comes in.
         await d.call("connector.incoming", tenant="acme", name="bad", secret=dovecot.users["alice"])
@@ -267,6 +269,10 @@ async def test_message_over_the_size_bound_is_left_and_reported(tmp_path, dns_se
         assert event["data"]["connector_id"] and "5" in event["data"]["reason"]
         on_server = dovecot.messages("alice")
         assert "\\Seen" not in on_server[2][0] and "\\Seen" in on_server[1][0]
+        async with aiohttp.ClientSession() as http, http.get(f"http://{d.address('web')}/metrics") as response:
+            text = await response.text()
+        assert 'gateway_mailbox_messages_total{outcome="spooled",protocol="imap"} 2.0' in text
+        assert 'gateway_mailbox_messages_total{outcome="skipped",protocol="imap"} 1.0' in text
         assert setup["tenant"] == "acme"
 
 

@@ -39,6 +39,7 @@ import structlog
 from ..config import Config, PollerConfig
 from ..errors import StoreError
 from ..lifecycle import Component
+from ..metrics import Metrics
 from ..store import Store
 from ..store.inbound import Spooled
 from ..store.mailboxes import Checkpoint
@@ -110,7 +111,8 @@ def _groups(uids: list[int], sizes: dict[int, int], limit: int) -> list[list[int
 class MailboxTask:
     """Polls one connector's mailbox until cancelled."""
 
-    def __init__(self, spec: dict[str, Any], store: Store, config: Callable[[], PollerConfig], ids: QueueIds):
+    def __init__(self, spec: dict[str, Any], store: Store, config: Callable[[], PollerConfig], ids: QueueIds,
+                 metrics: Metrics | None = None):
         self.spec = spec
         self.connector_id: int = spec["id"]
         self.tenant_id: int = spec["tenant_id"]
@@ -118,6 +120,7 @@ class MailboxTask:
         self.store = store
         self.config = config           # () -> PollerConfig, the current one (SIGHUP changes it)
         self.ids = ids
+        self.metrics = metrics
         self.state = TaskState(spec["tenant"], spec["name"], self.incoming.mailbox)
         self.fingerprint = fingerprint(spec)
         self.task: asyncio.Task | None = None
@@ -177,6 +180,8 @@ class MailboxTask:
             await self._backoff(self.state.failures + 1, error)
 
     async def _backoff(self, failures: int, error: str) -> None:
+        if self.metrics is not None:
+            self.metrics.mailbox_failures.labels(protocol=self.incoming.protocol).inc()
         config = self.config()
         now = time.time()
         until = now + backoff(failures, config)
@@ -224,6 +229,10 @@ class MailboxTask:
     async def _commit(self, batch: Batch, checkpoint: Checkpoint) -> None:
         await self.store.mailboxes.spool(self.connector_id, self.tenant_id, batch.items, checkpoint)
         self.state.fetched += len(batch.items)
+        if self.metrics is not None:
+            for outcome, n in (("spooled", len(batch.items)), ("duplicate", checkpoint.duplicates), ("skipped", len(checkpoint.skipped))):
+                if n:
+                    self.metrics.mailbox_messages.labels(protocol=self.incoming.protocol, outcome=outcome).inc(n)
         if batch.items or batch.duplicates or batch.skipped:
             log.info("mailbox_spooled", tenant=self.state.tenant, connector=self.state.name, spooled=len(batch.items),
                      duplicates=batch.duplicates, skipped=len(batch.skipped))
@@ -400,9 +409,10 @@ class Poller(Component):
 
     name = "poller"
 
-    def __init__(self, store: Store, config: PollerConfig):
+    def __init__(self, store: Store, config: PollerConfig, metrics: Metrics | None = None):
         self.store = store
         self.config = config
+        self.metrics = metrics
         self.tasks: dict[int, MailboxTask] = {}
         self.ids = QueueIds()
         self._wake = asyncio.Event()
@@ -456,7 +466,7 @@ class Poller(Component):
             if cid in self.tasks:
                 continue
             try:
-                task = MailboxTask(spec, self.store, lambda: self.config, self.ids)
+                task = MailboxTask(spec, self.store, lambda: self.config, self.ids, self.metrics)
             except (KeyError, ValueError, TypeError) as exc:
                 log.error("mailbox_settings_unusable", connector=spec["name"], tenant=spec["tenant"], error=describe(exc))
                 continue
