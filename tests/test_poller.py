@@ -95,7 +95,10 @@ async def test_imap_messages_polled_once_marked_seen_and_not_again_after_restart
         dovecot.append("alice", raw)
     async with daemon(tmp_path, dns_server, dovecot) as d:
         await sending_setup(d, dns_server)
+        woken = asyncio.Event()
+        d.daemon.poller.on_spooled = woken.set   # what the daemon wires to the processor's wake
         added = await add_mailbox(d, dovecot)
+        await asyncio.wait_for(woken.wait(), 10)
         assert added["direction"] == "in" and added["has_incoming_secret"] and "secret" not in str(added["settings"])
         rows = await spooled(d, 3)
         await settled(d)

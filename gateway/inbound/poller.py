@@ -112,7 +112,7 @@ class MailboxTask:
     """Polls one connector's mailbox until cancelled."""
 
     def __init__(self, spec: dict[str, Any], store: Store, config: Callable[[], PollerConfig], ids: QueueIds,
-                 metrics: Metrics | None = None):
+                 metrics: Metrics | None = None, on_spooled: Callable[[], None] | None = None):
         self.spec = spec
         self.connector_id: int = spec["id"]
         self.tenant_id: int = spec["tenant_id"]
@@ -121,6 +121,7 @@ class MailboxTask:
         self.config = config           # () -> PollerConfig, the current one (SIGHUP changes it)
         self.ids = ids
         self.metrics = metrics
+        self.on_spooled = on_spooled
         self.state = TaskState(spec["tenant"], spec["name"], self.incoming.mailbox)
         self.fingerprint = fingerprint(spec)
         self.task: asyncio.Task | None = None
@@ -229,6 +230,8 @@ class MailboxTask:
     async def _commit(self, batch: Batch, checkpoint: Checkpoint) -> None:
         await self.store.mailboxes.spool(self.connector_id, self.tenant_id, batch.items, checkpoint)
         self.state.fetched += len(batch.items)
+        if batch.items and self.on_spooled is not None:
+            self.on_spooled()   # the processor looks at the spool now rather than at its next poll
         if self.metrics is not None:
             for outcome, n in (("spooled", len(batch.items)), ("duplicate", checkpoint.duplicates), ("skipped", len(checkpoint.skipped))):
                 if n:
@@ -409,10 +412,12 @@ class Poller(Component):
 
     name = "poller"
 
-    def __init__(self, store: Store, config: PollerConfig, metrics: Metrics | None = None):
+    def __init__(self, store: Store, config: PollerConfig, metrics: Metrics | None = None,
+                 on_spooled: Callable[[], None] | None = None):
         self.store = store
         self.config = config
         self.metrics = metrics
+        self.on_spooled = on_spooled   # called after each commit that spooled messages (the processor's wake)
         self.tasks: dict[int, MailboxTask] = {}
         self.ids = QueueIds()
         self._wake = asyncio.Event()
@@ -466,7 +471,7 @@ class Poller(Component):
             if cid in self.tasks:
                 continue
             try:
-                task = MailboxTask(spec, self.store, lambda: self.config, self.ids, self.metrics)
+                task = MailboxTask(spec, self.store, lambda: self.config, self.ids, self.metrics, self.on_spooled)
             except (KeyError, ValueError, TypeError) as exc:
                 log.error("mailbox_settings_unusable", connector=spec["name"], tenant=spec["tenant"], error=describe(exc))
                 continue
