@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
 import sys
 from typing import Any, AsyncIterator
 
@@ -279,10 +280,11 @@ async def test_message_over_the_size_bound_is_left_and_reported(tmp_path, dns_se
         assert setup["tenant"] == "acme"
 
 
-async def cli(d: DaemonHandle, *args: str, stdin: str = "") -> tuple[int, str, str]:
+async def cli(d: DaemonHandle, *args: str, stdin: str = "", env: dict[str, str] | None = None) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", "from gateway.cli import main; main()", "--socket", str(d.daemon.paths.socket), *args,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})})
     out, err = await asyncio.wait_for(proc.communicate(stdin.encode()), 60)
     return proc.returncode, out.decode(), err.decode()
 
@@ -335,7 +337,10 @@ async def test_connector_test_reports_each_incoming_step(tmp_path, dns_server, d
     async with daemon(tmp_path, dns_server, dovecot) as d:
         await sending_setup(d, dns_server)
         await add_mailbox(d, dovecot, "imap", tls="starttls", enabled=False)
-        await add_mailbox(d, dovecot, "pop", protocol="pop3", enabled=False)
+        code, out, err = await cli(d, "connector", "add", "acme", "pop", "--kind", "pop3", "--host", "127.0.0.1",
+                                   "--port", str(dovecot.pop3s_port), "--username", "alice", "--usecase", "receipts",
+                                   "--after", "delete", "--secret-env", "POP_PW", "--disabled", env={"POP_PW": "alice-pw"})
+        assert code == 0 and "pop3" in out and "alice-pw" not in out, err
         code, out, err = await cli(d, "connector", "test", "acme", "imap")
         assert code == 0, out + err
         lines = out.splitlines()
