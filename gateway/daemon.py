@@ -34,6 +34,7 @@ from .delivery.scheduler import Scheduler
 from .domains.verifier import Reverifier
 from .errors import ConfigError, GatewayError, StartupError
 from .inbound import server as inbound_server
+from .inbound.poller import Poller
 from .lifecycle import Component
 from .metrics import Metrics, budget_families, store_families
 from .paths import Paths, resolve_paths
@@ -123,12 +124,14 @@ class Daemon:
                                    links=Links(keyring, lambda: self.config))
         # A full disk's episode ends: claim what waited at once rather than at the next poll.
         store.db.on_recovered(self.scheduler.wake)
+        # Mailbox polling: a connector change through the CLI wakes it to look at the connectors again.
+        self.poller = Poller(store, self.config.poller, self.metrics)
         webhooks = WebhookSender(store, self.config.webhooks, self.metrics,
                                  node=f"{socket.gethostname()}:{self.paths.state_dir.resolve()}")
         self.services = [TenantService(store), domains, usecases,
                          QueueService(store, wake=self.scheduler.wake, on_change=monitor.kick),
                          PauseService(store, wake=self.scheduler.wake, on_change=monitor.kick), DaemonService(self),
-                         ConnectorService(store, lambda: self.config),
+                         ConnectorService(store, lambda: self.config, on_change=self.poller.wake),
                          WebhookService(store, allow_loopback=lambda: self.config.webhooks.allow_loopback,
                                         post=webhooks.post, on_change=webhooks.wake),
                          EventService(store), UnsubscribeService(store, keyring), suppressions, AddressService(store)]
@@ -152,6 +155,7 @@ class Daemon:
             Unsubscriber(store, keyring, self.metrics, lambda: self.config),
             Sweeper(store, self.config.queue, self.metrics, webhooks=self.config.webhooks),
             webhooks,
+            self.poller,
             *listeners,
         ]
         # Components start in this order and stop in reverse. Web and admin start first and stop

@@ -41,6 +41,14 @@ class Metrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400, 86400, 432000), registry=r,
         )
 
+        # Mailbox polling (gateway/inbound/poller.py).
+        self.mailbox_messages = Counter(
+            "gateway_mailbox_messages_total",
+            "Messages found in polled mailboxes, by protocol and outcome (spooled; duplicate: spooled before; skipped: over poller.max_message_size).",
+            ["protocol", "outcome"], registry=r)
+        self.mailbox_failures = Counter("gateway_mailbox_poll_failures_total", "Mailbox sessions that failed (connect, TLS, login, a command, the store), by protocol.",
+                                        ["protocol"], registry=r)
+
         # Retention (gateway/sweeper.py).
         self.swept = Counter("gateway_swept_rows_total", "Rows the sweeper aged out, by kind (bodies, messages, attempts, events, threads).",
                              ["kind"], registry=r)

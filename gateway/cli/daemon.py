@@ -57,6 +57,17 @@ def status(as_json: bool) -> None:
     if "queue" in result:
         click.echo("")
         click.echo("queue      " + "  ".join(f"{k} {v}" for k, v in result["queue"].items()))
+    mailboxes = result.get("poller", {}).get("mailboxes", [])
+    if mailboxes:
+        click.echo("")
+        click.echo("polled mailboxes")
+        for m in mailboxes:
+            line = f"  {m['tenant']}/{m['name']}  {m['mailbox']}  {m['state']}  fetched {m['fetched']}"
+            if m["last_error"]:
+                line += f"  ERROR {m['last_error']}"
+                if m.get("backoff_until"):
+                    line += f" (retry {format_time(m['backoff_until'])}, {m['failures']} failures in a row)"
+            click.echo(line)
 
 
 @click.group()

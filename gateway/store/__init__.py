@@ -19,6 +19,7 @@ from .delivery import Delivery
 from .domains import Domains
 from .events import Events
 from .inbound import Inbound
+from .mailboxes import Mailboxes
 from .pauses import Pauses
 from .queue import Queue
 from .recipients import Recipients
@@ -48,6 +49,7 @@ class Store:
         self.inbound = Inbound(db)
         self.addresses = Addresses(db)
         self.recipients = Recipients(db)
+        self.mailboxes = Mailboxes(db)
 
     @classmethod
     async def open(cls, path: Path, config: StoreConfig | None = None) -> "Store":
