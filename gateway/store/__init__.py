@@ -23,6 +23,7 @@ from .queue import Queue
 from .retention import Retention
 from .suppressions import Suppressions
 from .tenants import Tenants
+from .threads import Threads
 from .unsubscribes import Unsubscribes
 from .usecases import Usecases
 from .webhooks import Webhooks
@@ -44,6 +45,7 @@ class Store:
         self.webhooks = Webhooks(db)
         self.unsubscribes = Unsubscribes(db)
         self.inbound = Inbound(db)
+        self.threads = Threads(db)
 
     @classmethod
     async def open(cls, path: Path, config: StoreConfig | None = None) -> "Store":

@@ -20,13 +20,14 @@ import hashlib
 import json
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import NotFound
 from .db import Database
 from .events import append_event
+from .threads import record_in
 
 SOURCES = ("mx", "imap", "pop3")
 
@@ -114,6 +115,9 @@ class Processed:
     summary: dict[str, Any] = field(default_factory=dict)   # bodies, stripped reply, report, auth, defects
     attachments: Sequence[Attachment] = ()
     raw: bytes | None = None             # the stored copy when it changed (Authentication-Results added)
+    message_id: str = ""                 # its own Message-ID, recorded in message_ids (direction 'in') when
+                                         # set with a tenant and a thread, so outbound replies thread
+    events: Sequence[tuple[str, dict[str, Any]]] = ()   # more events of the row's tenant (thread_refused...)
     now: float = field(default_factory=time.time)
 
 
@@ -157,6 +161,11 @@ def _finish(conn: sqlite3.Connection, row_id: int, p: Processed) -> bool:
         "INSERT INTO inbound_attachments (message_id, position, filename, content_type, size, sha256, content_id, inline)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         [(row_id, a.position, a.filename, a.content_type, a.size, a.sha256, a.content_id, int(a.inline)) for a in p.attachments])
+    if p.message_id and p.thread_id and tenant_id is not None:
+        record_in(conn, message_id=p.message_id, tenant_id=tenant_id, usecase_id=p.usecase_id, thread_id=p.thread_id,
+                  parent=p.parent_message_id, now=p.now)
+    for kind, data in p.events:
+        append_event(conn, tenant_id, kind, row["inbound_id"], data)
     append_event(conn, tenant_id, "received", row["inbound_id"],
                  {"kind": p.kind, "thread_id": p.thread_id, "parent": p.parent_message_id, "usecase_id": p.usecase_id,
                   "address_id": p.address_id, "from": p.from_address, "flags": list(p.flags)})
@@ -172,15 +181,79 @@ def _hold(conn: sqlite3.Connection, row_id: int, reason: str, now: float) -> boo
     return True
 
 
+def _release(conn: sqlite3.Connection, inbound_id: str, tenant_id: int | None) -> dict[str, Any]:
+    sql, args = "SELECT id, tenant_id, state, hold_reason FROM inbound_messages WHERE inbound_id = ?", (inbound_id,)
+    if tenant_id is not None:
+        sql, args = sql + " AND tenant_id = ?", (inbound_id, tenant_id)
+    row = conn.execute(sql, args).fetchone()
+    if row is None:
+        raise NotFound(f"no inbound message {inbound_id}")
+    if row["state"] != "held":
+        return {"inbound_id": inbound_id, "released": False, "state": row["state"]}
+    conn.execute("UPDATE inbound_messages SET state = 'spooled', hold_reason = '', processed_at = NULL WHERE id = ?", (row["id"],))
+    append_event(conn, row["tenant_id"], "inbound_released", inbound_id, {"reason": row["hold_reason"]})
+    return {"inbound_id": inbound_id, "released": True, "state": "spooled"}
+
+
+def _held(conn: sqlite3.Connection, tenant_id: int | None, limit: int) -> list[dict[str, Any]]:
+    sql = "SELECT id, inbound_id, tenant_id, source, hold_reason, received_at, processed_at FROM inbound_messages WHERE state = 'held'"
+    args: tuple[Any, ...] = ()
+    if tenant_id is not None:
+        sql += " AND tenant_id = ?"
+        args = (tenant_id,)
+    return [dict(r) for r in conn.execute(sql + " ORDER BY id LIMIT ?", (*args, limit))]
+
+
+def _incoming(conn: sqlite3.Connection, connector_id: int) -> dict[str, Any] | None:
+    row = conn.execute("SELECT tenant_id, settings FROM connectors WHERE id = ?", (connector_id,)).fetchone()
+    if row is None:
+        return None
+    incoming = json.loads(row["settings"]).get("incoming") or {}
+    return {"tenant_id": row["tenant_id"], "usecase": str(incoming.get("usecase") or ""), "address": str(incoming.get("address") or "")}
+
+
+def _usecase_named(conn: sqlite3.Connection, tenant_id: int, name: str) -> int | None:
+    row = conn.execute("SELECT id FROM usecases WHERE tenant_id = ? AND name = ?", (tenant_id, name)).fetchone()
+    return row[0] if row else None
+
+
 class Inbound:
     def __init__(self, db: Database):
         self.db = db
+        self._on_spooled: list[Callable[[], Any]] = []
+
+    def on_spooled(self, callback: Callable[[], Any]) -> None:
+        """Call ``callback()`` (on the caller's loop) after every committed spool: the daemon wakes the
+        processor with it, whichever door (MX, poller) spooled."""
+        self._on_spooled.append(callback)
 
     async def spool(self, items: Sequence[Spooled]) -> list[int]:
         """Commit the rows of one received message together; returns their row ids. Raises
         ``StorageFull`` (nothing written) when the disk is below the reserve for new mail."""
         self.db.check_room()
-        return await self.db.write(_spool, list(items))
+        ids = await self.db.write(_spool, list(items))
+        for callback in self._on_spooled:
+            callback()
+        return ids
+
+    async def release(self, inbound_id: str, *, tenant_id: int | None = None) -> dict[str, Any]:
+        """A held row back to 'spooled' (event inbound_released): the processor takes it again.
+        {inbound_id, released, state}; a row that is not held is left as it is (released False)."""
+        done = await self.db.write(_release, inbound_id, tenant_id)
+        for callback in self._on_spooled:
+            callback()
+        return done
+
+    async def held(self, *, tenant_id: int | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Held rows with their reasons, oldest first."""
+        return await self.db.read(_held, tenant_id, limit)
+
+    async def incoming(self, connector_id: int) -> dict[str, Any] | None:
+        """{tenant_id, usecase, address} of a polling connector's ``incoming`` settings (None: deleted)."""
+        return await self.db.read(_incoming, connector_id)
+
+    async def usecase_named(self, tenant_id: int, name: str) -> int | None:
+        return await self.db.read(_usecase_named, tenant_id, name)
 
     async def spooled(self, *, after_id: int = 0, limit: int = 100) -> list[dict[str, Any]]:
         """Rows waiting for the processor, oldest first (without their raw bytes: ``raw`` reads one)."""
