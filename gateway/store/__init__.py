@@ -20,6 +20,7 @@ from .events import Events
 from .inbound import Inbound
 from .pauses import Pauses
 from .queue import Queue
+from .recipients import Recipients
 from .retention import Retention
 from .suppressions import Suppressions
 from .tenants import Tenants
@@ -46,6 +47,7 @@ class Store:
         self.unsubscribes = Unsubscribes(db)
         self.inbound = Inbound(db)
         self.threads = Threads(db)
+        self.recipients = Recipients(db)
 
     @classmethod
     async def open(cls, path: Path, config: StoreConfig | None = None) -> "Store":
