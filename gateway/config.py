@@ -182,6 +182,18 @@ class WebhooksConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ProcessorConfig:
+    concurrency: int = setting(4, "Spooled inbound messages processed at once (authentication, MIME parsing and attachment files run in as many worker threads).", min=1, max=256, restart=True)
+    batch: int = setting(200, "Spooled rows read in one scan of the spool.", min=1, max=10000)
+    poll_interval: float = setting(5.0, "Seconds between scans of the spool when nothing wakes the processor (a spool commit wakes it at once).", min=0.05)
+    max_depth: int = setting(20, "Deepest MIME nesting parsed; deeper parts are kept as one raw remainder attachment.", min=1, max=200)
+    max_parts: int = setting(500, "Most MIME parts parsed in one message; the rest is kept as one raw remainder attachment.", min=1, max=100000)
+    max_header_bytes: int = setting(262144, "Most header bytes of one message (and of each part) parsed.", min=1024)
+    max_decoded_bytes: int = setting(104857600, "Most decoded bytes (bodies and attachments together) taken from one message; past it the rest is a defect.", min=1024)
+    keep_inbound: float = setting(2592000.0, "Seconds a processed inbound message (its raw copy, summary and attachment rows) is kept; then the sweeper deletes it and the attachment files no other message references. Held messages are kept until released. 0: forever.", min=0.0)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     daemon: DaemonConfig = section(DaemonConfig, "The daemon itself.")
     log: LogConfig = section(LogConfig, "Logging (structlog).")
@@ -195,6 +207,7 @@ class Config:
     delivery: DeliveryConfig = section(DeliveryConfig, "Outbound delivery: workers, timeouts, retries, DSNs.")
     webhooks: WebhooksConfig = section(WebhooksConfig, "Signed webhook POSTs of events to tenants' endpoints.")
     unsubscribe: UnsubscribeConfig = section(UnsubscribeConfig, "List-Unsubscribe and one-click unsubscribe (RFC 2369, RFC 8058) on the mail of use cases that carry it.")
+    processor: ProcessorConfig = section(ProcessorConfig, "The inbound processing stage: spooled mail classified, parsed, threaded and stored.")
 
 
 # --------------------------------------------------------------------------- parsing

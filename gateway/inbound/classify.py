@@ -104,8 +104,13 @@ def classify(raw: bytes, *, target: str = "", envelope_to: str = "", mail_from: 
         report = dsn.parse(raw, envelope_to)
         if report.standard:
             return Classification("dsn", "delivery-status report", dsn_report(report))
-        if not auto and (target == RETURN_PATH or _is_bounce(report)):
-            return Classification("dsn", "return path" if target == RETURN_PATH else "null-sender bounce", dsn_report(report))
+        # Bounces often say Auto-Submitted too (RFC 3464 asks for it): the bounce heuristics, which
+        # know an out-of-office from a failure, decide first; at a return path anything else is a
+        # report nobody recognised (recorded, never acted on) unless it is an auto-reply.
+        if _is_bounce(report):
+            return Classification("dsn", "bounce text", dsn_report(report))
+        if not auto and target == RETURN_PATH:
+            return Classification("dsn", "return path", dsn_report(report))
     if auto:
         return Classification("auto_reply", auto)
     if target == UNSUBSCRIBE:
