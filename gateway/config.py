@@ -60,7 +60,7 @@ class WebConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class UnsubscribeConfig:
-    mailto: bool = setting(False, "List-Unsubscribe carries a mailto: URI too (RFC 2369), beside the https one. Off by default: no inbound MX handles such requests yet.")
+    mailto: bool = setting(True, "List-Unsubscribe carries a mailto: URI too (RFC 2369), beside the https one: a mail to it (the token in its subject) is received by the inbound MX and unsubscribes as the link does (source mailto). Off: the https link only.")
     mailto_domain: str = setting("", "Domain of the mailto: address (unsubscribe@<this>). Empty: the message's return-path domain (<domains.return_path_prefix>.<sending domain>), which already points its MX at the gateway.")
 
 

@@ -45,6 +45,7 @@ from ..lifecycle import Component
 from ..metrics import Metrics
 from ..store import Store
 from ..store.inbound import Attachment, Processed
+from . import authres
 from . import classify as classifier
 from . import recipients, threads
 from .pins import Pins
@@ -100,7 +101,6 @@ class Processor(Component):
     def __init__(self, store: Store, config: Config, metrics: Metrics | None = None, *, files: Any, pins: Pins | None = None,
                  hooks: Hooks | None = None, authenticate: Callable[..., Awaitable[Any]] | None = None,
                  parse: Callable[..., Any], stripped_reply: Callable[[str, str], str] | None = None,
-                 with_header: Callable[[bytes, Any], bytes] | None = None, header_with_value: Callable[[bytes, str], bytes] | None = None,
                  origin: Callable[..., Any] | None = None, limits: Callable[[ProcessorConfig], Any] | None = None,
                  rules: recipients.Rules | None = None):
         self.store = store
@@ -112,8 +112,6 @@ class Processor(Component):
         self._authenticate = authenticate
         self._parse = parse
         self._stripped = stripped_reply
-        self._with_header = with_header
-        self._header_with_value = header_with_value
         self._origin = origin
         self._limits = limits
         self.rules = rules or recipients.Rules.from_config(config)
@@ -288,15 +286,14 @@ class Processor(Component):
     def _work(self, raw: bytes, row: dict[str, Any], route: Route, verdict: Any) -> Work:
         """The CPU part of one message, in a worker thread: header, classification, MIME, files."""
         stored: bytes | None = None
-        if verdict is not None and self._with_header is not None:
-            stored = self._with_header(raw, verdict)
-            auth = {"spf": verdict.spf, "dkim": _dkim_result(verdict.dkim), "dmarc": verdict.dmarc, "header": verdict.header}
+        if verdict is not None:
+            stored, auth = authres.with_header(raw, verdict), verdict.summary()
         elif row["auth_results"]:
-            if self._header_with_value is not None:
-                stored = self._header_with_value(raw, row["auth_results"])
-            auth = {**_results_in(row["auth_results"]), "header": row["auth_results"]}
+            # The MX evaluated at DATA (a tenant with dmarc_reject) and kept the value: not twice.
+            stored, auth = authres.with_header(raw, row["auth_results"]), authres.summarise(row["auth_results"])
         else:
-            auth = {"spf": "", "dkim": "", "dmarc": "", "header": ""}
+            # Polled mail: no SMTP client to check SPF against; the mailbox's own headers stay as they are.
+            auth = {"spf": "none", "dkim": "none", "dmarc": "none", "header": ""}
         body = stored if stored is not None else raw
         headers = classifier.top_headers(body)
         mail_from: str | None = row["mail_from"]
@@ -316,7 +313,7 @@ class Processor(Component):
         try:
             for position, part in enumerate(parsed.attachments):
                 with self.pins.putting():
-                    sha = self.files.put(_chunks(part))
+                    sha = self.files.put(part.chunks())
                     self.pins.pin([sha])
                 work.shas.append(sha)
                 work.attachments.append(Attachment(position=position, filename=part.filename, content_type=part.content_type,
@@ -364,9 +361,9 @@ class Processor(Component):
                     report = {"type": "unsubscribe", "changed": bool(done.get("changed"))}
         elif tenant_id is not None and usecase_id is not None:
             record_id = message_id or f"{row['inbound_id'].lower()}.inbound@{self.config.daemon.hostname}"
-            candidates = threads.candidates(p.in_reply_to or [], p.references or [])
+            candidates = threads.candidates(_ids(p.in_reply_to), p.references or [])
             records = await self.store.threads.known(candidates) if candidates else []
-            t = threads.resolve(record_id, p.in_reply_to or [], p.references or [], tenant_id=tenant_id, usecase_id=usecase_id,
+            t = threads.resolve(record_id, _ids(p.in_reply_to), p.references or [], tenant_id=tenant_id, usecase_id=usecase_id,
                                 records=records)
             thread_id, parent = t.thread_id, t.parent
             if t.flag:
@@ -381,7 +378,7 @@ class Processor(Component):
         summary = {
             "text": p.text or "", "html": p.html or "", "stripped_text": work.stripped,
             "to": list(p.to or []), "cc": list(p.cc or []), "reply_to": list(p.reply_to or []),
-            "date": p.date or "", "in_reply_to": (p.in_reply_to or [""])[0] if p.in_reply_to else "",
+            "date": p.date or "", "in_reply_to": (_ids(p.in_reply_to) or [""])[0],
             "references": list(p.references or []), "auth": work.auth, "report": report,
             "defects": list(p.defects or []), "forwarded_by": work.forwarded_by,
             "from_name": _display_of(p.from_), "classification": c.rule, "message_id": message_id,
@@ -414,12 +411,11 @@ class Processor(Component):
 # ---------------------------------------------------------------------- helpers
 
 
-def _chunks(part: Any) -> Any:
-    """An attachment's bytes as the file store takes them (chunks when the part streams them)."""
-    payload = getattr(part, "payload", None)
-    if payload is not None and hasattr(payload, "chunks"):
-        return payload.chunks()
-    return part.data
+def _ids(value: Any) -> list[str]:
+    """In-Reply-To as a list (the parser gives its first msg-id)."""
+    if not value:
+        return []
+    return [value] if isinstance(value, str) else list(value)
 
 
 def _address_of(value: Any) -> str:
@@ -437,22 +433,3 @@ def _display_of(value: Any) -> str:
 def _first_bounce(report: dict[str, Any]) -> str:
     bounces = report.get("bounces") or []
     return bounces[0].get("recipient", "") if bounces else ""
-
-
-def _dkim_result(signatures: Any) -> str:
-    """One word for the DKIM column: pass when any signature passed, else the first result, else none."""
-    results = [s[0] if isinstance(s, (tuple, list)) else getattr(s, "result", str(s)) for s in (signatures or [])]
-    if "pass" in results:
-        return "pass"
-    return results[0] if results else "none"
-
-
-def _results_in(header: str) -> dict[str, str]:
-    """spf=, dkim=, dmarc= results of an Authentication-Results value (the first of each method)."""
-    out = {"spf": "", "dkim": "", "dmarc": ""}
-    for piece in header.replace("\r\n", " ").split(";")[1:]:
-        method, _, rest = piece.strip().partition("=")
-        method = method.strip().lower()
-        if method in out and not out[method]:
-            out[method] = rest.strip().split(" ", 1)[0].lower()
-    return out
