@@ -371,7 +371,7 @@ class Processor(Component):
                 # The tenant learns that its message named a parent it may not attach to, never whose.
                 events.append(("thread_refused", {"flag": t.flag, "parent": t.refused}))
                 log.warning("thread_refused", inbound_id=row["inbound_id"], tenant_id=tenant_id, usecase_id=usecase_id,
-                            flag=t.flag, parent=t.refused, **dict(t.refused_detail or {}))
+                            flag=t.flag, parent=t.refused, **{f"parent_{k}": v for k, v in (t.refused_detail or {}).items()})
             if parent and kind == "message":
                 kind = "reply"
         from_address = work.sender or _address_of(p.from_)
