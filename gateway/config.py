@@ -154,6 +154,22 @@ class SubmissionConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class InboundConfig:
+    enabled: bool = setting(True, "Run the MX listener (mail for tenants' channel addresses and catch-alls, and the gateway's own return-path, feedback and unsubscribe addresses).", restart=True)
+    listen: str = setting("127.0.0.1:2525", "host:port of the MX listener (port 25 in production). STARTTLS with submission's certificate; no AUTH.", kind="hostport", restart=True)
+    max_message_size: int = setting(26214400, "Largest message accepted, in bytes (advertised as SIZE; more is 552 5.3.4).", min=1024)
+    max_recipients: int = setting(100, "Most recipients per message; the excess gets 452 4.5.3 (RFC 5321 4.5.3.1.8: the sender retries them).", min=1)
+    max_line_length: int = setting(1000, "Longest DATA line in octets with its CRLF (RFC 5321 4.5.3.1.6); longer is 500 5.5.2.", min=1000)
+    max_received_headers: int = setting(50, "More Received headers than this is a mail loop (554 5.4.6).", min=1)
+    max_header_bytes: int = setting(262144, "Largest header block of a message, in bytes (more is 552 5.3.4).", min=1024)
+    command_timeout: float = setting(300.0, "Seconds the listener waits for the client's next command or DATA line (RFC 5321 4.5.3.2.7: at least 5 minutes).", min=1.0)
+    session_timeout: float = setting(1800.0, "Longest one connection may last, in seconds.", min=1.0)
+    max_connections: int = setting(1000, "Most connections at once, all clients together.", min=1)
+    max_connections_per_client: int = setting(20, "Most connections at once from one client address.", min=1)
+    facts_ttl: float = setting(5.0, "Seconds what the recipient rules read about an address (its channel address, domain and tenant switches) is cached. 0: read at every RCPT.", min=0.0)
+
+
+@dataclass(frozen=True, kw_only=True)
 class QueueConfig:
     lifetime: float = setting(432000.0, "Seconds a message may stay in the queue; then deferred recipients bounce (default 5 days).", min=60.0)
     keep_bodies: float = setting(604800.0, "Seconds a finished message (every recipient delivered or bounced) keeps its body; then the sweeper empties it (envelope, recipients and attempts stay). 0: keep bodies until the message goes.", min=0.0)
@@ -203,6 +219,7 @@ class Config:
     dns: DnsConfig = section(DnsConfig, "DNS resolution (domain verification, MX lookups).")
     domains: DomainsConfig = section(DomainsConfig, "Sending domains: the DNS records tenants publish and their verification.")
     submission: SubmissionConfig = section(SubmissionConfig, "Submission listeners: apps relay mail through these.")
+    inbound: InboundConfig = section(InboundConfig, "The MX listener: mail from the internet to tenants' domains and the gateway's return paths.")
     queue: QueueConfig = section(QueueConfig, "The outbound queue.")
     delivery: DeliveryConfig = section(DeliveryConfig, "Outbound delivery: workers, timeouts, retries, DSNs.")
     webhooks: WebhooksConfig = section(WebhooksConfig, "Signed webhook POSTs of events to tenants' endpoints.")

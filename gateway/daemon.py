@@ -34,6 +34,7 @@ from .delivery.scheduler import Scheduler
 from .domains.verifier import Reverifier
 from .errors import ConfigError, GatewayError, StartupError
 from .inbound import authres
+from .inbound import server as inbound_server
 from .inbound.attachments import AttachmentFiles
 from .inbound.dnscache import DnsCache
 from .inbound.mime import MimeLimits, parse as parse_mime
@@ -144,6 +145,17 @@ class Daemon:
                          WebhookService(store, allow_loopback=lambda: self.config.webhooks.allow_loopback,
                                         post=webhooks.post, on_change=webhooks.wake),
                          EventService(store), UnsubscribeService(store, keyring), suppressions]
+        submission_server = submission.build(
+            self.config, paths=self.paths, authenticate=usecases.authenticate, context=usecases.context,
+            submit=store.queue.put, monthly_count=store.queue.monthly_count, metrics=self.metrics,
+            on_queued=self.scheduler.wake, budget=self.budget, check_recipient=suppressions.at_rcpt,
+        )
+        # The MX listener shares submission's certificate and the memory budget. It starts after
+        # submission and stops before it. It wakes the processor through store.inbound.on_spooled.
+        listeners: list[Component] = [submission_server]
+        if self.config.inbound.enabled:
+            listeners.append(inbound_server.build(self.config, store=store, tls=submission_server.tls, budget=self.budget,
+                                                  metrics=self.metrics))
         workers: list[Component] = [
             monitor,
             Reverifier(domains.reverify, interval=self.config.domains.reverify_interval, concurrency=self.config.domains.verify_concurrency),
@@ -153,11 +165,7 @@ class Daemon:
             Sweeper(store, self.config.queue, self.metrics, webhooks=self.config.webhooks, processor=self.config.processor,
                     files=files, pins=pins),
             webhooks,
-            submission.build(
-                self.config, paths=self.paths, authenticate=usecases.authenticate, context=usecases.context,
-                submit=store.queue.put, monthly_count=store.queue.monthly_count, metrics=self.metrics,
-                on_queued=self.scheduler.wake, budget=self.budget, check_recipient=suppressions.at_rcpt,
-            ),
+            *listeners,
         ]
         # Components start in this order and stop in reverse. Web and admin start first and stop
         # last, so status and /health answer until the end; the listeners stop accepting before the

@@ -80,6 +80,20 @@ class Metrics:
         self.submission_connections = Gauge(
             "gateway_submission_connections", "Open connections on the submission listeners.", registry=r
         )
+        # The MX listener (gateway/inbound/server.py).
+        self.inbound_received = Counter(
+            "gateway_inbound_received_total", "Messages accepted on the MX listener and committed to the inbound spool.", registry=r
+        )
+        self.inbound_refusals = Counter(
+            "gateway_inbound_refusals_total", "MX listener commands refused, by SMTP step and reply code.", ["step", "code"], registry=r
+        )
+        self.inbound_accept_seconds = Histogram(
+            "gateway_inbound_accept_seconds", "Seconds from the final dot to the MX listener's 250 (checks, durable spool).",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5), registry=r
+        )
+        self.inbound_connections = Gauge(
+            "gateway_inbound_connections", "Open connections on the MX listener.", registry=r
+        )
         # The in-flight memory budget (gateway/budget.py); its levels are read on scrape (budget_families).
         self.memory_refusals = Counter(
             "gateway_memory_refusals_total", "Messages refused with 452 4.3.1 because the in-flight memory budget was spent.", registry=r

@@ -237,3 +237,22 @@ async def test_disk_full_cycle_452_health_restart_while_full_recover_nothing_los
             assert await asyncio.to_thread(gw.stop) == 0  # the sink runs on this loop: do not block it
         finally:
             gw.close()
+
+
+async def test_a_full_store_at_the_final_dot_is_one_refusal_not_a_protocol_error(tmp_path):
+    """The 452 of a full store is counted once (the handler accounts for it) and not as the client's
+    protocol error: ten full-disk refusals must not close a session with 421 Too many errors."""
+    from tests.support.submission import message, submission_listener
+
+    store = await Store.open(tmp_path / "gateway.db", StoreConfig(min_free_bytes=1 << 60))
+    try:
+        async with submission_listener(tmp_path, store=store) as sub:
+            async with sub.client() as smtp:
+                for _ in range(11):
+                    with pytest.raises(aiosmtplib.SMTPDataError) as info:
+                        await smtp.sendmail("app@example.com", ["bob@example.org"], message())
+                    assert info.value.code == 452
+            count = sub.server.metrics.registry.get_sample_value("gateway_submission_refusals_total", {"step": "DATA", "code": "452"})
+        assert count == 11
+    finally:
+        await store.close()

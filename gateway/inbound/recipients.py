@@ -47,6 +47,7 @@ that needs no quotes ("jdoe"@ours) is the same mailbox as jdoe@ours (RFC 5321 4.
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -54,6 +55,7 @@ import idna
 
 from .. import verp
 from ..errors import InvalidArgument, SMTPError
+from ..submission.ratelimit import TtlCache
 from ..suppression import normalise_address
 from ..unsubscribe.mailto import LOCAL_PART as UNSUBSCRIBE_LOCAL
 
@@ -107,6 +109,7 @@ class Target:
     domain_id: int | None = None    # the tenant domain (for return-path kinds: the domain it is the return path of)
     usecase_id: int | None = None
     address_id: int | None = None
+    dmarc_reject: bool = False      # the tenant refuses DMARC-reject failures at the final dot (tenants.dmarc_reject)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -209,7 +212,8 @@ def _tenant_domain(parsed: Parsed, row: dict[str, Any], found: dict[str, Any] | 
         raise relaying_denied(f"{row['name']} is {row['state']}")
     if not row["inbound_enabled"]:
         raise relaying_denied(f"{row['name']}: inbound is off")
-    common = {"address": address, "tenant_id": row["tenant_id"], "domain_id": row["id"]}
+    common = {"address": address, "tenant_id": row["tenant_id"], "domain_id": row["id"],
+              "dmarc_reject": bool(row.get("dmarc_reject"))}
     if found is not None and found["tenant_id"] == row["tenant_id"]:
         if not row["tenant_enabled"]:
             raise mailbox_disabled(f"{address}: tenant {row['tenant_id']} disabled")
@@ -239,6 +243,30 @@ def _return_path(parsed: Parsed, base: dict[str, Any]) -> Target:
     if parsed.local == POSTMASTER:
         return Target(kind="postmaster", **common)
     raise unknown_user(f"{parsed.address}: not an address of the return-path domain")
+
+
+class Resolver:
+    """``resolve`` for the RCPT hook, with what the store said about an address kept for ``ttl``
+    seconds (bounded: the oldest entries go first), so a busy MX reads each address once per
+    interval. A change (an address added or disabled, inbound switched) applies within ``ttl``."""
+
+    def __init__(self, facts: Callable[[str, Sequence[str]], Awaitable[dict[str, Any]]], rules: Rules, *, ttl: float = 5.0):
+        self.rules = rules
+        self._facts = facts
+        self._cache = TtlCache(self._load, ttl)
+
+    async def _load(self, key: tuple[str, tuple[str, ...]]) -> dict[str, Any]:
+        return await self._facts(key[0], key[1])
+
+    def configure(self, rules: Rules, ttl: float) -> None:
+        self.rules = rules
+        self._cache.ttl = ttl
+        self._cache.clear()
+
+    async def resolve(self, address: str) -> Target:
+        parsed = parse(address, self.rules)
+        facts = await self._cache.get((parsed.address, parsed.candidates))  # type: ignore[arg-type]
+        return decide(parsed, facts, self.rules)
 
 
 async def resolve(store: _Store, address: str, rules: Rules) -> Target:

@@ -15,7 +15,7 @@ from typing import Any
 from .db import Database
 
 _DOMAINS = ("SELECT d.id, d.name, d.tenant_id, d.state, d.inbound_enabled, d.catchall_usecase_id,"
-            " t.enabled AS tenant_enabled FROM domains d JOIN tenants t ON t.id = d.tenant_id WHERE d.name IN ({})")
+            " t.enabled AS tenant_enabled, t.dmarc_reject FROM domains d JOIN tenants t ON t.id = d.tenant_id WHERE d.name IN ({})")
 _ADDRESS = ("SELECT a.id, a.tenant_id, a.domain_id, a.usecase_id, a.direction, a.enabled"
             " FROM channel_addresses a WHERE a.address = ?")
 

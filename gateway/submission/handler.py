@@ -22,7 +22,6 @@ never reaches a client.
 
 from __future__ import annotations
 
-import asyncio
 import binascii
 import time
 from base64 import b64decode
@@ -34,16 +33,16 @@ from aiosmtpd.smtp import MISSING, AuthResult
 
 from .. import headers
 from ..config import SubmissionConfig
-from ..errors import SMTPError, StorageFull
+from ..errors import SMTPError
 from ..metrics import Metrics
 from ..store.queue import NewMessage, QueueIds
 from . import policy, prepare
+from .hooks import INTERNAL_ERROR, STORAGE_FULL, SmtpHandler, client_ip, inspect_content
 from .ratelimit import AuthCooldown, QuotaTracker, RateLimiter, TtlCache
 
 log = structlog.get_logger("submission")
 
-INTERNAL_ERROR = "451 4.3.0 Internal error, please try again later"
-STORAGE_FULL = "452 4.3.1 Insufficient system storage"
+__all__ = ["INTERNAL_ERROR", "STORAGE_FULL", "SubmissionHandler", "client_ip"]
 AUTH_OK = "235 2.7.0 Authentication successful"
 AUTH_INVALID = "535 5.7.8 Authentication credentials invalid"
 AUTH_COOLDOWN = "454 4.7.0 Too many failed authentication attempts, try again later"
@@ -57,30 +56,20 @@ Submit = Callable[[NewMessage], Awaitable[dict[str, Any]]]
 CheckRecipient = Callable[[dict[str, Any], str], Awaitable[str]]   # '' send, 'drop', or raises SMTPError
 
 
-def client_ip(server: Any) -> str:
-    peer = server.session.peer if server.session else None
-    return str(peer[0]) if isinstance(peer, tuple) else str(peer or "unknown")
-
-
 def _usecase_id(auth: dict[str, Any]) -> int:
     return auth["usecase_id"] if "usecase_id" in auth else auth["id"]
 
 
+class SubmissionHandler(SmtpHandler):
+    listener = "submission"
 
-def _orphaned_commit_done(commit: asyncio.Task[str]) -> None:
-    """A commit whose session was cancelled: a failed put is logged here (the client got no 250)."""
-    exc = None if commit.cancelled() else commit.exception()
-    if exc is not None:
-        log.warning("submission_commit_failed_after_hangup", error_type=type(exc).__name__)
-
-
-class SubmissionHandler:
     def __init__(self, config: SubmissionConfig, *, hostname: str, authenticate: Authenticate, context: Context,
                  submit: Submit, monthly_count: Callable[[int], Awaitable[int]], lifetime: float,
                  metrics: Metrics | None = None, on_queued: Callable[[str], None] | None = None,
                  check_recipient: CheckRecipient | None = None):
+        metrics = metrics or Metrics()
+        super().__init__(hostname=hostname, metrics=metrics, refusals=metrics.submission_refusals)
         self.config = config
-        self.hostname = hostname
         self.authenticate = authenticate
         self.contexts = TtlCache(context, config.context_ttl)
         self.submit = submit
@@ -89,10 +78,8 @@ class SubmissionHandler:
         self.cooldown = AuthCooldown(config.auth_failures_limit, config.auth_cooldown, config.auth_address_failures_limit)
         self.ids = QueueIds()
         self.lifetime = lifetime
-        self.metrics = metrics or Metrics()
         self.on_queued = on_queued
         self.check_recipient = check_recipient
-        self._commits: set[asyncio.Task[str]] = set()  # commits whose session may be gone (_accept)
 
     def configure(self, config: SubmissionConfig, lifetime: float) -> None:
         self.config = config
@@ -101,20 +88,11 @@ class SubmissionHandler:
         self.contexts.clear()
         self.cooldown.configure(config.auth_failures_limit, config.auth_cooldown, config.auth_address_failures_limit)
 
-    async def drain(self, timeout: float | None = None) -> None:
-        """Wait for the commits in flight, also those whose session has already gone."""
-        if self._commits:
-            await asyncio.wait(set(self._commits), timeout=timeout)
-
     # ------------------------------------------------------------------ helpers
 
-    def _refuse(self, server: Any, step: str, err: SMTPError) -> str:
-        self.metrics.submission_refusals.labels(step=step, code=str(err.code)).inc()
+    def _log_context(self, server: Any) -> dict[str, Any]:
         auth = server.session.auth_data if server.session else None
-        log.info("submission_refused", step=step, code=err.code, enhanced=err.enhanced, reason=err.reason,
-                 client=client_ip(server), usecase=(auth or {}).get("usecase") or (auth or {}).get("name"))
-        server.accounted = True  # the protocol does not log this reply a second time
-        return err.reply
+        return {"usecase": (auth or {}).get("usecase") or (auth or {}).get("name")}
 
     async def _context(self, server: Any) -> dict[str, Any]:
         auth = server.session.auth_data
@@ -122,10 +100,6 @@ class SubmissionHandler:
         if ctx is None:
             raise SMTPError(550, "5.7.1", "This login is no longer valid", f"use case {_usecase_id(auth)} no longer exists")
         return ctx
-
-    async def handle_exception(self, error: Exception) -> str:
-        log.error("submission_exception", error_type=type(error).__name__, exc_info=error)
-        return INTERNAL_ERROR
 
     # ------------------------------------------------------------------ AUTH
 
@@ -214,12 +188,6 @@ class SubmissionHandler:
 
     # ------------------------------------------------------------------ EHLO, MAIL, RCPT
 
-    async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]) -> list[str]:  # noqa: N802
-        """RFC 2920 PIPELINING (commands are read and answered strictly in order, so a client may send
-        them in groups) and RFC 2034 ENHANCEDSTATUSCODES (every reply has one; see replies.py)."""
-        session.host_name = hostname  # aiosmtpd leaves this to an EHLO hook
-        return responses[:-1] + ["250-PIPELINING", "250-ENHANCEDSTATUSCODES"] + responses[-1:]
-
     async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str, mail_options: list[str]) -> str:  # noqa: N802
         try:
             policy.check_sender_syntax(address, utf8=envelope.smtp_utf8)
@@ -261,31 +229,11 @@ class SubmissionHandler:
 
     # ------------------------------------------------------------------ DATA
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
-        started = time.perf_counter()
-        server.busy = True
-        try:
-            return await self._accept(server, envelope, started)
-        except SMTPError as err:
-            return self._refuse(server, "DATA", err)
-        except StorageFull:
-            # Counted per message; logged once per episode by the store (store_full ... store_space_recovered).
-            self.metrics.submission_refusals.labels(step="DATA", code="452").inc()
-            return STORAGE_FULL
-        except Exception as exc:  # noqa: BLE001 - nothing unexpected reaches the client; it may retry
-            log.error("submission_data_failed", client=client_ip(server), error_type=type(exc).__name__, exc_info=exc)
-            return INTERNAL_ERROR
-        finally:
-            server.busy = False
-
     async def _accept(self, server: Any, envelope: Any, started: float) -> str:
         cfg = self.config
         data: bytearray = envelope.original_content   # as received (data.py): the only copy so far
-        policy.check_line_endings(data)
-        if len(data) > cfg.max_message_size:
-            raise policy.message_too_big(cfg.max_message_size)
-        found = prepare.inspect(data, max_header_bytes=cfg.max_header_bytes)
-        policy.check_received_count(found.received, cfg.max_received_headers)
+        found = inspect_content(data, max_size=cfg.max_message_size, max_header_bytes=cfg.max_header_bytes,
+                                max_received=cfg.max_received_headers)
         headers.check_single(found.parsed.fields)
         if found.from_fields != 1:
             raise SMTPError(550, "5.6.0", "Message must have exactly one From header", f"{found.from_fields} From headers")
@@ -313,17 +261,8 @@ class SubmissionHandler:
         )
         del body
         # Once the put has started, it and the bookkeeping after it run to the end even when the
-        # session is cancelled meanwhile (the client hung up at the final dot): a task of their own,
-        # shielded from the session's cancellation and awaited by stop (drain).
-        commit = asyncio.ensure_future(self._commit(server, envelope, ctx, new, started))
-        self._commits.add(commit)
-        commit.add_done_callback(self._commits.discard)
-        server.commit = commit  # the DATA reservation is released when the commit ends, not before
-        try:
-            return await asyncio.shield(commit)
-        except asyncio.CancelledError:
-            commit.add_done_callback(_orphaned_commit_done)  # nobody is left to answer for its outcome
-            raise
+        # session is cancelled meanwhile (the client hung up at the final dot).
+        return await self._commit_shielded(server, lambda: self._commit(server, envelope, ctx, new, started))
 
     async def _commit(self, server: Any, envelope: Any, ctx: dict[str, Any], new: NewMessage, started: float) -> str:
         result = await self.submit(new)

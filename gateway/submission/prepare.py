@@ -89,11 +89,13 @@ def safe_helo(helo: str | None) -> str:
 
 
 def received_header(*, helo: str | None, client_ip: str, hostname: str, queue_id: str, tls: str | None,
-                    recipients: list[str], now: float) -> bytes:
-    """RFC 5321 4.4 trace field. The recipient is named only when there is one (as Postfix does)."""
+                    recipients: list[str], now: float, authenticated: bool = True) -> bytes:
+    """RFC 5321 4.4 trace field. The recipient is named only when there is one (as Postfix does).
+    The protocol is RFC 3848's: ESMTP, with S for TLS and A for an authenticated client."""
     literal = f"[IPv6:{client_ip}]" if ":" in client_ip else f"[{client_ip}]"
     lines = [f"Received: from {safe_helo(helo)} ({literal})"]
-    lines.append(f"\tby {hostname} (gateway) with {'ESMTPSA' if tls else 'ESMTPA'} id {queue_id}")
+    protocol = "ESMTP" + ("S" if tls else "") + ("A" if authenticated else "")
+    lines.append(f"\tby {hostname} (gateway) with {protocol} id {queue_id}")
     if tls:
         lines.append(f"\t({tls})")
     if len(recipients) == 1:

@@ -40,7 +40,7 @@ from aiosmtpd.smtp import MISSING, SMTP, Session, TLSSetupException, sanitize
 
 from ..errors import SMTPError
 from . import data, policy, replies
-from .handler import client_ip
+from .hooks import client_ip
 
 log = structlog.get_logger("submission")
 
@@ -97,7 +97,9 @@ class _TlsUp:
 
 
 class SubmissionSMTP(SMTP):
-    """One client connection. ``owner`` is the SubmissionServer (limits, metrics, the session set)."""
+    """One client connection. ``owner`` is the listener (server.SmtpServer: its ``name`` prefixes the
+    log events, its ``refusals`` and ``connections`` metrics, limits, the session set). The MX
+    listener's protocol (gateway/inbound/server.py) is this class with AUTH taken away."""
 
     def __init__(self, handler: Any, *, owner: Any, implicit_tls: bool, **kwargs: Any):
         super().__init__(handler, **kwargs)
@@ -136,21 +138,21 @@ class SubmissionSMTP(SMTP):
         ip = self.client
         refused = self.owner.counter.admit(ip)
         if refused:
-            log.warning("submission_connection_refused", client=ip, limit=refused)
-            self.owner.metrics.submission_refusals.labels(step="CONNECT", code="421").inc()
+            log.warning(f"{self.owner.name}_connection_refused", client=ip, limit=refused)
+            self.owner.refusals.labels(step="CONNECT", code="421").inc()
             self.step, self.accounted = "CONNECT", True
             await self.push("421 4.7.0 Too many connections, try again later")
             self.transport.close()
             return
         self.owner.session_started(self)
-        self.owner.metrics.submission_connections.inc()
+        self.owner.connections.inc()
         timer = self.loop.call_later(self.owner.config.session_timeout, self._session_expired)
         try:
             await self._serve()
         finally:
             timer.cancel()
             self.owner.counter.release(ip)
-            self.owner.metrics.submission_connections.dec()
+            self.owner.connections.dec()
             self.owner.session_ended(self)
 
     async def _serve(self) -> None:
@@ -201,7 +203,7 @@ class SubmissionSMTP(SMTP):
         verb_bytes = line.split(b" ", 1)[0].rstrip(b"\r\n").upper()
         verb = verb_bytes.decode("ascii") if verb_bytes.isalpha() and verb_bytes.isascii() else ""
         if log.is_enabled_for(logging.DEBUG):  # masking the line costs a base64 match: only when it is logged
-            log.debug("submission_command", client=self.client, line=self._loggable(line, verb))
+            log.debug(f"{self.owner.name}_command", client=self.client, line=self._loggable(line, verb))
         if verb in self._smtp_methods:
             self.step = verb
         if not line.endswith(b"\r\n"):
@@ -274,16 +276,16 @@ class SubmissionSMTP(SMTP):
         if self.hangup or self.transport is None:
             return
         log.info(event, client=self.client, step=self.step, limit=limit)
-        self.owner.metrics.submission_refusals.labels(step=self.step or "COMMAND", code="421").inc()
+        self.owner.refusals.labels(step=self.step or "COMMAND", code="421").inc()
         self._close_soon(reply)
 
     def _session_expired(self) -> None:
-        self._closed_by_limit("submission_session_expired", b"421 4.4.2 Session time limit reached",
+        self._closed_by_limit(f"{self.owner.name}_session_expired", b"421 4.4.2 Session time limit reached",
                               self.owner.config.session_timeout)
 
     def _timeout_cb(self) -> None:
         """aiosmtpd closes a session idle for the command timeout without a word: say why (as Postfix)."""
-        self._closed_by_limit("submission_timeout", b"421 4.4.2 Timeout, closing connection", self._timeout_duration)
+        self._closed_by_limit(f"{self.owner.name}_timeout", b"421 4.4.2 Timeout, closing connection", self._timeout_duration)
 
     def _tls_failed(self, why: TLSSetupException | str) -> None:
         """STARTTLS went wrong by the client's doing: one rate-limited info line, the connection closed."""
@@ -294,11 +296,11 @@ class SubmissionSMTP(SMTP):
             error, exc = getattr(cause, "reason", None) or type(cause).__name__, why
         suppressed = self.owner.tls_failures.allow(self.client)
         if suppressed is not None:
-            log.info("submission_tls_failed", client=self.client, error=error, suppressed=suppressed)
+            log.info(f"{self.owner.name}_tls_failed", client=self.client, error=error, suppressed=suppressed)
         if self.transport is None:
             return
         if exc is None:
-            self.owner.metrics.submission_refusals.labels(step="STARTTLS", code="554").inc()
+            self.owner.refusals.labels(step="STARTTLS", code="554").inc()
             self._close(b"554 5.5.1 Error: improper command pipelining after STARTTLS")
         else:
             self.hangup = True
@@ -325,8 +327,8 @@ class SubmissionSMTP(SMTP):
         if self.transport is None:
             return
         if protocol_error and self.errors >= MAX_ERRORS:
-            log.info("submission_too_many_errors", client=self.client, errors=self.errors)
-            self.owner.metrics.submission_refusals.labels(step=self.step or "COMMAND", code="421").inc()
+            log.info(f"{self.owner.name}_too_many_errors", client=self.client, errors=self.errors)
+            self.owner.refusals.labels(step=self.step or "COMMAND", code="421").inc()
             self._close(TOO_MANY_ERRORS)
         elif self._close_reply is not None and not self.busy:
             self._close(self._close_reply)
@@ -338,11 +340,11 @@ class SubmissionSMTP(SMTP):
         if self.accounted:
             return False
         step = self.step or "COMMAND"
-        self.owner.metrics.submission_refusals.labels(step=step, code=code.decode("ascii")).inc()
+        self.owner.refusals.labels(step=step, code=code.decode("ascii")).inc()
         if step == "AUTH" and code in _AUTH_VERDICTS:
             return False  # logged by the authentication code, and the cool-down bounds them
         self.errors += 1
-        log.info("submission_refused", step=step, code=int(code), enhanced=replies.enhanced_code(status),
+        log.info(f"{self.owner.name}_refused", step=step, code=int(code), enhanced=replies.enhanced_code(status),
                  reason=status[4:].decode("utf-8", "replace"), client=self.client)
         return True
 

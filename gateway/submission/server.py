@@ -6,7 +6,8 @@ Each connection is a ``protocol.SubmissionSMTP`` created by ``loop.create_server
 threaded Controller). This module owns what spans connections: connection limits, the session
 set, TLS, the in-flight memory budget that DATA is read under (data.py), and a graceful stop that
 lets a message being committed get its 250. What one connection does with the bytes a client sends
-(line checks, replies, refusal accounting, DATA reading) is in protocol.py.
+(line checks, replies, refusal accounting, DATA reading) is in protocol.py. ``SmtpServer`` is the
+part any SMTP listener shares; the MX listener (gateway/inbound/server.py) is another one.
 """
 
 from __future__ import annotations
@@ -33,47 +34,40 @@ log = structlog.get_logger("submission")
 TLS_FAILURE_LOG_INTERVAL = 60.0  # one submission_tls_failed line per client address per minute
 
 
-class SubmissionServer(Component):
-    name = "submission"
+class SmtpServer(Component):
+    """What spans the connections of one SMTP listener: sockets, connection limits, the session
+    set, TLS, the memory budget DATA is read under, a graceful stop. Subclasses say which sockets
+    (``endpoints``: name -> (listen address, implicit TLS)) and build each connection's protocol."""
 
-    def __init__(self, config: SubmissionConfig, *, handler: SubmissionHandler, tls: TlsContext, hostname: str,
-                 budget: ByteBudget, metrics: Metrics | None = None):
+    name = "smtp"
+
+    def __init__(self, config: Any, *, handler: Any, tls: TlsContext, hostname: str, budget: ByteBudget,
+                 metrics: Metrics, refusals: Any, connections: Any, endpoints: dict[str, tuple[str, bool]]):
         self.config = config
         self.budget = budget
         self.handler = handler
         self.tls = tls
         self.hostname = hostname
-        self.metrics = metrics or handler.metrics
+        self.metrics = metrics
+        self.refusals = refusals          # Counter by step and code: every refusal the protocol accounts
+        self.connections = connections    # Gauge of open connections
         self.counter = ConnectionCounter(config.max_connections, config.max_connections_per_client)
         self.tls_failures = LogThrottle(TLS_FAILURE_LOG_INTERVAL)
         self.sessions: set[SubmissionSMTP] = set()
         self._servers: dict[str, asyncio.base_events.Server] = {}
-        self._addresses = {"submission": config.listen, "submissions": config.listen_tls}
+        self._endpoints = endpoints
+        self._addresses = {name: listen for name, (listen, _) in endpoints.items()}
         self._idle = asyncio.Event()
         self._idle.set()
 
     def _protocol(self, implicit_tls: bool) -> SubmissionSMTP:
-        cfg = self.config
-        return SubmissionSMTP(
-            self.handler,
-            owner=self,
-            implicit_tls=implicit_tls,
-            hostname=self.hostname,
-            ident="ESMTP ready",
-            tls_context=None if implicit_tls else self.tls.context,
-            data_size_limit=cfg.max_message_size,
-            timeout=cfg.command_timeout,
-            auth_required=True,
-            auth_require_tls=True,
-            enable_SMTPUTF8=True,  # RFC 6531; the handler refuses non-ASCII addresses without SMTPUTF8 (5.6.7)
-            loop=asyncio.get_running_loop(),
-        )
+        raise NotImplementedError
 
     async def start(self) -> None:
         quiet_aiosmtpd()
         self.tls.load()
         loop = asyncio.get_running_loop()
-        for name, listen, implicit in (("submission", self.config.listen, False), ("submissions", self.config.listen_tls, True)):
+        for name, (listen, implicit) in self._endpoints.items():
             host, port = split_hostport(listen)
             try:
                 server = await loop.create_server(
@@ -87,8 +81,10 @@ class SubmissionServer(Component):
                 raise StartupError(f"{name}: cannot listen on {listen}: {why}") from None
             self._servers[name] = server
             self._addresses[name] = format_address(server.sockets[0].getsockname())
-        log.info("submission_listening", starttls=self._addresses["submission"], implicit_tls=self._addresses["submissions"],
-                 self_signed=self.tls.self_signed)
+        self._started()
+
+    def _started(self) -> None:
+        log.info(f"{self.name}_listening", **self._addresses, self_signed=self.tls.self_signed)
 
     async def _close_servers(self) -> None:
         for server in self._servers.values():
@@ -119,12 +115,47 @@ class SubmissionServer(Component):
             try:
                 await asyncio.wait_for(self._idle.wait(), max(remaining, 0.01))
             except asyncio.TimeoutError:
-                log.warning("submission_stop_forced", sessions=len(self.sessions))
+                log.warning(f"{self.name}_stop_forced", sessions=len(self.sessions))
                 for session in list(self.sessions):
                     if session.transport is not None:
                         session.transport.abort()
         # A session cancelled mid-commit (its client hung up) leaves its commit running: let it finish.
         await self.handler.drain(max(deadline - asyncio.get_running_loop().time(), 0.01))
+
+    def listeners(self) -> list[Listener]:
+        return [Listener(name, self._addresses[name], up=name in self._servers) for name in self._endpoints]
+
+
+class SubmissionServer(SmtpServer):
+    name = "submission"
+
+    def __init__(self, config: SubmissionConfig, *, handler: SubmissionHandler, tls: TlsContext, hostname: str,
+                 budget: ByteBudget, metrics: Metrics | None = None):
+        metrics = metrics or handler.metrics
+        super().__init__(config, handler=handler, tls=tls, hostname=hostname, budget=budget, metrics=metrics,
+                         refusals=metrics.submission_refusals, connections=metrics.submission_connections,
+                         endpoints={"submission": (config.listen, False), "submissions": (config.listen_tls, True)})
+
+    def _protocol(self, implicit_tls: bool) -> SubmissionSMTP:
+        cfg = self.config
+        return SubmissionSMTP(
+            self.handler,
+            owner=self,
+            implicit_tls=implicit_tls,
+            hostname=self.hostname,
+            ident="ESMTP ready",
+            tls_context=None if implicit_tls else self.tls.context,
+            data_size_limit=cfg.max_message_size,
+            timeout=cfg.command_timeout,
+            auth_required=True,
+            auth_require_tls=True,
+            enable_SMTPUTF8=True,  # RFC 6531; the handler refuses non-ASCII addresses without SMTPUTF8 (5.6.7)
+            loop=asyncio.get_running_loop(),
+        )
+
+    def _started(self) -> None:
+        log.info("submission_listening", starttls=self._addresses["submission"], implicit_tls=self._addresses["submissions"],
+                 self_signed=self.tls.self_signed)
 
     async def reload(self, config: Config) -> None:
         new = config.submission
@@ -133,9 +164,6 @@ class SubmissionServer(Component):
         self.handler.configure(new, config.queue.lifetime)
         self.tls.reload(new.tls_cert, new.tls_key)
         quiet_aiosmtpd()
-
-    def listeners(self) -> list[Listener]:
-        return [Listener(name, self._addresses[name], up=name in self._servers) for name in ("submission", "submissions")]
 
     def status(self) -> dict[str, Any]:
         return {"submission": {"connections": len(self.sessions), "tls_self_signed": self.tls.self_signed,

@@ -23,6 +23,7 @@ from gateway.paths import Paths
 TEST_OVERRIDES: dict[str, Any] = {
     "web": {"listen": "127.0.0.1:0"},
     "submission": {"listen": "127.0.0.1:0", "listen_tls": "127.0.0.1:0"},
+    "inbound": {"listen": "127.0.0.1:0"},
     "daemon": {"shutdown_timeout": 5.0},
     "delivery": {"allow_loopback": True},
     "webhooks": {"allow_loopback": True},

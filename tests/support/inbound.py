@@ -1,15 +1,33 @@
-"""Receiving set-ups written straight into a store (the addresses helper owns the CLI that makes them).
+"""Receiving set-ups written straight into a store (the addresses helper owns the CLI that makes
+them), and a real MX listener over it.
 
     dom = await receiving_domain(store, tenant_id, "acme.test", catchall=True)
     await channel_address(store, dom, "help@acme.test", direction="both", enabled=True)
+    async with mx_listener(tmp_path, store=store) as mx:
+        async with mx.client() as smtp:
+            await smtp.sendmail("customer@example.org", ["help@acme.test"], inbound_message())
+        mx.rows()    # the spool, read through a connection of its own
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import sqlite3
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+import aiosmtplib
+
+from gateway.budget import ByteBudget
+from gateway.config import Config, DaemonConfig, InboundConfig
+from gateway.inbound.server import build
+from gateway.metrics import Metrics
 from gateway.store import Store
+from gateway.submission import TlsContext, client_tls_context
 
 
 @dataclass(frozen=True)
@@ -54,3 +72,81 @@ async def set_tenant_enabled(store: Store, tenant_id: int, enabled: bool) -> Non
 
 async def set_dmarc_reject(store: Store, tenant_id: int, on: bool) -> None:
     await store.db.write(lambda conn: conn.execute("UPDATE tenants SET dmarc_reject = ? WHERE id = ?", (int(on), tenant_id)))
+
+
+# --------------------------------------------------------------------------- a real MX listener
+
+
+@contextlib.asynccontextmanager
+async def mx_listener(tmp_path: Path, *, inbound: dict[str, Any] | None = None, store: Store | None = None,
+                      rules: dict[str, Any] | None = None, authenticate: Any = None,
+                      budget: ByteBudget | None = None) -> AsyncIterator["Mx"]:
+    """The MX listener on a free loopback port over a real store (and the submission TLS context)."""
+    own_store = store is None
+    if store is None:
+        store = await Store.open(tmp_path / "gateway.db")
+    try:
+        config = Config(inbound=InboundConfig(**{"listen": "127.0.0.1:0", "facts_ttl": 0.0, **(inbound or {})}),
+                        daemon=DaemonConfig(hostname="mx.gateway.test"), **(rules or {}))
+        metrics = Metrics()
+        tls = TlsContext("", "", tls_dir=tmp_path / "tls", hostname="mx.gateway.test")
+        spooled: list[int] = []
+        server = build(config, store=store, tls=tls, budget=budget or ByteBudget(config.daemon.memory_budget),
+                       metrics=metrics, authenticate=authenticate, on_spooled=spooled.extend)
+        await server.start()
+        try:
+            yield Mx(server, store, metrics, spooled, tmp_path / "gateway.db")
+        finally:
+            await server.stop(asyncio.get_running_loop().time() + 5)
+    finally:
+        if own_store:
+            await store.close()
+
+
+@dataclass
+class Mx:
+    server: Any
+    store: Store
+    metrics: Metrics
+    spooled: list[int]
+    db_path: Path
+
+    @property
+    def port(self) -> int:
+        return int(self.server.listeners()[0].address.rpartition(":")[2])
+
+    def refusals(self, step: str, code: str) -> float:
+        return self.metrics.registry.get_sample_value("gateway_inbound_refusals_total", {"step": step, "code": code}) or 0.0
+
+    @contextlib.asynccontextmanager
+    async def client(self, *, tls: bool = False) -> AsyncIterator[aiosmtplib.SMTP]:
+        smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=self.port, start_tls=False, local_hostname="client.example.org", tls_context=client_tls_context(), timeout=10)
+        await smtp.connect()
+        try:
+            if tls:
+                await smtp.starttls(tls_context=client_tls_context())
+            yield smtp
+        finally:
+            try:
+                await smtp.quit()
+            except aiosmtplib.SMTPException:
+                smtp.close()
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The spool as another connection sees it (what is on disk)."""
+        conn = sqlite3.connect(self.db_path)
+        conn.row_factory = sqlite3.Row
+        try:
+            return [dict(r) for r in conn.execute("SELECT * FROM inbound_messages ORDER BY id")]
+        finally:
+            conn.close()
+
+
+def inbound_message(to: str = "help@acme.test", *, sender: str = "customer@example.org", subject: str = "Question",
+                    extra: str = "", body: str = "Hello, I have a question.\r\n", size: int = 0) -> bytes:
+    head = f"From: Customer <{sender}>\r\nTo: {to}\r\nSubject: {subject}\r\nMessage-ID: <q1@example.org>\r\n{extra}"
+    text = head + "\r\n" + body
+    if size and len(text) < size:
+        line = "y" * 76 + "\r\n"
+        text += line * ((size - len(text)) // len(line))
+    return text.encode()
