@@ -39,7 +39,7 @@ MAX_SIGNATURES = 5      # DKIM-Signature fields evaluated; more are reported as 
 MAX_ARC_SETS = 5        # ARC sets verified; a longer chain is reported arc=fail (RFC 8617 5.1.1 allows 50)
 MAX_FROM_DOMAINS = 5    # From domains DMARC is applied to (RFC 7489 6.6.1: the strictest wins)
 THREAD_ABOVE = 256 * 1024  # messages larger than this are hashed in a worker thread, off the loop
-SAFE_VALUE = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+(@[A-Za-z0-9.-]+)?$")
+SAFE_VALUE = re.compile(r"""^([A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+|"([^"\\]|\\.)*")?(@[A-Za-z0-9.-]+)?$""")
 RESULT_ORDER = {"fail": 0, "temperror": 1, "permerror": 2, "pass": 3, "none": 4}
 
 log = logging.getLogger(__name__)
@@ -141,6 +141,15 @@ def _ds(value: bytes) -> tuple[str, str]:
     return (tags.get(b"d", b"").decode("ascii", "replace").lower(), tags.get(b"s", b"").decode("ascii", "replace"))
 
 
+def _invalid(tags: dict[bytes, bytes]) -> str:
+    """Why dkimpy would refuse the signature's fields before looking at the message ('' if not)."""
+    try:
+        dkim.validate_signature_fields(tags)
+    except Exception as exc:  # noqa: BLE001 - as _tags
+        return str(exc) or type(exc).__name__
+    return ""
+
+
 def _key_name(tags: dict[bytes, bytes]) -> str | None:
     d, s = tags.get(b"d", b""), tags.get(b"s", b"")
     if not d or not s or not re.fullmatch(rb"[A-Za-z0-9._-]+", d + s):
@@ -193,8 +202,10 @@ def _verify_sync(message: bytes, signatures: list[bytes], keys: dict[str, object
         d, s = _ds(signature)
         name = _key_name(tags)
         key = keys.get(name) if name else None
-        if not tags or name is None:
-            results.append(("neutral", d, s))  # the signature cannot be read (RFC 8601 2.7.1)
+        problem = _invalid(tags)
+        if not tags or name is None or problem:
+            # Unreadable (RFC 8601 2.7.1 neutral), but an expired one is a failed one (RFC 6376 3.5 x=).
+            results.append(("fail" if "expired" in problem else "neutral", d, s))
         elif isinstance(key, str):
             results.append(("temperror", d, s))
         elif key is None:
@@ -206,6 +217,8 @@ def _verify_sync(message: bytes, signatures: list[bytes], keys: dict[str, object
                 results.append(("pass" if ok else "fail", d, s))
             except dkim.KeyFormatError:
                 results.append(("permerror", d, s))
+            except dkim.ValidationError:  # the fields were valid above: the body hash does not match
+                results.append(("fail", d, s))
             except Exception as exc:  # noqa: BLE001 - dkimpy on hostile input: anything it cannot verify is neutral
                 log.debug("dkim signature %d unverifiable: %s", idx, exc)
                 results.append(("neutral", d, s))
