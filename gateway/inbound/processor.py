@@ -47,7 +47,7 @@ from ..store import Store
 from ..store.inbound import Attachment, Processed
 from . import authres
 from . import classify as classifier
-from . import recipients, threads
+from . import origin, recipients, threads
 from .pins import Pins
 
 log = structlog.get_logger("processor")
@@ -101,7 +101,7 @@ class Processor(Component):
     def __init__(self, store: Store, config: Config, metrics: Metrics | None = None, *, files: Any, pins: Pins | None = None,
                  hooks: Hooks | None = None, authenticate: Callable[..., Awaitable[Any]] | None = None,
                  parse: Callable[..., Any], stripped_reply: Callable[[str, str], str] | None = None,
-                 origin: Callable[..., Any] | None = None, limits: Callable[[ProcessorConfig], Any] | None = None,
+                 limits: Callable[[ProcessorConfig], Any] | None = None,
                  rules: recipients.Rules | None = None):
         self.store = store
         self.config = config
@@ -112,7 +112,6 @@ class Processor(Component):
         self._authenticate = authenticate
         self._parse = parse
         self._stripped = stripped_reply
-        self._origin = origin
         self._limits = limits
         self.rules = rules or recipients.Rules.from_config(config)
         self.processed = 0
@@ -307,9 +306,9 @@ class Processor(Component):
         work = Work(raw=stored, auth=auth, classification=c, parsed=parsed, stripped="")
         if c.kind in CONVERSATION and self._stripped is not None:
             work.stripped = self._stripped(parsed.text or "", parsed.html or "")
-        if self._origin is not None:
-            o = self._origin(body, mail_from=row["mail_from"], recipients=row["recipients"])
-            work.sender, work.forwarded_by = o.sender or "", o.forwarded_by or ""
+        # A tenant's mailbox auto-forwarding to us: the customer is the sender, the mailbox is named.
+        o = origin.attribute(body, mail_from=row["mail_from"], recipients=row["recipients"])
+        work.sender, work.forwarded_by = o.sender or "", o.forwarded_by or ""
         try:
             for position, part in enumerate(parsed.attachments):
                 with self.pins.putting():
