@@ -1,6 +1,6 @@
 """Issue 9's inbound hookups, end to end through the daemon: mail delivered to the sink, then a
-report about it spooled at the gateway's own address as the MX spools it (tenant None, the
-envelope recipient it was sent to), processed by the daemon's processor:
+report about it sent to the daemon's real MX listener at the gateway's own address (the MX spools
+it with tenant None and the envelope recipient it was sent to), processed by the daemon's processor:
 
     an asynchronous DSN for a 250'd message    -> the recipient suppressed (hard bounce)
     an ARF complaint                           -> suppressed for marketing only
@@ -12,20 +12,23 @@ from __future__ import annotations
 import asyncio
 import re
 
-from gateway.store.inbound import Spooled
-from gateway.store.queue import QueueIds
+import aiosmtplib
+
 from tests.support.delivery import delivering_daemon, publish_mx, wait_events
 from tests.support.sink import mail_sink
 from tests.test_unsubscribe_e2e import fields_of, marketing_mail
 
-_ids = QueueIds()
 
-
-async def spool_as_the_mx(d, rcpt: str, raw: bytes, mail_from: str = "") -> str:
-    qid = _ids.new()
-    await d.store.inbound.spool([Spooled(inbound_id=qid, source="mx", raw=raw, tenant_id=None, recipients=[rcpt],
-                                         mail_from=mail_from, client="127.0.0.1", helo="mx.dest.test")])
-    return qid
+async def send_to_mx(d, rcpt: str, raw: bytes, mail_from: str = "") -> str:
+    """Through the daemon's MX listener; the inbound id its 250 names."""
+    host, port = d.hostport("inbound")
+    async with aiosmtplib.SMTP(hostname=host, port=port, timeout=10, start_tls=False) as smtp:
+        await smtp.ehlo(hostname="mx.dest.test")
+        await smtp.mail(mail_from)
+        await smtp.rcpt(rcpt)
+        reply = await smtp.data(raw)
+    assert reply.code == 250
+    return reply.message.rsplit(" ", 1)[-1]
 
 
 async def processed(d, qid: str, timeout: float = 15.0) -> dict:
@@ -74,7 +77,7 @@ async def test_a_late_dsn_suppresses_and_an_arf_suppresses_for_marketing_only(tm
             assert bob.mail_from.startswith("bounces+") and bob.mail_from.endswith("@" + setup["return_path_domain"])
 
             # Bob's mailbox was deleted after his MX said 250: an asynchronous bounce to his VERP return path.
-            qid = await spool_as_the_mx(d, bob.mail_from, dsn(bob.mail_from, "bob@dest.test", message_id_of(got["bob@dest.test"])))
+            qid = await send_to_mx(d, bob.mail_from, dsn(bob.mail_from, "bob@dest.test", message_id_of(got["bob@dest.test"])))
             row = await processed(d, qid)
             assert (row["state"], row["kind"], row["tenant_id"]) == ("processed", "dsn", tenant_id)
             report = row["summary"]["report"]
@@ -85,7 +88,7 @@ async def test_a_late_dsn_suppresses_and_an_arf_suppresses_for_marketing_only(tm
             assert row["raw"].startswith(b"Authentication-Results: ")   # evaluated and recorded on the stored copy
 
             # Carol complains: suppressed for marketing, not for the tenant's transactional mail.
-            qid = await spool_as_the_mx(d, f"fbl@{setup['return_path_domain']}",
+            qid = await send_to_mx(d, f"fbl@{setup['return_path_domain']}",
                                         arf(carol.mail_from, "carol@dest.test", message_id_of(got["carol@dest.test"])))
             row = await processed(d, qid)
             assert (row["kind"], row["tenant_id"]) == ("arf", tenant_id)
@@ -105,7 +108,7 @@ async def test_a_mailto_unsubscribe_unsubscribes(tmp_path, dns_server):
             subject = query.removeprefix("subject=").replace("%20", " ")
             request = (f"From: Erin <erin@dest.test>\r\nTo: {to}\r\nSubject: Re: {subject}\r\n"
                        "Message-ID: <u1@dest.test>\r\n\r\nplease stop\r\n").encode()
-            qid = await spool_as_the_mx(d, to, request, mail_from="erin@dest.test")
+            qid = await send_to_mx(d, to, request, mail_from="erin@dest.test")
             row = await processed(d, qid)
             tenant_id = (await d.store.tenants.get(setup["tenant"]))["id"]
             assert (row["kind"], row["tenant_id"], row["summary"]["report"]) == ("unsubscribe", tenant_id,
