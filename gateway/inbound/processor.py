@@ -102,7 +102,7 @@ class Processor(Component):
                  hooks: Hooks | None = None, authenticate: Callable[..., Awaitable[Any]] | None = None,
                  parse: Callable[..., Any], stripped_reply: Callable[[str, str], str] | None = None,
                  limits: Callable[[ProcessorConfig], Any] | None = None,
-                 rules: recipients.Rules | None = None):
+                 rules: recipients.Rules | None = None, inline: bool = False):
         self.store = store
         self.config = config
         self.metrics = metrics or Metrics()
@@ -114,6 +114,7 @@ class Processor(Component):
         self._stripped = stripped_reply
         self._limits = limits
         self.rules = rules or recipients.Rules.from_config(config)
+        self.inline = inline   # the CPU work on the loop, not in worker threads (scripts/bench_processing.py compares)
         self.processed = 0
         self.held = 0
         self._wake = asyncio.Event()
@@ -257,8 +258,10 @@ class Processor(Component):
         verdict = None
         if row["source"] == "mx" and not row["auth_results"] and self._authenticate is not None:
             verdict = await self._authenticate(raw, client_ip=row["client"], helo=row["helo"], mail_from=row["mail_from"])
-        loop = asyncio.get_running_loop()
-        work: Work = await loop.run_in_executor(self._pool, self._work, raw, row, route, verdict)
+        if self.inline:
+            work = self._work(raw, row, route, verdict)
+        else:
+            work = await asyncio.get_running_loop().run_in_executor(self._pool, self._work, raw, row, route, verdict)
         try:
             return await self._finish_work(row, route, raw, work), work.shas
         except BaseException:
