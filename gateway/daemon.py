@@ -195,7 +195,7 @@ class Daemon:
                               max_decoded_bytes=p.max_decoded_bytes)
 
         return Processor(store, config, self.metrics, files=files, pins=pins, authenticate=authenticate, parse=parse_mime,
-                         stripped_reply=stripped_reply, limits=limits,
+                         stripped_reply=stripped_reply, limits=limits, budget=self.budget,
                          hooks=Hooks(report=report, unsubscribe=unsubscriber.apply_token))
 
     # ------------------------------------------------------------------ lifecycle

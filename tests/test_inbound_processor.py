@@ -94,10 +94,12 @@ async def done(store, qid: str, timeout: float = 10.0) -> dict:
     return row
 
 
-async def send_out(store, tenant_id, usecase_id, message_id, parents=()):
-    await store.queue.put(NewMessage(queue_id=_ids.new(), tenant_id=tenant_id, usecase_id=usecase_id, mail_from="help@acme.test",
+async def send_out(store, tenant_id, usecase_id, message_id, parents=()) -> str:
+    qid = _ids.new()
+    await store.queue.put(NewMessage(queue_id=qid, tenant_id=tenant_id, usecase_id=usecase_id, mail_from="help@acme.test",
                                      message_id=message_id, body=b"Subject: re\r\n\r\nok\r\n", recipients=["ann@example.org"],
                                      parents=list(parents)))
+    return qid
 
 
 async def record(store, message_id, tenant_id):
@@ -243,3 +245,22 @@ async def test_mail_not_authenticated_at_data_is_authenticated_here(world, dns_s
     row = await done(store, qid)
     assert row["summary"]["auth"]["spf"] == "pass"
     assert row["raw"].startswith(b"Authentication-Results: mx.gateway.test;") and b"spf=pass" in row["raw"].split(b"\r\n\r\n")[0]
+
+
+async def test_a_vacation_reply_to_our_verp_return_path_threads_in_its_use_case(world):
+    store, acme = world["store"], world["acme"]
+    qid = await send_out(store, acme, world["support"], "o7@acme.test")
+    verp = f"bounces+{qid}.0@bounces.acme.test"
+    raw = mail(to=verp, message_id="v1@example.org", in_reply_to="o7@acme.test", subject="Out of Office: Order",
+               extra="Auto-Submitted: auto-replied\r\n")
+    row = await done(store, await spool(store, raw, tenant_id=None, rcpt=verp))
+    assert (row["kind"], row["tenant_id"], row["usecase_id"]) == ("auto_reply", acme, world["support"])
+    assert (row["thread_id"], row["parent_message_id"]) == ("o7@acme.test", "o7@acme.test")
+
+
+async def test_mail_a_tenants_mailbox_forwarded_is_attributed_to_the_customer(world):
+    raw = mail(message_id="f1@example.org", sender="carl@customer.example",
+               extra="X-Forwarded-For: support@acme-mailbox.example help@acme.test\r\nX-Forwarded-To: help@acme.test\r\n")
+    row = await done(world["store"], await spool(world["store"], raw, tenant_id=world["acme"]))
+    assert row["from_address"] == "carl@customer.example"
+    assert row["summary"]["forwarded_by"] == "support@acme-mailbox.example"

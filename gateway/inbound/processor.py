@@ -39,11 +39,13 @@ from typing import Any
 
 import structlog
 
+from ..budget import ByteBudget
 from ..config import Config, ProcessorConfig
 from ..errors import SMTPError, StorageFull
 from ..lifecycle import Component
 from ..metrics import Metrics
 from ..store import Store
+from .. import verp
 from ..store.inbound import Attachment, Processed
 from . import authres
 from . import classify as classifier
@@ -58,6 +60,8 @@ ReportHook = Callable[[bytes, str], Awaitable[dict[str, Any]]]
 UnsubscribeHook = Callable[[str], Awaitable[dict[str, Any] | None]]
 CONVERSATION = ("message", "reply", "auto_reply")
 MAX_REASON = 500
+MEMORY_FACTOR = 3
+STALL_AFTER = 300.0   # seconds without a finished message while some are in flight: /health says so
 HOLD_RETRY = 1.0   # seconds before a row whose hold write failed (disk full) is tried again
 
 
@@ -102,7 +106,7 @@ class Processor(Component):
                  hooks: Hooks | None = None, authenticate: Callable[..., Awaitable[Any]] | None = None,
                  parse: Callable[..., Any], stripped_reply: Callable[[str, str], str] | None = None,
                  limits: Callable[[ProcessorConfig], Any] | None = None,
-                 rules: recipients.Rules | None = None, inline: bool = False):
+                 rules: recipients.Rules | None = None, inline: bool = False, budget: ByteBudget | None = None):
         self.store = store
         self.config = config
         self.metrics = metrics or Metrics()
@@ -114,6 +118,7 @@ class Processor(Component):
         self._stripped = stripped_reply
         self._limits = limits
         self.rules = rules or recipients.Rules.from_config(config)
+        self.budget = budget   # the daemon's memory budget, shared with the listeners and delivery
         self.inline = inline   # the CPU work on the loop, not in worker threads (scripts/bench_processing.py compares)
         self.processed = 0
         self.held = 0
@@ -124,6 +129,7 @@ class Processor(Component):
         self._pool: ThreadPoolExecutor | None = None
         self._idle = asyncio.Event()
         self._idle.set()
+        self._progress = time.monotonic()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -161,6 +167,13 @@ class Processor(Component):
     def status(self) -> dict[str, Any]:
         return {"processor": {"processed": self.processed, "held": self.held, "in_flight": len(self._inflight)}}
 
+    def problems(self) -> list[str]:
+        # Work in flight and nothing finished for long: a stuck parse or store (each message takes ms).
+        idle = time.monotonic() - self._progress
+        if self._inflight and idle > STALL_AFTER:
+            return [f"processor: {len(self._inflight)} messages in flight and none finished for {idle:.0f}s"]
+        return []
+
     async def drain(self) -> None:
         """Until the spool is empty and nothing is in flight (tests, benchmarks)."""
         while True:
@@ -186,6 +199,8 @@ class Processor(Component):
             for row in fresh:
                 assert self._slots is not None
                 await self._slots.acquire()
+                if not self._inflight:
+                    self._progress = time.monotonic()   # the stall clock starts with the work
                 self._idle.clear()
                 task = asyncio.create_task(self._one(row), name=f"inbound-{row['inbound_id']}")
                 self._inflight[row["id"]] = task
@@ -207,12 +222,18 @@ class Processor(Component):
 
     def _done(self, row_id: int) -> None:
         self._inflight.pop(row_id, None)
+        self._progress = time.monotonic()
         assert self._slots is not None
         self._slots.release()
         if not self._inflight:
             self._wake.set()   # the scan decides whether we are idle
 
     async def _one(self, row: dict[str, Any]) -> None:
+        # The raw copy, the stored copy with our header and the parser's decoded bodies: about three
+        # times the message in memory. Taken from the daemon's budget first, as delivery does.
+        need = row["size"] * MEMORY_FACTOR
+        if self.budget is not None:
+            await self.budget.acquire(need)
         started = time.perf_counter()
         shas: list[str] = []
         try:
@@ -235,6 +256,8 @@ class Processor(Component):
         finally:
             if shas:
                 self.pins.unpin(shas)
+            if self.budget is not None:
+                self.budget.release(need)
 
     async def _hold(self, row: dict[str, Any], exc: BaseException) -> None:
         reason = f"{type(exc).__name__}: {exc}"[:MAX_REASON]
@@ -361,7 +384,14 @@ class Processor(Component):
                 else:
                     usecase_id = done.get("usecase_id")
                     report = {"type": "unsubscribe", "changed": bool(done.get("changed"))}
-        elif tenant_id is not None and usecase_id is not None:
+        if kind == "auto_reply" and route.kind == "return_path" and usecase_id is None:
+            # A vacation reply to our VERP return path (RFC 3834 answers the envelope sender): the
+            # tag names the message it answers, so its use case; the thread comes from In-Reply-To.
+            tag = verp.decode(route.address)
+            found = await self.store.suppressions.verp_recipient(tag.queue_id, tag.recipient_index) if tag else None
+            if found is not None and found["tenant_id"] == tenant_id:
+                usecase_id = found["usecase_id"]
+        if kind in CONVERSATION and tenant_id is not None and usecase_id is not None:
             record_id = message_id or f"{row['inbound_id'].lower()}.inbound@{self.config.daemon.hostname}"
             candidates = threads.candidates(_ids(p.in_reply_to), p.references or [])
             records = await self.store.threads.known(candidates) if candidates else []
