@@ -41,6 +41,17 @@ def _marks(ids: list[int]) -> str:
     return ",".join("?" * len(ids))
 
 
+def _within(candidates: list[Any], max_bytes: int) -> tuple[list[int], int]:
+    """The leading (id, size) candidates whose sizes fit in ``max_bytes`` (at least one)."""
+    ids, nbytes = [], 0
+    for row_id, size in candidates:
+        if ids and nbytes + size > max_bytes:
+            break
+        ids.append(row_id)
+        nbytes += size
+    return ids, nbytes
+
+
 def _drop_bodies(conn: sqlite3.Connection, cutoff: float, max_rows: int, max_bytes: int, now: float) -> dict[str, Any]:
     started = time.perf_counter()
     # size sits before body in the row: reading it does not walk the body's overflow pages.
@@ -49,12 +60,7 @@ def _drop_bodies(conn: sqlite3.Connection, cutoff: float, max_rows: int, max_byt
         " WHERE f.body_dropped_at IS NULL AND f.finished_at < ? ORDER BY f.finished_at LIMIT ?",
         (cutoff, max_rows),
     ).fetchall()
-    ids, nbytes = [], 0
-    for message_id, size in candidates:
-        if ids and nbytes + size > max_bytes:
-            break
-        ids.append(message_id)
-        nbytes += size
+    ids, nbytes = _within(candidates, max_bytes)
     if ids:
         conn.execute(f"UPDATE messages SET body = X'' WHERE id IN ({_marks(ids)})", ids)
         conn.execute(f"UPDATE finished_messages SET body_dropped_at = ? WHERE message_id IN ({_marks(ids)})", (now, *ids))
@@ -116,12 +122,7 @@ def _delete_inbound(conn: sqlite3.Connection, cutoff: float, max_rows: int, max_
     candidates = conn.execute(
         "SELECT id, size FROM inbound_messages INDEXED BY inbound_processed_age"
         " WHERE state = 'processed' AND processed_at < ? ORDER BY processed_at LIMIT ?", (cutoff, max_rows)).fetchall()
-    ids, nbytes = [], 0
-    for row_id, size in candidates:
-        if ids and nbytes + size > max_bytes:
-            break
-        ids.append(row_id)
-        nbytes += size
+    ids, nbytes = _within(candidates, max_bytes)
     files: list[str] = []
     if ids:
         marks = _marks(ids)
