@@ -264,3 +264,19 @@ async def test_mail_a_tenants_mailbox_forwarded_is_attributed_to_the_customer(wo
     row = await done(world["store"], await spool(world["store"], raw, tenant_id=world["acme"]))
     assert row["from_address"] == "carl@customer.example"
     assert row["summary"]["forwarded_by"] == "support@acme-mailbox.example"
+
+
+async def test_a_backlog_larger_than_one_scan_with_every_slot_busy_is_all_processed(tmp_path, world):
+    store, processor = world["store"], world["processor"]
+    await processor.stop(asyncio.get_running_loop().time())
+    small = Processor(store, parse_config({"processor": {"batch": 3, "concurrency": 3, "poll_interval": 60.0}}), Metrics(),
+                      files=world["files"], parse=parse_mime, stripped_reply=stripped_reply)
+    qids = [await spool(store, mail(message_id=f"b{n}@example.org"), tenant_id=world["acme"]) for n in range(10)]
+    await small.start()
+    try:
+        async with asyncio.timeout(20):
+            await small.drain()
+    finally:
+        await small.stop(asyncio.get_running_loop().time() + 2)
+    rows = [await store.inbound.get(q) for q in qids]
+    assert {r["state"] for r in rows} == {"processed"} and small.processed == 10

@@ -207,8 +207,8 @@ class Processor(Component):
                 task.add_done_callback(lambda t, rid=row["id"]: self._done(rid))
             if rows:
                 cursor = rows[-1]["id"]
-                if len(rows) == self.config.processor.batch:
-                    continue   # more waiting: read on without sleeping
+                if len(rows) == self.config.processor.batch and fresh:
+                    continue   # more waiting: read on without sleeping (a page all in flight waits for a wake)
             else:
                 if not self._inflight:
                     self._idle.set()
