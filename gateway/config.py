@@ -210,6 +210,22 @@ class ProcessorConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class PollerConfig:
+    interval: float = setting(60.0, "Seconds between polls of a mailbox whose server offers no IMAP IDLE (and of every POP3 mailbox).", min=0.1)
+    idle: bool = setting(True, "Wait with IMAP IDLE (RFC 2177) where the server offers it: new mail is fetched as it arrives.")
+    idle_timeout: float = setting(600.0, "Seconds one IDLE may last before it is ended and issued again (servers drop it after 30 minutes; a silent server is noticed within this time).", min=1.0, max=1740.0)
+    rescan_interval: float = setting(30.0, "Seconds between looks at the connectors table for added, changed or removed incoming settings (a change through the CLI is picked up at once).", min=0.1)
+    connect_timeout: float = setting(30.0, "Seconds to connect to a mailbox server and get its greeting (TLS included).", min=0.1)
+    command_timeout: float = setting(120.0, "Seconds one IMAP or POP3 command may go without an answer (a FETCH counts while data arrives).", min=0.1)
+    max_message_size: int = setting(26214400, "Largest message fetched, in bytes; a bigger one is left on the server, counted and reported (`connector show`, event inbound_skipped).", min=1024)
+    batch: int = setting(200, "Most messages fetched, spooled and committed together.", min=1, max=10000)
+    batch_bytes: int = setting(16777216, "Most message bytes one batch holds in memory (a bigger message is fetched alone).", min=65536)
+    backoff_base: float = setting(30.0, "Seconds before the first retry after a failed connection or login; doubles per consecutive failure.", min=0.0)
+    backoff_max: float = setting(3600.0, "Longest wait between two attempts on a failing mailbox.", min=0.0)
+    ca_file: str = setting("", "PEM file of extra certificate authorities trusted for mailbox servers (a private CA), besides the system's.")
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     daemon: DaemonConfig = section(DaemonConfig, "The daemon itself.")
     log: LogConfig = section(LogConfig, "Logging (structlog).")
@@ -223,6 +239,7 @@ class Config:
     queue: QueueConfig = section(QueueConfig, "The outbound queue.")
     delivery: DeliveryConfig = section(DeliveryConfig, "Outbound delivery: workers, timeouts, retries, DSNs.")
     webhooks: WebhooksConfig = section(WebhooksConfig, "Signed webhook POSTs of events to tenants' endpoints.")
+    poller: PollerConfig = section(PollerConfig, "Mailbox polling (IMAP, POP3) of connectors with incoming settings.")
     unsubscribe: UnsubscribeConfig = section(UnsubscribeConfig, "List-Unsubscribe and one-click unsubscribe (RFC 2369, RFC 8058) on the mail of use cases that carry it.")
     processor: ProcessorConfig = section(ProcessorConfig, "The inbound processing stage: spooled mail classified, parsed, threaded and stored.")
 

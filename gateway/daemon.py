@@ -41,6 +41,7 @@ from .inbound.mime import MimeLimits, parse as parse_mime
 from .inbound.pins import Pins
 from .inbound.processor import Hooks, Processor
 from .inbound.reply import stripped_reply
+from .inbound.poller import Poller
 from .lifecycle import Component
 from .metrics import Metrics, budget_families, store_families
 from .paths import Paths, resolve_paths
@@ -129,6 +130,8 @@ class Daemon:
                                    links=Links(keyring, lambda: self.config))
         # A full disk's episode ends: claim what waited at once rather than at the next poll.
         store.db.on_recovered(self.scheduler.wake)
+        # Mailbox polling: a connector change through the CLI wakes it to look at the connectors again.
+        self.poller = Poller(store, self.config.poller)
         webhooks = WebhookSender(store, self.config.webhooks, self.metrics,
                                  node=f"{socket.gethostname()}:{self.paths.state_dir.resolve()}")
         unsubscriber = Unsubscriber(store, keyring, self.metrics, lambda: self.config)
@@ -141,7 +144,7 @@ class Daemon:
         self.services = [TenantService(store), domains, usecases,
                          QueueService(store, wake=self.scheduler.wake, on_change=monitor.kick),
                          PauseService(store, wake=self.scheduler.wake, on_change=monitor.kick), DaemonService(self),
-                         ConnectorService(store, lambda: self.config),
+                         ConnectorService(store, lambda: self.config, on_change=self.poller.wake),
                          WebhookService(store, allow_loopback=lambda: self.config.webhooks.allow_loopback,
                                         post=webhooks.post, on_change=webhooks.wake),
                          EventService(store), UnsubscribeService(store, keyring), suppressions]
@@ -165,6 +168,7 @@ class Daemon:
             Sweeper(store, self.config.queue, self.metrics, webhooks=self.config.webhooks, processor=self.config.processor,
                     files=files, pins=pins),
             webhooks,
+            self.poller,
             *listeners,
         ]
         # Components start in this order and stop in reverse. Web and admin start first and stop

@@ -26,6 +26,8 @@
     ├── RecordError               a published DNS record cannot be evaluated; verification reports it as a status
     │   ├── PermError             domains/spf.py: the SPF policy is broken for every receiver
     │   └── TempError             domains/spf.py: DNS did not answer, we cannot tell
+    ├── MailboxError              inbound/mailbox.py: a polled mailbox's session failed (connect, TLS, login, a command)
+    │   └── MailboxAuthError      the server refused the login; the poller backs off
     ├── InvalidToken              unsubscribe/tokens.py: a link's token is malformed, forged or names nothing (HTTP 400)
     └── AdminClientError          the CLI's side of the admin socket (admin/client.py)
         ├── AdminError            the daemon refused a call; ``code`` is the protocol's (exit 2 for usage codes)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.support.dns import DnsServer
+from tests.support.dovecot import dovecot  # noqa: F401 - the `dovecot` fixture, for every test module
 
 
 @pytest.fixture

@@ -1,7 +1,12 @@
-"""Connector management: `gateway connector add|list|show|update|test|delete`.
+"""Connector management: `gateway connector add|list|show|update|incoming|test|delete`.
 
-Secrets (SMTP password, SendGrid API token) go in, never come out: every answer carries
-``has_secret`` instead. `test` makes a real connection from the daemon and reports each step.
+Secrets (SMTP password, SendGrid API token, the incoming mailbox's password) go in, never come out:
+every answer carries ``has_secret`` and ``has_incoming_secret`` instead. `test` makes a real
+connection from the daemon and reports each step, outgoing and incoming.
+
+One connector can carry outgoing settings (kind smtp or sendgrid) and incoming ones (IMAP or POP3,
+``settings.incoming``, set with `connector incoming`); a connector of kind imap or pop3 is incoming
+only. Its direction (out, in, both) follows what it carries.
 """
 
 from __future__ import annotations
@@ -15,20 +20,27 @@ from urllib.parse import urlparse
 from ..admin.registry import admin_method
 from ..config import Config
 from ..delivery.connectors import SMTP_TLS_MODES, ConnectorSpec, test_connector
-from ..errors import InvalidArgument
+from ..errors import InvalidArgument, NotFound
+from ..inbound import mailbox
+from ..inbound.mailbox import Incoming
+from ..inbound.probe import test_incoming
 from ..store import Store
 from .. import validate
 from .tenants import check_tenant_name
 
 ADDRESS = re.compile(r"^[^@\s<>\"]{1,64}@[A-Za-z0-9.-]{1,253}$")
 OUT_KINDS = ("smtp", "sendgrid")
+IN_KINDS = mailbox.PROTOCOLS
+INCOMING_UNSET = ("usecase", "address")
 SETTING_KEYS = ("host", "port", "tls", "username", "sender", "reply_to", "base_url", "verify_tls")
 
 
 def _check_settings(kind: str, s: dict[str, Any], *, complete: bool) -> None:
     """Raise InvalidArgument for a bad value; with complete=True also for a missing required one."""
+    if kind in IN_KINDS:
+        raise InvalidArgument(f"a {kind} connector's settings are its incoming ones: use `connector incoming`")
     if kind not in OUT_KINDS:
-        raise InvalidArgument(f"kind must be one of {', '.join(OUT_KINDS)} (inbound connectors come later)")
+        raise InvalidArgument(f"kind must be one of {', '.join(OUT_KINDS + IN_KINDS)}")
     if kind == "smtp":
         if complete and not s.get("host"):
             raise InvalidArgument("an smtp connector needs --host")
@@ -86,17 +98,94 @@ def redact(text: str, forms: list[str]) -> str:
 
 
 class ConnectorService:
-    def __init__(self, store: Store, config: Callable[[], Config]):
+    def __init__(self, store: Store, config: Callable[[], Config], on_change: Callable[[], None] | None = None):
         self.store = store
         self.config = config  # the daemon's current config (it changes on SIGHUP)
+        self.on_change = on_change or (lambda: None)  # the poller looks at the connectors again
+
+    async def _incoming(self, tenant: str, name: str, kind: str, current: dict[str, Any] | None, given: dict[str, Any],
+                        unset: list[str], insecure_plaintext: bool, has_secret: bool) -> dict[str, Any]:
+        """The complete incoming settings from what is stored and what is given, checked."""
+        if kind in IN_KINDS:
+            if given.get("protocol") not in (None, kind):
+                raise InvalidArgument(f"a {kind} connector polls over {kind}; add another connector for {given['protocol']}")
+            given["protocol"] = kind
+        merged = {**(current or {}), **given}
+        for key in unset:
+            merged.pop(key, None)
+        if current and current.get("tls") == "none" and "tls" not in given:
+            insecure_plaintext = True   # allowed when it was set; a change of other settings keeps it
+        checked = mailbox.check(merged, insecure_plaintext=insecure_plaintext)
+        if not has_secret:
+            raise InvalidArgument("incoming settings need the mailbox password (--secret-stdin or --secret-env)")
+        if checked.get("usecase"):
+            try:
+                await self.store.usecases.get(tenant, checked["usecase"])
+            except NotFound:
+                raise InvalidArgument(f"tenant {tenant!r} has no use case named {checked['usecase']!r}") from None
+        return checked
+
+    @admin_method("connector.incoming")
+    async def incoming(self, tenant: str, name: str, protocol: str | None = None, host: str | None = None,
+                       port: int | None = None, tls: str | None = None, insecure_plaintext: bool = False,
+                       verify_tls: bool | None = None, username: str | None = None, secret: str | None = None,
+                       folder: str | None = None, after: str | None = None, usecase: str | None = None,
+                       address: str | None = None, enabled: bool | None = None, unset: list[str] | None = None,
+                       remove: bool = False) -> dict[str, Any]:
+        """Set (merge into) or remove a connector's incoming settings."""
+        _check_names(tenant, name)
+        _check_secret(secret)
+        current = await self.store.connectors.get(tenant, name)
+        if remove:
+            if current["kind"] in IN_KINDS:
+                raise InvalidArgument(f"a {current['kind']} connector is incoming only: delete it instead")
+            record = await self.store.connectors.set_incoming(tenant, name, None)
+            self.on_change()
+            return record
+        bad = [k for k in unset or [] if k not in INCOMING_UNSET]
+        if bad:
+            raise InvalidArgument(f"cannot unset {', '.join(validate.shown(k) for k in bad[:5])}")
+        given = {k: v for k, v in {"protocol": protocol, "host": host, "port": port, "tls": tls, "verify_tls": verify_tls,
+                                   "username": username, "folder": folder, "after": after, "usecase": usecase,
+                                   "address": address, "enabled": enabled}.items() if v is not None}
+        has_secret = bool(secret) or current["has_incoming_secret"]
+        checked = await self._incoming(tenant, name, current["kind"], current["settings"].get("incoming"), given,
+                                       unset or [], insecure_plaintext, has_secret)
+        record = await self.store.connectors.set_incoming(tenant, name, checked, secret=secret or None)
+        self.on_change()
+        return await self._with_status(record)
+
+    async def _with_status(self, record: dict[str, Any]) -> dict[str, Any]:
+        if "incoming" in record["settings"]:
+            record["incoming_status"] = await self.store.mailboxes.status(record["id"]) or {}
+        return record
 
     @admin_method("connector.add")
     async def add(self, tenant: str, name: str, kind: str, host: str | None = None, port: int | None = None,
                   tls: str | None = None, username: str | None = None, secret: str | None = None,
                   sender: str | None = None, reply_to: str | None = None, base_url: str | None = None,
-                  verify_tls: bool | None = None, enabled: bool = True) -> dict[str, Any]:
+                  verify_tls: bool | None = None, enabled: bool = True, folder: str | None = None,
+                  after: str | None = None, usecase: str | None = None, address: str | None = None,
+                  insecure_plaintext: bool = False) -> dict[str, Any]:
         check_tenant_name(tenant)
         validate.name(name, "connector")
+        if kind in IN_KINDS:
+            # An incoming-only connector: host, port, tls, username and the secret are the mailbox's.
+            for key, value in (("sender", sender), ("reply_to", reply_to), ("base_url", base_url)):
+                if value is not None:
+                    raise InvalidArgument(f"{key} is for outgoing connectors")
+            _check_secret(secret)
+            given = {k: v for k, v in {"host": host, "port": port, "tls": tls, "verify_tls": verify_tls, "username": username,
+                                       "folder": folder, "after": after, "usecase": usecase, "address": address}.items()
+                     if v is not None}
+            checked = await self._incoming(tenant, name, kind, None, given, [], insecure_plaintext, bool(secret))
+            record = await self.store.connectors.add(tenant, name, kind, direction="in", enabled=enabled,
+                                                     settings={"incoming": checked}, incoming_secret=secret or "")
+            self.on_change()
+            return await self._with_status(record)
+        for key, value in (("folder", folder), ("after", after), ("usecase", usecase), ("address", address)):
+            if value is not None:
+                raise InvalidArgument(f"{key} is an incoming setting: use `connector incoming` (or --kind imap|pop3)")
         settings = {k: v for k, v in {"host": host, "port": port, "tls": tls, "username": username, "sender": sender,
                                       "reply_to": reply_to, "base_url": base_url, "verify_tls": verify_tls}.items() if v is not None}
         if kind == "smtp":
@@ -108,8 +197,10 @@ class ConnectorService:
             raise InvalidArgument("a sendgrid connector needs its API token (secret)")
         if kind == "smtp" and settings.get("username") and not secret:
             raise InvalidArgument("a username needs a password (secret)")
-        return await self.store.connectors.add(tenant, name, kind, direction="out", enabled=enabled, settings=settings,
-                                               secret=secret or "")
+        record = await self.store.connectors.add(tenant, name, kind, direction="out", enabled=enabled, settings=settings,
+                                                 secret=secret or "")
+        self.on_change()
+        return record
 
     @admin_method("connector.list")
     async def list(self, tenant: str | None = None) -> list[dict[str, Any]]:
@@ -118,7 +209,7 @@ class ConnectorService:
     @admin_method("connector.show")
     async def show(self, tenant: str, name: str) -> dict[str, Any]:
         _check_names(tenant, name)
-        return await self.store.connectors.get(tenant, name)
+        return await self._with_status(await self.store.connectors.get(tenant, name))
 
     @admin_method("connector.update")
     async def update(self, tenant: str, name: str, host: str | None = None, port: int | None = None, tls: str | None = None,
@@ -134,22 +225,37 @@ class ConnectorService:
         bad = [k for k in unset if k not in ("username", "sender", "reply_to", "base_url", "verify_tls")]
         if bad:
             raise InvalidArgument(f"cannot unset {', '.join(validate.shown(k) for k in bad[:5])}")
+        if current["kind"] in IN_KINDS and (settings or unset or secret is not None):
+            raise InvalidArgument(f"a {current['kind']} connector's settings are its incoming ones: use `connector incoming`")
         _check_settings(current["kind"], settings, complete=False)
-        return await self.store.connectors.update(tenant, name, settings=settings, unset=unset, secret=secret, enabled=enabled)
+        record = await self.store.connectors.update(tenant, name, settings=settings, unset=unset, secret=secret, enabled=enabled)
+        self.on_change()
+        return await self._with_status(record)
 
     @admin_method("connector.test")
     async def test(self, tenant: str, name: str) -> dict[str, Any]:
         _check_names(tenant, name)
         spec = await self.store.connectors.spec_by_tenant_name(tenant, name)
-        connector = ConnectorSpec(spec["id"], spec["tenant_id"], spec["name"], spec["kind"], spec["enabled"], spec["settings"], spec["secret"])
         config = self.config()
-        result = await test_connector(connector, config.delivery, config.delivery.helo_name or config.daemon.hostname)
-        # The step details quote the remote server, which may echo what it got: no form of the secret leaves.
+        result: dict[str, Any] = {"ok": True, "steps": []}
+        if spec["kind"] in OUT_KINDS:
+            connector = ConnectorSpec(spec["id"], spec["tenant_id"], spec["name"], spec["kind"], spec["enabled"], spec["settings"], spec["secret"])
+            result = await test_connector(connector, config.delivery, config.delivery.helo_name or config.daemon.hostname)
         forms = secret_forms(spec["secret"], spec["settings"].get("username", ""))
+        incoming = spec["settings"].get("incoming")
+        if incoming:
+            # Incoming steps are named protocol:step (imap:login), beside the outgoing ones.
+            got = await test_incoming(Incoming.from_settings(incoming, spec["incoming_secret"]), config.poller)
+            result = {"ok": result["ok"] and got["ok"],
+                      "steps": result["steps"] + [{**s, "step": f"{incoming['protocol']}:{s['step']}"} for s in got["steps"]]}
+            forms = sorted(set(forms) | set(secret_forms(spec["incoming_secret"], incoming.get("username", ""))), key=len, reverse=True)
+        # The step details quote the remote server, which may echo what it got: no form of a secret leaves.
         result["steps"] = [{**step, "detail": redact(str(step.get("detail", "")), forms)} for step in result["steps"]]
         return {"tenant": tenant, "name": name, "kind": spec["kind"], **result}
 
     @admin_method("connector.delete")
     async def delete(self, tenant: str, name: str) -> dict[str, Any]:
         _check_names(tenant, name)
-        return await self.store.connectors.delete(tenant, name)
+        record = await self.store.connectors.delete(tenant, name)
+        self.on_change()
+        return record

@@ -18,6 +18,7 @@ from .delivery import Delivery
 from .domains import Domains
 from .events import Events
 from .inbound import Inbound
+from .mailboxes import Mailboxes
 from .pauses import Pauses
 from .queue import Queue
 from .recipients import Recipients
@@ -48,6 +49,8 @@ class Store:
         self.inbound = Inbound(db)
         self.threads = Threads(db)
         self.recipients = Recipients(db)
+        self.mailboxes = Mailboxes(db)
+        self.mailboxes.on_spooled = self.inbound.notify_spooled
 
     @classmethod
     async def open(cls, path: Path, config: StoreConfig | None = None) -> "Store":

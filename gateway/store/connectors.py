@@ -1,8 +1,11 @@
-"""Connectors: a tenant's external mail servers (SMTP smarthost, SendGrid API; IMAP/POP3 later).
+"""Connectors: a tenant's external mail servers (SMTP smarthost, SendGrid API out; IMAP/POP3 in).
 
-Names are unique per tenant. The secret (password or API token) is stored in its own column and is
-never part of what listings return: they carry ``has_secret`` instead. Only ``secret_of`` (used by
-delivery and `connector test`, inside the daemon) reads it.
+Names are unique per tenant. One connector may carry outgoing settings and incoming ones (under
+``settings.incoming``) at once; its direction follows what it carries. The secrets (outgoing
+password or API token; the incoming mailbox's password in ``incoming_secret``) are stored in their
+own columns and are never part of what listings return: they carry ``has_secret`` and
+``has_incoming_secret`` instead. Only ``spec`` (used by delivery and `connector test`, inside the
+daemon) and ``store.mailboxes.incoming`` (the poller) read them.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from .db import Database
 from .events import append_event
 from .tenants import get_by_name
 
-_COLUMNS = "c.id, c.tenant_id, t.name AS tenant, c.name, c.kind, c.direction, c.enabled, c.settings, c.secret != '' AS has_secret, c.created_at"
+_COLUMNS = ("c.id, c.tenant_id, t.name AS tenant, c.name, c.kind, c.direction, c.enabled, c.settings, c.secret != '' AS has_secret,"
+            " c.incoming_secret != '' AS has_incoming_secret, c.created_at")
 
 
 def _row(row: sqlite3.Row | None) -> dict[str, Any] | None:
@@ -26,6 +30,7 @@ def _row(row: sqlite3.Row | None) -> dict[str, Any] | None:
     d = dict(row)
     d["enabled"] = bool(d["enabled"])
     d["has_secret"] = bool(d["has_secret"])
+    d["has_incoming_secret"] = bool(d["has_incoming_secret"])
     d["settings"] = json.loads(d["settings"])
     return d
 
@@ -40,12 +45,14 @@ def _get(conn: sqlite3.Connection, tenant: str, name: str) -> dict[str, Any]:
 
 
 def _add(conn: sqlite3.Connection, tenant: str, name: str, kind: str, direction: str, enabled: bool,
-         settings: dict[str, Any], secret: str) -> dict[str, Any]:
+         settings: dict[str, Any], secret: str, incoming_secret: str) -> dict[str, Any]:
     tenant_id = get_by_name(conn, tenant)["id"]
     try:
         conn.execute(
-            "INSERT INTO connectors (tenant_id, name, kind, direction, enabled, settings, secret, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (tenant_id, name, kind, direction, int(enabled), json.dumps(settings, sort_keys=True), secret, time.time()),
+            "INSERT INTO connectors (tenant_id, name, kind, direction, enabled, settings, secret, incoming_secret, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (tenant_id, name, kind, direction, int(enabled), json.dumps(settings, sort_keys=True), secret, incoming_secret,
+             time.time()),
         )
     except sqlite3.IntegrityError:
         raise Conflict(f"tenant {tenant!r} already has a connector named {name!r}") from None
@@ -67,6 +74,27 @@ def _update(conn: sqlite3.Connection, tenant: str, name: str, settings: dict[str
     return _get(conn, tenant, name)
 
 
+def _set_incoming(conn: sqlite3.Connection, tenant: str, name: str, incoming: dict[str, Any] | None,
+                  secret: str | None) -> dict[str, Any]:
+    current = _get(conn, tenant, name)
+    settings = {k: v for k, v in current["settings"].items() if k != "incoming"}
+    if incoming is not None:
+        settings["incoming"] = incoming
+    outgoing = current["kind"] in ("smtp", "sendgrid")
+    direction = ("both" if outgoing else "in") if incoming is not None else "out"
+    conn.execute("UPDATE connectors SET settings = ?, direction = ? WHERE id = ?",
+                 (json.dumps(settings, sort_keys=True), direction, current["id"]))
+    if secret is not None:
+        conn.execute("UPDATE connectors SET incoming_secret = ? WHERE id = ?", (secret, current["id"]))
+    if incoming is None:
+        conn.execute("UPDATE connectors SET incoming_secret = '' WHERE id = ?", (current["id"],))
+        conn.execute("DELETE FROM mailbox_checkpoints WHERE connector_id = ?", (current["id"],))
+        conn.execute("DELETE FROM mailbox_uidls WHERE connector_id = ?", (current["id"],))
+    changed = ["incoming"] + (["incoming_secret"] if secret is not None else [])
+    append_event(conn, current["tenant_id"], "connector_updated", name, {"changed": changed})
+    return _get(conn, tenant, name)
+
+
 def routed_by(conn: sqlite3.Connection, tenant_id: int, name: str) -> list[str]:
     """Use cases of the tenant whose route is this connector."""
     return [r[0] for r in conn.execute("SELECT name FROM usecases WHERE tenant_id = ? AND route = ? ORDER BY name",
@@ -84,7 +112,8 @@ def _delete(conn: sqlite3.Connection, tenant: str, name: str) -> dict[str, Any]:
 
 
 def _spec(conn: sqlite3.Connection, tenant_id: int, name: str) -> dict[str, Any] | None:
-    row = conn.execute("SELECT id, tenant_id, name, kind, enabled, settings, secret FROM connectors WHERE tenant_id = ? AND name = ?",
+    row = conn.execute("SELECT id, tenant_id, name, kind, enabled, settings, secret, incoming_secret FROM connectors"
+                       " WHERE tenant_id = ? AND name = ?",
                        (tenant_id, name)).fetchone()
     if row is None:
         return None
@@ -99,8 +128,14 @@ class Connectors:
         self.db = db
 
     async def add(self, tenant: str, name: str, kind: str, *, direction: str = "out", enabled: bool = True,
-                  settings: dict[str, Any] | None = None, secret: str = "") -> dict[str, Any]:
-        return await self.db.write(_add, tenant, name, kind, direction, enabled, settings or {}, secret)
+                  settings: dict[str, Any] | None = None, secret: str = "", incoming_secret: str = "") -> dict[str, Any]:
+        return await self.db.write(_add, tenant, name, kind, direction, enabled, settings or {}, secret, incoming_secret)
+
+    async def set_incoming(self, tenant: str, name: str, incoming: dict[str, Any] | None, *,
+                           secret: str | None = None) -> dict[str, Any]:
+        """Replace the connector's incoming settings (None removes them, with their secret and the
+        mailbox's checkpoint); ``secret`` replaces the incoming password when given."""
+        return await self.db.write(_set_incoming, tenant, name, incoming, secret)
 
     async def get(self, tenant: str, name: str) -> dict[str, Any]:
         return await self.db.read(_get, tenant, name)

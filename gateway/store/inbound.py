@@ -232,16 +232,19 @@ class Inbound:
         ``StorageFull`` (nothing written) when the disk is below the reserve for new mail."""
         self.db.check_room()
         ids = await self.db.write(_spool, list(items))
+        self.notify_spooled()
+        return ids
+
+    def notify_spooled(self) -> None:
+        """Tell the ``on_spooled`` callbacks that rows were committed (also by the poller's batch spool)."""
         for callback in self._on_spooled:
             callback()
-        return ids
 
     async def release(self, inbound_id: str, *, tenant_id: int | None = None) -> dict[str, Any]:
         """A held row back to 'spooled' (event inbound_released): the processor takes it again.
         {inbound_id, released, state}; a row that is not held is left as it is (released False)."""
         done = await self.db.write(_release, inbound_id, tenant_id)
-        for callback in self._on_spooled:
-            callback()
+        self.notify_spooled()
         return done
 
     async def held(self, *, tenant_id: int | None = None, limit: int = 100) -> list[dict[str, Any]]:
