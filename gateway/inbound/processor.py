@@ -30,6 +30,7 @@ counted twice in that crash window).
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import traceback
 from collections.abc import Awaitable, Callable
@@ -84,7 +85,7 @@ class Hooks:
 @dataclass
 class Work:
     """What the worker thread made of one message."""
-    raw: bytes | None                 # the stored copy when it changed
+    raw: list[bytes | memoryview] | None   # the stored copy in pieces when it changed (our header, then the rest as received)
     auth: dict[str, Any]
     classification: classifier.Classification
     parsed: Any
@@ -310,16 +311,19 @@ class Processor(Component):
 
     def _work(self, raw: bytes, row: dict[str, Any], route: Route, verdict: Any) -> Work:
         """The CPU part of one message, in a worker thread: header, classification, MIME, files."""
-        stored: bytes | None = None
+        stored: list[bytes | memoryview] | None = None
         if verdict is not None:
-            stored, auth = authres.with_header(raw, verdict), verdict.summary()
+            stored, auth = _with_header(raw, verdict), verdict.summary()
         elif row["auth_results"]:
             # The MX evaluated at DATA (a tenant with dmarc_reject) and kept the value: not twice.
-            stored, auth = authres.with_header(raw, row["auth_results"]), authres.summarise(row["auth_results"])
+            stored, auth = _with_header(raw, row["auth_results"]), authres.summarise(row["auth_results"])
         else:
             # Polled mail: no SMTP client to check SPF against; the mailbox's own headers stay as they are.
-            auth = {"spf": "none", "dkim": "none", "dmarc": "none", "header": ""}
-        body = stored if stored is not None else raw
+            # Written back unchanged all the same: the finish then replaces the column instead of
+            # having SQLite copy the old record (store/inbound.py _finish).
+            stored, auth = [memoryview(raw)], {"spf": "none", "dkim": "none", "dmarc": "none", "header": ""}
+        # Everything below reads the message as received (our header changes nothing it looks at).
+        body = raw
         headers = classifier.top_headers(body)
         mail_from: str | None = row["mail_from"]
         if row["source"] != "mx":
@@ -333,7 +337,7 @@ class Processor(Component):
         if c.kind in CONVERSATION and self._stripped is not None:
             work.stripped = self._stripped(parsed.text or "", parsed.html or "")
         # A tenant's mailbox auto-forwarding to us: the customer is the sender, the mailbox is named.
-        o = origin.attribute(body, mail_from=row["mail_from"], recipients=row["recipients"])
+        o = origin.attribute(_head(body), mail_from=row["mail_from"], recipients=row["recipients"])
         work.sender, work.forwarded_by = o.sender or "", o.forwarded_by or ""
         try:
             for position, part in enumerate(parsed.attachments):
@@ -441,6 +445,27 @@ class Processor(Component):
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+_BLANK_LINE = re.compile(rb"\r?\n(\r?\n)")
+
+
+def _with_header(raw: bytes, verdict: Any) -> list[bytes | memoryview]:
+    """The stored copy with our Authentication-Results, as pieces: the rewritten header section,
+    then a view of the rest as received. A 25 MB message is not copied to change its header."""
+    if raw.startswith((b"\r\n", b"\n")):
+        return [authres.with_header(raw[:2 if raw.startswith(b"\r\n") else 1], verdict), memoryview(raw)[2 if raw.startswith(b"\r\n") else 1:]]
+    m = _BLANK_LINE.search(raw)
+    if m is None:
+        return [authres.with_header(raw, verdict)]
+    return [authres.with_header(raw[:m.end()], verdict), memoryview(raw)[m.end():]]
+
+
+def _head(raw: bytes) -> bytes:
+    """The header section (with the blank line): what origin reads, without copying the body
+    (its header parser decodes whatever it is given)."""
+    m = _BLANK_LINE.search(raw, 0, classifier.MAX_HEADER_BYTES)
+    return raw[:m.end()] if m is not None else raw[:classifier.MAX_HEADER_BYTES]
 
 
 def _ids(value: Any) -> list[str]:
