@@ -30,12 +30,12 @@ counted twice in that crash window).
 from __future__ import annotations
 
 import asyncio
-import re
+import functools
 import time
 import traceback
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -47,10 +47,9 @@ from ..lifecycle import Component
 from ..metrics import Metrics
 from ..store import Store
 from .. import verp
-from ..store.inbound import Attachment, Processed
-from . import authres
-from . import classify as classifier
-from . import origin, recipients, threads
+from ..store.inbound import Processed
+from . import recipients, threads
+from .analysis import CONVERSATION, Route, Work, address_of, analyse, display_of, ids
 from .pins import Pins
 
 log = structlog.get_logger("processor")
@@ -59,7 +58,6 @@ log = structlog.get_logger("processor")
 ReportHook = Callable[[bytes, str], Awaitable[dict[str, Any]]]
 # An unsubscribe: token -> {"tenant_id", "usecase_id", "changed"}, or None when the token is not ours.
 UnsubscribeHook = Callable[[str], Awaitable[dict[str, Any] | None]]
-CONVERSATION = ("message", "reply", "auto_reply")
 MAX_REASON = 500
 MEMORY_FACTOR = 3
 STALL_AFTER = 300.0   # seconds without a finished message while some are in flight: /health says so
@@ -67,33 +65,9 @@ HOLD_RETRY = 1.0   # seconds before a row whose hold write failed (disk full) is
 
 
 @dataclass(frozen=True, kw_only=True)
-class Route:
-    """Whose message a spooled row is, as far as its recipients say."""
-    kind: str                         # recipients.KINDS, or 'mailbox' (polled, the connector's use case)
-    address: str = ""
-    tenant_id: int | None = None
-    usecase_id: int | None = None
-    address_id: int | None = None
-
-
-@dataclass(frozen=True, kw_only=True)
 class Hooks:
     report: ReportHook | None = None
     unsubscribe: UnsubscribeHook | None = None
-
-
-@dataclass
-class Work:
-    """What the worker thread made of one message."""
-    raw: list[bytes | memoryview] | None   # the stored copy in pieces when it changed (our header, then the rest as received)
-    auth: dict[str, Any]
-    classification: classifier.Classification
-    parsed: Any
-    stripped: str
-    attachments: list[Attachment] = field(default_factory=list)
-    shas: list[str] = field(default_factory=list)
-    forwarded_by: str = ""
-    sender: str = ""
 
 
 class Unroutable(Exception):
@@ -282,10 +256,10 @@ class Processor(Component):
         verdict = None
         if row["source"] == "mx" and not row["auth_results"] and self._authenticate is not None:
             verdict = await self._authenticate(raw, client_ip=row["client"], helo=row["helo"], mail_from=row["mail_from"])
-        if self.inline:
-            work = self._work(raw, row, route, verdict)
-        else:
-            work = await asyncio.get_running_loop().run_in_executor(self._pool, self._work, raw, row, route, verdict)
+        work_of = functools.partial(analyse, raw, row, route, verdict, parse=self._parse, stripped_reply=self._stripped,
+                                    limits=self._limits(self.config.processor) if self._limits is not None else None,
+                                    files=self.files, pins=self.pins)
+        work: Work = work_of() if self.inline else await asyncio.get_running_loop().run_in_executor(self._pool, work_of)
         try:
             return await self._finish_work(row, route, raw, work), work.shas
         except BaseException:
@@ -308,50 +282,6 @@ class Processor(Component):
                 if usecase_id is not None:
                     return Route(kind="mailbox", address=incoming["address"], tenant_id=row["tenant_id"], usecase_id=usecase_id)
         raise Unroutable(f"no recipient of {row['recipients'][:5]} receives here any more")
-
-    def _work(self, raw: bytes, row: dict[str, Any], route: Route, verdict: Any) -> Work:
-        """The CPU part of one message, in a worker thread: header, classification, MIME, files."""
-        stored: list[bytes | memoryview] | None = None
-        if verdict is not None:
-            stored, auth = _with_header(raw, verdict), verdict.summary()
-        elif row["auth_results"]:
-            # The MX evaluated at DATA (a tenant with dmarc_reject) and kept the value: not twice.
-            stored, auth = _with_header(raw, row["auth_results"]), authres.summarise(row["auth_results"])
-        else:
-            # Polled mail: no SMTP client to check SPF against; the mailbox's own headers stay as they are.
-            # Written back unchanged all the same: the finish then replaces the column instead of
-            # having SQLite copy the old record (store/inbound.py _finish).
-            stored, auth = [memoryview(raw)], {"spf": "none", "dkim": "none", "dmarc": "none", "header": ""}
-        # Everything below reads the message as received (our header changes nothing it looks at).
-        body = raw
-        headers = classifier.top_headers(body)
-        mail_from: str | None = row["mail_from"]
-        if row["source"] != "mx":
-            # A mailbox keeps the envelope sender as Return-Path (or nothing): unknown is not null.
-            rp = headers.get("return-path")
-            mail_from = rp.strip().strip("<>").strip() if rp is not None else None
-        c = classifier.classify(body, target=route.kind, envelope_to=route.address, mail_from=mail_from, headers=headers)
-        limits = self._limits(self.config.processor) if self._limits is not None else None
-        parsed = self._parse(body, limits) if limits is not None else self._parse(body)
-        work = Work(raw=stored, auth=auth, classification=c, parsed=parsed, stripped="")
-        if c.kind in CONVERSATION and self._stripped is not None:
-            work.stripped = self._stripped(parsed.text or "", parsed.html or "")
-        # A tenant's mailbox auto-forwarding to us: the customer is the sender, the mailbox is named.
-        o = origin.attribute(_head(body), mail_from=row["mail_from"], recipients=row["recipients"])
-        work.sender, work.forwarded_by = o.sender or "", o.forwarded_by or ""
-        try:
-            for position, part in enumerate(parsed.attachments):
-                with self.pins.putting():
-                    sha = self.files.put(part.chunks())
-                    self.pins.pin([sha])
-                work.shas.append(sha)
-                work.attachments.append(Attachment(position=position, filename=part.filename, content_type=part.content_type,
-                                                   size=part.size, sha256=sha, content_id=part.content_id or "",
-                                                   inline=bool(part.inline)))
-        except BaseException:
-            self.pins.unpin(work.shas)
-            raise
-        return work
 
     async def _finish_work(self, row: dict[str, Any], route: Route, raw: bytes, work: Work) -> Processed:
         p, c = work.parsed, work.classification
@@ -397,9 +327,9 @@ class Processor(Component):
                 usecase_id = found["usecase_id"]
         if kind in CONVERSATION and tenant_id is not None and usecase_id is not None:
             record_id = message_id or f"{row['inbound_id'].lower()}.inbound@{self.config.daemon.hostname}"
-            candidates = threads.candidates(_ids(p.in_reply_to), p.references or [])
+            candidates = threads.candidates(ids(p.in_reply_to), p.references or [])
             records = await self.store.threads.known(candidates) if candidates else []
-            t = threads.resolve(record_id, _ids(p.in_reply_to), p.references or [], tenant_id=tenant_id, usecase_id=usecase_id,
+            t = threads.resolve(record_id, ids(p.in_reply_to), p.references or [], tenant_id=tenant_id, usecase_id=usecase_id,
                                 records=records)
             thread_id, parent = t.thread_id, t.parent
             if t.flag:
@@ -410,14 +340,14 @@ class Processor(Component):
                             flag=t.flag, parent=t.refused, **{f"parent_{k}": v for k, v in (t.refused_detail or {}).items()})
             if parent and kind == "message":
                 kind = "reply"
-        from_address = work.sender or _address_of(p.from_)
+        from_address = work.sender or address_of(p.from_)
         summary = {
             "text": p.text or "", "html": p.html or "", "stripped_text": work.stripped,
             "to": list(p.to or []), "cc": list(p.cc or []), "reply_to": list(p.reply_to or []),
-            "date": p.date or "", "in_reply_to": (_ids(p.in_reply_to) or [""])[0],
+            "date": p.date or "", "in_reply_to": (ids(p.in_reply_to) or [""])[0],
             "references": list(p.references or []), "auth": work.auth, "report": report,
             "defects": list(p.defects or []), "forwarded_by": work.forwarded_by,
-            "from_name": _display_of(p.from_), "classification": c.rule, "message_id": message_id,
+            "from_name": display_of(p.from_), "classification": c.rule, "message_id": message_id,
         }
         return Processed(kind=kind, tenant_id=tenant_id, usecase_id=usecase_id, address_id=route.address_id,
                          thread_id=thread_id, parent_message_id=parent, flags=flags, from_address=from_address,
@@ -445,46 +375,6 @@ class Processor(Component):
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-_BLANK_LINE = re.compile(rb"\r?\n(\r?\n)")
-
-
-def _with_header(raw: bytes, verdict: Any) -> list[bytes | memoryview]:
-    """The stored copy with our Authentication-Results, as pieces: the rewritten header section,
-    then a view of the rest as received. A 25 MB message is not copied to change its header."""
-    if raw.startswith((b"\r\n", b"\n")):
-        return [authres.with_header(raw[:2 if raw.startswith(b"\r\n") else 1], verdict), memoryview(raw)[2 if raw.startswith(b"\r\n") else 1:]]
-    m = _BLANK_LINE.search(raw)
-    if m is None:
-        return [authres.with_header(raw, verdict)]
-    return [authres.with_header(raw[:m.end()], verdict), memoryview(raw)[m.end():]]
-
-
-def _head(raw: bytes) -> bytes:
-    """The header section (with the blank line): what origin reads, without copying the body
-    (its header parser decodes whatever it is given)."""
-    m = _BLANK_LINE.search(raw, 0, classifier.MAX_HEADER_BYTES)
-    return raw[:m.end()] if m is not None else raw[:classifier.MAX_HEADER_BYTES]
-
-
-def _ids(value: Any) -> list[str]:
-    """In-Reply-To as a list (the parser gives its first msg-id)."""
-    if not value:
-        return []
-    return [value] if isinstance(value, str) else list(value)
-
-
-def _address_of(value: Any) -> str:
-    if isinstance(value, (tuple, list)):
-        return str(value[0]) if value else ""
-    return str(value or "")
-
-
-def _display_of(value: Any) -> str:
-    if isinstance(value, (tuple, list)) and len(value) > 1:
-        return str(value[1])
-    return ""
 
 
 def _first_bounce(report: dict[str, Any]) -> str:
