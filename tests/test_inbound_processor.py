@@ -280,3 +280,29 @@ async def test_a_backlog_larger_than_one_scan_with_every_slot_busy_is_all_proces
         await small.stop(asyncio.get_running_loop().time() + 2)
     rows = [await store.inbound.get(q) for q in qids]
     assert {r["state"] for r in rows} == {"processed"} and small.processed == 10
+
+
+def complaint(rcpt: str, feedback_id: str) -> bytes:
+    # What Microsoft's JMRP sends: no VERP return path, no Message-ID, but our Feedback-ID survives.
+    return ("From: staff@feedback.example\r\nTo: fbl@bounces.acme.test\r\nSubject: complaint\r\nMessage-ID: <c@feedback.example>\r\n"
+            'MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=feedback-report; boundary="r"\r\n\r\n'
+            "--r\r\nContent-Type: text/plain\r\n\r\nAbuse report.\r\n--r\r\nContent-Type: message/feedback-report\r\n\r\n"
+            f"Feedback-Type: abuse\r\nVersion: 1\r\nOriginal-Rcpt-To: {rcpt}\r\n--r\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+            f"From: app@acme.test\r\nFeedback-ID: {feedback_id}\r\nSubject: news\r\n--r--\r\n").encode()
+
+
+async def test_a_complaint_found_by_its_feedback_id_suppresses_only_within_the_tenant_it_arrived_for(world):
+    from gateway.feedback.arf import feedback_id
+    from gateway.inbound.processor import Hooks
+    from gateway.services.suppressions import SuppressionService
+    store, acme, globex = world["store"], world["acme"], world["globex"]
+    world["processor"].hooks = Hooks(report=SuppressionService(store).handle_report)
+    row = await done(store, await spool(store, complaint("dan@dest.example", feedback_id(acme, world["support"])), tenant_id=None,
+                                        rcpt="fbl@bounces.acme.test"))
+    assert (row["kind"], row["tenant_id"], row["summary"]["report"]["refers_to"]["by"]) == ("arf", acme, "feedback_id")
+    assert await store.suppressions.live(acme, "dan@dest.example", [("marketing", 0)]) is not None
+    # The same complaint at acme's feedback address naming globex's Feedback-ID: nobody acts on it.
+    row = await done(store, await spool(store, complaint("eve@dest.example", feedback_id(globex, world["desk"])), tenant_id=None,
+                                        rcpt="fbl@bounces.acme.test"))
+    assert (row["tenant_id"], row["flags"], row["summary"]["report"]["refers_to"]) == (acme, ["report_tenant_mismatch"], None)
+    assert await store.suppressions.live(globex, "eve@dest.example", [("marketing", 0)]) is None

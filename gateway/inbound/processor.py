@@ -45,8 +45,9 @@ from ..config import Config, ProcessorConfig
 from ..errors import SMTPError, StorageFull
 from ..lifecycle import Component
 from ..metrics import Metrics
-from ..store import Store
 from .. import verp
+from ..feedback import arf
+from ..store import Store
 from ..store.inbound import Processed
 from . import recipients, threads
 from .analysis import CONVERSATION, Route, Work, address_of, analyse, display_of, ids
@@ -355,12 +356,13 @@ class Processor(Component):
                          message_id=record_id, events=events)
 
     async def _refers_to(self, report: dict[str, Any] | None) -> dict[str, Any] | None:
-        """The outbound message and recipient a report is about: its VERP tag, else the returned Message-ID."""
+        """The outbound message and recipient a report is about: its VERP tag, else the returned
+        Message-ID, else (a complaint whose receiver stripped both) our Feedback-ID and its recipient."""
         if not report:
             return None
-        verp = report.get("verp")
-        if verp:
-            found = await self.store.suppressions.verp_recipient(verp["queue_id"], verp["recipient_index"])
+        tag = report.get("verp")
+        if tag:
+            found = await self.store.suppressions.verp_recipient(tag["queue_id"], tag["recipient_index"])
             if found is not None:
                 return {"tenant_id": found["tenant_id"], "usecase_id": found["usecase_id"], "queue_id": found["queue_id"],
                         "recipient": found["rcpt"], "by": "verp"}
@@ -371,6 +373,10 @@ class Processor(Component):
                 r = out[0]
                 return {"tenant_id": r["tenant_id"], "usecase_id": r["usecase_id"], "queue_id": r["queue_id"],
                         "recipient": report.get("recipient") or _first_bounce(report), "message_id": mid, "by": "message_id"}
+        named = arf.parse_feedback_id(report.get("feedback_id") or "")
+        if named is not None and report.get("recipient") and await self.store.tenants.get_by_id(named[0]):
+            return {"tenant_id": named[0], "usecase_id": named[1], "queue_id": None, "recipient": report["recipient"],
+                    "by": "feedback_id"}
         return None
 
 
