@@ -42,7 +42,7 @@ import structlog
 
 from ..budget import ByteBudget
 from ..config import Config, ProcessorConfig
-from ..errors import SMTPError, StorageFull
+from ..errors import GatewayError, SMTPError, StorageFull
 from ..lifecycle import Component
 from ..metrics import Metrics
 from .. import verp
@@ -71,7 +71,7 @@ class Hooks:
     unsubscribe: UnsubscribeHook | None = None
 
 
-class Unroutable(Exception):
+class Unroutable(GatewayError):
     """No recipient of the row receives here any more (address deleted or disabled since it was spooled)."""
 
 
