@@ -166,3 +166,10 @@ def test_our_own_address_is_never_the_forwarder():
 def test_header_values_that_are_not_addresses_name_no_forwarder():
     raw = EXCHANGE_INBOX_RULE.replace("Sales@Corp.Example.Test", "not an address; x\"y").encode()
     assert attribute(raw, mail_from="carol@customer.test", recipients=[US]).forwarded_by == ""
+
+
+@pytest.mark.parametrize("raw", [b"", b"\xff\xfe\x00", b"From: \xff@\xfe\r\nResent-From: =?x?q?y?=\r\n\r\n",
+                                 b"X-Forwarded-For: " + b"a@b.test " * 2000 + b"\r\n\r\n"])
+def test_hostile_headers_give_an_origin(raw):
+    origin = attribute(raw, mail_from="SRS0=%%=x=@", recipients=[US])
+    assert isinstance(origin, Origin) and "\n" not in origin.sender + origin.forwarded_by

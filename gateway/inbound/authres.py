@@ -7,9 +7,10 @@ a DnsCache (gateway/inbound/dnscache.py) and our authserv-id (the MX hostname). 
 and ``reject_by_dmarc`` (DMARC fail under p=reject; whether to refuse is the caller's decision,
 with the tenant's ``dmarc_reject`` switch).
 
-    authenticate -> spf.check (MAIL FROM or HELO)         \\
-                 -> DKIM keys (each signature, at most 5) -> dkimpy verifies -> dmarc.evaluate (From)
-                 -> ARC keys (at most 5 sets)             -> dkimpy verifies the chain (reported only)
+    authenticate -> spf.check (MAIL FROM or HELO)          \\
+                 -> DKIM keys (each signature, at most 5)  -> signatures.verify -> dmarc.judge (each From domain)
+                 -> ARC keys (at most 5 sets)              -> dkimpy verifies the chain (reported only)
+                 -> dmarc.discover (each From domain, at most 5) /
 
 What it promises: it never raises for what DNS or the message does; a DNS failure or timeout is
 ``temperror`` (and a DMARC temperror is never a reject); the whole evaluation ends within
@@ -26,17 +27,15 @@ import logging
 import re
 from dataclasses import dataclass, field
 
-import dkim
-import dkim.util
 import dns.asyncresolver
 import idna
 
 from . import dmarc as dmarc_policy
+from . import signatures as signatures_
 from . import spf as spf_check
 from .dnscache import DnsCache
+from .signatures import MAX_SIGNATURES, domain_selector, invalid, key_name, tags
 
-MAX_SIGNATURES = 5      # DKIM-Signature fields evaluated; more are reported as "policy" (RFC 8601 2.7.1)
-MAX_ARC_SETS = 5        # ARC sets verified; a longer chain is reported arc=fail (RFC 8617 5.1.1 allows 50)
 MAX_FROM_DOMAINS = 5    # From domains DMARC is applied to (RFC 7489 6.6.1: the strictest wins)
 THREAD_ABOVE = 256 * 1024  # messages larger than this are hashed in a worker thread, off the loop
 SAFE_VALUE = re.compile(r"""^([A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+|"([^"\\]|\\.)*")?(@[A-Za-z0-9.-]+)?$""")
@@ -100,27 +99,31 @@ async def authenticate(message: bytes, *, client_ip: str, helo: str, mail_from: 
     budget = timeout if timeout is not None else 3 * dns.timeout
     fields = header_fields(message)
     from_domains = _from_domains(fields)
-    signatures = [value for name, value in fields if name == "dkim-signature"]
+    signatures = [tags(value) for name, value in fields if name == "dkim-signature"]
+    arc_names = signatures_.arc_key_names(fields)
     try:
         async with asyncio.timeout(budget):
-            spf, keys, arc = await asyncio.gather(
+            # Every lookup at once: SPF's walk, the DKIM and ARC keys, the From domains' policies.
+            spf, keys, arc, *policies = await asyncio.gather(
                 spf_check.check(dns, client_ip=client_ip, mail_from=mail_from, helo=helo),
-                _dkim_keys(dns, signatures[:MAX_SIGNATURES]),
-                _arc_keys(dns, fields),
+                signatures_.fetch_keys(dns, {key_name(sig) for sig in signatures[:MAX_SIGNATURES]
+                                             if key_name(sig) and not invalid(sig)}),
+                _arc_keys(dns, arc_names),
+                *(dmarc_policy.discover(dns, d) for d in from_domains[:MAX_FROM_DOMAINS]),
             )
             dkim_results, arc_result = await _verify(message, signatures, keys, arc)
-            dmarcs = [await dmarc_policy.evaluate(dns, d, spf=spf.result, spf_domain=spf.domain, dkim=dkim_results)
-                      for d in from_domains[:MAX_FROM_DOMAINS]]
+            dmarcs = [dmarc_policy.judge(p, d, spf=spf.result, spf_domain=spf.domain, dkim=dkim_results)
+                      for p, d in zip(policies, from_domains)]
     except TimeoutError:
         reason = f"authentication took longer than {budget:g}s"
         sender = spf_check.identity(mail_from, helo)
         spf = spf_check.SpfResult("temperror", sender[1], sender[2], reason)
-        dkim_results = [("temperror", *_ds(sig)) for sig in signatures[:MAX_SIGNATURES]]
+        dkim_results = [("temperror", *domain_selector(sig)) for sig in signatures[:MAX_SIGNATURES]]
         arc_result = "none"
         dmarcs = [dmarc_policy.DmarcResult("temperror", "", d, reason) for d in from_domains[:MAX_FROM_DOMAINS]]
     dmarc = min(dmarcs, key=lambda r: (RESULT_ORDER.get(r.result, 5), -dmarc_policy.POLICIES.index(r.policy or "none"))) \
         if dmarcs else dmarc_policy.DmarcResult("none", "", "", "no From domain")
-    dkim_results += [("policy", *_ds(sig)) for sig in signatures[MAX_SIGNATURES:]]
+    dkim_results += [("policy", *domain_selector(sig)) for sig in signatures[MAX_SIGNATURES:]]
     value = _header(authserv_id, spf, mail_from, helo, dkim_results, signatures, dmarc, arc_result)
     return Verdict(spf.result, spf.domain, dkim_results, dmarc.result, dmarc.policy, value, dmarc.from_domain,
                    arc_result, {"spf": spf.reason, "dmarc": dmarc.reason})
@@ -129,119 +132,12 @@ async def authenticate(message: bytes, *, client_ip: str, helo: str, mail_from: 
 # ---------------------------------------------------------------------------- DKIM and ARC
 
 
-def _tags(value: bytes) -> dict[bytes, bytes]:
-    try:
-        return dkim.util.parse_tag_value(value)
-    except Exception:  # noqa: BLE001 - hostile input into a third-party parser; unparseable is "neutral"
-        return {}
-
-
-def _ds(value: bytes) -> tuple[str, str]:
-    tags = _tags(value)
-    return (tags.get(b"d", b"").decode("ascii", "replace").lower(), tags.get(b"s", b"").decode("ascii", "replace"))
-
-
-def _invalid(tags: dict[bytes, bytes]) -> str:
-    """Why dkimpy would refuse the signature's fields before looking at the message ('' if not)."""
-    try:
-        dkim.validate_signature_fields(tags)
-    except Exception as exc:  # noqa: BLE001 - as _tags
-        return str(exc) or type(exc).__name__
-    return ""
-
-
-def _key_name(tags: dict[bytes, bytes]) -> str | None:
-    d, s = tags.get(b"d", b""), tags.get(b"s", b"")
-    if not d or not s or not re.fullmatch(rb"[A-Za-z0-9._-]+", d + s):
-        return None
-    return f"{s.decode()}._domainkey.{d.decode()}".lower()
-
-
-async def _keys(dns: DnsCache, names: set[str]) -> dict[str, object]:
-    """name -> the key record (bytes), None (no key: permerror), or the DNS error detail (str)."""
-    names = sorted(names)
-    answers = await asyncio.gather(*(dns.txt(n) for n in names))
-    keys: dict[str, object] = {}
-    for name, answer in zip(names, answers):
-        if answer.status == "error":
-            keys[name] = answer.detail
-        else:
-            keys[name] = next((v for v in answer.values if b"p=" in v), answer.values[0] if answer.values else None)
-    return keys
-
-
-async def _dkim_keys(dns: DnsCache, signatures: list[bytes]) -> dict[str, object]:
-    return await _keys(dns, {n for n in (_key_name(_tags(s)) for s in signatures) if n})
-
-
-async def _arc_keys(dns: DnsCache, fields: list[tuple[str, bytes]]) -> dict[str, object] | None:
-    """The keys of every ARC-Seal and ARC-Message-Signature; None without ARC headers, or when
-    the chain is longer than we verify."""
-    arc = [_tags(v) for name, v in fields if name in ("arc-seal", "arc-message-signature")]
-    if not arc:
-        return None
-    if len(arc) > 2 * MAX_ARC_SETS:
-        return {}
-    return await _keys(dns, {n for n in (_key_name(t) for t in arc) if n})
-
-
-def _dnsfunc(keys: dict[str, object]):
-    def lookup(name, timeout=5):
-        key = keys.get((name.decode() if isinstance(name, bytes) else name).rstrip(".").lower())
-        return key if isinstance(key, bytes) else None
-
-    return lookup
-
-
-def _verify_sync(message: bytes, signatures: list[bytes], keys: dict[str, object],
-                 arc_keys: dict[str, object] | None) -> tuple[list[tuple[str, str, str]], str]:
-    results: list[tuple[str, str, str]] = []
-    verifier = None
-    for idx, signature in enumerate(signatures[:MAX_SIGNATURES]):
-        tags = _tags(signature)
-        d, s = _ds(signature)
-        name = _key_name(tags)
-        key = keys.get(name) if name else None
-        problem = _invalid(tags)
-        if not tags or name is None or problem:
-            # Unreadable (RFC 8601 2.7.1 neutral), but an expired one is a failed one (RFC 6376 3.5 x=).
-            results.append(("fail" if "expired" in problem else "neutral", d, s))
-        elif isinstance(key, str):
-            results.append(("temperror", d, s))
-        elif key is None:
-            results.append(("permerror", d, s))  # no key published for d= and s=
-        else:
-            try:
-                verifier = verifier or dkim.DKIM(message)
-                ok = verifier.verify(idx=idx, dnsfunc=_dnsfunc(keys))
-                results.append(("pass" if ok else "fail", d, s))
-            except dkim.KeyFormatError:
-                results.append(("permerror", d, s))
-            except dkim.ValidationError:  # the fields were valid above: the body hash does not match
-                results.append(("fail", d, s))
-            except Exception as exc:  # noqa: BLE001 - dkimpy on hostile input: anything it cannot verify is neutral
-                log.debug("dkim signature %d unverifiable: %s", idx, exc)
-                results.append(("neutral", d, s))
-    arc = "none"
-    if arc_keys is not None:
-        if not arc_keys:
-            arc = "fail"
-        else:
-            try:
-                cv, _, _ = dkim.arc_verify(message, dnsfunc=_dnsfunc(arc_keys))
-                arc = {dkim.CV_Pass: "pass", dkim.CV_None: "none"}.get(cv, "fail")
-            except Exception as exc:  # noqa: BLE001 - as above
-                log.debug("arc chain unverifiable: %s", exc)
-                arc = "fail"
-    return results, arc
-
-
-async def _verify(message, signatures, keys, arc_keys):
+async def _verify(message: bytes, signatures, keys, arc_keys):
     if not signatures and arc_keys is None:
         return [], "none"
     if len(message) > THREAD_ABOVE:
-        return await asyncio.to_thread(_verify_sync, message, signatures, keys, arc_keys)
-    return _verify_sync(message, signatures, keys, arc_keys)
+        return await asyncio.to_thread(signatures_.verify, message, signatures, keys, arc_keys)
+    return signatures_.verify(message, signatures, keys, arc_keys)
 
 
 # ---------------------------------------------------------------------------- headers
@@ -285,10 +181,11 @@ def _from_domains(fields: list[tuple[str, bytes]]) -> list[str]:
     for _, address in email.utils.getaddresses(values):
         domain = address.rpartition("@")[2].strip().rstrip(".").lower()
         if "@" in address and domain:
-            try:
-                domain = idna.encode(domain, uts46=True).decode()
-            except idna.IDNAError:
-                pass
+            if not domain.isascii():  # U-labels to A-labels; idna is slow, so only when needed
+                try:
+                    domain = idna.encode(domain, uts46=True).decode()
+                except idna.IDNAError:
+                    pass
             if domain not in domains:
                 domains.append(domain)
     return domains
@@ -337,13 +234,20 @@ def _comment(text: str) -> str:
     return "(" + re.sub(r"[\x00-\x1f\x7f()\\]", "", text)[:200] + ")"
 
 
+async def _arc_keys(dns: DnsCache, names: set[str] | None):
+    """The ARC keys: None without ARC headers, {} for a chain too long to verify."""
+    if names is None:
+        return None
+    return await signatures_.fetch_keys(dns, names) if names else {}
+
+
 def _header(authserv_id, spf, mail_from, helo, dkim_results, signatures, dmarc, arc) -> str:
     parts = [_pvalue(authserv_id)]
     sender = mail_from.strip().strip("<>")
     prop = f"smtp.mailfrom={_pvalue(sender)}" if spf.identity == "mailfrom" else f"smtp.helo={_pvalue(helo.strip())}"
     parts.append(f"spf={spf.result} {prop}")
-    for (result, d, s), signature in zip(dkim_results, signatures):
-        b = re.sub(rb"\s", b"", _tags(signature).get(b"b", b""))[:8].decode("ascii", "replace")
+    for (result, d, s), sig in zip(dkim_results, signatures):
+        b = re.sub(rb"\s", b"", sig.get(b"b", b""))[:8].decode("ascii", "replace")
         clause = f"dkim={result}"
         clause += f" header.d={_pvalue(d)}" if d else ""
         clause += f" header.s={_pvalue(s)}" if s else ""

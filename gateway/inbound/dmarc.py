@@ -50,6 +50,7 @@ def _suffixes() -> PublicSuffixList:
     return PublicSuffixList()  # read-only once loaded; loading takes a while, so once, on first use
 
 
+@functools.lru_cache(maxsize=4096)  # the same few sender domains, message after message
 def organizational_domain(domain: str) -> str:
     """The registrable domain (3.2): one label below the longest public suffix; the name itself
     when it is a public suffix (or has nothing above one)."""
@@ -111,11 +112,11 @@ async def discover(dns: DnsCache, from_domain: str) -> tuple[str, Record | None,
     return "none", None, f"no DMARC record for {from_domain}"
 
 
-async def evaluate(dns: DnsCache, from_domain: str, *, spf: str, spf_domain: str,
-                   dkim: list[tuple[str, str, str]], sample=random.random) -> DmarcResult:
-    """The DMARC result for one From domain, given the SPF result (for ``spf_domain``) and the
-    DKIM results ((result, d, s) per signature)."""
-    status, record, reason = await discover(dns, from_domain)
+def judge(discovered: tuple[str, Record | None, str], from_domain: str, *, spf: str, spf_domain: str,
+          dkim: list[tuple[str, str, str]], sample=random.random) -> DmarcResult:
+    """The DMARC result for one From domain from its discovered policy, the SPF result (for
+    ``spf_domain``) and the DKIM results ((result, d, s) per signature)."""
+    status, record, reason = discovered
     if status != "ok" or record is None:
         return DmarcResult(status, "", from_domain, reason)
     subdomain = record.at != from_domain
