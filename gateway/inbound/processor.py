@@ -117,8 +117,9 @@ class Processor(Component):
 
     async def stop(self, deadline: float) -> None:
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            while not self._task.done():
+                self._task.cancel()
+                await asyncio.wait({self._task}, timeout=0.5)
             self._task = None
         # In-flight messages finish until the deadline; the rest stay spooled (processed again at start).
         pending = list(self._inflight.values())
@@ -192,7 +193,10 @@ class Processor(Component):
                     cursor = 0   # back to the start: rows whose finish or hold failed are still there
                     continue
             try:
-                await asyncio.wait_for(self._wake.wait(), self.config.processor.poll_interval)
+                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel that arrives as
+                # the wake is set, and stop() then waited for ever (seen in a test's teardown).
+                async with asyncio.timeout(self.config.processor.poll_interval):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
 
