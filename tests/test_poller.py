@@ -188,7 +188,8 @@ async def test_wrong_password_backs_off_shows_the_error_and_leaves_other_connect
         # The operator fixes the password: the change is picked up at once, the mail comes in.
         await d.call("connector.incoming", tenant="acme", name="bad", secret=dovecot.users["alice"])
         await spooled(d, 2)
-        fixed = await mailbox_status(d, "bad", until=lambda s: s.get("fetched") == 1)
+        # fetched counts at the commit, the error is cleared when the round ends: wait for both.
+        fixed = await mailbox_status(d, "bad", until=lambda s: s.get("fetched") == 1 and not s.get("last_error"))
         assert fixed["last_error"] == "" and fixed["failures"] == 0 and fixed["backoff_until"] is None
 
 
