@@ -61,7 +61,7 @@ class WebConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class UnsubscribeConfig:
-    mailto: bool = setting(False, "List-Unsubscribe carries a mailto: URI too (RFC 2369), beside the https one. Off by default: no inbound MX handles such requests yet.")
+    mailto: bool = setting(True, "List-Unsubscribe carries a mailto: URI too (RFC 2369), beside the https one: a mail to it (the token in its subject) is received by the inbound MX and unsubscribes as the link does (source mailto). Off: the https link only.")
     mailto_domain: str = setting("", "Domain of the mailto: address (unsubscribe@<this>). Empty: the message's return-path domain (<domains.return_path_prefix>.<sending domain>), which already points its MX at the gateway.")
 
 
@@ -200,6 +200,18 @@ class WebhooksConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ProcessorConfig:
+    concurrency: int = setting(4, "Spooled inbound messages processed at once (authentication, MIME parsing and attachment files run in as many worker threads).", min=1, max=256, restart=True)
+    batch: int = setting(200, "Spooled rows read in one scan of the spool.", min=1, max=10000)
+    poll_interval: float = setting(5.0, "Seconds between scans of the spool when nothing wakes the processor (a spool commit wakes it at once).", min=0.05)
+    max_depth: int = setting(20, "Deepest MIME nesting parsed; deeper parts are kept as one raw remainder attachment.", min=1, max=200)
+    max_parts: int = setting(500, "Most MIME parts parsed in one message; the rest is kept as one raw remainder attachment.", min=1, max=100000)
+    max_header_bytes: int = setting(262144, "Most header bytes of one message (and of each part) parsed.", min=1024)
+    max_decoded_bytes: int = setting(104857600, "Most decoded bytes (bodies and attachments together) taken from one message; past it the rest is a defect.", min=1024)
+    keep_inbound: float = setting(2592000.0, "Seconds a processed inbound message (its raw copy, summary and attachment rows) is kept; then the sweeper deletes it and the attachment files no other message references. Held messages are kept until released. 0: forever.", min=0.0)
+
+
+@dataclass(frozen=True, kw_only=True)
 class PollerConfig:
     interval: float = setting(60.0, "Seconds between polls of a mailbox whose server offers no IMAP IDLE (and of every POP3 mailbox).", min=0.1)
     idle: bool = setting(True, "Wait with IMAP IDLE (RFC 2177) where the server offers it: new mail is fetched as it arrives.")
@@ -231,6 +243,7 @@ class Config:
     webhooks: WebhooksConfig = section(WebhooksConfig, "Signed webhook POSTs of events to tenants' endpoints.")
     poller: PollerConfig = section(PollerConfig, "Mailbox polling (IMAP, POP3) of connectors with incoming settings.")
     unsubscribe: UnsubscribeConfig = section(UnsubscribeConfig, "List-Unsubscribe and one-click unsubscribe (RFC 2369, RFC 8058) on the mail of use cases that carry it.")
+    processor: ProcessorConfig = section(ProcessorConfig, "The inbound processing stage: spooled mail classified, parsed, threaded and stored.")
 
 
 # --------------------------------------------------------------------------- parsing

@@ -33,7 +33,14 @@ from .config import Config, load_config, restart_keys, to_dict
 from .delivery.scheduler import Scheduler
 from .domains.verifier import Reverifier
 from .errors import ConfigError, GatewayError, StartupError
+from .inbound import authres
 from .inbound import server as inbound_server
+from .inbound.attachments import AttachmentFiles
+from .inbound.dnscache import DnsCache
+from .inbound.mime import MimeLimits, parse as parse_mime
+from .inbound.pins import Pins
+from .inbound.processor import Hooks, Processor
+from .inbound.reply import stripped_reply
 from .inbound.poller import Poller
 from .lifecycle import Component
 from .metrics import Metrics, budget_families, store_families
@@ -128,6 +135,13 @@ class Daemon:
         self.poller = Poller(store, self.config.poller, self.metrics)
         webhooks = WebhookSender(store, self.config.webhooks, self.metrics,
                                  node=f"{socket.gethostname()}:{self.paths.state_dir.resolve()}")
+        unsubscriber = Unsubscriber(store, keyring, self.metrics, lambda: self.config)
+        # Received mail: the processor writes attachment files, the sweeper removes them; the pins
+        # keep the sweeper off files being written (gateway/inbound/pins.py).
+        files, pins = AttachmentFiles(self.paths.attachments_dir), Pins()
+        self.processor = self._processor(store, files, pins, suppressions, unsubscriber)
+        # Every spool commit (MX, poller, a release) wakes the processor.
+        store.inbound.on_spooled(self.processor.wake)
         self.services = [TenantService(store), domains, usecases,
                          QueueService(store, wake=self.scheduler.wake, on_change=monitor.kick),
                          PauseService(store, wake=self.scheduler.wake, on_change=monitor.kick), DaemonService(self),
@@ -142,8 +156,7 @@ class Daemon:
             lineage=store.queue.lineage,
         )
         # The MX listener shares submission's certificate and the memory budget. It starts after
-        # submission and stops before it. (The processing stage, when wired, passes on_spooled to
-        # be woken by each spooled message.)
+        # submission and stops before it. It wakes the processor through store.inbound.on_spooled.
         listeners: list[Component] = [submission_server]
         if self.config.inbound.enabled:
             listeners.append(inbound_server.build(self.config, store=store, tls=submission_server.tls, budget=self.budget,
@@ -152,8 +165,10 @@ class Daemon:
             monitor,
             Reverifier(domains.reverify, interval=self.config.domains.reverify_interval, concurrency=self.config.domains.verify_concurrency),
             self.scheduler,
-            Unsubscriber(store, keyring, self.metrics, lambda: self.config),
-            Sweeper(store, self.config.queue, self.metrics, webhooks=self.config.webhooks),
+            unsubscriber,
+            self.processor,
+            Sweeper(store, self.config.queue, self.metrics, webhooks=self.config.webhooks, processor=self.config.processor,
+                    files=files, pins=pins),
             webhooks,
             self.poller,
             *listeners,
@@ -166,6 +181,28 @@ class Daemon:
             AdminServer(self.paths.socket, collect(*self.services), max_request_bytes=self.config.admin.max_request_bytes, metrics=self.metrics),
             *workers,
         ]
+
+    def _processor(self, store: Store, files: AttachmentFiles, pins: Pins, suppressions: SuppressionService,
+                   unsubscriber: Unsubscriber) -> Processor:
+        config = self.config
+        dns = DnsCache.from_config(config.dns)
+        authserv_id = config.domains.mx_hostname or config.daemon.hostname
+
+        async def authenticate(raw: bytes, **envelope: Any) -> authres.Verdict:
+            return await authres.authenticate(raw, resolver=dns, authserv_id=authserv_id, **envelope)
+
+        async def report(raw: bytes, envelope_to: str) -> dict[str, Any]:
+            d = self.config.delivery
+            return await suppressions.handle_report(raw, envelope_to, soft_limit=d.soft_bounce_limit,
+                                                    soft_window=d.soft_bounce_window, soft_for=d.soft_bounce_suppress_for)
+
+        def limits(p: Any) -> MimeLimits:
+            return MimeLimits(max_depth=p.max_depth, max_parts=p.max_parts, max_header_bytes=p.max_header_bytes,
+                              max_decoded_bytes=p.max_decoded_bytes)
+
+        return Processor(store, config, self.metrics, files=files, pins=pins, authenticate=authenticate, parse=parse_mime,
+                         stripped_reply=stripped_reply, limits=limits, budget=self.budget,
+                         hooks=Hooks(report=report, unsubscribe=unsubscriber.apply_token))
 
     # ------------------------------------------------------------------ lifecycle
 

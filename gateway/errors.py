@@ -28,6 +28,7 @@
     │   └── TempError             domains/spf.py: DNS did not answer, we cannot tell
     ├── MailboxError              inbound/mailbox.py: a polled mailbox's session failed (connect, TLS, login, a command)
     │   └── MailboxAuthError      the server refused the login; the poller backs off
+    ├── Unroutable                inbound/processor.py: no recipient of a spooled message receives here any more; held
     ├── InvalidToken              unsubscribe/tokens.py: a link's token is malformed, forged or names nothing (HTTP 400)
     └── AdminClientError          the CLI's side of the admin socket (admin/client.py)
         ├── AdminError            the daemon refused a call; ``code`` is the protocol's (exit 2 for usage codes)

@@ -57,6 +57,16 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0), registry=r,
         )
 
+        # Inbound processing (gateway/inbound/processor.py).
+        self.inbound_processed = Counter("gateway_inbound_processed_total", "Inbound messages processed, by kind (message, reply, dsn, arf, auto_reply, unsubscribe).",
+                                         ["kind"], registry=r)
+        self.inbound_held = Counter("gateway_inbound_held_total", "Inbound messages the processor could not handle and held (with the reason; `gateway inbox release` retries).",
+                                    registry=r)
+        self.inbound_processing_seconds = Histogram(
+            "gateway_inbound_processing_seconds", "Seconds from reading a spooled message to its finish write.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0), registry=r,
+        )
+
         # Submission (gateway/submission).
         self.messages_received = Counter(
             "gateway_messages_received_total", "Messages accepted on the submission ports and committed to the queue.", registry=r

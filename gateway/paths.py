@@ -33,6 +33,11 @@ class Paths:
         return self.state_dir / "keys"
 
     @property
+    def attachments_dir(self) -> Path:
+        """Content-addressed attachment files of received mail (gateway/inbound/attachments.py)."""
+        return self.state_dir / "attachments"
+
+    @property
     def tls_dir(self) -> Path:
         return self.state_dir / "tls"
 

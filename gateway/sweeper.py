@@ -8,10 +8,14 @@
                                  soft-failure counts untouched that long              -> deleted
                                  Message-ID records older than keep_threads           -> deleted
                                  webhook delivery-log rows older than webhooks.keep_log_seconds -> deleted
+                                 inbound messages processed longer ago than processor.keep_inbound -> deleted
+                                 (their attachment rows too; then each attachment file no row references
+                                 any more is removed, unless the processor pinned it: gateway/inbound/pins.py)
                                  (delivered outbox rows need no sweep: they go with the 2xx)
 
 "Finished" means every recipient delivered, bounced or suppressed; pending, deferred and held mail is never
-touched, however old. The decisions (what is old enough, how big a batch) are made here; the store
+touched, however old. Held inbound messages are kept until an operator releases them (then they are
+processed and age out like the rest); spooled ones are never swept. The decisions (what is old enough, how big a batch) are made here; the store
 (gateway/store/retention.py) runs each batch as one short write through an index. Batches follow
 each other until a kind is done, each its own write, with a rest as long as the batch between
 them, so submission and delivery commits slip in between: the writer is never held longer than one
@@ -30,8 +34,9 @@ from typing import Any
 
 import structlog
 
-from .config import Config, QueueConfig, WebhooksConfig
+from .config import Config, ProcessorConfig, QueueConfig, WebhooksConfig
 from .errors import StorageFull
+from .inbound.pins import Pins
 from .lifecycle import Component
 from .metrics import Metrics
 from .store import Store
@@ -40,17 +45,21 @@ log = structlog.get_logger("sweeper")
 
 # Body bytes one batch may free: freeing a body walks its overflow pages, so rows alone do not bound a batch.
 BATCH_BYTES = 8 * 1024 * 1024
-KINDS = ("bodies", "messages", "attempts", "events", "threads", "webhook_log", "suppressions")
+KINDS = ("bodies", "messages", "attempts", "events", "threads", "webhook_log", "suppressions", "inbound", "attachment_files")
 
 
 class Sweeper(Component):
     name = "sweeper"
 
     def __init__(self, store: Store, config: QueueConfig, metrics: Metrics | None = None, *,
-                 clock: Callable[[], float] = time.time, webhooks: WebhooksConfig | None = None):
+                 clock: Callable[[], float] = time.time, webhooks: WebhooksConfig | None = None,
+                 processor: ProcessorConfig | None = None, files: Any = None, pins: Pins | None = None):
         self.store = store
         self.config = config
         self.webhooks = webhooks or WebhooksConfig()
+        self.processor = processor or ProcessorConfig()
+        self.files = files          # gateway.inbound.attachments.AttachmentFiles (None: no files to remove)
+        self.pins = pins or Pins()
         self.metrics = metrics or Metrics()
         self.clock = clock
         self.sweeps = 0
@@ -71,6 +80,7 @@ class Sweeper(Component):
     async def reload(self, config: Config) -> None:
         self.config = config.queue
         self.webhooks = config.webhooks
+        self.processor = config.processor
         self._wake.set()
 
     def status(self) -> dict[str, Any]:
@@ -97,11 +107,37 @@ class Sweeper(Component):
         async with self._lock:
             return await self._sweep()
 
+    async def _inbound_batch(self, cutoff: float, batch: int, summary: dict[str, Any]) -> dict[str, Any]:
+        """One batch of old inbound rows, then the files only they referenced (outside the write)."""
+        self.pins.begin()
+        try:
+            done = await self.store.retention.delete_inbound(cutoff, max_rows=batch, max_bytes=BATCH_BYTES)
+            if done["files"] and self.files is not None:
+                removed = await asyncio.to_thread(self._remove_files, done["files"])
+                summary["attachment_files"] += removed
+                if removed:
+                    self.metrics.swept.labels(kind="attachment_files").inc(removed)
+        finally:
+            self.pins.end()
+        return done
+
+    def _remove_files(self, shas: list[str]) -> int:
+        removed = 0
+        with self.pins.removing():
+            for sha in shas:
+                # Pinned or touched since the batch began: a message being processed has the same bytes.
+                if self.pins.removable(sha):
+                    self.files.remove(sha)
+                    removed += 1
+        return removed
+
     async def _sweep(self) -> dict[str, Any]:
         cfg, now = self.config, self.clock()
         started = time.perf_counter()
         retention = self.store.retention
         batch = cfg.sweep_batch
+        summary: dict[str, Any] = dict.fromkeys(KINDS, 0)
+        summary.update(bytes=0, batches=0, longest_batch=0.0)
         plan = {
             "bodies": (cfg.keep_bodies, lambda cut: retention.drop_bodies(cut, max_rows=batch, max_bytes=BATCH_BYTES)),
             "messages": (cfg.keep_messages, lambda cut: retention.delete_messages(cut, max_rows=batch, max_bytes=BATCH_BYTES)),
@@ -111,9 +147,8 @@ class Sweeper(Component):
             "webhook_log": (self.webhooks.keep_log_seconds, lambda cut: retention.delete_webhook_log(cut, max_rows=batch)),
             # Expired suppressions stay visible (`suppression show`) as long as events do, then go.
             "suppressions": (cfg.keep_events, lambda cut: retention.delete_expired_suppressions(cut, max_rows=batch)),
+            "inbound": (self.processor.keep_inbound, lambda cut: self._inbound_batch(cut, batch, summary)),
         }
-        summary: dict[str, Any] = dict.fromkeys(KINDS, 0)
-        summary.update(bytes=0, batches=0, longest_batch=0.0)
         for kind, (keep, run) in plan.items():
             if keep <= 0:
                 continue  # kept forever

@@ -7,7 +7,7 @@ from pathlib import Path
 
 GATEWAY = Path(__file__).resolve().parent.parent / "gateway"
 # Packages below the services: they may not import services, the admin socket, the CLI or the daemon.
-LOWER = ("domains", "store", "delivery", "submission")
+LOWER = ("domains", "store", "delivery", "submission", "inbound")
 UPPER = ("gateway.services", "gateway.admin.server", "gateway.cli", "gateway.daemon")
 
 

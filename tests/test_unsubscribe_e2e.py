@@ -208,7 +208,7 @@ async def test_domain_scope_suppresses_for_the_sending_domain(tmp_path, dns_serv
             await d.call("usecase.update", tenant="acme", name="news", unsubscribe_scope="domain")
             d.daemon.scheduler.routes.clear()
             [data] = (await marketing_mail(d, setup, sink, ["dora@dest.test"])).values()
-            assert "mailto:" not in fields_of(data)["List-Unsubscribe"][0]   # off by default: no MX takes it yet
+            assert "mailto:" in fields_of(data)["List-Unsubscribe"][0]   # on by default: the inbound MX takes it
             async with aiohttp.ClientSession() as http:
                 async with http.post(local_url(d, token_of(data)), data={"List-Unsubscribe": "One-Click"}) as r:
                     assert r.status == 200

@@ -26,6 +26,7 @@ from .recipients import Recipients
 from .retention import Retention
 from .suppressions import Suppressions
 from .tenants import Tenants
+from .threads import Threads
 from .unsubscribes import Unsubscribes
 from .usecases import Usecases
 from .webhooks import Webhooks
@@ -48,8 +49,10 @@ class Store:
         self.unsubscribes = Unsubscribes(db)
         self.inbound = Inbound(db)
         self.addresses = Addresses(db)
+        self.threads = Threads(db)
         self.recipients = Recipients(db)
         self.mailboxes = Mailboxes(db)
+        self.mailboxes.on_spooled = self.inbound.notify_spooled
 
     @classmethod
     async def open(cls, path: Path, config: StoreConfig | None = None) -> "Store":

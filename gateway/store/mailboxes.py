@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,6 +121,7 @@ def _prune_uidls(conn: sqlite3.Connection, connector_id: int, listed: Sequence[s
 class Mailboxes:
     def __init__(self, db: Database):
         self.db = db
+        self.on_spooled: Callable[[], Any] = lambda: None
 
     async def incoming(self) -> list[dict[str, Any]]:
         """Enabled connectors (of enabled tenants) whose incoming settings are enabled, with the
@@ -147,7 +148,10 @@ class Mailboxes:
         written) below the disk reserve, as the MX's spool does."""
         if items:
             self.db.check_room()
-        return await self.db.write(_spool_batch, connector_id, list(items), checkpoint, tenant_id)
+        ids = await self.db.write(_spool_batch, connector_id, list(items), checkpoint, tenant_id)
+        if items:
+            self.on_spooled()   # the processor takes them at once (Store wires it to store.inbound's callbacks)
+        return ids
 
     async def reset(self, connector_id: int, mailbox: str, uidvalidity: int = 0) -> None:
         """Start the checkpoint over (another mailbox, or a changed UIDVALIDITY)."""

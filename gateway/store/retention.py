@@ -12,6 +12,9 @@ for long. Each returns {"rows": n, "bytes": b, "more": bool, "seconds": time spe
     attempts  attempt rows, finished or not (the recipient keeps its last reply and attempt count)
     events    event rows
     threads   Message-ID records (message_ids), the last trace of a message
+    inbound   processed inbound rows (received mail) with their attachment rows; held and spooled
+              rows are never swept. The batch returns the sha256 of each attachment it dropped that
+              no row references any more (``files``): the sweeper removes those files
     suppressions  suppression entries that expired before the cutoff (soft-bounce ones), and
               soft-failure counts (soft_bounces) not touched since it; both through an index on the time
 
@@ -38,6 +41,17 @@ def _marks(ids: list[int]) -> str:
     return ",".join("?" * len(ids))
 
 
+def _within(candidates: list[Any], max_bytes: int) -> tuple[list[int], int]:
+    """The leading (id, size) candidates whose sizes fit in ``max_bytes`` (at least one)."""
+    ids, nbytes = [], 0
+    for row_id, size in candidates:
+        if ids and nbytes + size > max_bytes:
+            break
+        ids.append(row_id)
+        nbytes += size
+    return ids, nbytes
+
+
 def _drop_bodies(conn: sqlite3.Connection, cutoff: float, max_rows: int, max_bytes: int, now: float) -> dict[str, Any]:
     started = time.perf_counter()
     # size sits before body in the row: reading it does not walk the body's overflow pages.
@@ -46,12 +60,7 @@ def _drop_bodies(conn: sqlite3.Connection, cutoff: float, max_rows: int, max_byt
         " WHERE f.body_dropped_at IS NULL AND f.finished_at < ? ORDER BY f.finished_at LIMIT ?",
         (cutoff, max_rows),
     ).fetchall()
-    ids, nbytes = [], 0
-    for message_id, size in candidates:
-        if ids and nbytes + size > max_bytes:
-            break
-        ids.append(message_id)
-        nbytes += size
+    ids, nbytes = _within(candidates, max_bytes)
     if ids:
         conn.execute(f"UPDATE messages SET body = X'' WHERE id IN ({_marks(ids)})", ids)
         conn.execute(f"UPDATE finished_messages SET body_dropped_at = ? WHERE message_id IN ({_marks(ids)})", (now, *ids))
@@ -107,6 +116,26 @@ def _delete_expired(conn: sqlite3.Connection, cutoff: float, max_rows: int) -> d
     return _done(started, n + m, n == max_rows or m == max_rows)
 
 
+def _delete_inbound(conn: sqlite3.Connection, cutoff: float, max_rows: int, max_bytes: int) -> dict[str, Any]:
+    started = time.perf_counter()
+    # size sits before raw in the row: reading it does not walk the message's overflow pages.
+    candidates = conn.execute(
+        "SELECT id, size FROM inbound_messages INDEXED BY inbound_processed_age"
+        " WHERE state = 'processed' AND processed_at < ? ORDER BY processed_at LIMIT ?", (cutoff, max_rows)).fetchall()
+    ids, nbytes = _within(candidates, max_bytes)
+    files: list[str] = []
+    if ids:
+        marks = _marks(ids)
+        shas = {r[0] for r in conn.execute(f"SELECT DISTINCT sha256 FROM inbound_attachments WHERE message_id IN ({marks})", ids)}
+        conn.execute(f"DELETE FROM inbound_attachments WHERE message_id IN ({marks})", ids)
+        conn.execute(f"DELETE FROM inbound_messages WHERE id IN ({marks})", ids)
+        files = sorted(s for s in shas if conn.execute(
+            "SELECT 1 FROM inbound_attachments INDEXED BY inbound_attachments_sha WHERE sha256 = ? LIMIT 1", (s,)).fetchone() is None)
+    done = _done(started, len(ids), len(ids) < len(candidates) or len(candidates) == max_rows, nbytes)
+    done["files"] = files
+    return done
+
+
 class Retention:
     def __init__(self, db: Database):
         self.db = db
@@ -138,3 +167,8 @@ class Retention:
     async def delete_expired_suppressions(self, cutoff: float, *, max_rows: int) -> dict[str, Any]:
         """Delete suppression entries that expired before ``cutoff`` and soft-failure counts untouched since, one batch."""
         return await self.db.write(_delete_expired, cutoff, max_rows)
+
+    async def delete_inbound(self, cutoff: float, *, max_rows: int, max_bytes: int) -> dict[str, Any]:
+        """Delete inbound rows processed before ``cutoff`` with their attachment rows, one batch; ``files``
+        lists the attachment files no row references any more."""
+        return await self.db.write(_delete_inbound, cutoff, max_rows, max_bytes)

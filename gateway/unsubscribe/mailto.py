@@ -6,9 +6,9 @@ says whether it is an unsubscribe request and which token it carries. The token 
 with the link: the sender's address is not trusted (it is easy to forge and often a forwarder's).
 The reply-quoting prefixes clients add ("Re:", "AW:", "[External]") are ignored.
 
-Not hooked up yet: the inbound MX (issue 8) does not exist; when it does, it routes mail for
-``unsubscribe@`` of a return-path (or the configured mailto) domain here and applies the claim with
-source 'mailto' (``Unsubscriber.apply``).
+Hooked up by the inbound processor (gateway/inbound/processor.py): the MX accepts ``unsubscribe@``
+of a return-path (or the configured mailto) domain, the classifier finds the token here, and the
+daemon's hook applies it with source 'mailto' (``Unsubscriber.apply_token``).
 """
 
 from __future__ import annotations

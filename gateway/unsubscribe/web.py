@@ -84,6 +84,19 @@ class Unsubscriber(Component):
                      scope_id=claim.scope_id, source=source)
         return changed
 
+    async def apply_token(self, token: str, source: str = "mailto") -> dict[str, Any] | None:
+        """An unsubscribe request by token alone (the mailto: form, from the inbound processor):
+        {tenant_id, usecase_id, changed}, or None when the token is not ours or names what is gone."""
+        try:
+            claim = await self.keyring.verify(token)
+        except InvalidToken as exc:
+            log.info("unsubscribe_token_refused", reason=str(exc), method=source)
+            return None
+        changed = await self.apply(claim, source)
+        if changed is None:
+            return None
+        return {"tenant_id": claim.tenant_id, "usecase_id": claim.usecase_id, "changed": bool(changed)}
+
     # ------------------------------------------------------------------ HTTP
 
     def _reply(self, status: int, body: str, content_type: str = "text/html") -> web.Response:

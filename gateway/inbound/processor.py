@@ -1,0 +1,392 @@
+"""The processing stage: every spooled inbound message, classified, parsed, threaded and stored.
+
+    spool (store.inbound.spooled) -> for each row, at most processor.concurrency at once:
+        route      who it is for: recipients.resolve on the row's recipients (the connector's
+                   incoming.usecase for polled mail without an address; the gateway's own addresses
+                   resolve to their return-path domain, the report says whose message it was)
+        authenticate  SPF, DKIM, DMARC (unless the MX did it at DATA: Spooled.auth_results); the
+                   Authentication-Results header goes on the stored copy
+        classify   dsn | arf | auto_reply | unsubscribe | message (classify.py)
+        parse      MIME bodies and attachments (mime.py); attachment files written (attachments.py)
+        thread     parent and thread among the tenant's Message-ID records (threads.py), refused
+                   across use cases and tenants
+        hooks      DSN/ARF -> suppression (the report handler the daemon injects), a mailto
+                   unsubscribe -> the unsubscriber (likewise)
+        finish     one write: the row processed, attachments, its message_ids record, events
+    any exception -> store.inbound.hold(row, reason): nothing is dropped; logged with the
+    traceback, counted (gateway_inbound_held_total); `inbox release` puts it back.
+
+Woken at once by every spool commit (store.inbound.on_spooled, wired by the daemon), else it scans
+every processor.poll_interval. The CPU-bound work of one message (authentication's header work,
+MIME parsing, hashing and writing attachment files) runs in a worker thread, so the MX and
+submission listeners on the loop keep answering while a 25 MB message is parsed.
+
+Idempotent: a crash between the attachment files and the finish write leaves the row spooled; it is
+processed again and its files (content-addressed) are the same. The hooks run before the finish,
+so a report is acted on at least once (suppressing twice changes nothing; a soft bounce may be
+counted twice in that crash window).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from ..budget import ByteBudget
+from ..config import Config, ProcessorConfig
+from ..errors import GatewayError, SMTPError, StorageFull
+from ..lifecycle import Component
+from ..metrics import Metrics
+from .. import verp
+from ..feedback import arf
+from ..store import Store
+from ..store.inbound import Processed
+from . import recipients, threads
+from .analysis import CONVERSATION, Route, Work, address_of, analyse, display_of, ids
+from .pins import Pins
+
+log = structlog.get_logger("processor")
+
+# A report handler: (raw, envelope recipient) -> {"type", "matched", "done"} (SuppressionService.handle_report).
+ReportHook = Callable[[bytes, str], Awaitable[dict[str, Any]]]
+# An unsubscribe: token -> {"tenant_id", "usecase_id", "changed"}, or None when the token is not ours.
+UnsubscribeHook = Callable[[str], Awaitable[dict[str, Any] | None]]
+MAX_REASON = 500
+MEMORY_FACTOR = 3
+STALL_AFTER = 300.0   # seconds without a finished message while some are in flight: /health says so
+HOLD_RETRY = 1.0   # seconds before a row whose hold write failed (disk full) is tried again
+
+
+@dataclass(frozen=True, kw_only=True)
+class Hooks:
+    report: ReportHook | None = None
+    unsubscribe: UnsubscribeHook | None = None
+
+
+class Unroutable(GatewayError):
+    """No recipient of the row receives here any more (address deleted or disabled since it was spooled)."""
+
+
+class Processor(Component):
+    name = "processor"
+
+    def __init__(self, store: Store, config: Config, metrics: Metrics | None = None, *, files: Any, pins: Pins | None = None,
+                 hooks: Hooks | None = None, authenticate: Callable[..., Awaitable[Any]] | None = None,
+                 parse: Callable[..., Any], stripped_reply: Callable[[str, str], str] | None = None,
+                 limits: Callable[[ProcessorConfig], Any] | None = None,
+                 rules: recipients.Rules | None = None, inline: bool = False, budget: ByteBudget | None = None):
+        self.store = store
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self.files = files
+        self.pins = pins or Pins()
+        self.hooks = hooks or Hooks()
+        self._authenticate = authenticate
+        self._parse = parse
+        self._stripped = stripped_reply
+        self._limits = limits
+        self.rules = rules or recipients.Rules.from_config(config)
+        self.budget = budget   # the daemon's memory budget, shared with the listeners and delivery
+        self.inline = inline   # the CPU work on the loop, not in worker threads (scripts/bench_processing.py compares)
+        self.processed = 0
+        self.held = 0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._inflight: dict[int, asyncio.Task] = {}
+        self._slots: asyncio.Semaphore | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._progress = time.monotonic()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        n = self.config.processor.concurrency
+        self._slots = asyncio.Semaphore(n)
+        self._pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="processor")
+        self._task = asyncio.create_task(self._run(), name="processor")
+
+    async def stop(self, deadline: float) -> None:
+        if self._task is not None:
+            while not self._task.done():
+                self._task.cancel()
+                await asyncio.wait({self._task}, timeout=0.5)
+            self._task = None
+        # In-flight messages finish until the deadline; the rest stay spooled (processed again at start).
+        pending = list(self._inflight.values())
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=max(deadline - asyncio.get_running_loop().time(), 0.0))
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    async def reload(self, config: Config) -> None:
+        self.config = config
+        self.rules = recipients.Rules.from_config(config)
+        self._wake.set()
+
+    def wake(self) -> None:
+        """New rows were spooled (store.inbound.on_spooled): scan now."""
+        self._wake.set()
+
+    def status(self) -> dict[str, Any]:
+        return {"processor": {"processed": self.processed, "held": self.held, "in_flight": len(self._inflight)}}
+
+    def problems(self) -> list[str]:
+        # Work in flight and nothing finished for long: a stuck parse or store (each message takes ms).
+        idle = time.monotonic() - self._progress
+        if self._inflight and idle > STALL_AFTER:
+            return [f"processor: {len(self._inflight)} messages in flight and none finished for {idle:.0f}s"]
+        return []
+
+    async def drain(self) -> None:
+        """Until the spool is empty and nothing is in flight (tests, benchmarks)."""
+        while True:
+            self._wake.set()
+            await self._idle.wait()
+            await asyncio.sleep(0)
+            if not self._inflight and not await self.store.inbound.spooled(limit=1):
+                return
+            await asyncio.sleep(0.005)
+
+    # ------------------------------------------------------------------ the loop
+
+    async def _run(self) -> None:
+        cursor = 0
+        while True:
+            self._wake.clear()
+            try:
+                rows = await self.store.inbound.spooled(after_id=cursor, limit=self.config.processor.batch)
+            except Exception:  # noqa: BLE001 - a failed scan must not end the loop
+                log.exception("spool_scan_failed")
+                rows = []
+            fresh = [r for r in rows if r["id"] not in self._inflight]
+            for row in fresh:
+                assert self._slots is not None
+                await self._slots.acquire()
+                if not self._inflight:
+                    self._progress = time.monotonic()   # the stall clock starts with the work
+                self._idle.clear()
+                task = asyncio.create_task(self._one(row), name=f"inbound-{row['inbound_id']}")
+                self._inflight[row["id"]] = task
+                task.add_done_callback(lambda t, rid=row["id"]: self._done(rid))
+            if rows:
+                cursor = rows[-1]["id"]
+                if len(rows) == self.config.processor.batch and fresh:
+                    continue   # more waiting: read on without sleeping (a page all in flight waits for a wake)
+            else:
+                if not self._inflight:
+                    self._idle.set()
+                if cursor:
+                    cursor = 0   # back to the start: rows whose finish or hold failed are still there
+                    continue
+            try:
+                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel that arrives as
+                # the wake is set, and stop() then waited for ever (seen in a test's teardown).
+                async with asyncio.timeout(self.config.processor.poll_interval):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+
+    def _done(self, row_id: int) -> None:
+        self._inflight.pop(row_id, None)
+        self._progress = time.monotonic()
+        assert self._slots is not None
+        self._slots.release()
+        if not self._inflight:
+            self._wake.set()   # the scan decides whether we are idle
+
+    async def _one(self, row: dict[str, Any]) -> None:
+        # The raw copy, the stored copy with our header and the parser's decoded bodies: about three
+        # times the message in memory. Taken from the daemon's budget first, as delivery does.
+        need = row["size"] * MEMORY_FACTOR
+        if self.budget is not None:
+            await self.budget.acquire(need)
+        started = time.perf_counter()
+        shas: list[str] = []
+        try:
+            processed, shas = await self.process(row)
+            if await self.store.inbound.finish(row["id"], processed):
+                self.processed += 1
+                self.metrics.inbound_processed.labels(kind=processed.kind).inc()
+                self.metrics.inbound_processing_seconds.observe(time.perf_counter() - started)
+                log.info("inbound_processed", inbound_id=row["inbound_id"], kind=processed.kind, tenant_id=processed.tenant_id,
+                         thread_id=processed.thread_id, parent=processed.parent_message_id or None, flags=list(processed.flags) or None,
+                         attachments=len(processed.attachments))
+        except asyncio.CancelledError:
+            raise
+        except StorageFull:
+            # Not the message's fault: it stays spooled and is tried again once there is room.
+            log.warning("inbound_deferred_store_full", inbound_id=row["inbound_id"])
+            await asyncio.sleep(HOLD_RETRY)
+        except Exception as exc:  # noqa: BLE001 - nothing is dropped: held with the reason
+            await self._hold(row, exc)
+        finally:
+            if shas:
+                self.pins.unpin(shas)
+            if self.budget is not None:
+                self.budget.release(need)
+
+    async def _hold(self, row: dict[str, Any], exc: BaseException) -> None:
+        reason = f"{type(exc).__name__}: {exc}"[:MAX_REASON]
+        log.error("inbound_held", inbound_id=row["inbound_id"], reason=reason,
+                  traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-4000:])
+        try:
+            if await self.store.inbound.hold(row["id"], reason):
+                self.held += 1
+                self.metrics.inbound_held.inc()
+        except Exception:  # noqa: BLE001 - the row stays spooled and comes round again
+            log.exception("inbound_hold_failed", inbound_id=row["inbound_id"])
+            await asyncio.sleep(HOLD_RETRY)
+
+    # ------------------------------------------------------------------ one message
+
+    async def process(self, row: dict[str, Any]) -> tuple[Processed, list[str]]:
+        """What one spooled row is (no write yet): the Processed to finish it with, and the attachment
+        files pinned for it (the caller unpins them after the finish)."""
+        raw = await self.store.inbound.raw(row["id"])
+        route = await self.route(row)
+        verdict = None
+        if row["source"] == "mx" and not row["auth_results"] and self._authenticate is not None:
+            verdict = await self._authenticate(raw, client_ip=row["client"], helo=row["helo"], mail_from=row["mail_from"])
+        work_of = functools.partial(analyse, raw, row, route, verdict, parse=self._parse, stripped_reply=self._stripped,
+                                    limits=self._limits(self.config.processor) if self._limits is not None else None,
+                                    files=self.files, pins=self.pins)
+        work: Work = work_of() if self.inline else await asyncio.get_running_loop().run_in_executor(self._pool, work_of)
+        try:
+            return await self._finish_work(row, route, raw, work), work.shas
+        except BaseException:
+            self.pins.unpin(work.shas)
+            raise
+
+    async def route(self, row: dict[str, Any]) -> Route:
+        for rcpt in row["recipients"]:
+            try:
+                t = await recipients.resolve(self.store, rcpt, self.rules)
+            except SMTPError:
+                continue
+            if row["tenant_id"] is not None and t.tenant_id != row["tenant_id"]:
+                continue   # never route a row into another tenant than the one it was spooled for
+            return Route(kind=t.kind, address=t.address, tenant_id=t.tenant_id, usecase_id=t.usecase_id, address_id=t.address_id)
+        if row["source"] != "mx" and row["connector_id"] is not None:
+            incoming = await self.store.inbound.incoming(row["connector_id"])
+            if incoming is not None and incoming["tenant_id"] == row["tenant_id"] and incoming["usecase"]:
+                usecase_id = await self.store.inbound.usecase_named(row["tenant_id"], incoming["usecase"])
+                if usecase_id is not None:
+                    return Route(kind="mailbox", address=incoming["address"], tenant_id=row["tenant_id"], usecase_id=usecase_id)
+        raise Unroutable(f"no recipient of {row['recipients'][:5]} receives here any more")
+
+    async def _finish_work(self, row: dict[str, Any], route: Route, raw: bytes, work: Work) -> Processed:
+        p, c = work.parsed, work.classification
+        tenant_id, usecase_id = route.tenant_id, route.usecase_id
+        flags: list[str] = []
+        events: list[tuple[str, dict[str, Any]]] = []
+        report = dict(c.report) if c.report is not None else None
+        kind = c.kind
+        message_id = (p.message_id or "").strip("<>")
+        thread_id = parent = ""
+        record_id = ""
+        if kind in ("dsn", "arf"):
+            refers = await self._refers_to(report)
+            if refers is not None and tenant_id is not None and refers["tenant_id"] != tenant_id:
+                # A report at one tenant's return path about another tenant's message: acted on by
+                # nobody, and the other tenant's message is not named to this one.
+                log.warning("inbound_report_tenant_mismatch", inbound_id=row["inbound_id"], row_tenant=tenant_id,
+                            report_tenant=refers["tenant_id"])
+                flags.append("report_tenant_mismatch")
+                refers = None
+            elif refers is not None:
+                tenant_id, usecase_id = refers["tenant_id"], refers.get("usecase_id")
+                if self.hooks.report is not None:
+                    report["outcome"] = await self.hooks.report(raw, route.address)
+            report["refers_to"] = refers
+        elif kind == "unsubscribe":
+            done = await self.hooks.unsubscribe(c.token) if self.hooks.unsubscribe is not None else None
+            if done is None:
+                flags.append("unsubscribe_token_invalid")
+            else:
+                tenant_id = tenant_id if tenant_id is not None else done["tenant_id"]
+                if tenant_id != done["tenant_id"]:
+                    flags.append("unsubscribe_tenant_mismatch")
+                else:
+                    usecase_id = done.get("usecase_id")
+                    report = {"type": "unsubscribe", "changed": bool(done.get("changed"))}
+        if kind == "auto_reply" and route.kind == "return_path" and usecase_id is None:
+            # A vacation reply to our VERP return path (RFC 3834 answers the envelope sender): the
+            # tag names the message it answers, so its use case; the thread comes from In-Reply-To.
+            tag = verp.decode(route.address)
+            found = await self.store.suppressions.verp_recipient(tag.queue_id, tag.recipient_index) if tag else None
+            if found is not None and found["tenant_id"] == tenant_id:
+                usecase_id = found["usecase_id"]
+        if kind in CONVERSATION and tenant_id is not None and usecase_id is not None:
+            record_id = message_id or f"{row['inbound_id'].lower()}.inbound@{self.config.daemon.hostname}"
+            candidates = threads.candidates(ids(p.in_reply_to), p.references or [])
+            records = await self.store.threads.known(candidates) if candidates else []
+            t = threads.resolve(record_id, ids(p.in_reply_to), p.references or [], tenant_id=tenant_id, usecase_id=usecase_id,
+                                records=records)
+            thread_id, parent = t.thread_id, t.parent
+            if t.flag:
+                flags.append(t.flag)
+                # The tenant learns that its message named a parent it may not attach to, never whose.
+                events.append(("thread_refused", {"flag": t.flag, "parent": t.refused}))
+                log.warning("thread_refused", inbound_id=row["inbound_id"], tenant_id=tenant_id, usecase_id=usecase_id,
+                            flag=t.flag, parent=t.refused, **{f"parent_{k}": v for k, v in (t.refused_detail or {}).items()})
+            if parent and kind == "message":
+                kind = "reply"
+        from_address = work.sender or address_of(p.from_)
+        summary = {
+            "text": p.text or "", "html": p.html or "", "stripped_text": work.stripped,
+            "to": list(p.to or []), "cc": list(p.cc or []), "reply_to": list(p.reply_to or []),
+            "date": p.date or "", "in_reply_to": (ids(p.in_reply_to) or [""])[0],
+            "references": list(p.references or []), "auth": work.auth, "report": report,
+            "defects": list(p.defects or []), "forwarded_by": work.forwarded_by,
+            "from_name": display_of(p.from_), "classification": c.rule, "message_id": message_id,
+        }
+        return Processed(kind=kind, tenant_id=tenant_id, usecase_id=usecase_id, address_id=route.address_id,
+                         thread_id=thread_id, parent_message_id=parent, flags=flags, from_address=from_address,
+                         subject=p.subject or "", summary=summary, attachments=work.attachments, raw=work.raw,
+                         message_id=record_id, events=events)
+
+    async def _refers_to(self, report: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The outbound message and recipient a report is about: its VERP tag, else the returned
+        Message-ID, else (a complaint whose receiver stripped both) our Feedback-ID and its recipient."""
+        if not report:
+            return None
+        tag = report.get("verp")
+        if tag:
+            found = await self.store.suppressions.verp_recipient(tag["queue_id"], tag["recipient_index"])
+            if found is not None:
+                return {"tenant_id": found["tenant_id"], "usecase_id": found["usecase_id"], "queue_id": found["queue_id"],
+                        "recipient": found["rcpt"], "by": "verp"}
+        mid = (report.get("message_id") or "").strip("<>")
+        if mid:
+            out = await self.store.threads.outbound(mid)
+            if len({r["tenant_id"] for r in out}) == 1:
+                r = out[0]
+                return {"tenant_id": r["tenant_id"], "usecase_id": r["usecase_id"], "queue_id": r["queue_id"],
+                        "recipient": report.get("recipient") or _first_bounce(report), "message_id": mid, "by": "message_id"}
+        named = arf.parse_feedback_id(report.get("feedback_id") or "")
+        if named is not None and report.get("recipient") and await self.store.tenants.get_by_id(named[0]):
+            return {"tenant_id": named[0], "usecase_id": named[1], "queue_id": None, "recipient": report["recipient"],
+                    "by": "feedback_id"}
+        return None
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _first_bounce(report: dict[str, Any]) -> str:
+    bounces = report.get("bounces") or []
+    return bounces[0].get("recipient", "") if bounces else ""
