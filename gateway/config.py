@@ -182,6 +182,14 @@ class WebhooksConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class InboxConfig:
+    max_body_bytes: int = setting(262144, "Bytes of each body (text, html, stripped_text) a received-mail webhook carries; a longer one is cut at a character boundary and named in the payload's 'truncated' list (the whole message stays fetchable with `gateway inbox export`).", min=1024)
+    max_post_bytes: int = setting(4194304, "A webhook POST stops taking more received-mail events once its body passes this many bytes (it always carries at least one); the rest go in the next POST.", min=65536)
+    attachment_url_ttl: float = setting(604800.0, "Seconds an attachment URL in a webhook stays valid, counted from when the POST is made (each retry mints fresh URLs); past it the URL answers 403.", min=60.0)
+    forward_interval: float = setting(1.0, "Seconds between looks at the forwarding outbox (received mail to forward over SMTP through the outbound queue).", min=0.01)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     daemon: DaemonConfig = section(DaemonConfig, "The daemon itself.")
     log: LogConfig = section(LogConfig, "Logging (structlog).")
@@ -195,6 +203,7 @@ class Config:
     delivery: DeliveryConfig = section(DeliveryConfig, "Outbound delivery: workers, timeouts, retries, DSNs.")
     webhooks: WebhooksConfig = section(WebhooksConfig, "Signed webhook POSTs of events to tenants' endpoints.")
     unsubscribe: UnsubscribeConfig = section(UnsubscribeConfig, "List-Unsubscribe and one-click unsubscribe (RFC 2369, RFC 8058) on the mail of use cases that carry it.")
+    inbox: InboxConfig = section(InboxConfig, "Received mail handed to tenants' applications: webhook payloads, attachment URLs, forwarding over SMTP.")
 
 
 # --------------------------------------------------------------------------- parsing

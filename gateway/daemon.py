@@ -33,11 +33,14 @@ from .config import Config, load_config, restart_keys, to_dict
 from .delivery.scheduler import Scheduler
 from .domains.verifier import Reverifier
 from .errors import ConfigError, GatewayError, StartupError
+from .inbound.delivery import AppDelivery
+from .inbound.forwarder import Forwarder
 from .lifecycle import Component
 from .metrics import Metrics, budget_families, store_families
 from .paths import Paths, resolve_paths
 from .services.connectors import ConnectorService
 from .services.domains import DomainService
+from .services.inbox import InboxService
 from .services.pauses import PauseService
 from .services.queue import QueueMonitor, QueueService
 from .services.suppressions import SuppressionService
@@ -121,15 +124,21 @@ class Daemon:
                                    links=Links(keyring, lambda: self.config))
         # A full disk's episode ends: claim what waited at once rather than at the next poll.
         store.db.on_recovered(self.scheduler.wake)
+        # Received mail for the tenant's application: its webhook payloads and attachment URLs (the
+        # link keys sign those too), and forwards through the outbound queue.
+        attachments = self.paths.state_dir / "attachments"
+        app_delivery = AppDelivery(store, keyring, lambda: self.config, attachments, self.metrics)
+        forwarder = Forwarder(store, lambda: self.config, on_queued=self.scheduler.wake)
         webhooks = WebhookSender(store, self.config.webhooks, self.metrics,
-                                 node=f"{socket.gethostname()}:{self.paths.state_dir.resolve()}")
+                                 node=f"{socket.gethostname()}:{self.paths.state_dir.resolve()}", inbound=app_delivery)
         self.services = [TenantService(store), domains, usecases,
                          QueueService(store, wake=self.scheduler.wake, on_change=monitor.kick),
                          PauseService(store, wake=self.scheduler.wake, on_change=monitor.kick), DaemonService(self),
                          ConnectorService(store, lambda: self.config),
                          WebhookService(store, allow_loopback=lambda: self.config.webhooks.allow_loopback,
                                         post=webhooks.post, on_change=webhooks.wake),
-                         EventService(store), UnsubscribeService(store, keyring), suppressions]
+                         EventService(store), UnsubscribeService(store, keyring), suppressions,
+                         InboxService(store, attachments)]
         workers: list[Component] = [
             monitor,
             Reverifier(domains.reverify, interval=self.config.domains.reverify_interval, concurrency=self.config.domains.verify_concurrency),
@@ -137,6 +146,8 @@ class Daemon:
             Unsubscriber(store, keyring, self.metrics, lambda: self.config),
             Sweeper(store, self.config.queue, self.metrics, webhooks=self.config.webhooks),
             webhooks,
+            app_delivery,
+            forwarder,
             submission.build(
                 self.config, paths=self.paths, authenticate=usecases.authenticate, context=usecases.context,
                 submit=store.queue.put, monthly_count=store.queue.monthly_count, metrics=self.metrics,

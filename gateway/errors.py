@@ -26,7 +26,7 @@
     ├── RecordError               a published DNS record cannot be evaluated; verification reports it as a status
     │   ├── PermError             domains/spf.py: the SPF policy is broken for every receiver
     │   └── TempError             domains/spf.py: DNS did not answer, we cannot tell
-    ├── InvalidToken              unsubscribe/tokens.py: a link's token is malformed, forged or names nothing (HTTP 400)
+    ├── InvalidToken              tokens.py: a link's token (unsubscribe, attachment URL) is malformed, forged or names nothing
     └── AdminClientError          the CLI's side of the admin socket (admin/client.py)
         ├── AdminError            the daemon refused a call; ``code`` is the protocol's (exit 2 for usage codes)
         └── DaemonNotRunning      nothing answers at the socket (exit 1)

@@ -17,7 +17,9 @@ from .db import Database
 from .delivery import Delivery
 from .domains import Domains
 from .events import Events
+from .forwards import Forwards
 from .inbound import Inbound
+from .inbox import Inbox
 from .pauses import Pauses
 from .queue import Queue
 from .retention import Retention
@@ -44,6 +46,8 @@ class Store:
         self.webhooks = Webhooks(db)
         self.unsubscribes = Unsubscribes(db)
         self.inbound = Inbound(db)
+        self.inbox = Inbox(db)
+        self.forwards = Forwards(db)
 
     @classmethod
     async def open(cls, path: Path, config: StoreConfig | None = None) -> "Store":
