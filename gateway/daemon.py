@@ -33,6 +33,7 @@ from .config import Config, load_config, restart_keys, to_dict
 from .delivery.scheduler import Scheduler
 from .domains.verifier import Reverifier
 from .errors import ConfigError, GatewayError, StartupError
+from .inbound.attachments import AttachmentFiles
 from .inbound.delivery import AppDelivery
 from .inbound.forwarder import Forwarder
 from .lifecycle import Component
@@ -126,7 +127,7 @@ class Daemon:
         store.db.on_recovered(self.scheduler.wake)
         # Received mail for the tenant's application: its webhook payloads and attachment URLs (the
         # link keys sign those too), and forwards through the outbound queue.
-        attachments = self.paths.state_dir / "attachments"
+        attachments = AttachmentFiles(self.paths.state_dir / "attachments")
         app_delivery = AppDelivery(store, keyring, lambda: self.config, attachments, self.metrics)
         forwarder = Forwarder(store, lambda: self.config, on_queued=self.scheduler.wake)
         webhooks = WebhookSender(store, self.config.webhooks, self.metrics,

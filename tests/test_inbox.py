@@ -8,7 +8,6 @@ the real admin socket. Processed rows are written as the processor does (tests/s
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import subprocess
 import time
@@ -16,11 +15,13 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import dkim
+import pytest
 
 from gateway.inbound import downloads
 from gateway.inbound.delivery import content_disposition
 from gateway.inbound.payload import cut
 from gateway.store.inbound import Spooled
+from gateway.unsubscribe import tokens
 from gateway.webhooks.signing import HEADER, verify
 from tests.support import process
 from tests.support.daemon import AdminError, running_daemon
@@ -236,8 +237,27 @@ async def test_inbox_commands_over_the_socket_and_tenant_isolation(tmp_path, dns
                                                     "nobody@acme.test", check=1)
 
 
-def test_body_cut_at_a_character_boundary():
+def test_body_cut_at_a_character_boundary_and_safe_download_names():
     assert cut("ééé", 5) == ("éé", True)
     assert cut("abc", 3) == ("abc", False)
     assert content_disposition("a\r\n/b\\\".pdf").startswith('attachment; filename="ab.pdf"')
-    assert base64.b64decode(base64.b64encode(b"x")) == b"x"
+    assert content_disposition("../..").startswith('attachment; filename="attachment"')
+    assert "filename*=UTF-8''r%C3%A9sum%C3%A9.pdf" in content_disposition("résumé.pdf")
+
+
+def test_attachment_tokens_are_tamper_proof_and_never_an_unsubscribe_token():
+    keys = {3: b"k" * 32, 4: b"j" * 32}
+    claim = downloads.Download(3, 7, 1234, 2, 2_000_000_000)
+    token = downloads.mint(claim, keys[3])
+    assert downloads.verify(token, keys) == claim and len(token) < 60
+    for bad in (token[:-1] + ("A" if token[-1] != "A" else "B"), token + "A", "", "!" * 20):
+        with pytest.raises(downloads.InvalidToken):
+            downloads.verify(bad, keys)
+    with pytest.raises(downloads.InvalidToken):
+        downloads.verify(token, {4: keys[4]})   # its key retired
+    # Same key, other kind: an unsubscribe token is refused here and an attachment token there.
+    unsub = tokens.mint(tokens.Claim(3, 7, "usecase", 1, 1, 1, "a@b.example"), keys[3])
+    with pytest.raises(downloads.InvalidToken):
+        downloads.verify(unsub, keys)
+    with pytest.raises(tokens.InvalidToken):
+        tokens.verify(token, keys)

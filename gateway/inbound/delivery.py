@@ -22,7 +22,6 @@ import re
 import time
 import urllib.parse
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import structlog
@@ -34,11 +33,11 @@ from ..metrics import Metrics
 from ..store import Store
 from ..unsubscribe.links import Keyring
 from . import downloads
+from .attachments import AttachmentFiles
 from .payload import inbound_payload
 
 log = structlog.get_logger("inbound")
 
-HEX64 = re.compile(r"^[0-9a-f]{64}$")
 MIME_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}$")
 SECURITY_HEADERS = {
     "Cache-Control": "private, no-store",
@@ -47,13 +46,6 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Content-Security-Policy": "default-src 'none'; sandbox",
 }
-
-
-def attachment_path(root: Path, sha256: str) -> Path:
-    """Where the content-addressed file of ``sha256`` lives: <root>/ab/cd/<sha256>."""
-    if not HEX64.match(sha256):
-        raise ValueError("not a sha256 hex digest")
-    return root / sha256[:2] / sha256[2:4] / sha256
 
 
 def content_disposition(filename: str) -> str:
@@ -67,7 +59,7 @@ def content_disposition(filename: str) -> str:
 class AppDelivery(Component):
     name = "inbound-delivery"
 
-    def __init__(self, store: Store, keyring: Keyring, config: Callable[[], Config], attachments: Path,
+    def __init__(self, store: Store, keyring: Keyring, config: Callable[[], Config], attachments: AttachmentFiles,
                  metrics: Metrics, *, clock: Callable[[], float] = time.time):
         self.store, self.keyring, self.config, self.attachments = store, keyring, config, attachments
         self.metrics, self.clock = metrics, clock
@@ -112,7 +104,7 @@ class AppDelivery(Component):
         if claim.expires < self.clock():
             return self._problem(403, "Forbidden", "this attachment link has expired; a new one comes with the next delivery")
         found = await self.store.inbox.download(claim.tenant_id, claim.row_id, claim.position)
-        path = attachment_path(self.attachments, found["sha256"]) if found else None
+        path = self.attachments.path(found["sha256"]) if found else None
         if found is None or not path.is_file():
             return self._problem(404, "Not Found", "no such attachment (it may have been removed after the retention period)")
         content_type = found["content_type"] if MIME_TYPE.match(found["content_type"] or "") else "application/octet-stream"

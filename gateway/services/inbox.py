@@ -12,13 +12,12 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from .. import validate
 from ..admin.registry import admin_method
 from ..errors import InvalidArgument, NotFound
-from ..inbound.delivery import attachment_path
+from ..inbound.attachments import AttachmentFiles
 from ..store import Store
 from ..suppression import normalise_address
 
@@ -51,7 +50,7 @@ def _check_piece(offset: int, length: int) -> None:
 
 
 class InboxService:
-    def __init__(self, store: Store, attachments: Path, *, on_release: Callable[[], Any] | None = None):
+    def __init__(self, store: Store, attachments: AttachmentFiles, *, on_release: Callable[[], Any] | None = None):
         self.store = store
         self.attachments = attachments
         self.on_release = on_release
@@ -93,9 +92,8 @@ class InboxService:
         _check_piece(offset, length)
         found = await self.store.inbox.attachment(_check_id(id), _check_text(name, "attachment name", 255),
                                                   tenant_id=await self._tenant_id(tenant))
-        path = attachment_path(self.attachments, found["sha256"])
         try:
-            with path.open("rb") as f:
+            with self.attachments.open(found["sha256"]) as f:
                 f.seek(offset)
                 data = f.read(length)
         except FileNotFoundError:

@@ -64,13 +64,9 @@ def _list(conn: sqlite3.Connection, tenant_id: int | None, thread_id: str | None
         # Inbound ids sort by arrival (QueueIds): a page starts after the last id of the one before.
         where.append("m.inbound_id > ?")
         args.append(after)
-    rows = conn.execute(f"SELECT {_ROW}{_JOINS} WHERE {' AND '.join(where)} ORDER BY m.inbound_id LIMIT ?", (*args, limit))
-    out = []
-    for r in rows:
-        d = _decode(r)
-        d["attachments"] = conn.execute("SELECT COUNT(*) FROM inbound_attachments WHERE message_id = ?", (d["id"],)).fetchone()[0]
-        out.append(d)
-    return out
+    rows = conn.execute(f"SELECT {_ROW}, (SELECT COUNT(*) FROM inbound_attachments x WHERE x.message_id = m.id) AS attachments"
+                        f"{_JOINS} WHERE {' AND '.join(where)} ORDER BY m.inbound_id LIMIT ?", (*args, limit))
+    return [_decode(r) for r in rows]
 
 
 def _show(conn: sqlite3.Connection, inbound_id: str, tenant_id: int | None) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """Processed inbound rows for downstream tests, written the way the processor does: spool, the
-attachment files content-addressed under <state>/attachments/ab/cd/<sha256>, then finish.
+attachment files through AttachmentFiles (<state>/attachments/ab/cd/<sha256>), then finish.
 
     ids = await processed_message(store, state_dir, tenant_id=1, usecase_id=2, address_id=3,
                                   attachments=[Part("a.pdf", "application/pdf", b"%PDF...")])
@@ -7,13 +7,12 @@ attachment files content-addressed under <state>/attachments/ab/cd/<sha256>, the
 
 from __future__ import annotations
 
-import hashlib
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gateway.inbound.attachments import AttachmentFiles
 from gateway.store.inbound import Attachment, Processed, Spooled
 from gateway.store.queue import QueueIds
 
@@ -30,13 +29,7 @@ class Part:
 
 
 def put_file(root: Path, data: bytes) -> str:
-    sha = hashlib.sha256(data).hexdigest()
-    path = root / sha[:2] / sha[2:4] / sha
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-    return sha
+    return AttachmentFiles(root).put(data)
 
 
 async def add_channel_address(store, tenant_id: int, usecase_id: int, address: str) -> int:
