@@ -183,8 +183,8 @@ class WebhooksConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class InboxConfig:
-    max_body_bytes: int = setting(262144, "Bytes of each body (text, html, stripped_text) a received-mail webhook carries; a longer one is cut at a character boundary and named in the payload's 'truncated' list (the whole message stays fetchable with `gateway inbox export`).", min=1024)
-    max_post_bytes: int = setting(4194304, "A webhook POST stops taking more received-mail events once its body passes this many bytes (it always carries at least one); the rest go in the next POST.", min=65536)
+    max_body_bytes: int = setting(131072, "Bytes of each body (text, html, stripped_text) a received-mail webhook carries; a longer one is cut at a character boundary and named in the payload's 'truncated' list (the whole message stays fetchable with `gateway inbox export`).", min=1024)
+    max_post_bytes: int = setting(786432, "Most bytes of one webhook POST body carrying received-mail events: it stops taking more events past it (the rest go in the next POST), and one event that would not fit has its bodies cut further. The default stays under the 1 MiB request limit of nginx and aiohttp, so a receiver's default never refuses a POST for ever.", min=65536)
     attachment_url_ttl: float = setting(604800.0, "Seconds an attachment URL in a webhook stays valid, counted from when the POST is made (each retry mints fresh URLs); past it the URL answers 403.", min=60.0)
     forward_interval: float = setting(1.0, "Seconds between looks at the forwarding outbox (received mail to forward over SMTP through the outbound queue).", min=0.01)
 

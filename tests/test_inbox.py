@@ -18,6 +18,7 @@ import dkim
 import pytest
 
 from gateway.inbound import downloads
+from gateway.inbound.attachments import AttachmentFiles
 from gateway.inbound.delivery import content_disposition
 from gateway.inbound.payload import cut
 from gateway.store.inbound import Spooled
@@ -97,7 +98,7 @@ async def test_received_webhook_narrowed_to_a_use_case_signed_retried_with_attac
             assert inbound["from"] == "customer@example.org" and inbound["to"] == ["help@acme.test"]
             assert inbound["subject"] == "Help please" and inbound["stripped_text"] == "Hello, my order is late."
             assert inbound["auth"]["spf"] == "pass" and inbound["envelope"]["recipients"] == ["help@acme.test"]
-            assert inbound["truncated"] == ["html"] and len(inbound["html"].encode()) == 262144
+            assert inbound["truncated"] == ["html"] and len(inbound["html"].encode()) == 131072   # inbox.max_body_bytes
             assert [(a["filename"], a["inline"], a["size"]) for a in inbound["attachments"]] == [
                 ("invoice.pdf", False, len(PDF)), ("logo@acme", True, len(PNG)), ('../"évil".html', False, len(evil))]
             pdf_url, png_url, html_url = (local(d, a["url"]) for a in inbound["attachments"])
@@ -130,6 +131,10 @@ async def test_received_webhook_narrowed_to_a_use_case_signed_retried_with_attac
                 foreign = downloads.mint(downloads.Download(key_id, s["tenant_id"] + 1, mine["row_id"], 0, int(time.time()) + 60), keys[key_id])
                 async with http.get(f"http://{d.address('web')}/inbound/attachments/{foreign}") as resp:
                     assert resp.status == 404
+                # The file removed (retention): the genuine, unexpired URL answers 404.
+                AttachmentFiles(state / "attachments").remove(inbound["attachments"][1]["sha256"])
+                async with http.get(png_url) as resp:
+                    assert resp.status == 404 and "retention" in (await resp.json())["detail"]
             assert "support" in await run_cli(d, "webhook", "show", "acme", "support")
 
 

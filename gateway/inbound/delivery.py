@@ -18,6 +18,7 @@ never runs on the gateway's origin (where the unsubscribe pages live).
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import urllib.parse
@@ -39,6 +40,8 @@ from .payload import inbound_payload
 log = structlog.get_logger("inbound")
 
 MIME_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}$")
+# Bytes of a POST left for the event around its ``inbound`` member (ids, type, data, time).
+EVENT_ROOM = 4096
 SECURITY_HEADERS = {
     "Cache-Control": "private, no-store",
     "Referrer-Policy": "no-referrer",
@@ -83,7 +86,15 @@ class AppDelivery(Component):
             claim = downloads.Download(key_id, tenant_id, row["id"], position, expires)
             return downloads.url(cfg.web.public_url, downloads.mint(claim, secret))
 
-        return inbound_payload(row, url_for=url_for, max_body=cfg.inbox.max_body_bytes)
+        # One event alone must fit a POST (a receiver that refuses it would hold its endpoint's
+        # head for ever): bodies are cut further until the encoded event fits, with room for the
+        # event around it.
+        max_body, room = cfg.inbox.max_body_bytes, cfg.inbox.max_post_bytes - EVENT_ROOM
+        while True:
+            built = inbound_payload(row, url_for=url_for, max_body=max_body)
+            if max_body == 0 or len(json.dumps(built, separators=(",", ":"), default=str)) <= room:
+                return built
+            max_body = max_body // 2 if max_body > 64 else 0
 
     # ------------------------------------------------------------------ GET /inbound/attachments/<token>
 
