@@ -266,3 +266,24 @@ def test_attachment_tokens_are_tamper_proof_and_never_an_unsubscribe_token():
         downloads.verify(unsub, keys)
     with pytest.raises(tokens.InvalidToken):
         tokens.verify(token, keys)
+
+
+async def test_posts_stay_within_max_post_bytes_and_one_big_event_is_cut_to_fit(tmp_path, dns_server):
+    with WebhookReceiver() as rx:
+        overrides = {**dns_overrides(dns_server), **FAST_WEBHOOKS, "inbox": {"max_post_bytes": 65536}}
+        async with running_daemon(tmp_path, overrides) as d:
+            s = await setup_two_usecases(d, dns_server)
+            await d.call("webhook.add", tenant="acme", url=rx.url("/app"), events=["received"], name="app")
+            state = d.daemon.paths.state_dir
+            # 100,000 'é' is 200 KB of UTF-8 and 600 KB of JSON (\u00e9): cut until the event fits.
+            huge = await processed_message(d.store, state, tenant_id=s["tenant_id"], usecase_id=s["usecase_id"],
+                                           summary={"text": "é" * 100000, "html": "", "stripped_text": ""})
+            made = [await processed_message(d.store, state, tenant_id=s["tenant_id"], usecase_id=s["usecase_id"],
+                                            summary={"text": "x" * 20000}) for _ in range(5)]
+            ids = [huge["inbound_id"], *(m["inbound_id"] for m in made)]
+            await asyncio.to_thread(rx.wait, lambda posts: [e["subject"] for e in rx.events("/app")] == ids)
+            posts = rx.of("/app")
+            assert len(posts) >= 3 and all(len(p["body"]) <= 65536 for p in posts)
+            first = rx.events("/app")[0]["inbound"]
+            assert first["truncated"] == ["text"] and 0 < len(first["text"]) < 10000
+            assert all(e["inbound"]["truncated"] == [] for e in rx.events("/app")[1:])

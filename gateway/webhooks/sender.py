@@ -299,7 +299,7 @@ class WebhookSender(Component):
         built now (``inbound``); once the body passes the inbound max_post_bytes the rest waits
         for the next POST (at least one event always goes)."""
         parts: list[bytes] = []
-        size = 0
+        size = len(b'{"events":[]}') - 1   # each part adds itself and one comma
         limit = self.inbound.max_post_bytes if self.inbound is not None else 0
         for row in rows:
             event = payload(row)
