@@ -75,7 +75,8 @@ async def test_received_webhook_narrowed_to_a_use_case_signed_retried_with_attac
             evil = b"<script>alert(1)</script>"
             mine = await processed_message(d.store, state, tenant_id=s["tenant_id"], usecase_id=s["support_id"],
                                            address_id=s["address_id"], recipients=("help@acme.test",),
-                                           summary={"html": "<p>x</p>" * 100000},   # 800 KB: cut to inbox.max_body_bytes
+                                           summary={"html": "<p>x</p>" * 100000,   # 800 KB: cut to inbox.max_body_bytes
+                                                    "classification": "no_parent", "from_name": "Customer"},
                                            attachments=[Part("invoice.pdf", "application/pdf", PDF),
                                                         Part("logo@acme", "image/png", PNG, inline=True, content_id="logo@acme"),
                                                         Part('../"évil".html', "text/html", evil)])
@@ -96,6 +97,7 @@ async def test_received_webhook_narrowed_to_a_use_case_signed_retried_with_attac
             assert inbound["thread_id"] == mine["message_id"] and inbound["kind"] == "message"
             assert inbound["usecase"] == "support" and inbound["address"] == "help@acme.test"
             assert inbound["from"] == "customer@example.org" and inbound["to"] == ["help@acme.test"]
+            assert inbound["from_name"] == "Customer" and inbound["classification"] == {"kind": "message", "rule": "no_parent"}
             assert inbound["subject"] == "Help please" and inbound["stripped_text"] == "Hello, my order is late."
             assert inbound["auth"]["spf"] == "pass" and inbound["envelope"]["recipients"] == ["help@acme.test"]
             assert inbound["truncated"] == ["html"] and len(inbound["html"].encode()) == 131072   # inbox.max_body_bytes

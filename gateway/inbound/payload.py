@@ -29,8 +29,9 @@ def inbound_payload(row: dict[str, Any], *, url_for: Callable[[int], str], max_b
     summary = row.get("summary") or {}
     out: dict[str, Any] = {
         "inbound_id": row["inbound_id"],
-        "message_id": row["header_message_id"],
+        "message_id": row["header_message_id"] or summary.get("message_id", ""),
         "kind": row["kind"],
+        "classification": {"kind": row["kind"], "rule": summary.get("classification", "")},
         "thread_id": row["thread_id"],
         "parent": row["parent_message_id"],
         "usecase": row["usecase"],
@@ -41,6 +42,7 @@ def inbound_payload(row: dict[str, Any], *, url_for: Callable[[int], str], max_b
         "received_at": row["received_at"],
         "envelope": {"mail_from": row["mail_from"], "recipients": row["recipients"]},
         "from": row["from_address"],
+        "from_name": summary.get("from_name", ""),
         "to": summary.get("to", []),
         "cc": summary.get("cc", []),
         "reply_to": summary.get("reply_to", []),

@@ -77,9 +77,13 @@ def _show(conn: sqlite3.Connection, inbound_id: str, tenant_id: int | None) -> d
 
 def _raw(conn: sqlite3.Connection, inbound_id: str, tenant_id: int | None, offset: int, length: int) -> tuple[int, bytes]:
     d = _one(conn, inbound_id, tenant_id, summary=False)
-    total, chunk = conn.execute("SELECT length(raw), substr(raw, ?, ?) FROM inbound_messages WHERE id = ?",
-                                (offset + 1, length, d["id"])).fetchone()
-    return total, bytes(chunk or b"")
+    # Through a blob handle: only the piece asked for is read, never the whole message.
+    with conn.blobopen("inbound_messages", "raw", d["id"], readonly=True) as blob:
+        total = len(blob)
+        if offset >= total:
+            return total, b""
+        blob.seek(offset)
+        return total, blob.read(min(length, total - offset))
 
 
 def _attachment(conn: sqlite3.Connection, inbound_id: str, tenant_id: int | None, name: str) -> dict[str, Any]:
