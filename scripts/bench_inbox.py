@@ -28,7 +28,7 @@ import aiohttp  # noqa: E402
 
 from tests.support.daemon import running_daemon  # noqa: E402
 from tests.support.dns import DnsServer, dns_overrides  # noqa: E402
-from tests.support.inbound import Part, processed_message  # noqa: E402
+from tests.support.processed import Part, processed_message  # noqa: E402
 from tests.support.tenancy import sending_setup  # noqa: E402
 from tests.support.webhooks import WebhookReceiver  # noqa: E402
 

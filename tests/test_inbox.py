@@ -28,7 +28,7 @@ from tests.support import process
 from tests.support.daemon import AdminError, running_daemon
 from tests.support.delivery import FAST_RETRIES, delivering_daemon, dkim_dnsfunc, enqueue, publish_mx, wait_events
 from tests.support.dns import dns_overrides
-from tests.support.inbound import Part, add_channel_address, processed_message, raw_message
+from tests.support.processed import Part, add_channel_address, processed_message, raw_message
 from tests.support.sink import mail_sink
 from tests.support.tenancy import sending_setup
 from tests.support.webhooks import WebhookReceiver

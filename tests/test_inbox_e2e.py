@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from gateway.admin.client import AdminClient
 from gateway.store import Store
 from gateway.webhooks.signing import HEADER, verify
-from tests.support.inbound import Part, processed_message
+from tests.support.processed import Part, processed_message
 from tests.support.daemon import merge
 from tests.support.dns import dns_overrides
 from tests.support.process import AdminHandle, GatewayProcess
