@@ -2,7 +2,7 @@
 in-process daemon: webhooks narrowed to a use case (a real HTTP receiver that fails then succeeds,
 signatures verified), attachment URLs fetched with a real HTTP client (tampered, expired, another
 tenant's), forwarding through the outbound queue to an aiosmtpd sink, and every CLI command over
-the real admin socket. Processed rows are written as the processor does (tests/support/inbound.py).
+the real admin socket. Processed rows are written as the processor does (tests/support/processed.py).
 """
 
 from __future__ import annotations
