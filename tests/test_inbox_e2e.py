@@ -86,6 +86,7 @@ def test_received_webhook_survives_sigkill_and_the_attachment_url_works_after(tm
                 assert 'filename="report.pdf"' in resp.headers["Content-Disposition"]
             shown = gw.cli("webhook", "show", "acme", "app").stdout
             assert "HTTP 503" in shown and "usecase" in shown and "support" in shown   # the log kept the failures
+            assert re.search(r"app\s+http://\S+/app\s+received\s+usecase support\s+enabled", gw.cli("webhook", "list").stdout)
             listed = gw.cli("inbox", "list", "--tenant", "acme").stdout
             assert mine["inbound_id"] in listed
             assert gw.stop() == 0

@@ -53,8 +53,9 @@ def list_(tenant: str | None, as_json: bool) -> None:
         r["state"] = "enabled" if r["enabled"] else "disabled"
         r["last"] = r["last_status"] if r["last_error"] == "" else (r["last_error"][:40] or r["last_status"])
         r["failing"] = format_time(r["failing_since"]) if r["failing_since"] else "-"
-    table(rows, ["tenant", "name", "url", "events", "state", "backlog", "last", "failing"],
-          ["TENANT", "NAME", "URL", "EVENTS", "STATE", "BACKLOG", "LAST", "FAILING SINCE"])
+        r["only"] = ",".join(f"{k} {r[k]}" for k in ("usecase", "address") if r.get(k)) or "-"
+    table(rows, ["tenant", "name", "url", "events", "only", "state", "backlog", "last", "failing"],
+          ["TENANT", "NAME", "URL", "EVENTS", "ONLY", "STATE", "BACKLOG", "LAST", "FAILING SINCE"])
 
 
 @webhook.command("show")
