@@ -228,6 +228,14 @@ class PollerConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class InboxConfig:
+    max_body_bytes: int = setting(131072, "Bytes of each body (text, html, stripped_text) a received-mail webhook carries; a longer one is cut at a character boundary and named in the payload's 'truncated' list (the whole message stays fetchable with `gateway inbox export`).", min=1024)
+    max_post_bytes: int = setting(786432, "Most bytes of one webhook POST body carrying received-mail events: it stops taking more events past it (the rest go in the next POST), and one event that would not fit has its bodies cut further. The default stays under the 1 MiB request limit of nginx and aiohttp, so a receiver's default never refuses a POST for ever.", min=65536)
+    attachment_url_ttl: float = setting(604800.0, "Seconds an attachment URL in a webhook stays valid, counted from when the POST is made (each retry mints fresh URLs); past it the URL answers 403.", min=60.0)
+    forward_interval: float = setting(1.0, "Seconds between looks at the forwarding outbox (received mail to forward over SMTP through the outbound queue).", min=0.01)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     daemon: DaemonConfig = section(DaemonConfig, "The daemon itself.")
     log: LogConfig = section(LogConfig, "Logging (structlog).")
@@ -244,6 +252,7 @@ class Config:
     poller: PollerConfig = section(PollerConfig, "Mailbox polling (IMAP, POP3) of connectors with incoming settings.")
     unsubscribe: UnsubscribeConfig = section(UnsubscribeConfig, "List-Unsubscribe and one-click unsubscribe (RFC 2369, RFC 8058) on the mail of use cases that carry it.")
     processor: ProcessorConfig = section(ProcessorConfig, "The inbound processing stage: spooled mail classified, parsed, threaded and stored.")
+    inbox: InboxConfig = section(InboxConfig, "Received mail handed to tenants' applications: webhook payloads, attachment URLs, forwarding over SMTP.")
 
 
 # --------------------------------------------------------------------------- parsing

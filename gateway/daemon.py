@@ -36,7 +36,9 @@ from .errors import ConfigError, GatewayError, StartupError
 from .inbound import authres
 from .inbound import server as inbound_server
 from .inbound.attachments import AttachmentFiles
+from .inbound.delivery import AppDelivery
 from .inbound.dnscache import DnsCache
+from .inbound.forwarder import Forwarder
 from .inbound.mime import MimeLimits, parse as parse_mime
 from .inbound.pins import Pins
 from .inbound.processor import Hooks, Processor
@@ -48,6 +50,7 @@ from .paths import Paths, resolve_paths
 from .services.addresses import AddressService
 from .services.connectors import ConnectorService
 from .services.domains import DomainService
+from .services.inbox import InboxService
 from .services.pauses import PauseService
 from .services.queue import QueueMonitor, QueueService
 from .services.suppressions import SuppressionService
@@ -133,22 +136,31 @@ class Daemon:
         store.db.on_recovered(self.scheduler.wake)
         # Mailbox polling: a connector change through the CLI wakes it to look at the connectors again.
         self.poller = Poller(store, self.config.poller, self.metrics)
-        webhooks = WebhookSender(store, self.config.webhooks, self.metrics,
-                                 node=f"{socket.gethostname()}:{self.paths.state_dir.resolve()}")
-        unsubscriber = Unsubscriber(store, keyring, self.metrics, lambda: self.config)
-        # Received mail: the processor writes attachment files, the sweeper removes them; the pins
-        # keep the sweeper off files being written (gateway/inbound/pins.py).
+        # Received mail: the processor writes attachment files, the sweeper removes them, the
+        # application's delivery serves them (one AttachmentFiles for all); the pins keep the sweeper
+        # off files being written (gateway/inbound/pins.py). Webhook payloads and attachment URLs of
+        # received mail come from app_delivery (the link keys sign those URLs too); forwards go
+        # through the outbound queue.
         files, pins = AttachmentFiles(self.paths.attachments_dir), Pins()
-        self.processor = self._processor(store, files, pins, suppressions, unsubscriber)
-        # Every spool commit (MX, poller, a release) wakes the processor.
+        # One DNS cache for the MX's DMARC check at DATA and the processor's authentication.
+        dns = DnsCache.from_config(self.config.dns)
+        app_delivery = AppDelivery(store, keyring, lambda: self.config, files, self.metrics)
+        forwarder = Forwarder(store, lambda: self.config, on_queued=self.scheduler.wake)
+        webhooks = WebhookSender(store, self.config.webhooks, self.metrics,
+                                 node=f"{socket.gethostname()}:{self.paths.state_dir.resolve()}", inbound=app_delivery)
+        unsubscriber = Unsubscriber(store, keyring, self.metrics, lambda: self.config)
+        self.processor = self._processor(store, files, pins, suppressions, unsubscriber, dns)
+        # Every spool commit (MX, poller, a release) wakes the processor; every finish, the forwarder.
         store.inbound.on_spooled(self.processor.wake)
+        store.inbound.on_finished(forwarder.wake)
         self.services = [TenantService(store), domains, usecases,
                          QueueService(store, wake=self.scheduler.wake, on_change=monitor.kick),
                          PauseService(store, wake=self.scheduler.wake, on_change=monitor.kick), DaemonService(self),
                          ConnectorService(store, lambda: self.config, on_change=self.poller.wake),
                          WebhookService(store, allow_loopback=lambda: self.config.webhooks.allow_loopback,
                                         post=webhooks.post, on_change=webhooks.wake),
-                         EventService(store), UnsubscribeService(store, keyring), suppressions, AddressService(store)]
+                         EventService(store), UnsubscribeService(store, keyring), suppressions, AddressService(store),
+                         InboxService(store, files)]
         submission_server = submission.build(
             self.config, paths=self.paths, authenticate=usecases.authenticate, context=usecases.context,
             submit=store.queue.put, monthly_count=store.queue.monthly_count, metrics=self.metrics,
@@ -160,7 +172,7 @@ class Daemon:
         listeners: list[Component] = [submission_server]
         if self.config.inbound.enabled:
             listeners.append(inbound_server.build(self.config, store=store, tls=submission_server.tls, budget=self.budget,
-                                                  metrics=self.metrics))
+                                                  metrics=self.metrics, authenticate=inbound_server.dmarc_at_data(self.config, dns)))
         workers: list[Component] = [
             monitor,
             Reverifier(domains.reverify, interval=self.config.domains.reverify_interval, concurrency=self.config.domains.verify_concurrency),
@@ -171,6 +183,8 @@ class Daemon:
                     files=files, pins=pins),
             webhooks,
             self.poller,
+            app_delivery,
+            forwarder,
             *listeners,
         ]
         # Components start in this order and stop in reverse. Web and admin start first and stop
@@ -183,9 +197,8 @@ class Daemon:
         ]
 
     def _processor(self, store: Store, files: AttachmentFiles, pins: Pins, suppressions: SuppressionService,
-                   unsubscriber: Unsubscriber) -> Processor:
+                   unsubscriber: Unsubscriber, dns: DnsCache) -> Processor:
         config = self.config
-        dns = DnsCache.from_config(config.dns)
         authserv_id = config.domains.mx_hostname or config.daemon.hostname
 
         async def authenticate(raw: bytes, **envelope: Any) -> authres.Verdict:

@@ -29,7 +29,7 @@
     ├── MailboxError              inbound/mailbox.py: a polled mailbox's session failed (connect, TLS, login, a command)
     │   └── MailboxAuthError      the server refused the login; the poller backs off
     ├── Unroutable                inbound/processor.py: no recipient of a spooled message receives here any more; held
-    ├── InvalidToken              unsubscribe/tokens.py: a link's token is malformed, forged or names nothing (HTTP 400)
+    ├── InvalidToken              tokens.py: a link's token (unsubscribe, attachment URL) is malformed, forged or names nothing
     └── AdminClientError          the CLI's side of the admin socket (admin/client.py)
         ├── AdminError            the daemon refused a call; ``code`` is the protocol's (exit 2 for usage codes)
         └── DaemonNotRunning      nothing answers at the socket (exit 1)

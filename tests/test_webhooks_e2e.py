@@ -91,7 +91,7 @@ def test_order_and_at_least_once_across_sigkill(tmp_path):
             for p in rx.of("/a"):
                 assert verify(secret, p["headers"][HEADER], p["body"], now=time.time())
             listed = gw.cli("webhook", "list", "--tenant", "acme").stdout
-            assert re.search(r"acme\s+a\s+http://127\.0\.0\.1:\d+/a\s+tenant_updated\s+enabled", listed), listed
+            assert re.search(r"acme\s+a\s+http://127\.0\.0\.1:\d+/a\s+tenant_updated\s+-\s+enabled", listed), listed
             assert re.match(r"http://127\.0\.0\.1:\d+/a: HTTP 200 in \d+\.\d ms", gw.cli("webhook", "test", "acme", "a").stdout)
             rx.script("/b", [500])
             failed = gw.cli("webhook", "test", "acme", "b", check=1)

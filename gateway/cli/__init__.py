@@ -41,6 +41,7 @@ from . import webhook as _webhook  # noqa: E402
 from . import unsubscribe as _unsubscribe  # noqa: E402
 from . import suppression as _suppression  # noqa: E402
 from . import address as _address  # noqa: E402
+from . import inbox as _inbox  # noqa: E402
 
 main.add_command(_daemon.run)
 main.add_command(_daemon.status)
@@ -57,3 +58,6 @@ main.add_command(_webhook.webhook)
 main.add_command(_unsubscribe.unsubscribe)
 main.add_command(_suppression.suppression)
 main.add_command(_address.address)
+main.add_command(_inbox.inbox)
+main.add_command(_inbox.thread)
+main.add_command(_inbox.inbound)

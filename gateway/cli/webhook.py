@@ -25,14 +25,18 @@ def webhook() -> None:
 @click.argument("url")
 @click.option("--events", "kinds", metavar="K,K...", help="Event types to send (e.g. delivered,bounced,complained). Default: all.")
 @click.option("--name", metavar="N", help="Name of the endpoint within the tenant (default: the URL's host).")
+@click.option("--usecase", metavar="U", help="Only events of this use case (received mail of its addresses).")
+@click.option("--address", metavar="A", help="Only events of this channel address (mail received at it).")
 @json_option
-def add(tenant: str, url: str, kinds: str | None, name: str | None, as_json: bool) -> None:
+def add(tenant: str, url: str, kinds: str | None, name: str | None, usecase: str | None, address: str | None, as_json: bool) -> None:
     """Add an endpoint. Its signing secret is printed now, and never again."""
-    result = current_admin().call("webhook.add", tenant=tenant, url=url, events=_kinds(kinds), name=name)
+    result = current_admin().call("webhook.add", tenant=tenant, url=url, events=_kinds(kinds), name=name,
+                                  usecase=usecase, address=address)
     if as_json:
         emit_json(result)
         return
-    click.echo(f"added webhook {result['name']} of {tenant}: {result['url']} (events: {','.join(result['events'])})")
+    only = "".join(f", {k} {result[k]}" for k in ("usecase", "address") if result.get(k))
+    click.echo(f"added webhook {result['name']} of {tenant}: {result['url']} (events: {','.join(result['events'])}{only})")
     click.echo(f"signing secret (shown once; keep it where the receiver can read it): {result['secret']}")
 
 
@@ -49,8 +53,9 @@ def list_(tenant: str | None, as_json: bool) -> None:
         r["state"] = "enabled" if r["enabled"] else "disabled"
         r["last"] = r["last_status"] if r["last_error"] == "" else (r["last_error"][:40] or r["last_status"])
         r["failing"] = format_time(r["failing_since"]) if r["failing_since"] else "-"
-    table(rows, ["tenant", "name", "url", "events", "state", "backlog", "last", "failing"],
-          ["TENANT", "NAME", "URL", "EVENTS", "STATE", "BACKLOG", "LAST", "FAILING SINCE"])
+        r["only"] = ",".join(f"{k} {r[k]}" for k in ("usecase", "address") if r.get(k)) or "-"
+    table(rows, ["tenant", "name", "url", "events", "only", "state", "backlog", "last", "failing"],
+          ["TENANT", "NAME", "URL", "EVENTS", "ONLY", "STATE", "BACKLOG", "LAST", "FAILING SINCE"])
 
 
 @webhook.command("show")
@@ -69,7 +74,7 @@ def show(tenant: str, name: str, log_limit: int, as_json: bool) -> None:
     ep["failing since"] = format_time(ep["failing_since"])
     ep["next attempt"] = format_time(ep["next_attempt_at"]) if ep["failures"] else "-"
     ep["last success"] = format_time(ep["last_success_at"])
-    details(ep, ["tenant", "name", "url", "events", "state", "backlog", "failures", "failing since", "next attempt",
+    details(ep, ["tenant", "name", "url", "events", "usecase", "address", "state", "backlog", "failures", "failing since", "next attempt",
                  "last success", "last_error", "created"])
     click.echo("")
     rows = [{"time": format_time(d["at"]), "events": f"{d['first_event']}-{d['last_event']} ({d['events']})",

@@ -18,6 +18,7 @@ import structlog
 from ..admin.registry import admin_method
 from ..errors import InvalidArgument
 from ..store import Store
+from ..suppression import normalise_address
 from ..webhooks.signing import new_secret
 from ..webhooks.urls import check_url
 
@@ -62,14 +63,19 @@ class WebhookService:
             self.on_change()
 
     @admin_method("webhook.add")
-    async def add(self, tenant: str, url: str, events: list[str] | None = None, name: str | None = None) -> dict[str, Any]:
-        """Add an endpoint; the result carries the signing secret, this once."""
+    async def add(self, tenant: str, url: str, events: list[str] | None = None, name: str | None = None,
+                  usecase: str | None = None, address: str | None = None) -> dict[str, Any]:
+        """Add an endpoint; the result carries the signing secret, this once. With ``usecase`` or
+        ``address`` it gets only the events naming that use case or channel address (the
+        ``received`` events of inbound mail)."""
         check_url(url, allow_loopback=self.allow_loopback())
         if name is None:
             name = re.sub(r"[^a-z0-9._-]", "-", (urlsplit(url).hostname or "webhook").lower()).strip("-._")[:63] or "webhook"
         check_name(name)
         secret = new_secret()
-        endpoint = await self.store.webhooks.add(tenant, name, url, secret, check_kinds(events))
+        if address is not None:
+            address = normalise_address(address)
+        endpoint = await self.store.webhooks.add(tenant, name, url, secret, check_kinds(events), usecase=usecase, address=address)
         log.info("webhook_added", tenant=tenant, endpoint=name, url=url, events=endpoint["events"])
         self._changed()
         return endpoint | {"secret": secret}

@@ -18,8 +18,10 @@ from .db import Database
 from .delivery import Delivery
 from .domains import Domains
 from .events import Events
+from .forwards import Forwards
 from .inbound import Inbound
 from .mailboxes import Mailboxes
+from .inbox import Inbox
 from .pauses import Pauses
 from .queue import Queue
 from .recipients import Recipients
@@ -53,6 +55,8 @@ class Store:
         self.recipients = Recipients(db)
         self.mailboxes = Mailboxes(db)
         self.mailboxes.on_spooled = self.inbound.notify_spooled
+        self.inbox = Inbox(db)
+        self.forwards = Forwards(db)
 
     @classmethod
     async def open(cls, path: Path, config: StoreConfig | None = None) -> "Store":

@@ -3,7 +3,9 @@
 ``append_event`` runs inside the write that caused the event. In the same statement list it fills
 the webhook outbox: one row per enabled endpoint of the event's tenant that subscribed to its kind
 (an INSERT ... SELECT through the partial index ``webhook_endpoints_live``), so the event and its
-deliveries-to-be commit together or not at all. For a tenant without endpoints that is one probe of
+deliveries-to-be commit together or not at all. An endpoint narrowed to a use case or a channel
+address (migration 0022) takes only the events whose data names it; a ``received`` event whose use
+case or address has a forwarding rule also gets a row in the forwarder's outbox (store/forwards.py). For a tenant without endpoints that is one probe of
 an empty index range: no cache to keep coherent, and nothing a second gateway node could miss.
 """
 
@@ -25,12 +27,24 @@ def append_event(conn: sqlite3.Connection, tenant_id: int | None, kind: str, sub
         (now, tenant_id, kind, subject, json.dumps(data or {}, separators=(",", ":"))),
     ).lastrowid
     if tenant_id is not None:
+        usecase_id = address_id = None
+        if data:
+            usecase_id, address_id = data.get("usecase_id"), data.get("address_id")
+        # An endpoint narrowed to a use case or an address takes only the events naming it.
         conn.execute(
             "INSERT INTO webhook_outbox (endpoint_id, event_id, created_at)"
             " SELECT id, ?, ? FROM webhook_endpoints INDEXED BY webhook_endpoints_live"
-            " WHERE tenant_id = ? AND enabled = 1 AND (events = '*' OR instr(events, ?) > 0)",
-            (event_id, now, tenant_id, f",{kind},"),
+            " WHERE tenant_id = ? AND enabled = 1 AND (events = '*' OR instr(events, ?) > 0)"
+            " AND (usecase_id IS NULL OR usecase_id = ?) AND (address_id IS NULL OR address_id = ?)",
+            (event_id, now, tenant_id, f",{kind},", usecase_id, address_id),
         )
+        if kind == "received" and (usecase_id is not None or address_id is not None):
+            # A forwarding rule of its use case or address: the forwarder queues it (forwards.py).
+            conn.execute(
+                "INSERT INTO inbound_forward_outbox (tenant_id, inbound_id, created_at) SELECT ?, ?, ?"
+                " WHERE EXISTS (SELECT 1 FROM inbound_forwards WHERE tenant_id = ? AND (usecase_id = ? OR address_id = ?))",
+                (tenant_id, subject, now, tenant_id, usecase_id, address_id),
+            )
 
 
 def _event_row(row: sqlite3.Row) -> dict[str, Any]:

@@ -205,10 +205,10 @@ def _release(conn: sqlite3.Connection, inbound_id: str, tenant_id: int | None) -
     if row is None:
         raise NotFound(f"no inbound message {inbound_id}")
     if row["state"] != "held":
-        return {"inbound_id": inbound_id, "released": False, "state": row["state"]}
+        return {"inbound_id": inbound_id, "released": False, "state": row["state"], "was": ""}
     conn.execute("UPDATE inbound_messages SET state = 'spooled', hold_reason = '', processed_at = NULL WHERE id = ?", (row["id"],))
     append_event(conn, row["tenant_id"], "inbound_released", inbound_id, {"reason": row["hold_reason"]})
-    return {"inbound_id": inbound_id, "released": True, "state": "spooled"}
+    return {"inbound_id": inbound_id, "released": True, "state": "spooled", "was": row["hold_reason"]}
 
 
 def _held(conn: sqlite3.Connection, tenant_id: int | None, limit: int) -> list[dict[str, Any]]:
@@ -237,11 +237,17 @@ class Inbound:
     def __init__(self, db: Database):
         self.db = db
         self._on_spooled: list[Callable[[], Any]] = []
+        self._on_finished: list[Callable[[], Any]] = []
 
     def on_spooled(self, callback: Callable[[], Any]) -> None:
         """Call ``callback()`` (on the caller's loop) after every committed spool: the daemon wakes the
         processor with it, whichever door (MX, poller) spooled."""
         self._on_spooled.append(callback)
+
+    def on_finished(self, callback: Callable[[], Any]) -> None:
+        """Call ``callback()`` after every committed finish: what starts from the ``received`` event
+        (the forwarder) looks at once instead of at its next poll."""
+        self._on_finished.append(callback)
 
     async def spool(self, items: Sequence[Spooled]) -> list[int]:
         """Commit the rows of one received message together; returns their row ids. Raises
@@ -258,7 +264,7 @@ class Inbound:
 
     async def release(self, inbound_id: str, *, tenant_id: int | None = None) -> dict[str, Any]:
         """A held row back to 'spooled' (event inbound_released): the processor takes it again.
-        {inbound_id, released, state}; a row that is not held is left as it is (released False)."""
+        {inbound_id, released, state, was (the hold reason)}; a row that is not held is left as it is (released False)."""
         done = await self.db.write(_release, inbound_id, tenant_id)
         self.notify_spooled()
         return done
@@ -284,7 +290,11 @@ class Inbound:
 
     async def finish(self, row_id: int, processed: Processed) -> bool:
         """Record what the processor found; False when the row was no longer spooled (nothing written)."""
-        return await self.db.write(_finish, row_id, processed)
+        done = await self.db.write(_finish, row_id, processed)
+        if done:
+            for callback in self._on_finished:
+                callback()
+        return done
 
     async def hold(self, row_id: int, reason: str, *, now: float | None = None) -> bool:
         """Set a row the processor could not handle aside, with the reason (an operator can release it)."""

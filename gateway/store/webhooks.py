@@ -21,8 +21,11 @@ from .events import append_event
 from .tenants import get_by_name
 
 PUBLIC = ("id", "tenant_id", "name", "url", "events", "enabled", "disabled_reason", "failures", "failing_since",
-          "next_attempt_at", "last_status", "last_error", "last_success_at", "created_at", "updated_at")
-_COLUMNS = ", ".join(f"w.{c}" for c in PUBLIC)
+          "next_attempt_at", "last_status", "last_error", "last_success_at", "created_at", "updated_at", "usecase_id",
+          "address_id")
+_COLUMNS = ", ".join(f"w.{c}" for c in PUBLIC) + ", u.name AS usecase, a.address AS address"
+# The narrowing of an endpoint (migration 0022), by name.
+_NARROWING = (" LEFT JOIN usecases u ON u.id = w.usecase_id LEFT JOIN channel_addresses a ON a.id = w.address_id")
 
 
 def encode_kinds(kinds: list[str] | None) -> str:
@@ -39,22 +42,47 @@ def _public(row: sqlite3.Row) -> dict[str, Any]:
 def _get(conn: sqlite3.Connection, tenant: str, name: str) -> dict[str, Any]:
     t = get_by_name(conn, tenant)
     row = conn.execute(f"SELECT {_COLUMNS}, t.name AS tenant FROM webhook_endpoints w JOIN tenants t ON t.id = w.tenant_id"
-                       " WHERE w.tenant_id = ? AND w.name = ?", (t["id"], name)).fetchone()
+                       f"{_NARROWING} WHERE w.tenant_id = ? AND w.name = ?", (t["id"], name)).fetchone()
     if row is None:
         raise NotFound(f"tenant {tenant!r} has no webhook named {name!r}")
     return _public(row)
 
 
-def _add(conn: sqlite3.Connection, tenant: str, name: str, url: str, secret: str, kinds: list[str] | None) -> dict[str, Any]:
+def narrowing_ids(conn: sqlite3.Connection, tenant_id: int, usecase: str | None, address: str | None) -> tuple[int | None, int | None]:
+    """(use case id, channel address id) of the tenant's named use case and address (None for None);
+    NotFound when the tenant has no such use case or address."""
+    usecase_id = address_id = None
+    if usecase is not None:
+        row = conn.execute("SELECT id FROM usecases WHERE tenant_id = ? AND name = ?", (tenant_id, usecase)).fetchone()
+        if row is None:
+            raise NotFound(f"no use case {usecase!r} in this tenant")
+        usecase_id = row[0]
+    if address is not None:
+        row = conn.execute("SELECT id FROM channel_addresses WHERE tenant_id = ? AND address = ?", (tenant_id, address)).fetchone()
+        if row is None:
+            raise NotFound(f"no channel address {address!r} in this tenant")
+        address_id = row[0]
+    return usecase_id, address_id
+
+
+def _add(conn: sqlite3.Connection, tenant: str, name: str, url: str, secret: str, kinds: list[str] | None,
+         usecase: str | None = None, address: str | None = None) -> dict[str, Any]:
     t = get_by_name(conn, tenant)
+    usecase_id, address_id = narrowing_ids(conn, t["id"], usecase, address)
     now = time.time()
     try:
         conn.execute(
-            "INSERT INTO webhook_endpoints (tenant_id, name, url, secret, events, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (t["id"], name, url, secret, encode_kinds(kinds), now, now))
+            "INSERT INTO webhook_endpoints (tenant_id, name, url, secret, events, usecase_id, address_id, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (t["id"], name, url, secret, encode_kinds(kinds), usecase_id, address_id, now, now))
     except sqlite3.IntegrityError:
         raise Conflict(f"tenant {tenant!r} already has a webhook named {name!r}") from None
-    append_event(conn, t["id"], "webhook_added", name, {"url": url, "events": kinds or ["*"]})
+    detail: dict[str, Any] = {"url": url, "events": kinds or ["*"]}
+    if usecase is not None:
+        detail["usecase"] = usecase
+    if address is not None:
+        detail["address"] = address
+    append_event(conn, t["id"], "webhook_added", name, detail)
     return _get(conn, tenant, name)
 
 
@@ -82,7 +110,7 @@ def _delete(conn: sqlite3.Connection, tenant: str, name: str) -> dict[str, Any]:
 
 
 def _list(conn: sqlite3.Connection, tenant: str | None) -> list[dict[str, Any]]:
-    sql = f"SELECT {_COLUMNS}, t.name AS tenant FROM webhook_endpoints w JOIN tenants t ON t.id = w.tenant_id"
+    sql = f"SELECT {_COLUMNS}, t.name AS tenant FROM webhook_endpoints w JOIN tenants t ON t.id = w.tenant_id{_NARROWING}"
     args: tuple = ()
     if tenant is not None:
         sql += " WHERE w.tenant_id = ?"
@@ -107,7 +135,7 @@ def _head(conn: sqlite3.Connection, endpoint_id: int, limit: int) -> list[dict[s
     """The first ``limit`` outbox rows of the endpoint in id order, each with its event (None when
     the events sweep removed it first)."""
     rows = conn.execute(
-        "SELECT o.id AS outbox_id, o.event_id, e.created_at, e.kind, e.subject, e.data, t.name AS tenant"
+        "SELECT o.id AS outbox_id, o.event_id, e.created_at, e.kind, e.subject, e.data, e.tenant_id, t.name AS tenant"
         " FROM webhook_outbox o INDEXED BY webhook_outbox_lane LEFT JOIN events e ON e.id = o.event_id"
         " LEFT JOIN tenants t ON t.id = e.tenant_id WHERE o.endpoint_id = ? ORDER BY o.id LIMIT ?",
         (endpoint_id, limit)).fetchall()
@@ -174,9 +202,11 @@ class Webhooks:
 
     # ------------------------------------------------------------------ operators
 
-    async def add(self, tenant: str, name: str, url: str, secret: str, kinds: list[str] | None) -> dict[str, Any]:
-        """Add an endpoint (``kinds`` None or empty: every event). The secret is not in the result."""
-        return await self.db.write(_add, tenant, name, url, secret, kinds)
+    async def add(self, tenant: str, name: str, url: str, secret: str, kinds: list[str] | None, *,
+                  usecase: str | None = None, address: str | None = None) -> dict[str, Any]:
+        """Add an endpoint (``kinds`` None or empty: every event), narrowed to the events of one use
+        case and/or one channel address when named. The secret is not in the result."""
+        return await self.db.write(_add, tenant, name, url, secret, kinds, usecase, address)
 
     async def get(self, tenant: str, name: str) -> dict[str, Any]:
         return await self.db.read(_get, tenant, name)

@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 from .. import suppression
 from ..config import Config
 from ..errors import InvalidArgument
 from ..store import Store
 from . import headers, tokens
+
+T = TypeVar("T")
 
 KEY_TTL = 30.0
 MISS_RELOAD = 1.0
@@ -60,17 +63,19 @@ class Keyring:
             await self._load()
         return self._signing  # type: ignore[return-value]
 
-    async def verify(self, token: str) -> tokens.Claim:
-        """The token's claim; InvalidToken when it is not one of ours (or its key is retired)."""
+    async def verify(self, token: str, check: Callable[[str, Mapping[int, bytes]], T] = tokens.verify) -> T:
+        """The token's claim; InvalidToken when it is not one of ours (or its key is retired).
+        ``check`` reads one kind of token (unsubscribe links by default, inbound/downloads.py's
+        attachment URLs): the keys are the gateway's link keys for both."""
         if self.clock() - self._loaded > self.ttl:
             await self._load()
         try:
-            return tokens.verify(token, self._verifying)
+            return check(token, self._verifying)
         except tokens.InvalidToken:
             if self.clock() - self._loaded <= MISS_RELOAD:
                 raise
         await self._load()  # a key made (or retired) elsewhere since we last read
-        return tokens.verify(token, self._verifying)
+        return check(token, self._verifying)
 
 
 class Links:

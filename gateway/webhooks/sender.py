@@ -26,7 +26,7 @@ import socket
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -59,6 +59,14 @@ IDLE_MAX = 5.0
 # before a POST whenever less than a POST timeout and a margin is left.
 LEASE = 30.0
 LEASE_TIMEOUTS = 3
+
+
+class InboundPayloads(Protocol):
+    """What a ``received`` event's POST carries beyond the event (gateway/inbound/delivery.py)."""
+
+    max_post_bytes: int
+
+    async def payload(self, tenant_id: int, inbound_id: str) -> dict[str, Any] | None: ...
 
 
 class RefusedAddress(DeliveryError, OSError):
@@ -106,8 +114,10 @@ class WebhookSender(Component):
     name = "webhooks"
 
     def __init__(self, store: Store, config: WebhooksConfig, metrics: Metrics | None = None, *, node: str = "",
-                 clock: Callable[[], float] = time.time, rand: Callable[[], float] = random.random):
+                 clock: Callable[[], float] = time.time, rand: Callable[[], float] = random.random,
+                 inbound: InboundPayloads | None = None):
         self.store = store
+        self.inbound = inbound
         # Who holds an endpoint's lease: the same for a restarted daemon on the same state directory
         # (its lock says the previous one is gone), so it takes its lanes back at once.
         self.node = node or f"{socket.gethostname()}:{id(self)}"
@@ -251,7 +261,7 @@ class WebhookSender(Component):
                         await asyncio.sleep(max(cfg.poll_interval, 1.0))  # another node sends for it
                         continue
                     leased_until = until
-                body = json.dumps({"events": [payload(r) for r in rows]}, separators=(",", ":"), default=str).encode()
+                rows, body = await self._body(rows)
                 async with self._retry_slots if failures else self._slots:
                     attempt = await self.post(current["url"], current["secret"], body, [r["event_id"] for r in rows])
                 attempt.update(first_event=rows[0]["event_id"], last_event=rows[-1]["event_id"], events=len(rows))
@@ -283,6 +293,24 @@ class WebhookSender(Component):
             except Exception:  # noqa: BLE001 - the lane must go on; the head is tried again after a pause
                 log.exception("webhook_lane_failed", endpoint=current["name"])
                 await asyncio.sleep(max(cfg.poll_interval, 1.0))
+
+    async def _body(self, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], bytes]:
+        """(the rows this POST carries, its body). A ``received`` event carries the message it names,
+        built now (``inbound``); once the body passes the inbound max_post_bytes the rest waits
+        for the next POST (at least one event always goes)."""
+        parts: list[bytes] = []
+        size = len(b'{"events":[]}') - 1   # each part adds itself and one comma
+        limit = self.inbound.max_post_bytes if self.inbound is not None else 0
+        for row in rows:
+            event = payload(row)
+            if row["kind"] == "received" and self.inbound is not None and row["tenant_id"] is not None:
+                event["inbound"] = await self.inbound.payload(row["tenant_id"], row["subject"])
+            part = json.dumps(event, separators=(",", ":"), default=str).encode()
+            if parts and limit and size + len(part) > limit:
+                break
+            parts.append(part)
+            size += len(part) + 1
+        return rows[:len(parts)], b'{"events":[' + b",".join(parts) + b"]}"
 
     async def _disable(self, endpoint: dict[str, Any], reason: str, data: dict[str, Any]) -> None:
         if await self.store.webhooks.disable(endpoint["id"], reason, data):
