@@ -93,6 +93,12 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     # would otherwise write 25 MiB of zeros to the WAL. As with Postfix's unlink, the pages are reused
     # by new mail; they are unreachable from the database meanwhile.
     conn.execute("PRAGMA secure_delete = FAST")
+    # Each write runs in its own SAVEPOINT (group commit), whose sub-journal spills to a temporary
+    # file past 64 KiB: a message's put with its index entries reached that, and the file went under
+    # /tmp (SQLITE_IOERR_GETTEMPPATH where /tmp is read-only, as under ProtectSystem=strict without
+    # PrivateTmp; an open, write and unlink per message where it is not). Sub-journals and temporary
+    # b-trees stay in memory: both are bounded by what one write or one query touches.
+    conn.execute("PRAGMA temp_store = MEMORY")
     if readonly:
         conn.execute("PRAGMA query_only = ON")
     return conn
