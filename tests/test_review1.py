@@ -43,7 +43,6 @@ async def test_an_address_added_with_a_u_label_domain_is_found_by_either_spellin
         assert (got.kind, got.address, got.tenant_id) == ("address", "info@xn--bcher-kva.test", w["acme"]), spelling
 
 
-@pytest.mark.xfail(strict=True, reason="review1: incoming.address not checked against the tenant's channel addresses")
 async def test_a_connectors_incoming_address_must_be_one_of_its_tenants_channel_addresses(world):
     """Polled mail is spooled with the connector's tenant and recipients [incoming.address]; the
     processor resolves that address with the MX resolver. A tenant naming another tenant's channel
