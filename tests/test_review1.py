@@ -11,7 +11,7 @@ from gateway.inbound.recipients import Rules, resolve
 from gateway.services.addresses import AddressService
 from gateway.services.connectors import ConnectorService
 from gateway.store import Store
-from tests.support.inbound import receiving_domain
+from tests.support.inbound import channel_address, mx_listener, receiving_domain
 
 RULES = Rules(return_path_prefix="bounces", mailto_domain="unsub.gateway.test", hostnames=("mx.gateway.test",))
 
@@ -60,3 +60,33 @@ async def test_a_connectors_incoming_address_must_be_one_of_its_tenants_channel_
     record = await service.add("acme", "box3", "imap", host="imap.example.net", username="u", secret="pw",
                                address="HELP@acme.test")
     assert record["settings"]["incoming"]["address"] == "help@acme.test"
+
+
+# --------------------------------------------------------------------------- the MX listener
+
+
+@pytest.fixture
+async def mx_store(tmp_path):
+    s = await Store.open(tmp_path / "gateway.db")
+    acme = (await s.tenants.add("acme"))["id"]
+    await channel_address(s, await receiving_domain(s, acme, "acme.test"), "help@acme.test")
+    yield s
+    await s.close()
+
+
+@pytest.mark.parametrize("field", [b"From: Jos\xe9 Garc\xeda <jose@example.es>",
+                                   b"Message-ID: <caf\xe9@example.es>",
+                                   b"References: <a@example.es> <caf\xe9@example.es>"])
+@pytest.mark.xfail(strict=True, reason="review1: the MX refuses raw 8-bit From/Message-ID/References 550 5.6.0")
+async def test_a_legacy_8bit_header_is_accepted_on_the_mx(tmp_path, mx_store, field):
+    """Mail from the internet still comes with raw Latin-1 in From or in message ids (old MTAs, RFC
+    6532 not followed). The MIME parser reads such fields leniently (mime._utf8_or_legacy) and keeps
+    the defect; the MX must take the message rather than refuse it 550 5.6.0 the way submission
+    refuses its own tenants' bad headers (Postfix accepts it too)."""
+    raw = (field + b"\r\nTo: help@acme.test\r\nSubject: hola\r\n" +
+           (b"" if field.startswith(b"From") else b"From: jose@example.es\r\n") + b"\r\nHola.\r\n")
+    async with mx_listener(tmp_path, store=mx_store) as mx:
+        async with mx.client() as smtp:
+            errors, reply = await smtp.sendmail("jose@example.es", ["help@acme.test"], raw)
+        assert reply.startswith("2.0.0 Ok: queued as ")
+        assert len(mx.rows()) == 1
