@@ -77,7 +77,6 @@ async def mx_store(tmp_path):
 @pytest.mark.parametrize("field", [b"From: Jos\xe9 Garc\xeda <jose@example.es>",
                                    b"Message-ID: <caf\xe9@example.es>",
                                    b"References: <a@example.es> <caf\xe9@example.es>"])
-@pytest.mark.xfail(strict=True, reason="review1: the MX refuses raw 8-bit From/Message-ID/References 550 5.6.0")
 async def test_a_legacy_8bit_header_is_accepted_on_the_mx(tmp_path, mx_store, field):
     """Mail from the internet still comes with raw Latin-1 in From or in message ids (old MTAs, RFC
     6532 not followed). The MIME parser reads such fields leniently (mime._utf8_or_legacy) and keeps
