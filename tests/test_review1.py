@@ -3,10 +3,14 @@ with the test that showed it."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from gateway.config import Config
 from gateway.errors import InvalidArgument
+from gateway.inbound.imap import ImapSession
+from gateway.inbound.mailbox import Incoming, tls_context
 from gateway.inbound.recipients import Rules, resolve
 from gateway.services.addresses import AddressService
 from gateway.services.connectors import ConnectorService
@@ -89,3 +93,58 @@ async def test_a_legacy_8bit_header_is_accepted_on_the_mx(tmp_path, mx_store, fi
             errors, reply = await smtp.sendmail("jose@example.es", ["help@acme.test"], raw)
         assert reply.startswith("2.0.0 Ok: queued as ")
         assert len(mx.rows()) == 1
+
+
+# --------------------------------------------------------------------------- the IMAP poller
+
+
+MESSAGE = b"From: a@example.org\r\nSubject: hi\r\nMessage-ID: <m7@example.org>\r\n\r\nThe body.\r\n"
+
+
+async def scripted_imap(fetch_reply):
+    """A loopback IMAP server answering just what ImapSession.bodies needs; ``fetch_reply(tag)``
+    is the whole reply to UID FETCH (the case under test)."""
+    async def session(reader, writer):
+        writer.write(b"* OK [CAPABILITY IMAP4rev1] ready\r\n")
+        while line := await reader.readline():
+            tag, _, command = line.decode().strip().partition(" ")
+            verb = command.split(" ")[0].upper()
+            if verb == "CAPABILITY":
+                writer.write(f"* CAPABILITY IMAP4rev1\r\n{tag} OK done\r\n".encode())
+            elif verb == "LOGIN":
+                writer.write(f"{tag} OK logged in\r\n".encode())
+            elif verb == "SELECT":
+                writer.write(f"* 1 EXISTS\r\n* OK [UIDVALIDITY 1] ok\r\n* OK [UIDNEXT 8] ok\r\n{tag} OK [READ-WRITE] done\r\n".encode())
+            elif verb == "UID":
+                writer.write(fetch_reply(tag))
+            elif verb == "LOGOUT":
+                writer.write(f"* BYE bye\r\n{tag} OK done\r\n".encode())
+                await writer.drain()
+                break
+            else:
+                writer.write(f"{tag} BAD unknown\r\n".encode())
+            await writer.drain()
+        writer.close()
+    return await asyncio.start_server(session, "127.0.0.1", 0)
+
+
+@pytest.mark.parametrize("order", [pytest.param("flags_after", marks=pytest.mark.xfail(strict=True, reason="review1: a FLAGS-only FETCH replaces the body with b''")), "flags_before"])
+async def test_an_unsolicited_flags_fetch_does_not_replace_a_fetched_body(order):
+    """RFC 3501 7.4.2: while a UID FETCH runs the server may report another client's flag change
+    on the same message (``* 1 FETCH (UID 7 FLAGS (\\Seen))``, no literal). ImapSession.bodies took
+    every FETCH item with a UID as a body, so the literal-less one overwrote the message with b""
+    and the poller would spool an empty message and then mark seen / move / delete the real one."""
+    body = f"* 1 FETCH (UID 7 BODY[] {{{len(MESSAGE)}}}\r\n".encode() + MESSAGE + b")\r\n"
+    flags = b"* 1 FETCH (UID 7 FLAGS (\\Seen))\r\n"
+    server = await scripted_imap(lambda tag: (body + flags if order == "flags_after" else flags + body) + f"{tag} OK done\r\n".encode())
+    port = server.sockets[0].getsockname()[1]
+    inc = Incoming(protocol="imap", host="127.0.0.1", port=port, tls="none", username="u", password="p", usecase="x")
+    session = ImapSession(inc, tls_context(inc), connect_timeout=5, command_timeout=5)
+    try:
+        await session.open()
+        await session.select("INBOX")
+        assert await session.bodies([7]) == {7: MESSAGE}
+    finally:
+        await session.close()
+        server.close()
+        await server.wait_closed()
