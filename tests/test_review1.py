@@ -155,7 +155,6 @@ async def test_an_unsolicited_flags_fetch_does_not_replace_a_fetched_body(order)
 # --------------------------------------------------------------------------- MIME
 
 
-@pytest.mark.xfail(strict=True, reason="review1: filenames.unique is quadratic in attachments of one name")
 def test_many_attachments_of_one_name_are_named_in_linear_time():
     """A small message (120 KB) of 3,000 attachments all named a.txt: each new name counted up from
     -2 through every name given before it (4.5 million set lookups, ~12 s of CPU in the processor
