@@ -174,7 +174,6 @@ def test_many_attachments_of_one_name_are_named_in_linear_time():
     assert elapsed < 2.0, f"{elapsed:.2f}s of CPU"
 
 
-@pytest.mark.xfail(strict=True, reason="review1: after the first UNSEEN poll the checkpoint stays below the seen history")
 async def test_the_first_poll_with_after_seen_does_not_import_the_read_history_later(tmp_path, dns_server, dovecot):
     """poller.py: with ``after seen`` the first poll takes the unseen messages, not the history. The
     checkpoint then moved only to the highest unseen UID (or stayed 0 when none was unseen), so the
