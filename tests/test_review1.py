@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import aiosmtplib
 import pytest
 
 from gateway.config import Config
@@ -192,3 +193,21 @@ async def test_the_first_poll_with_after_seen_does_not_import_the_read_history_l
         await settled(d)
         rows = await d.store.inbound.spooled(limit=100)
         assert sorted(r["header_message_id"] for r in rows) == ["m1@example.org", "m4@example.org"]
+
+
+async def test_an_smtputf8_recipient_with_a_u_label_domain_reaches_the_a_label_address(tmp_path, mx_store):
+    """The MX end to end: RCPT TO:<info@bücher.test> under SMTPUTF8 is the channel address stored
+    in its A-label spelling (and a U-label without SMTPUTF8 is 553 5.6.7, not a relay refusal)."""
+    acme = (await mx_store.tenants.get("acme"))["id"]
+    await channel_address(mx_store, await receiving_domain(mx_store, acme, "xn--bcher-kva.test"), "info@xn--bcher-kva.test")
+    async with mx_listener(tmp_path, store=mx_store) as mx:
+        async with mx.client() as smtp:
+            await smtp.ehlo()
+            await smtp.mail("kunde@example.org", options=["SMTPUTF8"])
+            reply = await smtp.rcpt("info@bücher.test", encoding="utf-8")
+            assert reply.code == 250
+            await smtp.rset()
+            await smtp.mail("kunde@example.org")
+            with pytest.raises(aiosmtplib.SMTPRecipientRefused) as info:
+                await smtp.rcpt("info@bücher.test", encoding="utf-8")
+            assert (info.value.code, info.value.message[:5]) == (553, "5.6.7")
