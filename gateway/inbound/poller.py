@@ -357,7 +357,7 @@ class MailboxTask:
         inc = self.incoming
         self.state.state = "polling"
         session = Pop3Session(inc, tls_context(inc, config.ca_file), connect_timeout=config.connect_timeout,
-                              command_timeout=config.command_timeout)
+                              command_timeout=config.command_timeout, max_line=config.max_message_size + 2)
         try:
             await session.open()
             cp = await self.store.mailboxes.checkpoint(self.connector_id)
