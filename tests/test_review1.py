@@ -213,7 +213,8 @@ async def test_an_smtputf8_recipient_with_a_u_label_domain_reaches_the_a_label_a
             assert (info.value.code, info.value.message[:5]) == (553, "5.6.7")
 
 
-async def test_a_pop3_message_with_a_line_over_a_mib_is_polled_not_a_poison_message(tmp_path, dns_server, dovecot):
+@pytest.mark.parametrize("protocol", ["pop3", "imap"])
+async def test_a_message_with_a_line_over_a_mib_is_polled_not_a_poison_message(tmp_path, dns_server, dovecot, protocol):
     """Some senders write base64 without line breaks (transfer.py says so): a 1.5 MB attachment is
     one 2 MB line. pop3.py raised poplib's line bound to 1 MiB, so RETR of such a message failed
     with 'line too long', the session ended, and every retry failed at the same message: nothing
@@ -224,6 +225,6 @@ async def test_a_pop3_message_with_a_line_over_a_mib_is_polled_not_a_poison_mess
     dovecot.append("alice", message(2))
     async with poller_daemon(tmp_path, dns_server, dovecot) as d:
         await sending_setup(d, dns_server)
-        await add_mailbox(d, dovecot, "keep", protocol="pop3")
+        await add_mailbox(d, dovecot, "keep", protocol=protocol)
         rows = await spooled(d, 2, timeout=10)
         assert sorted(r["header_message_id"] for r in rows) == ["long@example.org", "m2@example.org"]
