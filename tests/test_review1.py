@@ -4,6 +4,8 @@ with the test that showed it."""
 from __future__ import annotations
 
 import asyncio
+import email
+import email.policy
 import time
 
 import aiosmtplib
@@ -11,6 +13,7 @@ import pytest
 
 from gateway.config import Config
 from gateway.errors import InvalidArgument
+from gateway.headers import split_header
 from gateway.inbound import mime
 from gateway.inbound.imap import ImapSession
 from gateway.inbound.mailbox import Incoming, tls_context
@@ -18,6 +21,7 @@ from gateway.inbound.recipients import Rules, resolve
 from gateway.services.addresses import AddressService
 from gateway.services.connectors import ConnectorService
 from gateway.store import Store
+from gateway.submission.decorate import REPLACED, Decorations, decorate
 from tests.support.inbound import channel_address, mx_listener, receiving_domain
 from tests.support.tenancy import sending_setup
 from tests.test_poller import add_mailbox, mailbox_status, message, settled, spooled
@@ -228,3 +232,37 @@ async def test_a_message_with_a_line_over_a_mib_is_polled_not_a_poison_message(t
         await add_mailbox(d, dovecot, "keep", protocol=protocol)
         rows = await spooled(d, 2, timeout=10)
         assert sorted(r["header_message_id"] for r in rows) == ["long@example.org", "m2@example.org"]
+
+
+# --------------------------------------------------------------------------- channel address decoration
+
+
+def decorated_html(html: bytes, decorations: Decorations) -> str:
+    raw = b"From: help@acme.test\r\nMIME-Version: 1.0\r\nContent-Type: text/html; charset=utf-8\r\n\r\n" + html + b"\r\n"
+    parsed = split_header(raw, 65536)
+    done = decorate(parsed.fields, parsed.body, decorations)
+    out = b"".join(f.raw for f in parsed.fields if f.name not in REPLACED) + b"".join(done.fields) + b"".join(done.body)
+    return email.message_from_bytes(out, policy=email.policy.default).get_content().replace("\r\n", "\n")
+
+
+@pytest.mark.xfail(strict=True, reason="review1: decorate's <body ...> pattern is quadratic on '<body' without '>'")
+def test_an_html_header_goes_in_linear_time_whatever_the_html():
+    """decorate._BODY_OPEN (``<body\\b[^>]*>``) scanned to the end of the text from every '<body'
+    when no '>' follows: 80 KB of '<body' took 1 s, a 1 MB HTML part minutes, on the daemon's
+    loop or a worker thread holding the GIL. Any tenant with an HTML header on a channel address
+    could stall submission for everybody."""
+    started = time.process_time()
+    text = decorated_html(b"<html>" + b"<body" * 32000, Decorations(header_html="<p>HEAD</p>", footer_html="<p>FOOT</p>"))
+    elapsed = time.process_time() - started
+    assert text.startswith("<p>HEAD</p><html><body<body") and text.rstrip().endswith("<body\n<p>FOOT</p>")
+    assert elapsed < 0.5, f"{elapsed:.2f}s of CPU"
+
+
+@pytest.mark.parametrize("html, expected", [
+    (b"<html><BODY class='x'>hi</body></html>", "<BODY class='x'><p>HEAD</p>hi"),
+    (b"<html><bodyx><body>hi", "<bodyx><body><p>HEAD</p>hi"),
+    (b"<body\r\n  style='a'>hi", "<body\n  style='a'><p>HEAD</p>hi"),
+    (b"no tags at all", "<p>HEAD</p>no tags at all"),
+])
+def test_the_html_header_still_goes_after_the_body_tag(html, expected):
+    assert expected in decorated_html(html, Decorations(header_html="<p>HEAD</p>"))
