@@ -267,7 +267,6 @@ def test_the_html_header_still_goes_after_the_body_tag(html, expected):
     assert expected in decorated_html(html, Decorations(header_html="<p>HEAD</p>"))
 
 
-@pytest.mark.xfail(strict=True, reason="review1: headerfields' simple mailbox pattern backtracks over '@' in both parts")
 def test_an_address_field_of_many_at_signs_is_read_in_linear_time():
     """_SIMPLE_MAILBOX let the local part and the domain both hold '@', so on 'a@a@a@...<' every
     split was tried before the match failed: 8 KB took 1.9 s, a 40 KB To field 53 s of the
