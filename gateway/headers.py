@@ -51,6 +51,13 @@ class Field:
             raise SMTPError(550, "5.6.0", f"{name} header is not valid UTF-8", f"{name} header: invalid UTF-8") from None
         return text.strip()
 
+    @property
+    def lenient_value(self) -> str:
+        """The unfolded value with bytes that are not UTF-8 replaced (U+FFFD): what an MX reads of
+        mail from the internet, where raw Latin-1 headers still arrive and are not refused."""
+        _, _, value = self.raw.partition(b":")
+        return value.replace(CRLF, b"").decode("utf-8", "replace").strip()
+
 
 @dataclass(frozen=True)
 class Parsed:

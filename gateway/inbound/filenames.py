@@ -74,17 +74,37 @@ def _shorten(name: str) -> str:
     return stem + suffix
 
 
+class Taken(set):
+    """The names a message's attachments got so far (lower case), and for each name asked for the
+    last number given, so that the k-th attachment of one name costs one lookup, not k (a message
+    of a thousand ``a.txt`` would otherwise cost half a million)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counters: dict[str, int] = {}
+
+
 def unique(name: str, taken: set[str]) -> str:
     """``name``, or ``name-2.ext``, ``name-3.ext``... when an earlier attachment of the message has it
-    (compared without case: downloads land on case-insensitive filesystems too). Adds it to ``taken``."""
-    candidate, n = name, 1
+    (compared without case: downloads land on case-insensitive filesystems too). Adds it to ``taken``
+    (a ``Taken`` keeps the count per name)."""
+    counters: dict[str, int] = getattr(taken, "counters", {})
+    key = name.lower()
+    candidate, n = name, counters.get(key, 1)
     stem, dot, ext = name.rpartition(".")
     if not dot or not stem:
         stem, dot, ext = name, "", ""
+    if n > 1:
+        candidate = _numbered(stem, dot, ext, n)
     while candidate.lower() in taken:
         n += 1
-        tail = f"-{n}{dot}{ext}"
-        room = max(0, MAX_BYTES - len(tail.encode("utf-8")))
-        candidate = stem.encode("utf-8")[:room].decode("utf-8", "ignore") + tail
+        candidate = _numbered(stem, dot, ext, n)
+    counters[key] = n
     taken.add(candidate.lower())
     return candidate
+
+
+def _numbered(stem: str, dot: str, ext: str, n: int) -> str:
+    tail = f"-{n}{dot}{ext}"
+    room = max(0, MAX_BYTES - len(tail.encode("utf-8")))
+    return stem.encode("utf-8")[:room].decode("utf-8", "ignore") + tail

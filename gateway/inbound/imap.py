@@ -228,7 +228,9 @@ class ImapSession:
         response = self._check("fetch", await self._run("fetch", self.client.uid("fetch", _set(uids), "(UID BODY.PEEK[])")))
         out = {}
         for head, literal in _items(response.lines):
-            if uid := _UID.search(head):
+            # Only the items that carry the body: the server may also send a FETCH of flags for the
+            # same UID (another client's change, RFC 3501 7.4.2), with no literal.
+            if b"BODY[]" in head and (uid := _UID.search(head)):
                 out[int(uid.group(1))] = literal
         return out
 

@@ -338,7 +338,7 @@ class _Walk:
 
     def parts(self) -> list[Part]:
         referenced = {unquote(m).lower() for m in _CID.findall("".join(self.html))}
-        taken: set[str] = set()
+        taken = filenames.Taken()
         parts: list[Part] = []
         for position, f in enumerate(self.found, start=1):
             inline = bool(f.content_id) and f.content_type.startswith("image/") and f.content_id.lower() in referenced

@@ -263,6 +263,11 @@ class MailboxTask:
             first = True
             while True:
                 last_uid = await self._imap_round(session, folder.uidvalidity, last_uid, fresh=fresh, first=first)
+                if fresh and inc.after == "seen" and folder.uidnext - 1 > last_uid:
+                    # The unseen messages are taken; what else is below UIDNEXT is the mailbox's read
+                    # history, not new mail: the next round's "UID n+1:*" must start above it.
+                    last_uid = folder.uidnext - 1
+                    await self._commit(Batch(), Checkpoint(mailbox=inc.mailbox, uidvalidity=folder.uidvalidity, last_uid=last_uid))
                 fresh = first = False
                 await self._ok()
                 config = self.config()
@@ -352,7 +357,7 @@ class MailboxTask:
         inc = self.incoming
         self.state.state = "polling"
         session = Pop3Session(inc, tls_context(inc, config.ca_file), connect_timeout=config.connect_timeout,
-                              command_timeout=config.command_timeout)
+                              command_timeout=config.command_timeout, max_line=config.max_message_size + 2)
         try:
             await session.open()
             cp = await self.store.mailboxes.checkpoint(self.connector_id)

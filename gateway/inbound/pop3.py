@@ -20,13 +20,18 @@ from typing import Any, TypeVar
 from .mailbox import Incoming, MailboxAuthError, MailboxError, describe, describe_tls
 
 T = TypeVar("T")
-# poplib's own line bound is 2048; a real server's UIDL or LIST line is far shorter, and message lines
-# longer than that are legal in the wild (RFC 5322 allows 998, broken mailers send more).
-poplib._MAXLINE = 1 << 20
+# poplib's own line bound is 2048 (its module-wide _MAXLINE); message lines longer than that are
+# common in the wild (RFC 5322 allows 998, base64 without line breaks is one line of megabytes).
+# A session reads lines up to its own ``max_line``: the largest message the poller takes, since a
+# line cannot be longer than its message (a bound any lower makes such a message fail RETR at every
+# retry, and the mailbox stuck behind it).
+DEFAULT_MAX_LINE = 1 << 20
 
 
 class Pop3Session:
-    def __init__(self, incoming: Incoming, ctx: ssl.SSLContext, *, connect_timeout: float, command_timeout: float):
+    def __init__(self, incoming: Incoming, ctx: ssl.SSLContext, *, connect_timeout: float, command_timeout: float,
+                 max_line: int = DEFAULT_MAX_LINE):
+        self.max_line = max_line
         self.incoming = incoming
         self.ctx = ctx
         self.connect_timeout = connect_timeout
@@ -60,12 +65,23 @@ class Pop3Session:
         def connect() -> None:
             made: list[socket.socket] = []
             base = poplib.POP3_SSL if inc.tls == "implicit" else poplib.POP3
+            max_line = self.max_line
 
             class Recorded(base):
                 # poplib leaves the socket open when the greeting fails inside its constructor.
                 def _create_socket(self, timeout: float) -> socket.socket:
                     made.append(super()._create_socket(timeout))
                     return made[-1]
+
+                def _getline(self) -> tuple[bytes, int]:
+                    # poplib's reader with this session's bound instead of the module's 2048.
+                    line = self.file.readline(max_line + 1)
+                    if len(line) > max_line:
+                        raise poplib.error_proto("line too long")
+                    if not line:
+                        raise poplib.error_proto("-ERR EOF")
+                    ending = 2 if line.endswith(b"\r\n") else 1 if line.endswith(b"\n") else 0
+                    return line[:len(line) - ending], len(line)
 
             try:
                 kwargs = {"context": self.ctx} if inc.tls == "implicit" else {}

@@ -26,6 +26,7 @@ from ..inbound.mailbox import Incoming
 from ..inbound.probe import test_incoming
 from ..store import Store
 from .. import validate
+from .addresses import check_address
 from .tenants import check_tenant_name
 
 ADDRESS = re.compile(r"^[^@\s<>\"]{1,64}@[A-Za-z0-9.-]{1,253}$")
@@ -126,6 +127,14 @@ class ConnectorService:
                 await self.store.usecases.get(tenant, checked["usecase"])
             except NotFound:
                 raise InvalidArgument(f"tenant {tenant!r} has no use case named {checked['usecase']!r}") from None
+        if checked.get("address"):
+            # Polled mail goes where this address resolves (the MX's resolver): it must be the
+            # tenant's own, or one tenant's mailbox could feed another tenant's use case.
+            checked["address"] = check_address(checked["address"], "incoming address")
+            try:
+                await self.store.addresses.get(tenant, checked["address"])
+            except NotFound:
+                raise InvalidArgument(f"tenant {tenant!r} has no channel address {checked['address']!r}") from None
         return checked
 
     @admin_method("connector.incoming")

@@ -44,7 +44,9 @@ REPLACED = frozenset((*CONTENT, b"mime-version"))
 SEALED = ("multipart/signed", "multipart/encrypted", "application/pkcs7-mime", "application/x-pkcs7-mime")
 IDENTITY = ("7bit", "8bit", "binary")
 
-_BODY_OPEN = re.compile(r"<body\b[^>]*>", re.IGNORECASE)
+# "<body" then (str.find) its ">": a pattern "<body\b[^>]*>" rescans to the end from every "<body"
+# when no ">" follows, quadratic on a crafted part.
+_BODY_OPEN = re.compile(r"<body\b", re.IGNORECASE)
 _BODY_CLOSE = re.compile(r"</body\s*>", re.IGNORECASE)
 _FILENAME_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -148,7 +150,8 @@ def _insert(text: str, kind: str, header: str, footer: str) -> str:
     if kind == "html":
         if header:
             m = _BODY_OPEN.search(text)
-            at = m.end() if m else 0
+            close = text.find(">", m.end()) if m else -1
+            at = close + 1 if close >= 0 else 0   # no ">" after the first "<body": none after a later one either
             text = text[:at] + header + text[at:]
         if footer:
             closes = list(_BODY_CLOSE.finditer(text))

@@ -57,8 +57,14 @@ class Edits:
     body: tuple[bytes | bytearray | memoryview, ...] | None = None   # pieces, joined once
 
 
-def inspect(data: bytes | bytearray, *, max_header_bytes: int) -> Inspected:
+def inspect(data: bytes | bytearray, *, max_header_bytes: int, lenient: bool = False) -> Inspected:
+    """``lenient``: fields that are not UTF-8 are read with replacement characters (the MX) rather
+    than refused 550 5.6.0 (submission: our tenants' own messages)."""
     parsed = split_header(data, max_header_bytes)
+
+    def text(f: Field) -> str:
+        return f.lenient_value if lenient else f.value
+
     from_values: list[str] = []
     received = 0
     message_id: str | None = None
@@ -70,14 +76,14 @@ def inspect(data: bytes | bytearray, *, max_header_bytes: int) -> Inspected:
         if name == b"received":
             received += 1
         elif name == b"from":
-            from_values.append(f.value)
+            from_values.append(text(f))
         elif name == b"message-id" and message_id is None:
-            ids = message_ids(f.value)
+            ids = message_ids(text(f))
             message_id = ids[0] if ids else None
         elif name == b"in-reply-to":
-            in_reply_to += message_ids(f.value)
+            in_reply_to += message_ids(text(f))
         elif name == b"references":
-            references += message_ids(f.value)
+            references += message_ids(text(f))
         elif name == b"date":
             has_date = True
     addresses = [addr for _, addr in getaddresses(from_values) if addr] if from_values else []
