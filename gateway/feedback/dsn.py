@@ -23,6 +23,7 @@ Return-Path: it names the queued message and recipient even when the body names 
 from __future__ import annotations
 
 import re
+from itertools import chain
 from email.errors import HeaderParseError
 from email.header import decode_header, make_header
 from dataclasses import dataclass, field, replace
@@ -50,10 +51,12 @@ _LIST_MARK = re.compile(r"following (?:recipients?|address(?:es|\(es\))?|users?)
                         r"undeliverable address|addressed(?: to|,)|intended recipient", re.I | re.M)
 # A delay warning: whatever it says, the message is still being retried, so nothing in it is hard.
 _WARNING = re.compile(r"warning message only|(?:just|only) a warning|warning: message|has not yet been delivered|not yet delivered|"
-                      r"will continue (?:to )?(?:try|attempt)|will be retried|delivery attempts will continue|postponed|delayed", re.I)
+                      r"will continue (?:to )?(?:try|attempt)|will be retried|delivery attempts will continue|postponed|delayed")
+# (searched in lower-cased text: re.I costs more than lower())
 _SMTP_PREFIX = re.compile(r"^(?:smtp|rfc-?822)[=:]", re.I)   # Exchange's 'dda:SMTP=user@example.com'
 _TAG = re.compile(r"<[^>]*>")
-MAX_TEXT = 64 * 1024   # a bounce's human-readable part longer than this is read only this far
+MAX_TEXT = 64 * 1024
+MAX_REASON_TEXT = 4000   # how much of a bounce's text is searched for a reason when no reply line gives one   # a bounce's human-readable part longer than this is read only this far
 
 
 @dataclass(frozen=True)
@@ -208,6 +211,10 @@ def _looks_like_bounce(msg: mime.Part, text: str) -> bool:
         not subject.lower().startswith(("automatic reply", "auto:", "out of office", "autoreply", "auto reply"))
 
 
+def _warning(msg: mime.Part, text: str) -> bool:
+    return bool(_WARNING.search(mime_subject(msg.get("subject")).lower()) or _WARNING.search(text[:2000].lower()))
+
+
 def _heuristic(msg: mime.Part, texts: list[str]) -> Bounce:
     text = "\n".join(t.replace("\r\n", "\n") for t in texts)
     cut = _CUT.search(text)
@@ -218,9 +225,10 @@ def _heuristic(msg: mime.Part, texts: list[str]) -> Bounce:
     own = _own_addresses(msg)
     failed = _ADDRESS.findall(msg.get("x-failed-recipients"))
     mark = _LIST_MARK.search(text)
-    listed = [(m.group(0), m.end()) for m in _ADDRESS.finditer(text, mark.end())] if mark else []
-    candidates = [(a, text.find(a)) for a in failed] + listed + [(m.group(0), m.end()) for m in _ADDRESS.finditer(text)]
-    warning = bool(_WARNING.search(mime_subject(msg.get("subject")))) or bool(_WARNING.search(text[:2000]))
+    # Lazily: the first candidate that is not our own address usually ends the search.
+    candidates = chain(((a, text.find(a)) for a in failed),
+                       ((m.group(0), m.end()) for m in (_ADDRESS.finditer(text, mark.end()) if mark else ())),
+                       ((m.group(0), m.end()) for m in _ADDRESS.finditer(text)))
     for address, at in candidates:
         address = _SMTP_PREFIX.sub("", address.rstrip("."))
         if address.lower() in own or address.partition("@")[0].lower() in _SYSTEM_LOCALS:
@@ -228,8 +236,8 @@ def _heuristic(msg: mime.Part, texts: list[str]) -> Bounce:
         reason = _reason_near(text, max(at, 0))
         v = classify(0, "", reason)
         if v.kind == UNKNOWN:
-            v = classify(0, "", text)
-        if warning and v.kind in (HARD, UNKNOWN):
+            v = classify(0, "", text[:MAX_REASON_TEXT])
+        if v.kind in (HARD, UNKNOWN) and _warning(msg, text):
             v = Verdict(SOFT, f"delay warning ({v.reason})")
         return Bounce(recipient=normalise(address), kind=v.kind, reason=v.reason, status=status_in(reason), diagnostic=reason)
     return Bounce(recipient="", kind=UNKNOWN, reason="no failed address found", diagnostic=" ".join(text.split())[:300])
@@ -258,7 +266,7 @@ def parse(raw: bytes, envelope_to: str = "") -> Report:
         if len(bounces) == 1 and bounces[0].kind == UNKNOWN and texts:
             # One recipient and nothing in its group says why: the human-readable part often does.
             b = bounces[0]
-            v = classify(0, b.status, " ".join(texts)[:4000])
+            v = classify(0, b.status, " ".join(texts)[:MAX_REASON_TEXT])
             bounces = [replace(b, kind=v.kind, reason=f"{v.reason} (in the text)")]
     if not bounces:
         bounces = [_heuristic(msg, texts)]
