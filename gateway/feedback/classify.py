@@ -118,6 +118,9 @@ _TEXT: list[tuple[str, str, str]] = [
 
 # Matched against the lower-cased text: cheaper than re.I on every search.
 _OVERRIDE_RE = [(k, n, re.compile(p)) for k, n, p in _OVERRIDES]
+# All the overrides in one pattern: most answers match none, and one search says so (the rows are
+# then tried in order only when it matches, so the first row still wins).
+_ANY_OVERRIDE = re.compile("|".join(f"(?:{p})" for _, _, p in _OVERRIDES))
 _TEXT_RE = [(k, n, re.compile(p)) for k, n, p in _TEXT]
 
 
@@ -146,9 +149,10 @@ def classify(code: int = 0, enhanced: str = "", text: str = "") -> Verdict:
     temporary = (400 <= code < 500) or enhanced.startswith("4")
     text = text.lower()
     with_status = f"{enhanced} {text}" if enhanced else text
-    for kind, name, rx in _OVERRIDE_RE:
-        if rx.search(with_status):
-            return Verdict(_temporary(kind, temporary), f"text: {name}")
+    if _ANY_OVERRIDE.search(with_status):
+        for kind, name, rx in _OVERRIDE_RE:
+            if rx.search(with_status):
+                return Verdict(_temporary(kind, temporary), f"text: {name}")
     if enhanced and not enhanced.startswith("2"):
         detail = enhanced.partition(".")[2]
         kind = _EXACT.get(enhanced)
