@@ -23,10 +23,10 @@ Return-Path: it names the queued message and recipient even when the body names 
 from __future__ import annotations
 
 import re
-from itertools import chain
+from dataclasses import dataclass, field, replace
 from email.errors import HeaderParseError
 from email.header import decode_header, make_header
-from dataclasses import dataclass, field, replace
+from itertools import chain
 
 from ..verp import VerpTag, decode as verp_decode
 from . import mime
