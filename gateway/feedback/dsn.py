@@ -5,14 +5,18 @@
 RFC 3464 first: a ``message/delivery-status`` part gives one group per recipient (Final-Recipient,
 Original-Recipient, Action, Status, Diagnostic-Code, Remote-MTA); groups whose Action is not
 ``failed`` or ``delayed`` (delivered, relayed, expanded) are not bounces and are left out. The
+recipient is the Original-Recipient when it is an Internet address (the address that was sent to),
+else the Final-Recipient (which a receiver may have rewritten: an alias, an X.400 name). A report
+wrapped in a relay's message/rfc822 is unwrapped once. The
 Status is the receiver's verdict; a generic one (5.0.0) yields to the specific status in the
 Diagnostic-Code, and the text decides where neither is specific (gateway/feedback/classify.py).
 
 Anything else is a non-standard bounce (qmail, old Exim and Sendmail, Exchange, Domino, Yahoo's
-text replies...): the human-readable text before the returned message is searched for the failed
-address (the first address that is not the bounce's own sender or recipient and not a system
-mailbox) and for the reason (the first line carrying an SMTP reply code, else the paragraph after
-the address, else the whole text). No address found -> one Bounce of kind 'unknown' with recipient
+text replies...): the human-readable text (an HTML part's, tags removed, when there is no plain one)
+before the returned message is searched for the failed address (the first address that is not the
+bounce's own sender or recipient and not a system mailbox, looked for first after "the following
+recipients" and the like) and for the reason (the first line carrying an SMTP reply code, else the paragraph after
+the address, else the whole text); a delay warning is never hard. No address found -> one Bounce of kind 'unknown' with recipient
 '': recorded, never acted on.
 
 The VERP tag (gateway/verp.py) comes from the envelope recipient the MX saw when the caller gives
