@@ -174,3 +174,35 @@ async def test_reports_matched_by_verp_to_a_queued_message(store):
         "angry.reader@yahoo.com", "jdoe@example.org", "second.reader@yahoo.com"]
     assert [e["kind"] for e in await store.events.list(tenant_id=store.acme) if e["kind"] in ("bounced", "complained")] == [
         "bounced", "bounced", "complained", "complained"]
+
+
+async def test_the_rcpt_refusal_does_not_wait_for_its_event_to_commit(store):
+    """The 'suppressed' event is queued, not awaited: with the writer held inside a write, the hook
+    still answers 550 at once (before, it waited for the group commit); the event commits when the
+    writer moves on."""
+    import asyncio
+    import threading
+
+    from gateway.errors import SMTPError
+
+    await store.suppressions.add(store.acme, ("tenant", 0), "gone@example.org", "hard_bounce")
+    held, release = threading.Event(), threading.Event()
+
+    def hold(conn):
+        held.set()
+        release.wait(10)
+
+    blocker = asyncio.ensure_future(store.db.write(hold))
+    await asyncio.to_thread(held.wait, 10)
+    ctx = {"tenant_id": store.acme, "usecase_id": 1, "domain_id": 1, "kind": "transactional", "name": "receipts"}
+    try:
+        with pytest.raises(SMTPError) as refused:
+            await asyncio.wait_for(SuppressionService(store).at_rcpt(ctx, "Gone@Example.org"), 5)
+        assert refused.value.code == 550
+        assert await store.events.list(kind="suppressed") == []
+    finally:
+        release.set()
+    await blocker
+    await store.db.write(lambda conn: None)   # FIFO: the queued event committed before this
+    [event] = await store.events.list(kind="suppressed")
+    assert (event["subject"], event["data"]["checked"], event["data"]["action"]) == ("gone@example.org", "rcpt", "refused")

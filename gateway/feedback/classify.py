@@ -57,7 +57,10 @@ _OVERRIDES: list[tuple[str, str, str]] = [
     (QUOTA, "amazon ses: daily quota", r"daily (?:message|sending) quota exceeded"),
     (QUOTA, "sending quota", r"(?:sending|message|daily|hourly|account) (?:quota|limit) (?:exceeded|reached)|exceeded (?:the |your )?(?:daily |hourly )?sending (?:quota|limit)|quota of messages|sending quota"),
     (RATE, "amazon ses: sending rate", r"maximum sending rate exceeded|throttling failure"),
-    (SOFT, "mailbox full", r"mailbox (?:is )?full|over ?quota|quota exceeded|exceeded (?:the )?storage|insufficient (?:system )?storage|mailbox size limit"),
+    (SOFT, "dns: temporary failure", r"not found, try again"),
+    (SOFT, "mailbox full", r"mailbox (?:is )?full|over ?quota|quota exceeded|exceeded (?:the )?storage|insufficient (?:system )?storage|mailbox size limit|"
+                           r"disk quota|mail ?folder is full|full mailbox|(?:exceed\w*|over|reached) (?:\w+ ){0,2}quota|quota violation|"
+                           r"mailbox space not enough"),
 ]
 
 # 2. Enhanced status codes: exact 'class.subject.detail' first, then 'subject.detail' for either class.
@@ -88,7 +91,10 @@ _TEXT: list[tuple[str, str, str]] = [
                            r"no such (?:user|mailbox|recipient|address|person|account)|"
                            r"(?:user|mailbox|recipient|address|account|e-?mail address)(?: \S+)? (?:does not|doesn't|did not) exist|"
                            r"(?:recipient|user|mailbox|address) not (?:found|listed|known)|not a valid (?:recipient|mailbox|user)|"
-                           r"invalid (?:recipient|mailbox|address|user)|unrouteable address|no mailbox here by that name|"
+                           r"invalid (?:\w+ ){0,2}(?:recipient|mailbox|address|user)|(?:doesn't|does not) have an? [\w.-]+ account|"
+                           r"(?:recipient|user|mailbox|address)(?: name)? (?:is )?not recognized|could not find a (?:gateway|route) for|"
+                           r"does not have a final (?:e-?mail )?delivery point|did not (?:exactly )?match an? [\w ]{0,30}address|n'existe pas|existiert nicht|no existe|"
+                           r"unrouteable address|no mailbox here by that name|"
                            r"mailbox (?:not found|unavailable|does not exist)|address (?:couldn't|could not|cannot) be found|"
                            r"(?:account|mailbox) (?:has been |is )?(?:disabled|deactivated|closed|discontinued|terminated|suspended)|"
                            r"user not local|bad destination mailbox|no longer (?:active|in use|valid|available)|"
@@ -100,10 +106,10 @@ _TEXT: list[tuple[str, str, str]] = [
     (BLOCK, "spam or reputation", r"\bspam|blacklist|blocklist|block list|black list|blocked|dnsbl|\brbl\b|spamhaus|spamcop|"
                                   r"barracuda|reputation|junk|phish|virus|malware|listed (?:at|in|on)|banned|"
                                   r"policy|not (?:authorized|permitted|allowed)|relay(?:ing)? (?:access )?(?:denied|not permitted)|"
-                                  r"access denied|\bspf\b|\bdkim\b|\bdmarc\b|authentication (?:required|failed)|unauthenticated|"
+                                  r"access denied|unable to relay|not accepting mail from|maximum (?:\w+ )?message size|\bspf\b|\bdkim\b|\bdmarc\b|authentication (?:required|failed)|unauthenticated|"
                                   r"content rejected|message (?:rejected|refused)|refused to accept|prohibit|"
                                   r"(?:message|mail) (?:size )?(?:too (?:big|large)|exceeds)|size limit|reverse dns|ptr record"),
-    (SOFT, "temporary condition", r"greylist|graylist|try (?:again )?later|temporar|deferred|timed? ?out|timeout|"
+    (SOFT, "temporary condition", r"greylist|\bloop|not (?:been )?collected|too many hops|failed \d+ attempts|delivery attempts|not responding|not reachable|graylist|try (?:again )?later|temporar|deferred|timed? ?out|timeout|"
                                   r"connection (?:refused|reset|closed|lost)|resources|busy|retry|"
                                   r"dns (?:lookup )?(?:failure|error|timeout)|servfail|lookup failed|"
                                   r"delivery (?:time|attempts?) (?:expired|exceeded)|gave up|expired|"
@@ -112,6 +118,9 @@ _TEXT: list[tuple[str, str, str]] = [
 
 # Matched against the lower-cased text: cheaper than re.I on every search.
 _OVERRIDE_RE = [(k, n, re.compile(p)) for k, n, p in _OVERRIDES]
+# All the overrides in one pattern: most answers match none, and one search says so (the rows are
+# then tried in order only when it matches, so the first row still wins).
+_ANY_OVERRIDE = re.compile("|".join(f"(?:{p})" for _, _, p in _OVERRIDES))
 _TEXT_RE = [(k, n, re.compile(p)) for k, n, p in _TEXT]
 
 
@@ -140,9 +149,10 @@ def classify(code: int = 0, enhanced: str = "", text: str = "") -> Verdict:
     temporary = (400 <= code < 500) or enhanced.startswith("4")
     text = text.lower()
     with_status = f"{enhanced} {text}" if enhanced else text
-    for kind, name, rx in _OVERRIDE_RE:
-        if rx.search(with_status):
-            return Verdict(_temporary(kind, temporary), f"text: {name}")
+    if _ANY_OVERRIDE.search(with_status):
+        for kind, name, rx in _OVERRIDE_RE:
+            if rx.search(with_status):
+                return Verdict(_temporary(kind, temporary), f"text: {name}")
     if enhanced and not enhanced.startswith("2"):
         detail = enhanced.partition(".")[2]
         kind = _EXACT.get(enhanced)

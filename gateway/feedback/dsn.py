@@ -5,14 +5,18 @@
 RFC 3464 first: a ``message/delivery-status`` part gives one group per recipient (Final-Recipient,
 Original-Recipient, Action, Status, Diagnostic-Code, Remote-MTA); groups whose Action is not
 ``failed`` or ``delayed`` (delivered, relayed, expanded) are not bounces and are left out. The
+recipient is the Original-Recipient when it is an Internet address (the address that was sent to),
+else the Final-Recipient (which a receiver may have rewritten: an alias, an X.400 name). A report
+wrapped in a relay's message/rfc822 is unwrapped once. The
 Status is the receiver's verdict; a generic one (5.0.0) yields to the specific status in the
 Diagnostic-Code, and the text decides where neither is specific (gateway/feedback/classify.py).
 
 Anything else is a non-standard bounce (qmail, old Exim and Sendmail, Exchange, Domino, Yahoo's
-text replies...): the human-readable text before the returned message is searched for the failed
-address (the first address that is not the bounce's own sender or recipient and not a system
-mailbox) and for the reason (the first line carrying an SMTP reply code, else the paragraph after
-the address, else the whole text). No address found -> one Bounce of kind 'unknown' with recipient
+text replies...): the human-readable text (an HTML part's, tags removed, when there is no plain one)
+before the returned message is searched for the failed address (the first address that is not the
+bounce's own sender or recipient and not a system mailbox, looked for first after "the following
+recipients" and the like) and for the reason (the first line carrying an SMTP reply code, else the paragraph after
+the address, else the whole text); a delay warning is never hard. No address found -> one Bounce of kind 'unknown' with recipient
 '': recorded, never acted on.
 
 The VERP tag (gateway/verp.py) comes from the envelope recipient the MX saw when the caller gives
@@ -23,11 +27,14 @@ Return-Path: it names the queued message and recipient even when the body names 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from email.errors import HeaderParseError
+from email.header import decode_header, make_header
+from itertools import chain
 
 from ..verp import VerpTag, decode as verp_decode
 from . import mime
-from .classify import UNKNOWN, classify, code_in, status_in
+from .classify import HARD, SOFT, UNKNOWN, Verdict, classify, code_in, status_in
 
 _ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+")
 _REPLY_LINE = re.compile(r"(?<![\d.])[45]\d\d[ -](?:[245]\.\d{1,3}\.\d{1,3})?|#[45]\.\d{1,3}\.\d{1,3}")
@@ -35,10 +42,25 @@ _REPLY_LINE = re.compile(r"(?<![\d.])[45]\d\d[ -](?:[245]\.\d{1,3}\.\d{1,3})?|#[
 _CUT = re.compile(r"^(?:-{2,}.*(?:original message|copy of (?:the|your) message|message follows|returned message|"
                   r"below this line|undelivered message|message headers)|original message headers:|below is a copy|"
                   r"received: from |return-path: )", re.I | re.M)
-_SYSTEM_LOCALS = {"mailer-daemon", "postmaster", "mail-daemon", "mailerdaemon", "noreply", "no-reply", "root"}
+_SYSTEM_LOCALS = {"mailer-daemon", "postmaster", "mail-daemon", "mailerdaemon", "noreply", "no-reply", "root", "mdaemon"}
 # A plain-text message is read as a bounce only when it says it is one (an out-of-office reply is not).
 _BOUNCE_SUBJECT = re.compile(r"undeliver|deliver(?:y|ed)|failure|failed|returned|rejected|bounce|non-?delivery|error|notice", re.I)
-MAX_TEXT = 64 * 1024   # a bounce's human-readable part longer than this is read only this far
+# A body that says it reports a failed delivery (some bounces come from personal-looking senders
+# with subjects in other languages; an out-of-office reply does not talk like this).
+_BOUNCE_TEXT = re.compile(r"could not be delivered|was not delivered|undeliverable|unable to deliver|not able to deliver|"
+                          r"delivery to the following recipients? (?:has )?failed|did not reach the following", re.I)
+# Where the failed addresses are listed: the first address after one of these is the likeliest
+# (the text before them often quotes the original To, a list address).
+_LIST_MARK = re.compile(r"following (?:recipients?|address(?:es|\(es\))?|users?)|did not reach|(?:delivered|deliver) to:?\s*$|"
+                        r"undeliverable address|addressed(?: to|,)|intended recipient", re.I | re.M)
+# A delay warning: whatever it says, the message is still being retried, so nothing in it is hard.
+_WARNING = re.compile(r"warning message only|(?:just|only) a warning|warning: message|has not yet been delivered|not yet delivered|"
+                      r"will continue (?:to )?(?:try|attempt)|will be retried|delivery attempts will continue|postponed|delayed")
+# (searched in lower-cased text: re.I costs more than lower())
+_SMTP_PREFIX = re.compile(r"^(?:smtp|rfc-?822)[=:]", re.I)   # Exchange's 'dda:SMTP=user@example.com'
+_TAG = re.compile(r"<[^>]*>")
+MAX_TEXT = 64 * 1024
+MAX_REASON_TEXT = 4000   # how much of a bounce's text is searched for a reason when no reply line gives one   # a bounce's human-readable part longer than this is read only this far
 
 
 @dataclass(frozen=True)
@@ -72,31 +94,48 @@ def _value(field_value: str | None) -> str:
     return (rest if sep else typ).strip().strip("<>").strip()
 
 
+def _rfc822(field_value: str | None) -> str:
+    """The address of a recipient field when it is an Internet address ('' for x400 and the like)."""
+    v = _value(field_value)
+    typ = (field_value or "").partition(";")[0].strip().lower()
+    if ";" in (field_value or "") and typ not in ("rfc822", "rfc-822", "smtp"):
+        return ""
+    return v if "@" in v else ""
+
+
 def normalise(address: str) -> str:
     """An address as the feedback path compares it: trimmed, brackets off, domain lower-cased."""
-    address = address.strip().strip("<>").strip().rstrip(".")
+    address = address.strip().strip("<>'\"").strip().rstrip(".")
     local, at, domain = address.rpartition("@")
     return f"{local}@{domain.lower()}" if at else address
 
 
 def _walk(msg: mime.Part) -> tuple[mime.Part | None, list[str], dict[str, str] | None]:
     """(the delivery-status part, the human-readable texts, the returned message's headers)."""
-    status, texts, returned = None, [], None
+    status, texts, html, returned, unwrapped = None, [], [], None, False
     stack = [msg]
     while stack:
         part = stack.pop(0)
         ctype = part.content_type
         if ctype == "message/delivery-status" and status is None:
             status = part
+        elif ctype == "message/rfc822" and not unwrapped and part.parts and part.parts[0].content_type == "multipart/report":
+            # A forwarded bounce (a relay wrapped the report in a message of its own): read the report
+            # inside, once (mime.parse reads a message/rfc822 only to its headers).
+            unwrapped = True
+            stack.insert(0, mime.parse(part.decoded()[:mime.MAX_BYTES], depth=mime.MAX_DEPTH // 2))
         elif ctype == "message/rfc822" and returned is None:
             returned = part.parts[0].headers if part.parts else {}
         elif ctype in ("text/rfc822-headers", "message/rfc822-headers") and returned is None:
             returned = mime.headers(part.text())
         elif part.parts:
             stack[0:0] = part.parts
-        elif ctype.startswith("text/") and ctype != "text/html":
+        elif ctype == "text/html":
+            html.append(part.text()[:MAX_TEXT])
+        elif ctype.startswith("text/"):
             texts.append(part.text()[:MAX_TEXT])
-    return status, texts, returned
+    # An HTML-only bounce (Exchange 5.5, some webmail MTAs): its text with the tags taken out.
+    return status, texts or [_TAG.sub(" ", h).replace("&nbsp;", " ") for h in html], returned
 
 
 def _standard(status: mime.Part) -> tuple[list[Bounce], str]:
@@ -104,7 +143,7 @@ def _standard(status: mime.Part) -> tuple[list[Bounce], str]:
     mta = _value(groups[0].get("reporting-mta")) if groups else ""
     out = []
     for g in groups:
-        final, original = _value(g.get("final-recipient")), _value(g.get("original-recipient"))
+        final, original = _rfc822(g.get("final-recipient")), _rfc822(g.get("original-recipient"))
         if not final and not original:
             continue
         action = (g.get("action") or "").strip().lower()
@@ -117,8 +156,13 @@ def _standard(status: mime.Part) -> tuple[list[Bounce], str]:
         code = code_in(diag_text)
         if action == "delayed" and st.startswith("5"):
             st = "4" + st[1:]
-        v = classify(code if action != "delayed" or code < 500 else 0, st, diag_text)
-        out.append(Bounce(recipient=normalise(final or original), kind=v.kind, reason=v.reason, status=st, diagnostic=diag_text,
+        # The Status comment ("5.0.0 (recipient reached disk quota)") and X.400 gateways' supplementary
+        # info carry the reason when the Diagnostic-Code does not.
+        words = " ".join(x for x in (diag_text, (g.get("status") or "").strip()[len(st):], g.get("x400-supplementary-info") or "") if x)
+        v = classify(code if action != "delayed" or code < 500 else 0, st, words)
+        # The original recipient is the address the sender used (and suppresses); the final one may be
+        # an internal rewrite (userx@sims-ms-daemon, a mailbox alias) or an X.400 name.
+        out.append(Bounce(recipient=normalise(original or final), kind=v.kind, reason=v.reason, status=st, diagnostic=diag_text,
                           action=action or "failed", original_recipient=normalise(original) if original else "",
                           remote=_value(g.get("remote-mta"))))
     return out, mta
@@ -150,14 +194,29 @@ def _reason_near(text: str, start: int) -> str:
     return " ".join(after[:para_end if para_end != -1 else 600][:600].split())
 
 
-def _looks_like_bounce(msg: mime.Part) -> bool:
+def mime_subject(value: str) -> str:
+    """A Subject with its RFC 2047 encoded words decoded (best effort: a broken one stays as it is)."""
+    if "=?" not in value:
+        return value
+    try:
+        return str(make_header(decode_header(value)))
+    except (ValueError, LookupError, UnicodeError, HeaderParseError):
+        return value
+
+
+def _looks_like_bounce(msg: mime.Part, text: str) -> bool:
     sender = _ADDRESS.search(msg.get("from"))
     if sender and sender.group(0).partition("@")[0].lower() in _SYSTEM_LOCALS:
         return True
     if msg.get("x-failed-recipients"):
         return True
-    return bool(_BOUNCE_SUBJECT.search(msg.get("subject"))) and not msg.get("x-autoreply") and \
-        not msg.get("subject").lower().startswith(("automatic reply", "auto:", "out of office", "autoreply"))
+    subject = mime_subject(msg.get("subject"))
+    return bool(_BOUNCE_SUBJECT.search(subject) or _BOUNCE_TEXT.search(text)) and not msg.get("x-autoreply") and \
+        not subject.lower().startswith(("automatic reply", "auto:", "out of office", "autoreply", "auto reply"))
+
+
+def _warning(msg: mime.Part, text: str) -> bool:
+    return bool(_WARNING.search(mime_subject(msg.get("subject")).lower()) or _WARNING.search(text[:2000].lower()))
 
 
 def _heuristic(msg: mime.Part, texts: list[str]) -> Bounce:
@@ -165,19 +224,25 @@ def _heuristic(msg: mime.Part, texts: list[str]) -> Bounce:
     cut = _CUT.search(text)
     if cut:
         text = text[:cut.start()]
-    if not _looks_like_bounce(msg):
+    if not _looks_like_bounce(msg, text):
         return Bounce(recipient="", kind=UNKNOWN, reason="not a bounce", diagnostic=" ".join(text.split())[:300])
     own = _own_addresses(msg)
     failed = _ADDRESS.findall(msg.get("x-failed-recipients"))
-    candidates = [(a, text.find(a)) for a in failed] + [(m.group(0), m.end()) for m in _ADDRESS.finditer(text)]
+    mark = _LIST_MARK.search(text)
+    # Lazily: the first candidate that is not our own address usually ends the search.
+    candidates = chain(((a, text.find(a)) for a in failed),
+                       ((m.group(0), m.end()) for m in (_ADDRESS.finditer(text, mark.end()) if mark else ())),
+                       ((m.group(0), m.end()) for m in _ADDRESS.finditer(text)))
     for address, at in candidates:
-        address = address.rstrip(".")
+        address = _SMTP_PREFIX.sub("", address.rstrip("."))
         if address.lower() in own or address.partition("@")[0].lower() in _SYSTEM_LOCALS:
             continue
         reason = _reason_near(text, max(at, 0))
         v = classify(0, "", reason)
         if v.kind == UNKNOWN:
-            v = classify(0, "", text)
+            v = classify(0, "", text[:MAX_REASON_TEXT])
+        if v.kind in (HARD, UNKNOWN) and _warning(msg, text):
+            v = Verdict(SOFT, f"delay warning ({v.reason})")
         return Bounce(recipient=normalise(address), kind=v.kind, reason=v.reason, status=status_in(reason), diagnostic=reason)
     return Bounce(recipient="", kind=UNKNOWN, reason="no failed address found", diagnostic=" ".join(text.split())[:300])
 
@@ -202,6 +267,11 @@ def parse(raw: bytes, envelope_to: str = "") -> Report:
     if status is not None:
         bounces, mta = _standard(status)
         standard = bool(bounces)
+        if len(bounces) == 1 and bounces[0].kind == UNKNOWN and texts:
+            # One recipient and nothing in its group says why: the human-readable part often does.
+            b = bounces[0]
+            v = classify(0, b.status, " ".join(texts)[:MAX_REASON_TEXT])
+            bounces = [replace(b, kind=v.kind, reason=f"{v.reason} (in the text)")]
     if not bounces:
         bounces = [_heuristic(msg, texts)]
     message_id = (returned or {}).get("message-id", "").strip()

@@ -20,7 +20,6 @@ MAX_DEPTH = 5
 MAX_PARTS = 50
 MAX_BYTES = 1024 * 1024
 
-_HEADER_END = re.compile(rb"\r?\n\r?\n")
 _FOLD = re.compile(r"\r?\n[ \t]+")
 _PARAM = re.compile(r';\s*([A-Za-z0-9_.*-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;\s]+))')
 
@@ -90,10 +89,13 @@ def header_blocks(data: bytes) -> list[dict[str, str]]:
 def _split(data: bytes) -> tuple[dict[str, str], bytes]:
     if data.startswith((b"\r\n", b"\n")):   # a part without headers
         return {}, data[2:] if data.startswith(b"\r\n") else data[1:]
-    m = _HEADER_END.search(data)
-    if m is None:
+    # The first blank line (\r?\n\r?\n), found with bytes.find: cheaper than a regex over the message.
+    lf, crlf = data.find(b"\n\n"), data.find(b"\n\r\n")
+    if lf == -1 and crlf == -1:
         return headers(data.decode("utf-8", "replace")), b""
-    return headers(data[:m.start()].decode("utf-8", "replace")), data[m.end():]
+    k, end = (lf, lf + 2) if crlf == -1 or (lf != -1 and lf < crlf) else (crlf, crlf + 3)
+    start = k - 1 if k and data[k - 1:k] == b"\r" else k
+    return headers(data[:start].decode("utf-8", "replace")), data[end:]
 
 
 def _pieces(body: bytes, delim: bytes) -> list[bytes]:

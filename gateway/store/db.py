@@ -286,6 +286,17 @@ class Database:
         self._queue.put((fn, args, fut))
         return await fut
 
+    def write_soon(self, fn: Callable[..., T], *args: Any) -> asyncio.Future:
+        """Queue ``fn(conn, *args)`` for the next group commit without waiting for it: the future
+        resolves once committed. For records whose caller must not wait on an fsync (the
+        'suppressed' event of an RCPT refusal). The queue is FIFO, so any write queued after this one
+        commits after it (or in the same batch); ``close`` commits what is queued."""
+        if self._writer is None:
+            raise StoreError("the store is closed")
+        fut = self._loop.create_future()
+        self._queue.put((fn, args, fut))
+        return fut
+
     def _write_loop(self) -> None:
         conn = self._write_conn
         stopping = False

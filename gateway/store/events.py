@@ -11,6 +11,8 @@ an empty index range: no cache to keep coherent, and nothing a second gateway no
 
 from __future__ import annotations
 
+import asyncio
+
 import json
 import sqlite3
 import time
@@ -94,6 +96,10 @@ class Events:
 
     async def append(self, tenant_id: int | None, kind: str, subject: str = "", data: dict | None = None) -> None:
         await self.db.write(append_event, tenant_id, kind, subject, data)
+
+    def append_soon(self, tenant_id: int | None, kind: str, subject: str = "", data: dict | None = None) -> asyncio.Future:
+        """``append`` queued for the next group commit, not waited for (gateway/store/db.py write_soon)."""
+        return self.db.write_soon(append_event, tenant_id, kind, subject, data)
 
     async def list(self, *, tenant_id: int | None = None, subject: str | None = None, kind: str | None = None,
                    after_id: int = 0, since: float | None = None, limit: int = 100,

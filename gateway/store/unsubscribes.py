@@ -55,6 +55,17 @@ def _owned(conn: sqlite3.Connection, tenant_id: int, scope: str, scope_id: int) 
     return conn.execute(f"SELECT 1 FROM {table} WHERE id = ? AND tenant_id = ?", (scope_id, tenant_id)).fetchone() is not None
 
 
+_UNSETTLED = object()
+
+
+def _settled(conn: sqlite3.Connection, tenant_id: int, scope: str, scope_id: int, address: str, now: float) -> object:
+    """What an unsubscribe would answer without writing (None: the scope is gone; False: already
+    suppressed there), or _UNSETTLED when it has to write. Two point lookups (``read_now``)."""
+    if not _owned(conn, tenant_id, scope, scope_id):
+        return None
+    return False if _live(conn, tenant_id, scope, scope_id, address, now) is not None else _UNSETTLED
+
+
 def _unsubscribe(conn: sqlite3.Connection, tenant_id: int, scope: str, scope_id: int, address: str, source: str,
                  detail: dict[str, Any], now: float) -> bool | None:
     if not _owned(conn, tenant_id, scope, scope_id):
@@ -114,9 +125,14 @@ class Unsubscribes:
     async def unsubscribe(self, tenant_id: int, scope: tuple[str, int], address: str, *, source: str,
                           detail: dict[str, Any] | None = None, now: float | None = None) -> bool | None:
         """Suppress ``address`` at ``scope``; True when that changed anything, False when it was already
-        suppressed there, None when the scope's use case or domain is gone (or not the tenant's)."""
-        return await self.db.write(_unsubscribe, tenant_id, scope[0], scope[1], address, source, detail or {},
-                                   time.time() if now is None else now)
+        suppressed there, None when the scope's use case or domain is gone (or not the tenant's).
+        A repeat (mailbox providers retry, users click twice) is answered from a read of committed
+        state without queueing a write: what it reports was committed by the first request."""
+        now = time.time() if now is None else now
+        settled = self.db.read_now(_settled, tenant_id, scope[0], scope[1], address, now)
+        if settled is not _UNSETTLED:
+            return settled
+        return await self.db.write(_unsubscribe, tenant_id, scope[0], scope[1], address, source, detail or {}, now)
 
     async def resubscribe(self, tenant_id: int, scope: tuple[str, int], address: str, *, source: str,
                           detail: dict[str, Any] | None = None) -> bool | None:
