@@ -120,7 +120,7 @@ class InboundHandler(SmtpHandler):
         cfg = self.config
         data: bytearray = envelope.original_content   # as received (submission/data.py): the only copy
         found = inspect_content(data, max_size=cfg.max_message_size, max_header_bytes=cfg.max_header_bytes,
-                                max_received=cfg.max_received_headers)
+                                max_received=cfg.max_received_headers, addresses=False)
         targets: list[Target] = list(envelope.targets.values())
         ip, helo = client_ip(server), server.session.host_name or ""
         auth_results = ""

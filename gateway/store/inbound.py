@@ -2,9 +2,11 @@
 changes the mailbox (migration 0015).
 
 ``spool`` takes one received message as one or more ``Spooled`` rows (one per tenant the envelope
-reaches, each with only that tenant's recipients) and commits them together, with one
-``inbound_spooled`` event per row, in the writer's group commit: when it returns the message is on
-disk. The raw bytes go through a blob handle into a zeroblob (as the outbound queue does), so a large
+reaches, each with only that tenant's recipients) and commits them together in the writer's group
+commit: when it returns the message is on disk. A spooled row appends no event: every row ends in
+a ``received`` or an ``inbound_held`` event, and the MX logs each accepted message
+(``inbound_spooled``); an event here was one more insert per message (and, for a tenant with a
+catch-all webhook, one more POST) on the MX's hot path for nothing those do not say. The raw bytes go through a blob handle into a zeroblob (as the outbound queue does), so a large
 message is not kept alive by a cached statement's bindings.
 
 The processor reads rows in state 'spooled' (``spooled``) and ends each one with ``finish``
@@ -64,8 +66,6 @@ def _spool_one(conn: sqlite3.Connection, s: Spooled) -> int:
     if s.raw:
         with conn.blobopen("inbound_messages", "raw", row_id) as blob:
             blob.write(s.raw)
-    append_event(conn, s.tenant_id, "inbound_spooled", s.inbound_id,
-                 {"source": s.source, "size": len(s.raw), "recipients": len(s.recipients)})
     return row_id
 
 

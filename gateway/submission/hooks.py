@@ -36,12 +36,14 @@ def client_ip(server: Any) -> str:
     return str(peer[0]) if isinstance(peer, tuple) else str(peer or "unknown")
 
 
-def inspect_content(data: bytes | bytearray, *, max_size: int, max_header_bytes: int, max_received: int) -> prepare.Inspected:
-    """The message as received passes the checks every listener makes (SMTPError otherwise)."""
+def inspect_content(data: bytes | bytearray, *, max_size: int, max_header_bytes: int, max_received: int,
+                    addresses: bool = True) -> prepare.Inspected:
+    """The message as received passes the checks every listener makes (SMTPError otherwise);
+    ``addresses`` as prepare.inspect's."""
     policy.check_line_endings(data)
     if len(data) > max_size:
         raise policy.message_too_big(max_size)
-    found = prepare.inspect(data, max_header_bytes=max_header_bytes)
+    found = prepare.inspect(data, max_header_bytes=max_header_bytes, addresses=addresses)
     policy.check_received_count(found.received, max_received)
     return found
 
