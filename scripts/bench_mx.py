@@ -194,7 +194,9 @@ def main() -> None:
                                         "--pid", str(proc.pid), "--rate", "200", "--nonblocking", "--threads", *args.profile_args.split()],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 time.sleep(1.0)
+            client_before = time.process_time()
             elapsed, lat = uvloop.run(run_clients(port, args.sessions, args.messages, args.size, args.starttls, args.lockstep))
+            client_cpu = time.process_time() - client_before
             rss_after = sub.rss_mb(proc.pid)
             cpu = cpu_seconds(proc.pid) - cpu_before
             user, system = (a - b for a, b in zip(cpu_split(proc.pid), split_before))
@@ -217,6 +219,8 @@ def main() -> None:
               f"{total / cpu:.0f} msg/s per fully used core")
         print("  by thread " + ", ".join(f"{k} {v / total * 1e6:.0f}" for k, v in sorted(threads.items(), key=lambda kv: -kv[1])
                                          if v > 0) + " us per message")
+        print(f"client CPU  {client_cpu / total * 1e6:.0f} us per message (this process; daemon + client "
+              f"{(cpu + client_cpu) / total * 1e6:.0f} us: {2 * total / (cpu + client_cpu):.0f} msg/s on 2 fully used cores)")
         print(f"daemon RSS  {rss_before:.0f} MB before, {rss_after:.0f} MB after")
         print(f"spooled     {rows} rows during the run (every 250 is a committed row: {'yes' if rows == total else 'NO'})")
         print("target      " + ("met" if total / elapsed >= 1500 else "NOT met") + " (>= 1500 msg/s)")
