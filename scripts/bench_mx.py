@@ -151,6 +151,46 @@ async def run_clients(port: int, sessions: int, messages: int, size: int, startt
     return time.perf_counter() - began, latencies
 
 
+def postfix_cpu() -> float:
+    """CPU seconds of Postfix so far: its live processes, and the children master has reaped."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            exe = os.readlink(proc / "exe")
+            fields = (proc / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if exe.startswith("/usr/lib/postfix/"):
+            total += (int(fields[11]) + int(fields[12])) / tick
+            if exe.endswith("/master"):
+                total += (int(fields[13]) + int(fields[14])) / tick
+    return total
+
+
+def postfix(args: argparse.Namespace) -> None:
+    """The same sessions against Postfix (it must be running: ``postfix start``)."""
+    import uvloop
+
+    if args.warmup:
+        uvloop.run(run_clients(args.postfix, args.sessions, args.warmup, args.size, args.starttls, args.lockstep))
+    load = os.getloadavg()
+    cpu_before, client_before = postfix_cpu(), time.process_time()
+    elapsed, lat = uvloop.run(run_clients(args.postfix, args.sessions, args.messages, args.size, args.starttls, args.lockstep))
+    cpu, client_cpu = postfix_cpu() - cpu_before, time.process_time() - client_before
+    total = len(lat)
+    print(f"postfix on 127.0.0.1:{args.postfix}  sessions {args.sessions}  messages {total} x {args.size} B"
+          f"  ({'STARTTLS' if args.starttls else 'plain'}, {'lockstep' if args.lockstep else 'pipelined'})")
+    print(f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}  cores: {os.cpu_count()}")
+    print(f"throughput  {total / elapsed:8.0f} msg/s   ({elapsed:.2f} s)")
+    print(f"latency     p50 {statistics.median(lat) * 1000:.1f} ms   p99 {sub.pct(lat, 0.99) * 1000:.1f} ms   "
+          f"max {max(lat) * 1000:.1f} ms  (final dot -> 250)")
+    print(f"postfix CPU {cpu / total * 1e6:.0f} us per message (all its processes; includes relaying to the sink)")
+    print(f"client CPU  {client_cpu / total * 1e6:.0f} us per message")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sessions", type=int, default=20)
@@ -164,7 +204,16 @@ def main() -> None:
     parser.add_argument("--log-level", default="info", help="the daemon's log.level (info: its default)")
     parser.add_argument("--profile", metavar="SVG", help="record the daemon with py-spy (.svg flame graph, .txt collapsed)")
     parser.add_argument("--profile-args", default="", help="more py-spy arguments, e.g. --profile-args=--gil")
+    parser.add_argument("--gateway", help="the gateway executable to run (default: this venv's), e.g. another checkout's, to compare")
+    parser.add_argument("--postfix", type=int, metavar="PORT",
+                        help="drive a running Postfix smtpd on 127.0.0.1:PORT instead (../shared/bench kit's plain"
+                             " listener 2527 queues and relays to its sink): same client, CPU of the Postfix processes")
     args = parser.parse_args()
+    if args.postfix:
+        postfix(args)
+        return
+    if args.gateway:
+        sub.GATEWAY = args.gateway
 
     import uvloop
 
