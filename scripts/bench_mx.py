@@ -237,6 +237,7 @@ def main() -> None:
             rss_before = sub.rss_mb(proc.pid)
             cpu_before, split_before = cpu_seconds(proc.pid), cpu_split(proc.pid)
             threads_before = thread_cpu(proc.pid)
+            log_before = (work / "daemon.log").read_bytes().count(b"\n")
             if args.profile:
                 fmt = ["--format", "raw"] if args.profile.endswith(".txt") else []
                 spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-o", args.profile, *fmt,
@@ -251,6 +252,12 @@ def main() -> None:
             user, system = (a - b for a, b in zip(cpu_split(proc.pid), split_before))
             threads = {k: v - threads_before.get(k, 0.0) for k, v in thread_cpu(proc.pid).items()}
             rows = spooled(db) - before
+            log_text = (work / "daemon.log").read_bytes()
+            log_lines = log_text.count(b"\n") - log_before
+            events: dict[str, int] = {}
+            for line in log_text.splitlines()[log_before:]:
+                name = line.split(b'"event": "', 1)[-1].split(b'"', 1)[0].decode("utf-8", "replace")[:40]
+                events[name] = events.get(name, 0) + 1
         finally:
             if spy is not None:
                 spy.send_signal(2)
@@ -270,6 +277,8 @@ def main() -> None:
                                          if v > 0) + " us per message")
         print(f"client CPU  {client_cpu / total * 1e6:.0f} us per message (this process; daemon + client "
               f"{(cpu + client_cpu) / total * 1e6:.0f} us: {2 * total / (cpu + client_cpu):.0f} msg/s on 2 fully used cores)")
+        print(f"daemon log  {log_lines / total:.2f} lines per message at {args.log_level}: "
+              + ", ".join(f"{k} {v}" for k, v in sorted(events.items(), key=lambda kv: -kv[1])[:4]))
         print(f"daemon RSS  {rss_before:.0f} MB before, {rss_after:.0f} MB after")
         print(f"spooled     {rows} rows during the run (every 250 is a committed row: {'yes' if rows == total else 'NO'})")
         print("target      " + ("met" if total / elapsed >= 1500 else "NOT met") + " (>= 1500 msg/s)")
