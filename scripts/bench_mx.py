@@ -68,6 +68,22 @@ def cpu_split(pid: int) -> tuple[float, float]:
     return int(fields[11]) / os.sysconf("SC_CLK_TCK"), int(fields[12]) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds so far: the event loop's thread, and the others summed by name."""
+    out: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue   # the thread ended meanwhile
+        # Python does not name its threads for the OS: the event loop's is the main one, the rest
+        # (the store's writer and readers, worker pools) are "gateway" like the process.
+        key = "loop" if task.name == str(pid) else "other threads" if name == "gateway" else name
+        out[key] = out.get(key, 0.0) + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
 def spooled(db: Path) -> int:
     conn = sqlite3.connect(db, timeout=30)
     try:
@@ -135,6 +151,46 @@ async def run_clients(port: int, sessions: int, messages: int, size: int, startt
     return time.perf_counter() - began, latencies
 
 
+def postfix_cpu() -> float:
+    """CPU seconds of Postfix so far: its live processes, and the children master has reaped."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            exe = os.readlink(proc / "exe")
+            fields = (proc / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if exe.startswith("/usr/lib/postfix/"):
+            total += (int(fields[11]) + int(fields[12])) / tick
+            if exe.endswith("/master"):
+                total += (int(fields[13]) + int(fields[14])) / tick
+    return total
+
+
+def postfix(args: argparse.Namespace) -> None:
+    """The same sessions against Postfix (it must be running: ``postfix start``)."""
+    import uvloop
+
+    if args.warmup:
+        uvloop.run(run_clients(args.postfix, args.sessions, args.warmup, args.size, args.starttls, args.lockstep))
+    load = os.getloadavg()
+    cpu_before, client_before = postfix_cpu(), time.process_time()
+    elapsed, lat = uvloop.run(run_clients(args.postfix, args.sessions, args.messages, args.size, args.starttls, args.lockstep))
+    cpu, client_cpu = postfix_cpu() - cpu_before, time.process_time() - client_before
+    total = len(lat)
+    print(f"postfix on 127.0.0.1:{args.postfix}  sessions {args.sessions}  messages {total} x {args.size} B"
+          f"  ({'STARTTLS' if args.starttls else 'plain'}, {'lockstep' if args.lockstep else 'pipelined'})")
+    print(f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}  cores: {os.cpu_count()}")
+    print(f"throughput  {total / elapsed:8.0f} msg/s   ({elapsed:.2f} s)")
+    print(f"latency     p50 {statistics.median(lat) * 1000:.1f} ms   p99 {sub.pct(lat, 0.99) * 1000:.1f} ms   "
+          f"max {max(lat) * 1000:.1f} ms  (final dot -> 250)")
+    print(f"postfix CPU {cpu / total * 1e6:.0f} us per message (all its processes; includes relaying to the sink)")
+    print(f"client CPU  {client_cpu / total * 1e6:.0f} us per message")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sessions", type=int, default=20)
@@ -143,15 +199,31 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=20, help="messages per session before measuring")
     parser.add_argument("--starttls", action="store_true", help="STARTTLS before the first message of each session")
     parser.add_argument("--lockstep", action="store_true", help="wait for each reply (no PIPELINING of MAIL, RCPT, DATA)")
+    parser.add_argument("--process", action="store_true",
+                        help="process the spooled mail meanwhile (processor.enabled; off: the MX's acceptance alone)")
+    parser.add_argument("--log-level", default="info", help="the daemon's log.level (info: its default)")
     parser.add_argument("--profile", metavar="SVG", help="record the daemon with py-spy (.svg flame graph, .txt collapsed)")
+    parser.add_argument("--profile-args", default="", help="more py-spy arguments, e.g. --profile-args=--gil")
+    parser.add_argument("--gateway", help="the gateway executable to run (default: this venv's), e.g. another checkout's, to compare")
+    parser.add_argument("--postfix", type=int, metavar="PORT",
+                        help="drive a running Postfix smtpd on 127.0.0.1:PORT instead (../shared/bench kit's plain"
+                             " listener 2527 queues and relays to its sink): same client, CPU of the Postfix processes")
     args = parser.parse_args()
+    if args.postfix:
+        postfix(args)
+        return
+    if args.gateway:
+        sub.GATEWAY = args.gateway
 
     import uvloop
 
     with tempfile.TemporaryDirectory() as tmp, DnsServer() as dns:
         work = Path(tmp)
         port = sub.free_port()
-        sub.write_config(work / "config.toml", dns, sub.free_port(), sub.free_port(), f'[inbound]\nlisten = "127.0.0.1:{port}"\n')
+        sub.write_config(work / "config.toml", dns, sub.free_port(), sub.free_port(), f'[inbound]\nlisten = "127.0.0.1:{port}"\n'
+                         f'[processor]\nenabled = {"true" if args.process else "false"}\n')
+        config = work / "config.toml"   # the submission benchmark's config logs at warning: use the level asked for
+        config.write_text(config.read_text().replace('level = "warning"', f'level = "{args.log_level}"', 1))
         proc, sock = sub.start_daemon(work)
         db = work / "state" / "gateway.db"
         spy = None
@@ -164,17 +236,28 @@ def main() -> None:
             load = os.getloadavg()
             rss_before = sub.rss_mb(proc.pid)
             cpu_before, split_before = cpu_seconds(proc.pid), cpu_split(proc.pid)
+            threads_before = thread_cpu(proc.pid)
+            log_before = (work / "daemon.log").read_bytes().count(b"\n")
             if args.profile:
                 fmt = ["--format", "raw"] if args.profile.endswith(".txt") else []
                 spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-o", args.profile, *fmt,
-                                        "--pid", str(proc.pid), "--rate", "200", "--nonblocking", "--threads"],
+                                        "--pid", str(proc.pid), "--rate", "200", "--nonblocking", "--threads", *args.profile_args.split()],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 time.sleep(1.0)
+            client_before = time.process_time()
             elapsed, lat = uvloop.run(run_clients(port, args.sessions, args.messages, args.size, args.starttls, args.lockstep))
+            client_cpu = time.process_time() - client_before
             rss_after = sub.rss_mb(proc.pid)
             cpu = cpu_seconds(proc.pid) - cpu_before
             user, system = (a - b for a, b in zip(cpu_split(proc.pid), split_before))
+            threads = {k: v - threads_before.get(k, 0.0) for k, v in thread_cpu(proc.pid).items()}
             rows = spooled(db) - before
+            log_text = (work / "daemon.log").read_bytes()
+            log_lines = log_text.count(b"\n") - log_before
+            events: dict[str, int] = {}
+            for line in log_text.splitlines()[log_before:]:
+                name = line.split(b'"event": "', 1)[-1].split(b'"', 1)[0].decode("utf-8", "replace")[:40]
+                events[name] = events.get(name, 0) + 1
         finally:
             if spy is not None:
                 spy.send_signal(2)
@@ -182,13 +265,20 @@ def main() -> None:
             proc.terminate()
             proc.wait(timeout=60)
         total = len(lat)
-        print(f"sessions {args.sessions}  messages {total} x {args.size} B  ({'STARTTLS' if args.starttls else 'plain'}, {'lockstep' if args.lockstep else 'pipelined'}, one connection each)")
+        print(f"sessions {args.sessions}  messages {total} x {args.size} B  ({'STARTTLS' if args.starttls else 'plain'}, {'lockstep' if args.lockstep else 'pipelined'}, one connection each)"
+              f"  processing {'on' if args.process else 'off'}, log level {args.log_level}")
         print(f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}  cores: {os.cpu_count()}")
         print(f"throughput  {total / elapsed:8.0f} msg/s   ({elapsed:.2f} s)")
         print(f"latency     p50 {statistics.median(lat) * 1000:.1f} ms   p99 {sub.pct(lat, 0.99) * 1000:.1f} ms   "
               f"max {max(lat) * 1000:.1f} ms  (final dot -> 250)")
         print(f"daemon CPU  {cpu / total * 1e6:.0f} us per message ({user:.2f} s user + {system:.2f} s system, all threads): "
               f"{total / cpu:.0f} msg/s per fully used core")
+        print("  by thread " + ", ".join(f"{k} {v / total * 1e6:.0f}" for k, v in sorted(threads.items(), key=lambda kv: -kv[1])
+                                         if v > 0) + " us per message")
+        print(f"client CPU  {client_cpu / total * 1e6:.0f} us per message (this process; daemon + client "
+              f"{(cpu + client_cpu) / total * 1e6:.0f} us: {2 * total / (cpu + client_cpu):.0f} msg/s on 2 fully used cores)")
+        print(f"daemon log  {log_lines / total:.2f} lines per message at {args.log_level}: "
+              + ", ".join(f"{k} {v}" for k, v in sorted(events.items(), key=lambda kv: -kv[1])[:4]))
         print(f"daemon RSS  {rss_before:.0f} MB before, {rss_after:.0f} MB after")
         print(f"spooled     {rows} rows during the run (every 250 is a committed row: {'yes' if rows == total else 'NO'})")
         print("target      " + ("met" if total / elapsed >= 1500 else "NOT met") + " (>= 1500 msg/s)")

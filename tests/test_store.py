@@ -180,3 +180,20 @@ async def test_probe_writable(tmp_path):
     assert await store.probe_writable(timeout=5)
     await store.close()
     assert not await store.probe_writable(timeout=5)
+
+
+def test_queue_ids_are_crockford_base32_of_time_and_sequence_and_sort_by_time():
+    """The id is the 80-bit (milliseconds << 30 | sequence) in Crockford base32, as b32encode spells it."""
+    import base64
+
+    from gateway.store.queue import QueueIds
+
+    rfc4648, crockford = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", "0123456789abcdefghjkmnpqrstvwxyz"
+    times = (1764582000.123, 1764582000.123, 1764582000.124, 4102444800.0)
+    ids = QueueIds()
+    made = [ids.new(now) for now in times]
+    assert made == sorted(made) and len(set(made)) == 4
+    for qid, now in zip(made, times):
+        value = int.from_bytes(base64.b32decode(qid.translate(str.maketrans(crockford, rfc4648))), "big")
+        assert value >> 30 == int(now * 1000)
+        assert base64.b32encode(value.to_bytes(10, "big")).decode().translate(str.maketrans(rfc4648, crockford)) == qid

@@ -110,6 +110,9 @@ class Processor(Component):
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        if not self.config.processor.enabled:
+            log.warning("processor_disabled", reason="processor.enabled is false: spooled mail waits")
+            return
         n = self.config.processor.concurrency
         self._slots = asyncio.Semaphore(n)
         self._pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="processor")

@@ -17,7 +17,6 @@ Whether a recipient is held (operator, pause) is decided by ``gateway.holds`` on
 
 from __future__ import annotations
 
-import base64
 import os
 import random
 import sqlite3
@@ -36,8 +35,9 @@ STATES = ("pending", "deferred", "delivered", "bounced", "held", "suppressed")
 ACTIVE = ("pending", "deferred")
 
 _B32 = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case
-# base64.b32encode's alphabet, index for index onto Crockford's: encoding stays in C and keeps the order.
-_TO_CROCKFORD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _B32.encode())
+# Every two-character string of it, by the 10 bits it encodes: an id is 8 lookups (base64.b32encode
+# is Python code in 3.11, with a translate after it, ~4x as slow: measurable on the MX's loop).
+_PAIRS = tuple(a + b for a in _B32 for b in _B32)
 
 
 class QueueIds:
@@ -64,8 +64,10 @@ class QueueIds:
         else:
             self._last_ms = ms
             self._seq = self._random.getrandbits(29)  # room to count up
-        value = (ms << 30) | self._seq  # 71 bits in 80: ten bytes, sixteen characters
-        return base64.b32encode(value.to_bytes(10, "big")).translate(_TO_CROCKFORD).decode()
+        value = (ms << 30) | self._seq  # 71 bits in 80: sixteen characters of 5 bits, the highest first
+        p = _PAIRS
+        return (p[value >> 70] + p[(value >> 60) & 1023] + p[(value >> 50) & 1023] + p[(value >> 40) & 1023]
+                + p[(value >> 30) & 1023] + p[(value >> 20) & 1023] + p[(value >> 10) & 1023] + p[value & 1023])
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -99,10 +99,15 @@ async def receive(reader: asyncio.StreamReader, reservation: Reservation, *, siz
     Whatever goes wrong, the whole message is still read to its final dot, so the reply that
     follows is the answer to this DATA and the session stays in step with the client (RFC 5321
     4.2.5); from the moment it goes wrong nothing more is kept and the reservation is released.
+
+    One line is awaited at a time, but the complete lines already buffered behind it are taken in
+    one piece (``_buffered``) and checked and unstuffed with bytes operations: a 4 KB message is
+    one or two pieces instead of fifty ``readuntil`` calls (a sixth of the MX's loop time). A piece
+    with anything wrong in it is gone through line by line, so the outcome is the one the first
+    offending line gives. Nothing past the final dot is taken: what the client pipelined after it
+    stays in the reader for the command loop.
     """
-    buf = bytearray()
-    outcome = Outcome.RECEIVED
-    received = 0
+    state = _Receiving(reservation, size_limit=size_limit, line_limit=line_limit)
     partial = False         # the previous piece was the head of an overlong line (no CRLF yet)
     while True:
         try:
@@ -114,21 +119,80 @@ async def receive(reader: asyncio.StreamReader, reservation: Reservation, *, siz
         if not partial and line == b".\r\n":
             break
         was_partial, partial = partial, not line.endswith(b"\r\n")
-        received += len(line)
-        if outcome is not Outcome.RECEIVED:
+        state.line(line, partial or was_partial)
+        if partial:
             continue
-        if partial or was_partial or len(line) > line_limit:
-            outcome = Outcome.TOO_LONG
-        elif size_limit and received > size_limit:
-            outcome = Outcome.TOO_MUCH
-        elif not reservation.cover(received):
-            outcome = Outcome.NO_MEMORY
+        size, final = _buffered(reader._buffer)  # noqa: SLF001 - read only; taken below through readexactly
+        if size or final:
+            block = await reader.readexactly(size + 3 if final else size)   # buffered: returns at once
+            if size:
+                state.block(block[:size] if final else block)
+            if final:
+                break
+    return state.outcome, state.buf
+
+
+def _buffered(buffer: bytearray) -> tuple[int, bool]:
+    """(bytes of the complete lines at the start of ``buffer``, whether the final dot line follows
+    them). ``buffer`` starts at a line start; a CRLF never overlaps another, so every one found is a
+    line end."""
+    if buffer[:3] == b".\r\n":
+        return 0, True
+    end = buffer.find(b"\r\n.\r\n")
+    if end >= 0:
+        return end + 2, True
+    last = buffer.rfind(b"\r\n")
+    return (last + 2 if last >= 0 else 0), False
+
+
+class _Receiving:
+    """The message being received: its unstuffed bytes, how many were sent, and the outcome so far."""
+
+    def __init__(self, reservation: Reservation, *, size_limit: int, line_limit: int):
+        self.reservation = reservation
+        self.size_limit = size_limit
+        self.line_limit = line_limit
+        self.buf = bytearray()
+        self.outcome = Outcome.RECEIVED
+        self.received = 0
+
+    def line(self, line: bytes | memoryview, overlong: bool) -> None:
+        """One line (or a piece of an overlong one, ``overlong``), with its CRLF when it has one."""
+        self.received += len(line)
+        if self.outcome is not Outcome.RECEIVED:
+            return
+        if overlong or len(line) > self.line_limit:
+            self._fail(Outcome.TOO_LONG)
+        elif self.size_limit and self.received > self.size_limit:
+            self._fail(Outcome.TOO_MUCH)
+        elif not self.reservation.cover(self.received):
+            self._fail(Outcome.NO_MEMORY)
+        elif line[:1] == b".":
+            self.buf += line[1:]
         else:
-            if line[:1] == b".":
-                buf += memoryview(line)[1:]
+            self.buf += line
+
+    def block(self, block: bytes) -> None:
+        """Complete lines (each ending with CRLF, none the final dot), checked together when they
+        pass, else one by one (``line``)."""
+        if self.outcome is not Outcome.RECEIVED:
+            self.received += len(block)
+            return
+        lines = block.split(b"\r\n")
+        lines.pop()   # the empty remainder after the last CRLF
+        received = self.received + len(block)
+        if (max(map(len, lines)) + 2 <= self.line_limit and not (self.size_limit and received > self.size_limit)
+                and self.reservation.cover(received)):
+            self.received = received
+            if lines[0][:1] == b"." or b"\r\n." in block:
+                self.buf += b"\r\n".join(line[1:] if line[:1] == b"." else line for line in lines) + b"\r\n"
             else:
-                buf += line
-            continue
-        buf = bytearray()        # drop what was kept: nothing of this message is used now
-        reservation.release()
-    return outcome, buf
+                self.buf += block
+            return
+        for line in lines:
+            self.line(line + b"\r\n", False)
+
+    def _fail(self, outcome: Outcome) -> None:
+        self.outcome = outcome
+        self.buf = bytearray()        # drop what was kept: nothing of this message is used now
+        self.reservation.release()

@@ -37,13 +37,13 @@ def client_ip(server: Any) -> str:
 
 
 def inspect_content(data: bytes | bytearray, *, max_size: int, max_header_bytes: int, max_received: int,
-                    lenient: bool = False) -> prepare.Inspected:
+                    lenient: bool = False, addresses: bool = True) -> prepare.Inspected:
     """The message as received passes the checks every listener makes (SMTPError otherwise);
-    ``lenient`` as prepare.inspect (the MX)."""
+    ``lenient`` and ``addresses`` as prepare.inspect's (the MX sets both)."""
     policy.check_line_endings(data)
     if len(data) > max_size:
         raise policy.message_too_big(max_size)
-    found = prepare.inspect(data, max_header_bytes=max_header_bytes, lenient=lenient)
+    found = prepare.inspect(data, max_header_bytes=max_header_bytes, lenient=lenient, addresses=addresses)
     policy.check_received_count(found.received, max_received)
     return found
 

@@ -18,6 +18,7 @@ refused there (550 5.6.0 naming it), so no surrogate-escaped text reaches policy
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from dataclasses import dataclass
@@ -57,9 +58,11 @@ class Edits:
     body: tuple[bytes | bytearray | memoryview, ...] | None = None   # pieces, joined once
 
 
-def inspect(data: bytes | bytearray, *, max_header_bytes: int, lenient: bool = False) -> Inspected:
-    """``lenient``: fields that are not UTF-8 are read with replacement characters (the MX) rather
-    than refused 550 5.6.0 (submission: our tenants' own messages)."""
+def inspect(data: bytes | bytearray, *, max_header_bytes: int, lenient: bool = False, addresses: bool = True) -> Inspected:
+    """What policy reads from the header. ``lenient``: fields that are not UTF-8 are read with
+    replacement characters (the MX) rather than refused 550 5.6.0 (submission: our tenants' own
+    messages). ``addresses`` False leaves ``from_addresses`` empty (the From fields are still
+    counted): the MX does not look at them, and parsing them is a tenth of this function's time."""
     parsed = split_header(data, max_header_bytes)
 
     def text(f: Field) -> str:
@@ -86,14 +89,14 @@ def inspect(data: bytes | bytearray, *, max_header_bytes: int, lenient: bool = F
             references += message_ids(text(f))
         elif name == b"date":
             has_date = True
-    addresses = [addr for _, addr in getaddresses(from_values) if addr] if from_values else []
+    from_addresses = [addr for _, addr in getaddresses(from_values) if addr] if from_values and addresses else []
     parents: list[str] = []
     for p in in_reply_to + references[::-1]:
         if p not in parents:
             parents.append(p)
     return Inspected(
         parsed=parsed,
-        from_addresses=addresses,
+        from_addresses=from_addresses,
         from_fields=len(from_values),
         received=received,
         message_id=message_id,
@@ -135,6 +138,13 @@ def safe_helo(helo: str | None) -> str:
     return cleaned or "unknown"
 
 
+@functools.lru_cache(maxsize=4)
+def _local_date(second: int) -> str:
+    """RFC 5322 date of ``second``, local time: a pure memo, since every message of one second
+    names the same (formatting it is a fifth of a Received field's cost)."""
+    return formatdate(second, localtime=True)
+
+
 def received_header(*, helo: str | None, client_ip: str, hostname: str, queue_id: str, tls: str | None,
                     recipients: list[str], now: float, authenticated: bool = True) -> bytes:
     """RFC 5321 4.4 trace field. The recipient is named only when there is one (as Postfix does).
@@ -147,7 +157,7 @@ def received_header(*, helo: str | None, client_ip: str, hostname: str, queue_id
         lines.append(f"\t({tls})")
     if len(recipients) == 1:
         lines.append(f"\tfor <{recipients[0]}>")
-    lines[-1] += f"; {formatdate(now, localtime=True)}"
+    lines[-1] += f"; {_local_date(int(now))}"
     return ("\r\n".join(lines) + "\r\n").encode("utf-8", "surrogateescape")
 
 

@@ -123,6 +123,11 @@ class SubmissionSMTP(SMTP):
         self._auth_answers = False     # the lines read now may be answers to an AUTH (_loggable)
         self._held = bytearray()       # replies to pipelined commands not sent yet (push, _write)
         self.commit: asyncio.Future[str] | None = None  # the handler's commit of this DATA (handler._accept)
+        # Command lines are logged at debug level: asked once per connection, since structlog's
+        # lazy logger binds a new logger for every question (a fortieth of the MX's loop time).
+        self._debug = log.is_enabled_for(logging.DEBUG)
+        self._idle_until = 0.0         # the command timeout's deadline (_reset_timeout)
+        self._idle_at: float | None = None   # when the timer is set to fire, None when none is
         if implicit_tls:
             # The whole connection is TLS: AUTH is allowed at once (aiosmtpd only knows STARTTLS).
             self._auth_require_tls = False
@@ -214,7 +219,7 @@ class SubmissionSMTP(SMTP):
             return await self._bad_line("500 5.5.2 Command line too long")
         verb_bytes = line.split(b" ", 1)[0].rstrip(b"\r\n").upper()
         verb = verb_bytes.decode("ascii") if verb_bytes.isalpha() and verb_bytes.isascii() else ""
-        if log.is_enabled_for(logging.DEBUG):  # masking the line costs a base64 match: only when it is logged
+        if self._debug:  # masking the line costs a base64 match: only when it is logged
             log.debug(f"{self.owner.name}_command", client=self.client, line=self._loggable(line, verb))
         if verb in self._smtp_methods:
             self.step = verb
@@ -301,6 +306,25 @@ class SubmissionSMTP(SMTP):
     def _session_expired(self) -> None:
         self._closed_by_limit(f"{self.owner.name}_session_expired", b"421 4.4.2 Session time limit reached",
                               self.owner.config.session_timeout)
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        """aiosmtpd's command timeout, moved instead of replaced: aiosmtpd cancels one timer and
+        schedules another for every command; here a command only notes the new deadline, and the
+        one timer, when it fires before that, is set again for what is left (``_idle_timer``)."""
+        self._idle_until = self.loop.time() + (duration or self._timeout_duration)
+        if self._idle_at is None or self._idle_at > self._idle_until:
+            if self._timeout_handle is not None:
+                self._timeout_handle.cancel()
+            self._idle_at = self._idle_until
+            self._timeout_handle = self.loop.call_at(self._idle_at, self._idle_timer)
+
+    def _idle_timer(self) -> None:
+        if self.loop.time() < self._idle_until:
+            self._idle_at = self._idle_until
+            self._timeout_handle = self.loop.call_at(self._idle_at, self._idle_timer)
+            return
+        self._idle_at = None   # fired: the next command (if any is still read) sets it again
+        self._timeout_cb()
 
     def _timeout_cb(self) -> None:
         """aiosmtpd closes a session idle for the command timeout without a word: say why (as Postfix)."""
