@@ -57,6 +57,11 @@ def rss_mb(field: str = "VmRSS") -> float:
     return 0.0
 
 
+def cpu_seconds() -> tuple[float, float]:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime, usage.ru_stime
+
+
 async def loop_lag(stop: asyncio.Event, lags: list[float]) -> None:
     """How late a 1 ms sleep wakes while the processor works (listeners share this loop)."""
     while not stop.is_set():
@@ -112,10 +117,11 @@ async def run(args: argparse.Namespace) -> None:
         rss_before = rss_mb()
         stop, lags = asyncio.Event(), []
         probe = asyncio.create_task(loop_lag(stop, lags))
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), cpu_seconds()
         await processor.start()
         await processor.drain()
-        elapsed = time.perf_counter() - started
+        elapsed, (user, system) = time.perf_counter() - started, (b - a for a, b in zip(cpu_started, cpu_seconds()))
+        cpu = user + system
         stop.set()
         await probe
         await processor.stop(asyncio.get_running_loop().time() + 5)
@@ -131,6 +137,9 @@ async def run(args: argparse.Namespace) -> None:
           f"concurrency {args.concurrency}, {'inline on the loop' if args.inline else 'worker threads'}")
     print(f"processed    {kinds}  webhook outbox rows {outbox}  attachment files {files}")
     print(f"throughput   {args.messages / elapsed:.0f} msg/s ({elapsed:.2f} s)")
+    print(f"CPU          {cpu * 1000 / args.messages:.2f} ms per message ({user * 1000 / args.messages:.2f} user + "
+          f"{system * 1000 / args.messages:.2f} sys, all threads: "
+          f"{cpu / elapsed * 100:.0f}% of one core; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
     print(f"per message  p50 <= {p50 * 1000:.1f} ms, p99 <= {p99 * 1000:.1f} ms (histogram bucket bounds)")
     print(f"RSS          {rss_before:.0f} MB before processing, {rss_after:.0f} MB after, peak {peak:.0f} MB")
     lags.sort()

@@ -51,6 +51,7 @@ from ..store import Store
 from ..store.inbound import Processed
 from . import recipients, threads
 from .analysis import CONVERSATION, Route, Work, address_of, analyse, display_of, ids
+from .attachments import Syncs
 from .pins import Pins
 
 log = structlog.get_logger("processor")
@@ -105,6 +106,7 @@ class Processor(Component):
         self._pool: ThreadPoolExecutor | None = None
         self._idle = asyncio.Event()
         self._idle.set()
+        self._syncs = Syncs()
         self._progress = time.monotonic()
 
     # ------------------------------------------------------------------ lifecycle
@@ -261,12 +263,17 @@ class Processor(Component):
         verdict = None
         if row["source"] == "mx" and not row["auth_results"] and self._authenticate is not None:
             verdict = await self._authenticate(raw, client_ip=row["client"], helo=row["helo"], mail_from=row["mail_from"])
+        # The files are written in the worker thread, their fsyncs left to one group with those of
+        # the other messages in flight (attachments.Syncs): on disk before the finish names them.
+        batch = self.files.batch()
         work_of = functools.partial(analyse, raw, row, route, verdict, parse=self._parse, stripped_reply=self._stripped,
                                     limits=self._limits(self.config.processor) if self._limits is not None else None,
-                                    files=self.files, pins=self.pins)
+                                    files=batch, pins=self.pins)
         work: Work = work_of() if self.inline else await asyncio.get_running_loop().run_in_executor(self._pool, work_of)
         try:
-            return await self._finish_work(row, route, raw, work), work.shas
+            # The thread lookup reads while the disk syncs; the finish waits for both.
+            _, processed = await asyncio.gather(self._syncs.sync(batch.take()), self._finish_work(row, route, raw, work))
+            return processed, work.shas
         except BaseException:
             self.pins.unpin(work.shas)
             raise
