@@ -137,3 +137,15 @@ def test_the_cheap_signature_and_disclaimer_searches_find_what_the_full_searches
             assert (full.span() if full else None) == (cheap.span() if cheap else None), (text, start)
             if not reply._MAIL.search(text, start):
                 assert p.disclaimers.findall(text, start) == [], (text, start)
+
+
+def test_the_quote_header_candidates_are_the_lines_the_pattern_finds():
+    import random
+
+    from gateway.inbound import reply
+
+    rng = random.Random(9)
+    pieces = ["a", ":", "\uff1a", "-----", "--", "> ", ">", "_____", "-_-_-", " ", "\n", "\n\n", "x: y", "On Mon wrote:"]
+    for _ in range(5000):
+        text = reply._normalise("".join(rng.choice(pieces) for _ in range(rng.randint(0, 25))))
+        assert list(reply._candidates(text)) == [m.span() for m in reply._CANDIDATE.finditer(text)], text

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Iterator
 from html import unescape
 
 from mailparser_reply.constants import MAIL_LANGUAGES
@@ -39,7 +40,8 @@ LANGUAGES = tuple(sorted(name for name in MAIL_LANGUAGES if len(name) == 2))  # 
 
 # A line that may begin (or, for a wrapped "On ... wrote:", end) a quote header: a colon (ASCII or
 # full-width) anywhere, or a run of dashes/underscores (Outlook's separators).
-_CANDIDATE = re.compile(r"^.*[:\uff1a].*$|^[> ]*[-_]{5,}", re.MULTILINE)
+_CANDIDATE = re.compile(r"^.*[:\uff1a].*$|^[> ]*[-_]{5,}", re.MULTILINE)   # what _candidates finds, line by line
+_SEPARATOR = re.compile(r"[> ]*[-_]{5,}")
 _QUOTED = re.compile(r"^\s*>")
 _DATE_OR_ADDRESS = re.compile(r"\d|@")
 _NEXT_LINE = re.compile(r"(?:\n[ \t]*)*\n[ \t]*(\S)")  # the first character of the next non-blank line
@@ -95,21 +97,35 @@ def _normalise(text: str) -> str:
 def _first_header(text: str, p: _Patterns) -> tuple[int | None, int]:
     """Where the first quote header starts and ends; (None, 0) when there is none."""
     tried: set[int] = set()
-    for count, m in enumerate(_CANDIDATE.finditer(text)):
+    for count, (line, end) in enumerate(_candidates(text)):
         if count >= MAX_CANDIDATES:
             break
-        line = m.start()
         before = text.rfind("\n", 0, max(line - 1, 0)) + 1 if line else 0
         for pos in (before, line):
-            if pos in tried or m.end() - line > MAX_HEADER_LINE:
+            if pos in tried or end - line > MAX_HEADER_LINE:
                 continue
             tried.add(pos)
             found = p.header.match(text, pos, _window(text, pos))
             if found and found.group().strip():
                 return pos, found.end()
-        if _introduces_quote(text, m):
-            return line, m.end()
+        if _introduces_quote(text, line, end):
+            return line, end
     return None, 0
+
+
+def _candidates(text: str) -> Iterator[tuple[int, int]]:
+    """The spans ``_CANDIDATE.finditer(text)`` gives (a line holding a colon, whole; the separator at
+    the start of a line), found a line at a time: the pattern tried at every character costs ~50 ns
+    each, 0.8 ms for a 16 KB body, where a test for a colon per line costs a tenth of that."""
+    start = 0
+    for line in text.split("\n"):
+        if ":" in line or "\uff1a" in line:
+            yield start, start + len(line)
+        elif line.lstrip("> ")[:1] in ("-", "_"):
+            m = _SEPARATOR.match(line)
+            if m is not None:
+                yield start, start + m.end()
+        start += len(line) + 1
 
 
 def _window(text: str, pos: int) -> int:
@@ -125,14 +141,14 @@ def _window(text: str, pos: int) -> int:
     return min(end, pos + MAX_WINDOW)
 
 
-def _introduces_quote(text: str, m: re.Match) -> bool:
+def _introduces_quote(text: str, start: int, end: int) -> bool:
     """The header of a language the library misses (Gmail's Spanish, Dutch, Portuguese, Polish,
     Chinese, Russian...): a line ending in a colon, naming a date or an address, with a '>' quote
     right under it (blank lines between allowed)."""
-    line = m.group()
+    line = text[start:end]
     if not line.rstrip().endswith((":", "\uff1a")) or not _DATE_OR_ADDRESS.search(line):
         return False
-    below = _NEXT_LINE.match(text, m.end())
+    below = _NEXT_LINE.match(text, end)
     return below is not None and below.group(1) == ">"
 
 
