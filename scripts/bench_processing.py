@@ -34,6 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from gateway import logs  # noqa: E402
 from gateway.config import parse_config  # noqa: E402
 from gateway.inbound.attachments import AttachmentFiles  # noqa: E402
 from gateway.inbound.mime import MimeLimits, parse as parse_mime  # noqa: E402
@@ -111,6 +112,10 @@ async def run(args: argparse.Namespace) -> None:
         if batch:
             await store.inbound.spool(batch)
         config = parse_config({"processor": {"concurrency": args.concurrency, "poll_interval": 60.0}})
+        # Logged as the daemon logs under systemd (JSON, a line per message), to a file nobody reads:
+        # the rendering costs what it costs in production, the terminal is not the bottleneck.
+        log_file = open(os.devnull, "w")
+        logs.configure(config.log, stream=log_file)
         processor = Processor(store, config, Metrics(), files=AttachmentFiles(Path(tmp) / "attachments"), pins=Pins(),
                               parse=parse_mime, stripped_reply=stripped_reply, limits=lambda p: MimeLimits(),
                               inline=args.inline)
@@ -132,6 +137,7 @@ async def run(args: argparse.Namespace) -> None:
         outbox = await store.db.read(lambda c: c.execute("SELECT count(*) FROM webhook_outbox").fetchone()[0])
         files = sum(1 for p in (Path(tmp) / "attachments").rglob("*") if p.is_file())
         await store.close()
+        log_file.close()
     p50, p99 = quantiles(hist)
     print(f"messages     {args.messages} of {sizes / args.messages / 1024:.0f} KB avg, 2 attachments each; "
           f"concurrency {args.concurrency}, {'inline on the loop' if args.inline else 'worker threads'}")
