@@ -4,7 +4,7 @@ processor (route, classify, MIME parse, attachment files, thread lookup, finish 
 message_ids record, received event and webhook outbox row). Prints msg/s, p50/p99 per message and
 the process's RSS (peak and after).
 
-    .venv/bin/python scripts/bench_processing.py [--messages 2000] [--concurrency 4] [--size 50000] [--inline]
+    .venv/bin/python scripts/bench_processing.py [--messages 2000] [--concurrency 16] [--size 50000] [--inline]
     .venv/bin/python scripts/bench_processing.py --big 25     # one message with a 25 MB attachment: peak RSS
 
 Half the messages are replies to outbound messages (In-Reply-To only, References stripped), so
@@ -125,6 +125,7 @@ async def run(args: argparse.Namespace) -> None:
         started, cpu_started = time.perf_counter(), cpu_seconds()
         await processor.start()
         await processor.drain()
+        rounds = processor._syncs.rounds
         elapsed, (user, system) = time.perf_counter() - started, (b - a for a, b in zip(cpu_started, cpu_seconds()))
         cpu = user + system
         stop.set()
@@ -142,7 +143,8 @@ async def run(args: argparse.Namespace) -> None:
     print(f"messages     {args.messages} of {sizes / args.messages / 1024:.0f} KB avg, 2 attachments each; "
           f"concurrency {args.concurrency}, {'inline on the loop' if args.inline else 'worker threads'}")
     print(f"processed    {kinds}  webhook outbox rows {outbox}  attachment files {files}")
-    print(f"throughput   {args.messages / elapsed:.0f} msg/s ({elapsed:.2f} s)")
+    print(f"throughput   {args.messages / elapsed:.0f} msg/s ({elapsed:.2f} s); {rounds} fsync rounds for the attachment files "
+          f"({args.messages / max(rounds, 1):.1f} messages each)")
     print(f"CPU          {cpu * 1000 / args.messages:.2f} ms per message ({user * 1000 / args.messages:.2f} user + "
           f"{system * 1000 / args.messages:.2f} sys, all threads: "
           f"{cpu / elapsed * 100:.0f}% of one core; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
@@ -208,7 +210,7 @@ def quantiles(hist) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=2000)
-    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--size", type=int, default=50_000)
     parser.add_argument("--inline", action="store_true", help="CPU work on the event loop instead of worker threads")
     parser.add_argument("--big", type=int, default=0, help="one message with an attachment of this many MB: peak RSS")

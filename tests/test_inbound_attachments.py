@@ -78,6 +78,11 @@ async def test_the_fsyncs_of_concurrent_messages_go_in_shared_rounds(files):
     assert 1 <= syncs.rounds <= 2
     await syncs.sync(set())   # nothing to sync: no round
     assert syncs.rounds <= 2
+    rounds = syncs.rounds
+    syncs.close()   # the processor stopped: the threads go; started again it syncs as before
+    await syncs.sync(batches[0])
+    assert syncs.rounds == rounds + 1
+    syncs.close()
 
 
 async def test_a_failed_fsync_round_fails_every_message_in_it(files, tmp_path):
