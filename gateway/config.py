@@ -202,7 +202,7 @@ class WebhooksConfig:
 @dataclass(frozen=True, kw_only=True)
 class ProcessorConfig:
     enabled: bool = setting(True, "Process spooled inbound mail. false: it stays spooled (the MX and the pollers still accept it) and is processed once this is true again; e.g. to measure the MX listener alone (scripts/bench_mx.py).", restart=True)
-    concurrency: int = setting(4, "Spooled inbound messages processed at once (authentication, MIME parsing and attachment files run in as many worker threads).", min=1, max=256, restart=True)
+    concurrency: int = setting(16, "Spooled inbound messages processed at once (their MIME parsing and attachment files run in at most 4 worker threads; the others wait for DNS, the disk or the store meanwhile, and their files' fsyncs and finish commits go together).", min=1, max=256, restart=True)
     batch: int = setting(200, "Spooled rows read in one scan of the spool.", min=1, max=10000)
     poll_interval: float = setting(5.0, "Seconds between scans of the spool when nothing wakes the processor (a spool commit wakes it at once).", min=0.05)
     max_depth: int = setting(20, "Deepest MIME nesting parsed; deeper parts are kept as one raw remainder attachment.", min=1, max=200)

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import asyncio
 import os
 import stat
 import tracemalloc
 
 import pytest
 
-from gateway.inbound.attachments import STALE_TEMP, AttachmentFiles
+from gateway.inbound.attachments import STALE_TEMP, AttachmentFiles, Syncs
 from gateway.inbound.mime import parse
 
 
@@ -61,6 +62,36 @@ def test_a_batch_writes_every_file_and_they_are_there_after_the_block(files):
     assert names[-1] == names[0]
     assert [files.read(n) for n in names[:-1]] == blobs
     assert all(stat.S_IMODE(files.path(n).stat().st_mode) == 0o600 for n in names)
+
+
+async def test_the_fsyncs_of_concurrent_messages_go_in_shared_rounds(files):
+    # Each message's files are written (not yet synced) and handed to Syncs; the messages waiting
+    # while one round syncs go together in the next, as the store group-commits.
+    syncs = Syncs()
+    batches = []
+    for _ in range(20):
+        batch = files.batch()
+        batch.put(os.urandom(3000))
+        batches.append(batch.take())
+    assert all(batches) and not files.batch().take()
+    await asyncio.gather(*(syncs.sync(paths) for paths in batches))
+    assert 1 <= syncs.rounds <= 2
+    await syncs.sync(set())   # nothing to sync: no round
+    assert syncs.rounds <= 2
+    rounds = syncs.rounds
+    syncs.close()   # the processor stopped: the threads go; started again it syncs as before
+    await syncs.sync(batches[0])
+    assert syncs.rounds == rounds + 1
+    syncs.close()
+
+
+async def test_a_failed_fsync_round_fails_every_message_in_it(files, tmp_path):
+    syncs = Syncs()
+    batch = files.batch()
+    batch.put(b"kept")
+    results = await asyncio.gather(syncs.sync(batch.take() | {str(tmp_path / "gone")}), syncs.sync({str(tmp_path / "gone2")}),
+                                   return_exceptions=True)
+    assert all(isinstance(r, FileNotFoundError) for r in results)
 
 
 def test_a_file_cut_short_by_a_crash_is_replaced_by_the_next_put(files):

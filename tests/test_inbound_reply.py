@@ -111,3 +111,41 @@ def test_a_50_kb_body_is_stripped_quickly():
     elapsed = time.perf_counter() - start
     assert reply.endswith("goes on and on.") and "quoted" not in reply
     assert elapsed < 0.05, elapsed  # the library's own scan takes ~150 ms here
+
+
+# The signature and disclaimer searches take cheap paths (reply.py _search_at_lines, the "mail"
+# prefilter) that must find exactly what the library's patterns find searched everywhere.
+FRAGMENTS = ["Hello, about my order.", "Thanks,", "Best regards,", "-- ", "--", "Sent from my iPhone", "John", "/jd",
+             "_" * 40, "Disclaimer: this e-mail is confidential", "CAUTION: external email", "Warning: not mail",
+             "Gesendet von meinem Telefon", "Mit freundlichen Grüßen", "> quoted", "Note: see below", "Tak", "Kh", "x.y!"]
+SPACES = ["\n", "\n\n", " \n", "\n ", "\t\n\n", "\u00a0\n", "\u2028", " ", "\r\n", "\n\u3000\n", ""]
+
+
+def test_the_cheap_signature_and_disclaimer_searches_find_what_the_full_searches_find():
+    import random
+
+    from gateway.inbound import reply
+
+    p = reply._compiled(LANGUAGES)
+    assert p.signature_at_lines and p.needs_mail   # the library's patterns still have the shape relied on
+    rng = random.Random(8)
+    for _ in range(3000):
+        text = "".join(rng.choice(FRAGMENTS) + rng.choice(SPACES) for _ in range(rng.randint(0, 12)))
+        for start in {0, 1, len(text) // 2, max(len(text) - 7, 0)}:
+            start = min(start, len(text))
+            full, cheap = p.signature.search(text, start), reply._search_at_lines(p.signature, text, start)
+            assert (full.span() if full else None) == (cheap.span() if cheap else None), (text, start)
+            if not reply._MAIL.search(text, start):
+                assert p.disclaimers.findall(text, start) == [], (text, start)
+
+
+def test_the_quote_header_candidates_are_the_lines_the_pattern_finds():
+    import random
+
+    from gateway.inbound import reply
+
+    rng = random.Random(9)
+    pieces = ["a", ":", "\uff1a", "-----", "--", "> ", ">", "_____", "-_-_-", " ", "\n", "\n\n", "x: y", "On Mon wrote:"]
+    for _ in range(5000):
+        text = reply._normalise("".join(rng.choice(pieces) for _ in range(rng.randint(0, 25))))
+        assert list(reply._candidates(text)) == [m.span() for m in reply._CANDIDATE.finditer(text)], text
