@@ -73,7 +73,6 @@ log = structlog.get_logger("daemon")
 HEALTH_PROBE_TIMEOUT = 5.0
 # Seconds past daemon.shutdown_timeout a component's stop() may take before it is abandoned.
 STOP_GRACE = 2.0
-SWITCH_INTERVAL = 0.0005   # seconds, the interpreter's GIL switch interval (run_daemon says why)
 
 
 def prepare_state_dir(path: Path) -> None:
@@ -457,10 +456,11 @@ def run_daemon(config_path: str | None, state_dir: str | None) -> int:
     logs.configure(config.log)
     allocator.tune()
     # The event loop shares the GIL with the store's writer thread (and the read pool): a loop that
-    # let go of it for a SQLite call waits for the writer's next release, up to the switch interval
-    # (5 ms by default). 0.5 ms cuts that tail (scripts/bench_unsubscribe.py p99, with submission
-    # beside it: 421-427 ms -> 177-210 ms on a loaded 2-core machine) for a little more switching.
-    sys.setswitchinterval(SWITCH_INTERVAL)
+    # let go of it for a SQLite call waits for the writer's next release, up to the switch interval.
+    # 0.5 ms cut unsubscribe POST p99 beside submission (scripts/bench_unsubscribe.py: 421-427 ms ->
+    # 177-210 ms, loaded machine) but MX acceptance fell 1,030-1,120 -> 909-974 msg/s in interleaved
+    # runs of scripts/bench_mx.py: mail comes first, so the default stays Python's 5 ms.
+    sys.setswitchinterval(config.daemon.gil_switch_interval)
     paths = resolve_paths(config, state_dir)
     daemon = Daemon(config, paths, config_path=config_path, notifier=Notifier())
     try:
