@@ -308,7 +308,6 @@ async def test_a_complaint_found_by_its_feedback_id_suppresses_only_within_the_t
     assert await store.suppressions.live(globex, "eve@dest.example", [("marketing", 0)]) is None
 
 
-@pytest.mark.xfail(strict=True, reason="review2: a new message whose own Message-ID is another use case's thread id joins that thread")
 async def test_a_message_reusing_another_use_cases_message_id_does_not_join_its_thread(world):
     # The thread id of a new conversation is the root's Message-ID, which every recipient of the
     # root sees. A sender who reuses it as the Message-ID of a new message must not thereby put
