@@ -26,7 +26,6 @@ async def queued(store) -> list[dict]:
     return await store.db.read(lambda c: [dict(r) for r in c.execute("SELECT queue_id, tenant_id FROM messages")])
 
 
-@pytest.mark.xfail(strict=True, reason="review2: a message the gateway already forwarded is forwarded again (loops, multiplied by fan-out)")
 async def test_a_message_that_carries_our_forward_trace_is_not_forwarded_again(world):
     store, config = world["store"], world["config"]
     # Two rules fanning out, both to mailboxes that forward back to the use case's address: every
