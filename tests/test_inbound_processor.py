@@ -306,3 +306,23 @@ async def test_a_complaint_found_by_its_feedback_id_suppresses_only_within_the_t
                                         rcpt="fbl@bounces.acme.test"))
     assert (row["tenant_id"], row["flags"], row["summary"]["report"]["refers_to"]) == (acme, ["report_tenant_mismatch"], None)
     assert await store.suppressions.live(globex, "eve@dest.example", [("marketing", 0)]) is None
+
+
+async def test_a_message_reusing_another_use_cases_message_id_does_not_join_its_thread(world):
+    # The thread id of a new conversation is the root's Message-ID, which every recipient of the
+    # root sees. A sender who reuses it as the Message-ID of a new message must not thereby put
+    # the message into that conversation of another use case (or tenant): the confused-deputy rule
+    # that refuses such a parent by In-Reply-To must hold for the message's own id too.
+    store, acme = world["store"], world["acme"]
+    await send_out(store, acme, world["sales"], "s1@sales.acme.test")
+    await send_out(store, world["globex"], world["desk"], "g1@globex.test")
+    qid = await spool(store, mail(message_id="s1@sales.acme.test"), tenant_id=acme)
+    row = await done(store, qid)
+    assert (row["state"], row["usecase_id"]) == ("processed", world["support"])
+    assert row["thread_id"] != "s1@sales.acme.test"
+    thread = await store.inbox.thread("s1@sales.acme.test", tenant_id=acme)
+    assert [e["direction"] for e in thread] == ["out"]   # the sales conversation holds only its own message
+    # Another tenant's id: kept (every thread read is per tenant; globex's thread shows none of it).
+    qid2 = await spool(store, mail(message_id="g1@globex.test"), tenant_id=acme)
+    assert (await done(store, qid2))["state"] == "processed"
+    assert [e["direction"] for e in await store.inbox.thread("g1@globex.test", tenant_id=world["globex"])] == ["out"]

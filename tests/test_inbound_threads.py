@@ -51,3 +51,17 @@ def test_the_same_id_in_both_tenants_resolves_to_ours():
 def test_a_message_naming_itself_answers_nothing():
     t = resolve("m", ["m"], [], tenant_id=1, usecase_id=5, records=[rec("m", 1, 5, "old")])
     assert (t.thread_id, t.parent) == ("m", "")
+
+
+def test_a_new_message_reusing_another_use_cases_root_id_gets_a_fresh_thread():
+    t = resolve("s1", [], [], tenant_id=1, usecase_id=5, records=[rec("s1", 1, 6, "s1")], fresh="q1.inbound@gw")
+    assert (t.thread_id, t.parent, t.flag) == ("q1.inbound@gw", "", "")
+    # Another tenant's record: the id is kept (threads are read per tenant; a fresh id would be an oracle).
+    t = resolve("s1", [], [], tenant_id=1, usecase_id=5, records=[rec("s1", 2, 9, "s1")], fresh="q1.inbound@gw")
+    assert t.thread_id == "s1"
+    # Refused parent and a reused root together: still the fresh id.
+    t = resolve("s1", ["o1"], [], tenant_id=1, usecase_id=5, records=[rec("s1", 1, 6, "s1"), rec("o1", 1, 6, "o1")], fresh="q1.inbound@gw")
+    assert (t.thread_id, t.flag) == ("q1.inbound@gw", CROSS_USECASE)
+    # Its own use case's record of the id (a resent copy) keeps the id.
+    t = resolve("m", [], [], tenant_id=1, usecase_id=5, records=[rec("m", 1, 5, "old")], fresh="q1.inbound@gw")
+    assert t.thread_id == "m"

@@ -88,13 +88,20 @@ class AppDelivery(Component):
 
         # One event alone must fit a POST (a receiver that refuses it would hold its endpoint's
         # head for ever): bodies are cut further until the encoded event fits, with room for the
-        # event around it.
+        # event around it; then the subject and lists, then the attachment list (the application
+        # finds the rest with `gateway inbox show`; ``truncated`` says what was cut).
         max_body, room = cfg.inbox.max_body_bytes, cfg.inbox.max_post_bytes - EVENT_ROOM
+        squeeze, max_attachments = False, None
         while True:
-            built = inbound_payload(row, url_for=url_for, max_body=max_body)
-            if max_body == 0 or len(json.dumps(built, separators=(",", ":"), default=str)) <= room:
+            built = inbound_payload(row, url_for=url_for, max_body=max_body, squeeze=squeeze, max_attachments=max_attachments)
+            if len(json.dumps(built, separators=(",", ":"), default=str)) <= room or max_attachments == 0:
                 return built
-            max_body = max_body // 2 if max_body > 64 else 0
+            if max_body:
+                max_body = max_body // 2 if max_body > 64 else 0
+            elif not squeeze:
+                squeeze = True
+            else:
+                max_attachments = len(built["attachments"]) // 2
 
     # ------------------------------------------------------------------ GET /inbound/attachments/<token>
 

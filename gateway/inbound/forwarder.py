@@ -16,7 +16,8 @@ gateway and never to the original sender (no backscatter). A forward does not co
 tenant's monthly quota (it is mail the tenant received, like a DSN is mail the gateway wrote).
 Only kinds ``message`` and ``reply`` are forwarded; DSNs, complaints, auto-replies and unsubscribe
 requests are the gateway's own business (forwarding auto-replies invites loops): their outbox rows
-are skipped with a ``forward_skipped`` event.
+are skipped with a ``forward_skipped`` event. So is a message that already carries a forward trace
+of this gateway: a message is forwarded by us once, so a rule whose mailbox forwards back never loops.
 """
 
 from __future__ import annotations
@@ -48,6 +49,13 @@ def forward_received(*, hostname: str, queue_id: str, inbound_id: str, recipient
         lines.append(f"\tfor <{recipients[0]}>")
     lines[-1] += f"; {formatdate(now, localtime=True)}"
     return ("\r\n".join(lines) + "\r\n").encode("utf-8", "surrogateescape")
+
+
+def forwarded_here(raw: bytes, hostname: str) -> bool:
+    """Whether the header section carries a trace field ``forward_received`` wrote on this gateway."""
+    end = min((i for i in (raw.find(b"\r\n\r\n"), raw.find(b"\n\n")) if i >= 0), default=len(raw))
+    mark = f"\nreceived: by {hostname} (gateway) with forward id ".lower().encode("utf-8", "surrogateescape")
+    return mark in b"\n" + raw[:end].lower()
 
 
 class Forwarder(Component):
@@ -126,6 +134,12 @@ class Forwarder(Component):
         now = self.clock()
         queue_id = self.ids.new(now)
         raw = await self.store.inbound.raw(msg["id"])
+        if forwarded_here(raw, cfg.daemon.hostname):
+            # Our own forward come back (a mailbox it went to forwards to one of our addresses): sent
+            # on again it loops until the MX's Received limit, multiplied by every rule's fan-out.
+            await self.store.forwards.skip(outbox_id, tenant_id, inbound_id, "already forwarded by this gateway (a forwarding loop)")
+            self.skipped += 1
+            return None
         body = forward_received(hostname=cfg.daemon.hostname, queue_id=queue_id, inbound_id=inbound_id,
                                 recipients=plan["to"], now=now) + raw
         del raw

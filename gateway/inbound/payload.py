@@ -14,6 +14,11 @@ from collections.abc import Callable
 from typing import Any
 
 BODIES = ("text", "html", "stripped_text")
+# When the bodies are cut to nothing and the event still does not fit a POST (hundreds of attachments
+# with long names, a subject of a quarter megabyte): what the squeezed payload keeps of the rest.
+SQUEEZED_TEXT = 998          # bytes of subject and from_name (one RFC 5322 line)
+SQUEEZED_LIST = 20           # entries of to, cc, reply_to, references, defects
+LISTS = ("to", "cc", "reply_to", "references", "defects")
 
 
 def cut(text: str, max_bytes: int) -> tuple[str, bool]:
@@ -24,8 +29,11 @@ def cut(text: str, max_bytes: int) -> tuple[str, bool]:
     return data[:max_bytes].decode("utf-8", "ignore"), True
 
 
-def inbound_payload(row: dict[str, Any], *, url_for: Callable[[int], str], max_body: int) -> dict[str, Any]:
-    """``row``: store.inbox.delivery_view's (the processed row, its summary, its attachments)."""
+def inbound_payload(row: dict[str, Any], *, url_for: Callable[[int], str], max_body: int, squeeze: bool = False,
+                    max_attachments: int | None = None) -> dict[str, Any]:
+    """``row``: store.inbox.delivery_view's (the processed row, its summary, its attachments).
+    ``squeeze``: subject, from_name and the address lists cut too; ``max_attachments``: only the
+    first ones listed. Whatever was cut is named in ``truncated``."""
     summary = row.get("summary") or {}
     out: dict[str, Any] = {
         "inbound_id": row["inbound_id"],
@@ -61,11 +69,24 @@ def inbound_payload(row: dict[str, Any], *, url_for: Callable[[int], str], max_b
         if was_cut:
             truncated.append(name)
     out["truncated"] = truncated
+    attachments = list(row.get("attachments", ()))
+    if max_attachments is not None and len(attachments) > max_attachments:
+        attachments = attachments[:max_attachments]
+        truncated.append("attachments")
     out["attachments"] = [
         {"position": a["position"], "filename": a["filename"], "content_type": a["content_type"], "size": a["size"],
          "sha256": a["sha256"], "content_id": a["content_id"], "inline": a["inline"], "url": url_for(a["position"])}
-        for a in row.get("attachments", ())]
+        for a in attachments]
     out["auth"] = summary.get("auth") or {"header": row.get("auth_results", "")}
     out["report"] = summary.get("report")
     out["defects"] = summary.get("defects", [])
+    if squeeze:
+        for name in ("subject", "from_name"):
+            out[name], was_cut = cut(out[name] or "", SQUEEZED_TEXT)
+            if was_cut:
+                truncated.append(name)
+        for name in LISTS:
+            if len(out[name]) > SQUEEZED_LIST:
+                out[name] = out[name][:SQUEEZED_LIST]
+                truncated.append(name)
     return out

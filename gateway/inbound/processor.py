@@ -346,9 +346,10 @@ class Processor(Component):
         if kind in CONVERSATION and tenant_id is not None and usecase_id is not None:
             record_id = message_id or f"{row['inbound_id'].lower()}.inbound@{self.config.daemon.hostname}"
             candidates = threads.candidates(ids(p.in_reply_to), p.references or [])
-            records = await self.store.threads.known(candidates) if candidates else []
+            # The message's own id too (first: the lookup is bounded): a thread root of another use case or tenant.
+            records = await self.store.threads.known([record_id, *candidates])
             t = threads.resolve(record_id, ids(p.in_reply_to), p.references or [], tenant_id=tenant_id, usecase_id=usecase_id,
-                                records=records)
+                                records=records, fresh=f"{row['inbound_id'].lower()}.inbound@{self.config.daemon.hostname}")
             thread_id, parent = t.thread_id, t.parent
             if t.flag:
                 flags.append(t.flag)

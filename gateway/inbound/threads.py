@@ -14,6 +14,8 @@ The first candidate with a record decides:
 A reply is never attached to a conversation it could read its way into by naming a Message-ID
 (confused deputy): a parent of another use case or tenant starts a new conversation, and the search
 stops there (a further, older candidate of our own would be a guess about what the sender meant).
+A new thread is named by the message's own Message-ID, unless ``records`` hold that id for
+another use case of the tenant (a sender reusing a thread root it saw): then by ``fresh``.
 No candidate known -> a new thread started by the message itself (a reply to mail we never saw,
 or whose record aged out). The ``refused`` detail names the other tenant for the operator's log;
 it never goes into what the tenant sees (flag and event only).
@@ -46,10 +48,17 @@ def candidates(in_reply_to: Sequence[str], references: Sequence[str]) -> list[st
 
 
 def resolve(message_id: str, in_reply_to: Sequence[str], references: Sequence[str], *, tenant_id: int,
-            usecase_id: int | None, records: Iterable[Mapping[str, Any]]) -> Thread:
+            usecase_id: int | None, records: Iterable[Mapping[str, Any]], fresh: str = "") -> Thread:
     by_id: dict[str, list[Mapping[str, Any]]] = {}
     for r in records:
         by_id.setdefault(r["message_id"], []).append(r)
+    new_id = message_id
+    if fresh and any(r["tenant_id"] == tenant_id and r["usecase_id"] != usecase_id for r in by_id.get(message_id, ())):
+        # The message's own id is already another use case's (a thread root is its Message-ID,
+        # which every recipient sees): a new thread under it would join theirs. Another tenant's
+        # record changes nothing: every thread read is scoped to the tenant, and a different id
+        # would tell the sender that the id is known here.
+        new_id = fresh
     for candidate in candidates(in_reply_to, references):
         if candidate == message_id:
             continue   # a message naming itself (a resent copy) answers nothing
@@ -61,8 +70,8 @@ def resolve(message_id: str, in_reply_to: Sequence[str], references: Sequence[st
             same = [r for r in ours if r["usecase_id"] == usecase_id]
             if same:
                 return Thread(thread_id=same[0]["thread_id"], parent=candidate)
-            return Thread(thread_id=message_id, flag=CROSS_USECASE, refused=candidate,
+            return Thread(thread_id=new_id, flag=CROSS_USECASE, refused=candidate,
                           refused_detail={"usecase_id": ours[0]["usecase_id"]})
-        return Thread(thread_id=message_id, flag=CROSS_TENANT, refused=candidate,
+        return Thread(thread_id=new_id, flag=CROSS_TENANT, refused=candidate,
                       refused_detail={"tenant_id": found[0]["tenant_id"]})
-    return Thread(thread_id=message_id)
+    return Thread(thread_id=new_id)

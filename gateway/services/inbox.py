@@ -108,7 +108,7 @@ class InboxService:
 
     @admin_method("thread.show")
     async def thread(self, id: str, tenant: str | None = None) -> list[dict[str, Any]]:
-        """The whole conversation, both directions, in time order."""
+        """The conversation, both directions, in time order (its newest 1,000 entries)."""
         return await self.store.inbox.thread(_check_text(id.strip().strip("<>"), "thread"), tenant_id=await self._tenant_id(tenant))
 
     # ------------------------------------------------------------------ forwarding rules

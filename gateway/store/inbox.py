@@ -25,6 +25,9 @@ _ROW = ("m.id, m.inbound_id, m.source, m.connector_id, m.tenant_id, t.name AS te
 _JOINS = (" FROM inbound_messages m LEFT JOIN tenants t ON t.id = m.tenant_id LEFT JOIN usecases u ON u.id = m.usecase_id"
           " LEFT JOIN channel_addresses a ON a.id = m.address_id")
 _ATTACHMENT = "position, filename, content_type, size, sha256, content_id, inline"
+# Entries a thread answers with, its newest: anyone who knows one Message-ID of a thread can make
+# it longer by replying, and the answer crosses the control socket whole.
+MAX_THREAD = 1000
 
 
 def _decode(row: sqlite3.Row) -> dict[str, Any]:
@@ -109,8 +112,8 @@ def _download(conn: sqlite3.Connection, tenant_id: int, row_id: int, position: i
 
 
 def _thread(conn: sqlite3.Connection, thread_id: str, tenant_id: int | None) -> list[dict[str, Any]]:
-    """Both directions of a thread in time order: outbound messages through their Message-ID
-    records, inbound rows by their thread."""
+    """Both directions of a thread in time order, its newest ``MAX_THREAD`` entries: outbound
+    messages through their Message-ID records, inbound rows by their thread."""
     args: list[Any] = [thread_id]
     scope = ""
     if tenant_id is not None:
@@ -121,7 +124,8 @@ def _thread(conn: sqlite3.Connection, thread_id: str, tenant_id: int | None) -> 
             "SELECT i.message_id, i.tenant_id, t.name AS tenant, i.queue_id, i.created_at, i.parent, m.id AS row_id, m.mail_from,"
             " u.name AS usecase FROM message_ids i JOIN tenants t ON t.id = i.tenant_id"
             " LEFT JOIN messages m ON m.queue_id = i.queue_id AND m.tenant_id = i.tenant_id LEFT JOIN usecases u ON u.id = i.usecase_id"
-            " WHERE i.direction = 'out' AND i.thread_id = ?" + scope.format("i"), args):
+            " WHERE i.direction = 'out' AND i.thread_id = ?" + scope.format("i") + " ORDER BY i.created_at DESC LIMIT ?",
+            (*args, MAX_THREAD)):
         d = dict(r)
         row_id = d.pop("row_id")
         d["recipients"] = [] if row_id is None else [
@@ -129,7 +133,8 @@ def _thread(conn: sqlite3.Connection, thread_id: str, tenant_id: int | None) -> 
         out.append({"direction": "out", "at": d.pop("created_at"), "id": d["queue_id"], "from": d.pop("mail_from") or "",
                     "kind": "sent", "subject": "", "swept": row_id is None, **d})
     for r in conn.execute(
-            f"SELECT {_ROW}{_JOINS} WHERE m.thread_id = ? AND m.state = 'processed'" + scope.format("m"), args):
+            f"SELECT {_ROW}{_JOINS} WHERE m.thread_id = ? AND m.state = 'processed'" + scope.format("m")
+            + " ORDER BY m.received_at DESC, m.id DESC LIMIT ?", (*args, MAX_THREAD)):
         d = _decode(r)
         out.append({"direction": "in", "at": d["received_at"], "id": d["inbound_id"], "message_id": d["header_message_id"],
                     "tenant_id": d["tenant_id"], "tenant": d["tenant"], "usecase": d["usecase"], "from": d["from_address"],
@@ -138,7 +143,7 @@ def _thread(conn: sqlite3.Connection, thread_id: str, tenant_id: int | None) -> 
     if not out:
         raise NotFound(f"no thread {thread_id}" + (" in this tenant" if tenant_id is not None else ""))
     out.sort(key=lambda e: (e["at"], e["direction"] == "in"))
-    return out
+    return out[-MAX_THREAD:]
 
 
 class Inbox:
