@@ -195,6 +195,13 @@ async def test_inbox_commands_over_the_socket_and_tenant_isolation(tmp_path, dns
         eml = tmp_path / "out.eml"
         await run_cli(d, "inbox", "export", reply["inbound_id"], "--output", str(eml))
         assert eml.read_bytes() == reply["raw"] and eml.stat().st_mode & 0o777 == 0o600
+        # A file that already exists, readable by everyone, is the operator's target too: the mail in it
+        # is a customer's, so it ends 0600 like a new one (O_CREAT's mode applies only to new files).
+        shared = tmp_path / "shared.eml"
+        shared.write_bytes(b"old")
+        shared.chmod(0o644)
+        await run_cli(d, "inbox", "export", reply["inbound_id"], "--output", str(shared))
+        assert shared.read_bytes() == reply["raw"] and shared.stat().st_mode & 0o777 == 0o600
         result = await asyncio.to_thread(subprocess.run, [process.GATEWAY, "--socket", str(d.daemon.paths.socket), "inbox",
                                                           "attachment", reply["inbound_id"], "invoice.pdf"],
                                          capture_output=True, env=process.gateway_env(), stdin=subprocess.DEVNULL, timeout=30)

@@ -9,6 +9,7 @@ terminal. What a sender wrote (subjects, names, bodies) is printed with terminal
 from __future__ import annotations
 
 import os
+import stat
 import sys
 import base64
 from typing import Any, BinaryIO
@@ -88,7 +89,12 @@ def _sink(output: str | None) -> BinaryIO:
             fail("binary output: give --output FILE or redirect stdout", 2)
         return click.get_binary_stream("stdout")
     try:
-        return os.fdopen(os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
+        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        # O_CREAT's mode applies to a new file only: an existing regular file is made 0600 as well
+        # (what goes in is a customer's mail). Not a device or a pipe: /dev/stdout stays as it is.
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            os.fchmod(fd, 0o600)
+        return os.fdopen(fd, "wb")
     except OSError as exc:
         fail(f"cannot write {output}: {exc.strerror}", 1)
         raise
