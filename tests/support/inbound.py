@@ -28,6 +28,7 @@ from gateway.inbound.server import build
 from gateway.metrics import Metrics
 from gateway.store import Store
 from gateway.submission import TlsContext, client_tls_context
+from tests.support.submission import message
 
 
 @dataclass(frozen=True)
@@ -144,9 +145,5 @@ class Mx:
 
 def inbound_message(to: str = "help@acme.test", *, sender: str = "customer@example.org", subject: str = "Question",
                     extra: str = "", body: str = "Hello, I have a question.\r\n", size: int = 0) -> bytes:
-    head = f"From: Customer <{sender}>\r\nTo: {to}\r\nSubject: {subject}\r\nMessage-ID: <q1@example.org>\r\n{extra}"
-    text = head + "\r\n" + body
-    if size and len(text) < size:
-        line = "y" * 76 + "\r\n"
-        text += line * ((size - len(text)) // len(line))
-    return text.encode()
+    """What a customer sends to a channel address: submission's test message with a Message-ID."""
+    return message(sender, to, subject, extra="Message-ID: <q1@example.org>\r\n" + extra, body=body, size=size, name="Customer")

@@ -64,8 +64,9 @@ class FakeAuth:
 
 
 def message(sender: str = "app@example.com", to: str = "bob@example.org", subject: str = "hello", *,
-            extra: str = "", body: str = "Hello Bob.\r\n", size: int = 0) -> bytes:
-    head = f"From: App <{sender}>\r\nTo: {to}\r\nSubject: {subject}\r\n{extra}"
+            extra: str = "", body: str = "Hello Bob.\r\n", size: int = 0, name: str = "App") -> bytes:
+    """A small message (padded with 78-octet lines to about ``size`` bytes when given)."""
+    head = f"From: {name} <{sender}>\r\nTo: {to}\r\nSubject: {subject}\r\n{extra}"
     text = head + "\r\n" + body
     if size and len(text) < size:
         line = "x" * 76 + "\r\n"
