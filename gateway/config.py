@@ -238,6 +238,20 @@ class InboxConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ApiConfig:
+    enabled: bool = setting(True, "Serve the HTTP API (gateway/api/) on its own listener.", restart=True)
+    listen: str = setting("127.0.0.1:8026", "host:port of the HTTP API listener. /metrics and the public pages are not served here.", kind="hostport", restart=True)
+    tls: bool = setting(False, "Serve the API over TLS with submission's certificate (submission.tls_cert/tls_key, or the self-signed pair). false: plain HTTP, for loopback or behind a reverse proxy that terminates TLS.", restart=True)
+    trusted_proxies: list[str] = setting([], "Addresses (or CIDR networks) of reverse proxies whose X-Forwarded-For and X-Forwarded-Proto are believed; from anyone else those headers are ignored.", kind="ipnet")
+    public_url: str = setting("", "Base URL clients reach the API under (the servers entry of /v1/openapi.json). Empty: taken from each request.")
+    rate_limit: float = setting(100.0, "Requests per second one API key may make (a key made with its own --rate-limit uses that); past it 429 with Retry-After.", min=0.1)
+    rate_burst: float = setting(2.0, "Seconds of rate_limit a key may spend at once after being idle (the token bucket's depth).", min=1.0)
+    max_inflight: int = setting(512, "Requests handled at once, all keys together; past it 503 with Retry-After (bounds memory and open work).", min=1)
+    max_body_bytes: int = setting(1048576, "Largest request body of an API call other than sending a message, in bytes (413 past it).", min=1024)
+    key_cache_ttl: float = setting(5.0, "Seconds a checked API key is remembered; a key revoked through another node stops working within this (one revoked on this node stops at once).", min=0.0)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     daemon: DaemonConfig = section(DaemonConfig, "The daemon itself.")
     log: LogConfig = section(LogConfig, "Logging (structlog).")
@@ -255,6 +269,7 @@ class Config:
     unsubscribe: UnsubscribeConfig = section(UnsubscribeConfig, "List-Unsubscribe and one-click unsubscribe (RFC 2369, RFC 8058) on the mail of use cases that carry it.")
     processor: ProcessorConfig = section(ProcessorConfig, "The inbound processing stage: spooled mail classified, parsed, threaded and stored.")
     inbox: InboxConfig = section(InboxConfig, "Received mail handed to tenants' applications: webhook payloads, attachment URLs, forwarding over SMTP.")
+    api: ApiConfig = section(ApiConfig, "The tenant HTTP API: keys with roles, sending, management, OpenAPI at /v1/openapi.json.")
 
 
 # --------------------------------------------------------------------------- parsing

@@ -28,6 +28,9 @@ import structlog
 from . import __version__, allocator, logs, submission
 from .admin.registry import admin_method, collect
 from .admin.server import AdminServer
+from .api.endpoints import Deps as ApiDeps, endpoints as api_endpoints
+from .api.routes import collect as collect_routes
+from .api.server import ApiServer
 from .budget import ByteBudget
 from .config import Config, load_config, restart_keys, to_dict
 from .delivery.scheduler import Scheduler
@@ -48,6 +51,7 @@ from .lifecycle import Component
 from .metrics import Metrics, budget_families, store_families
 from .paths import Paths, resolve_paths
 from .services.addresses import AddressService
+from .services.apikeys import ApiKeyService
 from .services.connectors import ConnectorService
 from .services.domains import DomainService
 from .services.inbox import InboxService
@@ -161,6 +165,8 @@ class Daemon:
                                         post=webhooks.post, on_change=webhooks.wake),
                          EventService(store), UnsubscribeService(store, keyring), suppressions, AddressService(store),
                          InboxService(store, files)]
+        apikeys = ApiKeyService(store)
+        self.services.append(apikeys)
         submission_server = submission.build(
             self.config, paths=self.paths, authenticate=usecases.authenticate, context=usecases.context,
             submit=store.queue.put, monthly_count=store.queue.monthly_count, metrics=self.metrics,
@@ -187,6 +193,14 @@ class Daemon:
             forwarder,
             *listeners,
         ]
+        # The tenant API calls the same service functions as the admin socket (gateway/api/endpoints.py).
+        # It starts after the listeners' TLS context exists and stops before the workers it feeds.
+        if self.config.api.enabled:
+            methods = collect(*self.services)
+            api = ApiServer(lambda: self.config, store, collect_routes(*api_endpoints(ApiDeps(store, methods, lambda: self.config))),
+                            self.metrics, tls=submission_server.tls)
+            apikeys.on_revoke = api.keys.forget
+            workers.append(api)
         # Components start in this order and stop in reverse. Web and admin start first and stop
         # last, so status and /health answer until the end; the listeners stop accepting before the
         # scheduler drains in-flight deliveries. The web server serves every component's routes.

@@ -30,6 +30,7 @@
     │   └── MailboxAuthError      the server refused the login; the poller backs off
     ├── Unroutable                inbound/processor.py: no recipient of a spooled message receives here any more; held
     ├── InvalidToken              tokens.py: a link's token (unsubscribe, attachment URL) is malformed, forged or names nothing
+    ├── ApiProblem                api/problems.py: an HTTP API refusal; carries its RFC 9457 problem body and status
     └── AdminClientError          the CLI's side of the admin socket (admin/client.py)
         ├── AdminError            the daemon refused a call; ``code`` is the protocol's (exit 2 for usage codes)
         └── DaemonNotRunning      nothing answers at the socket (exit 1)

@@ -27,6 +27,10 @@ class Metrics:
         self.http_requests = Counter(
             "gateway_http_requests_total", "HTTP requests by path and status.", ["path", "status"], registry=r
         )
+        # The HTTP API (gateway/api/server.py): route is the template ("GET /v1/domains/{domain}"), never the path.
+        self.api_requests = Counter("gateway_api_requests_total", "HTTP API requests by route and status.", ["route", "status"], registry=r)
+        self.api_seconds = Histogram("gateway_api_request_seconds", "Seconds an HTTP API request took, by method (key check to reply).", ["method"],
+                                     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10), registry=r)
         # Delivery (gateway/delivery/scheduler.py): one count per recipient outcome.
         self.delivered = Counter("gateway_messages_delivered_total", "Recipients delivered, by route kind.", ["route"], registry=r)
         self.deferred = Counter("gateway_messages_deferred_total", "Recipient attempts deferred (temporary failure), by route kind.", ["route"], registry=r)

@@ -42,6 +42,7 @@ from . import unsubscribe as _unsubscribe  # noqa: E402
 from . import suppression as _suppression  # noqa: E402
 from . import address as _address  # noqa: E402
 from . import inbox as _inbox  # noqa: E402
+from . import apikey as _apikey  # noqa: E402
 
 main.add_command(_daemon.run)
 main.add_command(_daemon.status)
@@ -61,3 +62,4 @@ main.add_command(_address.address)
 main.add_command(_inbox.inbox)
 main.add_command(_inbox.thread)
 main.add_command(_inbox.inbound)
+main.add_command(_apikey.apikey)

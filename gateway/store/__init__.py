@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..config import StoreConfig
 from .addresses import Addresses
+from .apikeys import ApiKeys
 from .connectors import Connectors
 from .db import Database
 from .delivery import Delivery
@@ -57,6 +58,7 @@ class Store:
         self.mailboxes.on_spooled = self.inbound.notify_spooled
         self.inbox = Inbox(db)
         self.forwards = Forwards(db)
+        self.apikeys = ApiKeys(db)
 
     @classmethod
     async def open(cls, path: Path, config: StoreConfig | None = None) -> "Store":

@@ -86,6 +86,7 @@ def _delete(conn: sqlite3.Connection, name: str) -> dict[str, Any]:
     # The suppression list goes with the tenant (it is about other people's addresses, meaningless
     # without the tenant; keeping it would block the delete forever).
     delete_tenant(conn, tenant["id"])
+    conn.execute("DELETE FROM api_keys WHERE tenant_id = ?", (tenant["id"],))  # its keys name nothing without it
     conn.execute("DELETE FROM tenants WHERE id = ?", (tenant["id"],))
     append_event(conn, None, "tenant_deleted", name)
     return tenant

@@ -22,7 +22,8 @@ def _bounded_set(table: OrderedDict, key, value) -> None:
 
 
 class RateLimiter:
-    """Token bucket per key: ``per_minute`` messages a minute, bursts up to ``per_minute``."""
+    """Token bucket per key: ``per_minute`` messages a minute, bursts up to ``per_minute``; or, with
+    ``wait``, any rate per second and depth (the HTTP API's keys)."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic):
         self.clock = clock
@@ -32,14 +33,18 @@ class RateLimiter:
         """Take one token; False when the bucket is empty. ``per_minute`` 0 means unlimited."""
         if per_minute <= 0:
             return True
+        return self.wait(key, per_minute / 60.0, float(per_minute)) == 0.0
+
+    def wait(self, key: object, per_second: float, depth: float) -> float:
+        """Take one token and return 0.0, or return the seconds until one will be there (nothing taken)."""
         now = self.clock()
-        tokens, last = self._buckets.get(key, (float(per_minute), now))
-        tokens = min(float(per_minute), tokens + (now - last) * per_minute / 60.0)
+        tokens, last = self._buckets.get(key, (depth, now))
+        tokens = min(depth, tokens + (now - last) * per_second)
         if tokens < 1.0:
             _bounded_set(self._buckets, key, (tokens, now))
-            return False
+            return (1.0 - tokens) / per_second
         _bounded_set(self._buckets, key, (tokens - 1.0, now))
-        return True
+        return 0.0
 
 
 @dataclass(eq=False)

@@ -22,6 +22,7 @@ from gateway.paths import Paths
 # smarthosts live on 127.0.0.1 too, so the loop guard lets loopback through (tests of the guard turn it off).
 TEST_OVERRIDES: dict[str, Any] = {
     "web": {"listen": "127.0.0.1:0"},
+    "api": {"listen": "127.0.0.1:0"},
     "submission": {"listen": "127.0.0.1:0", "listen_tls": "127.0.0.1:0"},
     "inbound": {"listen": "127.0.0.1:0"},
     "daemon": {"shutdown_timeout": 5.0},

@@ -1,0 +1,29 @@
+"""What the API's endpoint classes get, and the list of them the daemon serves.
+
+An endpoint calls the same service functions the CLI calls over the admin socket, by their admin
+method names (``deps.methods["domain.show"](domain=..., tenant=call.caller.tenant)``): one rule, two
+front ends. It reads the store directly only for what no service offers yet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..config import Config
+from ..store import Store
+
+
+@dataclass
+class Deps:
+    store: Store
+    methods: dict[str, Callable[..., Any]]      # admin method name -> the bound service coroutine
+    config: Callable[[], Config]
+
+
+def endpoints(deps: Deps) -> list[object]:
+    """Every endpoint object; their ``@api_route`` methods are the API (routes.collect)."""
+    from .tenant import ApiKeyEndpoints, TenantEndpoints
+
+    return [TenantEndpoints(deps), ApiKeyEndpoints(deps)]

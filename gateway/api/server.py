@@ -1,0 +1,330 @@
+"""The API listener: one aiohttp application serving the route table (routes.py).
+
+Per request, in this order (each step's refusal is a problem body, problems.py):
+    in-flight bound (503) -> client address (X-Forwarded-For only from api.trusted_proxies)
+    -> API key (401) -> the key's rate limit (429 + Retry-After) -> the route's permission (403)
+    -> path, query and body decoded against the route's models (400/413/415/422)
+    -> If-Match against the object's current ETag (412) -> the endpoint
+    -> the reply converted to the route's response model (so nothing undocumented leaves: a field a
+       service returns but the model does not name is dropped) -> ETag / 304 on reads
+    -> for a successful change, an ``api_change`` event (who, what, when) committed before the reply.
+
+/health, /metrics and the public pages are the web server's (gateway/web.py), never served here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+import structlog
+from aiohttp import web
+
+from ..config import Config, split_hostport
+from ..errors import StartupError
+from ..lifecycle import Component, Listener, format_address
+from ..submission.ratelimit import RateLimiter
+from .keys import KeyChecker
+from .openapi import document
+from .paging import etag, matches
+from .problems import CONTENT_TYPE as PROBLEM_TYPE, ApiProblem, forbidden, from_exception, from_validation, invalid, not_found, unauthorized
+from .routes import Call, Caller, Reply, Route
+
+log = structlog.get_logger("api")
+
+JSON = "application/json"
+MAX_PATH_PARAM = 320
+# Locks of objects being changed, by (tenant, path): If-Match's check and the change run under one.
+MAX_LOCKS = 10000
+
+
+def problem_response(problem: ApiProblem, instance: str = "") -> web.Response:
+    body = problem.body
+    if instance and not body.instance:
+        body = msgspec.structs.replace(body, instance=instance)
+    return web.Response(body=msgspec.json.encode(body), status=problem.status, content_type=PROBLEM_TYPE,
+                        headers=problem.headers())
+
+
+def _list_fields(model: type | None) -> frozenset[str]:
+    if model is None:
+        return frozenset()
+    info = msgspec.inspect.type_info(model)
+    return frozenset(f.encode_name for f in info.fields if _is_list(f.type))
+
+
+def _is_list(t: Any) -> bool:
+    """Whether a query field takes several values (?type=a&type=b): a list, maybe optional or annotated."""
+    if isinstance(t, msgspec.inspect.Metadata):
+        t = t.type
+    if isinstance(t, msgspec.inspect.UnionType):
+        return any(_is_list(x) for x in t.types)
+    return isinstance(t, msgspec.inspect.ListType)
+
+
+class ApiServer(Component):
+    name = "api"
+
+    def __init__(self, config: Callable[[], Config], store: Any, routes: list[Route], metrics: Any, *, tls: Any = None):
+        self.config = config
+        self.store = store
+        self.routes = routes
+        self.metrics = metrics
+        self.tls = tls
+        api = config().api
+        self.keys = KeyChecker(store, ttl=api.key_cache_ttl, default_rate=api.rate_limit)
+        self.limiter = RateLimiter()
+        self._inflight = 0
+        self._locks: dict[tuple[int, str], asyncio.Lock] = {}
+        self._reads = {r.path: r for r in routes if r.method == "GET"}
+        self._lists = {id(r): (_list_fields(r.query)) for r in routes}
+        self._runner: web.AppRunner | None = None
+        self._address = api.listen
+        self._document: bytes | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def app(self) -> web.Application:
+        # The body limit of the send route is its own (checked before reading); aiohttp's own cap is
+        # the largest any route takes, so a body past every route's limit is never read at all.
+        largest = max([self.config().api.max_body_bytes, *[r.max_body or 0 for r in self.routes]])
+        app = web.Application(client_max_size=largest, middlewares=[self._guard])
+        app.router.add_get("/v1/openapi.json", self._openapi)
+        for route in self.routes:
+            app.router.add_route(route.method, route.path, self._handler(route))
+        return app
+
+    async def start(self) -> None:
+        api = self.config().api
+        host, port = split_hostport(api.listen)
+        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        ssl_context = None
+        if api.tls:
+            self.tls.load()
+            ssl_context = self.tls.context
+        site = web.TCPSite(self._runner, host, port, reuse_address=True, ssl_context=ssl_context, backlog=512)
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            self._runner = None
+            why = "address already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+            raise StartupError(f"api: cannot listen on {api.listen}: {why}") from None
+        sockets = site._server.sockets if site._server else []  # noqa: SLF001 - aiohttp exposes no public accessor
+        if sockets:
+            self._address = format_address(sockets[0].getsockname())
+        log.info("api_listening", address=self._address, tls=api.tls, routes=len(self.routes))
+
+    async def stop(self, deadline: float) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def reload(self, config: Config) -> None:
+        self.keys.ttl = config.api.key_cache_ttl
+        self.keys.default_rate = config.api.rate_limit
+        self._document = None
+
+    def listeners(self) -> list[Listener]:
+        return [Listener("api", self._address, up=self._runner is not None)]
+
+    # ------------------------------------------------------------------ the pipeline
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """The in-flight bound, and problem bodies for what aiohttp itself refuses (no route, method)."""
+        if self._inflight >= self.config().api.max_inflight:
+            return problem_response(ApiProblem(503, "busy", "Too many requests in flight", "try again shortly", retry_after=1))
+        self._inflight += 1
+        try:
+            return await handler(request)
+        except web.HTTPNotFound:
+            return problem_response(not_found(f"no route {request.path[:200]}"))
+        except web.HTTPMethodNotAllowed as exc:
+            problem = ApiProblem(405, "method-not-allowed", "Method not allowed", f"{request.method} is not allowed here")
+            response = problem_response(problem)
+            response.headers["Allow"] = ", ".join(sorted(exc.allowed_methods))
+            return response
+        except web.HTTPRequestEntityTooLarge:
+            return problem_response(invalid("the request body is too large", None, 413))
+        finally:
+            self._inflight -= 1
+
+    def _client(self, request: web.Request) -> str:
+        peer = request.remote or ""
+        forwarded = request.headers.get("X-Forwarded-For")
+        if forwarded and self._trusted(peer):
+            # The right-most address the trusted proxy saw; what is left of it the client wrote itself.
+            return forwarded.split(",")[-1].strip()[:64]
+        return peer
+
+    def _trusted(self, peer: str) -> bool:
+        proxies = self.config().api.trusted_proxies
+        if not proxies or not peer:
+            return False
+        try:
+            address = ipaddress.ip_address(peer)
+        except ValueError:
+            return False
+        return any(address in ipaddress.ip_network(p, strict=False) for p in proxies)
+
+    def scheme(self, request: web.Request) -> str:
+        """https or http as the client sees it (X-Forwarded-Proto only from a trusted proxy)."""
+        proto = request.headers.get("X-Forwarded-Proto", "").strip().lower()
+        if proto in ("http", "https") and self._trusted(request.remote or ""):
+            return proto
+        return "https" if self.config().api.tls else "http"
+
+    async def _authenticate(self, request: web.Request, client: str) -> Caller:
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise unauthorized("send the API key as Authorization: Bearer gw_live_...")
+        caller, why = await self.keys.check(token.strip(), client)
+        if caller is None:
+            log.info("api_key_refused", reason=why, client=client)
+            raise unauthorized("the API key is not valid (unknown, revoked or expired)")
+        return caller
+
+    def _handler(self, route: Route) -> Callable[[web.Request], Any]:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            started = time.perf_counter()
+            try:
+                response = await self._serve(route, request)
+            except Exception as exc:  # noqa: BLE001 - every failure becomes a problem body
+                problem = from_exception(exc)
+                if problem is None:
+                    log.exception("api_internal_error", route=f"{route.method} {route.path}")
+                    problem = ApiProblem(500, "internal", "Internal error", "the gateway failed to handle this request; it is logged")
+                response = problem_response(problem, request.path[:500])
+            self.metrics.api_requests.labels(route=f"{route.method} {route.path}", status=str(response.status)).inc()
+            self.metrics.api_seconds.labels(method=route.method).observe(time.perf_counter() - started)
+            return response
+
+        return handle
+
+    async def _serve(self, route: Route, request: web.Request) -> web.StreamResponse:
+        client = self._client(request)
+        caller = await self._authenticate(request, client)
+        wait = self.limiter.wait(caller.key_id, caller.rate_limit, max(1.0, caller.rate_limit * self.config().api.rate_burst))
+        if wait:
+            raise ApiProblem(429, "rate-limited", "The API key's rate limit is spent",
+                             f"this key may make {caller.rate_limit:g} requests a second", retry_after=wait)
+        if not caller.may(route.permission):
+            raise forbidden(route.permission, caller.role)
+        params = self._params(request)
+        query = self._query(route, request)
+        body, content_type = await self._body(route, request)
+        call = Call(caller=caller, params=params, query=query, body=body, request=request, content_type=content_type)
+        if route.method == "GET":
+            return self._respond(route, await route.handler(call), request)
+        if_match = request.headers.get("If-Match")
+        read = self._reads.get(route.path)
+        if if_match is None or read is None:
+            result = await route.handler(call)
+        else:
+            async with self._lock(caller.tenant_id, request.path):
+                current = self._encode(read, await read.handler(Call(caller=caller, params=params, query=None, body=None, request=request)))
+                if not matches(if_match, etag(current[0])):
+                    raise ApiProblem(412, "precondition-failed", "The object changed since it was read",
+                                     "If-Match does not name the current ETag; read it again")
+                result = await route.handler(call)
+        response = self._respond(route, result, request)
+        if route.audit and 200 <= response.status < 300:
+            await self.store.events.append(caller.tenant_id, "api_change", f"{route.method} {request.path[:300]}", {
+                "key": caller.public_id, "key_name": caller.name, "role": caller.role, "client": client,
+                "route": f"{route.method} {route.path}", "status": response.status})
+        return response
+
+    def _lock(self, tenant_id: int, path: str) -> asyncio.Lock:
+        key = (tenant_id, path)
+        lock = self._locks.get(key)
+        if lock is None:
+            if len(self._locks) >= MAX_LOCKS:
+                for k in [k for k, l in self._locks.items() if not l.locked()]:
+                    del self._locks[k]
+            lock = self._locks[key] = asyncio.Lock()
+        return lock
+
+    @staticmethod
+    def _params(request: web.Request) -> dict[str, str]:
+        params = dict(request.match_info)
+        for name, value in params.items():
+            if len(value) > MAX_PATH_PARAM or any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+                raise not_found(f"no such {name}")
+        return params
+
+    def _query(self, route: Route, request: web.Request) -> Any:
+        if route.query is None:
+            if request.query:
+                raise invalid(f"this route takes no query parameters (got {', '.join(sorted(request.query))[:200]})", "query")
+            return None
+        lists = self._lists[id(route)]
+        raw: dict[str, Any] = {}
+        for key in request.query.keys():
+            if key in raw:
+                continue
+            values = request.query.getall(key)
+            raw[key] = values if key in lists else values[-1]
+        try:
+            return msgspec.convert(raw, route.query, strict=False)
+        except msgspec.ValidationError as exc:
+            raise from_validation(exc, "query") from None
+
+    async def _body(self, route: Route, request: web.Request) -> tuple[Any, str]:
+        if route.body is None and not route.raw:
+            return None, ""
+        limit = route.max_body or self.config().api.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise invalid(f"the request body is larger than {limit} bytes", None, 413)
+        media = request.content_type
+        if media != JSON and media not in route.raw or (media == JSON and route.body is None):
+            takes = ([JSON] if route.body is not None else []) + list(route.raw)
+            raise invalid(f"send the body as {' or '.join(takes)}, not {media or 'nothing'}", "body", 415)
+        data = await request.read()
+        if len(data) > limit:
+            raise invalid(f"the request body is larger than {limit} bytes", None, 413)
+        if media in route.raw:
+            return data, media
+        try:
+            return msgspec.json.decode(data, type=route.body), media
+        except msgspec.ValidationError as exc:
+            raise from_validation(exc) from None
+        except msgspec.DecodeError as exc:
+            raise invalid(f"the body is not JSON: {exc}", "body", 400) from None
+
+    def _encode(self, route: Route, result: Any) -> tuple[bytes, int, dict[str, str], str]:
+        reply = result if isinstance(result, Reply) else Reply(body=result)
+        status = reply.status or route.status
+        content_type = reply.content_type or route.produces
+        if reply.body is None or isinstance(reply.body, bytes):
+            return reply.body or b"", status, reply.headers, content_type
+        value = reply.body
+        if route.response is not None:
+            # Shape the reply by its model: what the model does not name is not sent.
+            value = msgspec.convert(value, route.response, from_attributes=True)
+        return msgspec.json.encode(value), status, reply.headers, content_type
+
+    def _respond(self, route: Route, result: Any, request: web.Request) -> web.Response:
+        body, status, headers, content_type = self._encode(route, result)
+        if status == 204 or (not body and route.response is None):
+            return web.Response(status=status if status != 200 else 204, headers=headers)
+        if request.method == "GET" and status == 200:
+            tag = etag(body)
+            none_match = request.headers.get("If-None-Match")
+            if none_match is not None and matches(none_match, tag):
+                return web.Response(status=304, headers={**headers, "ETag": tag})
+            headers = {**headers, "ETag": tag}
+        return web.Response(body=body, status=status, headers=headers, content_type=content_type)
+
+    async def _openapi(self, request: web.Request) -> web.Response:
+        if self._document is None:
+            url = self.config().api.public_url
+            self._document = msgspec.json.encode(document(self.routes, server_url=url))
+        return web.Response(body=self._document, content_type=JSON)
