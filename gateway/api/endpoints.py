@@ -24,6 +24,9 @@ class Deps:
 
 def endpoints(deps: Deps) -> list[object]:
     """Every endpoint object; their ``@api_route`` methods are the API (routes.collect)."""
+    from .addresses import AddressEndpoints
+    from .domains import DomainEndpoints
     from .tenant import ApiKeyEndpoints, TenantEndpoints
+    from .usecases import UsecaseEndpoints
 
-    return [TenantEndpoints(deps), ApiKeyEndpoints(deps)]
+    return [TenantEndpoints(deps), ApiKeyEndpoints(deps), DomainEndpoints(deps), UsecaseEndpoints(deps), AddressEndpoints(deps)]
