@@ -24,6 +24,10 @@ class Deps:
 
 def endpoints(deps: Deps) -> list[object]:
     """Every endpoint object; their ``@api_route`` methods are the API (routes.collect)."""
+    from .connectors import ConnectorEndpoints
+    from .suppressions import SuppressionEndpoints
     from .tenant import ApiKeyEndpoints, TenantEndpoints
+    from .webhooks import ForwardEndpoints, WebhookEndpoints
 
-    return [TenantEndpoints(deps), ApiKeyEndpoints(deps)]
+    return [TenantEndpoints(deps), ApiKeyEndpoints(deps), ConnectorEndpoints(deps), SuppressionEndpoints(deps),
+            WebhookEndpoints(deps), ForwardEndpoints(deps)]
