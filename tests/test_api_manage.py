@@ -484,3 +484,18 @@ def test_a_list_page_reads_one_index_range_whatever_the_filter():
         "INDEX suppressions_tenant_page", "INDEX suppressions_reason_page", "INDEX suppressions_scope_page",
         "INDEX sqlite_autoindex_suppressions_1"], plans
     assert "TEMP B-TREE" not in " ".join(plans[:3])
+
+
+async def test_a_loopback_webhook_url_is_refused_unless_allowed_as_by_the_cli(tmp_path):
+    async with running_daemon(tmp_path, {"webhooks": {"allow_loopback": False}}) as d:
+        await d.call("tenant.add", name="acme")
+        admin = await api_key(d, "acme", "admin")
+        async with api_client(d, admin) as api:
+            for url in ("http://127.0.0.1:9/hook", "http://[::1]/hook"):
+                status, problem, _ = await api.post("/v1/webhooks", {"url": url})
+                assert status == 422 and "allow_loopback" in problem["detail"], problem
+            status, made, _ = await api.post("/v1/webhooks", {"url": "https://hooks.example.org/in", "name": "ok"})
+            assert status == 201
+            status, problem, _ = await api.patch("/v1/webhooks/ok", {"url": "http://127.0.0.1/hook"})
+            assert status == 422 and "allow_loopback" in problem["detail"]
+            assert (await api.get("/v1/webhooks/ok"))[1]["url"] == "https://hooks.example.org/in"
