@@ -173,6 +173,7 @@ async def test_connectors_add_show_change_test_and_delete_without_ever_showing_a
                 ("PUT", "/v1/connectors/relay/incoming", {"enabled": False}), ("DELETE", "/v1/connectors/relay/incoming", None),
                 ("POST", "/v1/connectors/relay/test", None), ("DELETE", "/v1/connectors/relay", None)]
         await not_found(d, keys["other"], item)
+        await not_found(d, keys["owner"], [(m, p.replace("relay", "No%20Such"), b) for m, p, b in item])   # a name none can have
         async with api_client(d, keys["other"]) as api:
             assert (await api.get("/v1/connectors"))[1]["data"] == []
         await refused(d, keys, item + [("GET", "/v1/connectors", None), ("POST", "/v1/connectors", {"name": "x", "kind": "smtp"})])
