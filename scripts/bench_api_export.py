@@ -109,6 +109,7 @@ def main() -> None:
             while True:
                 try:
                     call(sock, "ping")
+                    socket.create_connection(("127.0.0.1", api_port), timeout=1).close()   # the API listener is up too
                     break
                 except Exception:  # noqa: BLE001 - not up yet
                     if time.time() > deadline or proc.poll() is not None:
