@@ -307,11 +307,17 @@ class ApiServer(Component):
             return reply.body or b"", status, reply.headers, content_type
         value = reply.body
         if route.response is not None:
-            # Shape the reply by its model: what the model does not name is not sent.
+            # Shape the reply by its model: what the model does not name is not sent. A Struct (a Page
+            # of rows) is taken apart first: convert passes an instance of the type through as it is,
+            # with the rows in it unshaped.
+            if isinstance(value, msgspec.Struct):
+                value = msgspec.structs.asdict(value)
             value = msgspec.convert(value, route.response, from_attributes=True)
         return msgspec.json.encode(value), status, reply.headers, content_type
 
-    def _respond(self, route: Route, result: Any, request: web.Request) -> web.Response:
+    def _respond(self, route: Route, result: Any, request: web.Request) -> web.StreamResponse:
+        if isinstance(result, web.StreamResponse):
+            return result   # the endpoint streamed it itself (a CSV export): no ETag for what was never whole
         body, status, headers, content_type = self._encode(route, result)
         if status == 204 or (not body and route.response is None):
             return web.Response(status=status if status != 200 else 204, headers=headers)
