@@ -26,7 +26,7 @@ from typing import Any
 import structlog
 
 from . import __version__, allocator, logs, submission
-from .admin.registry import admin_method, collect
+from .admin.registry import admin_method, checked, collect
 from .admin.server import AdminServer
 from .api.endpoints import Deps as ApiDeps, endpoints as api_endpoints
 from .api.routes import collect as collect_routes
@@ -196,7 +196,7 @@ class Daemon:
         # The tenant API calls the same service functions as the admin socket (gateway/api/endpoints.py).
         # It starts after the listeners' TLS context exists and stops before the workers it feeds.
         if self.config.api.enabled:
-            methods = collect(*self.services)
+            methods = checked(collect(*self.services))
             api = ApiServer(lambda: self.config, store, collect_routes(*api_endpoints(ApiDeps(store, methods, lambda: self.config))),
                             self.metrics, tls=submission_server.tls)
             apikeys.on_revoke = api.keys.forget

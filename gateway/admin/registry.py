@@ -81,3 +81,19 @@ def check_params(fn: AdminMethod, params: dict[str, Any]) -> inspect.BoundArgume
             raise ParamsError(f"bad params: {name!r} has the wrong type ({type(value).__name__})")
         validate.boundary(name, value)
     return bound
+
+
+def checked(methods: dict[str, AdminMethod]) -> dict[str, AdminMethod]:
+    """The same methods, each checking its params first as an admin request's are (types, then
+    validate.boundary): what the HTTP API calls, so a value reaching a service passes the same bounds
+    whichever front end carried it."""
+
+    def wrap(fn: AdminMethod) -> AdminMethod:
+        async def call(**params: Any) -> Any:
+            bound = check_params(fn, params)
+            return await fn(*bound.args, **bound.kwargs)
+
+        call.__name__ = getattr(fn, "__name__", "method")
+        return call
+
+    return {name: wrap(fn) for name, fn in methods.items()}
