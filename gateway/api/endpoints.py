@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import Config
 from ..store import Store
+
+if TYPE_CHECKING:
+    from ..submission.submit import Submitter
 
 
 @dataclass
@@ -20,10 +23,12 @@ class Deps:
     store: Store
     methods: dict[str, Callable[..., Any]]      # admin method name -> the bound service coroutine
     config: Callable[[], Config]
+    sending: Submitter | None = None            # submission's MAIL/RCPT/DATA rules and queue (POST /v1/messages)
 
 
 def endpoints(deps: Deps) -> list[object]:
     """Every endpoint object; their ``@api_route`` methods are the API (routes.collect)."""
+    from .sending import SendEndpoints
     from .tenant import ApiKeyEndpoints, TenantEndpoints
 
-    return [TenantEndpoints(deps), ApiKeyEndpoints(deps)]
+    return [TenantEndpoints(deps), ApiKeyEndpoints(deps), SendEndpoints(deps)]
