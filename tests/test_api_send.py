@@ -9,11 +9,14 @@ import base64
 import email
 import email.policy
 import itertools
+import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 import dkim
 
+from gateway.config import QueueConfig
+from gateway.sweeper import Sweeper
 from tests.support.api import api_client, api_key
 from tests.support.delivery import delivering_daemon, dkim_dnsfunc, publish_mx, wait_events
 from tests.support.sink import mail_sink
@@ -337,6 +340,12 @@ async def test_an_idempotency_key_gives_one_message_and_the_same_answer(tmp_path
         sent = [m for m in await d.store.queue.list(finished=True) if m["mail_from"]]   # not the bounces (DSNs) of them
         assert len(sent) == 2
         assert await d.store.queue.monthly_count((await d.store.tenants.get("acme"))["id"]) == 2
+        # A day later the key is forgotten: the sweeper deletes its row, and the key may send again.
+        swept = await Sweeper(d.store, QueueConfig(), clock=lambda: time.time() + 86400 + 60).sweep()
+        assert swept["idempotency"] == 2
+        async with api_client(d, token) as api:
+            status, body, _ = await api.post("/v1/messages", json(setup, subject="another"), headers={"Idempotency-Key": "order-42"})
+        assert status == 202 and body["queue_id"] != first[1]["queue_id"], body
 
 
 async def test_a_body_past_the_memory_budget_is_refused_as_smtp_refuses_it(tmp_path, dns_server):

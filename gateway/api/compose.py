@@ -9,7 +9,8 @@ Built directly as bytes (no ``email.message`` objects: this is the API's hot pat
         + other attachments         multipart/mixed around that
     ASCII text with short lines is 7bit, other text quoted-printable, attachments base64.
 
-Date and Message-ID are left to preparation (submission/prepare.py adds them as it does for SMTP),
+Date is written here (one formatting per second, memoised: it is a tenth of this module's cost
+otherwise); Message-ID is left to preparation (submission/prepare.py adds it as it does for SMTP),
 Bcc never becomes a header. Non-ASCII display names, subjects and header values become RFC 2047
 encoded words; non-ASCII filenames RFC 2231 parameters. A CR, LF or NUL in anything that becomes a
 header is the refusal SMTP gives a bare line break (550 5.6.0); a header the gateway owns is refused.
@@ -19,11 +20,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 import secrets
 from collections.abc import Iterable, Sequence
 from email.header import Header
-from email.utils import formataddr
+from email.utils import formataddr, formatdate
 from typing import Any
 from urllib.parse import quote
 
@@ -43,6 +45,12 @@ OWNED = frozenset({
 OWNED_PREFIXES = ("list-unsubscribe", "content-", "arc-", "x-gateway-", "resent-")
 _BREAKERS = re.compile(r"[\r\n\x00]")
 _NEWLINES = re.compile(r"\r\n|\r")
+
+
+@functools.lru_cache(maxsize=4)
+def local_date(second: int) -> str:
+    """RFC 5322 date of ``second``, local time (a pure memo: every message of one second names the same)."""
+    return formatdate(second, localtime=True)
 
 
 def injection(field: str) -> ApiProblem:
@@ -165,11 +173,11 @@ def body(text: str | None, html: str | None, attachments: Sequence[Any]) -> byte
     return entity
 
 
-def message(*, sender: tuple[str, str], to: Sequence[tuple[str, str]], cc: Sequence[tuple[str, str]],
+def message(*, now: float, sender: tuple[str, str], to: Sequence[tuple[str, str]], cc: Sequence[tuple[str, str]],
             reply_to: tuple[str, str] | None, subject: str, in_reply_to: str | None, extra: dict[str, str],
             text: str | None, html: str | None, attachments: Sequence[Any]) -> bytearray:
     """The whole message, CRLF lines, as one buffer (prepared in place afterwards)."""
-    lines = [f"From: {mailbox(sender[0], sender[1], 'from')}"]
+    lines = [f"From: {mailbox(sender[0], sender[1], 'from')}", f"Date: {local_date(int(now))}"]
     if to:
         lines.append(f"To: {address_list(to, 'to')}")
     if cc:

@@ -24,7 +24,7 @@ import asyncio
 import hashlib
 import re
 import time
-from email.utils import formatdate, getaddresses
+from email.utils import getaddresses
 from typing import Annotated, Any
 
 import msgspec
@@ -127,7 +127,7 @@ def received_http(*, client_ip: str, hostname: str, queue_id: str, tls: bool, re
     lines = [f"Received: from {literal}", f"\tby {hostname} (gateway) with {'HTTPS' if tls else 'HTTP'} id {queue_id}"]
     if len(recipients) == 1:
         lines.append(f"\tfor <{recipients[0]}>")
-    lines[-1] += f"; {formatdate(now, localtime=True)}"
+    lines[-1] += f"; {compose.local_date(int(now))}"
     return ("\r\n".join(lines) + "\r\n").encode("utf-8")
 
 
@@ -274,7 +274,7 @@ class SendEndpoints:
 
     def _compose(self, req: SendRequest, sender: str) -> bytearray:
         boxes = {f: [_party(p) for p in getattr(req, f)] for f in ("to", "cc")}
-        return compose.message(sender=_party(req.sender), to=boxes["to"], cc=boxes["cc"],
+        return compose.message(now=time.time(), sender=_party(req.sender), to=boxes["to"], cc=boxes["cc"],
                                reply_to=_party(req.reply_to) if req.reply_to is not None else None, subject=req.subject,
                                in_reply_to=req.in_reply_to, extra=req.headers, text=req.text, html=req.html,
                                attachments=req.attachments)

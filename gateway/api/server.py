@@ -336,12 +336,14 @@ class ApiServer(Component):
         declared = request.content_length
         if declared is not None and not reservation.cover(route.reserve * declared // COPIES):
             raise no_memory()
+        if declared is not None:
+            return await request.read()   # covered already; aiohttp stops at client_max_size
         chunks, size = [], 0
         async for chunk in request.content.iter_chunked(1 << 16):
             size += len(chunk)
             if size > limit:
                 raise invalid(f"the request body is larger than {limit} bytes", None, 413)
-            if declared is None and not reservation.cover(route.reserve * size // COPIES):
+            if not reservation.cover(route.reserve * size // COPIES):
                 raise no_memory()
             chunks.append(chunk)
         return b"".join(chunks)
