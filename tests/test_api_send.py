@@ -295,8 +295,11 @@ async def test_keys_send_only_through_what_their_role_allows(tmp_path, dns_serve
         owner = await api_key(d, "acme", "owner")
         stranger = await api_key(d, "globex", "owner")
         async with api_client(d, sender) as api:
-            status, body, _ = await api.post("/v1/messages", json(setup, usecase="news"))
-            assert status == 404, body                               # another use case than the key's
+            named_other = await api.post("/v1/messages", json(setup, usecase="news"))
+            named_none = await api.post("/v1/messages", json(setup, usecase="nope"))
+            # Another use case than the key's answers as one that does not exist (no existence oracle).
+            assert named_other[0] == named_none[0] == 422 and named_other[1]["type"] == PROBLEM + "usecase-not-found"
+            assert named_other[1]["detail"].replace("news", "X") == named_none[1]["detail"].replace("nope", "X")
             status, body, _ = await api.post("/v1/messages", json(setup, "news@acme.test"))
             assert status == 422 and body["type"] == PROBLEM + "sender-not-allowed"
         async with api_client(d, agent) as api:
@@ -311,10 +314,10 @@ async def test_keys_send_only_through_what_their_role_allows(tmp_path, dns_serve
             status, body, _ = await api.post("/v1/messages", json(setup, "news@acme.test"))
             assert status == 202 and body["usecase"] == "news", body
             status, body, _ = await api.post("/v1/messages", json(setup, usecase="nope"))
-            assert status == 404 and body["field"] == "usecase"
+            assert status == 422 and body["type"] == PROBLEM + "usecase-not-found" and body["field"] == "usecase"
         async with api_client(d, stranger) as api:
             status, body, _ = await api.post("/v1/messages", json(setup, usecase="receipts"))
-            assert status == 404, body                               # acme's use case does not exist for globex
+            assert status == 422 and body["type"] == PROBLEM + "usecase-not-found", body   # acme's is not globex's
             status, body, _ = await api.post("/v1/messages", json(setup))
             assert status == 422 and body["type"] == PROBLEM + "sender-not-allowed"
 

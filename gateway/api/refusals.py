@@ -11,7 +11,7 @@ enhanced status code and, where one code has several meanings, the start of the 
     5.7.1     Sending domain is not ver.  422     domain-not-verified
     5.7.1     Outbound mail is disabled   422     outbound-disabled
     5.7.1     Sending is disabled         422     sending-disabled        (use case or tenant off)
-    5.7.1     This login is no longer     404     not-found               (the use case is gone)
+    5.7.1     This login is no longer     422     usecase-not-found       (the use case is gone)
     5.7.1     (other)                     422     sender-not-allowed      (MAIL FROM / From header)
     4.7.0     Rate limit                  429     rate-limited            (+ Retry-After)
     4.5.3     Monthly message quota       429     quota-exceeded          (+ Retry-After: next month)
@@ -40,7 +40,7 @@ TABLE: tuple[tuple[str, str, int, str, str], ...] = (
     ("5.7.1", "Sending domain is not verified", 422, "domain-not-verified", "The sending domain is not verified"),
     ("5.7.1", "Outbound mail is disabled", 422, "outbound-disabled", "The tenant's outbound mail is switched off"),
     ("5.7.1", "Sending is disabled", 422, "sending-disabled", "Sending is disabled for this use case or tenant"),
-    ("5.7.1", "This login is no longer valid", 404, "not-found", "Not found"),
+    ("5.7.1", "This login is no longer valid", 422, "usecase-not-found", "No such use case"),
     ("5.7.1", "", 422, "sender-not-allowed", "The sender is not allowed for this use case"),
     ("4.7.0", "", 429, "rate-limited", "The use case's rate limit is spent"),
     ("4.5.3", "Monthly message quota", 429, "quota-exceeded", "The tenant's monthly quota is spent"),

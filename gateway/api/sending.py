@@ -36,7 +36,7 @@ from ..store.idempotency import Record
 from ..submission import policy, submit
 from . import compose
 from .endpoints import Deps
-from .problems import ApiProblem, invalid, not_found
+from .problems import ApiProblem, invalid
 from .refusals import problem
 from .routes import Call, Caller, Reply, api_route
 
@@ -110,6 +110,12 @@ class Sent(msgspec.Struct):
     usecase: str
     held: str | None              # 'paused': queued and held until the pause ends
     recipients: list[RecipientResult]
+
+
+def unknown_usecase(name: str) -> ApiProblem:
+    """One answer for a use case that does not exist and one the key may not send through (no
+    existence oracle); 422, not 404: the name is a field of the request, not the resource addressed."""
+    return ApiProblem(422, "usecase-not-found", "No such use case", f"this key sends through no use case {name[:64]!r}", field="usecase")
 
 
 def body_limit(config: Config) -> int:
@@ -309,7 +315,7 @@ class SendEndpoints:
         """The use case a send goes through (module docstring); 404 for one the key may not see."""
         if caller.role == "sender":
             if name is not None and name != caller.usecase:
-                raise not_found(f"no use case {name!r}") from None
+                raise unknown_usecase(name)
             return caller.usecase_id
         if caller.role == "agent":
             try:
@@ -318,14 +324,14 @@ class SendEndpoints:
                 raise ApiProblem(403, "channel-address-required", "An agent key sends from a channel address only",
                                  f"{sender} is not one of the tenant's channel addresses", field="from", permission="messages.send") from None
             if name is not None and name != address["usecase"]:
-                raise not_found(f"no use case {name!r} for {sender}")
+                raise unknown_usecase(name)
             return address["usecase_id"]
         usecases = await self._tenant_usecases(caller)
         if name is not None:
             for u in usecases:
                 if u["name"] == name:
                     return u["id"]
-            raise ApiProblem(404, "not-found", "Not found", f"no use case {name!r}", field="usecase")
+            raise unknown_usecase(name)
         domain = policy.normalise(sender).rpartition("@")[2]
         mine = [u for u in usecases if domain == u["domain"] or domain.endswith("." + u["domain"])]
         if len(mine) > 1:
