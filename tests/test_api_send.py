@@ -126,7 +126,13 @@ async def test_a_raw_message_is_sent_as_it_is_and_a_reply_is_threaded_from_our_r
                 status, third, _ = await api.post("/v1/messages", {"from": setup["sender"], "to": ["bob@dest.test"], "subject": "Re",
                                                                    "text": "3", "in_reply_to": second["message_id"]})
                 assert status == 202 and third["thread_id"] == "first@acme.test"
-            got = await sink.wait_for(3)
+                # Without ?to= the recipients are To, Cc and Bcc (sendmail -t); Bcc never reaches anyone's header.
+                raw = rfc822(setup["sender"], ["dora@dest.test"], headers="Cc: eve@dest.test\r\nBcc: fay@dest.test\r\n")
+                status, fourth, _ = await api.request("POST", "/v1/messages", data=raw, headers={"Content-Type": "message/rfc822"},
+                                                      params={"usecase": "receipts"})
+                assert status == 202 and [r["address"] for r in fourth["recipients"]] == ["dora@dest.test", "eve@dest.test", "fay@dest.test"]
+            got = await sink.wait_for(6)
+            assert all(b"fay@dest.test" not in m.data for m in got)
             by_id = {message_of(m)["Message-ID"]: m for m in got}
             assert by_id["<first@acme.test>"].rcpt_tos == ["bob@dest.test"]
             assert b"\r\n" in by_id["<first@acme.test>"].data and b"\r\r" not in by_id["<first@acme.test>"].data
