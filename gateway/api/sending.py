@@ -201,7 +201,10 @@ class SendEndpoints:
                 raise invalid("query parameters are for message/rfc822 bodies; name them in the JSON", "query")
             sender = _party(req.sender)[0]
             recipients = [(f"{field}[{i}]", _party(p)[0]) for field in ("to", "cc", "bcc") for i, p in enumerate(getattr(req, field))]
-            usecase, data, declared = req.usecase, None, None
+            if not recipients:
+                raise invalid("name at least one recipient (to, cc or bcc)", "to")
+            # Composed first: a header the request may not set is refused before any policy counts the send.
+            usecase, data, declared = req.usecase, self._compose(req), None
         if not recipients:
             raise invalid("name at least one recipient (to, cc or bcc)", "to")
         usecase_id = await self._usecase(caller, usecase, sender)
@@ -219,8 +222,6 @@ class SendEndpoints:
         if not any(r.status != "refused" for r in results):
             field, err = refusals[0]
             raise problem(err, field, f"no recipient was accepted: {err.public}")
-        if data is None:
-            data = self._compose(call.body, sender)
         tls = self.deps.config().api.tls
 
         def received(queue_id: str, now: float, rcpts: list[str]) -> bytes:
@@ -278,7 +279,7 @@ class SendEndpoints:
                 results.append(RecipientResult(address, "dropped", "250 2.1.5 Recipient OK"))
         return results, refusals
 
-    def _compose(self, req: SendRequest, sender: str) -> bytearray:
+    def _compose(self, req: SendRequest) -> bytearray:
         boxes = {f: [_party(p) for p in getattr(req, f)] for f in ("to", "cc")}
         return compose.message(now=time.time(), sender=_party(req.sender), to=boxes["to"], cc=boxes["cc"],
                                reply_to=_party(req.reply_to) if req.reply_to is not None else None, subject=req.subject,
