@@ -250,6 +250,13 @@ async def test_each_refusal_is_the_same_through_smtp_and_http(tmp_path, dns_serv
                 if status in (429, 503):
                     assert int(headers["Retry-After"]) >= 1
                 await case.undo(d, setup)
+            # The disk below the store's reserve: 452 4.3.1 on SMTP, 503 storage-full over HTTP.
+            d.store.db.space.min_free = 1 << 60
+            smtp_reply = await smtp_send(d, setup, *plain(setup))
+            status, body, headers = await api.post("/v1/messages", json(setup))
+            d.store.db.space.min_free = 0
+            assert smtp_reply.startswith("452 4.3.1") and status == 503 and body["type"] == PROBLEM + "storage-full", body
+            assert body["smtp"].split()[:2] == ["452", "4.3.1"] and int(headers["Retry-After"]) >= 1
             # A paused use case: both doors accept and hold, nothing is refused.
             await d.call("pause", tenant="acme", usecase="receipts")
             assert (await smtp_send(d, setup, *plain(setup))).startswith("250")
