@@ -381,3 +381,14 @@ async def test_a_body_past_the_memory_budget_is_refused_as_smtp_refuses_it(tmp_p
             status, body, _ = await api.post("/v1/messages", big)
             assert status == 202, body
         assert budget.in_use == 0                 # given back after the commit
+
+
+def test_the_received_field_names_only_an_ip_address_whatever_a_proxy_forwarded():
+    from gateway.api.sending import received_http
+
+    def field(client: str) -> bytes:
+        return received_http(client_ip=client, hostname="gw.test", queue_id="q1", tls=True, recipients=["a@b.test"], now=0)
+
+    assert field("127.0.0.1").startswith(b"Received: from [127.0.0.1]\r\n\tby gw.test (gateway) with HTTPS id q1\r\n\tfor <a@b.test>; ")
+    assert field("::1").startswith(b"Received: from [IPv6:::1]\r\n")
+    assert field("evil) (by forged; x").startswith(b"Received: from unknown\r\n")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
 import re
 import time
 from email.utils import getaddresses
@@ -130,8 +131,14 @@ def _party(p: Party) -> tuple[str, str]:
 
 
 def received_http(*, client_ip: str, hostname: str, queue_id: str, tls: bool, recipients: list[str], now: float) -> bytes:
-    """The trace field of a message that came over the API (RFC 5321 4.4, as submission's)."""
-    literal = f"[IPv6:{client_ip}]" if ":" in client_ip else f"[{client_ip}]"
+    """The trace field of a message that came over the API (RFC 5321 4.4, as submission's). The client's
+    address may come from a trusted proxy's X-Forwarded-For: only an IP address is written."""
+    try:
+        ip = ipaddress.ip_address(client_ip)
+    except ValueError:
+        literal = "unknown"
+    else:
+        literal = f"[IPv6:{ip}]" if ip.version == 6 else f"[{ip}]"
     lines = [f"Received: from {literal}", f"\tby {hostname} (gateway) with {'HTTPS' if tls else 'HTTP'} id {queue_id}"]
     if len(recipients) == 1:
         lines.append(f"\tfor <{recipients[0]}>")
