@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import Config
 from ..store import Store
+
+if TYPE_CHECKING:
+    from ..submission.submit import Submitter
 
 
 @dataclass
@@ -20,6 +23,7 @@ class Deps:
     store: Store
     methods: dict[str, Callable[..., Any]]      # admin method name -> the bound service coroutine
     config: Callable[[], Config]
+    sending: Submitter | None = None            # submission's MAIL/RCPT/DATA rules and queue (POST /v1/messages)
 
 
 def endpoints(deps: Deps) -> list[object]:
@@ -27,10 +31,11 @@ def endpoints(deps: Deps) -> list[object]:
     from .addresses import AddressEndpoints
     from .connectors import ConnectorEndpoints
     from .domains import DomainEndpoints
+    from .sending import SendEndpoints
     from .suppressions import SuppressionEndpoints
     from .tenant import ApiKeyEndpoints, TenantEndpoints
     from .usecases import UsecaseEndpoints
     from .webhooks import ForwardEndpoints, WebhookEndpoints
 
     return [TenantEndpoints(deps), ApiKeyEndpoints(deps), DomainEndpoints(deps), UsecaseEndpoints(deps), AddressEndpoints(deps),
-            ConnectorEndpoints(deps), SuppressionEndpoints(deps), WebhookEndpoints(deps), ForwardEndpoints(deps)]
+            ConnectorEndpoints(deps), SuppressionEndpoints(deps), WebhookEndpoints(deps), ForwardEndpoints(deps), SendEndpoints(deps)]

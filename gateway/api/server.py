@@ -28,6 +28,8 @@ from aiohttp import web
 from ..config import Config, split_hostport
 from ..errors import StartupError
 from ..lifecycle import Component, Listener, format_address
+from ..budget import ByteBudget
+from ..submission.data import COPIES, Reservation, refusal as data_refusal, Outcome
 from ..submission.ratelimit import RateLimiter
 from .keys import KeyChecker
 from .openapi import document
@@ -41,6 +43,8 @@ JSON = "application/json"
 MAX_PATH_PARAM = 320
 # Locks of objects being changed, by (tenant, path): If-Match's check and the change run under one.
 MAX_LOCKS = 10000
+# A body read under the memory budget (_read_reserved): given back when its request ends.
+RESERVATION = web.RequestKey("reservation", Reservation)
 
 
 def problem_response(problem: ApiProblem, instance: str = "") -> web.Response:
@@ -49,6 +53,12 @@ def problem_response(problem: ApiProblem, instance: str = "") -> web.Response:
         body = msgspec.structs.replace(body, instance=instance)
     return web.Response(body=msgspec.json.encode(body), status=problem.status, content_type=PROBLEM_TYPE,
                         headers=problem.headers())
+
+
+def no_memory() -> ApiProblem:
+    err = data_refusal(Outcome.NO_MEMORY)
+    return ApiProblem(503, "insufficient-resources", "The gateway has no room for the message now", err.public,
+                      smtp=err.reply, retry_after=30)
 
 
 def _list_fields(model: type | None) -> frozenset[str]:
@@ -70,8 +80,10 @@ def _is_list(t: Any) -> bool:
 class ApiServer(Component):
     name = "api"
 
-    def __init__(self, config: Callable[[], Config], store: Any, routes: list[Route], metrics: Any, *, tls: Any = None):
+    def __init__(self, config: Callable[[], Config], store: Any, routes: list[Route], metrics: Any, *, tls: Any = None,
+                 budget: ByteBudget | None = None):
         self.config = config
+        self.budget = budget     # the daemon's in-flight memory budget: routes with ``reserve`` read their bodies under it
         self.store = store
         self.routes = routes
         self.metrics = metrics
@@ -92,7 +104,7 @@ class ApiServer(Component):
     def app(self) -> web.Application:
         # The body limit of the send route is its own (checked before reading); aiohttp's own cap is
         # the largest any route takes, so a body past every route's limit is never read at all.
-        largest = max([self.config().api.max_body_bytes, *[r.max_body or 0 for r in self.routes]])
+        largest = max([self.config().api.max_body_bytes, *[self._limit(r) for r in self.routes]])
         app = web.Application(client_max_size=largest, middlewares=[self._guard])
         app.router.add_get("/v1/openapi.json", self._openapi)
         for route in self.routes:
@@ -218,6 +230,14 @@ class ApiServer(Component):
                              f"this key may make {caller.rate_limit:g} requests a second", retry_after=wait)
         if not caller.may(route.permission):
             raise forbidden(route.permission, caller.role)
+        try:
+            return await self._call(route, request, caller, client)
+        finally:
+            reservation = request.get(RESERVATION)   # a body read under the memory budget (_read_reserved)
+            if reservation is not None:
+                reservation.release()
+
+    async def _call(self, route: Route, request: web.Request, caller: Caller, client: str) -> web.StreamResponse:
         params = self._params(request)
         query = self._query(route, request)
         body, content_type = await self._body(route, request)
@@ -277,17 +297,25 @@ class ApiServer(Component):
         except msgspec.ValidationError as exc:
             raise from_validation(exc, "query") from None
 
+    def _limit(self, route: Route) -> int:
+        if callable(route.max_body):
+            return route.max_body(self.config())
+        return route.max_body or self.config().api.max_body_bytes
+
     async def _body(self, route: Route, request: web.Request) -> tuple[Any, str]:
         if route.body is None and not route.raw:
             return None, ""
-        limit = route.max_body or self.config().api.max_body_bytes
+        limit = self._limit(route)
         if request.content_length is not None and request.content_length > limit:
             raise invalid(f"the request body is larger than {limit} bytes", None, 413)
         media = request.content_type
         if media != JSON and media not in route.raw or (media == JSON and route.body is None):
             takes = ([JSON] if route.body is not None else []) + list(route.raw)
             raise invalid(f"send the body as {' or '.join(takes)}, not {media or 'nothing'}", "body", 415)
-        data = await request.read()
+        if route.reserve and self.budget is not None:
+            data = await self._read_reserved(route, request, limit)
+        else:
+            data = await request.read()
         if len(data) > limit:
             raise invalid(f"the request body is larger than {limit} bytes", None, 413)
         if media in route.raw:
@@ -298,6 +326,27 @@ class ApiServer(Component):
             raise from_validation(exc) from None
         except msgspec.DecodeError as exc:
             raise invalid(f"the body is not JSON: {exc}", "body", 400) from None
+
+    async def _read_reserved(self, route: Route, request: web.Request, limit: int) -> bytes:
+        """The body, read while the memory budget covers ``route.reserve`` times what has arrived (as
+        submission's DATA, submission/data.py); past the budget 503 + Retry-After, as SMTP's 452 4.3.1.
+        The reservation is given back when the request ends (``_serve``)."""
+        reservation = Reservation(self.budget)
+        request[RESERVATION] = reservation
+        declared = request.content_length
+        if declared is not None and not reservation.cover(route.reserve * declared // COPIES):
+            raise no_memory()
+        if declared is not None:
+            return await request.read()   # covered already; aiohttp stops at client_max_size
+        chunks, size = [], 0
+        async for chunk in request.content.iter_chunked(1 << 16):
+            size += len(chunk)
+            if size > limit:
+                raise invalid(f"the request body is larger than {limit} bytes", None, 413)
+            if not reservation.cover(route.reserve * size // COPIES):
+                raise no_memory()
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     def _encode(self, route: Route, result: Any) -> tuple[bytes, int, dict[str, str], str]:
         reply = result if isinstance(result, Reply) else Reply(body=result)
