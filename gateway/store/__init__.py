@@ -22,11 +22,13 @@ from .events import Events
 from .forwards import Forwards
 from .inbound import Inbound
 from .mailboxes import Mailboxes
+from .messages import Messages
 from .inbox import Inbox
 from .pauses import Pauses
 from .queue import Queue
 from .recipients import Recipients
 from .retention import Retention
+from .stats import Stats
 from .suppressions import Suppressions
 from .tenants import Tenants
 from .threads import Threads
@@ -59,6 +61,8 @@ class Store:
         self.inbox = Inbox(db)
         self.forwards = Forwards(db)
         self.apikeys = ApiKeys(db)
+        self.messages = Messages(db)
+        self.stats = Stats(db)
 
     @classmethod
     async def open(cls, path: Path, config: StoreConfig | None = None) -> "Store":
