@@ -256,3 +256,15 @@ async def test_a_filtered_event_page_looks_at_a_bounded_number_of_rows(tmp_path)
             rows = await pages(api, "/v1/events", [("type", "rare"), ("order", "oldest")])
             assert [e["type"] for e in rows] == ["rare"]
             assert [e["type"] for e in await pages(api, "/v1/events", [("type", "rare")])] == ["rare"]
+
+
+async def test_the_time_search_reads_the_ends_of_the_tables_not_a_whole_index(tmp_path):
+    from gateway.store import Store, keyset
+
+    store = await Store.open(tmp_path / "gateway.db")
+    try:
+        for table in sorted(keyset.TABLES):
+            plan = await store.db.read(lambda c, t=table: [r[-1] for r in c.execute("EXPLAIN QUERY PLAN " + keyset.BOUNDS_SQL.format(table=t))])
+            assert not any(p.startswith("SCAN") and table in p for p in plan), (table, plan)
+    finally:
+        await store.close()

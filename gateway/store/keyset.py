@@ -15,13 +15,16 @@ from typing import Any
 SCAN = 10000
 # Tables these reads may name (never data).
 TABLES = frozenset({"events", "messages"})
+# Two subqueries, not ``SELECT MIN(id), MAX(id)``: SQLite answers a lone min() or max() from the end
+# of the primary key, but both in one SELECT scan a whole index (53 ms at 100,000 messages, measured).
+BOUNDS_SQL = "SELECT (SELECT MIN(id) FROM {table}), (SELECT MAX(id) FROM {table})"
 
 
 def first_id_since(conn: sqlite3.Connection, since: float, table: str = "events") -> int:
     """The id of the first row of ``table`` created at or after ``since`` (rows are added in time
     order): a few point reads instead of an index on created_at."""
     assert table in TABLES
-    lo_hi = conn.execute(f"SELECT MIN(id), MAX(id) FROM {table}").fetchone()
+    lo_hi = conn.execute(BOUNDS_SQL.format(table=table)).fetchone()
     if lo_hi[0] is None:
         return 1
     lo, hi = lo_hi[0], lo_hi[1] + 1
