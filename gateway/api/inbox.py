@@ -197,7 +197,7 @@ class InboxEndpoints:
                               "Content-Disposition": content_disposition(f"{inbound_id}.eml")})
 
     @api_route("GET", "/v1/inbox/{inbound_id}/attachments/{attachment}", permission="inbox.read",
-               produces="application/octet-stream",
+               produces="*/*",   # the attachment's own type (or application/octet-stream)
                summary="One attachment's bytes, as a download (named by filename or, when none has that name, by position)")
     async def attachment(self, call: Call) -> web.StreamResponse:
         inbound_id = _inbound_id(call)
