@@ -95,6 +95,7 @@ async def test_status_list_events_and_stats_of_a_real_flow(tmp_path, dns_server)
                     status, body, _ = await api.get(f"/v1/messages/{qid}")
                 assert status == 404 and body["type"] == PROBLEM + "not-found"
             async with api_client(d, owner) as api:
+                assert (await api.get(f"/v1/messages/{qid}", headers={"If-None-Match": headers["ETag"]}))[0] == 304
                 assert (await api.get("/v1/messages/not-a-queue-id"))[0] == 404
                 assert (await api.get("/v1/messages/0123456789abcdef"))[0] == 404
 

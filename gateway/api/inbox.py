@@ -139,15 +139,18 @@ async def _stream(call: Call, first: bytes, size: int, more: Any, headers: dict[
     response = web.StreamResponse(status=200, headers=headers)
     response.content_length = size
     await response.prepare(call.request)
-    await response.write(first)
-    sent = len(first)
-    while sent < size:
-        piece = await more(sent)
-        if not piece:
-            break   # shrank meanwhile (retention): the client sees a short body against Content-Length
-        await response.write(piece)
-        sent += len(piece)
-    await response.write_eof()
+    try:
+        await response.write(first)
+        sent = len(first)
+        while sent < size:
+            piece = await more(sent)
+            if not piece:
+                break   # shrank meanwhile (retention): the client sees a short body against Content-Length
+            await response.write(piece)
+            sent += len(piece)
+        await response.write_eof()
+    except ConnectionError:
+        pass        # the client went away: nothing to answer, and nothing went wrong here
     return response
 
 

@@ -1,8 +1,9 @@
 """Outbound messages as a tenant reads them: the list, and one message's status per recipient with
 every attempt and the message's events (GET /v1/messages, GET /v1/messages/{queue_id}).
 
-The status is ``queue.show``, the service behind `gateway queue show`, scoped here: a message of
-another tenant, or of another use case for a sender key, is not found. Sending is sending.py.
+The status is what `gateway queue show` prints (store.queue's read) with the message's events, read
+in one snapshot and scoped in the store: a message of another tenant, or of another use case for a
+sender key, is not found. Sending is sending.py.
 """
 
 from __future__ import annotations
@@ -120,13 +121,11 @@ class MessageEndpoints:
         queue_id = call.params["queue_id"].lower()
         if not QUEUE_ID.match(queue_id):
             raise not_found(f"no message {queue_id[:40]}")
-        message = await self.deps.methods["queue.show"](queue_id=queue_id)   # NotFound when unknown
         caller = call.caller
-        if (message["tenant_id"] != caller.tenant_id
-                or (caller.usecase_id is not None and message["usecase_id"] != caller.usecase_id)):
+        message = await self.deps.store.messages.status(queue_id, caller.tenant_id, usecase_id=caller.usecase_id, events=STATUS_EVENTS)
+        if message is None:
             raise not_found(f"no message {queue_id}")
         for r in message["recipients"]:
             if r["state"] not in ("pending", "deferred"):
                 r["next_attempt_at"] = None
-        events = await self.deps.store.events.of_subject(caller.tenant_id, queue_id, STATUS_EVENTS)
-        return {**message, "state": _state(message["recipients"]), "events": [event_view(e) for e in events]}
+        return {**message, "state": _state(message["recipients"]), "events": [event_view(e) for e in message["events"]]}

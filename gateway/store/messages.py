@@ -14,8 +14,8 @@ from typing import Any
 
 from . import keyset
 from .db import Database
-from .events import SUBJECT_SQL
-from .queue import STATES, state_of
+from .events import SUBJECT_SQL, _of_subject
+from .queue import STATES, _show, state_of
 
 
 def _select(where: list[str]) -> str:
@@ -60,6 +60,14 @@ def _page(conn: sqlite3.Connection, tenant_id: int, usecase_id: int | None, stat
     return rows, edge
 
 
+def _status(conn: sqlite3.Connection, queue_id: str, tenant_id: int, usecase_id: int | None, events: int) -> dict[str, Any] | None:
+    message = _show(conn, queue_id)
+    if message is None or message["tenant_id"] != tenant_id or (usecase_id is not None and message["usecase_id"] != usecase_id):
+        return None
+    message["events"] = _of_subject(conn, tenant_id, queue_id, events)
+    return message
+
+
 def _explain(conn: sqlite3.Connection, sql: str, args: tuple[Any, ...]) -> list[str]:
     return [r[-1] for r in conn.execute("EXPLAIN QUERY PLAN " + sql, args)]
 
@@ -74,6 +82,12 @@ class Messages:
         """Messages newest first (created in [since, until), with a recipient in ``state``), below the
         row id ``cursor``; and the id the next page starts below (None: no more)."""
         return await self.db.read(_page, tenant_id, usecase_id, state, since, until, cursor, limit)
+
+    async def status(self, queue_id: str, tenant_id: int, *, usecase_id: int | None = None,
+                     events: int = 100) -> dict[str, Any] | None:
+        """``store.queue.show``'s message with its newest ``events`` events, from one snapshot (one hop to
+        a reader: the hop costs more than the reads); None unless it is the tenant's (and the use case's)."""
+        return await self.db.read(_status, queue_id, tenant_id, usecase_id, events)
 
     async def plans(self, tenant_id: int, usecase_id: int, queue_id: str) -> dict[str, list[str]]:
         """EXPLAIN QUERY PLAN of the reads a status page and a message list make (tests check the indexes)."""
