@@ -111,6 +111,8 @@ async def test_status_list_events_and_stats_of_a_real_flow(tmp_path, dns_server)
                 assert listed[2]["counts"]["bounced"] == 1 and listed[2]["recipients"] == 4 and listed[1]["mail_from"] == ""
                 assert [m["queue_id"] for m in await pages(api, "/v1/messages", [("state", "bounced")])] == [qid]
                 assert await pages(api, "/v1/messages", [("usecase", "alerts")]) == []
+                assert [m["queue_id"] for m in await pages(api, "/v1/messages", [("recipient", "Eve@Dest.test")])] == [qid]
+                assert [m["queue_id"] for m in await pages(api, "/v1/messages", [("recipient", "bob@dest.test")])] == [second, qid]
                 assert await pages(api, "/v1/messages", [("since", str(listed[0]["created_at"] + 1))]) == []
                 status, body, _ = await api.get("/v1/messages", params={"usecase": "nope"})
                 assert status == 422 and body["field"] == "query.usecase"

@@ -32,6 +32,7 @@ UsecaseName = Annotated[str, msgspec.Meta(min_length=1, max_length=64, descripti
 class MessageQuery(Paging, forbid_unknown_fields=True, kw_only=True):
     usecase: UsecaseName | None = None
     state: Annotated[Literal[STATES], msgspec.Meta(description="messages with a recipient in this state")] | None = None  # type: ignore[valid-type]
+    recipient: Annotated[str, msgspec.Meta(min_length=1, max_length=320, description="messages to this address (any case)")] | None = None
     since: Annotated[Timestamp, msgspec.Meta(description="created at or after (Unix time)")] | None = None
     until: Annotated[Timestamp, msgspec.Meta(description="created before (Unix time)")] | None = None
 
@@ -106,11 +107,13 @@ class MessageEndpoints:
 
     @api_route("GET", "/v1/messages", permission="messages.read", query=MessageQuery, response=Page[MessageSummary],
                summary="The tenant's outbound messages, newest first (a sender key: its use case's)",
-               description="Each message with its recipients counted by state; `state` is the least finished of them.")
+               description="Each message with its recipients counted by state; `state` is the least finished of them."
+                           " With `state` or `recipient` a page looks at a bounded number of messages: it may hold fewer"
+                           " than `limit` and still have a `next_cursor`.")
     async def list(self, call: Call) -> Page[MessageSummary]:
         q = call.query
         narrowed = await usecase_id(self.deps.store, call.caller, q.usecase)
-        rows, more = await self.deps.store.messages.page(call.caller.tenant_id, usecase_id=narrowed, state=q.state, since=q.since,
+        rows, more = await self.deps.store.messages.page(call.caller.tenant_id, usecase_id=narrowed, state=q.state, recipient=q.recipient, since=q.since,
                                                          until=q.until, cursor=cursor_id(decode_cursor(q.cursor)), limit=q.limit)
         return Page(data=rows, next_cursor=encode_cursor(more) if more is not None else None)
 
