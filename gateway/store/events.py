@@ -41,12 +41,20 @@ def _usecase_of(conn: sqlite3.Connection, kind: str, subject: str, data: dict[st
     return None, False
 
 
-def append_event(conn: sqlite3.Connection, tenant_id: int | None, kind: str, subject: str = "", data: dict | None = None) -> None:
+def append_event(conn: sqlite3.Connection, tenant_id: int | None, kind: str, subject: str = "", data: dict | None = None,
+                 *, message: tuple[int, bool] | None = None) -> None:
     """Append one event row; called inside the write that caused it, so both commit together. The
-    day's statistics it counts for (store/stats.py) are added in the same write."""
+    day's statistics it counts for (store/stats.py) are added in the same write. ``message``: the
+    (use case, is the tenant's own mail) of the outbound message it is about, when the caller has
+    the row at hand (the queue's put, delivery's record: it spares a lookup per event)."""
     now = time.time()
     data = data or {}
-    usecase, own = _usecase_of(conn, kind, subject, data) if tenant_id is not None else (None, False)
+    if tenant_id is None:
+        usecase, own = None, False
+    elif message is not None and not isinstance(data.get("usecase_id"), int):
+        usecase, own = message
+    else:
+        usecase, own = _usecase_of(conn, kind, subject, data)
     event_id = conn.execute(
         "INSERT INTO events (created_at, tenant_id, kind, subject, data, usecase_id) VALUES (?, ?, ?, ?, ?, ?)",
         (now, tenant_id, kind, subject, json.dumps(data, separators=(",", ":")), usecase),
