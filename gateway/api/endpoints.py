@@ -31,11 +31,16 @@ def endpoints(deps: Deps) -> list[object]:
     from .addresses import AddressEndpoints
     from .connectors import ConnectorEndpoints
     from .domains import DomainEndpoints
+    from .events import EventEndpoints
+    from .inbox import InboxEndpoints, ThreadEndpoints
+    from .messages import MessageEndpoints
     from .sending import SendEndpoints
+    from .stats import StatsEndpoints
     from .suppressions import SuppressionEndpoints
     from .tenant import ApiKeyEndpoints, TenantEndpoints
     from .usecases import UsecaseEndpoints
     from .webhooks import ForwardEndpoints, WebhookEndpoints
 
     return [TenantEndpoints(deps), ApiKeyEndpoints(deps), DomainEndpoints(deps), UsecaseEndpoints(deps), AddressEndpoints(deps),
-            ConnectorEndpoints(deps), SuppressionEndpoints(deps), WebhookEndpoints(deps), ForwardEndpoints(deps), SendEndpoints(deps)]
+            ConnectorEndpoints(deps), SuppressionEndpoints(deps), WebhookEndpoints(deps), ForwardEndpoints(deps), SendEndpoints(deps),
+            MessageEndpoints(deps), EventEndpoints(deps), StatsEndpoints(deps), InboxEndpoints(deps), ThreadEndpoints(deps)]

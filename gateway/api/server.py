@@ -243,7 +243,10 @@ class ApiServer(Component):
         body, content_type = await self._body(route, request)
         call = Call(caller=caller, params=params, query=query, body=body, request=request, content_type=content_type)
         if route.method == "GET":
-            return self._respond(route, await route.handler(call), request)
+            result = await route.handler(call)
+            if isinstance(result, web.StreamResponse):
+                return result   # streamed by the endpoint itself (bytes of unbounded size): no ETag
+            return self._respond(route, result, request)
         if_match = request.headers.get("If-Match")
         read = self._reads.get(route.path)
         if if_match is None or read is None:

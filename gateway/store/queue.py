@@ -184,11 +184,12 @@ def _put(conn: sqlite3.Connection, m: NewMessage) -> dict[str, Any]:
             " ON CONFLICT (tenant_id, month) DO UPDATE SET messages = messages + 1",
             (m.tenant_id, month_of(m.now)),
         )
+    message = (m.usecase_id, m.mail_from != "")
     append_event(conn, m.tenant_id, "queued", m.queue_id,
                  {"from": m.mail_from, "recipients": len(m.recipients), "size": len(m.body), "held": bool(hold_reason),
-                  **(m.event_data or {})})
+                  **(m.event_data or {})}, message=message)
     if hold_reason:
-        append_event(conn, m.tenant_id, "held", m.queue_id, {"reason": hold_reason, "recipients": len(m.recipients)})
+        append_event(conn, m.tenant_id, "held", m.queue_id, {"reason": hold_reason, "recipients": len(m.recipients)}, message=message)
     result = {"id": msg_id, "queue_id": m.queue_id, "message_id": m.message_id, "hold_reason": hold_reason, "thread_id": thread_id}
     if m.idempotency is not None:
         remember(conn, m.idempotency, result, m.now)
@@ -215,7 +216,7 @@ LIMIT ?
 """
 
 
-def _state_of(row: dict[str, Any]) -> str:
+def state_of(row: dict[str, Any]) -> str:
     """One word for a message: the least-finished state among its recipients."""
     for state in ("held", "deferred", "pending", "bounced", "suppressed", "delivered"):
         if row.get(state):
@@ -237,7 +238,7 @@ def _list(conn: sqlite3.Connection, tenant_id: int | None, state: str | None, li
         where.append("m.id IN (SELECT message_id FROM recipients WHERE state IN ('pending', 'deferred', 'held'))")
     rows = [dict(r) for r in conn.execute(_LIST_SQL.format(where=" AND ".join(where)), (*args, limit))]
     for row in rows:
-        row["state"] = _state_of(row)
+        row["state"] = state_of(row)
     return rows
 
 
@@ -262,7 +263,7 @@ def _show(conn: sqlite3.Connection, queue_id: str) -> dict[str, Any] | None:
     )]
     attempts: dict[int, list[dict[str, Any]]] = {}
     for a in conn.execute(
-        "SELECT a.recipient_id, a.at, a.duration, a.outcome, a.code, a.enhanced, a.reply, a.remote FROM attempts a"
+        "SELECT a.recipient_id, a.at, a.duration, a.outcome, a.code, a.enhanced, a.reply, a.remote, a.class, a.class_reason FROM attempts a"
         " JOIN recipients r ON r.id = a.recipient_id WHERE r.message_id = ? ORDER BY a.id",
         (msg["id"],),
     ):
