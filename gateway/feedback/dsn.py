@@ -37,26 +37,32 @@ from . import mime
 from .classify import HARD, SOFT, UNKNOWN, Verdict, classify, code_in, status_in
 
 _ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+")
-_REPLY_LINE = re.compile(r"(?<![\d.])[45]\d\d[ -](?:[245]\.\d{1,3}\.\d{1,3})?|#[45]\.\d{1,3}\.\d{1,3}")
-# Where the returned copy of the message begins in a plain-text bounce.
-_CUT = re.compile(r"^(?:-{2,}.*(?:original message|copy of (?:the|your) message|message follows|returned message|"
+_DOMAIN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+")
+_LOCAL_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.!#$%&'*+/=?^_`{|}~-")
+# Patterns below start with a literal or a character set where they can: the regex engine then scans
+# for it quickly, where a leading lookbehind, ^ under re.M, or re.I makes it try every position (each
+# of these cost two to five times as much; scripts/score_bounces.py measures the whole).
+_REPLY_LINE = re.compile(r"[45#](?:(?<=[45])(?<![\d.].)\d\d[ -](?:[245]\.\d{1,3}\.\d{1,3})?|(?<=#)[45]\.\d{1,3}\.\d{1,3})")
+# Where the returned copy of the message begins in a plain-text bounce (searched in "\n" + the
+# lower-cased text, so that a line start is a literal \n).
+_CUT = re.compile(r"\n(?:-{2,}.*(?:original message|copy of (?:the|your) message|message follows|returned message|"
                   r"below this line|undelivered message|message headers)|original message headers:|below is a copy|"
-                  r"received: from |return-path: )", re.I | re.M)
+                  r"received: from |return-path: )")
 _SYSTEM_LOCALS = {"mailer-daemon", "postmaster", "mail-daemon", "mailerdaemon", "noreply", "no-reply", "root", "mdaemon"}
 # A plain-text message is read as a bounce only when it says it is one (an out-of-office reply is not).
 _BOUNCE_SUBJECT = re.compile(r"undeliver|deliver(?:y|ed)|failure|failed|returned|rejected|bounce|non-?delivery|error|notice", re.I)
 # A body that says it reports a failed delivery (some bounces come from personal-looking senders
 # with subjects in other languages; an out-of-office reply does not talk like this).
 _BOUNCE_TEXT = re.compile(r"could not be delivered|was not delivered|undeliverable|unable to deliver|not able to deliver|"
-                          r"delivery to the following recipients? (?:has )?failed|did not reach the following", re.I)
+                          r"delivery to the following recipients? (?:has )?failed|did not reach the following")
 # Where the failed addresses are listed: the first address after one of these is the likeliest
 # (the text before them often quotes the original To, a list address).
 _LIST_MARK = re.compile(r"following (?:recipients?|address(?:es|\(es\))?|users?)|did not reach|(?:delivered|deliver) to:?\s*$|"
-                        r"undeliverable address|addressed(?: to|,)|intended recipient", re.I | re.M)
+                        r"undeliverable address|addressed(?: to|,)|intended recipient", re.M)
 # A delay warning: whatever it says, the message is still being retried, so nothing in it is hard.
 _WARNING = re.compile(r"warning message only|(?:just|only) a warning|warning: message|has not yet been delivered|not yet delivered|"
                       r"will continue (?:to )?(?:try|attempt)|will be retried|delivery attempts will continue|postponed|delayed")
-# (searched in lower-cased text: re.I costs more than lower())
+# (_BOUNCE_TEXT, _LIST_MARK and _WARNING are searched in lower-cased text: re.I costs more than lower())
 _SMTP_PREFIX = re.compile(r"^(?:smtp|rfc-?822)[=:]", re.I)   # Exchange's 'dda:SMTP=user@example.com'
 _TAG = re.compile(r"<[^>]*>")
 MAX_TEXT = 64 * 1024
@@ -108,6 +114,34 @@ def normalise(address: str) -> str:
     address = address.strip().strip("<>'\"").strip().rstrip(".")
     local, at, domain = address.rpartition("@")
     return f"{local}@{domain.lower()}" if at else address
+
+
+def _addresses(text: str, pos: int = 0):
+    """(address, start, end) of each address in ``text`` from ``pos``, as _ADDRESS.finditer finds them,
+    found from their '@' (str.find) outward: a regex that starts with the local part's character set
+    is tried at nearly every position of a text, and long texts are where the heuristic spends."""
+    floor, find = pos, text.find
+    at = find("@", pos)
+    while at != -1:
+        i = at
+        while i > floor and text[i - 1] in _LOCAL_CHARS:   # '@' is not one, so each character is walked once
+            i -= 1
+        m = _DOMAIN.match(text, at + 1) if i < at else None
+        if m:
+            yield text[i:m.end()], i, m.end()
+            floor = m.end()
+            at = find("@", floor)
+        else:
+            at = find("@", at + 1)
+
+
+def _lower(text: str) -> str:
+    """Lower-cased with every index unchanged (str.lower() lengthens a few characters, such as 'İ')."""
+    low = text.lower()
+    return low if len(low) == len(text) else text.translate(_ASCII_LOWER)
+
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
 def _walk(msg: mime.Part) -> tuple[mime.Part | None, list[str], dict[str, str] | None]:
@@ -204,35 +238,36 @@ def mime_subject(value: str) -> str:
         return value
 
 
-def _looks_like_bounce(msg: mime.Part, text: str) -> bool:
+def _looks_like_bounce(msg: mime.Part, low: str) -> bool:
     sender = _ADDRESS.search(msg.get("from"))
     if sender and sender.group(0).partition("@")[0].lower() in _SYSTEM_LOCALS:
         return True
     if msg.get("x-failed-recipients"):
         return True
     subject = mime_subject(msg.get("subject"))
-    return bool(_BOUNCE_SUBJECT.search(subject) or _BOUNCE_TEXT.search(text)) and not msg.get("x-autoreply") and \
+    return bool(_BOUNCE_SUBJECT.search(subject) or _BOUNCE_TEXT.search(low)) and not msg.get("x-autoreply") and \
         not subject.lower().startswith(("automatic reply", "auto:", "out of office", "autoreply", "auto reply"))
 
 
-def _warning(msg: mime.Part, text: str) -> bool:
-    return bool(_WARNING.search(mime_subject(msg.get("subject")).lower()) or _WARNING.search(text[:2000].lower()))
+def _warning(msg: mime.Part, low: str) -> bool:
+    return bool(_WARNING.search(mime_subject(msg.get("subject")).lower()) or _WARNING.search(low, 0, 2000))
 
 
 def _heuristic(msg: mime.Part, texts: list[str]) -> Bounce:
     text = "\n".join(t.replace("\r\n", "\n") for t in texts)
-    cut = _CUT.search(text)
+    low = _lower(text)
+    cut = _CUT.search("\n" + low)
     if cut:
-        text = text[:cut.start()]
-    if not _looks_like_bounce(msg, text):
+        text, low = text[:cut.start()], low[:cut.start()]
+    if not _looks_like_bounce(msg, low):
         return Bounce(recipient="", kind=UNKNOWN, reason="not a bounce", diagnostic=" ".join(text.split())[:300])
     own = _own_addresses(msg)
     failed = _ADDRESS.findall(msg.get("x-failed-recipients"))
-    mark = _LIST_MARK.search(text)
+    mark = _LIST_MARK.search(low)
     # Lazily: the first candidate that is not our own address usually ends the search.
     candidates = chain(((a, text.find(a)) for a in failed),
-                       ((m.group(0), m.end()) for m in (_ADDRESS.finditer(text, mark.end()) if mark else ())),
-                       ((m.group(0), m.end()) for m in _ADDRESS.finditer(text)))
+                       ((a, end) for a, _, end in (_addresses(text, mark.end()) if mark else ())),
+                       ((a, end) for a, _, end in _addresses(text)))
     for address, at in candidates:
         address = _SMTP_PREFIX.sub("", address.rstrip("."))
         if address.lower() in own or address.partition("@")[0].lower() in _SYSTEM_LOCALS:
@@ -241,7 +276,7 @@ def _heuristic(msg: mime.Part, texts: list[str]) -> Bounce:
         v = classify(0, "", reason)
         if v.kind == UNKNOWN:
             v = classify(0, "", text[:MAX_REASON_TEXT])
-        if v.kind in (HARD, UNKNOWN) and _warning(msg, text):
+        if v.kind in (HARD, UNKNOWN) and _warning(msg, low):
             v = Verdict(SOFT, f"delay warning ({v.reason})")
         return Bounce(recipient=normalise(address), kind=v.kind, reason=v.reason, status=status_in(reason), diagnostic=reason)
     return Bounce(recipient="", kind=UNKNOWN, reason="no failed address found", diagnostic=" ".join(text.split())[:300])

@@ -20,7 +20,9 @@ MAX_DEPTH = 5
 MAX_PARTS = 50
 MAX_BYTES = 1024 * 1024
 
-_FOLD = re.compile(r"\r?\n[ \t]+")
+# Searched after CRLF -> LF: a pattern that starts with an optional \r is tried at every position,
+# one that starts with \n is found by a fast scan (half the cost of headers()).
+_FOLD = re.compile(r"\n[ \t]+")
 _PARAM = re.compile(r';\s*([A-Za-z0-9_.*-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;\s]+))')
 
 
@@ -71,6 +73,8 @@ class Part:
 def headers(raw: str) -> dict[str, str]:
     """'Name: value' lines (folded lines joined) -> {lower name: first value}."""
     out: dict[str, str] = {}
+    if "\r" in raw:
+        raw = raw.replace("\r\n", "\n")
     if "\n " in raw or "\n\t" in raw:
         raw = _FOLD.sub(" ", raw)
     for line in raw.splitlines():
