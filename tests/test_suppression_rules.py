@@ -133,12 +133,7 @@ async def test_sweeper_ages_out_expired_entries_and_stale_counts(store):
     assert sorted(r["address"] for r in await store.suppressions.list(store.acme)) == ["hard@example.org", "live@example.org"]
 
 
-async def test_reports_matched_by_verp_to_a_queued_message(store):
-    """What the inbound path will hand over: a DSN or ARF arriving at a VERP return path of a real
-    queued message. Hard DSN -> tenant suppression; ARF -> marketing only; a DSN about someone else,
-    an unknown tag or an unrecognised report -> recorded, nothing suppressed."""
-    from gateway.store.queue import NewMessage
-
+async def _marketing_usecase(store) -> int:
     def domain_and_usecase(conn):
         conn.execute("INSERT INTO domains (tenant_id, name, verification_token, state, created_at)"
                      " VALUES (?, 'shop.example.com', 't', 'verified', 0)", (store.acme,))
@@ -147,7 +142,16 @@ async def test_reports_matched_by_verp_to_a_queued_message(store):
                      " VALUES (?, ?, 'news', 'Shop', 'marketing', 'usecase', 'direct', 0, 0)", (store.acme, did))
         return conn.execute("SELECT id FROM usecases").fetchone()[0]
 
-    usecase_id = await store.db.write(domain_and_usecase)
+    return await store.db.write(domain_and_usecase)
+
+
+async def test_reports_matched_by_verp_to_a_queued_message(store):
+    """What the inbound path will hand over: a DSN or ARF arriving at a VERP return path of a real
+    queued message. Hard DSN -> tenant suppression; ARF -> marketing only; a DSN about someone else,
+    an unknown tag or an unrecognised report -> recorded, nothing suppressed."""
+    from gateway.store.queue import NewMessage
+
+    usecase_id = await _marketing_usecase(store)
     qid = "0h3k9x2a7mq4rt5b"
     await store.queue.put(NewMessage(queue_id=qid, tenant_id=store.acme, usecase_id=usecase_id, mail_from="news@shop.example.com",
                                      message_id=f"{qid}@shop.example.com", body=b"Subject: x\r\n\r\nx\r\n",
@@ -174,6 +178,31 @@ async def test_reports_matched_by_verp_to_a_queued_message(store):
         "angry.reader@yahoo.com", "jdoe@example.org", "second.reader@yahoo.com"]
     assert [e["kind"] for e in await store.events.list(tenant_id=store.acme) if e["kind"] in ("bounced", "complained")] == [
         "bounced", "bounced", "complained", "complained"]
+
+
+async def test_a_report_naming_only_a_local_part_suppresses_the_tagged_recipient_of_that_name(store):
+    """yale_01 names only 'userx' (the parser infers yale.edu from the reporting MTA); the VERP tag names
+    the address really sent to, userx@cs.yale.edu: the same local part, so that address is suppressed
+    (before: the inferred address differed from the tagged one and the report was only recorded). A
+    tag naming another local part is still only recorded."""
+    from gateway.store.queue import NewMessage
+    from tests.test_bounce_classify import FLUFL
+
+    qid = "0h3k9x2a7mq4rt5c"
+    await store.queue.put(NewMessage(queue_id=qid, tenant_id=store.acme, usecase_id=await _marketing_usecase(store), mail_from="news@shop.example.com",
+                                     message_id=f"{qid}@shop.example.com", body=b"Subject: x\r\n\r\nx\r\n",
+                                     recipients=["UserX@cs.yale.edu", "someone@cs.yale.edu"]))
+    service = SuppressionService(store)
+    raw = (FLUFL / "yale_01.eml").read_bytes()
+    other = await service.handle_report(raw, f"bounces+{qid}.1@bounces.shop.example.com")
+    assert other == {"type": "bounce", "matched": True, "done": ["recorded"]}
+    assert await store.suppressions.list(store.acme) == []
+    done = await service.handle_report(raw, f"bounces+{qid}.0@bounces.shop.example.com")
+    assert done == {"type": "bounce", "matched": True, "done": ["recorded"]}   # yale_01's text says no class
+    done = await service.handle_report(raw.replace(b"No matches to nameserver query", b"550 5.1.1 user unknown"),
+                                       f"bounces+{qid}.0@bounces.shop.example.com")
+    assert done == {"type": "bounce", "matched": True, "done": ["suppressed"]}
+    assert [r["address"] for r in await store.suppressions.list(store.acme)] == ["userx@cs.yale.edu"]
 
 
 async def test_the_rcpt_refusal_does_not_wait_for_its_event_to_commit(store):

@@ -13,11 +13,18 @@ Diagnostic-Code, and the text decides where neither is specific (gateway/feedbac
 
 Anything else is a non-standard bounce (qmail, old Exim and Sendmail, Exchange, Domino, Yahoo's
 text replies...): the human-readable text (an HTML part's, tags removed, when there is no plain one)
-before the returned message is searched for the failed address (the first address that is not the
-bounce's own sender or recipient and not a system mailbox, looked for first after "the following
-recipients" and the like) and for the reason (the first line carrying an SMTP reply code, else the paragraph after
-the address, else the whole text); a delay warning is never hard. No address found -> one Bounce of kind 'unknown' with recipient
-'': recorded, never acted on.
+before the returned message is searched for the failed address and for the reason (the first line
+carrying an SMTP reply code, else the paragraph after the address, else the whole text); a delay
+warning is never hard. The failed address is, in this order: X-Failed-Recipients; the first entry of
+the list that "the following recipients:" and the like introduce; the first address after such a
+marker; the first address at all. None may be the bounce's own sender or destination or a system
+mailbox; outside the list, not its Delivered-To or X-Original-To either (a listed address may be:
+some reporters copy the original message's headers into the report). A list entry that is a bare
+local part ("userx    No matches to nameserver query") is qualified with the returned message's
+recipient of that local part, else with the organisational domain of the system mailbox that sent
+the report (MAILER-DAEMON@mr2.its.yale.edu -> userx@yale.edu), and marked ``local_only``: the
+suppression service then matches it to the VERP-tagged recipient by local part. No address found
+-> one Bounce of kind 'unknown' with recipient '': recorded, never acted on.
 
 The VERP tag (gateway/verp.py) comes from the envelope recipient the MX saw when the caller gives
 it, else from the bounce's To, Delivered-To or X-Original-To, else from the returned message's
@@ -32,6 +39,7 @@ from email.errors import HeaderParseError
 from email.header import decode_header, make_header
 from itertools import chain
 
+from ..inbound.dmarc import organizational_domain
 from ..verp import VerpTag, decode as verp_decode
 from . import mime
 from .classify import HARD, SOFT, UNKNOWN, Verdict, classify, code_in, status_in
@@ -57,8 +65,14 @@ _BOUNCE_TEXT = re.compile(r"could not be delivered|was not delivered|undeliverab
                           r"delivery to the following recipients? (?:has )?failed|did not reach the following")
 # Where the failed addresses are listed: the first address after one of these is the likeliest
 # (the text before them often quotes the original To, a list address).
-_LIST_MARK = re.compile(r"following (?:recipients?|address(?:es|\(es\))?|users?)|did not reach|(?:delivered|deliver) to:?\s*$|"
+_LIST_MARK = re.compile(r"following (?:recipients?|address(?:es|\(es\))?|users?)|the following:|did not reach|(?:delivered|deliver) to:?\s*$|"
                         r"undeliverable address|addressed(?: to|,)|intended recipient", re.M)
+# The list itself: the first non-blank line after the colon that ends the marker's sentence.
+_LIST_COLON = re.compile(r":[ \t]*\n")
+_LIST_ENTRY = re.compile(r"(?:[ \t]*\n)*[ \t]*([^\n]*)")
+# An entry that is a bare local part ("userx    No matches to nameserver query"): the word alone on
+# its line, or set off from the reason by a tab or two spaces (a sentence has single spaces).
+_BARE_ENTRY = re.compile(r"([A-Za-z0-9][A-Za-z0-9._+-]{0,63})(?:[ \t]*$|\t|  )")
 # A delay warning: whatever it says, the message is still being retried, so nothing in it is hard.
 _WARNING = re.compile(r"warning message only|(?:just|only) a warning|warning: message|has not yet been delivered|not yet delivered|"
                       r"will continue (?:to )?(?:try|attempt)|will be retried|delivery attempts will continue|postponed|delayed")
@@ -79,6 +93,7 @@ class Bounce:
     action: str = ""          # failed | delayed ('' for a non-standard bounce)
     original_recipient: str = ""
     remote: str = ""          # Remote-MTA
+    local_only: bool = False  # the report named only the local part: the domain is inferred (_qualify)
 
 
 @dataclass(frozen=True)
@@ -202,12 +217,48 @@ def _standard(status: mime.Part) -> tuple[list[Bounce], str]:
     return out, mta
 
 
-def _own_addresses(msg: mime.Part) -> set[str]:
+# The bounce's own two ends (its sender and where it was sent), and where a local MTA delivered it.
+_ENDS = ("from", "to", "sender", "return-path", "reply-to", "errors-to")
+_DELIVERY = ("delivered-to", "x-original-to")
+
+
+def _own_addresses(msg: mime.Part, names: tuple[str, ...] = _ENDS + _DELIVERY) -> set[str]:
     own = set()
-    for h in ("from", "to", "sender", "return-path", "reply-to", "delivered-to", "x-original-to", "errors-to"):
-        for a in _ADDRESS.findall(msg.get(h)):
-            own.add(a.lower())
+    for h in names:
+        value = msg.get(h)
+        if "@" in value:
+            own.update(a.lower() for a in _ADDRESS.findall(value))
     return own
+
+
+def _list_entry(text: str, mark_start: int) -> tuple[str, int] | None:
+    """The first entry of the list a marker introduces ("... to the following recipients:" then one
+    entry a line), as (entry line, its position); None when the marker ends no sentence with a colon."""
+    colon = _LIST_COLON.search(text, mark_start, mark_start + 300)
+    if colon is None or "\n\n" in text[mark_start:colon.start()]:
+        return None
+    m = _LIST_ENTRY.match(text, colon.end())
+    return (m.group(1), m.start(1)) if m and m.group(1) else None
+
+
+def _qualify(local: str, msg: mime.Part, returned: dict[str, str] | None) -> str:
+    """A bare local part a report lists as failed -> an address, or '' when no domain can be inferred:
+    the returned message's recipient of that local part (To, Cc, X-Original-To, Delivered-To: what was
+    sent to), else the organisational domain of the system mailbox that sent the report (an MTA
+    that names a bare local part names one of its own users: MAILER-DAEMON@mr2.its.yale.edu reports
+    userx of yale.edu)."""
+    want = local.lower()
+    for h in ("to", "cc", "x-original-to", "delivered-to"):
+        for a in _ADDRESS.findall((returned or {}).get(h, "")):
+            if a.rpartition("@")[0].lower() == want:
+                return a
+    sender = _ADDRESS.search(msg.get("from"))
+    if sender is None:
+        return ""
+    sender_local, _, domain = sender.group(0).rpartition("@")
+    if sender_local.lower() not in _SYSTEM_LOCALS:
+        return ""   # a person's or an application's report: its domain says nothing of the recipient's
+    return f"{local}@{organizational_domain(domain)}"
 
 
 def _reason_near(text: str, start: int) -> str:
@@ -253,7 +304,7 @@ def _warning(msg: mime.Part, low: str) -> bool:
     return bool(_WARNING.search(mime_subject(msg.get("subject")).lower()) or _WARNING.search(low, 0, 2000))
 
 
-def _heuristic(msg: mime.Part, texts: list[str]) -> Bounce:
+def _heuristic(msg: mime.Part, texts: list[str], returned: dict[str, str] | None = None) -> Bounce:
     text = "\n".join(t.replace("\r\n", "\n") for t in texts)
     low = _lower(text)
     cut = _CUT.search("\n" + low)
@@ -264,13 +315,27 @@ def _heuristic(msg: mime.Part, texts: list[str]) -> Bounce:
     own = _own_addresses(msg)
     failed = _ADDRESS.findall(msg.get("x-failed-recipients"))
     mark = _LIST_MARK.search(low)
-    # Lazily: the first candidate that is not our own address usually ends the search.
-    candidates = chain(((a, text.find(a)) for a in failed),
-                       ((a, end) for a, _, end in (_addresses(text, mark.end()) if mark else ())),
-                       ((a, end) for a, _, end in _addresses(text)))
-    for address, at in candidates:
+    entry = _list_entry(text, mark.start()) if mark else None
+    # Lazily: the first candidate that is not our own address usually ends the search. Each is
+    # (address, where its reason is looked for, listed as failed, only a local part was named).
+    candidates = chain(((a, text.find(a), True, False) for a in failed),
+                       _entry_candidates(entry, msg, returned),
+                       ((a, end, False, False) for a, _, end in (_addresses(text, mark.end()) if mark else ())),
+                       ((a, end, False, False) for a, _, end in _addresses(text)))
+    listed_own = None
+    for address, at, listed, local_only in candidates:
         address = _SMTP_PREFIX.sub("", address.rstrip("."))
-        if address.lower() in own or address.partition("@")[0].lower() in _SYSTEM_LOCALS:
+        if address.partition("@")[0].lower() in _SYSTEM_LOCALS:
+            continue
+        if listed:
+            # An address the report lists as failed is taken even when it is also the bounce's
+            # Delivered-To or X-Original-To: a local MTA adds those for the bounce mailbox, but some
+            # reporters (Microsoft CDO) copy the original message's headers into the report instead.
+            # The bounce's own sender and destination never are.
+            listed_own = listed_own if listed_own is not None else _own_addresses(msg, _ENDS)
+            if address.lower() in listed_own:
+                continue
+        elif address.lower() in own:
             continue
         reason = _reason_near(text, max(at, 0))
         v = classify(0, "", reason)
@@ -278,8 +343,26 @@ def _heuristic(msg: mime.Part, texts: list[str]) -> Bounce:
             v = classify(0, "", text[:MAX_REASON_TEXT])
         if v.kind in (HARD, UNKNOWN) and _warning(msg, low):
             v = Verdict(SOFT, f"delay warning ({v.reason})")
-        return Bounce(recipient=normalise(address), kind=v.kind, reason=v.reason, status=status_in(reason), diagnostic=reason)
+        return Bounce(recipient=normalise(address), kind=v.kind, reason=v.reason, status=status_in(reason), diagnostic=reason,
+                      local_only=local_only)
     return Bounce(recipient="", kind=UNKNOWN, reason="no failed address found", diagnostic=" ".join(text.split())[:300])
+
+
+def _entry_candidates(entry: tuple[str, int] | None, msg: mime.Part, returned: dict[str, str] | None):
+    """The list's first entry as a candidate: its first address, or a bare local part qualified (_qualify)."""
+    if entry is None:
+        return
+    line, at = entry
+    if "@" in line:
+        for address, _, end in _addresses(line):
+            yield address, at + end, True, False
+            return
+        return
+    bare = _BARE_ENTRY.match(line)
+    if bare and bare.group(1).lower() not in _SYSTEM_LOCALS:
+        address = _qualify(bare.group(1), msg, returned)
+        if address:
+            yield address, at + bare.end(1), True, True
 
 
 def _verp(msg: mime.Part, returned: dict[str, str] | None, envelope_to: str) -> VerpTag | None:
@@ -308,7 +391,7 @@ def parse(raw: bytes, envelope_to: str = "") -> Report:
             v = classify(0, b.status, " ".join(texts)[:MAX_REASON_TEXT])
             bounces = [replace(b, kind=v.kind, reason=f"{v.reason} (in the text)")]
     if not bounces:
-        bounces = [_heuristic(msg, texts)]
+        bounces = [_heuristic(msg, texts, returned)]
     message_id = (returned or {}).get("message-id", "").strip()
     return Report(bounces=bounces, standard=standard, verp=_verp(msg, returned, envelope_to), message_id=message_id,
                   reporting_mta=mta)

@@ -237,7 +237,7 @@ class SuppressionService:
             return {"type": "bounce", "matched": False, "done": []}
         done = []
         for b in report.bounces:
-            if b.recipient and not suppression.same_address(b.recipient, target["rcpt"]):
+            if b.recipient and not _names(b, target["rcpt"]):
                 continue   # another address: the tag names one recipient, and that is who gets the verdict
             done.append(await self.from_report(target["tenant_id"], target["rcpt"], b.kind, source=target["queue_id"],
                                                data={"status": b.status, "diagnostic": b.diagnostic[:300], "reason": b.reason},
@@ -248,3 +248,13 @@ class SuppressionService:
 
     async def _target(self, tag: Any) -> dict[str, Any] | None:
         return await self.store.suppressions.verp_recipient(tag.queue_id, tag.recipient_index) if tag is not None else None
+
+
+def _names(bounce: dsn.Bounce, rcpt: str) -> bool:
+    """The report's failed recipient is the VERP-tagged one: the same address, or the same local part
+    when the report named only a local part (its domain was inferred, dsn._qualify, and the tag's
+    recipient is the address that was actually sent to: userx of a report from yale.edu's MTA is the
+    tagged userx@cs.yale.edu)."""
+    if bounce.local_only:
+        return suppression.same_address(f"{bounce.recipient.rpartition('@')[0]}@{rcpt.rpartition('@')[2]}", rcpt)
+    return suppression.same_address(bounce.recipient, rcpt)
