@@ -40,8 +40,8 @@ from email.header import decode_header, make_header
 from itertools import chain
 
 from ..inbound.dmarc import organizational_domain
-from ..verp import VerpTag, decode as verp_decode
-from . import mime
+from ..verp import SEPARATOR as VERP_SEPARATOR, VerpTag, decode as verp_decode
+from . import mime, phrases
 from .classify import HARD, SOFT, UNKNOWN, Verdict, classify, code_in, status_in
 
 _ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+")
@@ -74,8 +74,9 @@ _LIST_ENTRY = re.compile(r"(?:[ \t]*\n)*[ \t]*([^\n]*)")
 # its line, or set off from the reason by a tab or two spaces (a sentence has single spaces).
 _BARE_ENTRY = re.compile(r"([A-Za-z0-9][A-Za-z0-9._+-]{0,63})(?:[ \t]*$|\t|  )")
 # A delay warning: whatever it says, the message is still being retried, so nothing in it is hard.
-_WARNING = re.compile(r"warning message only|(?:just|only) a warning|warning: message|has not yet been delivered|not yet delivered|"
-                      r"will continue (?:to )?(?:try|attempt)|will be retried|delivery attempts will continue|postponed|delayed")
+_WARNING = phrases.Table([(SOFT, "delay warning",
+                           r"warning message only|(?:just|only) a warning|warning: message|has not yet been delivered|not yet delivered|"
+                           r"will continue (?:to )?(?:try|attempt)|will be retried|delivery attempts will continue|postponed|delayed")])
 # (_BOUNCE_TEXT, _LIST_MARK and _WARNING are searched in lower-cased text: re.I costs more than lower())
 _SMTP_PREFIX = re.compile(r"^(?:smtp|rfc-?822)[=:]", re.I)   # Exchange's 'dda:SMTP=user@example.com'
 _TAG = re.compile(r"<[^>]*>")
@@ -301,7 +302,7 @@ def _looks_like_bounce(msg: mime.Part, low: str) -> bool:
 
 
 def _warning(msg: mime.Part, low: str) -> bool:
-    return bool(_WARNING.search(mime_subject(msg.get("subject")).lower()) or _WARNING.search(low, 0, 2000))
+    return _WARNING.first(mime_subject(msg.get("subject")).lower()) is not None or _WARNING.first(low[:2000]) is not None
 
 
 def _heuristic(msg: mime.Part, texts: list[str], returned: dict[str, str] | None = None) -> Bounce:
@@ -370,7 +371,9 @@ def _verp(msg: mime.Part, returned: dict[str, str] | None, envelope_to: str) -> 
     if returned is not None:
         candidates.append(returned.get("return-path", ""))
     for c in candidates:
-        for a in _ADDRESS.findall(c or ""):
+        if not c or VERP_SEPARATOR not in c:
+            continue   # no tag can be in it: skip the address search
+        for a in _ADDRESS.findall(c):
             tag = verp_decode(a)
             if tag is not None:
                 return tag

@@ -8,9 +8,10 @@ Why: a row is a long alternation ("no such user|user unknown|..."), and Python's
 every alternative at every position of the text (about 200 ns a character for a row of 40). Each
 row is split into its top-level alternatives, and each alternative is reduced to the literal
 strings one of which any match must contain (its *needles*: "no such " for "no such (?:user|mailbox)").
-``str.__contains__`` finds needles at memchr speed; only an alternative whose needles occur in the
-text is searched, compiled on its own (a pattern that starts with a literal is found by a fast
-scan). A needle in the text is only a hint: the alternative's regex still decides, so a match is
+All the needles of a table are found in one pass (one regex of the needles as a trie, tried at each
+position in a lookahead: a test per position of the text, not per needle); only an alternative whose
+needles occur in the text is searched, compiled on its own (a pattern that starts with a literal is
+found by a fast scan). A needle in the text is only a hint: the alternative's regex still decides, so a match is
 exactly what the row's pattern would match. An alternative without a needle is always searched.
 
 Needles come from the regex parser's tree (``re._parser``). Only a LITERAL run, or a group,
@@ -99,6 +100,25 @@ def needles(pattern: str) -> frozenset[str] | None:
     return _needles(tree)
 
 
+def _trie(words: tuple[str, ...]) -> str:
+    """A regex matching the longest of ``words`` at a position: "ab", "abc", "b" -> (?:ab(?:c)?|b)."""
+    root: dict = {}
+    for w in words:
+        node = root
+        for ch in w:
+            node = node.setdefault(ch, {})
+        node[""] = {}
+
+    def build(node: dict) -> str:
+        branches = [re.escape(ch) + build(node[ch]) for ch in sorted(k for k in node if k)]
+        if not branches:
+            return ""
+        body = branches[0] if len(branches) == 1 else f"(?:{'|'.join(branches)})"
+        return f"(?:{body})?" if "" in node else body
+
+    return build(root)
+
+
 class Table:
     """Ordered rows (class, name, pattern); the first row that matches wins."""
 
@@ -114,15 +134,18 @@ class Table:
                 if found is None:
                     always.append(len(self.alternatives))
                 self.alternatives.append((re.compile(alt), kind, name))
-        self.by_needle = {n: tuple(ids) for n, ids in by_needle.items()}
         self.needles = tuple(sorted(by_needle))
         self.always = tuple(always)
+        # At a position the scan reports the longest needle there; the shorter ones there are its prefixes.
+        self.ids = {n: frozenset(i for m in self.needles if n.startswith(m) for i in by_needle[m]) for n in self.needles}
+        self.scan = re.compile(f"(?=({_trie(self.needles)}))") if self.needles else None
 
     def first(self, text: str) -> tuple[str, str] | None:
         """(class, name) of the first row with a match in ``text``."""
         candidates = set(self.always)
-        for n in filter(text.__contains__, self.needles):
-            candidates.update(self.by_needle[n])
+        if self.scan is not None:
+            for n in self.scan.findall(text):
+                candidates.update(self.ids[n])
         for i in sorted(candidates):   # table order: the first row still wins
             rx, kind, name = self.alternatives[i]
             if rx.search(text):
