@@ -235,3 +235,49 @@ async def test_the_rcpt_refusal_does_not_wait_for_its_event_to_commit(store):
     await store.db.write(lambda conn: None)   # FIFO: the queued event committed before this
     [event] = await store.events.list(kind="suppressed")
     assert (event["subject"], event["data"]["checked"], event["data"]["action"]) == ("gone@example.org", "rcpt", "refused")
+
+
+async def test_suppressed_events_queued_together_share_one_write_and_keep_their_place(store):
+    """Refusals made while the writer is busy join one queued write (one commit, instead of one per
+    refusal: each commit also empties the readers' page caches); the batch keeps the place of its
+    first event in the write queue, so an accept-drop's event commits before a write queued after it
+    (the message the session goes on to spool), even one queued before the later refusals. Once the
+    writer has taken the batch, the next refusal starts a new one."""
+    import asyncio
+    import threading
+
+    from gateway.errors import SMTPError
+
+    for who in ("a", "b", "c", "d"):
+        await store.suppressions.add(store.acme, ("tenant", 0), f"{who}@example.org", "hard_bounce")
+    held, release = threading.Event(), threading.Event()
+
+    def hold(conn):
+        held.set()
+        release.wait(10)
+
+    blocker = asyncio.ensure_future(store.db.write(hold))
+    await asyncio.to_thread(held.wait, 10)
+    service = SuppressionService(store)
+    drop = {"tenant_id": store.acme, "usecase_id": 1, "domain_id": 1, "kind": "transactional", "name": "app",
+            "suppressed_action": "accept-drop"}
+    try:
+        assert await service.at_rcpt(drop, "a@example.org") == "drop"
+        spooled = asyncio.ensure_future(store.events.append(store.acme, "queued", "the-message"))   # queued after it
+        await asyncio.sleep(0)
+        for who in ("b", "c"):
+            with pytest.raises(SMTPError):
+                await service.at_rcpt({**drop, "suppressed_action": "refuse"}, f"{who}@example.org")
+        batch = store.suppressions._batch
+        assert [row[2] for row in batch.rows] == ["a@example.org", "b@example.org", "c@example.org"]
+    finally:
+        release.set()
+    await blocker
+    await spooled
+    with pytest.raises(SMTPError):
+        await service.at_rcpt({**drop, "suppressed_action": "refuse"}, "d@example.org")
+    assert store.suppressions._batch is not batch and batch.sealed
+    await store.db.write(lambda conn: None)
+    events = [(e["kind"], e["subject"]) for e in await store.events.list(tenant_id=store.acme) if e["kind"] in ("suppressed", "queued")]
+    assert events == [("suppressed", "a@example.org"), ("suppressed", "b@example.org"), ("suppressed", "c@example.org"),
+                      ("queued", "the-message"), ("suppressed", "d@example.org")]

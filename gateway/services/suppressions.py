@@ -63,13 +63,6 @@ def _reason(value: str) -> str:
     return reason
 
 
-def _event_failed(fut: "asyncio.Future[None]", addr: str) -> None:
-    """A queued 'suppressed' event that could not be committed (a full disk) is logged, not raised."""
-    if not fut.cancelled() and fut.exception() is not None:
-        exc = fut.exception()
-        log.warning("suppressed_event_failed", rcpt=addr, error=f"{type(exc).__name__}: {exc}")
-
-
 class SuppressionService:
     def __init__(self, store: Store):
         self.store = store
@@ -179,16 +172,15 @@ class SuppressionService:
             return ""
         action = ctx.get("suppressed_action") or "refuse"
         # The event is queued, not waited for: the answer must not wait on a group commit (~1 ms, more
-        # under load; p99 4.5 ms in scripts/bench_suppression.py). Writes are committed in queue order,
-        # so an accept-drop's event commits no later than the message the session goes on to spool.
+        # under load; p99 4.5 ms in scripts/bench_suppression.py), and events queued together share
+        # one write (store.suppressions.event_soon: it commits no later than any write queued after it,
+        # so an accept-drop's event no later than the message the session goes on to spool).
         try:
-            pending = self.store.events.append_soon(ctx["tenant_id"], "suppressed", addr, {
+            self.store.suppressions.event_soon(ctx["tenant_id"], "suppressed", addr, {
                 "rcpt": addr, "reason": entry["reason"], "scope": entry["scope"], "source": entry["source"], "checked": "rcpt",
                 "usecase": ctx.get("usecase") or ctx.get("name"), "action": "dropped" if action == "accept-drop" else "refused"})
         except Exception as exc:  # noqa: BLE001 - a closed store must not turn a refusal into a 451
             log.warning("suppressed_event_failed", rcpt=addr, error=f"{type(exc).__name__}: {exc}")
-        else:
-            pending.add_done_callback(lambda fut, addr=addr: _event_failed(fut, addr))
         if action == "accept-drop":
             return "drop"
         raise suppression.refusal(entry)
