@@ -16,7 +16,6 @@ ones in one write per chunk; it reports rows added, updated and refused (line nu
 
 from __future__ import annotations
 
-
 import datetime
 import time
 from typing import Any
