@@ -240,3 +240,6 @@ def test_the_bounce_mailbox_is_still_not_a_failed_address():
     body = "Delivery to the following recipients failed:\r\n\r\n  bounces@shop.example.com\r\n  gina@example.org: user unknown\r\n"
     [b] = dsn.parse(_plain_bounce("MAILER-DAEMON@mx.example.net", body)).bounces
     assert b.recipient == "gina@example.org"
+    body = f"Delivery to the following recipients failed:\r\n\r\n  {mailbox}\r\n  hal@example.org: user unknown\r\n"
+    [b] = dsn.parse(_plain_bounce("MAILER-DAEMON@mx.example.net", body, headers=headers)).bounces
+    assert b.recipient == "hal@example.org"   # our own return path, listed (a double bounce), is not the recipient

@@ -332,9 +332,9 @@ def _heuristic(msg: mime.Part, texts: list[str], returned: dict[str, str] | None
             # An address the report lists as failed is taken even when it is also the bounce's
             # Delivered-To or X-Original-To: a local MTA adds those for the bounce mailbox, but some
             # reporters (Microsoft CDO) copy the original message's headers into the report instead.
-            # The bounce's own sender and destination never are.
+            # The bounce's own sender and destination never are, nor a return path of ours (a VERP tag).
             listed_own = listed_own if listed_own is not None else _own_addresses(msg, _ENDS)
-            if address.lower() in listed_own:
+            if address.lower() in listed_own or verp_decode(address) is not None:
                 continue
         elif address.lower() in own:
             continue
