@@ -243,3 +243,13 @@ def test_the_bounce_mailbox_is_still_not_a_failed_address():
     body = f"Delivery to the following recipients failed:\r\n\r\n  {mailbox}\r\n  hal@example.org: user unknown\r\n"
     [b] = dsn.parse(_plain_bounce("MAILER-DAEMON@mx.example.net", body, headers=headers)).bounces
     assert b.recipient == "hal@example.org"   # our own return path, listed (a double bounce), is not the recipient
+
+
+def test_a_subject_with_a_broken_charset_name_is_read_as_it_is():
+    """An encoded word whose charset name is not ASCII ('=?ut\\xff-8?...', as a mangled bounce had it)
+    made email.header raise CharsetError out of dsn.parse (found by mutating the corpus)."""
+    raw = (b"From: MAILER-DAEMON@mx.example.net\r\nTo: bounces@shop.example.com\r\n"
+           b"Subject: =?ut\xff-8?q?Undelivered_Mail?=\r\n\r\n"
+           b"<ivy@example.org>: host mx.example.org said: 550 5.1.1 no such user\r\n")
+    [b] = dsn.parse(raw).bounces
+    assert (b.recipient, b.kind) == ("ivy@example.org", "hard")

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
-from email.errors import HeaderParseError
+from email.errors import MessageError
 from email.header import decode_header, make_header
 from itertools import chain
 
@@ -286,7 +286,7 @@ def mime_subject(value: str) -> str:
         return value
     try:
         return str(make_header(decode_header(value)))
-    except (ValueError, LookupError, UnicodeError, HeaderParseError):
+    except (ValueError, LookupError, UnicodeError, MessageError):   # HeaderParseError, CharsetError...
         return value
 
 
