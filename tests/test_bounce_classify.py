@@ -253,3 +253,14 @@ def test_a_subject_with_a_broken_charset_name_is_read_as_it_is():
            b"<ivy@example.org>: host mx.example.org said: 550 5.1.1 no such user\r\n")
     [b] = dsn.parse(raw).bounces
     assert (b.recipient, b.kind) == ("ivy@example.org", "hard")
+
+
+def test_a_charset_name_with_a_nul_falls_back_to_utf8():
+    """bytes.decode raises ValueError, not LookupError, for a codec name with a NUL in it: dsn.parse
+    raised it for such a text part (found by mutating the corpus)."""
+    raw = (b"From: MAILER-DAEMON@mx.example.net\r\nTo: bounces@shop.example.com\r\nSubject: failure\r\n"
+           b'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="b"\r\n\r\n'
+           b'--b\r\nContent-Type: text/plain; charset="utf\x00-8"\r\n\r\n'
+           b"<jo@example.org>: 550 5.1.1 no such user\r\n--b--\r\n")
+    [b] = dsn.parse(raw).bounces
+    assert (b.recipient, b.kind) == ("jo@example.org", "hard")

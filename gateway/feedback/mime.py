@@ -67,7 +67,7 @@ class Part:
         data = self.decoded()
         try:
             return data.decode(charset, "replace")
-        except LookupError:
+        except (LookupError, ValueError):   # an unknown charset, or a name with a NUL in it
             return data.decode("utf-8", "replace")
 
     def walk(self):
