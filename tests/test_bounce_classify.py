@@ -264,3 +264,24 @@ def test_a_charset_name_with_a_nul_falls_back_to_utf8():
            b"<jo@example.org>: 550 5.1.1 no such user\r\n--b--\r\n")
     [b] = dsn.parse(raw).bounces
     assert (b.recipient, b.kind) == ("jo@example.org", "hard")
+
+
+def test_long_runs_before_or_of_at_signs_parse_in_linear_time():
+    """A run of 500,000 letters before an '@' took main's address pattern about 40 s (every position of
+    the run walked it again); runs of '@' and many near-addresses stay cheap too. Each must take well
+    under a second (2-4 ms here)."""
+    import time
+
+    head = b"From: MAILER-DAEMON@x.example\nSubject: failure\n\nthe following recipients:\n\n"
+    for body in (b"a" * 500000 + b"@", b"@" * 500000, b"x@y " * 200000, b"a.a@" * 200000, b"following recipients:" * 30000):
+        started = time.process_time()
+        dsn.parse(head + body)
+        assert time.process_time() - started < 1.0, body[:20]
+    # The same in the headers every report's addresses are read from (From, X-Failed-Recipients, ARF fields).
+    long_local = b"a" * 500000 + b"@"
+    for raw in (b"From: " + long_local + b"\nX-Failed-Recipients: " + long_local + b"\nSubject: failure\n\nfailed\n",
+                b"From: x@y.example\nContent-Type: multipart/report; report-type=feedback-report; boundary=b\n\n--b\n"
+                b"Content-Type: message/feedback-report\n\nFeedback-Type: abuse\nOriginal-Rcpt-To: " + long_local + b"\n--b--\n"):
+        started = time.process_time()
+        dsn.parse(raw), arf.parse(raw)
+        assert time.process_time() - started < 1.0
