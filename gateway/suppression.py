@@ -19,6 +19,7 @@ when the use case's kind is marketing (complaints).
 from __future__ import annotations
 
 import datetime
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,11 +39,14 @@ _WORDS = {
 }
 
 
+_FORBIDDEN = re.compile(r"[ \t\r\n\0<>,;]")   # one search, where a loop over the characters cost more (at RCPT)
+
+
 def normalise_address(raw: str) -> str:
     """'<JDoe@Example.ORG>' -> 'jdoe@example.org'; InvalidArgument when it is not local@domain."""
     address = raw.strip().strip("<>").strip().rstrip(".").lower()
     local, at, domain = address.rpartition("@")
-    if not at or not local or not domain or len(address) > MAX_ADDRESS or any(c in address for c in " \t\r\n\0<>,;"):
+    if not at or not local or not domain or len(address) > MAX_ADDRESS or _FORBIDDEN.search(address):
         raise InvalidArgument(f"not an email address: {raw[:80]!r}")
     return address
 

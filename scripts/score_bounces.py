@@ -84,13 +84,17 @@ def main() -> int:
         f = flufl_score(rows)
         print("flufl.bounce recipient accuracy: " + ("not installed" if f is None else f"{f}/{n} = {100 * f / n:.1f}%"))
     started, cpu = time.perf_counter(), time.process_time()
+    passes = []
     for _ in range(args.repeat):
+        one = time.process_time()
         for row in rows:
             dsn.parse(row[4])
+        passes.append(time.process_time() - one)
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
-    # CPU time is the figure to compare: on a shared machine the wall clock includes other processes' turns.
+    # CPU time is the figure to compare: on a shared machine the wall clock includes other processes' turns,
+    # and even CPU time grows with them (shared caches); the fastest pass is the least disturbed.
     print(f"speed {args.repeat * n / cpu:,.0f} reports/s of CPU time ({args.repeat * n / elapsed:,.0f}/s wall clock), "
-          f"{args.repeat} passes, one core")
+          f"{args.repeat} passes, one core; fastest pass {n / min(passes):,.0f}/s")
     return 0
 
 

@@ -145,7 +145,7 @@ FLUFL = DATA / "flufl"
 
 def test_real_bounces_from_flufl_bounce_score_the_targets():
     """Real bounces from many MTAs (flufl.bounce's test data, README.md there), expectations read by
-    hand: the class of at least 97% and the recipient of at least 97% are right (the misses are listed
+    hand: the class of at least 97% and the recipient of at least 99% are right (the misses are listed
     by scripts/score_bounces.py --corpus tests/data/bounces/flufl --verbose)."""
     with open(FLUFL / "expected.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -155,7 +155,7 @@ def test_real_bounces_from_flufl_bounce_score_the_targets():
         first = dsn.parse((FLUFL / row["file"]).read_bytes()).bounces[0]
         class_ok += first.kind == row["class"]
         rcpt_ok += first.recipient.lower() in row["recipient"].split("|")
-    assert class_ok / len(rows) >= 0.97 and rcpt_ok / len(rows) >= 0.97, (class_ok, rcpt_ok, len(rows))
+    assert class_ok / len(rows) >= 0.97 and rcpt_ok / len(rows) >= 0.99, (class_ok, rcpt_ok, len(rows))
 
 
 def test_forwarded_report_html_only_bounce_and_original_recipient():
@@ -177,3 +177,111 @@ def test_a_delay_warning_is_never_hard():
            b"No action is required on your part. Delivery attempts will continue for some time.\r\n")
     [b] = dsn.parse(raw).bounces
     assert (b.recipient, b.kind) == ("alice@example.org", "soft")
+
+
+def test_a_bare_local_part_in_the_failed_list_gets_the_reporting_domain():
+    """aol_01 and yale_01 list only 'screenname' and 'userx': an MTA names its own users so, and the
+    domain is the organisational domain of the system mailbox that reported (AOL.com, mr2.its.yale.edu).
+    Before: aol_01 gave the list address in the sentence ('not accepting mail from xxx@lists.xxx.com:'),
+    yale_01 an address from the help text."""
+    first = dsn.parse((FLUFL / "aol_01.eml").read_bytes()).bounces[0]
+    assert (first.recipient, first.local_only, first.kind) == ("screenname@aol.com", True, "block")
+    first = dsn.parse((FLUFL / "yale_01.eml").read_bytes()).bounces[0]
+    assert (first.recipient, first.local_only) == ("userx@yale.edu", True)
+
+
+def _plain_bounce(sender: str, body: str, *, headers: str = "", returned: str = "") -> bytes:
+    raw = (f"From: Mail Delivery System <{sender}>\r\nTo: bounces@shop.example.com\r\n{headers}"
+           f"Subject: Undelivered Mail Returned to Sender\r\n")
+    if not returned:
+        return (raw + "\r\n" + body).encode()
+    return (raw + 'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="b"\r\n\r\n'
+            f"--b\r\nContent-Type: text/plain\r\n\r\n{body}\r\n--b\r\nContent-Type: message/rfc822\r\n\r\n"
+            f"{returned}\r\nhello\r\n--b--\r\n").encode()
+
+
+def test_a_bare_local_part_is_only_qualified_from_what_the_report_says():
+    """Synthetic cases the local-part rule must not break: the returned message's own recipient wins
+    over the reporter's domain (a hosting MTA reporting a customer's domain); a sentence after the
+    marker is not an entry; a report from a person's address qualifies nothing; a full address in the
+    list is taken as it is."""
+    returned = "From: news@shop.example.com\r\nTo: Bob <Bob@customer.example>\r\nMessage-ID: <m1@shop.example.com>\r\n"
+    body = "The following recipients could not be delivered:\r\n\r\n    bob    mailbox unavailable\r\n"
+    [b] = dsn.parse(_plain_bounce("MAILER-DAEMON@mx3.hosting.example", body, returned=returned)).bounces
+    assert (b.recipient, b.local_only, b.kind) == ("Bob@customer.example", True, "hard")
+    body = "Delivery to the following recipients failed:\r\n\r\nPlease check the address.\r\n\r\n  carol@example.org: user unknown\r\n"
+    [b] = dsn.parse(_plain_bounce("MAILER-DAEMON@mx.example.net", body)).bounces
+    assert (b.recipient, b.local_only, b.kind) == ("carol@example.org", False, "hard")
+    body = "Your message could not be delivered to the following users:\r\n\r\n  dave\r\n"
+    [b] = dsn.parse(_plain_bounce("helpdesk@corp.example", body)).bounces
+    assert (b.recipient, b.kind) == ("", "unknown")
+    body = "Your mail to the following recipients could not be delivered because of list@lists.example:\r\n\terin@example.org\r\n"
+    [b] = dsn.parse(_plain_bounce("MAILER-DAEMON@mx.example.net", body)).bounces
+    assert (b.recipient, b.local_only) == ("erin@example.org", False)
+
+
+def test_a_listed_address_is_taken_even_when_it_is_in_the_reports_x_original_to():
+    """microsoft_03: Microsoft CDO copied the original message's headers, X-Original-To included, into
+    its report, and the one address it lists as failed is that one (before: 'no failed address found')."""
+    first = dsn.parse((FLUFL / "microsoft_03.eml").read_bytes()).bounces[0]
+    assert first.recipient == "userx@example.com"
+
+
+def test_the_bounce_mailbox_is_still_not_a_failed_address():
+    """Synthetic: a bounce a local MTA delivered (Delivered-To, X-Original-To: the bounce mailbox) whose text
+    names that mailbox first, outside any list, or lists the bounce's own destination, still yields the
+    failed address."""
+    mailbox = "bounces+0h3k9x2a7mq4rt5b.0@bounces.shop.example.com"
+    headers = f"Delivered-To: {mailbox}\r\nX-Original-To: {mailbox}\r\n"
+    body = (f"This report was sent to {mailbox}.\r\n\r\n<frank@example.org>: host mx.example.org said: 550 5.1.1 "
+            "no such user\r\n")
+    [b] = dsn.parse(_plain_bounce("MAILER-DAEMON@mx.example.net", body, headers=headers)).bounces
+    assert (b.recipient, b.kind) == ("frank@example.org", "hard")
+    body = "Delivery to the following recipients failed:\r\n\r\n  bounces@shop.example.com\r\n  gina@example.org: user unknown\r\n"
+    [b] = dsn.parse(_plain_bounce("MAILER-DAEMON@mx.example.net", body)).bounces
+    assert b.recipient == "gina@example.org"
+    body = f"Delivery to the following recipients failed:\r\n\r\n  {mailbox}\r\n  hal@example.org: user unknown\r\n"
+    [b] = dsn.parse(_plain_bounce("MAILER-DAEMON@mx.example.net", body, headers=headers)).bounces
+    assert b.recipient == "hal@example.org"   # our own return path, listed (a double bounce), is not the recipient
+
+
+def test_a_subject_with_a_broken_charset_name_is_read_as_it_is():
+    """An encoded word whose charset name is not ASCII ('=?ut\\xff-8?...', as a mangled bounce had it)
+    made email.header raise CharsetError out of dsn.parse (found by mutating the corpus)."""
+    raw = (b"From: MAILER-DAEMON@mx.example.net\r\nTo: bounces@shop.example.com\r\n"
+           b"Subject: =?ut\xff-8?q?Undelivered_Mail?=\r\n\r\n"
+           b"<ivy@example.org>: host mx.example.org said: 550 5.1.1 no such user\r\n")
+    [b] = dsn.parse(raw).bounces
+    assert (b.recipient, b.kind) == ("ivy@example.org", "hard")
+
+
+def test_a_charset_name_with_a_nul_falls_back_to_utf8():
+    """bytes.decode raises ValueError, not LookupError, for a codec name with a NUL in it: dsn.parse
+    raised it for such a text part (found by mutating the corpus)."""
+    raw = (b"From: MAILER-DAEMON@mx.example.net\r\nTo: bounces@shop.example.com\r\nSubject: failure\r\n"
+           b'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="b"\r\n\r\n'
+           b'--b\r\nContent-Type: text/plain; charset="utf\x00-8"\r\n\r\n'
+           b"<jo@example.org>: 550 5.1.1 no such user\r\n--b--\r\n")
+    [b] = dsn.parse(raw).bounces
+    assert (b.recipient, b.kind) == ("jo@example.org", "hard")
+
+
+def test_long_runs_before_or_of_at_signs_parse_in_linear_time():
+    """A run of 500,000 letters before an '@' took main's address pattern about 40 s (every position of
+    the run walked it again); runs of '@' and many near-addresses stay cheap too. Each must take well
+    under a second (2-4 ms here)."""
+    import time
+
+    head = b"From: MAILER-DAEMON@x.example\nSubject: failure\n\nthe following recipients:\n\n"
+    for body in (b"a" * 500000 + b"@", b"@" * 500000, b"x@y " * 200000, b"a.a@" * 200000, b"following recipients:" * 30000):
+        started = time.process_time()
+        dsn.parse(head + body)
+        assert time.process_time() - started < 1.0, body[:20]
+    # The same in the headers every report's addresses are read from (From, X-Failed-Recipients, ARF fields).
+    long_local = b"a" * 500000 + b"@"
+    for raw in (b"From: " + long_local + b"\nX-Failed-Recipients: " + long_local + b"\nSubject: failure\n\nfailed\n",
+                b"From: x@y.example\nContent-Type: multipart/report; report-type=feedback-report; boundary=b\n\n--b\n"
+                b"Content-Type: message/feedback-report\n\nFeedback-Type: abuse\nOriginal-Rcpt-To: " + long_local + b"\n--b--\n"):
+        started = time.process_time()
+        dsn.parse(raw), arf.parse(raw)
+        assert time.process_time() - started < 1.0

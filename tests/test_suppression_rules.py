@@ -133,12 +133,7 @@ async def test_sweeper_ages_out_expired_entries_and_stale_counts(store):
     assert sorted(r["address"] for r in await store.suppressions.list(store.acme)) == ["hard@example.org", "live@example.org"]
 
 
-async def test_reports_matched_by_verp_to_a_queued_message(store):
-    """What the inbound path will hand over: a DSN or ARF arriving at a VERP return path of a real
-    queued message. Hard DSN -> tenant suppression; ARF -> marketing only; a DSN about someone else,
-    an unknown tag or an unrecognised report -> recorded, nothing suppressed."""
-    from gateway.store.queue import NewMessage
-
+async def _marketing_usecase(store) -> int:
     def domain_and_usecase(conn):
         conn.execute("INSERT INTO domains (tenant_id, name, verification_token, state, created_at)"
                      " VALUES (?, 'shop.example.com', 't', 'verified', 0)", (store.acme,))
@@ -147,7 +142,16 @@ async def test_reports_matched_by_verp_to_a_queued_message(store):
                      " VALUES (?, ?, 'news', 'Shop', 'marketing', 'usecase', 'direct', 0, 0)", (store.acme, did))
         return conn.execute("SELECT id FROM usecases").fetchone()[0]
 
-    usecase_id = await store.db.write(domain_and_usecase)
+    return await store.db.write(domain_and_usecase)
+
+
+async def test_reports_matched_by_verp_to_a_queued_message(store):
+    """What the inbound path will hand over: a DSN or ARF arriving at a VERP return path of a real
+    queued message. Hard DSN -> tenant suppression; ARF -> marketing only; a DSN about someone else,
+    an unknown tag or an unrecognised report -> recorded, nothing suppressed."""
+    from gateway.store.queue import NewMessage
+
+    usecase_id = await _marketing_usecase(store)
     qid = "0h3k9x2a7mq4rt5b"
     await store.queue.put(NewMessage(queue_id=qid, tenant_id=store.acme, usecase_id=usecase_id, mail_from="news@shop.example.com",
                                      message_id=f"{qid}@shop.example.com", body=b"Subject: x\r\n\r\nx\r\n",
@@ -174,6 +178,31 @@ async def test_reports_matched_by_verp_to_a_queued_message(store):
         "angry.reader@yahoo.com", "jdoe@example.org", "second.reader@yahoo.com"]
     assert [e["kind"] for e in await store.events.list(tenant_id=store.acme) if e["kind"] in ("bounced", "complained")] == [
         "bounced", "bounced", "complained", "complained"]
+
+
+async def test_a_report_naming_only_a_local_part_suppresses_the_tagged_recipient_of_that_name(store):
+    """yale_01 names only 'userx' (the parser infers yale.edu from the reporting MTA); the VERP tag names
+    the address really sent to, userx@cs.yale.edu: the same local part, so that address is suppressed
+    (before: the inferred address differed from the tagged one and the report was only recorded). A
+    tag naming another local part is still only recorded."""
+    from gateway.store.queue import NewMessage
+    from tests.test_bounce_classify import FLUFL
+
+    qid = "0h3k9x2a7mq4rt5c"
+    await store.queue.put(NewMessage(queue_id=qid, tenant_id=store.acme, usecase_id=await _marketing_usecase(store), mail_from="news@shop.example.com",
+                                     message_id=f"{qid}@shop.example.com", body=b"Subject: x\r\n\r\nx\r\n",
+                                     recipients=["UserX@cs.yale.edu", "someone@cs.yale.edu"]))
+    service = SuppressionService(store)
+    raw = (FLUFL / "yale_01.eml").read_bytes()
+    other = await service.handle_report(raw, f"bounces+{qid}.1@bounces.shop.example.com")
+    assert other == {"type": "bounce", "matched": True, "done": ["recorded"]}
+    assert await store.suppressions.list(store.acme) == []
+    done = await service.handle_report(raw, f"bounces+{qid}.0@bounces.shop.example.com")
+    assert done == {"type": "bounce", "matched": True, "done": ["recorded"]}   # yale_01's text says no class
+    done = await service.handle_report(raw.replace(b"No matches to nameserver query", b"550 5.1.1 user unknown"),
+                                       f"bounces+{qid}.0@bounces.shop.example.com")
+    assert done == {"type": "bounce", "matched": True, "done": ["suppressed"]}
+    assert [r["address"] for r in await store.suppressions.list(store.acme)] == ["userx@cs.yale.edu"]
 
 
 async def test_the_rcpt_refusal_does_not_wait_for_its_event_to_commit(store):
@@ -206,3 +235,49 @@ async def test_the_rcpt_refusal_does_not_wait_for_its_event_to_commit(store):
     await store.db.write(lambda conn: None)   # FIFO: the queued event committed before this
     [event] = await store.events.list(kind="suppressed")
     assert (event["subject"], event["data"]["checked"], event["data"]["action"]) == ("gone@example.org", "rcpt", "refused")
+
+
+async def test_suppressed_events_queued_together_share_one_write_and_keep_their_place(store):
+    """Refusals made while the writer is busy join one queued write (one commit, instead of one per
+    refusal: each commit also empties the readers' page caches); the batch keeps the place of its
+    first event in the write queue, so an accept-drop's event commits before a write queued after it
+    (the message the session goes on to spool), even one queued before the later refusals. Once the
+    writer has taken the batch, the next refusal starts a new one."""
+    import asyncio
+    import threading
+
+    from gateway.errors import SMTPError
+
+    for who in ("a", "b", "c", "d"):
+        await store.suppressions.add(store.acme, ("tenant", 0), f"{who}@example.org", "hard_bounce")
+    held, release = threading.Event(), threading.Event()
+
+    def hold(conn):
+        held.set()
+        release.wait(10)
+
+    blocker = asyncio.ensure_future(store.db.write(hold))
+    await asyncio.to_thread(held.wait, 10)
+    service = SuppressionService(store)
+    drop = {"tenant_id": store.acme, "usecase_id": 1, "domain_id": 1, "kind": "transactional", "name": "app",
+            "suppressed_action": "accept-drop"}
+    try:
+        assert await service.at_rcpt(drop, "a@example.org") == "drop"
+        spooled = asyncio.ensure_future(store.events.append(store.acme, "queued", "the-message"))   # queued after it
+        await asyncio.sleep(0)
+        for who in ("b", "c"):
+            with pytest.raises(SMTPError):
+                await service.at_rcpt({**drop, "suppressed_action": "refuse"}, f"{who}@example.org")
+        batch = store.suppressions._batch
+        assert [row[2] for row in batch.rows] == ["a@example.org", "b@example.org", "c@example.org"]
+    finally:
+        release.set()
+    await blocker
+    await spooled
+    with pytest.raises(SMTPError):
+        await service.at_rcpt({**drop, "suppressed_action": "refuse"}, "d@example.org")
+    assert store.suppressions._batch is not batch and batch.sealed
+    await store.db.write(lambda conn: None)
+    events = [(e["kind"], e["subject"]) for e in await store.events.list(tenant_id=store.acme) if e["kind"] in ("suppressed", "queued")]
+    assert events == [("suppressed", "a@example.org"), ("suppressed", "b@example.org"), ("suppressed", "c@example.org"),
+                      ("queued", "the-message"), ("suppressed", "d@example.org")]

@@ -6,6 +6,9 @@
               failed recipient, each classified; an unrecognised report -> kind 'unknown'
     arf       a complaint report (RFC 5965) -> Complaint (feedback type, recipient, the returned
               message's Message-ID, return path and VERP tag)
+    phrases   the classifier's phrase tables compiled once, with a literal prefilter (the same
+              answers as each row's re.search in order, at a fraction of the cost)
+    mime      the small bounded MIME reader dsn and arf share
 
 All three are pure functions on bytes and strings: nothing here reads the store or the clock. What a
 verdict does (suppress, count a soft failure, only record) is decided by gateway/services/suppressions.py.

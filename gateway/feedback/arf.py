@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from ..verp import VerpTag, decode as verp_decode
 from . import mime
-from .dsn import _ADDRESS, normalise
+from .dsn import first_address, normalise
 
 FEEDBACK_TYPES = {"abuse", "fraud", "virus", "other", "not-spam", "auth-failure", "dmarc"}
 SENDER_ID = "gateway"
@@ -53,8 +53,8 @@ class Complaint:
 
 
 def _first_address(value: str) -> str:
-    m = _ADDRESS.search(value or "")
-    return normalise(m.group(0)) if m else ""
+    found = first_address(value or "")
+    return normalise(found) if found else ""
 
 
 def _parts(msg: mime.Part) -> tuple[dict[str, str] | None, dict[str, str]]:

@@ -12,6 +12,7 @@ the message; header values keep their unfolded text.
 from __future__ import annotations
 
 import binascii
+import functools
 import quopri
 import re
 from dataclasses import dataclass, field
@@ -20,7 +21,10 @@ MAX_DEPTH = 5
 MAX_PARTS = 50
 MAX_BYTES = 1024 * 1024
 
-_FOLD = re.compile(r"\r?\n[ \t]+")
+# Searched after CRLF -> LF: a pattern that starts with an optional \r is tried at every position,
+# one that starts with \n is found by a fast scan (half the cost of headers()).
+_FOLD = re.compile(r"\n[ \t]+")
+_BLANK_LINE = re.compile(rb"\n\r?\n")
 _PARAM = re.compile(r';\s*([A-Za-z0-9_.*-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;\s]+))')
 
 
@@ -33,15 +37,19 @@ class Part:
     def get(self, name: str, default: str = "") -> str:
         return self.headers.get(name.lower(), default)
 
-    @property
+    # Parsed once per part (a report's walk asks each part several times); a Part's headers are not
+    # changed after parsing.
+    @functools.cached_property
     def content_type(self) -> str:
         return (self.get("content-type", "text/plain").split(";", 1)[0].strip().lower()) or "text/plain"
 
+    @functools.cached_property
+    def _content_params(self) -> dict[str, str]:
+        return _params(self.get("content-type"))
+
     def param(self, name: str, header: str = "content-type") -> str:
-        for m in _PARAM.finditer(self.get(header)):
-            if m.group(1).lower() == name:
-                return m.group(2) if m.group(2) is not None else m.group(3)
-        return ""
+        params = self._content_params if header == "content-type" else _params(self.get(header))
+        return params.get(name, "")
 
     def decoded(self) -> bytes:
         cte = self.get("content-transfer-encoding").strip().lower()
@@ -59,7 +67,7 @@ class Part:
         data = self.decoded()
         try:
             return data.decode(charset, "replace")
-        except LookupError:
+        except (LookupError, ValueError):   # an unknown charset, or a name with a NUL in it
             return data.decode("utf-8", "replace")
 
     def walk(self):
@@ -68,9 +76,19 @@ class Part:
             yield from p.walk()
 
 
+def _params(value: str) -> dict[str, str]:
+    """A header's parameters, {lower name: value} (the first of a repeated name)."""
+    out: dict[str, str] = {}
+    for m in _PARAM.finditer(value):
+        out.setdefault(m.group(1).lower(), m.group(2) if m.group(2) is not None else m.group(3))
+    return out
+
+
 def headers(raw: str) -> dict[str, str]:
     """'Name: value' lines (folded lines joined) -> {lower name: first value}."""
     out: dict[str, str] = {}
+    if "\r" in raw:
+        raw = raw.replace("\r\n", "\n")
     if "\n " in raw or "\n\t" in raw:
         raw = _FOLD.sub(" ", raw)
     for line in raw.splitlines():
@@ -89,13 +107,14 @@ def header_blocks(data: bytes) -> list[dict[str, str]]:
 def _split(data: bytes) -> tuple[dict[str, str], bytes]:
     if data.startswith((b"\r\n", b"\n")):   # a part without headers
         return {}, data[2:] if data.startswith(b"\r\n") else data[1:]
-    # The first blank line (\r?\n\r?\n), found with bytes.find: cheaper than a regex over the message.
-    lf, crlf = data.find(b"\n\n"), data.find(b"\n\r\n")
-    if lf == -1 and crlf == -1:
+    # The first blank line (\r?\n\r?\n): one search that stops there (two bytes.find, one for each
+    # line ending, scanned the whole part for the one it does not use).
+    m = _BLANK_LINE.search(data)
+    if m is None:
         return headers(data.decode("utf-8", "replace")), b""
-    k, end = (lf, lf + 2) if crlf == -1 or (lf != -1 and lf < crlf) else (crlf, crlf + 3)
+    k = m.start()
     start = k - 1 if k and data[k - 1:k] == b"\r" else k
-    return headers(data[:start].decode("utf-8", "replace")), data[end:]
+    return headers(data[:start].decode("utf-8", "replace")), data[m.end():]
 
 
 def _pieces(body: bytes, delim: bytes) -> list[bytes]:

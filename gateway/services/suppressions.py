@@ -16,8 +16,6 @@ ones in one write per chunk; it reports rows added, updated and refused (line nu
 
 from __future__ import annotations
 
-import asyncio
-
 import datetime
 import time
 from typing import Any
@@ -68,13 +66,6 @@ def _reason(value: str) -> str:
     if reason not in suppression.REASONS:
         raise InvalidArgument(f"reason {value!r} is not one of {', '.join(suppression.REASONS)}")
     return reason
-
-
-def _event_failed(fut: "asyncio.Future[None]", addr: str) -> None:
-    """A queued 'suppressed' event that could not be committed (a full disk) is logged, not raised."""
-    if not fut.cancelled() and fut.exception() is not None:
-        exc = fut.exception()
-        log.warning("suppressed_event_failed", rcpt=addr, error=f"{type(exc).__name__}: {exc}")
 
 
 class SuppressionService:
@@ -190,16 +181,15 @@ class SuppressionService:
             return ""
         action = ctx.get("suppressed_action") or "refuse"
         # The event is queued, not waited for: the answer must not wait on a group commit (~1 ms, more
-        # under load; p99 4.5 ms in scripts/bench_suppression.py). Writes are committed in queue order,
-        # so an accept-drop's event commits no later than the message the session goes on to spool.
+        # under load; p99 4.5 ms in scripts/bench_suppression.py), and events queued together share
+        # one write (store.suppressions.event_soon: it commits no later than any write queued after it,
+        # so an accept-drop's event no later than the message the session goes on to spool).
         try:
-            pending = self.store.events.append_soon(ctx["tenant_id"], "suppressed", addr, {
+            self.store.suppressions.event_soon(ctx["tenant_id"], "suppressed", addr, {
                 "rcpt": addr, "reason": entry["reason"], "scope": entry["scope"], "source": entry["source"], "checked": "rcpt",
                 "usecase": ctx.get("usecase") or ctx.get("name"), "action": "dropped" if action == "accept-drop" else "refused"})
         except Exception as exc:  # noqa: BLE001 - a closed store must not turn a refusal into a 451
             log.warning("suppressed_event_failed", rcpt=addr, error=f"{type(exc).__name__}: {exc}")
-        else:
-            pending.add_done_callback(lambda fut, addr=addr: _event_failed(fut, addr))
         if action == "accept-drop":
             return "drop"
         raise suppression.refusal(entry)
@@ -248,7 +238,7 @@ class SuppressionService:
             return {"type": "bounce", "matched": False, "done": []}
         done = []
         for b in report.bounces:
-            if b.recipient and not suppression.same_address(b.recipient, target["rcpt"]):
+            if b.recipient and not _names(b, target["rcpt"]):
                 continue   # another address: the tag names one recipient, and that is who gets the verdict
             done.append(await self.from_report(target["tenant_id"], target["rcpt"], b.kind, source=target["queue_id"],
                                                data={"status": b.status, "diagnostic": b.diagnostic[:300], "reason": b.reason},
@@ -259,3 +249,13 @@ class SuppressionService:
 
     async def _target(self, tag: Any) -> dict[str, Any] | None:
         return await self.store.suppressions.verp_recipient(tag.queue_id, tag.recipient_index) if tag is not None else None
+
+
+def _names(bounce: dsn.Bounce, rcpt: str) -> bool:
+    """The report's failed recipient is the VERP-tagged one: the same address, or the same local part
+    when the report named only a local part (its domain was inferred, dsn._qualify, and the tag's
+    recipient is the address that was actually sent to: userx of a report from yale.edu's MTA is the
+    tagged userx@cs.yale.edu)."""
+    if bounce.local_only:
+        return suppression.same_address(f"{bounce.recipient.rpartition('@')[0]}@{rcpt.rpartition('@')[2]}", rcpt)
+    return suppression.same_address(bounce.recipient, rcpt)

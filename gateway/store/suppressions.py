@@ -8,9 +8,12 @@ the unique index (tenant_id, address, scope, scope_id), whatever the size of the
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
+
+import structlog
 
 from .. import suppression
 from ..errors import InvalidArgument, NotFound
@@ -18,6 +21,36 @@ from .db import Database
 from .events import append_event
 
 Scope = tuple[str, int]   # ('tenant', 0) | ('domain', domain_id) | ('usecase', usecase_id) | ('marketing', 0)
+log = structlog.get_logger()
+MAX_EVENT_BATCH = 1000    # events one queued write takes at most
+
+
+class _EventBatch:
+    """Events that share one queued write. The event loop appends until the writer thread seals the
+    batch (at the start of the write); after that a new batch is queued."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.rows: list[tuple[int, str, str, dict]] = []
+        self.sealed = False
+
+
+def _append_batch(conn: sqlite3.Connection, batch: _EventBatch) -> int:
+    with batch.lock:
+        batch.sealed = True
+        rows = list(batch.rows)
+    for row in rows:
+        append_event(conn, *row)
+    return len(rows)
+
+
+def _batch_done(batch: _EventBatch, fut) -> None:
+    """A batch that could not be committed (a full disk) is logged, not raised: the refusals it
+    recorded were already answered."""
+    if not fut.cancelled() and fut.exception() is not None:
+        exc = fut.exception()
+        log.warning("suppressed_event_failed", events=len(batch.rows), rcpts=[r[2] for r in batch.rows[:20]],
+                    error=f"{type(exc).__name__}: {exc}")
 
 
 def _add(conn: sqlite3.Connection, tenant_id: int, scope: str, scope_id: int, address: str, reason: str, source: str,
@@ -196,6 +229,26 @@ def delete_scope(conn: sqlite3.Connection, tenant_id: int, scope: str, scope_id:
 class Suppressions:
     def __init__(self, db: Database):
         self.db = db
+        self._batch: _EventBatch | None = None   # the queued batch events may still join (event loop only)
+
+    def event_soon(self, tenant_id: int, kind: str, subject: str, data: dict) -> None:
+        """Queue an event (the RCPT check's 'suppressed') for the writer without waiting for it. Events
+        queued before the writer takes the previous ones join them: one queued write, one commit for
+        all (each commit also costs the readers their page cache: scripts/bench_suppression.py). The
+        batch sits in the write queue where its first event was queued, so an event commits no later
+        than any write queued after it (an accept-drop's event before the message the session goes on
+        to spool). A crash before the commit loses the queued events; StoreError when the store is closed."""
+        batch = self._batch
+        if batch is not None:
+            with batch.lock:
+                if not batch.sealed and len(batch.rows) < MAX_EVENT_BATCH:
+                    batch.rows.append((tenant_id, kind, subject, data))
+                    return
+        batch = _EventBatch()
+        batch.rows.append((tenant_id, kind, subject, data))
+        fut = self.db.write_soon(_append_batch, batch)
+        self._batch = batch
+        fut.add_done_callback(lambda f: _batch_done(batch, f))
 
     async def add(self, tenant_id: int, scope: Scope, address: str, reason: str, *, source: str = "",
                   expires_at: float | None = None, now: float | None = None, event: bool = True) -> dict[str, Any]:
