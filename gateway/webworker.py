@@ -108,6 +108,7 @@ class Worker:
             return 1  # the daemon went away before it told us anything
         self.config = parse_config(first["config"])
         logs.configure(self.config.log)
+        structlog.contextvars.bind_contextvars(process="web-worker")  # its lines in the daemon's log say whose
         sys.setswitchinterval(self.config.daemon.gil_switch_interval)
         state, link = Path(first["paths"]["state_dir"]), DaemonLink(Path(first["paths"]["socket"]))
         self.store = await Store.open(state / "gateway.db", self.config.store, secondary=True)

@@ -86,6 +86,7 @@ class WebWorker(Component):
         self._supervisor: asyncio.Task | None = None
         self._pending: dict[int, asyncio.Future] = {}
         self._ids = itertools.count(1)
+        self.serving = asyncio.Event()  # set while a worker serves (tests await a restart with it)
         metrics.add_collector(lambda: worker_families([self]))
 
     # ------------------------------------------------------------------ lifecycle
@@ -175,6 +176,7 @@ class WebWorker(Component):
             raise StartupError(f"web: the worker process did not start ({why}; its log lines say why)")
         exited.cancel()
         self._ready, self.started_at = True, time.time()
+        self.serving.set()
         self._reader_task = asyncio.create_task(self._read_replies(reader), name="web-worker-replies")
         log.info("web_worker_started", pid=proc.pid, listen=self._address, restarts=self.restarts)
 
@@ -232,6 +234,7 @@ class WebWorker(Component):
 
     def _gone(self, code: int | None) -> None:
         self.proc, self._ready, self.last_exit = None, False, code
+        self.serving.clear()
         if self._writer is not None:
             self._writer.close()
             self._writer = None
