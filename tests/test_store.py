@@ -197,3 +197,46 @@ def test_queue_ids_are_crockford_base32_of_time_and_sequence_and_sort_by_time():
         value = int.from_bytes(base64.b32decode(qid.translate(str.maketrans(crockford, rfc4648))), "big")
         assert value >> 30 == int(now * 1000)
         assert base64.b32encode(value.to_bytes(10, "big")).decode().translate(str.maketrans(rfc4648, crockford)) == qid
+
+
+async def test_a_secondary_opens_beside_the_daemon_and_writes_through_its_transactions(tmp_path):
+    """The web worker's store: the daemon's file as it is; a write that meets the daemon's open
+    transaction waits for it (busy_timeout) instead of failing with 'database is locked'."""
+    path = tmp_path / "gateway.db"
+    with pytest.raises(StoreError, match="cannot open the daemon's store"):
+        await Database.open(path, secondary=True)
+    assert not path.exists()  # a secondary never creates the file
+    primary = await Database.open(path)
+    secondary = await Database.open(path, secondary=True)
+    try:
+        inside, release = threading.Event(), threading.Event()
+
+        def held(conn):
+            insert_tenant(conn, "daemon")
+            inside.set()
+            release.wait(10)
+
+        first = asyncio.ensure_future(primary.write(held))
+        await asyncio.to_thread(inside.wait, 10)
+        second = asyncio.ensure_future(secondary.write(insert_tenant, "worker"))
+        # No event says the secondary's BEGIN IMMEDIATE is waiting in SQLite's busy handler: give it
+        # the time to get there (it would fail at once with 'database is locked' without busy_timeout).
+        await asyncio.sleep(0.2)
+        assert not second.done()
+        release.set()
+        await asyncio.gather(first, second)
+        assert committed_names(path) == {"daemon", "worker"}
+        assert await primary.read(lambda c: c.execute("SELECT count(*) FROM tenants").fetchone()[0]) == 2
+    finally:
+        await secondary.close()
+        await primary.close()
+
+
+async def test_a_secondary_refuses_a_schema_it_does_not_know(tmp_path):
+    path = tmp_path / "gateway.db"
+    db = await Database.open(path)
+    newest = max(v for v, _, _ in migrations())
+    await db.write(lambda c: c.execute("DELETE FROM schema_migrations WHERE version = ?", (newest,)))
+    await db.close()
+    with pytest.raises(StoreError, match=f"a secondary needs WAL and version {newest}"):
+        await Database.open(path, secondary=True)
