@@ -158,27 +158,33 @@ class WebWorker(Component):
         finally:
             theirs.close()
         reader, writer = await asyncio.open_unix_connection(sock=ours, limit=LINE_LIMIT)
-        self.proc, self._writer, self._ready = proc, writer, False
-        writer.write(self._line({"op": "config", "id": 0, "config": to_dict(self.config(), mask=False),
+        self.proc, self._writer, self._ready = proc, writer, False  # stop() ends it from here on
+        config = self.config()
+        writer.write(self._line({"op": "config", "id": 0, "config": to_dict(config, mask=False),
                                  "paths": {"state_dir": str(self.paths.state_dir), "socket": str(self.paths.socket)}}))
         ready = asyncio.ensure_future(reader.readline())
         exited = asyncio.ensure_future(proc.wait())
-        done, _ = await asyncio.wait({ready, exited}, timeout=START_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
-        line = ready.result() if ready in done else b""
+        try:
+            done, _ = await asyncio.wait({ready, exited}, timeout=START_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for fut in (ready, exited):
+                if not fut.done():
+                    fut.cancel()
+        line = ready.result() if ready in done and not ready.cancelled() else b""
         if not line or json.loads(line).get("op") != "ready":
-            ready.cancel()
             if proc.returncode is None:
                 proc.kill()
-            await exited
+            await proc.wait()
             writer.close()
             self.proc, self._writer, self.last_exit = None, None, proc.returncode
             why = "timed out" if not done else f"exited with {proc.returncode}"
             raise StartupError(f"web: the worker process did not start ({why}; its log lines say why)")
-        exited.cancel()
         self._ready, self.started_at = True, time.time()
         self.serving.set()
         self._reader_task = asyncio.create_task(self._read_replies(reader), name="web-worker-replies")
         log.info("web_worker_started", pid=proc.pid, listen=self._address, restarts=self.restarts)
+        if self.config() is not config:  # reloaded while it started: it has the old one
+            await self.reload(self.config())
 
     async def _read_replies(self, reader: asyncio.StreamReader) -> None:
         while line := await reader.readline():
