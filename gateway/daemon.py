@@ -204,7 +204,8 @@ class Daemon:
             workers.append(api)
         # Components start in this order and stop in reverse. Web and admin start first and stop
         # last, so status and /health answer until the end; the listeners stop accepting before the
-        # scheduler drains in-flight deliveries. The web server serves every component's routes.
+        # scheduler drains in-flight deliveries. The web server serves every component's routes (from its
+        # own process with web.process: gateway/workers.py; it stops last there too).
         self.components = [
             self._web([r for c in workers for r in c.web_routes()], keyring),
             AdminServer(self.paths.socket, collect(*self.services), max_request_bytes=self.config.admin.max_request_bytes, metrics=self.metrics),

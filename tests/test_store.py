@@ -249,7 +249,7 @@ async def test_the_daemon_lets_a_secondary_holding_its_turn_go_first_but_not_for
     turn held delays a batch by GIVE_WAY at most."""
     import fcntl
 
-    from gateway.store.db import GIVE_WAY, TURN_SUFFIX
+    from gateway.store.turns import GIVE_WAY, TURN_SUFFIX
 
     path = tmp_path / "gateway.db"
     db = await Database.open(path)

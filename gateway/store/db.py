@@ -26,18 +26,13 @@ A *secondary* (``secondary=True``: the web worker, a second process on the daemo
 what the daemon opened and migrated: the file must exist at the schema version this code knows; no
 integrity check, no migrations, no reserve file, no checkpoint at close. It has a writer of its own
 (WAL lets two processes write, one transaction at a time): its writes are short and a write that
-meets the daemon's transaction waits for it. SQLite's busy handler alone starves it: the daemon's
-writer begins its next batch the moment it committed, while the secondary sleeps 1, 2, 5, 10 ms...
-between tries (scripts/bench_secondary.py: p99 250 ms beside a busy daemon). So the two take turns
-on ``<db>-turn``: a secondary holds it exclusively from before BEGIN to after COMMIT, and the
-daemon's writer, before each BEGIN, lets such a holder go first (waiting at most ``GIVE_WAY``).
+meets the daemon's transaction waits for it, the two taking turns (gateway/store/turns.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
-import fcntl
 import importlib.resources
 import os
 import queue
@@ -54,6 +49,7 @@ import structlog
 
 from ..errors import StorageFull, StoreError
 from .space import DiskSpace
+from .turns import Turns
 
 log = structlog.get_logger("store")
 
@@ -74,13 +70,6 @@ NEARLY_FULL = 256 * 1024
 # open at all, and a daemon that cannot open its store cannot serve `gateway status` either.
 ROOM_FILE = "store-room"
 ROOM_BYTES = 1 << 20
-# The turn file (see the module docstring), and the longest the daemon's writer lets a secondary's
-# write go first: a secondary stopped while it holds its turn must not stop the daemon's commits.
-TURN_SUFFIX = "-turn"
-GIVE_WAY = 0.05
-# Seconds between a secondary's tries to begin while the daemon's transaction runs, and its limit.
-TURN_POLL = 0.0005
-TURN_TIMEOUT = 30.0
 
 
 def is_full(exc: BaseException) -> bool:
@@ -195,7 +184,7 @@ class Database:
         self.episodes = 0
         self._on_recovered: list[Callable[[], Any]] = []
         self._waiters: list[asyncio.Future] = []
-        self._turn: int | None = None  # fd of the turn file
+        self._turns = Turns(None)  # the file once open() has opened the store
 
     # ------------------------------------------------------------------ opening and closing
 
@@ -203,7 +192,7 @@ class Database:
     async def open(cls, path: Path, **kwargs: Any) -> "Database":
         db = cls(path, **kwargs)
         await asyncio.to_thread(db._prepare)
-        db._open_turn()
+        db._turns = Turns(path)  # after _prepare: a fresh store's directory and file exist
         db._loop = asyncio.get_running_loop()
         db._writer = threading.Thread(target=db._write_loop, name="store-writer", daemon=True)
         db._writer.start()
@@ -301,53 +290,9 @@ class Database:
             conn.close()
             raise StoreError(f"{self.path}: journal mode {mode}, schema version {have}; a secondary needs WAL "
                              f"and version {newest} (the daemon migrates, then starts its workers)")
-        # Its BEGIN polls finely itself (``_begin_turn``), rather than in SQLite's coarse busy handler.
+        # Its BEGIN polls finely itself (turns.py), rather than in SQLite's coarse busy handler.
         conn.execute("PRAGMA busy_timeout = 0")
         self._write_conn = conn
-
-    def _open_turn(self) -> None:
-        try:
-            self._turn = os.open(self.path.with_name(self.path.name + TURN_SUFFIX), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError as exc:  # without it the writers still serialise, only less fairly
-            log.warning("store_turn_file_unavailable", error=exc.strerror)
-
-    def _give_way(self) -> None:
-        """The daemon's writer, before BEGIN: a secondary holding its turn writes first."""
-        if self._turn is None:
-            return
-        deadline = None
-        while True:
-            try:
-                fcntl.flock(self._turn, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                deadline = deadline or time.monotonic() + GIVE_WAY
-                if time.monotonic() >= deadline:
-                    return
-                time.sleep(TURN_POLL)
-                continue
-            fcntl.flock(self._turn, fcntl.LOCK_UN)
-            return
-
-    def _begin_turn(self, conn: sqlite3.Connection) -> None:
-        """A secondary's BEGIN: take the turn (the daemon starts no new transaction), then begin as
-        soon as the daemon's running one ends."""
-        if self._turn is not None:
-            fcntl.flock(self._turn, fcntl.LOCK_EX)
-        deadline = time.monotonic() + TURN_TIMEOUT
-        while True:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as exc:
-                code = getattr(exc, "sqlite_errorcode", None)
-                if code is None or code & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
-                    self._end_turn()
-                    raise
-            time.sleep(TURN_POLL)
-
-    def _end_turn(self) -> None:
-        if self._turn is not None:
-            fcntl.flock(self._turn, fcntl.LOCK_UN)
 
     async def close(self) -> None:
         """Commit what is queued, stop the writer, close every connection."""
@@ -368,9 +313,7 @@ class Database:
                 pass
             self._write_conn.close()
             self._write_conn = None
-        if self._turn is not None:
-            os.close(self._turn)
-            self._turn = None
+        self._turns.close()
 
     # ------------------------------------------------------------------ writing
 
@@ -426,9 +369,9 @@ class Database:
         outcomes = []
         try:
             if self.secondary:
-                self._begin_turn(conn)
+                self._turns.begin(conn)
             else:
-                self._give_way()
+                self._turns.give_way()
                 conn.execute("BEGIN IMMEDIATE")
             for fn, args, fut in batch:
                 conn.execute("SAVEPOINT w")
@@ -445,7 +388,7 @@ class Database:
                     outcomes.append((fut, True, result))
             conn.execute("COMMIT")
             if self.secondary:
-                self._end_turn()
+                self._turns.end()
             self.commits += 1
             self.writes += len(batch)
             self.last_commit_error = None
@@ -456,7 +399,7 @@ class Database:
                 except sqlite3.Error:
                     pass
             if self.secondary:
-                self._end_turn()
+                self._turns.end()
             self.last_commit_error = str(exc)
             if is_full(exc) or (_is_ioerr(exc) and 0 <= self.space.measure() < NEARLY_FULL):
                 reason = f"the disk under {self.path.parent} is full ({exc})"
