@@ -57,6 +57,7 @@ class LogConfig:
 @dataclass(frozen=True, kw_only=True)
 class WebConfig:
     listen: str = setting("127.0.0.1:8025", "host:port of the HTTP server (/health, /metrics, the unsubscribe pages /u/...).", kind="hostport", restart=True)
+    process: bool = setting(True, "Serve web.listen from a child process of its own (restarted when it dies, reloaded on SIGHUP), so the pages never wait on submission's event loop and GIL. false: served inside the daemon's process.", restart=True)
     public_url: str = setting("http://127.0.0.1:8025", "Base URL under which receivers reach this HTTP server (a reverse proxy in front of web.listen); List-Unsubscribe links are <public_url>/u/TOKEN. Gmail and Yahoo honour one-click only over https.", kind="url")
 
 

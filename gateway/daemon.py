@@ -19,11 +19,11 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import structlog
+from prometheus_client import generate_latest
 
 from . import __version__, allocator, logs, submission
 from .admin.registry import admin_method, checked, collect
@@ -47,7 +47,7 @@ from .inbound.pins import Pins
 from .inbound.processor import Hooks, Processor
 from .inbound.reply import stripped_reply
 from .inbound.poller import Poller
-from .lifecycle import Component
+from .lifecycle import Component, loop_factory
 from .metrics import Metrics, budget_families, store_families
 from .paths import Paths, resolve_paths
 from .services.addresses import AddressService
@@ -69,6 +69,7 @@ from .systemd import Notifier
 from .unsubscribe.links import Keyring, Links
 from .unsubscribe.web import Unsubscriber
 from .web import WebServer
+from .workers import WebWorker
 from .webhooks.sender import WebhookSender
 
 log = structlog.get_logger("daemon")
@@ -204,12 +205,26 @@ class Daemon:
             workers.append(api)
         # Components start in this order and stop in reverse. Web and admin start first and stop
         # last, so status and /health answer until the end; the listeners stop accepting before the
-        # scheduler drains in-flight deliveries. The web server serves every component's routes.
+        # scheduler drains in-flight deliveries. The web server serves every component's routes (from its
+        # own process with web.process: gateway/workers.py; it stops last there too).
         self.components = [
-            WebServer(self.config.web.listen, self.metrics, self.health, routes=[r for c in workers for r in c.web_routes()]),
+            self._web([r for c in workers for r in c.web_routes()], keyring),
             AdminServer(self.paths.socket, collect(*self.services), max_request_bytes=self.config.admin.max_request_bytes, metrics=self.metrics),
             *workers,
         ]
+
+    def _web(self, routes: list[Any], keyring: Keyring) -> Component:
+        """The public web server: in a child process of its own (web.process, gateway/workers.py),
+        which serves the same routes from its own copy of the components, or in this one."""
+        if not self.config.web.process:
+            return WebServer(self.config.web.listen, self.metrics, self.health, routes=routes)
+        worker = WebWorker(lambda: self.config, self.paths, self.metrics)
+        keyring.on_change(worker.keys_changed)  # a retired key stops working there at once too
+        return worker
+
+    def _processes_alive(self) -> bool:
+        """Every child process serves (a worker being restarted is not alive)."""
+        return all(c.alive for c in self.components if isinstance(c, WebWorker))
 
     def _processor(self, store: Store, files: AttachmentFiles, pins: Pins, suppressions: SuppressionService,
                    unsubscriber: Unsubscriber, dns: DnsCache) -> Processor:
@@ -373,13 +388,16 @@ class Daemon:
                 loop.remove_signal_handler(sig)
 
     async def _watchdog(self, interval: float) -> None:
-        """WATCHDOG=1 every ``interval`` while the store writer lives: a dead writer means no 250s
-        can be given, so systemd should restart us rather than think we are fine."""
+        """WATCHDOG=1 every ``interval`` while the store writer and every worker process live: a dead
+        writer means no 250s can be given, a worker that stays dead no pages, so systemd should
+        restart us rather than think we are fine (a worker restarted within the interval is fine)."""
         while True:
-            if self.store is not None and self.store.db.writer_alive:
-                self.notifier.notify(WATCHDOG="1")
-            else:
+            if self.store is None or not self.store.db.writer_alive:
                 log.error("watchdog_withheld", reason="store writer is not running")
+            elif not self._processes_alive():
+                log.error("watchdog_withheld", reason="a worker process is not running")
+            else:
+                self.notifier.notify(WATCHDOG="1")
             await asyncio.sleep(interval)
 
     # ------------------------------------------------------------------ reporting
@@ -436,6 +454,17 @@ class DaemonService:
     async def status(self) -> dict[str, Any]:
         return self.daemon.status()
 
+    @admin_method("daemon.health")
+    async def health(self) -> dict[str, Any]:
+        """What /health answers: {ok, problems, ...} (the web worker serves it from here)."""
+        ok, detail = await self.daemon.health()
+        return {"ok": ok, **detail}
+
+    @admin_method("daemon.metrics")
+    async def metrics(self) -> str:
+        """This process's /metrics exposition text (the web worker adds its own figures)."""
+        return generate_latest(self.daemon.metrics.registry).decode()
+
     @admin_method("ping")
     async def ping(self) -> str:
         return "pong"
@@ -450,14 +479,6 @@ class DaemonService:
 
 
 # ---------------------------------------------------------------------- entry point
-
-
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
 
 
 def run_daemon(config_path: str | None, state_dir: str | None) -> int:
@@ -479,7 +500,7 @@ def run_daemon(config_path: str | None, state_dir: str | None) -> int:
     paths = resolve_paths(config, state_dir)
     daemon = Daemon(config, paths, config_path=config_path, notifier=Notifier())
     try:
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
             runner.run(daemon.run())
     except GatewayError as exc:
         # StartupError, StoreError...: the message already names the problem.

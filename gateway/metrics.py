@@ -151,3 +151,48 @@ def budget_families(budget: Any) -> list[Any]:
 
 
 __all__ = ["Metrics", "store_families", "budget_families", "Histogram"]
+
+
+def merged_exposition(daemon_text: str, registry: CollectorRegistry) -> bytes:
+    """The daemon's exposition with ``registry``'s figures (another process's) added: one scrape target
+    for the whole daemon. Counters and histograms of the same name and labels are summed (a total
+    over the processes); gauges are the daemon's (its own state: start time, store, budget), but a
+    family only ``registry`` has is kept whole."""
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families = {f.name: f for f in text_string_to_metric_families(daemon_text)}
+    for family in registry.collect():
+        ours = families.get(family.name)
+        if ours is None:
+            families[family.name] = family
+            continue
+        if family.type not in ("counter", "histogram", "summary") or ours.type != family.type:
+            continue
+        index = {(s.name, tuple(sorted(s.labels.items()))): i for i, s in enumerate(ours.samples)}
+        for sample in family.samples:
+            if sample.name.endswith("_created"):
+                continue  # the daemon's creation time stands for the family
+            key = (sample.name, tuple(sorted(sample.labels.items())))
+            if key in index:
+                i = index[key]
+                ours.samples[i] = ours.samples[i]._replace(value=ours.samples[i].value + sample.value)
+            else:
+                index[key] = len(ours.samples)
+                ours.samples.append(sample)
+
+    class _Families:
+        def collect(self) -> list[Any]:
+            return list(families.values())
+
+    return generate_latest(_Families())  # type: ignore[arg-type]
+
+
+def worker_families(workers: list[Any]) -> list[Any]:
+    """The daemon's child processes (gateway/workers.py), one label value per worker."""
+    up = GaugeMetricFamily("gateway_worker_up", "1 while a worker process runs and serves.", labels=["worker"])
+    restarts = CounterMetricFamily("gateway_worker_restarts", "Worker processes restarted after they died.", labels=["worker"])
+    for worker in workers:
+        up.add_metric([worker.name], 1 if worker.alive else 0)
+        restarts.add_metric([worker.name], worker.restarts)
+    return [up, restarts]

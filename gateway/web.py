@@ -1,8 +1,13 @@
-"""The daemon's HTTP server (aiohttp): /health, /metrics, and routes components contribute."""
+"""The daemon's HTTP server (aiohttp): /health, /metrics, and routes components contribute.
+
+It runs inside the daemon (``web.process = false``) or in the web worker (gateway/webworker.py),
+which serves it on the socket the daemon bound and answers /metrics with both processes' figures.
+"""
 
 from __future__ import annotations
 
 import errno
+import socket
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -18,11 +23,14 @@ class WebServer(Component):
     name = "web"
 
     def __init__(self, listen: str, metrics: Metrics, health: Callable[[], Awaitable[tuple[bool, dict]]],
-                 routes: list[web.RouteDef] | None = None):
+                 routes: list[web.RouteDef] | None = None, *, sock: socket.socket | None = None,
+                 exposition: Callable[[], Awaitable[bytes]] | None = None):
         self.listen = listen
         self.metrics = metrics
         self.health = health
         self.extra_routes = routes or []
+        self.sock = sock  # bound and listening already (the web worker's, inherited from the daemon)
+        self.exposition = exposition or self._own_exposition
         self._runner: web.AppRunner | None = None
         self._address = listen
 
@@ -34,10 +42,13 @@ class WebServer(Component):
         return app
 
     async def start(self) -> None:
-        host, port = split_hostport(self.listen)
         self._runner = web.AppRunner(self._app(), access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        if self.sock is not None:
+            site: web.BaseSite = web.SockSite(self._runner, self.sock)
+        else:
+            host, port = split_hostport(self.listen)
+            site = web.TCPSite(self._runner, host, port, reuse_address=True)
         try:
             await site.start()
         except OSError as exc:
@@ -65,5 +76,8 @@ class WebServer(Component):
 
     async def _metrics(self, request: web.Request) -> web.Response:
         self.metrics.http_requests.labels(path="/metrics", status="200").inc()
-        body = generate_latest(self.metrics.registry)
+        body = await self.exposition()
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _own_exposition(self) -> bytes:
+        return generate_latest(self.metrics.registry)

@@ -230,6 +230,7 @@ def main() -> None:
     parser.add_argument("--implicit", action="store_true", help="use the implicit-TLS port instead of STARTTLS")
     parser.add_argument("--connection-per-message", action="store_true",
                         help="a new connection (TLS, EHLO, AUTH PLAIN) for every message")
+    parser.add_argument("--web-process", choices=("true", "false"), help="web.process (default: the config's default)")
     parser.add_argument("--profile", metavar="SVG", help="record the daemon with py-spy: a flame graph (.svg) or collapsed stacks (.txt)")
     args = parser.parse_args()
 
@@ -239,6 +240,9 @@ def main() -> None:
         work = Path(tmp)
         port, tls_port = free_port(), free_port()
         write_config(work / "config.toml", dns, port, tls_port, "")
+        if args.web_process:
+            text = (work / "config.toml").read_text().replace("[web]\n", f"[web]\nprocess = {args.web_process}\n", 1)
+            (work / "config.toml").write_text(text)
         client_port = tls_port if args.implicit else port
         proc, sock = start_daemon(work)
         spy = None

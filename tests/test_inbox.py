@@ -25,7 +25,7 @@ from gateway.store.inbound import Spooled
 from gateway.unsubscribe import tokens
 from gateway.webhooks.signing import HEADER, verify
 from tests.support import process
-from tests.support.daemon import AdminError, running_daemon
+from tests.support.daemon import WEB_PROCESS, AdminError, running_daemon
 from tests.support.delivery import FAST_RETRIES, delivering_daemon, dkim_dnsfunc, enqueue, publish_mx, wait_events
 from tests.support.dns import dns_overrides
 from tests.support.processed import Part, add_channel_address, processed_message, raw_message
@@ -62,9 +62,10 @@ def local(d, url: str) -> str:
     return f"http://{d.address('web')}{parts.path}"
 
 
-async def test_received_webhook_narrowed_to_a_use_case_signed_retried_with_attachment_urls(tmp_path, dns_server):
+@pytest.mark.parametrize("web", WEB_PROCESS)
+async def test_received_webhook_narrowed_to_a_use_case_signed_retried_with_attachment_urls(tmp_path, dns_server, web):
     with WebhookReceiver() as rx:
-        async with running_daemon(tmp_path, {**dns_overrides(dns_server), **FAST_WEBHOOKS}) as d:
+        async with running_daemon(tmp_path, {**dns_overrides(dns_server), **FAST_WEBHOOKS, **web}) as d:
             s = await setup_two_usecases(d, dns_server)
             narrowed = await d.call("webhook.add", tenant="acme", url=rx.url("/support"), events=["received"], name="support",
                                     usecase="support")

@@ -153,6 +153,7 @@ async def test_daemon_starts_binds_and_delivers_under_the_units_confinement(dns_
     unit's system call filter, address families, W^X, capabilities (as user nobody with only the
     ambient CAP_NET_BIND_SERVICE), read-only file system, empty homes, private /dev and /proc subset
     as the kernel sees them, then execs the daemon."""
+    import aiohttp
     import aiosmtplib
 
     from gateway.submission import client_tls_context
@@ -170,7 +171,7 @@ async def test_daemon_starts_binds_and_delivers_under_the_units_confinement(dns_
             publish_mx(dns_server, "dest.test")
             low = free_privileged_port()  # the web listener, as the real ports 25/465/587 would need
             overrides = merge(dns_overrides(dns_server), {"delivery": {**FAST_RETRIES, "remote_port": sink.port},
-                                                          "web": {"listen": f"127.0.0.1:{low}"}})
+                                                          "web": {"listen": f"127.0.0.1:{low}", "process": True}})
             base.chmod(0o755)
             state = base / "gw" / "state"
             state.mkdir(parents=True)
@@ -185,6 +186,11 @@ async def test_daemon_starts_binds_and_delivers_under_the_units_confinement(dns_
                 up = {l["name"]: l["up"] for l in status["listeners"]}
                 assert all(up.get(name) for name in ("submission", "submissions", "web", "admin")), up
                 assert any(l["name"] == "web" and l["address"] == f"127.0.0.1:{low}" for l in status["listeners"])
+                # The web worker (the default) runs under the same confinement and serves the daemon's port.
+                [worker] = status["workers"]
+                assert worker["up"] and worker["pid"] != gw.proc.pid
+                async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{low}/health") as resp:
+                    assert resp.status == 200 and (await resp.json())["ok"] is True
                 setup = await sending_setup(admin, dns_server)
                 port = await admin.listener_port("submission")
                 smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=True, tls_context=client_tls_context(), timeout=10)

@@ -24,6 +24,7 @@ import pytest
 
 from gateway.unsubscribe import tokens
 from tests.support import process
+from tests.support.daemon import WEB_PROCESS, merge
 from tests.support.delivery import delivering_daemon, dkim_dnsfunc, publish_mx, wait_events
 from tests.support.sink import mail_sink
 from tests.test_outbound_e2e import raw_message, submit
@@ -78,10 +79,11 @@ async def events_of(d, kind: str) -> list[dict]:
 # --------------------------------------------------------------------------- headers on the wire
 
 
-async def test_each_recipient_gets_its_own_signed_one_click_fields_and_the_post_unsubscribes(tmp_path, dns_server):
+@pytest.mark.parametrize("web", WEB_PROCESS)
+async def test_each_recipient_gets_its_own_signed_one_click_fields_and_the_post_unsubscribes(tmp_path, dns_server, web):
     async with mail_sink() as sink:
         publish_mx(dns_server, "dest.test")
-        async with delivering_daemon(tmp_path, dns_server, sink.port, WITH_MAILTO, kind="marketing", usecase="news", dkim="both") as (d, setup):
+        async with delivering_daemon(tmp_path, dns_server, sink.port, merge(WITH_MAILTO, web), kind="marketing", usecase="news", dkim="both") as (d, setup):
             # The app's own List-Unsubscribe is replaced: RFC 8058 wants exactly one https URI.
             got = await marketing_mail(d, setup, sink, ["bob@dest.test", "carol@dest.test"],
                                        headers="List-Unsubscribe: <mailto:app@acme.test>\r\n")
@@ -141,10 +143,11 @@ async def test_transactional_mail_has_no_fields_unless_its_use_case_asks(tmp_pat
 # --------------------------------------------------------------------------- the web endpoints
 
 
-async def test_tampered_or_unknown_tokens_get_400_and_change_nothing_and_resubscribe_works(tmp_path, dns_server):
+@pytest.mark.parametrize("web", WEB_PROCESS)
+async def test_tampered_or_unknown_tokens_get_400_and_change_nothing_and_resubscribe_works(tmp_path, dns_server, web):
     async with mail_sink() as sink:
         publish_mx(dns_server, "dest.test")
-        async with delivering_daemon(tmp_path, dns_server, sink.port, CONFIG, kind="marketing", usecase="news") as (d, setup):
+        async with delivering_daemon(tmp_path, dns_server, sink.port, merge(CONFIG, web), kind="marketing", usecase="news") as (d, setup):
             [data] = (await marketing_mail(d, setup, sink, ["bob@dest.test"])).values()
             token = token_of(data)
             before = len(await d.store.events.list(limit=10000))
@@ -201,10 +204,11 @@ async def test_tampered_or_unknown_tokens_get_400_and_change_nothing_and_resubsc
                 assert all("secret" not in k for k in await d.call("unsubscribe.keys"))
 
 
-async def test_domain_scope_suppresses_for_the_sending_domain(tmp_path, dns_server):
+@pytest.mark.parametrize("web", WEB_PROCESS)
+async def test_domain_scope_suppresses_for_the_sending_domain(tmp_path, dns_server, web):
     async with mail_sink() as sink:
         publish_mx(dns_server, "dest.test")
-        async with delivering_daemon(tmp_path, dns_server, sink.port, CONFIG, kind="marketing", usecase="news") as (d, setup):
+        async with delivering_daemon(tmp_path, dns_server, sink.port, merge(CONFIG, web), kind="marketing", usecase="news") as (d, setup):
             await d.call("usecase.update", tenant="acme", name="news", unsubscribe_scope="domain")
             d.daemon.scheduler.routes.clear()
             [data] = (await marketing_mail(d, setup, sink, ["dora@dest.test"])).values()

@@ -5,15 +5,17 @@ from __future__ import annotations
 import re
 
 import aiohttp
+import pytest
 
-from tests.support.daemon import running_daemon
+from tests.support.daemon import WEB_PROCESS, running_daemon
 
 # Prometheus text exposition: '# HELP', '# TYPE', or 'name{labels} value'.
 SAMPLE = re.compile(r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{[^}]*\})? [-+0-9.eEinfNa]+$')
 
 
-async def test_health_is_200_while_everything_is_up_and_503_when_the_store_cannot_write(tmp_path):
-    async with running_daemon(tmp_path) as d, aiohttp.ClientSession() as http:
+@pytest.mark.parametrize("web", WEB_PROCESS)
+async def test_health_is_200_while_everything_is_up_and_503_when_the_store_cannot_write(tmp_path, web):
+    async with running_daemon(tmp_path, web) as d, aiohttp.ClientSession() as http:
         url = f"http://{d.address('web')}/health"
         async with http.get(url) as resp:
             assert resp.status == 200
@@ -36,8 +38,9 @@ async def test_health_is_503_when_a_listener_is_down(tmp_path):
             assert body["listeners_down"] == ["admin"] and body["problems"] == ["admin: listener is down"]
 
 
-async def test_metrics_in_prometheus_text_format(tmp_path):
-    async with running_daemon(tmp_path) as d, aiohttp.ClientSession() as http:
+@pytest.mark.parametrize("web", WEB_PROCESS)
+async def test_metrics_in_prometheus_text_format(tmp_path, web):
+    async with running_daemon(tmp_path, web) as d, aiohttp.ClientSession() as http:
         await d.call("tenant.add", name="m")
         await d.call("ping")
         async with http.get(f"http://{d.address('web')}/health") as resp:
@@ -74,7 +77,8 @@ async def test_metrics_in_prometheus_text_format(tmp_path):
         assert not re.search(r"_(ms|milliseconds|kb|mb|minutes)(_|$)", name), name
 
 
-async def test_unknown_path_is_404(tmp_path):
-    async with running_daemon(tmp_path) as d, aiohttp.ClientSession() as http:
+@pytest.mark.parametrize("web", WEB_PROCESS)
+async def test_unknown_path_is_404(tmp_path, web):
+    async with running_daemon(tmp_path, web) as d, aiohttp.ClientSession() as http:
         async with http.get(f"http://{d.address('web')}/nope") as resp:
             assert resp.status == 404

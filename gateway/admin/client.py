@@ -25,6 +25,25 @@ class AdminError(AdminClientError):
         super().__init__(message)
 
 
+def request_line(req_id: int, method: str, params: dict[str, Any]) -> bytes:
+    return json.dumps({"id": req_id, "method": method, "params": params}, separators=(",", ":")).encode() + b"\n"
+
+
+def result_of(raw: bytes) -> Any:
+    """The result in one reply line; AdminError for an error reply, a malformed one or none."""
+    if not raw:
+        raise AdminError("disconnected", "the daemon closed the connection")
+    try:
+        reply = json.loads(raw)
+    except ValueError:
+        raise AdminError("bad_reply", f"the daemon sent a malformed reply: {raw[:200]!r}") from None
+    if not isinstance(reply, dict):
+        raise AdminError("bad_reply", f"the daemon sent a malformed reply: {raw[:200]!r}")
+    if "error" in reply:
+        raise AdminError(reply["error"].get("code", "error"), reply["error"].get("message", ""))
+    return reply.get("result")
+
+
 class AdminClient:
     def __init__(self, path: Path, timeout: float = 60.0):
         self.path = Path(path)
@@ -68,20 +87,8 @@ class AdminClient:
         if self._sock is None:
             self.connect()
         req_id = next(self._ids)
-        line = json.dumps({"id": req_id, "method": method, "params": params}, separators=(",", ":")).encode() + b"\n"
-        self._sock.sendall(line)
-        raw = self._file.readline()
-        if not raw:
-            raise AdminError("disconnected", "the daemon closed the connection")
-        try:
-            reply = json.loads(raw)
-        except ValueError:
-            raise AdminError("bad_reply", f"the daemon sent a malformed reply: {raw[:200]!r}") from None
-        if not isinstance(reply, dict):
-            raise AdminError("bad_reply", f"the daemon sent a malformed reply: {raw[:200]!r}")
-        if "error" in reply:
-            raise AdminError(reply["error"].get("code", "error"), reply["error"].get("message", ""))
-        return reply.get("result")
+        self._sock.sendall(request_line(req_id, method, params))
+        return result_of(self._file.readline())
 
     def close(self) -> None:
         if self._file is not None:

@@ -47,6 +47,12 @@ def status(as_json: bool) -> None:
     click.echo(f"config     {result.get('config_path') or '(embedded defaults)'}  reloads {result['reloads']}")
     click.echo("")
     table(result["listeners"], ["name", "address", "up"])
+    if result.get("workers"):
+        click.echo("")
+        click.echo("workers")
+        for w in result["workers"]:
+            state = f"pid {w['pid']}  up {_duration(w['uptime_seconds'] or 0)}" if w["up"] else f"DOWN (last exit {w['last_exit']})"
+            click.echo(f"  {w['name']}  {state}  restarts {w['restarts']}")
     store = result.get("store")
     if store:
         click.echo("")

@@ -34,7 +34,7 @@ class UnsubscribeService:
     async def rotate_key(self) -> dict[str, Any]:
         """A new signing key; links signed by the older ones keep working until those are retired."""
         new = await self.store.unsubscribes.rotate(secrets.token_bytes(32))
-        self.keyring.invalidate()
+        await self.keyring.changed()
         return next(r for r in await self._rows() if r["id"] == new["id"])
 
     @admin_method("unsubscribe.retire_key")
@@ -43,6 +43,6 @@ class UnsubscribeService:
         if not await self.store.unsubscribes.retire(key_id):
             if not any(r["id"] == key_id for r in await self.store.unsubscribes.keys()):
                 raise NotFound(f"no unsubscribe key {key_id}")
-        self.keyring.invalidate()
+        await self.keyring.changed()
         await self.keyring.signing()  # a new one if that was the last live key
         return next(r for r in await self._rows() if r["id"] == key_id)

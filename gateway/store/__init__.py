@@ -67,10 +67,11 @@ class Store:
         self.stats = Stats(db)
 
     @classmethod
-    async def open(cls, path: Path, config: StoreConfig | None = None) -> "Store":
+    async def open(cls, path: Path, config: StoreConfig | None = None, *, secondary: bool = False) -> "Store":
+        """The store; ``secondary``: beside the daemon, from another process (see db.py)."""
         config = config or StoreConfig()
         db = await Database.open(path, batch_max=config.batch_max, read_connections=config.read_connections,
-                                 min_free_bytes=config.min_free_bytes)
+                                 min_free_bytes=config.min_free_bytes, secondary=secondary)
         return cls(db)
 
     async def close(self) -> None:

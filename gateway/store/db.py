@@ -21,6 +21,12 @@ ends with one ``store_space_recovered`` line and the ``on_recovered`` callbacks 
 (``StorageFull``) while deliveries, their records and operator actions keep writing into the reserve.
 Opening needs a few pages too (a clean stop removes the -shm file SQLite must create again): a MiB
 kept aside in ``store-room`` is given back when the store must open on a full disk.
+
+A *secondary* (``secondary=True``: the web worker, a second process on the daemon's store) opens
+what the daemon opened and migrated: the file must exist at the schema version this code knows; no
+integrity check, no migrations, no reserve file, no checkpoint at close. It has a writer of its own
+(WAL lets two processes write, one transaction at a time): its writes are short and a write that
+meets the daemon's transaction waits for it, the two taking turns (gateway/store/turns.py).
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ import structlog
 
 from ..errors import StorageFull, StoreError
 from .space import DiskSpace
+from .turns import Turns
 
 log = structlog.get_logger("store")
 
@@ -83,8 +90,10 @@ def _probe(conn: sqlite3.Connection) -> None:
                  "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (str(time.time()),))
 
 
-def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+def connect(path: Path, *, readonly: bool = False, existing: bool = False) -> sqlite3.Connection:
+    """A connection with the store's pragmas; ``existing``: never create the file (a secondary)."""
+    target, uri = (path.absolute().as_uri() + "?mode=rw", True) if existing else (path, False)
+    conn = sqlite3.connect(target, isolation_level=None, check_same_thread=False, timeout=30.0, uri=uri)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA foreign_keys = ON")
     conn.execute("PRAGMA busy_timeout = 30000")
@@ -151,8 +160,10 @@ def migrate(conn: sqlite3.Connection) -> list[int]:
 class Database:
     """The one database of a daemon. Open with ``await Database.open(path)``."""
 
-    def __init__(self, path: Path, *, batch_max: int = 1000, read_connections: int = 4, min_free_bytes: int = 0):
+    def __init__(self, path: Path, *, batch_max: int = 1000, read_connections: int = 4, min_free_bytes: int = 0,
+                 secondary: bool = False):
         self.path = path
+        self.secondary = secondary
         self.batch_max = batch_max
         self.space = DiskSpace(path.parent, min_free=min_free_bytes)
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -173,6 +184,7 @@ class Database:
         self.episodes = 0
         self._on_recovered: list[Callable[[], Any]] = []
         self._waiters: list[asyncio.Future] = []
+        self._turns = Turns(None)  # the file once open() has opened the store
 
     # ------------------------------------------------------------------ opening and closing
 
@@ -180,6 +192,7 @@ class Database:
     async def open(cls, path: Path, **kwargs: Any) -> "Database":
         db = cls(path, **kwargs)
         await asyncio.to_thread(db._prepare)
+        db._turns = Turns(path)  # after _prepare: a fresh store's directory and file exist
         db._loop = asyncio.get_running_loop()
         db._writer = threading.Thread(target=db._write_loop, name="store-writer", daemon=True)
         db._writer.start()
@@ -187,6 +200,9 @@ class Database:
 
     def _prepare(self) -> None:
         """Open the store; on a full disk, with the room kept aside for that (see ``_keep_room``)."""
+        if self.secondary:
+            self._open_secondary()
+            return
         try:
             self._open()
         except StoreError:
@@ -257,6 +273,27 @@ class Database:
         if applied:
             log.info("store_migrated", path=str(self.path), versions=applied)
 
+    def _open_secondary(self) -> None:
+        """Open the daemon's store beside it: it exists, is in WAL mode, at the version we know."""
+        try:
+            conn = connect(self.path, existing=True)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot open the daemon's store: {exc}") from exc
+        try:
+            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+            have = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()[0]
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StoreError(f"{self.path}: cannot read the daemon's store: {exc}") from exc
+        newest = max((v for v, _, _ in migrations()), default=0)
+        if mode.lower() != "wal" or have != newest:
+            conn.close()
+            raise StoreError(f"{self.path}: journal mode {mode}, schema version {have}; a secondary needs WAL "
+                             f"and version {newest} (the daemon migrates, then starts its workers)")
+        # Its BEGIN polls finely itself (turns.py), rather than in SQLite's coarse busy handler.
+        conn.execute("PRAGMA busy_timeout = 0")
+        self._write_conn = conn
+
     async def close(self) -> None:
         """Commit what is queued, stop the writer, close every connection."""
         if self._writer is not None:
@@ -270,11 +307,13 @@ class Database:
             self._reader_conns.clear()
         if getattr(self, "_write_conn", None) is not None:
             try:
-                self._write_conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                if not self.secondary:  # the daemon checkpoints; a secondary would only wait for it
+                    self._write_conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             except sqlite3.Error:
                 pass
             self._write_conn.close()
             self._write_conn = None
+        self._turns.close()
 
     # ------------------------------------------------------------------ writing
 
@@ -329,7 +368,11 @@ class Database:
     def _commit(self, conn: sqlite3.Connection, batch: list) -> list:
         outcomes = []
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            if self.secondary:
+                self._turns.begin(conn)
+            else:
+                self._turns.give_way()
+                conn.execute("BEGIN IMMEDIATE")
             for fn, args, fut in batch:
                 conn.execute("SAVEPOINT w")
                 try:
@@ -344,6 +387,8 @@ class Database:
                     conn.execute("RELEASE w")
                     outcomes.append((fut, True, result))
             conn.execute("COMMIT")
+            if self.secondary:
+                self._turns.end()
             self.commits += 1
             self.writes += len(batch)
             self.last_commit_error = None
@@ -353,6 +398,8 @@ class Database:
                     conn.execute("ROLLBACK")
                 except sqlite3.Error:
                     pass
+            if self.secondary:
+                self._turns.end()
             self.last_commit_error = str(exc)
             if is_full(exc) or (_is_ioerr(exc) and 0 <= self.space.measure() < NEARLY_FULL):
                 reason = f"the disk under {self.path.parent} is full ({exc})"
@@ -436,7 +483,8 @@ class Database:
             self.full_since, self.full_reason, self.full_refused = None, "", 0
         log.info("store_space_recovered", after_seconds=round(time.time() - since, 3), refused_writes=refused,
                  free_bytes=free, path=str(self.path))
-        self._keep_room()  # given back at a start on a full disk: set aside again
+        if not self.secondary:
+            self._keep_room()  # given back at a start on a full disk: set aside again
         for callback in (self._wake_waiters, *self._on_recovered):
             self._loop.call_soon_threadsafe(callback)
 

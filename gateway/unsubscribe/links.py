@@ -3,7 +3,8 @@
 ``Keyring`` reads the keys from the store and keeps them ``ttl`` seconds (the first read makes the
 first key when there is none). A token naming a key the ring does not hold makes it read again
 (at most once a second), so a key rotated by another process verifies at once; a retired key stops
-verifying within ``ttl`` (at once in the process that retired it).
+verifying within ``ttl`` (at once in the process that retired it, and in those its ``on_change``
+callbacks tell: the daemon tells its web worker).
 
 ``Links`` mints: delivery calls ``fields`` for every recipient of a use case whose mail carries the
 fields. It runs on the event loop and costs one HMAC; the store is read only when the ring is stale.
@@ -11,9 +12,10 @@ fields. It runs on the event loop and costs one HMAC; the store is read only whe
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -44,6 +46,7 @@ class Keyring:
         self._verifying: dict[int, bytes] = {}
         self._signing: tuple[int, bytes] | None = None
         self._loaded = float("-inf")
+        self._on_change: list[Callable[[], Awaitable[None]]] = []
 
     async def _load(self) -> None:
         rows = await self.store.unsubscribes.keys()
@@ -57,6 +60,15 @@ class Keyring:
 
     def invalidate(self) -> None:
         self._loaded = float("-inf")
+
+    def on_change(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Await ``callback()`` whenever the keys change here (another process's keyring reads them again)."""
+        self._on_change.append(callback)
+
+    async def changed(self) -> None:
+        """The keys were rotated or retired: read them again, here and wherever ``on_change`` reaches."""
+        self.invalidate()
+        await asyncio.gather(*(callback() for callback in self._on_change))
 
     async def signing(self) -> tuple[int, bytes]:
         if self._signing is None or self.clock() - self._loaded > self.ttl:

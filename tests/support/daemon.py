@@ -13,6 +13,8 @@ import copy
 from pathlib import Path
 from typing import Any, AsyncIterator
 
+import pytest
+
 from gateway.admin.client import AdminClient, AdminError
 from gateway.config import Config, parse_config
 from gateway.daemon import Daemon
@@ -21,7 +23,9 @@ from gateway.paths import Paths
 # Every listener on an ephemeral loopback port, so tests never collide; the test sinks, MXs and
 # smarthosts live on 127.0.0.1 too, so the loop guard lets loopback through (tests of the guard turn it off).
 TEST_OVERRIDES: dict[str, Any] = {
-    "web": {"listen": "127.0.0.1:0"},
+    # The web server in the daemon's process: a child per test costs ~1 s of CPU. The web tests run
+    # both ways (WEB_PROCESS below); so do the e2e tests of tests/test_webworker.py.
+    "web": {"listen": "127.0.0.1:0", "process": False},
     "api": {"listen": "127.0.0.1:0"},
     "submission": {"listen": "127.0.0.1:0", "listen_tls": "127.0.0.1:0"},
     "inbound": {"listen": "127.0.0.1:0"},
@@ -29,6 +33,11 @@ TEST_OVERRIDES: dict[str, Any] = {
     "delivery": {"allow_loopback": True},
     "webhooks": {"allow_loopback": True},
 }
+
+
+# For tests of the web endpoints: pytest.mark.parametrize("web", WEB_PROCESS) and merge(overrides, web).
+WEB_PROCESS = [pytest.param({"web": {"process": False}}, id="web-in-daemon"),
+               pytest.param({"web": {"process": True}}, id="web-worker")]
 
 
 def merge(base: dict, extra: dict) -> dict:
@@ -85,4 +94,4 @@ async def running_daemon(tmp_path: Path, overrides: dict | None = None) -> Async
         await daemon.stop()
 
 
-__all__ = ["running_daemon", "make_config", "DaemonHandle", "AdminError", "merge"]
+__all__ = ["running_daemon", "make_config", "DaemonHandle", "AdminError", "merge", "WEB_PROCESS"]
