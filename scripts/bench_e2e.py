@@ -138,6 +138,7 @@ def write_config(path: Path, dns: DnsServer, port: int, tls_port: int, sink_port
     overrides = dns_overrides(dns)
     overrides["log"] = {"level": args.log_level, "format": "json"}
     overrides["web"] = {"listen": "127.0.0.1:0"}
+    overrides["inbound"] = {"listen": "127.0.0.1:0"}   # not measured; a free port (another daemon may hold 2525)
     overrides["submission"] = {"listen": f"127.0.0.1:{port}", "listen_tls": f"127.0.0.1:{tls_port}"}
     # The sink is on 127.0.0.1: the loop guard must let loopback through.
     overrides["delivery"] = {"remote_port": sink_port, "poll_interval": 1.0, "allow_loopback": True}

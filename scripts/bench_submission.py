@@ -60,6 +60,7 @@ def write_config(path: Path, dns: DnsServer, port: int, tls_port: int, extra: st
     lines = [
         "[log]", 'level = "warning"', 'format = "json"',
         "[web]", 'listen = "127.0.0.1:0"',
+        "[inbound]", 'listen = "127.0.0.1:0"',   # not measured; a free port, so another daemon's 2525 does not stop it
         "[submission]", f'listen = "127.0.0.1:{port}"', f'listen_tls = "127.0.0.1:{tls_port}"',
     ]
     for section, values in dns_overrides(dns).items():
