@@ -60,6 +60,7 @@ def write_config(path: Path, dns: DnsServer, port: int, tls_port: int, extra: st
     lines = [
         "[log]", 'level = "warning"', 'format = "json"',
         "[web]", 'listen = "127.0.0.1:0"',
+        "[inbound]", 'listen = "127.0.0.1:0"',   # not measured; a free port, so another daemon's 2525 does not stop it
         "[submission]", f'listen = "127.0.0.1:{port}"', f'listen_tls = "127.0.0.1:{tls_port}"',
     ]
     for section, values in dns_overrides(dns).items():
@@ -216,6 +217,12 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(values: list[float], p: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(len(values) * p))]
@@ -254,6 +261,7 @@ def main() -> None:
                                        args.connection_per_message))
             load = os.getloadavg()
             rss_before = rss_mb(proc.pid)
+            cpu_before = _cpu_seconds(proc.pid)
             if args.profile:
                 fmt = ["--format", "raw"] if args.profile.endswith(".txt") else []
                 spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-o", args.profile, *fmt,
@@ -262,6 +270,7 @@ def main() -> None:
                 time.sleep(1.0)
             elapsed, lat = uvloop.run(run_clients(client_port, cred, args.sessions, args.messages, args.size, args.implicit,
                                                   args.connection_per_message))
+            cpu_used = _cpu_seconds(proc.pid) - cpu_before
             rss_after = rss_mb(proc.pid)
             queued = call(sock, "queue.counts")
         finally:
@@ -278,6 +287,7 @@ def main() -> None:
         print(f"throughput  {total / elapsed:8.0f} msg/s   ({elapsed:.2f} s)")
         print(f"latency     p50 {statistics.median(lat) * 1000:.1f} ms   p99 {pct(lat, 0.99) * 1000:.1f} ms   "
               f"max {max(lat) * 1000:.1f} ms  ({'connect' if args.connection_per_message else 'final dot'} -> 250)")
+        print(f"daemon CPU  {cpu_used / total * 1000:.3f} ms per message ({cpu_used:.2f} s user + system, all threads)")
         print(f"daemon RSS  {rss_before:.0f} MB before, {rss_after:.0f} MB after")
         print(f"queue       {queued}")
         if not args.connection_per_message:

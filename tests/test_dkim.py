@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import base64
+import os
+from pathlib import Path
 
 import dkim
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from gateway.delivery.dkim import SigningError, Signer, SigningKey, relaxed_body, split_message
+from gateway.delivery.dkim import RECHECK, SigningError, Signer, SigningKey, relaxed_body, split_message
+from tests.support.delivery import delivering_daemon, dkim_dnsfunc, enqueue, publish_mx
+from tests.support.sink import mail_sink
 
 
 def write_key(tmp_path, algorithm: str, name: str) -> tuple[str, bytes]:
@@ -116,3 +120,79 @@ def test_keys_are_cached(keys):
     signer = Signer()
     first = signer.private_key(keys["rsa"].key_path)
     assert signer.private_key(keys["rsa"].key_path) is first
+
+
+# --------------------------------------------------------------------------- key material: loaded once, reloaded on change
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def public_bytes(key) -> bytes:
+    return key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def test_a_loaded_key_signs_without_its_file_being_looked_at(tmp_path):
+    """No os.stat per signature: with the file gone, the loaded key still signs until the next look."""
+    path, _ = write_key(tmp_path, "ed25519", "gone")
+    clock = Clock()
+    signer = Signer(clock=clock)
+    key = SigningKey("example.com", "e1", "ed25519", path)
+    signer.sign(MESSAGES["plain"], [key])
+    (tmp_path / "gone.pem").unlink()
+    assert b"DKIM-Signature:" in signer.sign(MESSAGES["plain"], [key])
+    clock.now += RECHECK + 0.1
+    with pytest.raises(SigningError, match="No such file"):
+        signer.sign(MESSAGES["plain"], [key])
+
+
+def test_a_key_file_replaced_in_place_is_used_after_the_recheck_or_at_once_after_forget(tmp_path):
+    path, _ = write_key(tmp_path, "rsa", "k")
+    clock = Clock()
+    signer = Signer(clock=clock)
+    first = signer.private_key(path)
+    write_key(tmp_path, "rsa", "k")   # a new key at the same path
+    os.utime(path, ns=(1, 1))         # whatever the file system's timestamp granularity
+    assert signer.private_key(path) is first                  # not looked at yet
+    clock.now += RECHECK + 0.1
+    second = signer.private_key(path)
+    assert public_bytes(second) != public_bytes(first)
+    assert signer.private_key(path) is second                 # looked at, unchanged: kept
+    write_key(tmp_path, "rsa", "k")
+    signer.forget()                                           # SIGHUP
+    assert public_bytes(signer.private_key(path)) not in (public_bytes(first), public_bytes(second))
+
+
+def test_loaded_keys_are_bounded(tmp_path):
+    signer = Signer(max_keys=4)
+    paths = [write_key(tmp_path, "ed25519", f"k{i}")[0] for i in range(9)]
+    for path in paths:
+        signer.private_key(path)
+    assert len(signer._keys) <= 4 and paths[-1] in signer._keys  # noqa: SLF001
+
+
+async def test_a_key_replaced_in_place_signs_the_next_message_after_sighup(tmp_path, dns_server):
+    """The daemon: a message signed with the domain's key; the key file replaced in place (an
+    operator's restore, say) and delivery reloaded; the next message is signed with the new key."""
+    async with mail_sink() as sink:
+        publish_mx(dns_server, "dest.test")
+        async with delivering_daemon(tmp_path, dns_server, sink.port, dkim="rsa") as (d, setup):
+            await enqueue(d, setup, ["bob@dest.test"])
+            (first,) = await sink.wait_for(1)
+            assert dkim.DKIM(first.data).verify(dnsfunc=dkim_dnsfunc(dns_server))
+            (key,) = await d.store.domains.signing_keys(setup["domain"])
+            new = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            Path(key["key_path"]).write_bytes(new.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                                serialization.NoEncryption()))
+            # What SIGHUP does to delivery (Daemon._reload; the test daemon has no config file to reread).
+            await d.daemon.scheduler.reload(d.daemon.config)
+            await enqueue(d, setup, ["carol@dest.test"])
+            second = (await sink.wait_for(2))[1]
+            record = b"v=DKIM1; k=rsa; p=" + base64.b64encode(public_bytes(new))
+            assert dkim.DKIM(second.data).verify(dnsfunc=lambda name, timeout=5: record)
+            assert not dkim.DKIM(second.data).verify(dnsfunc=dkim_dnsfunc(dns_server))   # not the old key

@@ -94,3 +94,29 @@ def test_console_on_a_terminal():
         for handler in list(root.handlers):
             if getattr(handler, "_gateway", False):
                 root.removeHandler(handler)
+
+
+def test_json_line_fields_time_stamp_and_exceptions(stream):
+    """The one-call JSON processor writes what structlog's chain wrote: the call's fields, event,
+    level, an ISO UTC time stamp; objects JSON cannot carry as their repr; exceptions as text."""
+    import datetime
+    import re
+    from pathlib import PurePosixPath
+
+    logs.configure(LogConfig(format="json"), stream)
+    log = structlog.get_logger("t")
+    log.info("stored", path=PurePosixPath("/a"), raw=b"\x00", nested={"token": "t0k", "n": [1, 2.5]})
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        log.exception("failed", step="x")
+    log.warning("careful")
+    stored, failed, careful = lines(stream)
+    assert list(stored) == ["path", "raw", "nested", "event", "level", "timestamp"]
+    assert stored["path"] == "PurePosixPath('/a')" and stored["raw"] == "b'\\x00'"
+    assert stored["nested"] == {"token": "********", "n": [1, 2.5]}
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", stored["timestamp"]), stored["timestamp"]
+    at = datetime.datetime.strptime(stored["timestamp"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=datetime.timezone.utc)
+    assert abs((datetime.datetime.now(datetime.timezone.utc) - at).total_seconds()) < 60
+    assert failed["level"] == "error" and "ValueError: boom" in failed["exception"] and failed["step"] == "x"
+    assert careful["level"] == "warning"

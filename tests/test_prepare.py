@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from email import message_from_bytes, policy as email_policy
+from email.utils import getaddresses
 from pathlib import Path
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from gateway.errors import SMTPError
+from gateway.headers import mailbox_addresses
 from gateway.submission import prepare
 
 DATA = Path(__file__).parent / "data"
@@ -139,3 +143,32 @@ def test_fields_allowed_once(raw, refused):
     with pytest.raises(SMTPError) as err:
         headers.check_single(fields)
     assert (err.value.code, err.value.enhanced) == (550, "5.6.0") and f"one {refused} header" in err.value.public
+
+
+# Values made of the pieces a From field is written with: the common forms and everything that must
+# leave the regular expression's way (quotes, comments, groups, commas, routes, literals, UTF-8).
+_FROM_PIECES = ["app@example.com", "a.b@x.example", "Shop", "Jörg", " ", "\t", "<", ">", "@", ".", ",", ";", ":", "\"", "(", ")",
+                "[", "]", "\\", "x", "-", "'", "=?utf-8?q?Caf=C3=A9?=", "<app@example.com>", "\"Shop, Inc\""]
+
+
+@settings(max_examples=500, deadline=None, derandomize=True, database=None)
+@given(st.lists(st.lists(st.sampled_from(_FROM_PIECES), max_size=8).map("".join), min_size=1, max_size=2))
+@example(["Bench <app@bench.test>"])
+@example(["  app@bench.test  "])
+@example(["<a@b.example>", "Team <t@b.example>"])
+@example(["Bench <app@bench.test"])
+def test_from_addresses_are_getaddresses(values):
+    """headers.mailbox_addresses reads plain mailboxes itself: the same addresses as email.utils."""
+    assert mailbox_addresses(values) == [addr for _, addr in getaddresses(values) if addr]
+
+
+def test_plain_mailboxes_do_not_reach_the_email_parser(monkeypatch):
+    """The point of the fast path: the common From forms never call getaddresses."""
+    import gateway.headers
+
+    def refuse(values):
+        raise AssertionError(f"getaddresses called for {values}")
+
+    monkeypatch.setattr(gateway.headers, "getaddresses", refuse)
+    assert mailbox_addresses(["Bench <app@bench.test>", "app@bench.test", "\t<x.y@a-b.example> "]) == [
+        "app@bench.test", "app@bench.test", "x.y@a-b.example"]

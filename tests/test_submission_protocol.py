@@ -14,6 +14,8 @@ import re
 import ssl
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from gateway.submission import client_tls_context
@@ -455,3 +457,30 @@ async def test_credentials_pipelined_behind_a_refused_auth_are_not_logged(tmp_pa
             assert secret not in text
         assert [e["line"] for e in commands][-2:] == ["EHLO client.example", "NOOP"]
         await client.close()
+
+
+_PATH_PIECES = ["<", ">", "@", ".", "a", "b.c", "\"q u\"", "\\", "[", "]", "1.2.3.4", "IPv6:", " ", "(", ")", "ä", ":", ",",
+                "SIZE=10", "x" * 70, "=", "BODY=8BITMIME"]
+
+
+@settings(max_examples=400, deadline=None, derandomize=True, database=None)
+@given(st.lists(st.sampled_from(_PATH_PIECES), max_size=10).map("".join), st.sampled_from([0, 64]))
+@example("<a@b>", 64)
+@example("<\"q u\"@b.example> SIZE=10", 0)
+@example("<" + "x" * 70 + "@b.example>", 64)
+@example("", 0)
+def test_path_parsing_is_aiosmtpds_without_its_per_call_class(arg, limit):
+    """SubmissionSMTP._getaddr gives aiosmtpd's answer wherever aiosmtpd gives one (it raises on
+    some input, where ours answers a syntax error)."""
+    from types import SimpleNamespace
+
+    from aiosmtpd.smtp import SMTP
+
+    from gateway.submission.protocol import SubmissionSMTP
+
+    owner = SimpleNamespace(local_part_limit=limit)
+    try:
+        theirs = SMTP._getaddr(owner, arg)
+    except Exception:  # noqa: BLE001 - aiosmtpd's own failure: ours must be a syntax error
+        theirs = (None, None)
+    assert SubmissionSMTP._getaddr(owner, arg) == theirs

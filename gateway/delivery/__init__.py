@@ -8,7 +8,8 @@
     outcomes              replies -> recipient outcomes, and the DSN for failures (pure)
     report                log lines and metrics for recorded outcomes; the stall watch behind /health
     loops                 the loop guard: never connect back to ourselves (or loopback, unless allowed)
-    dkim.Signer           RFC 6376 relaxed/relaxed signatures, RSA and Ed25519 through OpenSSL
+    dkim.Signer           RFC 6376 relaxed/relaxed signatures, RSA and Ed25519 through OpenSSL; keys loaded once
+    canonical             the relaxed header and body forms, bytes operations (dkimpy's output, measured faster)
     mx.MxResolver         MX -> A/AAAA with RFC 5321 5.1 fallback and RFC 7505 Null MX
     courier               SMTP sessions (reused per MX), the direct route and the SMTP relay
     smtpclient            the SMTP client under courier: RFC 2920 pipelining, STARTTLS, AUTH, timeouts

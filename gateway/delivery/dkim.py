@@ -7,6 +7,12 @@ constant-time. dkimpy is only used by the tests, as the verifier.
 What is signed: the usual headers that carry meaning to a reader or to a list manager. From, To,
 Subject, Date, Message-ID, List-Unsubscribe and List-Unsubscribe-Post are oversigned (listed once
 more than they occur), so nobody can add a second one after signing without breaking the signature.
+
+Key files are read once and kept: a key's file is looked at again (one ``os.stat``) at most every
+``RECHECK`` seconds, and reread only when it changed. Rotation needs no look at all: a new key is
+a new file (``services/domains.py`` names each one afresh and never overwrites); SIGHUP
+(``Scheduler.reload``) forgets every loaded key, so an operator who replaced a file in place sees it
+used at once.
 """
 
 from __future__ import annotations
@@ -14,9 +20,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import re
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +31,10 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 
 from ..crlf import to_crlf
 from ..errors import DeliveryError
+from .canonical import relaxed_body, relaxed_header
+
+__all__ = ["OVERSIGNED", "SIGNED_HEADERS", "Signer", "SigningError", "SigningKey", "body_hash", "header_list", "relaxed_body",
+           "relaxed_header", "signed_header_data", "split_message"]
 
 SIGNED_HEADERS = (
     "from", "sender", "reply-to", "to", "cc", "subject", "date", "message-id", "in-reply-to", "references",
@@ -34,10 +44,10 @@ SIGNED_HEADERS = (
 # List-Unsubscribe(-Post) too (RFC 8058 4: both must be signed): nobody may add a second one later.
 OVERSIGNED = frozenset({"from", "to", "subject", "date", "message-id", "list-unsubscribe", "list-unsubscribe-post"})
 
-_WSP_RUN = re.compile(rb"[\t ]+")
-_TRAILING_WSP = re.compile(rb"[\t ]+\r\n")
-_FOLD = re.compile(rb"\r?\n")
+_SIGNED = frozenset(SIGNED_HEADERS)
 _B64_LINE = 72
+RECHECK = 5.0        # seconds a loaded key is used before its file is looked at again
+MAX_KEYS = 4096      # loaded keys kept; past it the ones loaded first are forgotten
 
 
 class SigningError(DeliveryError):
@@ -79,20 +89,6 @@ def split_message(message: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
     return headers, body
 
 
-def relaxed_header(name: bytes, value: bytes) -> bytes:
-    """'name:value' in relaxed form, without CRLF."""
-    value = _WSP_RUN.sub(b" ", _FOLD.sub(b"", value)).strip(b" \t")
-    return name.strip(b" \t").lower() + b":" + value
-
-
-def relaxed_body(body: bytes) -> bytes:
-    body = _WSP_RUN.sub(b" ", _TRAILING_WSP.sub(b"\r\n", body))
-    # Trailing empty lines go; a non-empty body ends with exactly one CRLF; an empty one stays empty.
-    while body.endswith(b"\r\n"):
-        body = body[:-2]
-    return body + b"\r\n" if body else b""
-
-
 def body_hash(body: bytes) -> str:
     return base64.b64encode(hashlib.sha256(relaxed_body(body)).digest()).decode("ascii")
 
@@ -101,7 +97,7 @@ def header_list(headers: Sequence[tuple[bytes, bytes]]) -> list[str]:
     """The h= names: every present instance of a signed header, plus one more for oversigned ones."""
     counts: dict[str, int] = {}
     for name, _ in headers:
-        key = name.strip(b" \t").lower().decode("ascii", "replace")
+        key = _name(name)
         counts[key] = counts.get(key, 0) + 1
     names: list[str] = []
     for name in SIGNED_HEADERS:
@@ -109,11 +105,17 @@ def header_list(headers: Sequence[tuple[bytes, bytes]]) -> list[str]:
     return names
 
 
+def _name(name: bytes) -> str:
+    return name.strip(b" \t").lower().decode("ascii", "replace")
+
+
 def signed_header_data(headers: Sequence[tuple[bytes, bytes]], names: Sequence[str]) -> bytes:
     """The canonical header data for h= (RFC 6376 5.4.2: instances taken from the bottom up)."""
     by_name: dict[str, list[bytes]] = {}
     for name, value in headers:
-        by_name.setdefault(name.strip(b" \t").lower().decode("ascii", "replace"), []).append(relaxed_header(name, value))
+        key = _name(name)
+        if key in _SIGNED:   # only the fields h= can name are canonicalised
+            by_name.setdefault(key, []).append(relaxed_header(name, value))
     out = []
     for name in names:
         stack = by_name.get(name)
@@ -126,26 +128,53 @@ def signed_header_data(headers: Sequence[tuple[bytes, bytes]], names: Sequence[s
 
 
 class Signer:
-    """Signs messages; loaded private keys are cached by path (reloaded when the file changes)."""
+    """Signs messages; private keys are loaded once per file and kept (the module's docstring says
+    when a file is looked at again). Used from the signing threads at once: a key loaded twice by
+    a race is harmless, the lock only keeps the cache's bookkeeping whole."""
 
-    def __init__(self) -> None:
-        self._keys: dict[str, tuple[int, object]] = {}
+    def __init__(self, *, recheck: float = RECHECK, clock: Callable[[], float] = time.monotonic,
+                 max_keys: int = MAX_KEYS) -> None:
+        self.recheck = recheck
+        self.clock = clock
+        self.max_keys = max_keys
+        # path -> (key, the file's (mtime_ns, size, inode) when it was read, when it was last looked at)
+        self._keys: dict[str, tuple[rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey, tuple[int, int, int], float]] = {}
+        self._lock = threading.Lock()
+
+    def forget(self) -> None:
+        """Drop every loaded key: the next signature with each reads its file again (SIGHUP)."""
+        with self._lock:
+            self._keys.clear()
 
     def private_key(self, path: str) -> rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey:
+        now = self.clock()
+        cached = self._keys.get(path)
+        if cached is not None and now - cached[2] < self.recheck:
+            return cached[0]
         try:
-            mtime = os.stat(path).st_mtime_ns
+            st = os.stat(path)
         except OSError as exc:
             raise SigningError(f"DKIM key {path}: {exc.strerror}") from exc
-        cached = self._keys.get(path)
-        if cached and cached[0] == mtime:
-            return cached[1]  # type: ignore[return-value]
+        version = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if cached is not None and cached[1] == version:
+            key = cached[0]
+        else:
+            key = self._load(path)
+        with self._lock:
+            if path not in self._keys and len(self._keys) >= self.max_keys:
+                for old in list(self._keys)[: self.max_keys // 2]:
+                    del self._keys[old]
+            self._keys[path] = (key, version, now)
+        return key
+
+    @staticmethod
+    def _load(path: str) -> rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey:
         try:
             key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
         except (OSError, ValueError, TypeError) as exc:
             raise SigningError(f"DKIM key {path}: cannot load: {exc}") from exc
         if not isinstance(key, (rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey)):
             raise SigningError(f"DKIM key {path}: unsupported key type {type(key).__name__}")
-        self._keys[path] = (mtime, key)
         return key
 
     def sign(self, message: bytes, keys: Sequence[SigningKey], *, now: float | None = None) -> bytes:

@@ -153,6 +153,7 @@ class Scheduler(Component):
         self.guard.allow_loopback = config.delivery.allow_loopback
         self.watch.after = config.delivery.stall_after
         self.routes.clear()
+        self.signer.forget()   # a key file replaced in place is read again now (dkim.py)
 
     def status(self) -> dict[str, Any]:
         return {"delivery": {"in_flight": self._inflight, "lanes": len(self.lanes.tasks), "sending": self._sending,

@@ -22,9 +22,9 @@ import functools
 import re
 import time
 from dataclasses import dataclass
-from email.utils import formatdate, getaddresses
+from email.utils import formatdate
 
-from ..headers import CRLF, Field, Parsed, message_ids, split_header
+from ..headers import CRLF, Field, Parsed, mailbox_addresses, message_ids, split_header
 
 __all__ = ["CRLF", "Edits", "Field", "Parsed", "Inspected", "inspect", "message_ids", "prepare", "received_header", "safe_helo",
            "split_header"]
@@ -89,7 +89,7 @@ def inspect(data: bytes | bytearray, *, max_header_bytes: int, lenient: bool = F
             references += message_ids(text(f))
         elif name == b"date":
             has_date = True
-    from_addresses = [addr for _, addr in getaddresses(from_values) if addr] if from_values and addresses else []
+    from_addresses = mailbox_addresses(from_values) if from_values and addresses else []
     parents: list[str] = []
     for p in in_reply_to + references[::-1]:
         if p not in parents:
@@ -174,7 +174,7 @@ def _header(inspected: Inspected, *, received: bytes, message_id: str, add_messa
     if add_message_id:
         parts.append(f"Message-ID: <{message_id}>\r\n".encode("ascii"))
     if not inspected.has_date:
-        parts.append(f"Date: {formatdate(time.time() if now is None else now, localtime=True)}\r\n".encode("ascii"))
+        parts.append(f"Date: {_local_date(int(time.time() if now is None else now))}\r\n".encode("ascii"))
     return parts
 
 

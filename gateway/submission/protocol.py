@@ -33,6 +33,7 @@ import logging
 import re
 import time
 from base64 import b64decode, b64encode
+from email._header_value_parser import get_addr_spec, get_angle_addr   # aiosmtpd's path parser
 from typing import Any
 
 import structlog
@@ -402,7 +403,9 @@ class SubmissionSMTP(SMTP):
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """aiosmtpd parses paths with ``email._header_value_parser``, which raises more than the
         HeaderParseError aiosmtpd expects (IndexError on ``<``, AttributeError on ``<a@[``): any
-        failure is an unparseable address, answered as a syntax error (replies._BY_STEP)."""
+        failure is an unparseable address, answered as a syntax error (replies._BY_STEP). The
+        rest is aiosmtpd's ``_getaddr`` step for step, less the class it builds on every MAIL and
+        RCPT (tests/test_submission_protocol.py compares the two)."""
         simple = _SIMPLE_PATH.match(arg)
         if simple is not None and "(" not in arg:   # a comment after the path is CFWS to the parser
             # The common case, without the header parser (a tenth of the loop's time under load):
@@ -411,10 +414,17 @@ class SubmissionSMTP(SMTP):
             if self.local_part_limit and len(address.rpartition("@")[0]) > self.local_part_limit:
                 return None, None
             return address, arg[simple.end():].lstrip()
+        # aiosmtpd's own steps, without the typing Protocol class it defines anew on every call.
+        if not arg:
+            return "", ""
         try:
-            return super()._getaddr(arg)
+            address, rest = (get_angle_addr if arg.lstrip().startswith("<") else get_addr_spec)(arg)
+            addr = address.addr_spec
         except Exception:  # noqa: BLE001 - whatever the parser trips on, the input was malformed
             return None, None
+        if self.local_part_limit and len(addr.rpartition("@")[0]) > self.local_part_limit:
+            return None, None
+        return addr, rest
 
     def _getparams(self, params: Any) -> dict[str, str | bool] | None:
         """aiosmtpd's parameter split, with RFC 5321's grammar for what it then reads as numbers:
