@@ -9,6 +9,7 @@ Per request, in this order (each step's refusal is a problem body, problems.py):
        service returns but the model does not name is dropped) -> ETag / 304 on reads
     -> for a successful change, an ``api_change`` event (who, what, when) committed before the reply.
 
+Public, without a key: /v1/openapi.json (openapi.py) and the page rendering it, /v1/docs/ (docs.py).
 /health, /metrics and the public pages are the web server's (gateway/web.py), never served here.
 """
 
@@ -29,6 +30,7 @@ from ..config import Config, split_hostport
 from ..errors import StartupError
 from ..lifecycle import Component, Listener, format_address
 from ..submission.ratelimit import RateLimiter
+from .docs import Docs
 from .keys import KeyChecker
 from .openapi import document
 from .paging import etag, matches
@@ -67,6 +69,11 @@ def _is_list(t: Any) -> bool:
     return isinstance(t, msgspec.inspect.ListType)
 
 
+async def _harden(request: web.Request, response: web.StreamResponse) -> None:
+    # Every answer, errors and the docs' files too: no browser guesses a JSON body is HTML.
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+
+
 class ApiServer(Component):
     name = "api"
 
@@ -86,6 +93,7 @@ class ApiServer(Component):
         self._runner: web.AppRunner | None = None
         self._address = api.listen
         self._document: bytes | None = None
+        self.docs = Docs()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -94,7 +102,9 @@ class ApiServer(Component):
         # the largest any route takes, so a body past every route's limit is never read at all.
         largest = max([self.config().api.max_body_bytes, *[r.max_body or 0 for r in self.routes]])
         app = web.Application(client_max_size=largest, middlewares=[self._guard])
+        app.on_response_prepare.append(_harden)
         app.router.add_get("/v1/openapi.json", self._openapi)
+        self.docs.add_routes(app.router)
         for route in self.routes:
             app.router.add_route(route.method, route.path, self._handler(route))
         return app
