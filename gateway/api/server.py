@@ -69,6 +69,17 @@ def _is_list(t: Any) -> bool:
     return isinstance(t, msgspec.inspect.ListType)
 
 
+def _plain(value: Any) -> Any:
+    """Structs as dicts, all the way down (lists and dicts walked; rows and other objects left to convert)."""
+    if isinstance(value, msgspec.Struct):
+        return {name: _plain(getattr(value, attr)) for attr, name in zip(value.__struct_fields__, value.__struct_encode_fields__)}
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
 async def _harden(request: web.Request, response: web.StreamResponse) -> None:
     # Every answer, errors and the docs' files too: no browser guesses a JSON body is HTML.
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
@@ -317,8 +328,10 @@ class ApiServer(Component):
             return reply.body or b"", status, reply.headers, content_type
         value = reply.body
         if route.response is not None:
-            # Shape the reply by its model: what the model does not name is not sent.
-            value = msgspec.convert(value, route.response, from_attributes=True)
+            # Shape the reply by its model: what the model does not name is not sent. Structs are
+            # taken apart first: convert passes an instance of the model through as it is, so a
+            # Page(data=[row, ...]) would carry every column of its rows.
+            value = msgspec.convert(_plain(value), route.response, from_attributes=True)
         return msgspec.json.encode(value), status, reply.headers, content_type
 
     def _respond(self, route: Route, result: Any, request: web.Request) -> web.Response:
