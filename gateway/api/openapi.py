@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 
 from .. import __version__
+from .paging import MAX_CONDITION
 from .problems import CONTENT_TYPE as PROBLEM_TYPE, Problem
 from .roles import PERMISSIONS, ROLES, roles_with
 from .routes import Route
@@ -65,10 +66,10 @@ def _operation(r: Route, refs: dict[Any, dict[str, Any]], item_paths: set[str]) 
     if r.query is not None:
         params += _query_parameters(r.query)
     if r.method == "GET":
-        params.append({"name": "If-None-Match", "in": "header", "required": False, "schema": {"type": "string", "maxLength": 1000},
+        params.append({"name": "If-None-Match", "in": "header", "required": False, "schema": {"type": "string", "maxLength": MAX_CONDITION},
                        "description": "An ETag of an earlier read: 304 when unchanged."})
     elif r.path in item_paths:
-        params.append({"name": "If-Match", "in": "header", "required": False, "schema": {"type": "string", "maxLength": 1000},
+        params.append({"name": "If-Match", "in": "header", "required": False, "schema": {"type": "string", "maxLength": MAX_CONDITION},
                        "description": "The ETag of the read this change is based on: 412 when the object changed since."})
     op: dict[str, Any] = {
         "operationId": r.operation_id, "summary": r.summary, "tags": [r.tag],

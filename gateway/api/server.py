@@ -33,7 +33,7 @@ from ..submission.ratelimit import RateLimiter
 from .docs import Docs
 from .keys import KeyChecker
 from .openapi import document
-from .paging import etag, matches
+from .paging import MAX_CONDITION, etag, matches
 from .problems import CONTENT_TYPE as PROBLEM_TYPE, ApiProblem, forbidden, from_exception, from_validation, invalid, not_found, unauthorized
 from .routes import Call, Caller, Reply, Route
 
@@ -41,6 +41,7 @@ log = structlog.get_logger("api")
 
 JSON = "application/json"
 MAX_PATH_PARAM = 320
+CONDITIONS = ("If-Match", "If-None-Match")
 # Locks of objects being changed, by (tenant, path): If-Match's check and the change run under one.
 MAX_LOCKS = 10000
 
@@ -243,6 +244,9 @@ class ApiServer(Component):
         query = self._query(route, request)
         body, content_type = await self._body(route, request)
         call = Call(caller=caller, params=params, query=query, body=body, request=request, content_type=content_type)
+        for name in CONDITIONS:
+            if len(request.headers.get(name, "")) > MAX_CONDITION:
+                raise invalid(f"{name} is longer than {MAX_CONDITION} characters", f"header.{name}", 400)
         if route.method == "GET":
             return self._respond(route, await route.handler(call), request)
         if_match = request.headers.get("If-Match")
