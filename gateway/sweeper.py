@@ -45,7 +45,10 @@ log = structlog.get_logger("sweeper")
 
 # Body bytes one batch may free: freeing a body walks its overflow pages, so rows alone do not bound a batch.
 BATCH_BYTES = 8 * 1024 * 1024
-KINDS = ("bodies", "messages", "attempts", "events", "threads", "webhook_log", "suppressions", "inbound", "attachment_files")
+KINDS = ("bodies", "messages", "attempts", "events", "threads", "webhook_log", "suppressions", "inbound", "attachment_files",
+         "idempotency")
+# How long the send API remembers an Idempotency-Key's answer (as Stripe: retries come within a day).
+KEEP_IDEMPOTENCY = 86400.0
 
 
 class Sweeper(Component):
@@ -147,6 +150,7 @@ class Sweeper(Component):
             "webhook_log": (self.webhooks.keep_log_seconds, lambda cut: retention.delete_webhook_log(cut, max_rows=batch)),
             # Expired suppressions stay visible (`suppression show`) as long as events do, then go.
             "suppressions": (cfg.keep_events, lambda cut: retention.delete_expired_suppressions(cut, max_rows=batch)),
+            "idempotency": (KEEP_IDEMPOTENCY, lambda cut: retention.delete_idempotency(cut, max_rows=batch)),
             "inbound": (self.processor.keep_inbound, lambda cut: self._inbound_batch(cut, batch, summary)),
         }
         for kind, (keep, run) in plan.items():

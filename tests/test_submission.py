@@ -273,7 +273,7 @@ async def test_unexpected_error_answers_generic_451_without_exception_text(tmp_p
         async def broken(_message):
             raise RuntimeError("database password is hunter2")
 
-        sub.server.handler.submit = broken
+        sub.server.handler.submitter.submit = broken
         async with sub.client() as smtp:
             with pytest.raises(aiosmtplib.SMTPDataError) as err:
                 await smtp.sendmail("app@example.com", ["bob@example.org"], message())

@@ -79,13 +79,13 @@ async def test_nothing_pipelined_behind_the_session_time_limit_is_run(tmp_path):
     async with submission_listener(tmp_path, submission={"session_timeout": 1.0}) as sub:
         client = await connected(sub, True)
         gate = asyncio.Event()
-        real = sub.server.handler.contexts.get
+        real = sub.server.handler.submitter.contexts.get
 
         async def held(usecase_id):  # MAIL waits here until the session limit has struck
             await gate.wait()
             return await real(usecase_id)
 
-        sub.server.handler.contexts.get = held
+        sub.server.handler.submitter.contexts.get = held
         with capture_logs() as logs:
             client.writer.write(TRANSACTION)
             code, text = await client.reply()
@@ -103,14 +103,14 @@ async def test_a_stop_while_committing_answers_250_then_421_and_runs_nothing_mor
     async with submission_listener(tmp_path) as sub:
         handler = sub.server.handler
         entered, release = asyncio.Event(), asyncio.Event()
-        real = handler.submit
+        real = handler.submitter.submit
 
         async def held(new):
             entered.set()
             await release.wait()
             return await real(new)
 
-        handler.submit = held
+        handler.submitter.submit = held
         mails = []
         real_mail = handler.handle_MAIL
 
@@ -151,7 +151,7 @@ async def test_a_session_cancelled_during_the_commit_still_does_its_bookkeeping(
         client = await connected(sub, True)
         handler = sub.server.handler
         committed, gone = asyncio.Event(), asyncio.Event()
-        real = handler.submit
+        real = handler.submitter.submit
 
         async def put_then_wait(new):  # the commit is done; the client hangs up before the bookkeeping
             result = await real(new)
@@ -159,7 +159,7 @@ async def test_a_session_cancelled_during_the_commit_still_does_its_bookkeeping(
             await gone.wait()
             return result
 
-        handler.submit = put_then_wait
+        handler.submitter.submit = put_then_wait
         with capture_logs() as logs:
             assert (await client.cmd("MAIL FROM:<app@example.com>"))[0] == 250
             assert (await client.cmd("RCPT TO:<bob@example.org>"))[0] == 250
@@ -177,5 +177,5 @@ async def test_a_session_cancelled_during_the_commit_still_does_its_bookkeeping(
         assert queued["queue_id"] == row["queue_id"]
         assert sub.queued == [row["queue_id"]]  # the scheduler was woken
         assert handler.metrics.registry.get_sample_value("gateway_messages_received_total") == 1
-        assert await handler.quota.used(sub.ctx["tenant_id"]) == 1  # counted locally (read at MAIL: 0)
+        assert await handler.submitter.quota.used(sub.ctx["tenant_id"]) == 1  # counted locally (read at MAIL: 0)
         assert handler.metrics.registry.get_sample_value("gateway_message_size_bytes_count") == 1

@@ -364,7 +364,7 @@ async def test_bookkeeping_failure_after_the_commit_still_answers_250(tmp_path):
             def observe(self, value: float) -> None:
                 raise RuntimeError("metrics broke")
 
-        sub.server.handler.on_queued = broken
+        sub.server.handler.submitter.on_queued = broken
         sub.server.handler.metrics.message_size = BrokenHistogram()
         async with sub.client() as smtp:
             with capture_logs() as logs:

@@ -20,6 +20,7 @@ from .delivery import Delivery
 from .domains import Domains
 from .events import Events
 from .forwards import Forwards
+from .idempotency import Idempotency
 from .inbound import Inbound
 from .mailboxes import Mailboxes
 from .inbox import Inbox
@@ -59,6 +60,7 @@ class Store:
         self.inbox = Inbox(db)
         self.forwards = Forwards(db)
         self.apikeys = ApiKeys(db)
+        self.idempotency = Idempotency(db)
 
     @classmethod
     async def open(cls, path: Path, config: StoreConfig | None = None) -> "Store":

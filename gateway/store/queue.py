@@ -21,7 +21,7 @@ import os
 import random
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +30,7 @@ from ..errors import NotFound
 from ..holds import Pause, covering
 from .db import Database
 from .events import append_event
+from .idempotency import Record as Idempotency, earlier, remember
 
 STATES = ("pending", "deferred", "delivered", "bounced", "held", "suppressed")
 ACTIVE = ("pending", "deferred")
@@ -86,6 +87,8 @@ class NewMessage:
     hold_reason: str = ""        # non-empty: recipients start 'held' (e.g. 'paused')
     counts_to_quota: bool = True  # False for mail the gateway writes itself (DSNs): not the tenant's usage
     now: float = field(default_factory=time.time)
+    event_data: Mapping[str, Any] | None = None   # more for the 'queued' event (the API: source, key, metadata, tags)
+    idempotency: Idempotency | None = None        # the API's Idempotency-Key: stored with the message, or its earlier answer
 
 
 def recipient_domain(rcpt: str) -> str:
@@ -144,6 +147,10 @@ def lineage(conn: sqlite3.Connection, tenant_id: int, parents: Sequence[str], li
 
 
 def _put(conn: sqlite3.Connection, m: NewMessage) -> dict[str, Any]:
+    if m.idempotency is not None:
+        answered = earlier(conn, m.idempotency)
+        if answered is not None:   # the key answered already: nothing more is written
+            return {"replayed": answered, "queue_id": answered["queue_id"]}
     hold_reason = m.hold_reason or holds.hold_reason(operator_held=False, pauses=covering(pauses(conn), m.tenant_id, m.usecase_id))
     # The body is written through a blob handle into a zeroblob of its size, not bound: Python's
     # sqlite3 resets a cached statement after use but keeps its bindings, so a bound body stayed in
@@ -178,10 +185,14 @@ def _put(conn: sqlite3.Connection, m: NewMessage) -> dict[str, Any]:
             (m.tenant_id, month_of(m.now)),
         )
     append_event(conn, m.tenant_id, "queued", m.queue_id,
-                 {"from": m.mail_from, "recipients": len(m.recipients), "size": len(m.body), "held": bool(hold_reason)})
+                 {"from": m.mail_from, "recipients": len(m.recipients), "size": len(m.body), "held": bool(hold_reason),
+                  **(m.event_data or {})})
     if hold_reason:
         append_event(conn, m.tenant_id, "held", m.queue_id, {"reason": hold_reason, "recipients": len(m.recipients)})
-    return {"id": msg_id, "queue_id": m.queue_id, "hold_reason": hold_reason, "thread_id": thread_id}
+    result = {"id": msg_id, "queue_id": m.queue_id, "message_id": m.message_id, "hold_reason": hold_reason, "thread_id": thread_id}
+    if m.idempotency is not None:
+        remember(conn, m.idempotency, result, m.now)
+    return result
 
 
 # --------------------------------------------------------------------------- reading
@@ -403,7 +414,8 @@ class Queue:
 
     async def put(self, message: NewMessage) -> dict[str, Any]:
         """Commit the message durably. Once it is on disk, returns {"id", "queue_id", "hold_reason",
-        "thread_id"} (hold_reason 'paused' when a pause held it). Raises ``StorageFull`` below the
+        "thread_id"} (hold_reason 'paused' when a pause held it); {"replayed": the stored answer,
+        "queue_id"} and nothing written when its Idempotency-Key was used already. Raises ``StorageFull`` below the
         free-space reserve or when the disk is full: the caller answers "try later"."""
         self.db.check_room()
         return await self.db.write(_put, message)

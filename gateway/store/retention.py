@@ -164,6 +164,10 @@ class Retention:
         """Delete webhook delivery-log rows (webhook_deliveries) written before ``cutoff``, one batch."""
         return await self.db.write(_delete_prefix, "webhook_deliveries", "at", cutoff, max_rows)
 
+    async def delete_idempotency(self, cutoff: float, *, max_rows: int) -> dict[str, Any]:
+        """Delete the send API's Idempotency-Key answers stored before ``cutoff``, one batch."""
+        return await self.db.write(_delete_prefix, "api_idempotency", "created_at", cutoff, max_rows)
+
     async def delete_expired_suppressions(self, cutoff: float, *, max_rows: int) -> dict[str, Any]:
         """Delete suppression entries that expired before ``cutoff`` and soft-failure counts untouched since, one batch."""
         return await self.db.write(_delete_expired, cutoff, max_rows)

@@ -16,7 +16,9 @@
           copy, header/footer, vCard, see ``channel.py``), queue.put (committed, group commit)
           and only then 250, whatever the bookkeeping after the commit does
 
-Every refusal is an ``SMTPError``: the client gets its public text, the log its reason (``_refuse``
+The rules of MAIL, RCPT and DATA are ``submit.Submitter``'s, which the API's send calls too; this
+module is what is SMTP's own: AUTH, the reply lines, the Received field's session facts, the commit
+shielded from a hang-up. Every refusal is an ``SMTPError``: the client gets its public text, the log its reason (``_refuse``
 logs and counts it; the protocol accounts for the refusals aiosmtpd makes itself). Anything
 unexpected before the commit is logged with its traceback and answered 451 4.3.0: exception text
 never reaches a client.
@@ -25,22 +27,21 @@ never reaches a client.
 from __future__ import annotations
 
 import binascii
-import time
 from base64 import b64decode
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
 from aiosmtpd.smtp import MISSING, AuthResult
 
-from .. import headers
 from ..config import SubmissionConfig
 from ..errors import SMTPError
 from ..metrics import Metrics
-from ..store.queue import NewMessage, QueueIds
-from . import channel, policy, prepare
-from .hooks import INTERNAL_ERROR, STORAGE_FULL, SmtpHandler, client_ip, inspect_content
-from .ratelimit import AuthCooldown, QuotaTracker, RateLimiter, TtlCache
+from ..store.queue import NewMessage
+from . import policy, prepare, submit
+from .hooks import INTERNAL_ERROR, STORAGE_FULL, SmtpHandler, client_ip
+from .ratelimit import AuthCooldown
+from .submit import CheckRecipient, Context, Lineage, Submitter
 
 log = structlog.get_logger("submission")
 
@@ -53,14 +54,8 @@ MAX_USERNAME = 256
 MAX_PASSWORD = 1024
 
 Authenticate = Callable[[str, str], Awaitable[dict[str, Any] | None]]
-Context = Callable[[int], Awaitable[dict[str, Any] | None]]
 Submit = Callable[[NewMessage], Awaitable[dict[str, Any]]]
-CheckRecipient = Callable[[dict[str, Any], str], Awaitable[str]]   # '' send, 'drop', or raises SMTPError
-Lineage = Callable[[int, Sequence[str]], Awaitable[list[str]]]      # store.queue.lineage
-
-
-def _usecase_id(auth: dict[str, Any]) -> int:
-    return auth["usecase_id"] if "usecase_id" in auth else auth["id"]
+_usecase_id = submit.usecase_id_of
 
 
 class SubmissionHandler(SmtpHandler):
@@ -74,22 +69,14 @@ class SubmissionHandler(SmtpHandler):
         super().__init__(hostname=hostname, metrics=metrics, refusals=metrics.submission_refusals)
         self.config = config
         self.authenticate = authenticate
-        self.contexts = TtlCache(context, config.context_ttl)
-        self.submit = submit
-        self.quota = QuotaTracker(monthly_count, ttl=max(config.context_ttl, 1.0) * 6)
-        self.rates = RateLimiter()
+        # The rules of MAIL, RCPT and DATA, shared with the API's send (gateway/api/sending.py).
+        self.submitter = Submitter(config, context=context, submit=submit, monthly_count=monthly_count, lifetime=lifetime,
+                                   metrics=metrics, on_queued=on_queued, check_recipient=check_recipient, lineage=lineage)
         self.cooldown = AuthCooldown(config.auth_failures_limit, config.auth_cooldown, config.auth_address_failures_limit)
-        self.ids = QueueIds()
-        self.lifetime = lifetime
-        self.on_queued = on_queued
-        self.check_recipient = check_recipient
-        self.lineage = lineage
 
     def configure(self, config: SubmissionConfig, lifetime: float) -> None:
         self.config = config
-        self.lifetime = lifetime
-        self.contexts.ttl = config.context_ttl
-        self.contexts.clear()
+        self.submitter.configure(config, lifetime)
         self.cooldown.configure(config.auth_failures_limit, config.auth_cooldown, config.auth_address_failures_limit)
 
     # ------------------------------------------------------------------ helpers
@@ -97,13 +84,6 @@ class SubmissionHandler(SmtpHandler):
     def _log_context(self, server: Any) -> dict[str, Any]:
         auth = server.session.auth_data if server.session else None
         return {"usecase": (auth or {}).get("usecase") or (auth or {}).get("name")}
-
-    async def _context(self, server: Any) -> dict[str, Any]:
-        auth = server.session.auth_data
-        ctx = await self.contexts.get(_usecase_id(auth))
-        if ctx is None:
-            raise SMTPError(550, "5.7.1", "This login is no longer valid", f"use case {_usecase_id(auth)} no longer exists")
-        return ctx
 
     # ------------------------------------------------------------------ AUTH
 
@@ -194,40 +174,24 @@ class SubmissionHandler(SmtpHandler):
 
     async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str, mail_options: list[str]) -> str:  # noqa: N802
         try:
-            policy.check_sender_syntax(address, utf8=envelope.smtp_utf8)
-            ctx = await self._context(server)
-            policy.check_account(ctx)
-            sender_channel = policy.check_sender(address, ctx)
             declared = policy.size_param(mail_options)
-            policy.check_size(declared, self.config.max_message_size)
-            quota = ctx.get("monthly_quota") or 0
-            if quota:
-                policy.check_quota(await self.quota.used(ctx["tenant_id"]), quota)
-            if not self.rates.allow(_usecase_id(ctx), ctx.get("rate_limit") or 0):
-                raise policy.rate_limited(ctx.get("usecase") or ctx.get("name") or "?")
+            draft = await self.submitter.mail(_usecase_id(server.session.auth_data), address, utf8=envelope.smtp_utf8,
+                                              declared=declared)
         except SMTPError as err:
             return self._refuse(server, "MAIL", err)
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
-        envelope.ctx = ctx
-        envelope.channel = sender_channel   # the channel address record it sends from, or None
-        envelope.seen = set()
-        envelope.dropped = set()   # accepted at RCPT, not queued: suppressed under accept-and-drop
+        envelope.draft = draft
         envelope.declared_size = declared   # SIZE= of MAIL, read once: DATA reserves the budget by it
         return "250 2.1.0 Sender OK"
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]) -> str:  # noqa: N802
         try:
-            policy.check_recipient_syntax(address, utf8=envelope.smtp_utf8)
-            key = policy.normalise(address)
-            if key in envelope.seen:
-                return "250 2.1.5 Recipient OK (duplicate)"
-            policy.check_recipient_count(len(envelope.rcpt_tos), self.config.max_recipients)
-            if self.check_recipient is not None and await self.check_recipient(envelope.ctx, address) == "drop":
-                envelope.dropped.add(address)
+            outcome = await self.submitter.rcpt(envelope.draft, address)
         except SMTPError as err:
             return self._refuse(server, "RCPT", err)
-        envelope.seen.add(key)
+        if outcome == submit.DUPLICATE:
+            return "250 2.1.5 Recipient OK (duplicate)"
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return "250 2.1.5 Recipient OK"
@@ -235,77 +199,24 @@ class SubmissionHandler(SmtpHandler):
     # ------------------------------------------------------------------ DATA
 
     async def _accept(self, server: Any, envelope: Any, started: float) -> str:
-        cfg = self.config
         data: bytearray = envelope.original_content   # as received (data.py): the only copy so far
-        found = inspect_content(data, max_size=cfg.max_message_size, max_header_bytes=cfg.max_header_bytes,
-                                max_received=cfg.max_received_headers)
-        headers.check_single(found.parsed.fields)
-        if found.from_fields != 1:
-            raise SMTPError(550, "5.6.0", "Message must have exactly one From header", f"{found.from_fields} From headers")
-        ctx = envelope.ctx
-        sent_from = policy.check_from(found.from_addresses, ctx) or envelope.channel
-        now = time.time()
-        queue_id = self.ids.new(now)
-        message_id = found.message_id or f"{queue_id}@{ctx['domain']}"
-        ip = client_ip(server)
-        received = prepare.received_header(helo=server.session.host_name, client_ip=ip, hostname=self.hostname, queue_id=queue_id,
-                                           tls=server.tls_description(), recipients=envelope.rcpt_tos, now=now)
-        recipients = [r for r in envelope.rcpt_tos if r not in envelope.dropped]
-        if not recipients:   # every recipient suppressed, accept-and-drop: nothing to queue
-            return "250 2.0.0 Ok: accepted, nothing to send (suppressed recipients)"
-        chain = []
-        if self.lineage is not None and (found.in_reply_to or (sent_from and sent_from["vcard"] and found.parents)):
-            chain = await self.lineage(ctx["tenant_id"], found.parents)
-        edits, copy = await channel.edits(found, sent_from, chain)
-        if copy and policy.normalise(copy) not in {policy.normalise(r) for r in recipients}:
-            recipients.append(copy)   # the reply copy: an envelope recipient, never a header the recipients see
-        # Prepared inside the received buffer: the message is held once, not twice (data.py), unless
-        # the channel address changes its body.
-        body = prepare.prepare_in_place(found, data, received=received, message_id=message_id,
-                                        add_message_id=found.message_id is None, now=now, edits=edits)
-        if len(body) > cfg.max_message_size:
-            raise policy.message_too_big(cfg.max_message_size)
-        parents = found.parents
         envelope.original_content = envelope.content = None
-        del data, found
-        new = NewMessage(
-            queue_id=queue_id, tenant_id=ctx["tenant_id"], usecase_id=_usecase_id(ctx), mail_from=envelope.mail_from,
-            message_id=message_id, body=body, recipients=recipients, parents=parents, client=ip,
-            lifetime=self.lifetime, now=now,
-        )
-        del body
+        ip = client_ip(server)
+
+        def received(queue_id: str, now: float, recipients: list[str]) -> bytes:
+            return prepare.received_header(helo=server.session.host_name, client_ip=ip, hostname=self.hostname, queue_id=queue_id,
+                                           tls=server.tls_description(), recipients=recipients, now=now)
+
+        draft = envelope.draft
+        new = await self.submitter.prepare(draft, data, received=received, client=ip)
+        del data
+        if new is None:   # every recipient suppressed, accept-and-drop: nothing to queue
+            return "250 2.0.0 Ok: accepted, nothing to send (suppressed recipients)"
         # Once the put has started, it and the bookkeeping after it run to the end even when the
         # session is cancelled meanwhile (the client hung up at the final dot).
-        return await self._commit_shielded(server, lambda: self._commit(server, envelope, ctx, new, started))
+        return await self._commit_shielded(server, lambda: self._commit(draft, new, started, ip))
 
-    async def _commit(self, server: Any, envelope: Any, ctx: dict[str, Any], new: NewMessage, started: float) -> str:
-        result = await self.submit(new)
-        # Committed: from here on the message is ours, and the answer is 250 whatever fails below
-        # (a 451 now would make the client send it again: a duplicate).
-        self._after_commit(server, envelope, ctx, new.queue_id, new.message_id, new.body, result, started)
+    async def _commit(self, draft: submit.Draft, new: NewMessage, started: float, ip: str) -> str:
+        # Committed once this returns: the answer is 250 whatever the bookkeeping after it does.
+        await self.submitter.commit(draft, new, started=started, client=ip)
         return f"250 2.0.0 Ok: queued as {new.queue_id}"
-
-
-    def _after_commit(self, server: Any, envelope: Any, ctx: dict[str, Any], queue_id: str, message_id: str, body: bytes,
-                      result: dict[str, Any], started: float) -> None:
-        """Bookkeeping for a committed message. Delivery is told first; each part fails on its own."""
-        if self.on_queued is not None:
-            try:
-                self.on_queued(queue_id)
-            except Exception as exc:  # noqa: BLE001 - the message is queued; the scheduler's own poll finds it
-                log.error("submission_after_commit_failed", part="notify", queue_id=queue_id, error_type=type(exc).__name__,
-                          exc_info=exc)
-        try:
-            self.quota.accepted(ctx["tenant_id"])
-            elapsed = time.perf_counter() - started
-            self.metrics.messages_received.inc()
-            self.metrics.submission_accept_seconds.observe(elapsed)
-            self.metrics.message_size.observe(len(body))
-            log.info("queued", queue_id=queue_id, tenant=ctx.get("tenant"), usecase=ctx.get("usecase") or ctx.get("name"),
-                     mail_from=envelope.mail_from, recipients=len(envelope.rcpt_tos), size=len(body), message_id=message_id,
-                     client=client_ip(server), held=result.get("hold_reason") or None, delay=round(elapsed, 4))
-            if result.get("hold_reason"):
-                log.info("held", queue_id=queue_id, reason=result["hold_reason"], recipients=len(envelope.rcpt_tos))
-        except Exception as exc:  # noqa: BLE001 - counting and logging must not turn a queued message into a 451
-            log.error("submission_after_commit_failed", part="metrics", queue_id=queue_id, error_type=type(exc).__name__,
-                      exc_info=exc)
