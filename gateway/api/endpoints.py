@@ -24,6 +24,11 @@ class Deps:
 
 def endpoints(deps: Deps) -> list[object]:
     """Every endpoint object; their ``@api_route`` methods are the API (routes.collect)."""
+    from .events import EventEndpoints
+    from .inbox import InboxEndpoints, ThreadEndpoints
+    from .messages import MessageEndpoints
+    from .stats import StatsEndpoints
     from .tenant import ApiKeyEndpoints, TenantEndpoints
 
-    return [TenantEndpoints(deps), ApiKeyEndpoints(deps)]
+    return [TenantEndpoints(deps), ApiKeyEndpoints(deps), MessageEndpoints(deps), EventEndpoints(deps), StatsEndpoints(deps),
+            InboxEndpoints(deps), ThreadEndpoints(deps)]

@@ -248,7 +248,10 @@ class ApiServer(Component):
             if len(request.headers.get(name, "")) > MAX_CONDITION:
                 raise invalid(f"{name} is longer than {MAX_CONDITION} characters", f"header.{name}", 400)
         if route.method == "GET":
-            return self._respond(route, await route.handler(call), request)
+            result = await route.handler(call)
+            if isinstance(result, web.StreamResponse):
+                return result   # streamed by the endpoint itself (bytes of unbounded size): no ETag
+            return self._respond(route, result, request)
         if_match = request.headers.get("If-Match")
         read = self._reads.get(route.path)
         if if_match is None or read is None:

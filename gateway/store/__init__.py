@@ -23,11 +23,13 @@ from .forwards import Forwards
 from .idempotency import Idempotency
 from .inbound import Inbound
 from .mailboxes import Mailboxes
+from .messages import Messages
 from .inbox import Inbox
 from .pauses import Pauses
 from .queue import Queue
 from .recipients import Recipients
 from .retention import Retention
+from .stats import Stats
 from .suppressions import Suppressions
 from .tenants import Tenants
 from .threads import Threads
@@ -61,6 +63,8 @@ class Store:
         self.forwards = Forwards(db)
         self.apikeys = ApiKeys(db)
         self.idempotency = Idempotency(db)
+        self.messages = Messages(db)
+        self.stats = Stats(db)
 
     @classmethod
     async def open(cls, path: Path, config: StoreConfig | None = None) -> "Store":

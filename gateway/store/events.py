@@ -18,21 +18,44 @@ import sqlite3
 import time
 from typing import Any
 
+from . import keyset, stats
 from .db import Database
+from .keyset import first_id_since, id_range
+
+
+# Events about one outbound message: their subject is its queue id, and they belong to its use case.
+MESSAGE_KINDS = frozenset({"queued", "held", "released", "retried", "deleted", "delivered", "deferred", "bounced",
+                           "suppressed", "complained", "dsn_sent"})
+
+
+def _usecase_of(conn: sqlite3.Connection, kind: str, subject: str, data: dict[str, Any]) -> tuple[int | None, bool]:
+    """(the use case an event is about, whether it is the tenant's own traffic): the one its data
+    names, else for a message event its message's (a DSN the gateway wrote is not the tenant's)."""
+    named = data.get("usecase_id")
+    if isinstance(named, int):
+        return named, True
+    if kind in MESSAGE_KINDS and subject:
+        row = conn.execute("SELECT usecase_id, mail_from FROM messages WHERE queue_id = ?", (subject,)).fetchone()
+        if row is not None:
+            return row[0], row[1] != ""
+    return None, False
 
 
 def append_event(conn: sqlite3.Connection, tenant_id: int | None, kind: str, subject: str = "", data: dict | None = None) -> None:
-    """Append one event row; called inside the write that caused it, so both commit together."""
+    """Append one event row; called inside the write that caused it, so both commit together. The
+    day's statistics it counts for (store/stats.py) are added in the same write."""
     now = time.time()
+    data = data or {}
+    usecase, own = _usecase_of(conn, kind, subject, data) if tenant_id is not None else (None, False)
     event_id = conn.execute(
-        "INSERT INTO events (created_at, tenant_id, kind, subject, data) VALUES (?, ?, ?, ?, ?)",
-        (now, tenant_id, kind, subject, json.dumps(data or {}, separators=(",", ":"))),
+        "INSERT INTO events (created_at, tenant_id, kind, subject, data, usecase_id) VALUES (?, ?, ?, ?, ?, ?)",
+        (now, tenant_id, kind, subject, json.dumps(data, separators=(",", ":")), usecase),
     ).lastrowid
     if tenant_id is not None:
-        usecase_id = address_id = None
-        if data:
-            usecase_id, address_id = data.get("usecase_id"), data.get("address_id")
-        # An endpoint narrowed to a use case or an address takes only the events naming it.
+        if usecase is not None and own:
+            stats.count(conn, tenant_id, usecase, kind, data, now)
+        # An endpoint narrowed to a use case or an address takes only the events whose data names it.
+        usecase_id, address_id = data.get("usecase_id"), data.get("address_id")
         conn.execute(
             "INSERT INTO webhook_outbox (endpoint_id, event_id, created_at)"
             " SELECT id, ?, ? FROM webhook_endpoints INDEXED BY webhook_endpoints_live"
@@ -55,25 +78,6 @@ def _event_row(row: sqlite3.Row) -> dict[str, Any]:
     return d
 
 
-def first_id_since(conn: sqlite3.Connection, since: float) -> int:
-    """The id of the first event appended at or after ``since``: a binary search over ids (events
-    are appended in time order), a few point reads instead of an index on created_at that every
-    insert would pay for."""
-    lo_hi = conn.execute("SELECT MIN(id), MAX(id) FROM events").fetchone()
-    if lo_hi[0] is None:
-        return 1
-    lo, hi = lo_hi[0], lo_hi[1] + 1
-    while lo < hi:
-        mid = (lo + hi) // 2
-        # ids may have gaps (swept, rolled back): the next row at or after mid stands for it.
-        row = conn.execute("SELECT id, created_at FROM events WHERE id >= ? ORDER BY id LIMIT 1", (mid,)).fetchone()
-        if row is None or row[1] >= since:
-            hi = mid
-        else:
-            lo = row[0] + 1
-    return lo
-
-
 def _list(conn: sqlite3.Connection, tenant_id: int | None, subject: str | None, kind: str | None, after_id: int,
           since: float | None, limit: int, newest: bool) -> list[dict[str, Any]]:
     if since is not None:
@@ -88,6 +92,45 @@ def _list(conn: sqlite3.Connection, tenant_id: int | None, subject: str | None, 
            f" WHERE {' AND '.join(where)} ORDER BY e.id {order} LIMIT ?")
     rows = [_event_row(r) for r in conn.execute(sql, (*args, limit))]
     return rows[::-1] if newest else rows
+
+
+# One subject's events (a message's, for its status read), pinned to events_subject: with a tenant
+# too the planner otherwise walks events_tenant, every event the tenant ever had (EXPLAIN showed it).
+SUBJECT_SQL = ("SELECT e.id, e.created_at, e.kind, e.subject, e.data, e.usecase_id, u.name AS usecase"
+               " FROM events e INDEXED BY events_subject LEFT JOIN usecases u ON u.id = e.usecase_id"
+               " WHERE e.subject = ? AND e.tenant_id = ? ORDER BY e.id DESC LIMIT ?")
+
+
+def _of_subject(conn: sqlite3.Connection, tenant_id: int, subject: str, limit: int) -> list[dict[str, Any]]:
+    return [_event_row(r) for r in conn.execute(SUBJECT_SQL, (subject, tenant_id, limit))][::-1]
+
+
+def _tenant_page(conn: sqlite3.Connection, tenant_id: int, usecase_id: int | None, kinds: list[str], since: float | None,
+                 until: float | None, cursor: int | None, newest: bool, limit: int) -> tuple[list[dict[str, Any]], int | None]:
+    lo, hi = id_range(conn, "events", since, until, cursor, newest)
+    where, args = ["e.tenant_id = ?", "e.id > ?"], [tenant_id, lo]
+    if hi is not None:
+        where.append("e.id < ?")
+        args.append(hi)
+    if usecase_id is not None:
+        where.append("e.usecase_id = ?")
+        args.append(usecase_id)
+    order = "DESC" if newest else "ASC"
+    edge = None
+    if kinds:
+        edge = keyset.edge(conn, f"FROM events e WHERE {' AND '.join(where)}", args, "e.id", newest)
+        if edge is not None:
+            where.append("e.id >= ?" if newest else "e.id <= ?")
+            args.append(edge)
+        where.append(f"e.kind IN ({', '.join('?' * len(kinds))})")
+        args += kinds
+    rows = [_event_row(r) for r in conn.execute(
+        f"SELECT e.id, e.created_at, e.kind, e.subject, e.data, e.usecase_id, u.name AS usecase FROM events e"
+        f" LEFT JOIN usecases u ON u.id = e.usecase_id WHERE {' AND '.join(where)} ORDER BY e.id {order} LIMIT ?",
+        (*args, limit + 1))]
+    if len(rows) > limit:
+        return rows[:limit], rows[limit - 1]["id"]
+    return rows, edge
 
 
 class Events:
@@ -107,3 +150,16 @@ class Events:
         """Events in id order after ``after_id`` (and at or after ``since``); with ``newest`` the last
         ``limit`` of them (still in id order). Each row carries its tenant's name."""
         return await self.db.read(_list, tenant_id, subject, kind, after_id, since, limit, newest)
+
+    async def of_subject(self, tenant_id: int, subject: str, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest ``limit`` events of the tenant about ``subject`` (a queue id...), in id order."""
+        return await self.db.read(_of_subject, tenant_id, subject, limit)
+
+    async def tenant_page(self, tenant_id: int, *, usecase_id: int | None = None, kinds: list[str] = (),
+                          since: float | None = None, until: float | None = None, cursor: int | None = None,
+                          newest: bool = True, limit: int = 100) -> tuple[list[dict[str, Any]], int | None]:
+        """One page of a tenant's events (of one use case, of some kinds, created in [since, until)),
+        newest first or oldest first, after the id ``cursor``; and the id the next page goes on
+        after (None: no more). With ``kinds`` a page looks at most keyset.SCAN rows, so it may be short
+        and still have a next page."""
+        return await self.db.read(_tenant_page, tenant_id, usecase_id, list(kinds), since, until, cursor, newest, limit)

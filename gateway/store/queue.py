@@ -215,7 +215,7 @@ LIMIT ?
 """
 
 
-def _state_of(row: dict[str, Any]) -> str:
+def state_of(row: dict[str, Any]) -> str:
     """One word for a message: the least-finished state among its recipients."""
     for state in ("held", "deferred", "pending", "bounced", "suppressed", "delivered"):
         if row.get(state):
@@ -237,7 +237,7 @@ def _list(conn: sqlite3.Connection, tenant_id: int | None, state: str | None, li
         where.append("m.id IN (SELECT message_id FROM recipients WHERE state IN ('pending', 'deferred', 'held'))")
     rows = [dict(r) for r in conn.execute(_LIST_SQL.format(where=" AND ".join(where)), (*args, limit))]
     for row in rows:
-        row["state"] = _state_of(row)
+        row["state"] = state_of(row)
     return rows
 
 
@@ -262,7 +262,7 @@ def _show(conn: sqlite3.Connection, queue_id: str) -> dict[str, Any] | None:
     )]
     attempts: dict[int, list[dict[str, Any]]] = {}
     for a in conn.execute(
-        "SELECT a.recipient_id, a.at, a.duration, a.outcome, a.code, a.enhanced, a.reply, a.remote FROM attempts a"
+        "SELECT a.recipient_id, a.at, a.duration, a.outcome, a.code, a.enhanced, a.reply, a.remote, a.class, a.class_reason FROM attempts a"
         " JOIN recipients r ON r.id = a.recipient_id WHERE r.message_id = ? ORDER BY a.id",
         (msg["id"],),
     ):
