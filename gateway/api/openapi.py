@@ -88,7 +88,7 @@ def _operation(r: Route, refs: dict[Any, dict[str, Any]], item_paths: set[str]) 
         op["requestBody"] = {"required": True, "content": content}
     success: dict[str, Any] = {"description": r.summary}
     if r.response is not None:
-        success["content"] = {r.produces: {"schema": refs[r.response]}}
+        success["content"] = {r.produces: {"schema": refs[r.response]}, **{m: {"schema": {"type": "string"}} for m in r.alternatives}}
     responses: dict[str, Any] = {str(r.status): success}
     if r.method == "GET":
         responses["304"] = {"description": "Not modified (If-None-Match named the current ETag)."}

@@ -85,6 +85,7 @@ class Route:
     audit: bool = True              # a successful non-GET call appends an 'api_change' event
     max_body: int | None = None     # None: api.max_body_bytes
     produces: str = "application/json"
+    alternatives: tuple[str, ...] = ()  # other media types a success may be (text, chosen by a query parameter)
     description: str = ""
 
     @property

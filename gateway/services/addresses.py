@@ -88,8 +88,10 @@ class AddressService:
         return present(await self.store.addresses.add(tenant, address, usecase=usecase, **fields))
 
     @admin_method("address.list")
-    async def list(self, tenant: str) -> list[dict[str, Any]]:
-        return [present(a) for a in await self.store.addresses.list(check_tenant_name(tenant))]
+    async def list(self, tenant: str, after: str | None = None, limit: int = -1) -> list[dict[str, Any]]:
+        """By address; ``after`` and ``limit`` read one page (the API's cursor), all of them by default."""
+        return [present(a) for a in await self.store.addresses.list(check_tenant_name(tenant),
+                                                                    after=None if after is None else check_address(after), limit=limit)]
 
     @admin_method("address.show")
     async def show(self, tenant: str, address: str) -> dict[str, Any]:

@@ -31,6 +31,14 @@ from .tenants import check_tenant_name
 
 log = structlog.get_logger("domains")
 
+UNCHECKED = {"status": "unchecked", "detail": ""}
+
+
+def _last_results(row: dict[str, Any]) -> dict[tuple[str, str, str | None], dict[str, str]]:
+    """What the last verification found per record, by (name, type, selector)."""
+    return {(r["name"], r["type"], r.get("selector")): {"status": r["status"], "detail": r.get("detail", "")}
+            for r in row["last_result"].get("records", [])}
+
 
 class DomainService:
     def __init__(self, store: Store, config: Config, keys_dir: Path):
@@ -140,7 +148,9 @@ class DomainService:
         for answer, what in ((spf_answer, "SPF"), (dmarc_answer, "DMARC")):
             if answer.status == "error":
                 warnings.append(f"could not read the current {what} record ({answer.detail}); merge by hand if one exists")
-        return {"domain": name, "tenant": tenant, "records": [r.as_dict() for r in records],
+        last = _last_results(row)
+        return {"domain": name, "tenant": tenant, "records": [{**r.as_dict(), **last.get((r.name, r.type, r.selector), UNCHECKED)}
+                                                             for r in records],
                 "zone": zone(name, records), "warnings": warnings}
 
     async def check(self, tenant: str, name: str) -> dict[str, Any]:
@@ -202,16 +212,17 @@ class DomainService:
         out = {k: row[k] for k in ("name", "tenant", "state", "verified_at", "checked_at", "created_at") if k in row}
         out["unicode"] = display_domain(row["name"])
         out["return_path_domain"] = self.settings.return_path(row["name"])
-        out["keys"] = [{"selector": k["selector"], "algorithm": k["algorithm"], "state": k["state"],
+        out["keys"] = [{"selector": k["selector"], "algorithm": k["algorithm"], "state": k["state"], "public_key": k["public_key"],
                         "created_at": k["created_at"], "activated_at": k.get("activated_at"), "retired_at": k.get("retired_at"),
                         "age_days": round((now - k["created_at"]) / 86400, 1)} for k in row.get("keys", [])]
         return out
 
     @admin_method("domain.list")
-    async def list(self, tenant: str | None = None) -> list[dict[str, Any]]:
+    async def list(self, tenant: str | None = None, after: str | None = None, limit: int = -1) -> list[dict[str, Any]]:
+        """By name; ``after`` and ``limit`` read one page (the API's cursor), all of them by default."""
         if tenant is not None:
             check_tenant_name(tenant)
-        return await self.store.domains.list(tenant)
+        return await self.store.domains.list(tenant, after=None if after is None else self._name(after), limit=limit)
 
     @admin_method("domain.show")
     async def show(self, domain: str, tenant: str | None = None) -> dict[str, Any]:
@@ -219,14 +230,11 @@ class DomainService:
         tenant, name = await self._scope(domain, tenant)
         row = await self.store.domains.get(tenant, name)
         out = self._public(row)
-        last = {(r["name"], r["type"], r.get("selector")): r for r in row["last_result"].get("records", [])}
+        last = _last_results(row)
         out["records"] = []
         for record in plan(row, self.settings):
-            r = record.as_dict()
-            previous = last.get((record.name, record.type, record.selector))
-            r["last_status"] = previous["status"] if previous else "unchecked"
-            r["last_detail"] = (previous or {}).get("detail", "")
-            out["records"].append(r)
+            previous = last.get((record.name, record.type, record.selector), UNCHECKED)
+            out["records"].append({**record.as_dict(), "last_status": previous["status"], "last_detail": previous["detail"]})
         out["last_outcome"] = row["last_result"].get("outcome")
         out["dmarc_policy"] = row["last_result"].get("dmarc_policy")
         out["used_by"] = await self.store.domains.users(tenant, name)

@@ -124,8 +124,10 @@ class UsecaseService:
         return present(await self.store.usecases.add(tenant, domain=domain, name=name, senders=check_senders(senders, domain), **fields))
 
     @admin_method("usecase.list")
-    async def list(self, tenant: str | None = None) -> list[dict[str, Any]]:
-        return [present(u) for u in await self.store.usecases.list(None if tenant is None else check_tenant_name(tenant))]
+    async def list(self, tenant: str | None = None, after: str | None = None, limit: int = -1) -> list[dict[str, Any]]:
+        """By name; with a tenant, ``after`` and ``limit`` read one page (the API's cursor)."""
+        return [present(u) for u in await self.store.usecases.list(None if tenant is None else check_tenant_name(tenant),
+                                                                    after=validate.optional_name(after, "use case"), limit=limit)]
 
     @admin_method("usecase.show")
     async def show(self, tenant: str, name: str) -> dict[str, Any]:
@@ -199,9 +201,10 @@ class UsecaseService:
         raise RuntimeError("could not find a free username")
 
     @admin_method("usecase.credentials.list")
-    async def list_credentials(self, tenant: str, usecase: str) -> list[dict[str, Any]]:
+    async def list_credentials(self, tenant: str, usecase: str, after: int = 0, limit: int = -1) -> list[dict[str, Any]]:
+        """By id; ``after`` (an id) and ``limit`` read one page (the API's cursor)."""
         _check_names(tenant, usecase)
-        return await self.store.usecases.credentials(tenant, usecase)
+        return await self.store.usecases.credentials(tenant, usecase, after=after, limit=limit)
 
     @admin_method("usecase.credentials.revoke")
     async def revoke_credential(self, tenant: str, usecase: str, username: str) -> dict[str, Any]:

@@ -142,10 +142,12 @@ class Addresses:
     async def get(self, tenant: str, address: str) -> dict[str, Any]:
         return await self.db.read(get_address, tenant, address)
 
-    async def list(self, tenant: str) -> list[dict[str, Any]]:
+    async def list(self, tenant: str, *, after: str | None = None, limit: int = -1) -> list[dict[str, Any]]:
+        """The tenant's addresses in order; a page is the ``limit`` addresses after ``after`` (keyset)."""
         def run(conn: sqlite3.Connection) -> list[dict[str, Any]]:
             tenant_by_name(conn, tenant)
-            return [_row(r) for r in conn.execute(_SELECT + " WHERE t.name = ? ORDER BY a.address", (tenant,))]
+            return [_row(r) for r in conn.execute(_SELECT + " WHERE t.name = ? AND a.address > ? ORDER BY a.address LIMIT ?",
+                                                  (tenant, after or "", limit))]
 
         return await self.db.read(run)
 

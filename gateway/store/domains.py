@@ -240,16 +240,17 @@ class Domains:
 
         return await self.db.read(run)
 
-    async def list(self, tenant: str | None = None) -> list[dict[str, Any]]:
-        """One tenant's domains, or (None, operator scope) every domain."""
+    async def list(self, tenant: str | None = None, *, after: str | None = None, limit: int = -1) -> list[dict[str, Any]]:
+        """One tenant's domains, or (None, operator scope) every domain, by name; a page is the
+        ``limit`` names after ``after`` (keyset: the name index, never OFFSET)."""
         def run(conn: sqlite3.Connection) -> list[dict[str, Any]]:
             sql = ("SELECT d.id, d.name, d.state, d.verified_at, d.checked_at, d.created_at, t.name AS tenant, "
                    "(SELECT group_concat(selector || ':' || state, ' ') FROM dkim_keys k WHERE k.domain_id = d.id) AS selectors "
-                   "FROM domains d JOIN tenants t ON t.id = d.tenant_id")
+                   "FROM domains d JOIN tenants t ON t.id = d.tenant_id WHERE d.name > ?")
             if tenant is None:
-                return [dict(r) for r in conn.execute(sql + " ORDER BY d.name")]
+                return [dict(r) for r in conn.execute(sql + " ORDER BY d.name LIMIT ?", (after or "", limit))]
             tenant_by_name(conn, tenant)
-            return [dict(r) for r in conn.execute(sql + " WHERE t.name = ? ORDER BY d.name", (tenant,))]
+            return [dict(r) for r in conn.execute(sql + " AND t.name = ? ORDER BY d.name LIMIT ?", (after or "", tenant, limit))]
 
         return await self.db.read(run)
 

@@ -137,9 +137,10 @@ def _delete(conn: sqlite3.Connection, tenant: str, name: str) -> dict[str, Any]:
     return current
 
 
-def _credential_rows(conn: sqlite3.Connection, usecase_id: int) -> list[dict[str, Any]]:
+def _credential_rows(conn: sqlite3.Connection, usecase_id: int, after: int = 0, limit: int = -1) -> list[dict[str, Any]]:
     rows = conn.execute(
-        "SELECT id, username, created_at, last_used_at, revoked_at FROM credentials WHERE usecase_id = ? ORDER BY id", (usecase_id,))
+        "SELECT id, username, created_at, last_used_at, revoked_at FROM credentials WHERE usecase_id = ? AND id > ? ORDER BY id LIMIT ?",
+        (usecase_id, after, limit))
     return [dict(r) for r in rows]
 
 
@@ -175,14 +176,15 @@ class Usecases:
     async def get(self, tenant: str, name: str) -> dict[str, Any]:
         return await self.db.read(get_usecase, tenant, name)
 
-    async def list(self, tenant: str | None = None) -> list[dict[str, Any]]:
-        """One tenant's use cases, or (None, operator scope) all of them."""
+    async def list(self, tenant: str | None = None, *, after: str | None = None, limit: int = -1) -> list[dict[str, Any]]:
+        """One tenant's use cases, or (None, operator scope) all of them; with a tenant, a page is the
+        ``limit`` names after ``after`` (keyset on the tenant's name index)."""
         def run(conn: sqlite3.Connection) -> list[dict[str, Any]]:
             if tenant is None:
                 rows = conn.execute(CONTEXT_SQL + " ORDER BY t.name, u.name")
             else:
                 tenant_by_name(conn, tenant)
-                rows = conn.execute(CONTEXT_SQL + " WHERE t.name = ? ORDER BY u.name", (tenant,))
+                rows = conn.execute(CONTEXT_SQL + " WHERE t.name = ? AND u.name > ? ORDER BY u.name LIMIT ?", (tenant, after or "", limit))
             return [_context(conn, r) for r in rows]
 
         return await self.db.read(run)
@@ -211,8 +213,9 @@ class Usecases:
     async def add_credential(self, tenant: str, usecase: str, username: str, password_hash: str) -> dict[str, Any]:
         return await self.db.write(_add_credential, tenant, usecase, username, password_hash)
 
-    async def credentials(self, tenant: str, usecase: str) -> list[dict[str, Any]]:
-        return await self.db.read(lambda c: _credential_rows(c, get_usecase(c, tenant, usecase)["id"]))
+    async def credentials(self, tenant: str, usecase: str, *, after: int = 0, limit: int = -1) -> list[dict[str, Any]]:
+        """The use case's credentials by id (keyset: the ``limit`` after id ``after``); never their hashes."""
+        return await self.db.read(lambda c: _credential_rows(c, get_usecase(c, tenant, usecase)["id"], after, limit))
 
     async def revoke_credential(self, tenant: str, usecase: str, username: str) -> dict[str, Any]:
         return await self.db.write(_revoke_credential, tenant, usecase, username)
