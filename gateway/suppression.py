@@ -18,6 +18,7 @@ when the use case's kind is marketing (complaints).
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,3 +105,16 @@ def feedback(state: str, kind: str, rcpt: str, queue_id: str, *, soft_limit: int
     if kind == "soft" and soft_limit:
         return Feedback(address, "soft", queue_id, soft_limit, soft_window, soft_for)
     return None
+
+
+# The CSV a list is exported as and imported from (`gateway suppression export|import`, the API's
+# /v1/suppressions/export|import): one header row, then one row per entry.
+CSV_FIELDS = ("address", "scope", "reason", "source", "expires_at")
+
+
+def csv_row(entry: dict[str, Any]) -> list[str]:
+    """An entry (as the suppression service presents it) as an export row; expires_at in ISO 8601
+    UTC, which import reads back."""
+    expires = entry["expires_at"]
+    when = "" if expires is None else datetime.datetime.fromtimestamp(expires, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return [entry["address"], entry["scope"], entry["reason"], entry["source"], when]

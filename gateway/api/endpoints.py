@@ -25,13 +25,17 @@ class Deps:
 def endpoints(deps: Deps) -> list[object]:
     """Every endpoint object; their ``@api_route`` methods are the API (routes.collect)."""
     from .addresses import AddressEndpoints
+    from .connectors import ConnectorEndpoints
     from .domains import DomainEndpoints
     from .events import EventEndpoints
     from .inbox import InboxEndpoints, ThreadEndpoints
     from .messages import MessageEndpoints
     from .stats import StatsEndpoints
+    from .suppressions import SuppressionEndpoints
     from .tenant import ApiKeyEndpoints, TenantEndpoints
     from .usecases import UsecaseEndpoints
+    from .webhooks import ForwardEndpoints, WebhookEndpoints
 
     return [TenantEndpoints(deps), ApiKeyEndpoints(deps), MessageEndpoints(deps), EventEndpoints(deps), StatsEndpoints(deps),
-            InboxEndpoints(deps), ThreadEndpoints(deps), DomainEndpoints(deps), UsecaseEndpoints(deps), AddressEndpoints(deps)]
+            InboxEndpoints(deps), ThreadEndpoints(deps), DomainEndpoints(deps), UsecaseEndpoints(deps), AddressEndpoints(deps),
+            ConnectorEndpoints(deps), SuppressionEndpoints(deps), WebhookEndpoints(deps), ForwardEndpoints(deps)]

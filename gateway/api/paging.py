@@ -57,6 +57,15 @@ def decode_cursor(cursor: str | None, default: Any = None) -> Any:
         raise invalid("cursor is not one this API gave", "query.cursor", 400) from None
 
 
+def after(cursor: str | None, default: Any) -> Any:
+    """The sort key a cursor carries, of ``default``'s type (a name, an id); ``default`` without a
+    cursor; a cursor of another shape is a 400 naming query.cursor (an id cursor on a name list)."""
+    key = decode_cursor(cursor, default)
+    if type(key) is not type(default):
+        raise invalid("cursor is not one this list gave", "query.cursor", 400)
+    return key
+
+
 def page(rows: list[T], limit: int, key: Any) -> Page[T]:
     """A Page of at most ``limit`` rows from ``rows`` (read with limit + 1, so one more tells there
     are more); ``key(row)`` is the sort key the next page starts after."""

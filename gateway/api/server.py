@@ -341,7 +341,9 @@ class ApiServer(Component):
             value = msgspec.convert(_plain(value), route.response, from_attributes=True)
         return msgspec.json.encode(value), status, reply.headers, content_type
 
-    def _respond(self, route: Route, result: Any, request: web.Request) -> web.Response:
+    def _respond(self, route: Route, result: Any, request: web.Request) -> web.StreamResponse:
+        if isinstance(result, web.StreamResponse):
+            return result   # the endpoint streamed it itself (a CSV export): no ETag for what was never whole
         body, status, headers, content_type = self._encode(route, result)
         if status == 204 or (not body and route.response is None):
             return web.Response(status=status if status != 200 else 204, headers=headers)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import csv
-import datetime
 import sys
 
 import click
 
+from ..suppression import CSV_FIELDS, csv_row
 from .output import current_admin, details, emit_json, format_time, json_option, table
 
 COLUMNS = ["address", "scope", "reason", "source", "created_at", "expires_at"]
@@ -15,13 +15,6 @@ SCOPE_HELP = "tenant, marketing, domain:NAME or usecase:NAME."
 IMPORT_CHUNK = 2000     # rows per admin call, and at most IMPORT_BYTES of CSV: admin.max_request_bytes bounds a request
 IMPORT_BYTES = 256 * 1024
 EXPORT_PAGE = 5000
-
-
-def _iso(ts: float | None) -> str:
-    """A time in the export CSV: ISO 8601 UTC, what import reads back."""
-    if ts is None:
-        return ""
-    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _readable(rows: list[dict]) -> list[dict]:
@@ -131,12 +124,12 @@ def export(tenant: str) -> None:
     """Write the list as CSV to stdout, page by page (header row first)."""
     admin = current_admin()
     w = csv.writer(sys.stdout, lineterminator="\n")
-    w.writerow(["address", "scope", "reason", "source", "expires_at"])
+    w.writerow(CSV_FIELDS)
     after = 0
     while True:
         page = admin.call("suppression.list", tenant=tenant, after_id=after, limit=EXPORT_PAGE)
         for e in page["entries"]:
-            w.writerow([e["address"], e["scope"], e["reason"], e["source"], _iso(e["expires_at"])])
+            w.writerow(csv_row(e))
         sys.stdout.flush()
         if page["next_after"] is None:
             return

@@ -215,8 +215,9 @@ class ConnectorService:
         return record
 
     @admin_method("connector.list")
-    async def list(self, tenant: str | None = None) -> list[dict[str, Any]]:
-        return await self.store.connectors.list(None if tenant is None else check_tenant_name(tenant))
+    async def list(self, tenant: str | None = None, after: str = "", limit: int = -1) -> list[dict[str, Any]]:
+        """Connectors by name; a tenant's page on from ``after`` (at most ``limit``, -1 all)."""
+        return await self.store.connectors.list(None if tenant is None else check_tenant_name(tenant), after=after, limit=limit)
 
     @admin_method("connector.show")
     async def show(self, tenant: str, name: str) -> dict[str, Any]:

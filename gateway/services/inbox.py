@@ -122,8 +122,13 @@ class InboxService:
                                              address=normalise_address(address) if address is not None else None)
 
     @admin_method("forward.list")
-    async def forward_list(self, tenant: str | None = None) -> list[dict[str, Any]]:
-        return await self.store.forwards.list(tenant)
+    async def forward_list(self, tenant: str | None = None, after_id: int = 0, limit: int = -1) -> list[dict[str, Any]]:
+        """Rules by id; a tenant's page on from ``after_id`` (at most ``limit``, -1 all)."""
+        return await self.store.forwards.list(tenant, after_id=after_id, limit=limit)
+
+    @admin_method("forward.show")
+    async def forward_show(self, tenant: str, id: int) -> dict[str, Any]:
+        return await self.store.forwards.get(tenant, id)
 
     @admin_method("forward.delete")
     async def forward_delete(self, tenant: str, id: int) -> dict[str, Any]:

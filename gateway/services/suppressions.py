@@ -32,7 +32,7 @@ from ..store import Store
 
 log = structlog.get_logger("suppression")
 
-CSV_FIELDS = ["address", "scope", "reason", "source", "expires_at"]
+MAX_EXPIRY = 253402300799.0   # 9999-12-31T23:59:59Z
 MAX_IMPORT_ROWS = 10000   # per admin call; the CLI sends a long file in chunks
 ENTRY_KEYS = ["address", "scope", "reason", "source", "created_at", "expires_at"]
 
@@ -41,19 +41,26 @@ def _expiry(value: Any) -> float | None:
     if value in (None, ""):
         return None
     if isinstance(value, (int, float)):
-        return float(value)
+        return _when(float(value), str(value))
     text = str(value).strip()
     try:
-        return float(text)
+        return _when(float(text), text)
     except ValueError:
         pass
     try:
         when = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise InvalidArgument(f"expires_at {text!r} is neither a Unix time nor an ISO 8601 date") from None
+        raise InvalidArgument(f"expires_at {text[:80]!r} is neither a Unix time nor an ISO 8601 date") from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=datetime.timezone.utc)
-    return when.timestamp()
+    return _when(when.timestamp(), text)
+
+
+def _when(ts: float, text: str) -> float:
+    # A time the export can write back as a date: 'nan' or 1e308 would be stored and break it.
+    if not 0 <= ts <= MAX_EXPIRY:
+        raise InvalidArgument(f"expires_at {text[:80]!r} is not a time between 1970 and 9999")
+    return ts
 
 
 def _reason(value: str) -> str:
@@ -89,12 +96,16 @@ class SuppressionService:
     # ------------------------------------------------------------------ admin methods
 
     @admin_method("suppression.list")
-    async def list(self, tenant: str, address: str | None = None, after_id: int = 0, limit: int = 1000) -> dict[str, Any]:
-        """One page of entries in id order; ``next_after`` pages on (None at the end)."""
+    async def list(self, tenant: str, address: str | None = None, after_id: int = 0, limit: int = 1000,
+                   scope: str | None = None, reason: str | None = None) -> dict[str, Any]:
+        """One page of entries in id order, of one scope and/or one reason when named; ``next_after``
+        pages on (None at the end)."""
         tenant_id = await self._tenant_id(tenant)
         limit = max(1, min(int(limit), 10000))
+        where = await self.store.suppressions.resolve_scope(tenant_id, scope) if scope is not None else None
         rows = await self.store.suppressions.list(tenant_id, address=suppression.normalise_address(address) if address else None,
-                                                  after_id=after_id, limit=limit)
+                                                  after_id=after_id, limit=limit, scope=where,
+                                                  reason=_reason(reason) if reason is not None else None)
         return {"entries": await self._present(tenant_id, rows), "next_after": rows[-1]["id"] if len(rows) == limit else None}
 
     @admin_method("suppression.show")

@@ -81,8 +81,35 @@ class WebhookService:
         return endpoint | {"secret": secret}
 
     @admin_method("webhook.list")
-    async def list(self, tenant: str | None = None) -> list[dict[str, Any]]:
-        return await self.store.webhooks.list(tenant)
+    async def list(self, tenant: str | None = None, after: str = "", limit: int = -1) -> list[dict[str, Any]]:
+        """Endpoints by name; a tenant's page on from ``after`` (at most ``limit``, -1 all)."""
+        return await self.store.webhooks.list(tenant, after=after, limit=limit)
+
+    @admin_method("webhook.update")
+    async def update(self, tenant: str, name: str, url: str | None = None, events: list[str] | None = None,
+                     usecase: str | None = None, address: str | None = None, unset: list[str] | None = None,
+                     enabled: bool | None = None) -> dict[str, Any]:
+        """Change an endpoint: its URL (the same rules as add), events ('*' for every one), narrowing
+        to a use case or channel address (``unset`` usecase/address removes it), enabled state."""
+        if url is not None:
+            check_url(url, allow_loopback=self.allow_loopback())
+        bad = [k for k in unset or [] if k not in ("usecase", "address")]
+        if bad:
+            raise InvalidArgument(f"cannot unset {', '.join(repr(k[:40]) for k in bad[:5])}: only usecase and address")
+        if address is not None:
+            address = normalise_address(address)
+        endpoint = await self.store.webhooks.update(tenant, name, url=url, kinds=False if events is None else check_kinds(events),
+                                                    usecase=usecase, address=address, unset=unset, enabled=enabled)
+        log.info("webhook_updated", tenant=tenant, endpoint=name, url=endpoint["url"], events=endpoint["events"])
+        self._changed()
+        return endpoint
+
+    @admin_method("webhook.log")
+    async def log(self, tenant: str, name: str, before_id: int | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """The endpoint's delivery attempts, newest first (older than ``before_id`` when given)."""
+        if not 1 <= limit <= 1000:
+            raise InvalidArgument("limit is 1-1000")
+        return await self.store.webhooks.log(tenant, name, before_id=before_id, limit=limit)
 
     @admin_method("webhook.show")
     async def show(self, tenant: str, name: str, log_limit: int = 20) -> dict[str, Any]:

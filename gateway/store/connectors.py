@@ -142,13 +142,15 @@ class Connectors:
     async def get(self, tenant: str, name: str) -> dict[str, Any]:
         return await self.db.read(_get, tenant, name)
 
-    async def list(self, tenant: str | None = None) -> list[dict[str, Any]]:
+    async def list(self, tenant: str | None = None, *, after: str = "", limit: int = -1) -> list[dict[str, Any]]:
+        """Every connector (of one tenant, by name: those after ``after``, at most ``limit``, -1 all)."""
         def run(conn: sqlite3.Connection) -> list[dict[str, Any]]:
             sql = f"SELECT {_COLUMNS} FROM connectors c JOIN tenants t ON t.id = c.tenant_id"
             if tenant is None:
                 return [_row(r) for r in conn.execute(sql + " ORDER BY t.name, c.name")]
             tenant_id = get_by_name(conn, tenant)["id"]
-            return [_row(r) for r in conn.execute(sql + " WHERE c.tenant_id = ? ORDER BY c.name", (tenant_id,))]
+            return [_row(r) for r in conn.execute(sql + " WHERE c.tenant_id = ? AND c.name > ? ORDER BY c.name LIMIT ?",
+                                                  (tenant_id, after, limit))]
 
         return await self.db.read(run)
 

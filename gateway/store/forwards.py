@@ -42,21 +42,27 @@ def _add(conn: sqlite3.Connection, tenant: str, usecase: str | None, address: st
     return dict(conn.execute(_RULE + " WHERE f.id = ?", (rule_id,)).fetchone())
 
 
-def _list(conn: sqlite3.Connection, tenant: str | None) -> list[dict[str, Any]]:
+def _list(conn: sqlite3.Connection, tenant: str | None, after_id: int = 0, limit: int = -1) -> list[dict[str, Any]]:
     if tenant is None:
         return [dict(r) for r in conn.execute(_RULE + " ORDER BY t.name, f.id")]
     t = get_by_name(conn, tenant)
-    return [dict(r) for r in conn.execute(_RULE + " WHERE f.tenant_id = ? ORDER BY f.id", (t["id"],))]
+    return [dict(r) for r in conn.execute(_RULE + " WHERE f.tenant_id = ? AND f.id > ? ORDER BY f.id LIMIT ?",
+                                          (t["id"], after_id, limit))]
 
 
-def _delete(conn: sqlite3.Connection, tenant: str, rule_id: int) -> dict[str, Any]:
+def _get(conn: sqlite3.Connection, tenant: str, rule_id: int) -> dict[str, Any]:
     t = get_by_name(conn, tenant)
     row = conn.execute(_RULE + " WHERE f.id = ? AND f.tenant_id = ?", (rule_id, t["id"])).fetchone()
     if row is None:
         raise NotFound(f"tenant {tenant!r} has no forwarding rule {rule_id}")
-    conn.execute("DELETE FROM inbound_forwards WHERE id = ?", (rule_id,))
-    append_event(conn, t["id"], "forward_deleted", str(rule_id), {"to": row["to_address"]})
     return dict(row)
+
+
+def _delete(conn: sqlite3.Connection, tenant: str, rule_id: int) -> dict[str, Any]:
+    row = _get(conn, tenant, rule_id)
+    conn.execute("DELETE FROM inbound_forwards WHERE id = ?", (rule_id,))
+    append_event(conn, row["tenant_id"], "forward_deleted", str(rule_id), {"to": row["to_address"]})
+    return row
 
 
 def _plan(conn: sqlite3.Connection, outbox_id: int) -> dict[str, Any] | None:
@@ -102,8 +108,12 @@ class Forwards:
             raise ValueError("a forwarding rule names a use case or an address")
         return await self.db.write(_add, tenant, usecase, address, to_address)
 
-    async def list(self, tenant: str | None = None) -> list[dict[str, Any]]:
-        return await self.db.read(_list, tenant)
+    async def list(self, tenant: str | None = None, *, after_id: int = 0, limit: int = -1) -> list[dict[str, Any]]:
+        """Rules (one tenant's: in id order after ``after_id``, at most ``limit``, -1 all)."""
+        return await self.db.read(_list, tenant, after_id, limit)
+
+    async def get(self, tenant: str, rule_id: int) -> dict[str, Any]:
+        return await self.db.read(_get, tenant, rule_id)
 
     async def delete(self, tenant: str, rule_id: int) -> dict[str, Any]:
         return await self.db.write(_delete, tenant, rule_id)

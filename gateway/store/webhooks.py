@@ -109,25 +109,53 @@ def _delete(conn: sqlite3.Connection, tenant: str, name: str) -> dict[str, Any]:
     return {"deleted": name, "undelivered": pending}
 
 
-def _list(conn: sqlite3.Connection, tenant: str | None) -> list[dict[str, Any]]:
+def _list(conn: sqlite3.Connection, tenant: str | None, after: str = "", limit: int = -1) -> list[dict[str, Any]]:
     sql = f"SELECT {_COLUMNS}, t.name AS tenant FROM webhook_endpoints w JOIN tenants t ON t.id = w.tenant_id{_NARROWING}"
     args: tuple = ()
     if tenant is not None:
-        sql += " WHERE w.tenant_id = ?"
-        args = (get_by_name(conn, tenant)["id"],)
-    rows = [_public(r) for r in conn.execute(sql + " ORDER BY t.name, w.name", args)]
+        # One tenant's page: a range of the (tenant_id, name) unique index.
+        sql += " WHERE w.tenant_id = ? AND w.name > ?"
+        args = (get_by_name(conn, tenant)["id"], after)
+    rows = [_public(r) for r in conn.execute(sql + " ORDER BY t.name, w.name LIMIT ?", (*args, limit))]
     for r in rows:
         r["backlog"] = _backlog(conn, r["id"])
     return rows
+
+
+def _update(conn: sqlite3.Connection, tenant: str, name: str, url: str | None, kinds: list[str] | None | bool,
+            usecase: str | None, address: str | None, unset: list[str], enabled: bool | None) -> dict[str, Any]:
+    """Change what is given (``kinds`` False: leave the events as they are; None: every event)."""
+    current = _get(conn, tenant, name)
+    usecase_id, address_id = narrowing_ids(conn, current["tenant_id"], usecase, address)
+    changed: dict[str, Any] = {}
+    if url is not None and url != current["url"]:
+        changed["url"] = url
+    if kinds is not False:
+        changed["events"] = encode_kinds(kinds)   # type: ignore[arg-type]
+    if usecase is not None or "usecase" in unset:
+        changed["usecase_id"] = usecase_id
+    if address is not None or "address" in unset:
+        changed["address_id"] = address_id
+    if changed:
+        sets = ", ".join(f"{column} = ?" for column in changed)
+        conn.execute(f"UPDATE webhook_endpoints SET {sets}, updated_at = ? WHERE id = ?", (*changed.values(), time.time(), current["id"]))
+        shown = {"url": url, "events": kinds or ["*"], "usecase_id": usecase, "address_id": address}
+        append_event(conn, current["tenant_id"], "webhook_updated", name,
+                     {column.removesuffix("_id"): shown[column] for column in changed})
+    if enabled is not None:
+        _set_enabled(conn, tenant, name, enabled, "operator")
+    return _get(conn, tenant, name)
 
 
 def _backlog(conn: sqlite3.Connection, endpoint_id: int) -> int:
     return conn.execute("SELECT COUNT(*) FROM webhook_outbox WHERE endpoint_id = ?", (endpoint_id,)).fetchone()[0]
 
 
-def _deliveries(conn: sqlite3.Connection, endpoint_id: int, limit: int) -> list[dict[str, Any]]:
-    rows = conn.execute("SELECT at, first_event, last_event, events, status, latency, ok, error FROM webhook_deliveries"
-                        " WHERE endpoint_id = ? ORDER BY id DESC LIMIT ?", (endpoint_id, limit)).fetchall()
+def _deliveries(conn: sqlite3.Connection, endpoint_id: int, limit: int, before_id: int | None = None) -> list[dict[str, Any]]:
+    """Attempts newest first (those older than ``before_id`` when given): a range of webhook_deliveries_endpoint."""
+    rows = conn.execute("SELECT id, at, first_event, last_event, events, status, latency, ok, error FROM webhook_deliveries"
+                        " WHERE endpoint_id = ? AND id < ? ORDER BY id DESC LIMIT ?",
+                        (endpoint_id, (1 << 63) - 1 if before_id is None else before_id, limit)).fetchall()
     return [dict(r) | {"ok": bool(r["ok"])} for r in rows]
 
 
@@ -211,8 +239,22 @@ class Webhooks:
     async def get(self, tenant: str, name: str) -> dict[str, Any]:
         return await self.db.read(_get, tenant, name)
 
-    async def list(self, tenant: str | None = None) -> list[dict[str, Any]]:
-        return await self.db.read(_list, tenant)
+    async def list(self, tenant: str | None = None, *, after: str = "", limit: int = -1) -> list[dict[str, Any]]:
+        """Endpoints by name, each with its backlog (one tenant's: after ``after``, at most ``limit``, -1 all)."""
+        return await self.db.read(_list, tenant, after, limit)
+
+    async def update(self, tenant: str, name: str, *, url: str | None = None, kinds: list[str] | None | bool = False,
+                     usecase: str | None = None, address: str | None = None, unset: list[str] | None = None,
+                     enabled: bool | None = None) -> dict[str, Any]:
+        """Change an endpoint's URL, events (False: unchanged), narrowing (``unset`` usecase/address
+        removes one) and enabled state in one write, with a ``webhook_updated`` event."""
+        return await self.db.write(_update, tenant, name, url, kinds, usecase, address, unset or [], enabled)
+
+    async def log(self, tenant: str, name: str, *, before_id: int | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """The endpoint's delivery attempts, newest first, older than ``before_id`` when given."""
+        def run(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            return _deliveries(conn, _get(conn, tenant, name)["id"], limit, before_id)
+        return await self.db.read(run)
 
     async def show(self, tenant: str, name: str, log_limit: int = 20) -> dict[str, Any]:
         """The endpoint with its backlog and latest attempts, all from one snapshot (one read)."""
