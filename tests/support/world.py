@@ -61,15 +61,17 @@ def _quote(value: str) -> str:
 async def populate(d: DaemonHandle, dns: DnsServer, *, tenant: str = TENANT, domain: str = "acme.test") -> tuple[dict[str, Any], dict[str, str], dict[str, str]]:
     """One of each object in ``tenant``: (sending_setup's facts, path parameter ->
     object, path parameter -> an object of another use case)."""
-    setup = await sending_setup(d, dns, tenant=tenant, domain=domain, sender=f"app@{domain}", usecase="receipts")
+    # Names of the tenant's own (another tenant with the same names would find its own objects).
+    usecase, connector, webhook, suppressed = f"{tenant}-receipts", f"{tenant}-relay", f"{tenant}-hooks", f"gone-{tenant}@dest.test"
+    setup = await sending_setup(d, dns, tenant=tenant, domain=domain, sender=f"app@{domain}", usecase=usecase)
     await d.call("domain.inbound", domain=domain, enabled=True, tenant=tenant)
     address = f"help@{domain}"
-    await d.call("address.add", tenant=tenant, address=address, usecase="receipts")
+    await d.call("address.add", tenant=tenant, address=address, usecase=usecase)
     address_id = (await d.store.addresses.get(tenant, address))["id"]
-    await d.call("connector.add", tenant=tenant, name="relay", kind="smtp", host="relay.example.net", port=587)
-    await d.call("suppression.add", tenant=tenant, address="gone@dest.test")
-    await d.call("webhook.add", tenant=tenant, url="http://127.0.0.1:9/hook", name="hooks")
-    forward = await d.call("forward.add", tenant=tenant, to="ops@elsewhere.test", usecase="receipts")
+    await d.call("connector.add", tenant=tenant, name=connector, kind="smtp", host="relay.example.net", port=587)
+    await d.call("suppression.add", tenant=tenant, address=suppressed)
+    await d.call("webhook.add", tenant=tenant, url="http://127.0.0.1:9/hook", name=webhook)
+    forward = await d.call("forward.add", tenant=tenant, to="ops@elsewhere.test", usecase=usecase)
     queue_id = await enqueue(d, setup, ["bob@dest.test"])
     tenant_id = (await d.store.tenants.get(tenant))["id"]
     received = await processed_message(d.store, d.daemon.paths.state_dir, tenant_id=tenant_id, usecase_id=setup["usecase_id"],
@@ -77,16 +79,16 @@ async def populate(d: DaemonHandle, dns: DnsServer, *, tenant: str = TENANT, dom
                                        attachments=[Part("invoice.pdf", "application/pdf", b"%PDF-1.4 conformance\n")])
     spare = await d.call("apikey.add", tenant=tenant, role="agent", name="spare")
     # A second use case, for "a sender key sees only its own use case's objects".
-    other_usecase = await d.call("usecase.add", tenant=tenant, domain=domain, name="newsletter", entity=f"{tenant} news",
+    other_usecase = await d.call("usecase.add", tenant=tenant, domain=domain, name=f"{tenant}-newsletter", entity=f"{tenant} news",
                                  kind="transactional", senders=[f"news@{domain}"])
     foreign_queue_id = await enqueue(d, {**setup, "usecase_id": other_usecase["id"], "sender": f"news@{domain}"}, ["carol@dest.test"])
     params = {
-        "domain": setup["domain"], "selector": setup["selectors"][0], "usecase": "receipts",
-        "credential": setup["username"], "address": address, "connector": "relay", "suppression": "gone@dest.test",
-        "webhook": "hooks", "forward_id": str(forward["id"]), "queue_id": queue_id, "inbound_id": received["inbound_id"],
+        "domain": setup["domain"], "selector": setup["selectors"][0], "usecase": usecase,
+        "credential": setup["username"], "address": address, "connector": connector, "suppression": suppressed,
+        "webhook": webhook, "forward_id": str(forward["id"]), "queue_id": queue_id, "inbound_id": received["inbound_id"],
         "thread_id": received["message_id"], "attachment": "0", "public_id": spare["public_id"],
     }
-    foreign = {"queue_id": foreign_queue_id, "usecase": "newsletter"}
+    foreign = {"queue_id": foreign_queue_id, "usecase": f"{tenant}-newsletter"}
     return setup, params, foreign
 
 
@@ -95,7 +97,7 @@ async def api_world(tmp_path: Path, dns: DnsServer, config: dict[str, Any] | Non
     async with running_daemon(tmp_path, merge(merge(dns_overrides(dns), CONFIG), config or {})) as d:
         setup, params, foreign = await populate(d, dns)
         await populate(d, dns, tenant=OTHER, domain="globex.test")    # so "not found" is not "the tenant has none"
-        keys = {role: await api_key(d, TENANT, role, usecase="receipts" if role == "sender" else None, name=role) for role in ROLES}
+        keys = {role: await api_key(d, TENANT, role, usecase=params["usecase"] if role == "sender" else None, name=role) for role in ROLES}
         other = await api_key(d, OTHER, "owner", name="other")
         yield World(d=d, keys=keys, other=other, params=params, foreign=foreign, setup=setup)
 
