@@ -17,7 +17,7 @@ from .. import __version__
 from .paging import MAX_CONDITION
 from .problems import CONTENT_TYPE as PROBLEM_TYPE, Problem
 from .roles import PERMISSIONS, ROLES, roles_with
-from .routes import Route
+from .routes import Route, item_reads
 
 REF = "#/components/schemas/{name}"
 PATH_PARAM = {"type": "string", "minLength": 1, "maxLength": 320}
@@ -112,7 +112,7 @@ def document(routes: list[Route], *, server_url: str = "") -> dict[str, Any]:
     models = _models(routes)
     schemas, components = msgspec.json.schema_components(models, ref_template=REF)
     refs = dict(zip(models, schemas))
-    item_paths = {r.path for r in routes if r.method == "GET" and r.params}
+    item_paths = set(item_reads(routes))
     paths: dict[str, dict[str, Any]] = {}
     for r in routes:
         paths.setdefault(r.path, {})[r.method.lower()] = _operation(r, refs, item_paths)

@@ -35,7 +35,7 @@ from .keys import KeyChecker
 from .openapi import document
 from .paging import MAX_CONDITION, etag, matches
 from .problems import CONTENT_TYPE as PROBLEM_TYPE, ApiProblem, forbidden, from_exception, from_validation, invalid, not_found, unauthorized
-from .routes import Call, Caller, Reply, Route
+from .routes import Call, Caller, Reply, Route, item_reads
 
 log = structlog.get_logger("api")
 
@@ -100,7 +100,7 @@ class ApiServer(Component):
         self.limiter = RateLimiter()
         self._inflight = 0
         self._locks: dict[tuple[int, str], asyncio.Lock] = {}
-        self._reads = {r.path: r for r in routes if r.method == "GET"}
+        self._reads = item_reads(routes)
         self._lists = {id(r): (_list_fields(r.query)) for r in routes}
         self._runner: web.AppRunner | None = None
         self._address = api.listen
@@ -258,7 +258,8 @@ class ApiServer(Component):
             result = await route.handler(call)
         else:
             async with self._lock(caller.tenant_id, request.path):
-                current = self._encode(read, await read.handler(Call(caller=caller, params=params, query=None, body=None, request=request)))
+                current = self._encode(read, await read.handler(Call(caller=caller, params=params, query=read.query() if read.query else None,
+                                                                      body=None, request=request)))
                 if not matches(if_match, etag(current[0])):
                     raise ApiProblem(412, "precondition-failed", "The object changed since it was read",
                                      "If-Match does not name the current ETag; read it again")
