@@ -13,9 +13,11 @@ import json
 from typing import Any
 
 import aiohttp
+import msgspec
 
 from gateway.api.roles import ROLES
 from gateway.api.routes import Route
+from tests.support.daemon import running_daemon
 from tests.support.world import World, api_world, minimal
 
 # Changes carry an If-Match that matches nothing: where the path has a read, the change is refused
@@ -140,3 +142,43 @@ async def test_a_sender_key_does_not_find_another_use_cases_objects(tmp_path, dn
             if status != 404:
                 failures.append(f"{route.method} {path} with a sender key of another use case: {status} {body!r:.300}, not 404")
         assert not failures, "\n".join(failures)
+
+
+def model_faults(t: Any, at: str, seen: set[Any]) -> list[str]:
+    """Where a request model breaks the contract (api_common.md): a Struct that takes unknown fields,
+    a string, list or mapping without a max_length, or a value of any shape."""
+    i = msgspec.inspect
+    if isinstance(t, i.Metadata):
+        return model_faults(t.type, at, seen)
+    if isinstance(t, i.StructType):
+        if t.cls in seen:
+            return []
+        seen.add(t.cls)
+        faults = [] if t.forbid_unknown_fields else [f"{at}: {t.cls.__name__} takes unknown fields (forbid_unknown_fields=True)"]
+        for f in t.fields:
+            faults += model_faults(f.type, f"{at}.{f.encode_name}", seen)
+        return faults
+    if isinstance(t, i.UnionType):
+        return [fault for x in t.types for fault in model_faults(x, at, seen)]
+    if isinstance(t, (i.StrType, i.BytesType)):
+        return [] if t.max_length is not None else [f"{at}: a string without max_length"]
+    if isinstance(t, (i.ListType, i.SetType, i.FrozenSetType, i.VarTupleType)):
+        faults = [] if t.max_length is not None else [f"{at}: a list without max_length"]
+        return faults + model_faults(t.item_type, f"{at}[]", seen)
+    if isinstance(t, i.DictType):
+        faults = [] if t.max_length is not None else [f"{at}: a mapping without max_length"]
+        return faults + model_faults(t.key_type, f"{at}{{key}}", seen) + model_faults(t.value_type, f"{at}{{}}", seen)
+    if isinstance(t, i.AnyType):
+        return [f"{at}: a value of any shape (unbounded nesting)"]
+    return []
+
+
+async def test_every_request_model_refuses_unknown_fields_and_bounds_its_strings_and_lists(tmp_path):
+    async with running_daemon(tmp_path) as d:
+        routes = next(c for c in d.daemon.components if c.name == "api").routes
+        faults = []
+        for route in routes:
+            for part, model in (("query", route.query), ("body", route.body)):
+                if model is not None:
+                    faults += [f"{route.method} {route.path} {fault}" for fault in model_faults(msgspec.inspect.type_info(model), part, set())]
+        assert not faults, "\n".join(faults)

@@ -26,7 +26,7 @@ PATH_PARAM = {"type": "string", "minLength": 1, "maxLength": 320}
 COMMON_PROBLEMS = {
     "401": "Missing, malformed, unknown, revoked or expired API key.",
     "403": "The key's role lacks the route's permission (the problem names it).",
-    "429": "The key's rate limit is spent; Retry-After says when to try again.",
+    "429": "The key's rate limit is spent, or the client's address sent too many bad keys; Retry-After says when to try again.",
     "503": "The gateway cannot take the request now (busy, storage full); Retry-After says when to try again.",
 }
 

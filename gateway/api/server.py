@@ -18,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import errno
 import ipaddress
+import math
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -42,6 +44,10 @@ log = structlog.get_logger("api")
 JSON = "application/json"
 MAX_PATH_PARAM = 320
 CONDITIONS = ("If-Match", "If-None-Match")
+# A client address may send this many seconds of api.auth_failure_rate bad keys at once; then it is
+# refused until the budget refills. At most MAX_BLOCKED addresses are remembered (the oldest go).
+AUTH_FAILURE_BURST = 5.0
+MAX_BLOCKED = 100_000
 # Locks of objects being changed, by (tenant, path): If-Match's check and the change run under one.
 MAX_LOCKS = 10000
 
@@ -68,6 +74,33 @@ def _is_list(t: Any) -> bool:
     if isinstance(t, msgspec.inspect.UnionType):
         return any(_is_list(x) for x in t.types)
     return isinstance(t, msgspec.inspect.ListType)
+
+
+INT64 = 2**63
+
+
+def checked_numbers(value: Any, where: str) -> Any:
+    """``value`` when every number in it is one the store and the services can hold: an integer in
+    64 bits (msgspec takes any size; SQLite would raise OverflowError), a float that is finite (a
+    query's "nan" or "inf" converts). Else a 422 naming where."""
+    if isinstance(value, bool) or value is None or isinstance(value, (str, bytes)):
+        return value
+    if isinstance(value, int):
+        if not -INT64 <= value < INT64:
+            raise invalid("a number is out of range (64-bit integers)", where or None)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise invalid("a number is not finite", where or None)
+    elif isinstance(value, msgspec.Struct):
+        for name in value.__struct_fields__:
+            checked_numbers(getattr(value, name), f"{where}.{name}" if where else name)
+    elif isinstance(value, dict):
+        for item in value.values():
+            checked_numbers(item, where)
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        for item in value:
+            checked_numbers(item, where)
+    return value
 
 
 def _plain(value: Any) -> Any:
@@ -98,6 +131,8 @@ class ApiServer(Component):
         api = config().api
         self.keys = KeyChecker(store, ttl=api.key_cache_ttl, default_rate=api.rate_limit)
         self.limiter = RateLimiter()
+        self._failures = RateLimiter()                        # bad keys, per client address
+        self._blocked: OrderedDict[str, float] = OrderedDict()  # client address -> refused until (monotonic)
         self._inflight = 0
         self._locks: dict[tuple[int, str], asyncio.Lock] = {}
         self._reads = item_reads(routes)
@@ -124,7 +159,9 @@ class ApiServer(Component):
     async def start(self) -> None:
         api = self.config().api
         host, port = split_hostport(api.listen)
-        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        # keepalive_timeout runs from the connection's start too: one that sends nothing (or never
+        # finishes its headers) is closed after it, not held for aiohttp's default hour.
+        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False, keepalive_timeout=api.idle_timeout)
         await self._runner.setup()
         ssl_context = None
         if api.tls:
@@ -214,6 +251,32 @@ class ApiServer(Component):
             raise unauthorized("the API key is not valid (unknown, revoked or expired)")
         return caller
 
+    async def _checked_key(self, request: web.Request, client: str) -> Caller:
+        """The caller, or 401; an address that keeps sending bad keys is refused (429) before its
+        keys are looked at, for as long as its budget of failures takes to refill."""
+        api = self.config().api
+        now = time.monotonic()
+        blocked = self._blocked.get(client)
+        if blocked is not None and blocked > now:
+            raise self._too_many_failures(blocked - now)
+        try:
+            return await self._authenticate(request, client)
+        except ApiProblem:
+            wait = self._failures.wait(client, api.auth_failure_rate, api.auth_failure_rate * AUTH_FAILURE_BURST)
+            if not wait:
+                raise
+            self._blocked[client] = now + wait
+            self._blocked.move_to_end(client)
+            while len(self._blocked) > MAX_BLOCKED:
+                self._blocked.popitem(last=False)
+            log.info("api_client_cooling_down", client=client, seconds=round(wait, 1))
+            raise self._too_many_failures(wait) from None
+
+    @staticmethod
+    def _too_many_failures(wait: float) -> ApiProblem:
+        return ApiProblem(429, "too-many-failures", "Too many requests with a missing or invalid API key",
+                          "this address sent too many bad keys; wait before trying again", retry_after=wait)
+
     def _handler(self, route: Route) -> Callable[[web.Request], Any]:
         async def handle(request: web.Request) -> web.StreamResponse:
             started = time.perf_counter()
@@ -233,7 +296,7 @@ class ApiServer(Component):
 
     async def _serve(self, route: Route, request: web.Request) -> web.StreamResponse:
         client = self._client(request)
-        caller = await self._authenticate(request, client)
+        caller = await self._checked_key(request, client)
         wait = self.limiter.wait(caller.key_id, caller.rate_limit, max(1.0, caller.rate_limit * self.config().api.rate_burst))
         if wait:
             raise ApiProblem(429, "rate-limited", "The API key's rate limit is spent",
@@ -302,7 +365,7 @@ class ApiServer(Component):
             values = request.query.getall(key)
             raw[key] = values if key in lists else values[-1]
         try:
-            return msgspec.convert(raw, route.query, strict=False)
+            return checked_numbers(msgspec.convert(raw, route.query, strict=False), "query")
         except msgspec.ValidationError as exc:
             raise from_validation(exc, "query") from None
 
@@ -316,17 +379,24 @@ class ApiServer(Component):
         if media != JSON and media not in route.raw or (media == JSON and route.body is None):
             takes = ([JSON] if route.body is not None else []) + list(route.raw)
             raise invalid(f"send the body as {' or '.join(takes)}, not {media or 'nothing'}", "body", 415)
-        data = await request.read()
+        try:
+            # A body trickled in a byte at a time would hold its in-flight slot for ever.
+            async with asyncio.timeout(self.config().api.body_timeout):
+                data = await request.read()
+        except TimeoutError:
+            raise invalid(f"the request body did not arrive within {self.config().api.body_timeout:g} s", "body", 408) from None
         if len(data) > limit:
             raise invalid(f"the request body is larger than {limit} bytes", None, 413)
         if media in route.raw:
             return data, media
         try:
-            return msgspec.json.decode(data, type=route.body), media
+            return checked_numbers(msgspec.json.decode(data, type=route.body), ""), media
         except msgspec.ValidationError as exc:
             raise from_validation(exc) from None
         except msgspec.DecodeError as exc:
             raise invalid(f"the body is not JSON: {exc}", "body", 400) from None
+        except RecursionError:      # msgspec's guard against [[[[...]]]]: a refusal, not a crash
+            raise invalid("the body's JSON is nested too deeply", "body", 400) from None
 
     def _encode(self, route: Route, result: Any) -> tuple[bytes, int, dict[str, str], str]:
         reply = result if isinstance(result, Reply) else Reply(body=result)
