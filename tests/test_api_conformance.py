@@ -16,7 +16,7 @@ import aiohttp
 import msgspec
 
 from gateway.api.roles import ROLES
-from gateway.api.routes import Route
+from gateway.api.routes import PARAM, Route
 from tests.support.daemon import running_daemon
 from tests.support.world import World, api_world, minimal
 
@@ -182,3 +182,17 @@ async def test_every_request_model_refuses_unknown_fields_and_bounds_its_strings
                 if model is not None:
                     faults += [f"{route.method} {route.path} {fault}" for fault in model_faults(msgspec.inspect.type_info(model), part, set())]
         assert not faults, "\n".join(faults)
+
+
+async def test_every_route_wants_a_key(tmp_path):
+    async with running_daemon(tmp_path, {"api": {"auth_failure_rate": 1000.0}}) as d, aiohttp.ClientSession() as session:
+        routes = next(c for c in d.daemon.components if c.name == "api").routes
+        failures = []
+        for route in routes:
+            path = PARAM.sub("x", route.path)
+            for headers in ({}, {"Authorization": "Bearer gw_live_aaaaaaaaaaaa_" + "A" * 43}, {"Authorization": "Basic eDp5"}):
+                async with session.request(route.method, f"http://{d.address('api')}{path}", headers=headers) as resp:
+                    body = await resp.json(content_type=None)
+                    if resp.status != 401 or body.get("type") != "urn:gateway:problem:unauthorized":
+                        failures.append(f"{route.method} {path} with {headers or 'no key'}: {resp.status}")
+        assert not failures, "\n".join(failures)
