@@ -197,8 +197,9 @@ class Daemon:
         # It starts after the listeners' TLS context exists and stops before the workers it feeds.
         if self.config.api.enabled:
             methods = collect(*self.services)
-            api = ApiServer(lambda: self.config, store, collect_routes(*api_endpoints(ApiDeps(store, methods, lambda: self.config))),
-                            self.metrics, tls=submission_server.tls)
+            deps = ApiDeps(store, methods, lambda: self.config, sending=submission_server.handler.submitter)
+            api = ApiServer(lambda: self.config, store, collect_routes(*api_endpoints(deps)), self.metrics, tls=submission_server.tls,
+                            budget=self.budget)
             apikeys.on_revoke = api.keys.forget
             workers.append(api)
         # Components start in this order and stop in reverse. Web and admin start first and stop

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import Config
 from ..store import Store
+
+if TYPE_CHECKING:
+    from ..submission.submit import Submitter
 
 
 @dataclass
@@ -20,6 +23,7 @@ class Deps:
     store: Store
     methods: dict[str, Callable[..., Any]]      # admin method name -> the bound service coroutine
     config: Callable[[], Config]
+    sending: Submitter | None = None            # submission's MAIL/RCPT/DATA rules and queue (POST /v1/messages)
 
 
 def endpoints(deps: Deps) -> list[object]:
@@ -30,12 +34,13 @@ def endpoints(deps: Deps) -> list[object]:
     from .events import EventEndpoints
     from .inbox import InboxEndpoints, ThreadEndpoints
     from .messages import MessageEndpoints
+    from .sending import SendEndpoints
     from .stats import StatsEndpoints
     from .suppressions import SuppressionEndpoints
     from .tenant import ApiKeyEndpoints, TenantEndpoints
     from .usecases import UsecaseEndpoints
     from .webhooks import ForwardEndpoints, WebhookEndpoints
 
-    return [TenantEndpoints(deps), ApiKeyEndpoints(deps), MessageEndpoints(deps), EventEndpoints(deps), StatsEndpoints(deps),
-            InboxEndpoints(deps), ThreadEndpoints(deps), DomainEndpoints(deps), UsecaseEndpoints(deps), AddressEndpoints(deps),
-            ConnectorEndpoints(deps), SuppressionEndpoints(deps), WebhookEndpoints(deps), ForwardEndpoints(deps)]
+    return [TenantEndpoints(deps), ApiKeyEndpoints(deps), SendEndpoints(deps), MessageEndpoints(deps), EventEndpoints(deps),
+            StatsEndpoints(deps), InboxEndpoints(deps), ThreadEndpoints(deps), DomainEndpoints(deps), UsecaseEndpoints(deps),
+            AddressEndpoints(deps), ConnectorEndpoints(deps), SuppressionEndpoints(deps), WebhookEndpoints(deps), ForwardEndpoints(deps)]

@@ -83,7 +83,8 @@ class Route:
     response: Any = None            # a type msgspec can encode and describe; None: no body
     status: int = 200
     audit: bool = True              # a successful non-GET call appends an 'api_change' event
-    max_body: int | None = None     # None: api.max_body_bytes
+    max_body: int | Callable[[Any], int] | None = None     # None: api.max_body_bytes; a callable: of the Config
+    reserve: int = 0                # > 0: the body is read under the daemon's memory budget, this many times its size
     produces: str = "application/json"
     alternatives: tuple[str, ...] = ()  # other media types a success may be (text, chosen by a query parameter)
     description: str = ""

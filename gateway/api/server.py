@@ -31,6 +31,8 @@ from aiohttp import web
 from ..config import Config, split_hostport
 from ..errors import StartupError
 from ..lifecycle import Component, Listener, format_address
+from ..budget import ByteBudget
+from ..submission.data import COPIES, Reservation, refusal as data_refusal, Outcome
 from ..submission.ratelimit import RateLimiter
 from .docs import Docs
 from .keys import KeyChecker
@@ -50,6 +52,8 @@ AUTH_FAILURE_BURST = 5.0
 MAX_BLOCKED = 100_000
 # Locks of objects being changed, by (tenant, path): If-Match's check and the change run under one.
 MAX_LOCKS = 10000
+# A body read under the memory budget (_read_reserved): given back when its request ends.
+RESERVATION = web.RequestKey("reservation", Reservation)
 
 
 def problem_response(problem: ApiProblem, instance: str = "") -> web.Response:
@@ -58,6 +62,12 @@ def problem_response(problem: ApiProblem, instance: str = "") -> web.Response:
         body = msgspec.structs.replace(body, instance=instance)
     return web.Response(body=msgspec.json.encode(body), status=problem.status, content_type=PROBLEM_TYPE,
                         headers=problem.headers())
+
+
+def no_memory() -> ApiProblem:
+    err = data_refusal(Outcome.NO_MEMORY)
+    return ApiProblem(503, "insufficient-resources", "The gateway has no room for the message now", err.public,
+                      smtp=err.reply, retry_after=30)
 
 
 def _list_fields(model: type | None) -> frozenset[str]:
@@ -122,8 +132,10 @@ async def _harden(request: web.Request, response: web.StreamResponse) -> None:
 class ApiServer(Component):
     name = "api"
 
-    def __init__(self, config: Callable[[], Config], store: Any, routes: list[Route], metrics: Any, *, tls: Any = None):
+    def __init__(self, config: Callable[[], Config], store: Any, routes: list[Route], metrics: Any, *, tls: Any = None,
+                 budget: ByteBudget | None = None):
         self.config = config
+        self.budget = budget     # the daemon's in-flight memory budget: routes with ``reserve`` read their bodies under it
         self.store = store
         self.routes = routes
         self.metrics = metrics
@@ -147,7 +159,7 @@ class ApiServer(Component):
     def app(self) -> web.Application:
         # The body limit of the send route is its own (checked before reading); aiohttp's own cap is
         # the largest any route takes, so a body past every route's limit is never read at all.
-        largest = max([self.config().api.max_body_bytes, *[r.max_body or 0 for r in self.routes]])
+        largest = max([self.config().api.max_body_bytes, *[self._limit(r) for r in self.routes]])
         app = web.Application(client_max_size=largest, middlewares=[self._guard])
         app.on_response_prepare.append(_harden)
         app.router.add_get("/v1/openapi.json", self._openapi)
@@ -303,6 +315,14 @@ class ApiServer(Component):
                              f"this key may make {caller.rate_limit:g} requests a second", retry_after=wait)
         if not caller.may(route.permission):
             raise forbidden(route.permission, caller.role)
+        try:
+            return await self._call(route, request, caller, client)
+        finally:
+            reservation = request.get(RESERVATION)   # a body read under the memory budget (_read_reserved)
+            if reservation is not None:
+                reservation.release()
+
+    async def _call(self, route: Route, request: web.Request, caller: Caller, client: str) -> web.StreamResponse:
         params = self._params(request)
         query = self._query(route, request)
         body, content_type = await self._body(route, request)
@@ -369,10 +389,15 @@ class ApiServer(Component):
         except msgspec.ValidationError as exc:
             raise from_validation(exc, "query") from None
 
+    def _limit(self, route: Route) -> int:
+        if callable(route.max_body):
+            return route.max_body(self.config())
+        return route.max_body or self.config().api.max_body_bytes
+
     async def _body(self, route: Route, request: web.Request) -> tuple[Any, str]:
         if route.body is None and not route.raw:
             return None, ""
-        limit = route.max_body or self.config().api.max_body_bytes
+        limit = self._limit(route)
         if request.content_length is not None and request.content_length > limit:
             raise invalid(f"the request body is larger than {limit} bytes", None, 413)
         media = request.content_type
@@ -380,9 +405,12 @@ class ApiServer(Component):
             takes = ([JSON] if route.body is not None else []) + list(route.raw)
             raise invalid(f"send the body as {' or '.join(takes)}, not {media or 'nothing'}", "body", 415)
         try:
-            # A body trickled in a byte at a time would hold its in-flight slot for ever.
+            # A body trickled in a byte at a time would hold its in-flight slot (and its reservation) for ever.
             async with asyncio.timeout(self.config().api.body_timeout):
-                data = await request.read()
+                if route.reserve and self.budget is not None:
+                    data = await self._read_reserved(route, request, limit)
+                else:
+                    data = await request.read()
         except TimeoutError:
             raise invalid(f"the request body did not arrive within {self.config().api.body_timeout:g} s", "body", 408) from None
         if len(data) > limit:
@@ -397,6 +425,27 @@ class ApiServer(Component):
             raise invalid(f"the body is not JSON: {exc}", "body", 400) from None
         except RecursionError:      # msgspec's guard against [[[[...]]]]: a refusal, not a crash
             raise invalid("the body's JSON is nested too deeply", "body", 400) from None
+
+    async def _read_reserved(self, route: Route, request: web.Request, limit: int) -> bytes:
+        """The body, read while the memory budget covers ``route.reserve`` times what has arrived (as
+        submission's DATA, submission/data.py); past the budget 503 + Retry-After, as SMTP's 452 4.3.1.
+        The reservation is given back when the request ends (``_serve``)."""
+        reservation = Reservation(self.budget)
+        request[RESERVATION] = reservation
+        declared = request.content_length
+        if declared is not None and not reservation.cover(route.reserve * declared // COPIES):
+            raise no_memory()
+        if declared is not None:
+            return await request.read()   # covered already; aiohttp stops at client_max_size
+        chunks, size = [], 0
+        async for chunk in request.content.iter_chunked(1 << 16):
+            size += len(chunk)
+            if size > limit:
+                raise invalid(f"the request body is larger than {limit} bytes", None, 413)
+            if not reservation.cover(route.reserve * size // COPIES):
+                raise no_memory()
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     def _encode(self, route: Route, result: Any) -> tuple[bytes, int, dict[str, str], str]:
         reply = result if isinstance(result, Reply) else Reply(body=result)
