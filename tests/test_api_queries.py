@@ -7,9 +7,11 @@ complaint (ARF) and an unsubscribe (mailto) sent to the daemon's own MX listener
 
 from __future__ import annotations
 
+import base64
 import datetime
 import re
 
+from gateway.store.queue import NewMessage, QueueIds
 from tests.support.api import api_client, api_key
 from tests.support.daemon import running_daemon
 from tests.support.delivery import delivering_daemon, publish_mx, wait_events
@@ -20,6 +22,7 @@ from tests.test_outbound_e2e import raw_message, submit
 from tests.test_unsubscribe_e2e import fields_of
 
 PROBLEM = "urn:gateway:problem:"
+_ids = QueueIds()
 
 
 async def pages(api, path: str, params: list[tuple[str, str]]) -> list[dict]:
@@ -95,6 +98,7 @@ async def test_status_list_events_and_stats_of_a_real_flow(tmp_path, dns_server)
                     status, body, _ = await api.get(f"/v1/messages/{qid}")
                 assert status == 404 and body["type"] == PROBLEM + "not-found"
             async with api_client(d, owner) as api:
+                assert (await api.get(f"/v1/messages/{qid}", headers={"If-None-Match": headers["ETag"]}))[0] == 304
                 assert (await api.get("/v1/messages/not-a-queue-id"))[0] == 404
                 assert (await api.get("/v1/messages/0123456789abcdef"))[0] == 404
 
@@ -107,6 +111,8 @@ async def test_status_list_events_and_stats_of_a_real_flow(tmp_path, dns_server)
                 assert listed[2]["counts"]["bounced"] == 1 and listed[2]["recipients"] == 4 and listed[1]["mail_from"] == ""
                 assert [m["queue_id"] for m in await pages(api, "/v1/messages", [("state", "bounced")])] == [qid]
                 assert await pages(api, "/v1/messages", [("usecase", "alerts")]) == []
+                assert [m["queue_id"] for m in await pages(api, "/v1/messages", [("recipient", "Eve@Dest.test")])] == [qid]
+                assert [m["queue_id"] for m in await pages(api, "/v1/messages", [("recipient", "bob@dest.test")])] == [second, qid]
                 assert await pages(api, "/v1/messages", [("since", str(listed[0]["created_at"] + 1))]) == []
                 status, body, _ = await api.get("/v1/messages", params={"usecase": "nope"})
                 assert status == 422 and body["field"] == "query.usecase"
@@ -163,6 +169,7 @@ async def test_status_list_events_and_stats_of_a_real_flow(tmp_path, dns_server)
                 assert (await api.get("/v1/stats", params={"from": "2020-01-01", "to": "2020-01-31"}))[1]["data"] == []
                 assert (await api.get("/v1/stats", params={"from": "2020-01-01", "to": "2026-01-31"}))[0] == 422
                 assert (await api.get("/v1/stats", params={"from": "2020-02-30"}))[0] == 422
+                assert (await api.get("/v1/stats", params={"to": "0001-01-05"}))[1]["data"] == []
             async with api_client(d, stranger) as api:
                 assert (await api.get("/v1/stats"))[1]["data"] == []
             async with api_client(d, agent) as api:
@@ -179,14 +186,18 @@ async def test_status_list_events_and_stats_of_a_real_flow(tmp_path, dns_server)
             assert any("events_usecase" in p or "events_tenant" in p for p in plans["events_usecase"]), plans
 
 
+# Past the service's 1 MiB piece, so the raw message and the photo each stream in several.
+PHOTO = bytes(range(256)) * 10000
 MULTIPART = (
     "From: Customer <customer@example.org>\r\nTo: help@support.test\r\nSubject: Broken part\r\n"
-    "Message-ID: <c1@example.org>\r\nDate: Tue, 1 Dec 2026 10:00:00 +0000\r\nMIME-Version: 1.0\r\n"
-    'Content-Type: multipart/mixed; boundary="zz"\r\n\r\n'
+    "Message-ID: <c1@example.org>\r\nIn-Reply-To: <order-1@support.test>\r\nDate: Tue, 1 Dec 2026 10:00:00 +0000\r\n"
+    'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="zz"\r\n\r\n'
     "--zz\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nThe part arrived broken, photo attached.\r\n"
     "--zz\r\nContent-Type: text/html; name=\"evil page.html\"\r\nContent-Disposition: attachment; filename=\"evil page.html\"\r\n"
     "Content-Transfer-Encoding: base64\r\n\r\nPHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==\r\n"
-    "--zz--\r\n").encode()
+    "--zz\r\nContent-Type: image/jpeg\r\nContent-Disposition: attachment; filename=\"photo.jpg\"\r\n"
+    "Content-Transfer-Encoding: base64\r\n\r\n" + base64.encodebytes(PHOTO).decode().replace("\n", "\r\n")
+    + "--zz--\r\n").encode()
 
 
 async def test_inbox_message_raw_attachment_and_thread(tmp_path):
@@ -194,7 +205,12 @@ async def test_inbox_message_raw_attachment_and_thread(tmp_path):
         await d.call("tenant.add", name="acme")
         await d.call("tenant.add", name="globex")
         tenant_id = (await d.store.tenants.get("acme"))["id"]
-        await receiving_domain(d.store, tenant_id, "support.test", catchall=True, usecase="support")
+        domain = await receiving_domain(d.store, tenant_id, "support.test", catchall=True, usecase="support")
+        # The order confirmation the customer answers: an outbound message of the thread.
+        out = _ids.new()
+        await d.store.queue.put(NewMessage(queue_id=out, tenant_id=tenant_id, usecase_id=domain.usecase_id, mail_from="help@support.test",
+                                           message_id="order-1@support.test", body=b"Subject: your order\r\n\r\nshipped\r\n",
+                                           recipients=["customer@example.org"]))
         inbound_id = await send_to_mx(d, "help@support.test", MULTIPART, mail_from="customer@example.org")
         row = await processed(d, inbound_id)
         assert row["state"] == "processed", row
@@ -202,13 +218,18 @@ async def test_inbox_message_raw_attachment_and_thread(tmp_path):
         stranger = await api_key(d, "globex", "owner")
         async with api_client(d, agent) as api:
             [item] = await pages(api, "/v1/inbox", [])
-            assert item["inbound_id"] == inbound_id and item["attachments"] == 1 and item["subject"] == "Broken part"
+            assert item["inbound_id"] == inbound_id and item["attachments"] == 2 and item["subject"] == "Broken part"
+            assert item["kind"] == "reply" and item["thread_id"] == "order-1@support.test"
             assert await pages(api, "/v1/inbox", [("kind", "arf")]) == []
+            assert [i["inbound_id"] for i in await pages(api, "/v1/inbox", [("thread", "order-1@support.test")])] == [inbound_id]
+            assert await pages(api, "/v1/inbox", [("thread", "another@support.test")]) == []
             status, body, _ = await api.get(f"/v1/inbox/{inbound_id}")
             assert status == 200, body
             assert body["from"] == "customer@example.org" and body["usecase"] == "support"
-            assert "photo attached" in body["text"] and body["thread_id"] == "c1@example.org"
-            [att] = body["attachments"]
+            assert "photo attached" in body["text"] and body["thread_id"] == "order-1@support.test"
+            assert body["parent"] == "order-1@support.test" and body["in_reply_to"] == "order-1@support.test"
+            att, photo = body["attachments"]
+            assert (photo["filename"], photo["content_type"], photo["size"]) == ("photo.jpg", "image/jpeg", len(PHOTO))
             assert att["url"] == f"/v1/inbox/{inbound_id}/attachments/0" and "sha256" not in att
             status, raw, headers = await api.get(f"/v1/inbox/{inbound_id}/raw")
             assert status == 200 and headers["Content-Type"] == "message/rfc822"
@@ -219,16 +240,19 @@ async def test_inbox_message_raw_attachment_and_thread(tmp_path):
                 assert headers["Content-Disposition"].startswith("attachment; filename=")
                 assert "/" not in headers["Content-Disposition"].split(";")[1] and headers["X-Content-Type-Options"] == "nosniff"
                 assert "sandbox" in headers["Content-Security-Policy"]
+            status, data, headers = await api.get(f"/v1/inbox/{inbound_id}/attachments/1")
+            assert status == 200 and data == PHOTO and headers["Content-Type"] == "image/jpeg"
             assert (await api.get(f"/v1/inbox/{inbound_id}/attachments/7"))[0] == 404
-            status, thread, _ = await api.get("/v1/threads/c1@example.org")
-            assert status == 200 and [(e["direction"], e["id"]) for e in thread["entries"]] == [("in", inbound_id)]
-            assert (await api.get("/v1/threads/<c1@example.org>"))[1]["entries"] == thread["entries"]
+            status, thread, _ = await api.get("/v1/threads/order-1@support.test")
+            assert status == 200 and [(e["direction"], e["id"]) for e in thread["entries"]] == [("out", out), ("in", inbound_id)]
+            assert thread["entries"][0]["from"] == "help@support.test" and thread["entries"][1]["from"] == "customer@example.org"
+            assert (await api.get("/v1/threads/<order-1@support.test>"))[1]["entries"] == thread["entries"]
             assert (await api.get("/v1/threads/nothing@example.org"))[0] == 404
             assert (await api.get("/v1/inbox/NOT-AN-ID"))[0] == 404
         async with api_client(d, stranger) as api:
             assert await pages(api, "/v1/inbox", []) == []
             for path in (f"/v1/inbox/{inbound_id}", f"/v1/inbox/{inbound_id}/raw", f"/v1/inbox/{inbound_id}/attachments/0",
-                         "/v1/threads/c1@example.org"):
+                         "/v1/threads/order-1@support.test"):
                 status, body, _ = await api.get(path)
                 assert status == 404 and body["type"] == PROBLEM + "not-found", path
         async with api_client(d, sender) as api:

@@ -139,15 +139,18 @@ async def _stream(call: Call, first: bytes, size: int, more: Any, headers: dict[
     response = web.StreamResponse(status=200, headers=headers)
     response.content_length = size
     await response.prepare(call.request)
-    await response.write(first)
-    sent = len(first)
-    while sent < size:
-        piece = await more(sent)
-        if not piece:
-            break   # shrank meanwhile (retention): the client sees a short body against Content-Length
-        await response.write(piece)
-        sent += len(piece)
-    await response.write_eof()
+    try:
+        await response.write(first)
+        sent = len(first)
+        while sent < size:
+            piece = await more(sent)
+            if not piece:
+                break   # shrank meanwhile (retention): the client sees a short body against Content-Length
+            await response.write(piece)
+            sent += len(piece)
+        await response.write_eof()
+    except ConnectionError:
+        pass        # the client went away: nothing to answer, and nothing went wrong here
     return response
 
 
@@ -197,7 +200,7 @@ class InboxEndpoints:
                               "Content-Disposition": content_disposition(f"{inbound_id}.eml")})
 
     @api_route("GET", "/v1/inbox/{inbound_id}/attachments/{attachment}", permission="inbox.read",
-               produces="application/octet-stream",
+               produces="*/*",   # the attachment's own type (or application/octet-stream)
                summary="One attachment's bytes, as a download (named by filename or, when none has that name, by position)")
     async def attachment(self, call: Call) -> web.StreamResponse:
         inbound_id = _inbound_id(call)

@@ -1,8 +1,9 @@
 """Outbound messages as a tenant reads them: the list, and one message's status per recipient with
 every attempt and the message's events (GET /v1/messages, GET /v1/messages/{queue_id}).
 
-The status is ``queue.show``, the service behind `gateway queue show`, scoped here: a message of
-another tenant, or of another use case for a sender key, is not found. Sending is sending.py.
+The status is what `gateway queue show` prints (store.queue's read) with the message's events, read
+in one snapshot and scoped in the store: a message of another tenant, or of another use case for a
+sender key, is not found. Sending is sending.py.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ UsecaseName = Annotated[str, msgspec.Meta(min_length=1, max_length=64, descripti
 class MessageQuery(Paging, forbid_unknown_fields=True, kw_only=True):
     usecase: UsecaseName | None = None
     state: Annotated[Literal[STATES], msgspec.Meta(description="messages with a recipient in this state")] | None = None  # type: ignore[valid-type]
+    recipient: Annotated[str, msgspec.Meta(min_length=1, max_length=320, description="messages to this address (any case)")] | None = None
     since: Annotated[Timestamp, msgspec.Meta(description="created at or after (Unix time)")] | None = None
     until: Annotated[Timestamp, msgspec.Meta(description="created before (Unix time)")] | None = None
 
@@ -105,11 +107,13 @@ class MessageEndpoints:
 
     @api_route("GET", "/v1/messages", permission="messages.read", query=MessageQuery, response=Page[MessageSummary],
                summary="The tenant's outbound messages, newest first (a sender key: its use case's)",
-               description="Each message with its recipients counted by state; `state` is the least finished of them.")
+               description="Each message with its recipients counted by state; `state` is the least finished of them."
+                           " With `state` or `recipient` a page looks at a bounded number of messages: it may hold fewer"
+                           " than `limit` and still have a `next_cursor`.")
     async def list(self, call: Call) -> Page[MessageSummary]:
         q = call.query
         narrowed = await usecase_id(self.deps.store, call.caller, q.usecase)
-        rows, more = await self.deps.store.messages.page(call.caller.tenant_id, usecase_id=narrowed, state=q.state, since=q.since,
+        rows, more = await self.deps.store.messages.page(call.caller.tenant_id, usecase_id=narrowed, state=q.state, recipient=q.recipient, since=q.since,
                                                          until=q.until, cursor=cursor_id(decode_cursor(q.cursor)), limit=q.limit)
         return Page(data=rows, next_cursor=encode_cursor(more) if more is not None else None)
 
@@ -120,13 +124,11 @@ class MessageEndpoints:
         queue_id = call.params["queue_id"].lower()
         if not QUEUE_ID.match(queue_id):
             raise not_found(f"no message {queue_id[:40]}")
-        message = await self.deps.methods["queue.show"](queue_id=queue_id)   # NotFound when unknown
         caller = call.caller
-        if (message["tenant_id"] != caller.tenant_id
-                or (caller.usecase_id is not None and message["usecase_id"] != caller.usecase_id)):
+        message = await self.deps.store.messages.status(queue_id, caller.tenant_id, usecase_id=caller.usecase_id, events=STATUS_EVENTS)
+        if message is None:
             raise not_found(f"no message {queue_id}")
         for r in message["recipients"]:
             if r["state"] not in ("pending", "deferred"):
                 r["next_attempt_at"] = None
-        events = await self.deps.store.events.of_subject(caller.tenant_id, queue_id, STATUS_EVENTS)
-        return {**message, "state": _state(message["recipients"]), "events": [event_view(e) for e in events]}
+        return {**message, "state": _state(message["recipients"]), "events": [event_view(e) for e in message["events"]]}

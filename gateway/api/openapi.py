@@ -89,6 +89,8 @@ def _operation(r: Route, refs: dict[Any, dict[str, Any]], item_paths: set[str]) 
     success: dict[str, Any] = {"description": r.summary}
     if r.response is not None:
         success["content"] = {r.produces: {"schema": refs[r.response]}, **{m: {"schema": {"type": "string"}} for m in r.alternatives}}
+    elif r.produces != "application/json":   # bytes streamed by the endpoint (an .eml, an attachment)
+        success["content"] = {r.produces: {"schema": {"type": "string", "format": "binary"}}}
     responses: dict[str, Any] = {str(r.status): success}
     if r.method == "GET":
         responses["304"] = {"description": "Not modified (If-None-Match named the current ETag)."}

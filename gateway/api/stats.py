@@ -69,7 +69,7 @@ class StatsEndpoints:
     async def read(self, call: Call) -> Page[DayStats]:
         q = call.query
         last = q.to or datetime.datetime.now(datetime.timezone.utc).date()
-        first = q.from_ or last - datetime.timedelta(days=DEFAULT_DAYS - 1)
+        first = q.from_ or max(datetime.date.min + datetime.timedelta(days=DEFAULT_DAYS - 1), last) - datetime.timedelta(days=DEFAULT_DAYS - 1)
         if first > last:
             raise invalid("`from` is after `to`", "query.from")
         if (last - first).days >= MAX_DAYS:

@@ -2,8 +2,8 @@
 ``messages`` table newest first, each with its recipients counted by state.
 
 Every read takes the tenant; a use case narrows further (a sender key's). Pages walk
-``messages_tenant`` / ``messages_usecase`` (migration 0025) by id; a state filter, which no index
-answers, looks at most keyset.SCAN messages a page. One message's whole status (recipients,
+``messages_tenant`` / ``messages_usecase`` (migration 0025) by id; a state or recipient filter,
+which no index answers, looks at most keyset.SCAN messages a page. One message's whole status (recipients,
 attempts) is ``store.queue.show``.
 """
 
@@ -14,8 +14,8 @@ from typing import Any
 
 from . import keyset
 from .db import Database
-from .events import SUBJECT_SQL
-from .queue import STATES, state_of
+from .events import SUBJECT_SQL, _of_subject
+from .queue import STATES, _show, state_of
 
 
 def _select(where: list[str]) -> str:
@@ -23,8 +23,8 @@ def _select(where: list[str]) -> str:
             f" FROM messages m LEFT JOIN usecases u ON u.id = m.usecase_id WHERE {' AND '.join(where)} ORDER BY m.id DESC LIMIT ?")
 
 
-def _page(conn: sqlite3.Connection, tenant_id: int, usecase_id: int | None, state: str | None, since: float | None,
-          until: float | None, cursor: int | None, limit: int) -> tuple[list[dict[str, Any]], int | None]:
+def _page(conn: sqlite3.Connection, tenant_id: int, usecase_id: int | None, state: str | None, recipient: str | None,
+          since: float | None, until: float | None, cursor: int | None, limit: int) -> tuple[list[dict[str, Any]], int | None]:
     lo, hi = keyset.id_range(conn, "messages", since, until, cursor, newest=True)
     where, args = ["m.tenant_id = ?", "m.id > ?", "m.deleting = 0"], [tenant_id, lo]
     if hi is not None:
@@ -34,13 +34,15 @@ def _page(conn: sqlite3.Connection, tenant_id: int, usecase_id: int | None, stat
         where.append("m.usecase_id = ?")
         args.append(usecase_id)
     edge = None
-    if state is not None:
+    if state is not None or recipient is not None:
         edge = keyset.edge(conn, f"FROM messages m WHERE {' AND '.join(where)}", args, "m.id", newest=True)
         if edge is not None:
             where.append("m.id >= ?")
             args.append(edge)
-        where.append("EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id AND r.state = ?)")
-        args.append(state)
+        for column, value in (("r.state = ?", state), ("r.rcpt = ? COLLATE NOCASE", recipient)):
+            if value is not None:
+                where.append(f"EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id AND {column})")
+                args.append(value)
     rows = [dict(r) for r in conn.execute(_select(where), (*args, limit + 1))]
     more = len(rows) > limit
     rows = rows[:limit]
@@ -60,6 +62,14 @@ def _page(conn: sqlite3.Connection, tenant_id: int, usecase_id: int | None, stat
     return rows, edge
 
 
+def _status(conn: sqlite3.Connection, queue_id: str, tenant_id: int, usecase_id: int | None, events: int) -> dict[str, Any] | None:
+    message = _show(conn, queue_id)
+    if message is None or message["tenant_id"] != tenant_id or (usecase_id is not None and message["usecase_id"] != usecase_id):
+        return None
+    message["events"] = _of_subject(conn, tenant_id, queue_id, events)
+    return message
+
+
 def _explain(conn: sqlite3.Connection, sql: str, args: tuple[Any, ...]) -> list[str]:
     return [r[-1] for r in conn.execute("EXPLAIN QUERY PLAN " + sql, args)]
 
@@ -69,11 +79,18 @@ class Messages:
         self.db = db
 
     async def page(self, tenant_id: int, *, usecase_id: int | None = None, state: str | None = None,
-                   since: float | None = None, until: float | None = None, cursor: int | None = None,
-                   limit: int = 100) -> tuple[list[dict[str, Any]], int | None]:
-        """Messages newest first (created in [since, until), with a recipient in ``state``), below the
-        row id ``cursor``; and the id the next page starts below (None: no more)."""
-        return await self.db.read(_page, tenant_id, usecase_id, state, since, until, cursor, limit)
+                   recipient: str | None = None, since: float | None = None, until: float | None = None,
+                   cursor: int | None = None, limit: int = 100) -> tuple[list[dict[str, Any]], int | None]:
+        """Messages newest first (created in [since, until), with a recipient in ``state``, to
+        ``recipient`` in any case), below the row id ``cursor``; and the id the next page starts below
+        (None: no more). With ``state`` or ``recipient`` a page looks at most keyset.SCAN messages."""
+        return await self.db.read(_page, tenant_id, usecase_id, state, recipient, since, until, cursor, limit)
+
+    async def status(self, queue_id: str, tenant_id: int, *, usecase_id: int | None = None,
+                     events: int = 100) -> dict[str, Any] | None:
+        """``store.queue.show``'s message with its newest ``events`` events, from one snapshot (one hop to
+        a reader: the hop costs more than the reads); None unless it is the tenant's (and the use case's)."""
+        return await self.db.read(_status, queue_id, tenant_id, usecase_id, events)
 
     async def plans(self, tenant_id: int, usecase_id: int, queue_id: str) -> dict[str, list[str]]:
         """EXPLAIN QUERY PLAN of the reads a status page and a message list make (tests check the indexes)."""
