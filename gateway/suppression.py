@@ -110,6 +110,10 @@ def feedback(state: str, kind: str, rcpt: str, queue_id: str, *, soft_limit: int
 # The CSV a list is exported as and imported from (`gateway suppression export|import`, the API's
 # /v1/suppressions/export|import): one header row, then one row per entry.
 CSV_FIELDS = ("address", "scope", "reason", "source", "expires_at")
+# Rows of an import per service call, each one write: the writer is the one submission commits
+# through, so a long file goes in short writes that mail acceptance's commits queue between.
+IMPORT_CHUNK = 2000
+EXPORT_PAGE = 5000      # entries an export reads at a time (its memory, whatever the list's size)
 
 
 def csv_row(entry: dict[str, Any]) -> list[str]:

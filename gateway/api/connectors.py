@@ -12,8 +12,10 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from .. import validate
 from .endpoints import Deps
 from .paging import Page, Paging, after, page
+from .problems import not_found
 from .routes import Call, api_route
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=63, pattern="^[a-z0-9][a-z0-9_-]*$",
@@ -179,6 +181,14 @@ def given(body: msgspec.Struct) -> tuple[dict[str, Any], list[str]]:
     return {k: v for k, v in fields.items() if v is not None}, sorted(k for k, v in fields.items() if v is None)
 
 
+def named(call: Call) -> str:
+    """The path's connector name; one no connector can have is not found (the service would call it invalid)."""
+    name = call.params["connector"]
+    if len(name) > validate.MAX_NAME or not validate.NAME.match(name):
+        raise not_found("no such connector")
+    return name
+
+
 class ConnectorEndpoints:
     def __init__(self, deps: Deps):
         self.deps = deps
@@ -193,7 +203,7 @@ class ConnectorEndpoints:
     @api_route("GET", "/v1/connectors/{connector}", permission="connectors.read", response=Connector,
                summary="One connector: settings, whether secrets are set, the mailbox's poll status")
     async def show(self, call: Call) -> dict[str, Any]:
-        return shown(await self.deps.methods["connector.show"](tenant=call.caller.tenant, name=call.params["connector"]))
+        return shown(await self.deps.methods["connector.show"](tenant=call.caller.tenant, name=named(call)))
 
     @api_route("POST", "/v1/connectors", permission="connectors.write", body=ConnectorAdd, response=Connector, status=201,
                summary="Add a connector (smtp, sendgrid; imap or pop3 for a polled mailbox)")
@@ -204,28 +214,28 @@ class ConnectorEndpoints:
                summary="Change a connector's outgoing settings, secret or enabled state")
     async def update(self, call: Call) -> dict[str, Any]:
         values, unset = given(call.body)
-        return shown(await self.deps.methods["connector.update"](tenant=call.caller.tenant, name=call.params["connector"],
+        return shown(await self.deps.methods["connector.update"](tenant=call.caller.tenant, name=named(call),
                                                                  unset=unset, **values))
 
     @api_route("PUT", "/v1/connectors/{connector}/incoming", permission="connectors.write", body=IncomingChange,
                response=Connector, summary="Set the connector's polled mailbox (IMAP or POP3)")
     async def incoming(self, call: Call) -> dict[str, Any]:
         values, unset = given(call.body)
-        return shown(await self.deps.methods["connector.incoming"](tenant=call.caller.tenant, name=call.params["connector"],
+        return shown(await self.deps.methods["connector.incoming"](tenant=call.caller.tenant, name=named(call),
                                                                    unset=unset, **values))
 
     @api_route("DELETE", "/v1/connectors/{connector}/incoming", permission="connectors.write", response=Connector,
                summary="Stop polling: remove the mailbox settings and password of an smtp or sendgrid connector")
     async def remove_incoming(self, call: Call) -> dict[str, Any]:
-        return shown(await self.deps.methods["connector.incoming"](tenant=call.caller.tenant, name=call.params["connector"],
+        return shown(await self.deps.methods["connector.incoming"](tenant=call.caller.tenant, name=named(call),
                                                                    remove=True))
 
     @api_route("POST", "/v1/connectors/{connector}/test", permission="connectors.write", response=ConnectorTest,
                summary="Connect now, outgoing and incoming, and report each step (secrets redacted)")
     async def test(self, call: Call) -> dict[str, Any]:
-        return await self.deps.methods["connector.test"](tenant=call.caller.tenant, name=call.params["connector"])
+        return await self.deps.methods["connector.test"](tenant=call.caller.tenant, name=named(call))
 
     @api_route("DELETE", "/v1/connectors/{connector}", permission="connectors.write", response=Connector,
                summary="Delete a connector (409 while a use case routes through it)")
     async def delete(self, call: Call) -> dict[str, Any]:
-        return shown(await self.deps.methods["connector.delete"](tenant=call.caller.tenant, name=call.params["connector"]))
+        return shown(await self.deps.methods["connector.delete"](tenant=call.caller.tenant, name=named(call)))

@@ -61,7 +61,7 @@ def after(cursor: str | None, default: Any) -> Any:
     """The sort key a cursor carries, of ``default``'s type (a name, an id); ``default`` without a
     cursor; a cursor of another shape is a 400 naming query.cursor (an id cursor on a name list)."""
     key = decode_cursor(cursor, default)
-    if type(key) is not type(default):
+    if type(key) is not type(default) or (isinstance(key, int) and not -(1 << 63) <= key < 1 << 63):   # SQLite's integers
         raise invalid("cursor is not one this list gave", "query.cursor", 400)
     return key
 

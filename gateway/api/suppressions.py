@@ -18,8 +18,8 @@ import structlog
 from aiohttp import web
 
 from ..errors import InvalidArgument, NotFound
-from ..services.suppressions import MAX_EXPIRY, MAX_IMPORT_ROWS
-from ..suppression import CSV_FIELDS, MAX_ADDRESS, csv_row
+from ..services.suppressions import MAX_EXPIRY
+from ..suppression import CSV_FIELDS, EXPORT_PAGE, IMPORT_CHUNK, MAX_ADDRESS, csv_row
 from .endpoints import Deps
 from .paging import Page, Paging, after, page
 from .problems import invalid, not_found
@@ -30,7 +30,6 @@ log = structlog.get_logger("api")
 IMPORT_BYTES = 8 * 1024 * 1024      # one import's CSV body
 IMPORT_ROWS = 100_000               # data rows of one import (a longer list: several imports)
 MAX_REFUSED_SHOWN = 1000            # refused rows named in the answer; refused_count counts them all
-EXPORT_PAGE = 5000                  # entries read per page of an export
 
 Address = Annotated[str, msgspec.Meta(min_length=3, max_length=MAX_ADDRESS, description="an email address (stored lower-cased)")]
 Scope = Annotated[str, msgspec.Meta(min_length=1, max_length=330, pattern="^(tenant|marketing|domain:.+|usecase:.+)$", description=(
@@ -178,8 +177,8 @@ class SuppressionEndpoints:
     async def import_csv(self, call: Call) -> dict[str, Any]:
         header, *rows = _rows(call.body)
         total: dict[str, Any] = {"added": 0, "updated": 0, "refused": [], "refused_count": 0}
-        for start in range(0, len(rows), MAX_IMPORT_ROWS):
-            done = await self._scoped("suppression.import", tenant=call.caller.tenant, rows=[header, *rows[start:start + MAX_IMPORT_ROWS]],
+        for start in range(0, len(rows), IMPORT_CHUNK):
+            done = await self._scoped("suppression.import", tenant=call.caller.tenant, rows=[header, *rows[start:start + IMPORT_CHUNK]],
                                       scope=call.query.scope, source="api", first_line=2 + start)
             total["added"] += done["added"]
             total["updated"] += done["updated"]

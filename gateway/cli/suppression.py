@@ -7,14 +7,12 @@ import sys
 
 import click
 
-from ..suppression import CSV_FIELDS, csv_row
+from ..suppression import CSV_FIELDS, EXPORT_PAGE, IMPORT_CHUNK, csv_row
 from .output import current_admin, details, emit_json, format_time, json_option, table
 
 COLUMNS = ["address", "scope", "reason", "source", "created_at", "expires_at"]
 SCOPE_HELP = "tenant, marketing, domain:NAME or usecase:NAME."
-IMPORT_CHUNK = 2000     # rows per admin call, and at most IMPORT_BYTES of CSV: admin.max_request_bytes bounds a request
-IMPORT_BYTES = 256 * 1024
-EXPORT_PAGE = 5000
+IMPORT_BYTES = 256 * 1024   # CSV per admin call besides IMPORT_CHUNK rows: admin.max_request_bytes bounds a request
 
 
 def _readable(rows: list[dict]) -> list[dict]:

@@ -1,4 +1,4 @@
-"""`gateway webhook add|list|show|test|enable|disable|delete`: a tenant's signed event endpoints."""
+"""`gateway webhook add|list|show|update|test|enable|disable|delete`: a tenant's signed event endpoints."""
 
 from __future__ import annotations
 
@@ -98,6 +98,27 @@ def test(tenant: str, name: str, as_json: bool) -> None:
         click.echo(f"{result['url']}: failed after {_ms(result['latency'])}: {result['error']}")
     if not result["ok"]:
         fail(f"webhook {name} did not answer 2xx", 1)
+
+
+@webhook.command("update")
+@click.argument("tenant")
+@click.argument("name")
+@click.option("--url", metavar="URL", help="POST to this URL from now on (the same checks as add).")
+@click.option("--events", "kinds", metavar="K,K...", help="Event types to send from now on; * for all.")
+@click.option("--usecase", metavar="U", help="Only events of this use case.")
+@click.option("--address", metavar="A", help="Only events of this channel address.")
+@click.option("--unset", multiple=True, type=click.Choice(["usecase", "address"]), help="Drop that narrowing.")
+@json_option
+def update(tenant: str, name: str, url: str | None, kinds: str | None, usecase: str | None, address: str | None,
+           unset: tuple[str, ...], as_json: bool) -> None:
+    """Change an endpoint's URL, events or narrowing (the signing secret stays)."""
+    ep = current_admin().call("webhook.update", tenant=tenant, name=name, url=url, events=_kinds(kinds) if kinds else None,
+                              usecase=usecase, address=address, unset=list(unset))
+    if as_json:
+        emit_json(ep)
+        return
+    only = "".join(f", {k} {ep[k]}" for k in ("usecase", "address") if ep.get(k))
+    click.echo(f"webhook {name} of {tenant}: {ep['url']} (events: {','.join(ep['events'])}{only})")
 
 
 def _toggle(action: str, verb: str) -> click.Command:

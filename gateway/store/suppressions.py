@@ -62,9 +62,11 @@ def _find(conn: sqlite3.Connection, tenant_id: int, address: str, scopes: Sequen
 def _list(conn: sqlite3.Connection, tenant_id: int, address: str | None, after_id: int, limit: int,
           scope: Scope | None = None, reason: str | None = None) -> list[dict[str, Any]]:
     """A page in id order; each filter is a prefix of an index (migrations 0011, 0027): no scan."""
-    where, args = ["tenant_id = ?", "id > ?"], [tenant_id, after_id]
+    where, args, order = ["tenant_id = ?", "id > ?"], [tenant_id, after_id], "id"
     if address is not None:
-        where.append("address = ?")
+        # One address has an entry per scope at most: its rows come from the unique index and are
+        # sorted, not found by walking the tenant's whole list in id order (what "+" prevents).
+        where, order = ["tenant_id = ?", "+id > ?", "address = ?"], "+id"
         args.append(address)
     if scope is not None:
         where += ["scope = ?", "scope_id = ?"]
@@ -74,7 +76,7 @@ def _list(conn: sqlite3.Connection, tenant_id: int, address: str | None, after_i
         args.append(reason)
     return [dict(r) for r in conn.execute(
         "SELECT id, tenant_id, scope, scope_id, address, reason, source, created_at, updated_at, expires_at FROM suppressions"
-        f" WHERE {' AND '.join(where)} ORDER BY id LIMIT ?", (*args, limit))]
+        f" WHERE {' AND '.join(where)} ORDER BY {order} LIMIT ?", (*args, limit))]
 
 
 _COLUMNS = "id, tenant_id, scope, scope_id, address, reason, source, created_at, updated_at, expires_at"
