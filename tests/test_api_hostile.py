@@ -5,6 +5,7 @@ floods of bad keys; and the listener over TLS."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 
 import aiohttp
@@ -63,7 +64,8 @@ async def test_bytes_that_are_not_what_they_claim_get_problems_never_a_500(tmp_p
             assert (await api.get("/v1/tenant"))[0] == 200
 
 
-async def test_huge_headers_are_refused_and_the_listener_keeps_serving(tmp_path):
+async def test_huge_headers_are_refused_and_the_listener_keeps_serving(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="gateway.api.http")
     async with running_daemon(tmp_path) as d:
         await d.call("tenant.add", name="acme")
         owner = await api_key(d, "acme", "owner")
@@ -75,6 +77,8 @@ async def test_huge_headers_are_refused_and_the_listener_keeps_serving(tmp_path)
         assert answer.split(b" ", 2)[1] in (b"400", b"431"), answer[:200]
         async with api_client(d, owner) as api:
             assert (await api.get("/v1/tenant"))[0] == 200
+    refusals = [r for r in caplog.records if r.name == "gateway.api.http"]
+    assert len(refusals) == 2 and all(r.levelno == logging.INFO and not r.exc_info for r in refusals), refusals
 
 
 async def test_a_trickled_body_gets_408_and_frees_its_slot(tmp_path):

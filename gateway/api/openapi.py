@@ -94,7 +94,9 @@ def _operation(r: Route, refs: dict[Any, dict[str, Any]], item_paths: set[str]) 
     responses: dict[str, Any] = {str(r.status): success}
     if r.method == "GET":
         responses["304"] = {"description": "Not modified (If-None-Match named the current ETag)."}
-    responses["400"] = _problem("Malformed request (bad JSON, an unusable cursor).")
+    responses["400"] = _problem("Malformed request (bad JSON, an unusable cursor). As text/plain: the HTTP parser refused the "
+                                "request line or a header (longer than 8,190 bytes, or not HTTP) before any route saw it.")
+    responses["400"]["content"]["text/plain"] = {"schema": {"type": "string"}}
     responses.update({code: _problem(text) for code, text in COMMON_PROBLEMS.items()})
     if r.params:
         responses["404"] = _problem("No such object in the key's tenant (another tenant's objects are not found either).")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import ipaddress
+import logging
 import math
 import time
 from collections import OrderedDict
@@ -27,6 +28,7 @@ from typing import Any
 import msgspec
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from ..config import Config, split_hostport
 from ..errors import StartupError
@@ -54,6 +56,24 @@ MAX_BLOCKED = 100_000
 MAX_LOCKS = 10000
 # A body read under the memory budget (_read_reserved): given back when its request ends.
 RESERVATION = web.RequestKey("reservation", Reservation)
+
+
+class _Refusals(logging.Filter):
+    """aiohttp logs every request its parser refuses (a URL past 8,190 bytes, bytes that are not HTTP)
+    at ERROR with a traceback: anyone could fill the log with them. They are the client's fault: one
+    line at INFO, without the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg = f"{record.msg}: {type(exc).__name__} {exc.code}"
+            record.exc_info = record.exc_text = None
+        return True
+
+
+PARSER_LOG = logging.getLogger("gateway.api.http")
+PARSER_LOG.addFilter(_Refusals())
 
 
 def problem_response(problem: ApiProblem, instance: str = "") -> web.Response:
@@ -173,7 +193,8 @@ class ApiServer(Component):
         host, port = split_hostport(api.listen)
         # keepalive_timeout runs from the connection's start too: one that sends nothing (or never
         # finishes its headers) is closed after it, not held for aiohttp's default hour.
-        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False, keepalive_timeout=api.idle_timeout)
+        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False, keepalive_timeout=api.idle_timeout,
+                                     logger=PARSER_LOG)
         await self._runner.setup()
         ssl_context = None
         if api.tls:
