@@ -149,3 +149,30 @@ async def test_a_connection_that_sends_nothing_or_half_a_request_is_closed_after
                 assert await reader.read() == b""       # closed by the server
         for _, writer in (silent, half):
             writer.close()
+
+
+async def test_one_address_cannot_take_every_request_slot(tmp_path):
+    async with running_daemon(tmp_path, {"api": {"max_inflight_per_client": 2, "body_timeout": 5.0}}) as d:
+        await d.call("tenant.add", name="acme")
+        owner = await api_key(d, "acme", "owner")
+        stalled = []
+        for _ in range(2):      # two requests from 127.0.0.1 whose bodies never come: both its slots
+            reader, writer = await asyncio.open_connection(*host_port(d))
+            writer.write(b"PUT /v1/tenant/outbound HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + owner.encode()
+                         + b"\r\nContent-Type: application/json\r\nContent-Length: 17\r\n\r\n{")
+            await writer.drain()
+            stalled.append((reader, writer))
+        base = f"http://{d.address('api')}/v1/tenant"
+        headers = {"Authorization": f"Bearer {owner}"}
+        async with aiohttp.ClientSession() as session:
+            async with asyncio.timeout(10):
+                while True:     # until the server has both stalled requests in hand
+                    async with session.get(base, headers=headers) as resp:
+                        if resp.status == 503:
+                            assert (await resp.json(content_type=None))["type"] == PROBLEM + "busy"
+                            break
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))) as session:
+            async with session.get(base, headers=headers) as resp:
+                assert resp.status == 200     # another address is served
+        for _, writer in stalled:
+            writer.close()

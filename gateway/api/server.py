@@ -166,6 +166,7 @@ class ApiServer(Component):
         self._failures = RateLimiter()                        # bad keys, per client address
         self._blocked: OrderedDict[str, float] = OrderedDict()  # client address -> refused until (monotonic)
         self._inflight = 0
+        self._inflight_by_client: dict[str, int] = {}   # only addresses with requests in flight (bounded by max_inflight)
         self._locks: dict[tuple[int, str], asyncio.Lock] = {}
         self._reads = item_reads(routes)
         self._lists = {id(r): (_list_fields(r.query)) for r in routes}
@@ -230,10 +231,15 @@ class ApiServer(Component):
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        """The in-flight bound, and problem bodies for what aiohttp itself refuses (no route, method)."""
-        if self._inflight >= self.config().api.max_inflight:
+        """The in-flight bounds (all clients, and one client address: so one address cannot take every
+        slot), and problem bodies for what aiohttp itself refuses (no route, method)."""
+        api = self.config().api
+        client = self._client(request)
+        mine = self._inflight_by_client.get(client, 0)
+        if self._inflight >= api.max_inflight or mine >= api.max_inflight_per_client:
             return problem_response(ApiProblem(503, "busy", "Too many requests in flight", "try again shortly", retry_after=1))
         self._inflight += 1
+        self._inflight_by_client[client] = mine + 1
         try:
             return await handler(request)
         except web.HTTPNotFound:
@@ -247,6 +253,9 @@ class ApiServer(Component):
             return problem_response(invalid("the request body is too large", None, 413))
         finally:
             self._inflight -= 1
+            left = self._inflight_by_client.pop(client) - 1
+            if left:
+                self._inflight_by_client[client] = left
 
     def _client(self, request: web.Request) -> str:
         peer = request.remote or ""
