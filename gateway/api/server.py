@@ -133,6 +133,18 @@ def checked_numbers(value: Any, where: str) -> Any:
     return value
 
 
+async def _read_chunked(request: web.Request, limit: int) -> bytes:
+    """A body of undeclared length, read up to the route's own limit: request.read() would take up
+    to the largest limit of any route (the send route's) before the route's could be checked."""
+    chunks, size = [], 0
+    async for chunk in request.content.iter_chunked(1 << 16):
+        size += len(chunk)
+        if size > limit:
+            raise invalid(f"the request body is larger than {limit} bytes", None, 413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def _plain(value: Any) -> Any:
     """Structs as dicts, all the way down (lists and dicts walked; rows and other objects left to convert)."""
     if isinstance(value, msgspec.Struct):
@@ -439,8 +451,10 @@ class ApiServer(Component):
             async with asyncio.timeout(self.config().api.body_timeout):
                 if route.reserve and self.budget is not None:
                     data = await self._read_reserved(route, request, limit)
+                elif request.content_length is not None:
+                    data = await request.read()       # declared and within the limit: aiohttp stops there
                 else:
-                    data = await request.read()
+                    data = await _read_chunked(request, limit)
         except TimeoutError:
             raise invalid(f"the request body did not arrive within {self.config().api.body_timeout:g} s", "body", 408) from None
         if len(data) > limit:
