@@ -48,6 +48,9 @@ async def test_bytes_that_are_not_what_they_claim_get_problems_never_a_500(tmp_p
                          b'{"enabled": true, "enabled": 1e999}', b"[" * 50000 + b"]" * 50000):
                 status, problem, _ = await api.request("PUT", "/v1/tenant/outbound", data=body, headers=json_headers)
                 assert status in (400, 422) and problem["type"].startswith(PROBLEM), (body[:40], status, problem)
+            status, problem, _ = await api.request("PUT", "/v1/tenant/outbound", headers=json_headers,
+                                                   data=b'{"' + b"z" * 200_000 + b'": 1}')
+            assert status == 422 and len(problem["detail"]) < 1100     # the detail quotes the field, not all of it
             for path in ("/v1/apikeys/%ff%fe", "/v1/apikeys/%00", "/v1/apikeys/" + "a" * 5000, "/v1/%c0%af"):
                 status, problem, _ = await api.get(path)
                 assert status in (404, 414, 400) and (status == 414 or problem["type"] == PROBLEM + "not-found"), (path, status)
