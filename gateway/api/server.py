@@ -19,7 +19,6 @@ import asyncio
 import errno
 import ipaddress
 import logging
-import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -36,6 +35,7 @@ from ..lifecycle import Component, Listener, format_address
 from ..budget import ByteBudget
 from ..submission.data import COPIES, Reservation, refusal as data_refusal, Outcome
 from ..submission.ratelimit import RateLimiter
+from .decoding import checked_numbers, list_fields, plain, read_chunked
 from .docs import Docs
 from .keys import KeyChecker
 from .openapi import document
@@ -90,72 +90,6 @@ def no_memory() -> ApiProblem:
                       smtp=err.reply, retry_after=30)
 
 
-def _list_fields(model: type | None) -> frozenset[str]:
-    if model is None:
-        return frozenset()
-    info = msgspec.inspect.type_info(model)
-    return frozenset(f.encode_name for f in info.fields if _is_list(f.type))
-
-
-def _is_list(t: Any) -> bool:
-    """Whether a query field takes several values (?type=a&type=b): a list, maybe optional or annotated."""
-    if isinstance(t, msgspec.inspect.Metadata):
-        t = t.type
-    if isinstance(t, msgspec.inspect.UnionType):
-        return any(_is_list(x) for x in t.types)
-    return isinstance(t, msgspec.inspect.ListType)
-
-
-INT64 = 2**63
-
-
-def checked_numbers(value: Any, where: str) -> Any:
-    """``value`` when every number in it is one the store and the services can hold: an integer in
-    64 bits (msgspec takes any size; SQLite would raise OverflowError), a float that is finite (a
-    query's "nan" or "inf" converts). Else a 422 naming where."""
-    if isinstance(value, bool) or value is None or isinstance(value, (str, bytes)):
-        return value
-    if isinstance(value, int):
-        if not -INT64 <= value < INT64:
-            raise invalid("a number is out of range (64-bit integers)", where or None)
-    elif isinstance(value, float):
-        if not math.isfinite(value):
-            raise invalid("a number is not finite", where or None)
-    elif isinstance(value, msgspec.Struct):
-        for name in value.__struct_fields__:
-            checked_numbers(getattr(value, name), f"{where}.{name}" if where else name)
-    elif isinstance(value, dict):
-        for item in value.values():
-            checked_numbers(item, where)
-    elif isinstance(value, (list, tuple, set, frozenset)):
-        for item in value:
-            checked_numbers(item, where)
-    return value
-
-
-async def _read_chunked(request: web.Request, limit: int) -> bytes:
-    """A body of undeclared length, read up to the route's own limit: request.read() would take up
-    to the largest limit of any route (the send route's) before the route's could be checked."""
-    chunks, size = [], 0
-    async for chunk in request.content.iter_chunked(1 << 16):
-        size += len(chunk)
-        if size > limit:
-            raise invalid(f"the request body is larger than {limit} bytes", None, 413)
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _plain(value: Any) -> Any:
-    """Structs as dicts, all the way down (lists and dicts walked; rows and other objects left to convert)."""
-    if isinstance(value, msgspec.Struct):
-        return {name: _plain(getattr(value, attr)) for attr, name in zip(value.__struct_fields__, value.__struct_encode_fields__)}
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
 async def _harden(request: web.Request, response: web.StreamResponse) -> None:
     # Every answer, errors and the docs' files too: no browser guesses a JSON body is HTML.
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
@@ -181,7 +115,7 @@ class ApiServer(Component):
         self._inflight_by_client: dict[str, int] = {}   # only addresses with requests in flight (bounded by max_inflight)
         self._locks: dict[tuple[int, str], asyncio.Lock] = {}
         self._reads = item_reads(routes)
-        self._lists = {id(r): (_list_fields(r.query)) for r in routes}
+        self._lists = {id(r): (list_fields(r.query)) for r in routes}
         self._runner: web.AppRunner | None = None
         self._address = api.listen
         self._document: bytes | None = None
@@ -454,7 +388,7 @@ class ApiServer(Component):
                 elif request.content_length is not None:
                     data = await request.read()       # declared and within the limit: aiohttp stops there
                 else:
-                    data = await _read_chunked(request, limit)
+                    data = await read_chunked(request, limit)
         except TimeoutError:
             raise invalid(f"the request body did not arrive within {self.config().api.body_timeout:g} s", "body", 408) from None
         if len(data) > limit:
@@ -502,7 +436,7 @@ class ApiServer(Component):
             # Shape the reply by its model: what the model does not name is not sent. Structs are
             # taken apart first: convert passes an instance of the model through as it is, so a
             # Page(data=[row, ...]) would carry every column of its rows.
-            value = msgspec.convert(_plain(value), route.response, from_attributes=True)
+            value = msgspec.convert(plain(value), route.response, from_attributes=True)
         return msgspec.json.encode(value), status, reply.headers, content_type
 
     def _respond(self, route: Route, result: Any, request: web.Request) -> web.StreamResponse:
