@@ -149,8 +149,9 @@ def _record(conn: sqlite3.Connection, token: str, tenant_id: int, queue_id: str,
             dsn: Dsn | None, now: float) -> dict[str, Any]:
     recorded = []
     pause_list: list[holds.Pause] | None = None
-    msg_row = conn.execute("SELECT id, deleting FROM messages WHERE queue_id = ?", (queue_id,)).fetchone()
+    msg_row = conn.execute("SELECT id, deleting, usecase_id, mail_from FROM messages WHERE queue_id = ?", (queue_id,)).fetchone()
     deleting = msg_row is not None and msg_row["deleting"] == 1
+    message = None if msg_row is None else (msg_row["usecase_id"], msg_row["mail_from"] != "")   # the events' use case
     for o in outcomes:
         updated = conn.execute(
             "UPDATE recipients SET state = ?, hold_reason = ?, attempts = attempts + ?, next_attempt_at = ?,"
@@ -177,14 +178,15 @@ def _record(conn: sqlite3.Connection, token: str, tenant_id: int, queue_id: str,
             data["next_attempt_at"] = o.next_attempt_at
         if o.state == "held":
             data["reason"] = o.hold_reason
-        append_event(conn, tenant_id, o.state, queue_id, data)
+        append_event(conn, tenant_id, o.state, queue_id, data, message=message)
         if o.state == "deferred" and not deleting:
             if pause_list is None:
                 pause_list = pauses(conn)
             hold = _hold_now(conn, o.recipient_id, pause_list)
             if hold:
                 conn.execute("UPDATE recipients SET state = 'held', hold_reason = ? WHERE id = ?", (hold, o.recipient_id))
-                append_event(conn, tenant_id, "held", queue_id, {"rcpt": o.event.get("rcpt"), "reason": hold, "recipients": 1})
+                append_event(conn, tenant_id, "held", queue_id, {"rcpt": o.event.get("rcpt"), "reason": hold, "recipients": 1},
+                             message=message)
     result: dict[str, Any] = {"dsn": None, "recorded": recorded}
     if deleting:
         # The operator deleted it while these were in flight: their outcome is on record (events),

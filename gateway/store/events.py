@@ -41,12 +41,20 @@ def _usecase_of(conn: sqlite3.Connection, kind: str, subject: str, data: dict[st
     return None, False
 
 
-def append_event(conn: sqlite3.Connection, tenant_id: int | None, kind: str, subject: str = "", data: dict | None = None) -> None:
+def append_event(conn: sqlite3.Connection, tenant_id: int | None, kind: str, subject: str = "", data: dict | None = None,
+                 *, message: tuple[int, bool] | None = None) -> None:
     """Append one event row; called inside the write that caused it, so both commit together. The
-    day's statistics it counts for (store/stats.py) are added in the same write."""
+    day's statistics it counts for (store/stats.py) are added in the same write. ``message``: the
+    (use case, is the tenant's own mail) of the outbound message it is about, when the caller has
+    the row at hand (the queue's put, delivery's record: it spares a lookup per event)."""
     now = time.time()
     data = data or {}
-    usecase, own = _usecase_of(conn, kind, subject, data) if tenant_id is not None else (None, False)
+    if tenant_id is None:
+        usecase, own = None, False
+    elif message is not None and not isinstance(data.get("usecase_id"), int):
+        usecase, own = message
+    else:
+        usecase, own = _usecase_of(conn, kind, subject, data)
     event_id = conn.execute(
         "INSERT INTO events (created_at, tenant_id, kind, subject, data, usecase_id) VALUES (?, ?, ?, ?, ?, ?)",
         (now, tenant_id, kind, subject, json.dumps(data, separators=(",", ":")), usecase),
@@ -116,16 +124,18 @@ def _tenant_page(conn: sqlite3.Connection, tenant_id: int, usecase_id: int | Non
         where.append("e.usecase_id = ?")
         args.append(usecase_id)
     order = "DESC" if newest else "ASC"
+    # A sender key's use case through its own index: events_tenant would walk every event of the tenant.
+    source = "events e INDEXED BY events_usecase" if usecase_id is not None else "events e"
     edge = None
     if kinds:
-        edge = keyset.edge(conn, f"FROM events e WHERE {' AND '.join(where)}", args, "e.id", newest)
+        edge = keyset.edge(conn, f"FROM {source} WHERE {' AND '.join(where)}", args, "e.id", newest)
         if edge is not None:
             where.append("e.id >= ?" if newest else "e.id <= ?")
             args.append(edge)
         where.append(f"e.kind IN ({', '.join('?' * len(kinds))})")
         args += kinds
     rows = [_event_row(r) for r in conn.execute(
-        f"SELECT e.id, e.created_at, e.kind, e.subject, e.data, e.usecase_id, u.name AS usecase FROM events e"
+        f"SELECT e.id, e.created_at, e.kind, e.subject, e.data, e.usecase_id, u.name AS usecase FROM {source}"
         f" LEFT JOIN usecases u ON u.id = e.usecase_id WHERE {' AND '.join(where)} ORDER BY e.id {order} LIMIT ?",
         (*args, limit + 1))]
     if len(rows) > limit:

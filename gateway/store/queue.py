@@ -184,11 +184,12 @@ def _put(conn: sqlite3.Connection, m: NewMessage) -> dict[str, Any]:
             " ON CONFLICT (tenant_id, month) DO UPDATE SET messages = messages + 1",
             (m.tenant_id, month_of(m.now)),
         )
+    message = (m.usecase_id, m.mail_from != "")
     append_event(conn, m.tenant_id, "queued", m.queue_id,
                  {"from": m.mail_from, "recipients": len(m.recipients), "size": len(m.body), "held": bool(hold_reason),
-                  **(m.event_data or {})})
+                  **(m.event_data or {})}, message=message)
     if hold_reason:
-        append_event(conn, m.tenant_id, "held", m.queue_id, {"reason": hold_reason, "recipients": len(m.recipients)})
+        append_event(conn, m.tenant_id, "held", m.queue_id, {"reason": hold_reason, "recipients": len(m.recipients)}, message=message)
     result = {"id": msg_id, "queue_id": m.queue_id, "message_id": m.message_id, "hold_reason": hold_reason, "thread_id": thread_id}
     if m.idempotency is not None:
         remember(conn, m.idempotency, result, m.now)

@@ -11,6 +11,7 @@ sender) is not the tenant's traffic and is not counted.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import time
 from typing import Any
@@ -41,7 +42,13 @@ def column(kind: str, data: dict[str, Any]) -> tuple[str, int] | None:
 
 
 def day_of(ts: float) -> str:
-    return time.strftime("%Y-%m-%d", time.gmtime(ts))
+    return _day(int(ts // 86400))
+
+
+@functools.lru_cache(maxsize=4)
+def _day(n: int) -> str:
+    """YYYY-MM-DD of the n-th UTC day since the epoch (remembered: every counted event asks for today)."""
+    return time.strftime("%Y-%m-%d", time.gmtime(n * 86400))
 
 
 def count(conn: sqlite3.Connection, tenant_id: int, usecase_id: int, kind: str, data: dict[str, Any], now: float) -> None:
