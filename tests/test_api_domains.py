@@ -144,6 +144,7 @@ async def test_invalid_domains_and_selectors_are_refused_naming_the_field(tmp_pa
         for name in ("acme", "globex"):
             await d.call("tenant.add", name=name)
         await d.call("domain.add", tenant="globex", domain="globex.test")
+        await d.call("domain.add", tenant="globex", domain="secret-launch.bigcorp.test")
         owner = await api_key(d, "acme", "owner")
         async with api_client(d, owner) as api:
             for body, status, field in [
@@ -164,6 +165,9 @@ async def test_invalid_domains_and_selectors_are_refused_naming_the_field(tmp_pa
             problem(body, 409, "conflict")
             got, body, _ = await api.post("/v1/domains", {"domain": "mail.globex.test"})
             problem(body, 409, "conflict")                           # one domain, one tenant
+            got, body, _ = await api.post("/v1/domains", {"domain": "bigcorp.test"})
+            problem(body, 409, "conflict")                           # a subdomain is held: refused, but not named
+            assert "secret" not in body["detail"], body
             assert (await api.get("/v1/domains/not%20a%20domain"))[0] == 404
             got, body, _ = await api.get("/v1/domains/acme.test/records", params={"format": "bind"})
             problem(body, 422, field="query.format")

@@ -68,7 +68,9 @@ def check_free(conn: sqlite3.Connection, tenant: str, name: str) -> dict[str, An
         raise Conflict(f"tenant {tenant!r} already has the domain {name!r}")
     other = _conflicting(conn, t["id"], name)
     if other is not None:
-        what = "is held" if other == name else f"overlaps {other!r}, which is held"
+        # The other tenant's name is not told: a subdomain of the name asked for (secret-launch.example.com
+        # for example.com) is theirs to know; this tenant learns only that the name is taken.
+        what = "is held" if other == name else "overlaps a domain (a parent or subdomain of it) held"
         raise Conflict(f"domain {name!r} {what} by another tenant; one domain belongs to one tenant")
     return t
 
