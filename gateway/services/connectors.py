@@ -217,6 +217,8 @@ class ConnectorService:
     @admin_method("connector.list")
     async def list(self, tenant: str | None = None, after: str = "", limit: int = -1) -> list[dict[str, Any]]:
         """Connectors by name; a tenant's page on from ``after`` (at most ``limit``, -1 all)."""
+        if after:
+            validate.name(after, "connector")
         return await self.store.connectors.list(None if tenant is None else check_tenant_name(tenant), after=after, limit=limit)
 
     @admin_method("connector.show")

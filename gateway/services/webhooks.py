@@ -83,6 +83,8 @@ class WebhookService:
     @admin_method("webhook.list")
     async def list(self, tenant: str | None = None, after: str = "", limit: int = -1) -> list[dict[str, Any]]:
         """Endpoints by name; a tenant's page on from ``after`` (at most ``limit``, -1 all)."""
+        if after:
+            check_name(after)
         return await self.store.webhooks.list(tenant, after=after, limit=limit)
 
     @admin_method("webhook.update")
