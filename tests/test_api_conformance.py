@@ -146,7 +146,7 @@ async def test_a_sender_key_does_not_find_another_use_cases_objects(tmp_path, dn
 
 def model_faults(t: Any, at: str, seen: set[Any]) -> list[str]:
     """Where a request model breaks the contract (api_common.md): a Struct that takes unknown fields,
-    a string, list or mapping without a max_length, or a value of any shape."""
+    a string, list or mapping without a max_length, a number without bounds, a value of any shape."""
     i = msgspec.inspect
     if isinstance(t, i.Metadata):
         return model_faults(t.type, at, seen)
@@ -168,12 +168,15 @@ def model_faults(t: Any, at: str, seen: set[Any]) -> list[str]:
     if isinstance(t, i.DictType):
         faults = [] if t.max_length is not None else [f"{at}: a mapping without max_length"]
         return faults + model_faults(t.key_type, f"{at}{{key}}", seen) + model_faults(t.value_type, f"{at}{{}}", seen)
+    if isinstance(t, (i.IntType, i.FloatType)):
+        bounded = (t.ge is not None or t.gt is not None) and (t.le is not None or t.lt is not None)
+        return [] if bounded else [f"{at}: a number without ge/le bounds"]
     if isinstance(t, i.AnyType):
         return [f"{at}: a value of any shape (unbounded nesting)"]
     return []
 
 
-async def test_every_request_model_refuses_unknown_fields_and_bounds_its_strings_and_lists(tmp_path):
+async def test_every_request_model_refuses_unknown_fields_and_bounds_its_strings_lists_and_numbers(tmp_path):
     async with running_daemon(tmp_path) as d:
         routes = next(c for c in d.daemon.components if c.name == "api").routes
         faults = []
