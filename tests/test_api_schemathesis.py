@@ -55,6 +55,7 @@ def without_security(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def fuzz(doc: dict[str, Any], base: str, world: World, calls: collections.Counter[str]) -> list[str]:
+    schemathesis.openapi.from_dict(doc).validate()      # the document itself is valid OpenAPI 3.1
     schema = schemathesis.openapi.from_dict(without_security(doc))
     failures: list[str] = []
     with requests.Session() as session:
