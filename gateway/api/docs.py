@@ -18,7 +18,7 @@ from aiohttp import web
 from .paging import etag, matches
 
 # The page's whole world: this origin only (connect-src for the document and "Try it out").
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "font-src 'self'; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
 PAGE = """<!DOCTYPE html>
