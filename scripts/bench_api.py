@@ -78,6 +78,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds measured")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of load before measuring")
     parser.add_argument("--size", type=int, default=4096, help="bytes of the JSON request")
+    parser.add_argument("--toml", default="", help='more configuration, e.g. "[daemon]\\ngil_switch_interval = 0.0005"')
     parser.add_argument("--profile", metavar="SVG", help="record the daemon with py-spy: a flame graph (.svg) or collapsed stacks (.txt)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -87,11 +88,15 @@ def main() -> None:
         work = Path(tmp)
         port, tls_port, api_port = sub.free_port(), sub.free_port(), sub.free_port()
         # The per-key request limit is the API's, not what is measured here.
-        sub.write_config(work / "config.toml", dns, port, tls_port, f'[api]\nlisten = "127.0.0.1:{api_port}"\nrate_limit = 1000000.0\n')
+        sub.write_config(work / "config.toml", dns, port, tls_port, f'[api]\nlisten = "127.0.0.1:{api_port}"\nrate_limit = 1000000.0\n' + args.toml.replace("\\n", "\n") + "\n")
         proc, sock = sub.start_daemon(work)
         spy = None
         try:
-            sub.setup(sock, dns)
+            try:
+                sub.setup(sock, dns)
+            except Exception:
+                print((work / "daemon.log").read_text()[-3000:], file=sys.stderr)
+                raise
             token = sub.call(sock, "apikey.add", tenant="bench", role="sender", usecase="load")["token"]
             sub.call(sock, "pause")  # committed and held, not delivered
             body = work / "body.json"

@@ -250,6 +250,13 @@ async def test_each_refusal_is_the_same_through_smtp_and_http(tmp_path, dns_serv
                 if status in (429, 503):
                     assert int(headers["Retry-After"]) >= 1
                 await case.undo(d, setup)
+            # The disk below the store's reserve: 452 4.3.1 on SMTP, 503 storage-full over HTTP.
+            d.store.db.space.min_free = 1 << 60
+            smtp_reply = await smtp_send(d, setup, *plain(setup))
+            status, body, headers = await api.post("/v1/messages", json(setup))
+            d.store.db.space.min_free = 0
+            assert smtp_reply.startswith("452 4.3.1") and status == 503 and body["type"] == PROBLEM + "storage-full", body
+            assert body["smtp"].split()[:2] == ["452", "4.3.1"] and int(headers["Retry-After"]) >= 1
             # A paused use case: both doors accept and hold, nothing is refused.
             await d.call("pause", tenant="acme", usecase="receipts")
             assert (await smtp_send(d, setup, *plain(setup))).startswith("250")
@@ -374,3 +381,14 @@ async def test_a_body_past_the_memory_budget_is_refused_as_smtp_refuses_it(tmp_p
             status, body, _ = await api.post("/v1/messages", big)
             assert status == 202, body
         assert budget.in_use == 0                 # given back after the commit
+
+
+def test_the_received_field_names_only_an_ip_address_whatever_a_proxy_forwarded():
+    from gateway.api.sending import received_http
+
+    def field(client: str) -> bytes:
+        return received_http(client_ip=client, hostname="gw.test", queue_id="q1", tls=True, recipients=["a@b.test"], now=0)
+
+    assert field("127.0.0.1").startswith(b"Received: from [127.0.0.1]\r\n\tby gw.test (gateway) with HTTPS id q1\r\n\tfor <a@b.test>; ")
+    assert field("::1").startswith(b"Received: from [IPv6:::1]\r\n")
+    assert field("evil) (by forged; x").startswith(b"Received: from unknown\r\n")

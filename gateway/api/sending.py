@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
 import re
 import time
 from email.utils import getaddresses
@@ -30,10 +31,11 @@ from typing import Annotated, Any
 import msgspec
 
 from ..config import Config
-from ..errors import NotFound, SMTPError
+from ..errors import NotFound, SMTPError, StorageFull
 from ..headers import split_header
 from ..store.idempotency import Record
 from ..submission import policy, submit
+from ..submission.hooks import STORAGE_FULL
 from . import compose
 from .endpoints import Deps
 from .problems import ApiProblem, invalid
@@ -48,6 +50,7 @@ IDEMPOTENCY_KEY = re.compile(r"^[\x20-\x7e]{1,255}$")
 MAX_LOCKS = 10000
 JSON_OVERHEAD = 64 * 1024  # bytes of JSON around the base64 content a body of max_message_size needs
 USECASE_TTL = 5.0
+STORAGE_RETRY = 60
 
 Email = Annotated[str, msgspec.Meta(min_length=3, max_length=MAX_ADDRESS, description="An RFC 5321 mailbox: local@domain.")]
 Name = Annotated[str, msgspec.Meta(max_length=200, description="Display name (non-ASCII is encoded, RFC 2047).")]
@@ -128,8 +131,14 @@ def _party(p: Party) -> tuple[str, str]:
 
 
 def received_http(*, client_ip: str, hostname: str, queue_id: str, tls: bool, recipients: list[str], now: float) -> bytes:
-    """The trace field of a message that came over the API (RFC 5321 4.4, as submission's)."""
-    literal = f"[IPv6:{client_ip}]" if ":" in client_ip else f"[{client_ip}]"
+    """The trace field of a message that came over the API (RFC 5321 4.4, as submission's). The client's
+    address may come from a trusted proxy's X-Forwarded-For: only an IP address is written."""
+    try:
+        ip = ipaddress.ip_address(client_ip)
+    except ValueError:
+        literal = "unknown"
+    else:
+        literal = f"[IPv6:{ip}]" if ip.version == 6 else f"[{ip}]"
     lines = [f"Received: from {literal}", f"\tby {hostname} (gateway) with {'HTTPS' if tls else 'HTTP'} id {queue_id}"]
     if len(recipients) == 1:
         lines.append(f"\tfor <{recipients[0]}>")
@@ -246,7 +255,12 @@ class SendEndpoints:
         del data
         if new is None:   # every recipient dropped (suppressed, accept-and-drop): nothing to queue, as SMTP
             return Reply(body=Sent(queue_id=None, message_id=None, thread_id=None, usecase=name, held=None, recipients=results))
-        put = await self._commit_shielded(sub.commit(draft, new, started=started, client=caller.client, source="api"))
+        try:
+            put = await self._commit_shielded(sub.commit(draft, new, started=started, client=caller.client, source="api"))
+        except StorageFull:
+            # Counted and logged once per episode by the store; the answer is SMTP's 452 4.3.1 over HTTP.
+            raise ApiProblem(503, "storage-full", "The gateway's storage is full", "try again later", smtp=STORAGE_FULL,
+                             retry_after=STORAGE_RETRY) from None
         if put.get("replayed") is not None:   # another node answered this key first
             return self._replay(put["replayed"], idempotency[1] if idempotency else "")
         return Reply(body=self._answer(put, name, results))
