@@ -255,12 +255,12 @@ async def test_suppressions_add_list_filter_show_and_remove(tmp_path, dns_server
 
 async def test_a_csv_import_reports_bad_rows_and_the_export_imports_back_unchanged(tmp_path, dns_server):
     rows = [["address", "scope", "reason", "source", "expires_at"]]
-    rows += [[f"user{i}@example.org", "tenant", "manual", "crm", ""] for i in range(11000)]   # past one service call and one export page
+    rows += [[f"user{i}@example.org", "tenant", "manual", "crm", ""] for i in range(6000)]   # past IMPORT_CHUNK and EXPORT_PAGE
     rows += [["carol@example.org", "usecase:support", "unsubscribe", "", "2030-01-01T00:00:00Z"],
-             ["not-an-address", "", "", "", ""],                   # line 11003
-             ["dave@example.org", "usecase:nope", "", "", ""],     # line 11004
-             ["erin@example.org", "", "whim", "", ""],             # line 11005
-             ["frank@example.org", "", "", "", "someday"]]         # line 11006
+             ["not-an-address", "", "", "", ""],                   # line 6003
+             ["dave@example.org", "usecase:nope", "", "", ""],     # line 6004
+             ["erin@example.org", "", "whim", "", ""],             # line 6005
+             ["frank@example.org", "", "", "", "someday"]]         # line 6006
     out = io.StringIO()
     csv.writer(out, lineterminator="\r\n").writerows(rows)
     body = out.getvalue().encode()
@@ -270,12 +270,12 @@ async def test_a_csv_import_reports_bad_rows_and_the_export_imports_back_unchang
         async with api_client(d, keys["admin"]) as api:
             status, result, _ = await api.post("/v1/suppressions/import", data=io.BytesIO(body), headers={"Content-Type": "text/csv"})
             assert status == 200, result
-            assert result["added"] == 11001 and result["updated"] == 0 and result["refused_count"] == 4
-            assert [r["line"] for r in result["refused"]] == [11003, 11004, 11005, 11006]
+            assert result["added"] == 6001 and result["updated"] == 0 and result["refused_count"] == 4
+            assert [r["line"] for r in result["refused"]] == [6003, 6004, 6005, 6006]
             assert "nope" in result["refused"][1]["reason"] and "whim" in result["refused"][2]["reason"]
             status, again, _ = await api.post("/v1/suppressions/import", data=io.BytesIO(body), headers={"Content-Type": "text/csv"},
                                               params={"scope": "tenant"})
-            assert again["added"] == 0 and again["updated"] == 11001
+            assert again["added"] == 0 and again["updated"] == 6001
 
             # What is not a usable CSV: a problem, nothing written.
             for bad, field in ((b"email\r\nx@example.org\r\n", "body"), (b"address\r\n\xff\xfe\r\n", "body"), (b"", "body")):
@@ -292,7 +292,7 @@ async def test_a_csv_import_reports_bad_rows_and_the_export_imports_back_unchang
                 assert resp.headers.get("Transfer-Encoding") == "chunked"   # streamed, not built whole
                 exported = await resp.read()
             lines = exported.decode().splitlines()
-            assert lines[0] == "address,scope,reason,source,expires_at" and len(lines) == 1 + 11001
+            assert lines[0] == "address,scope,reason,source,expires_at" and len(lines) == 1 + 6001
             assert lines[1] == "user0@example.org,tenant,manual,crm,"
             assert "carol@example.org,usecase:support,unsubscribe,api,2030-01-01T00:00:00Z" in lines
             status, only, _ = await api.get("/v1/suppressions/export", params={"reason": "unsubscribe"})
@@ -301,7 +301,7 @@ async def test_a_csv_import_reports_bad_rows_and_the_export_imports_back_unchang
         # The export into another tenant (same scope names): its export is the same file.
         async with api_client(d, keys["other"]) as api:
             status, result, _ = await api.post("/v1/suppressions/import", data=io.BytesIO(exported), headers={"Content-Type": "text/csv"})
-            assert status == 200 and result["added"] == 11001 and result["refused_count"] == 0
+            assert status == 200 and result["added"] == 6001 and result["refused_count"] == 0
             status, copied, _ = await api.get("/v1/suppressions/export")
             assert copied == exported
 
@@ -310,9 +310,9 @@ async def test_an_export_that_fails_midway_does_not_end_like_a_complete_one(tmp_
     async with daemon(tmp_path, dns_server) as d:
         keys = await tenants(d, dns_server)
         tenant_id = (await d.call("tenant.show", name="acme"))["id"]
-        await d.store.suppressions.fill(tenant_id, 12000)
+        await d.store.suppressions.fill(tenant_id, 6000)
         # A row no export can write as a date (stored before expires_at was bounded), on the second page.
-        await d.store.db.write(lambda c: c.execute("UPDATE suppressions SET expires_at = 1e300 WHERE address = 'bench-7000@fill.example'"))
+        await d.store.db.write(lambda c: c.execute("UPDATE suppressions SET expires_at = 1e300 WHERE address = 'bench-5500@fill.example'"))
         async with api_client(d, keys["admin"]) as api:
             async with api.session.get(api.base + "/v1/suppressions/export", headers=api.headers()) as resp:
                 assert resp.status == 200
