@@ -15,8 +15,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from .endpoints import Deps
-from .narrowing import cursor_id, usecase_id
-from .paging import Page, Paging, decode_cursor, encode_cursor
+from .narrowing import cursor_id, listing, usecase_id
+from .paging import Page, Paging, decode_cursor
 from .routes import Call, api_route
 
 Timestamp = Annotated[float, msgspec.Meta(ge=0, le=1e11, description="Unix time, seconds")]
@@ -54,10 +54,10 @@ class EventEndpoints:
                summary="The tenant's events (a sender key: its use case's)",
                description="With `type` a page looks at a bounded number of events: it may hold fewer than `limit`"
                            " and still have a `next_cursor`; follow it until it is null.")
-    async def list(self, call: Call) -> Page[Event]:
+    async def list(self, call: Call) -> dict[str, Any]:
         q = call.query
         narrowed = await usecase_id(self.deps.store, call.caller, q.usecase)
         rows, more = await self.deps.store.events.tenant_page(
             call.caller.tenant_id, usecase_id=narrowed, kinds=list(dict.fromkeys(q.type or ())), since=q.since, until=q.until,
             cursor=cursor_id(decode_cursor(q.cursor)), newest=q.order == "newest", limit=q.limit)
-        return Page(data=[event_view(r) for r in rows], next_cursor=encode_cursor(more) if more is not None else None)
+        return listing([event_view(r) for r in rows], more)

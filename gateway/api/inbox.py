@@ -21,7 +21,8 @@ from ..inbound.delivery import MIME_TYPE, SECURITY_HEADERS, content_disposition
 from ..inbound.payload import inbound_payload
 from ..services.inbox import CHUNK, INBOUND_ID, KINDS
 from .endpoints import Deps
-from .paging import Page, Paging, decode_cursor, encode_cursor
+from .narrowing import listing
+from .paging import Page, Paging, decode_cursor
 from .problems import invalid, not_found
 from .routes import Call, api_route
 
@@ -160,7 +161,7 @@ class InboxEndpoints:
 
     @api_route("GET", "/v1/inbox", permission="inbox.read", query=InboxQuery, response=Page[InboxItem],
                summary="Received mail in arrival order, without bodies (`attachments` is a count)")
-    async def list(self, call: Call) -> Page[InboxItem]:
+    async def list(self, call: Call) -> dict[str, Any]:
         q = call.query
         after = decode_cursor(q.cursor)
         if after is not None and not (isinstance(after, str) and INBOUND_ID.match(after)):
@@ -169,7 +170,7 @@ class InboxEndpoints:
                                                      limit=q.limit + 1)
         more = len(rows) > q.limit
         rows = rows[:q.limit]
-        return Page(data=rows, next_cursor=encode_cursor(rows[-1]["inbound_id"]) if more else None)
+        return listing(rows, rows[-1]["inbound_id"] if more else None)
 
     @api_route("GET", "/v1/inbox/{inbound_id}", permission="inbox.read", response=InboundMessage,
                summary="One received message: envelope, headers, bodies (bounded, `truncated` names what was cut),"

@@ -16,8 +16,8 @@ from ..services.queue import QUEUE_ID
 from ..store.queue import STATES, state_of
 from .endpoints import Deps
 from .events import Event, event_view
-from .narrowing import cursor_id, usecase_id
-from .paging import Page, Paging, decode_cursor, encode_cursor
+from .narrowing import cursor_id, listing, usecase_id
+from .paging import Page, Paging, decode_cursor
 from .problems import not_found
 from .routes import Call, api_route
 
@@ -110,12 +110,12 @@ class MessageEndpoints:
                description="Each message with its recipients counted by state; `state` is the least finished of them."
                            " With `state` or `recipient` a page looks at a bounded number of messages: it may hold fewer"
                            " than `limit` and still have a `next_cursor`.")
-    async def list(self, call: Call) -> Page[MessageSummary]:
+    async def list(self, call: Call) -> dict[str, Any]:
         q = call.query
         narrowed = await usecase_id(self.deps.store, call.caller, q.usecase)
         rows, more = await self.deps.store.messages.page(call.caller.tenant_id, usecase_id=narrowed, state=q.state, recipient=q.recipient, since=q.since,
                                                          until=q.until, cursor=cursor_id(decode_cursor(q.cursor)), limit=q.limit)
-        return Page(data=rows, next_cursor=encode_cursor(more) if more is not None else None)
+        return listing(rows, more)
 
     @api_route("GET", "/v1/messages/{queue_id}", permission="messages.read", response=MessageStatus,
                summary="One message's status: each recipient with every attempt, and the message's events",

@@ -13,8 +13,8 @@ import msgspec
 
 from ..store.stats import COLUMNS
 from .endpoints import Deps
-from .narrowing import usecase_id
-from .paging import Page, Paging, decode_cursor, encode_cursor
+from .narrowing import listing, usecase_id
+from .paging import Page, Paging, decode_cursor
 from .problems import invalid
 from .routes import Call, api_route
 
@@ -66,7 +66,7 @@ class StatsEndpoints:
                        "suppressed, complained, unsubscribed (a sender key: its use case's)",
                description="`sent` counts recipients accepted into the queue; the gateway's own DSNs count nowhere."
                            f" At most {MAX_DAYS} days a request.")
-    async def read(self, call: Call) -> Page[DayStats]:
+    async def read(self, call: Call) -> dict[str, Any]:
         q = call.query
         last = q.to or datetime.datetime.now(datetime.timezone.utc).date()
         first = q.from_ or max(datetime.date.min + datetime.timedelta(days=DEFAULT_DAYS - 1), last) - datetime.timedelta(days=DEFAULT_DAYS - 1)
@@ -79,4 +79,4 @@ class StatsEndpoints:
                                                 after=_after(q.cursor), limit=q.limit + 1)
         more = len(rows) > q.limit
         rows = rows[:q.limit]
-        return Page(data=rows, next_cursor=encode_cursor([rows[-1]["day"], rows[-1]["usecase_id"]]) if more else None)
+        return listing(rows, [rows[-1]["day"], rows[-1]["usecase_id"]] if more else None)
