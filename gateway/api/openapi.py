@@ -14,9 +14,10 @@ from typing import Any
 import msgspec
 
 from .. import __version__
+from .paging import MAX_CONDITION
 from .problems import CONTENT_TYPE as PROBLEM_TYPE, Problem
 from .roles import PERMISSIONS, ROLES, roles_with
-from .routes import Route
+from .routes import Route, item_reads
 
 REF = "#/components/schemas/{name}"
 PATH_PARAM = {"type": "string", "minLength": 1, "maxLength": 320}
@@ -25,7 +26,7 @@ PATH_PARAM = {"type": "string", "minLength": 1, "maxLength": 320}
 COMMON_PROBLEMS = {
     "401": "Missing, malformed, unknown, revoked or expired API key.",
     "403": "The key's role lacks the route's permission (the problem names it).",
-    "429": "The key's rate limit is spent; Retry-After says when to try again.",
+    "429": "The key's rate limit is spent, or the client's address sent too many bad keys; Retry-After says when to try again.",
     "503": "The gateway cannot take the request now (busy, storage full); Retry-After says when to try again.",
 }
 
@@ -65,10 +66,10 @@ def _operation(r: Route, refs: dict[Any, dict[str, Any]], item_paths: set[str]) 
     if r.query is not None:
         params += _query_parameters(r.query)
     if r.method == "GET":
-        params.append({"name": "If-None-Match", "in": "header", "required": False, "schema": {"type": "string", "maxLength": 1000},
+        params.append({"name": "If-None-Match", "in": "header", "required": False, "schema": {"type": "string", "maxLength": MAX_CONDITION},
                        "description": "An ETag of an earlier read: 304 when unchanged."})
     elif r.path in item_paths:
-        params.append({"name": "If-Match", "in": "header", "required": False, "schema": {"type": "string", "maxLength": 1000},
+        params.append({"name": "If-Match", "in": "header", "required": False, "schema": {"type": "string", "maxLength": MAX_CONDITION},
                        "description": "The ETag of the read this change is based on: 412 when the object changed since."})
     op: dict[str, Any] = {
         "operationId": r.operation_id, "summary": r.summary, "tags": [r.tag],
@@ -93,7 +94,9 @@ def _operation(r: Route, refs: dict[Any, dict[str, Any]], item_paths: set[str]) 
     responses: dict[str, Any] = {str(r.status): success}
     if r.method == "GET":
         responses["304"] = {"description": "Not modified (If-None-Match named the current ETag)."}
-    responses["400"] = _problem("Malformed request (bad JSON, an unusable cursor).")
+    responses["400"] = _problem("Malformed request (bad JSON, an unusable cursor). As text/plain: the HTTP parser refused the "
+                                "request line or a header (longer than 8,190 bytes, or not HTTP) before any route saw it.")
+    responses["400"]["content"]["text/plain"] = {"schema": {"type": "string"}}
     responses.update({code: _problem(text) for code, text in COMMON_PROBLEMS.items()})
     if r.params:
         responses["404"] = _problem("No such object in the key's tenant (another tenant's objects are not found either).")
@@ -113,7 +116,7 @@ def document(routes: list[Route], *, server_url: str = "") -> dict[str, Any]:
     models = _models(routes)
     schemas, components = msgspec.json.schema_components(models, ref_template=REF)
     refs = dict(zip(models, schemas))
-    item_paths = {r.path for r in routes if r.method == "GET" and r.params}
+    item_paths = set(item_reads(routes))
     paths: dict[str, dict[str, Any]] = {}
     for r in routes:
         paths.setdefault(r.path, {})[r.method.lower()] = _operation(r, refs, item_paths)

@@ -26,6 +26,8 @@ T = TypeVar("T")
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
 MAX_CURSOR = 512
+# The longest If-Match / If-None-Match read (a few tags); longer is a 400 (documented in openapi.py).
+MAX_CONDITION = 1000
 
 
 class Paging(msgspec.Struct, kw_only=True):

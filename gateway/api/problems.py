@@ -17,6 +17,8 @@ from ..errors import Conflict, GatewayError, InvalidArgument, NotFound, ServiceE
 
 TYPE_PREFIX = "urn:gateway:problem:"
 CONTENT_TYPE = "application/problem+json"
+MAX_DETAIL = 1000
+MAX_FIELD = 200
 
 
 class Problem(msgspec.Struct, omit_defaults=True):
@@ -39,6 +41,9 @@ class ApiProblem(GatewayError):
     def __init__(self, status: int, slug: str, title: str, detail: str = "", *, field: str | None = None,
                  permission: str | None = None, smtp: str | None = None, retry_after: float | None = None):
         self.status = status
+        # Details can quote the request (msgspec names an unknown field as sent): never the whole of it.
+        detail = detail if len(detail) <= MAX_DETAIL else detail[:MAX_DETAIL] + "..."
+        field = field if field is None or len(field) <= MAX_FIELD else field[:MAX_FIELD] + "..."
         self.body = Problem(type=TYPE_PREFIX + slug, title=title, status=status, detail=detail, field=field,
                             permission=permission, smtp=smtp,
                             retry_after=None if retry_after is None else max(1, math.ceil(retry_after)))

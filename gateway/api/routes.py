@@ -112,6 +112,25 @@ def api_route(method: str, path: str, *, permission: str, summary: str, **option
     return mark
 
 
+def item_reads(routes: list[Route]) -> dict[str, Route]:
+    """Path -> the GET of one object there: what If-Match on a change of that path is compared with
+    (server.py) and where the document offers If-Match (openapi.py). A list is no object (its ETag
+    is one page's), nor is a read that cannot be made without query parameters."""
+    from .paging import Paging
+
+    reads = {}
+    for r in routes:
+        if r.method != "GET" or not r.params or (r.query is not None and issubclass(r.query, Paging)):
+            continue
+        if r.query is not None:
+            try:
+                r.query()
+            except TypeError:       # a required query parameter: the read needs what the change does not give
+                continue
+        reads[r.path] = r
+    return reads
+
+
 def collect(*endpoints: object) -> list[Route]:
     """The routes of the given endpoint objects, bound to them; (method, path) must be unique."""
     table: list[Route] = []

@@ -9,6 +9,7 @@ Per request, in this order (each step's refusal is a problem body, problems.py):
        service returns but the model does not name is dropped) -> ETag / 304 on reads
     -> for a successful change, an ``api_change`` event (who, what, when) committed before the reply.
 
+Public, without a key: /v1/openapi.json (openapi.py) and the page rendering it, /v1/docs/ (docs.py).
 /health, /metrics and the public pages are the web server's (gateway/web.py), never served here.
 """
 
@@ -17,13 +18,16 @@ from __future__ import annotations
 import asyncio
 import errno
 import ipaddress
+import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 import msgspec
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from ..config import Config, split_hostport
 from ..errors import StartupError
@@ -31,20 +35,45 @@ from ..lifecycle import Component, Listener, format_address
 from ..budget import ByteBudget
 from ..submission.data import COPIES, Reservation, refusal as data_refusal, Outcome
 from ..submission.ratelimit import RateLimiter
+from .decoding import checked_numbers, list_fields, plain, read_chunked
+from .docs import Docs
 from .keys import KeyChecker
 from .openapi import document
-from .paging import etag, matches
+from .paging import MAX_CONDITION, etag, matches
 from .problems import CONTENT_TYPE as PROBLEM_TYPE, ApiProblem, forbidden, from_exception, from_validation, invalid, not_found, unauthorized
-from .routes import Call, Caller, Reply, Route
+from .routes import Call, Caller, Reply, Route, item_reads
 
 log = structlog.get_logger("api")
 
 JSON = "application/json"
 MAX_PATH_PARAM = 320
+CONDITIONS = ("If-Match", "If-None-Match")
+# A client address may send this many seconds of api.auth_failure_rate bad keys at once; then it is
+# refused until the budget refills. At most MAX_BLOCKED addresses are remembered (the oldest go).
+AUTH_FAILURE_BURST = 5.0
+MAX_BLOCKED = 100_000
 # Locks of objects being changed, by (tenant, path): If-Match's check and the change run under one.
 MAX_LOCKS = 10000
 # A body read under the memory budget (_read_reserved): given back when its request ends.
 RESERVATION = web.RequestKey("reservation", Reservation)
+
+
+class _Refusals(logging.Filter):
+    """aiohttp logs every request its parser refuses (a URL past 8,190 bytes, bytes that are not HTTP)
+    at ERROR with a traceback: anyone could fill the log with them. They are the client's fault: one
+    line at INFO, without the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg = f"{record.msg}: {type(exc).__name__} {exc.code}"
+            record.exc_info = record.exc_text = None
+        return True
+
+
+PARSER_LOG = logging.getLogger("gateway.api.http")
+PARSER_LOG.addFilter(_Refusals())
 
 
 def problem_response(problem: ApiProblem, instance: str = "") -> web.Response:
@@ -61,20 +90,9 @@ def no_memory() -> ApiProblem:
                       smtp=err.reply, retry_after=30)
 
 
-def _list_fields(model: type | None) -> frozenset[str]:
-    if model is None:
-        return frozenset()
-    info = msgspec.inspect.type_info(model)
-    return frozenset(f.encode_name for f in info.fields if _is_list(f.type))
-
-
-def _is_list(t: Any) -> bool:
-    """Whether a query field takes several values (?type=a&type=b): a list, maybe optional or annotated."""
-    if isinstance(t, msgspec.inspect.Metadata):
-        t = t.type
-    if isinstance(t, msgspec.inspect.UnionType):
-        return any(_is_list(x) for x in t.types)
-    return isinstance(t, msgspec.inspect.ListType)
+async def _harden(request: web.Request, response: web.StreamResponse) -> None:
+    # Every answer, errors and the docs' files too: no browser guesses a JSON body is HTML.
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
 
 
 class ApiServer(Component):
@@ -91,13 +109,17 @@ class ApiServer(Component):
         api = config().api
         self.keys = KeyChecker(store, ttl=api.key_cache_ttl, default_rate=api.rate_limit)
         self.limiter = RateLimiter()
+        self._failures = RateLimiter()                        # bad keys, per client address
+        self._blocked: OrderedDict[str, float] = OrderedDict()  # client address -> refused until (monotonic)
         self._inflight = 0
+        self._inflight_by_client: dict[str, int] = {}   # only addresses with requests in flight (bounded by max_inflight)
         self._locks: dict[tuple[int, str], asyncio.Lock] = {}
-        self._reads = {r.path: r for r in routes if r.method == "GET"}
-        self._lists = {id(r): (_list_fields(r.query)) for r in routes}
+        self._reads = item_reads(routes)
+        self._lists = {id(r): (list_fields(r.query)) for r in routes}
         self._runner: web.AppRunner | None = None
         self._address = api.listen
         self._document: bytes | None = None
+        self.docs = Docs()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -106,7 +128,9 @@ class ApiServer(Component):
         # the largest any route takes, so a body past every route's limit is never read at all.
         largest = max([self.config().api.max_body_bytes, *[self._limit(r) for r in self.routes]])
         app = web.Application(client_max_size=largest, middlewares=[self._guard])
+        app.on_response_prepare.append(_harden)
         app.router.add_get("/v1/openapi.json", self._openapi)
+        self.docs.add_routes(app.router)
         for route in self.routes:
             app.router.add_route(route.method, route.path, self._handler(route))
         return app
@@ -114,7 +138,10 @@ class ApiServer(Component):
     async def start(self) -> None:
         api = self.config().api
         host, port = split_hostport(api.listen)
-        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        # keepalive_timeout runs from the connection's start too: one that sends nothing (or never
+        # finishes its headers) is closed after it, not held for aiohttp's default hour.
+        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False, keepalive_timeout=api.idle_timeout,
+                                     logger=PARSER_LOG)
         await self._runner.setup()
         ssl_context = None
         if api.tls:
@@ -150,10 +177,15 @@ class ApiServer(Component):
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        """The in-flight bound, and problem bodies for what aiohttp itself refuses (no route, method)."""
-        if self._inflight >= self.config().api.max_inflight:
+        """The in-flight bounds (all clients, and one client address: so one address cannot take every
+        slot), and problem bodies for what aiohttp itself refuses (no route, method)."""
+        api = self.config().api
+        client = self._client(request)
+        mine = self._inflight_by_client.get(client, 0)
+        if self._inflight >= api.max_inflight or mine >= api.max_inflight_per_client:
             return problem_response(ApiProblem(503, "busy", "Too many requests in flight", "try again shortly", retry_after=1))
         self._inflight += 1
+        self._inflight_by_client[client] = mine + 1
         try:
             return await handler(request)
         except web.HTTPNotFound:
@@ -167,6 +199,9 @@ class ApiServer(Component):
             return problem_response(invalid("the request body is too large", None, 413))
         finally:
             self._inflight -= 1
+            left = self._inflight_by_client.pop(client) - 1
+            if left:
+                self._inflight_by_client[client] = left
 
     def _client(self, request: web.Request) -> str:
         peer = request.remote or ""
@@ -204,6 +239,32 @@ class ApiServer(Component):
             raise unauthorized("the API key is not valid (unknown, revoked or expired)")
         return caller
 
+    async def _checked_key(self, request: web.Request, client: str) -> Caller:
+        """The caller, or 401; an address that keeps sending bad keys is refused (429) before its
+        keys are looked at, for as long as its budget of failures takes to refill."""
+        api = self.config().api
+        now = time.monotonic()
+        blocked = self._blocked.get(client)
+        if blocked is not None and blocked > now:
+            raise self._too_many_failures(blocked - now)
+        try:
+            return await self._authenticate(request, client)
+        except ApiProblem:
+            wait = self._failures.wait(client, api.auth_failure_rate, api.auth_failure_rate * AUTH_FAILURE_BURST)
+            if not wait:
+                raise
+            self._blocked[client] = now + wait
+            self._blocked.move_to_end(client)
+            while len(self._blocked) > MAX_BLOCKED:
+                self._blocked.popitem(last=False)
+            log.info("api_client_cooling_down", client=client, seconds=round(wait, 1))
+            raise self._too_many_failures(wait) from None
+
+    @staticmethod
+    def _too_many_failures(wait: float) -> ApiProblem:
+        return ApiProblem(429, "too-many-failures", "Too many requests with a missing or invalid API key",
+                          "this address sent too many bad keys; wait before trying again", retry_after=wait)
+
     def _handler(self, route: Route) -> Callable[[web.Request], Any]:
         async def handle(request: web.Request) -> web.StreamResponse:
             started = time.perf_counter()
@@ -223,7 +284,7 @@ class ApiServer(Component):
 
     async def _serve(self, route: Route, request: web.Request) -> web.StreamResponse:
         client = self._client(request)
-        caller = await self._authenticate(request, client)
+        caller = await self._checked_key(request, client)
         wait = self.limiter.wait(caller.key_id, caller.rate_limit, max(1.0, caller.rate_limit * self.config().api.rate_burst))
         if wait:
             raise ApiProblem(429, "rate-limited", "The API key's rate limit is spent",
@@ -242,6 +303,9 @@ class ApiServer(Component):
         query = self._query(route, request)
         body, content_type = await self._body(route, request)
         call = Call(caller=caller, params=params, query=query, body=body, request=request, content_type=content_type)
+        for name in CONDITIONS:
+            if len(request.headers.get(name, "")) > MAX_CONDITION:
+                raise invalid(f"{name} is longer than {MAX_CONDITION} characters", f"header.{name}", 400)
         if route.method == "GET":
             result = await route.handler(call)
             if isinstance(result, web.StreamResponse):
@@ -253,7 +317,8 @@ class ApiServer(Component):
             result = await route.handler(call)
         else:
             async with self._lock(caller.tenant_id, request.path):
-                current = self._encode(read, await read.handler(Call(caller=caller, params=params, query=None, body=None, request=request)))
+                current = self._encode(read, await read.handler(Call(caller=caller, params=params, query=read.query() if read.query else None,
+                                                                      body=None, request=request)))
                 if not matches(if_match, etag(current[0])):
                     raise ApiProblem(412, "precondition-failed", "The object changed since it was read",
                                      "If-Match does not name the current ETag; read it again")
@@ -296,7 +361,7 @@ class ApiServer(Component):
             values = request.query.getall(key)
             raw[key] = values if key in lists else values[-1]
         try:
-            return msgspec.convert(raw, route.query, strict=False)
+            return checked_numbers(msgspec.convert(raw, route.query, strict=False), "query")
         except msgspec.ValidationError as exc:
             raise from_validation(exc, "query") from None
 
@@ -315,20 +380,29 @@ class ApiServer(Component):
         if media != JSON and media not in route.raw or (media == JSON and route.body is None):
             takes = ([JSON] if route.body is not None else []) + list(route.raw)
             raise invalid(f"send the body as {' or '.join(takes)}, not {media or 'nothing'}", "body", 415)
-        if route.reserve and self.budget is not None:
-            data = await self._read_reserved(route, request, limit)
-        else:
-            data = await request.read()
+        try:
+            # A body trickled in a byte at a time would hold its in-flight slot (and its reservation) for ever.
+            async with asyncio.timeout(self.config().api.body_timeout):
+                if route.reserve and self.budget is not None:
+                    data = await self._read_reserved(route, request, limit)
+                elif request.content_length is not None:
+                    data = await request.read()       # declared and within the limit: aiohttp stops there
+                else:
+                    data = await read_chunked(request, limit)
+        except TimeoutError:
+            raise invalid(f"the request body did not arrive within {self.config().api.body_timeout:g} s", "body", 408) from None
         if len(data) > limit:
             raise invalid(f"the request body is larger than {limit} bytes", None, 413)
         if media in route.raw:
             return data, media
         try:
-            return msgspec.json.decode(data, type=route.body), media
+            return checked_numbers(msgspec.json.decode(data, type=route.body), ""), media
         except msgspec.ValidationError as exc:
             raise from_validation(exc) from None
         except msgspec.DecodeError as exc:
             raise invalid(f"the body is not JSON: {exc}", "body", 400) from None
+        except RecursionError:      # msgspec's guard against [[[[...]]]]: a refusal, not a crash
+            raise invalid("the body's JSON is nested too deeply", "body", 400) from None
 
     async def _read_reserved(self, route: Route, request: web.Request, limit: int) -> bytes:
         """The body, read while the memory budget covers ``route.reserve`` times what has arrived (as
@@ -359,12 +433,10 @@ class ApiServer(Component):
             return reply.body or b"", status, reply.headers, content_type
         value = reply.body
         if route.response is not None:
-            # Shape the reply by its model: what the model does not name is not sent. A Struct (a Page
-            # of rows) is taken apart first: convert passes an instance of the type through as it is,
-            # with the rows in it unshaped.
-            if isinstance(value, msgspec.Struct):
-                value = msgspec.structs.asdict(value)
-            value = msgspec.convert(value, route.response, from_attributes=True)
+            # Shape the reply by its model: what the model does not name is not sent. Structs are
+            # taken apart first: convert passes an instance of the model through as it is, so a
+            # Page(data=[row, ...]) would carry every column of its rows.
+            value = msgspec.convert(plain(value), route.response, from_attributes=True)
         return msgspec.json.encode(value), status, reply.headers, content_type
 
     def _respond(self, route: Route, result: Any, request: web.Request) -> web.StreamResponse:
