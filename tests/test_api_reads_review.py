@@ -25,3 +25,17 @@ async def test_a_use_case_created_after_another_was_deleted_does_not_inherit_its
             status, body, _ = await api.get("/v1/events")
         assert status == 200, body
         assert [e for e in body["data"] if e["type"] == "received"] == [], (old, new, body["data"])
+
+
+def test_an_inbox_page_walks_the_tenants_rows_in_order_without_sorting_them_all():
+    import sqlite3
+
+    from gateway.store import inbox
+    from gateway.store.db import migrate
+
+    conn = sqlite3.connect(":memory:")
+    migrate(conn)
+    for where, args in ((["m.tenant_id = ?"], (1,)), (["m.tenant_id = ?", f"m.id > ({inbox.AFTER_SQL})"], (1, "x", "x"))):
+        plan = [r[-1] for r in conn.execute("EXPLAIN QUERY PLAN " + inbox.list_sql(where), (*args, 101))]
+        assert not any("TEMP B-TREE" in p for p in plan), plan
+        assert any("inbound_tenant" in p for p in plan), plan
