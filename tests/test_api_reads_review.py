@@ -39,3 +39,25 @@ def test_an_inbox_page_walks_the_tenants_rows_in_order_without_sorting_them_all(
         plan = [r[-1] for r in conn.execute("EXPLAIN QUERY PLAN " + inbox.list_sql(where), (*args, 101))]
         assert not any("TEMP B-TREE" in p for p in plan), plan
         assert any("inbound_tenant" in p for p in plan), plan
+
+
+def test_one_use_cases_stats_are_read_by_key_not_by_walking_every_use_case_of_the_days():
+    import sqlite3
+
+    from gateway.store import stats
+    from gateway.store.db import migrate
+
+    conn = sqlite3.connect(":memory:")
+    migrate(conn)
+    conn.executemany("INSERT INTO daily_stats (tenant_id, day, usecase_id, sent) VALUES (1, ?, ?, 1)",
+                     [(f"2026-01-{d:02d}", u) for d in range(1, 32) for u in range(1, 201)])
+    sql, args = stats.read_sql(1, "2026-01-01", "2026-12-31", 7, None, 101)
+    plan = [r[-1] for r in conn.execute("EXPLAIN QUERY PLAN " + sql, args)]
+    assert any("usecase_id=?" in p for p in plan), plan
+    assert [r[0] for r in conn.execute(sql, args)] == [f"2026-01-{d:02d}" for d in range(1, 32)]
+    sql, args = stats.read_sql(1, "2026-01-01", "2026-12-31", 7, ("2026-01-30", 7), 101)
+    assert [r[0] for r in conn.execute(sql, args)] == ["2026-01-31"]
+    sql, args = stats.read_sql(1, "2026-01-31", "2026-01-31", 7, ("2026-01-31", 7), 101)
+    assert list(conn.execute(sql, args)) == []
+    sql, args = stats.read_sql(1, "2026-01-30", "2026-01-31", None, ("2026-01-30", 200), 3)
+    assert [tuple(r[:2]) for r in conn.execute(sql, args)] == [("2026-01-31", 1), ("2026-01-31", 2), ("2026-01-31", 3)]
