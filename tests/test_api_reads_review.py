@@ -61,3 +61,17 @@ def test_one_use_cases_stats_are_read_by_key_not_by_walking_every_use_case_of_th
     assert list(conn.execute(sql, args)) == []
     sql, args = stats.read_sql(1, "2026-01-30", "2026-01-31", None, ("2026-01-30", 200), 3)
     assert [tuple(r[:2]) for r in conn.execute(sql, args)] == [("2026-01-31", 1), ("2026-01-31", 2), ("2026-01-31", 3)]
+
+
+def test_a_thread_read_takes_its_newest_entries_from_the_index_without_sorting_the_whole_thread():
+    import sqlite3
+
+    from gateway.store import inbox
+    from gateway.store.db import migrate
+
+    conn = sqlite3.connect(":memory:")
+    migrate(conn)
+    for sql, alias in ((inbox.THREAD_OUT_SQL, "i"), (inbox.THREAD_IN_SQL, "m")):
+        plan = [r[-1] for r in conn.execute("EXPLAIN QUERY PLAN " + sql.format(scope=f" AND {alias}.tenant_id = ?"), ("t", 1, 1000))]
+        assert not any("TEMP B-TREE" in p for p in plan), plan
+        assert any("message_ids_thread" in p or "inbound_thread" in p for p in plan), plan
