@@ -75,3 +75,30 @@ def test_a_thread_read_takes_its_newest_entries_from_the_index_without_sorting_t
         plan = [r[-1] for r in conn.execute("EXPLAIN QUERY PLAN " + sql.format(scope=f" AND {alias}.tenant_id = ?"), ("t", 1, 1000))]
         assert not any("TEMP B-TREE" in p for p in plan), plan
         assert any("message_ids_thread" in p or "inbound_thread" in p for p in plan), plan
+
+
+async def test_a_complaint_matched_by_its_feedback_id_counts_for_its_use_case(tmp_path):
+    import time
+
+    from gateway.feedback.arf import feedback_id
+    from gateway.services.suppressions import SuppressionService
+    from gateway.store import Store
+    from gateway.store.stats import day_of
+    from tests.test_inbound_processor import complaint
+
+    store = await Store.open(tmp_path / "gateway.db")
+    try:
+        acme = (await store.tenants.add("acme"))["id"]
+        globex = (await store.tenants.add("globex"))["id"]
+        news = (await receiving_domain(store, acme, "acme.test", usecase="news")).usecase_id
+        desk = (await receiving_domain(store, globex, "globex.test", usecase="desk")).usecase_id
+        service = SuppressionService(store)
+        assert (await service.handle_report(complaint("dan@dest.example", feedback_id(acme, news))))["matched"]
+        # A Feedback-ID naming another tenant's use case: still acme's complaint, counted for no use case.
+        assert (await service.handle_report(complaint("eve@dest.example", feedback_id(acme, desk))))["matched"] in (True, False)
+        today = day_of(time.time())
+        rows = await store.stats.read(acme, today, today)
+        assert [(r["usecase"], r["complained"]) for r in rows] == [("news", 1)]
+        assert await store.stats.read(globex, today, today) == []
+    finally:
+        await store.close()
