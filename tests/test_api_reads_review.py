@@ -102,3 +102,21 @@ async def test_a_complaint_matched_by_its_feedback_id_counts_for_its_use_case(tm
         assert await store.stats.read(globex, today, today) == []
     finally:
         await store.close()
+
+
+def test_an_event_that_counts_nowhere_writes_no_daily_stats_row():
+    import sqlite3
+
+    from gateway.store.db import migrate
+    from gateway.store.events import append_event
+
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    migrate(conn)
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    for kind, data in (("held", {"reason": "paused"}), ("released", {}), ("retried", {}), ("deleted", {}), ("dsn_sent", {}),
+                       ("queued", {"from": "", "recipients": 1}), ("suppressed", {"checked": "rcpt"}), ("received", {})):
+        append_event(conn, 1, kind, "0123456789abcdef", data, message=(1, True))
+    assert not [s for s in statements if "daily_stats" in s]
+    append_event(conn, 1, "delivered", "0123456789abcdef", {}, message=(1, True))
+    assert len([s for s in statements if "daily_stats" in s]) == 1
