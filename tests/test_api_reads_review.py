@@ -120,3 +120,20 @@ def test_an_event_that_counts_nowhere_writes_no_daily_stats_row():
     assert not [s for s in statements if "daily_stats" in s]
     append_event(conn, 1, "delivered", "0123456789abcdef", {}, message=(1, True))
     assert len([s for s in statements if "daily_stats" in s]) == 1
+
+
+async def test_a_stats_cursor_crafted_by_hand_is_refused_or_ends_the_pages_never_a_5xx(tmp_path, dns_server):
+    from gateway.api.paging import encode_cursor
+
+    async with running_daemon(tmp_path, dns_overrides(dns_server)) as d:
+        await d.call("tenant.add", name="acme")
+        tenant_id = (await d.store.tenants.get("acme"))["id"]
+        await receiving_domain(d.store, tenant_id, "acme.test", usecase="news")
+        owner, sender = await api_key(d, "acme", "owner"), await api_key(d, "acme", "sender", usecase="news")
+        for token in (owner, sender):
+            async with api_client(d, token) as api:
+                for key in (["abcdefghij", 1], ["2026-02-30", 1], ["2026-1-011", 1]):
+                    status, body, _ = await api.get("/v1/stats", params={"cursor": encode_cursor(key)})
+                    assert status == 400 and body["field"] == "query.cursor", (key, body)
+                status, body, _ = await api.get("/v1/stats", params={"to": "9999-12-31", "cursor": encode_cursor(["9999-12-31", 1])})
+                assert status == 200 and body["data"] == [], body

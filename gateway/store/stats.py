@@ -65,11 +65,12 @@ def read_sql(tenant_id: int, first: str, last: str, usecase_id: int | None, afte
     days walks every use case's rows of those days (366 x the tenant's use cases for a sender key)."""
     where, args = ["s.tenant_id = ?"], [tenant_id]
     if usecase_id is not None:
-        start = datetime.date.fromisoformat(first)
-        if after is not None:
-            start = max(start, datetime.date.fromisoformat(after[0]) + datetime.timedelta(days=1))
-        days = [(start + datetime.timedelta(days=n)).isoformat()
-                for n in range(max(0, (datetime.date.fromisoformat(last) - start).days + 1))]
+        start, end = datetime.date.fromisoformat(first), datetime.date.fromisoformat(last)
+        done = None if after is None else datetime.date.fromisoformat(after[0])
+        if done is not None and done < end:
+            start = max(start, done + datetime.timedelta(days=1))
+        days = [] if done is not None and done >= end else \
+            [(start + datetime.timedelta(days=n)).isoformat() for n in range(max(0, (end - start).days + 1))]
         where.append(f"s.day IN ({', '.join('?' * len(days))})" if days else "0")
         where.append("s.usecase_id = ?")
         args += [*days, usecase_id]
