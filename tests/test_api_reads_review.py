@@ -137,3 +137,31 @@ async def test_a_stats_cursor_crafted_by_hand_is_refused_or_ends_the_pages_never
                     assert status == 400 and body["field"] == "query.cursor", (key, body)
                 status, body, _ = await api.get("/v1/stats", params={"to": "9999-12-31", "cursor": encode_cursor(["9999-12-31", 1])})
                 assert status == 200 and body["data"] == [], body
+
+
+async def test_a_tenant_created_after_another_was_deleted_inherits_none_of_its_events_or_stats(tmp_path):
+    import time
+
+    from gateway.store import Store
+    from gateway.store.stats import day_of
+
+    store = await Store.open(tmp_path / "gateway.db")
+    try:
+        old = (await store.tenants.add("initech"))["id"]
+        news = (await receiving_domain(store, old, "initech.test", usecase="news")).usecase_id
+        await store.events.append(old, "unsubscribed", "dan@dest.example", {"usecase_id": news, "scope": "tenant", "scope_id": old})
+        today = day_of(time.time())
+        assert [r["unsubscribed"] for r in await store.stats.read(old, today, today)] == [1]
+
+        def drop(conn):   # what `tenant delete` leaves behind once its domains and use cases are gone
+            conn.execute("DELETE FROM usecases WHERE tenant_id = ?", (old,))
+            conn.execute("DELETE FROM domains WHERE tenant_id = ?", (old,))
+            conn.execute("DELETE FROM tenants WHERE id = ?", (old,))
+        await store.db.write(drop)
+        new = (await store.tenants.add("hooli"))["id"]
+        assert new == old   # SQLite reuses the newest row's id
+        rows, _ = await store.events.tenant_page(new)
+        assert [e["kind"] for e in rows] == ["tenant_added"]
+        assert await store.stats.read(new, today, today) == []
+    finally:
+        await store.close()
