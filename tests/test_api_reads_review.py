@@ -165,3 +165,40 @@ async def test_a_tenant_created_after_another_was_deleted_inherits_none_of_its_e
         assert await store.stats.read(new, today, today) == []
     finally:
         await store.close()
+
+
+async def test_an_inbox_page_filtered_by_kind_looks_at_a_bounded_number_of_rows(tmp_path):
+    from gateway.store import keyset
+    from gateway.store.queue import QueueIds
+
+    async with running_daemon(tmp_path) as d:
+        await d.call("tenant.add", name="acme")
+        await d.call("tenant.add", name="globex")
+        acme = (await d.store.tenants.get("acme"))["id"]
+        globex = (await d.store.tenants.get("globex"))["id"]
+        ids = QueueIds()
+        rows = [(ids.new(), acme, "human") for _ in range(keyset.SCAN * 2 + 5)]
+        rows.append((ids.new(), globex, "arf"))
+        rare = ids.new()
+        rows.append((rare, acme, "arf"))
+
+        def fill(conn):
+            conn.executemany("INSERT INTO inbound_messages (inbound_id, source, tenant_id, kind, size, sha256, received_at, raw)"
+                             " VALUES (?, 'mx', ?, ?, 1, 'x', 1.0, x'00')", rows)
+        await d.store.db.write(fill)
+        owner = await api_key(d, "acme", "owner")
+        async with api_client(d, owner) as api:
+            status, body, _ = await api.get("/v1/inbox", params={"kind": "arf"})
+            assert status == 200 and body["data"] == [] and body["next_cursor"], body   # short page, more to look at
+            found, cursor = [], body["next_cursor"]
+            for _ in range(5):
+                status, body, _ = await api.get("/v1/inbox", params={"kind": "arf", "cursor": cursor})
+                assert status == 200, body
+                found += [r["inbound_id"] for r in body["data"]]
+                cursor = body["next_cursor"]
+                if cursor is None:
+                    break
+            assert found == [rare] and cursor is None     # globex's is never acme's
+            status, body, _ = await api.get("/v1/inbox", params={"limit": "2"})
+            status2, body2, _ = await api.get("/v1/inbox", params={"limit": "2", "cursor": body["next_cursor"]})
+            assert status2 == 200 and len(body2["data"]) == 2 and body2["data"][0]["inbound_id"] > body["data"][-1]["inbound_id"]

@@ -14,6 +14,7 @@ import sqlite3
 from typing import Any
 
 from ..errors import Conflict, NotFound
+from . import keyset
 from .db import Database
 from .events import append_event
 
@@ -57,8 +58,11 @@ def _one(conn: sqlite3.Connection, inbound_id: str, tenant_id: int | None, *, su
 
 
 def _list(conn: sqlite3.Connection, tenant_id: int | None, thread_id: str | None, kind: str | None, state: str | None,
-          after: str | None, limit: int) -> list[dict[str, Any]]:
+          after: str | None, limit: int, upto: int | None = None) -> list[dict[str, Any]]:
     where, args = ["1"], []
+    if upto is not None:
+        where.append("m.id <= ?")
+        args.append(upto)
     for column, value in (("m.tenant_id", tenant_id), ("m.thread_id", thread_id), ("m.kind", kind), ("m.state", state)):
         if value is not None:
             where.append(f"{column} = ?")
@@ -70,6 +74,26 @@ def _list(conn: sqlite3.Connection, tenant_id: int | None, thread_id: str | None
         args += [after, after]
     rows = conn.execute(list_sql(where), (*args, limit))
     return [_decode(r) for r in rows]
+
+
+def _page(conn: sqlite3.Connection, tenant_id: int, thread_id: str | None, kind: str | None, after: str | None,
+          limit: int) -> tuple[list[dict[str, Any]], str | None]:
+    """A tenant's page, and the inbound id the next one starts after (None: no more). A ``kind``
+    (no index holds it) looks at keyset.SCAN of the tenant's rows at most; a thread is its index's range."""
+    edge = None
+    if kind is not None and thread_id is None:
+        where, args = ["tenant_id = ?"], [tenant_id]
+        if after is not None:
+            where.append(f"id > ({AFTER_SQL})")
+            args += [after, after]
+        edge = keyset.edge(conn, f"FROM inbound_messages INDEXED BY inbound_tenant WHERE {' AND '.join(where)}", args,
+                           "id", newest=False)
+    rows = _list(conn, tenant_id, thread_id, kind, None, after, limit + 1, upto=edge)
+    if len(rows) > limit:
+        return rows[:limit], rows[limit - 1]["inbound_id"]
+    if edge is None:
+        return rows, None
+    return rows, conn.execute("SELECT inbound_id FROM inbound_messages WHERE id = ?", (edge,)).fetchone()[0]
 
 
 # Pages walk rows in arrival order (the row id) along inbound_tenant: ORDER BY inbound_id, which no
@@ -176,6 +200,13 @@ class Inbox:
                    state: str | None = None, after: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """Rows in arrival order after the inbound id ``after``, without bodies; ``attachments`` is a count."""
         return await self.db.read(_list, tenant_id, thread_id, kind, state, after, limit)
+
+    async def page(self, tenant_id: int, *, thread_id: str | None = None, kind: str | None = None, after: str | None = None,
+                   limit: int = 100) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of the tenant's received mail in arrival order after the inbound id ``after``, and
+        the id the next page starts after (None: no more). With ``kind`` a page looks at keyset.SCAN
+        rows at most, so it may be short and still have a next page."""
+        return await self.db.read(_page, tenant_id, thread_id, kind, after, limit)
 
     async def show(self, inbound_id: str, *, tenant_id: int | None = None) -> dict[str, Any]:
         """One row with its summary and its attachments' metadata (not its raw bytes)."""
