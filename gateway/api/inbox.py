@@ -3,7 +3,8 @@ JSON a received-mail webhook carries, gateway/inbound/payload.py), its raw .eml 
 and /v1/threads/{thread_id} (both directions).
 
 Everything goes through the inbox service (gateway/services/inbox.py, `gateway inbox ...`) with the
-key's tenant, so another tenant's message is not found. Bytes (the .eml, an attachment) are streamed
+key's tenant, so another tenant's message is not found; the list is the store's page of the key's
+tenant (store/inbox.py), which bounds the rows a `kind` filter looks at. Bytes (the .eml, an attachment) are streamed
 piece by piece (the service's CHUNK), never held whole; an attachment is served as a download only
 (the web server's rule for attachment URLs: a safe filename, nosniff, a sandboxing CSP).
 """
@@ -160,17 +161,17 @@ class InboxEndpoints:
         self.deps = deps
 
     @api_route("GET", "/v1/inbox", permission="inbox.read", query=InboxQuery, response=Page[InboxItem],
-               summary="Received mail in arrival order, without bodies (`attachments` is a count)")
+               summary="Received mail in arrival order, without bodies (`attachments` is a count)",
+               description="With `kind` a page looks at a bounded number of messages: it may hold fewer than `limit`"
+                           " and still have a `next_cursor`; follow it until it is null.")
     async def list(self, call: Call) -> dict[str, Any]:
         q = call.query
         after = decode_cursor(q.cursor)
         if after is not None and not (isinstance(after, str) and INBOUND_ID.match(after)):
             raise invalid("cursor is not one this API gave", "query.cursor", 400)
-        rows = await self.deps.methods["inbox.list"](tenant=call.caller.tenant, thread=q.thread, kind=q.kind, after=after,
-                                                     limit=q.limit + 1)
-        more = len(rows) > q.limit
-        rows = rows[:q.limit]
-        return listing(rows, rows[-1]["inbound_id"] if more else None)
+        rows, more = await self.deps.store.inbox.page(call.caller.tenant_id, thread_id=q.thread, kind=q.kind, after=after,
+                                                      limit=q.limit)
+        return listing(rows, more)
 
     @api_route("GET", "/v1/inbox/{inbound_id}", permission="inbox.read", response=InboundMessage,
                summary="One received message: envelope, headers, bodies (bounded, `truncated` names what was cut),"

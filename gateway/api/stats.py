@@ -51,10 +51,18 @@ def _after(cursor: str | None) -> tuple[str, int] | None:
     key: Any = decode_cursor(cursor)
     if key is None:
         return None
-    if (isinstance(key, list) and len(key) == 2 and isinstance(key[0], str) and len(key[0]) == 10
+    if (isinstance(key, list) and len(key) == 2 and isinstance(key[0], str) and _is_day(key[0])
             and isinstance(key[1], int) and not isinstance(key[1], bool)):
         return key[0], key[1]
     raise invalid("cursor is not one this API gave", "query.cursor", 400)
+
+
+def _is_day(text: str) -> bool:
+    """A YYYY-MM-DD day (the store counts days from it)."""
+    try:
+        return datetime.date.fromisoformat(text).isoformat() == text
+    except ValueError:
+        return False
 
 
 class StatsEndpoints:

@@ -229,8 +229,14 @@ class SuppressionService:
                 target = {"tenant_id": by_id[0], "rcpt": complaint.recipient, "queue_id": f"feedback-id {complaint.feedback_id}"}
             if target is None:
                 return {"type": "complaint", "matched": False, "done": []}
-            done = await self.from_report(target["tenant_id"], target["rcpt"], "complaint", source=target["queue_id"],
-                                          data={"feedback_type": complaint.feedback_type})
+            data: dict[str, Any] = {"feedback_type": complaint.feedback_type}
+            if target["queue_id"].startswith("feedback-id ") and by_id is not None:
+                # No message to take the use case from: the Feedback-ID's, when it is the tenant's (the
+                # daily stats count the complaint for it, store/stats.py).
+                ctx = await self.store.usecases.context(by_id[1])
+                if ctx is not None and ctx["tenant_id"] == target["tenant_id"]:
+                    data["usecase_id"] = by_id[1]
+            done = await self.from_report(target["tenant_id"], target["rcpt"], "complaint", source=target["queue_id"], data=data)
             return {"type": "complaint", "matched": True, "done": [done]}
         report = dsn.parse(raw, envelope_to)
         target = await self._target(report.verp)

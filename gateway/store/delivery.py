@@ -202,7 +202,8 @@ def _record(conn: sqlite3.Connection, token: str, tenant_id: int, queue_id: str,
             put = _put(conn, dsn.message)
             conn.executemany("UPDATE recipients SET dsn_sent = 1 WHERE id = ?", [(i,) for i in fresh])
             append_event(conn, dsn.tenant_id, "dsn_sent", dsn.original_queue_id,
-                         {"dsn_queue_id": dsn.message.queue_id, "to": dsn.message.recipients[0], "recipients": len(fresh)})
+                         {"dsn_queue_id": dsn.message.queue_id, "to": dsn.message.recipients[0], "recipients": len(fresh)},
+                         message=message)
             result["dsn"] = put["queue_id"] if isinstance(put, dict) else dsn.message.queue_id
     return result
 

@@ -14,6 +14,7 @@ import sqlite3
 from typing import Any
 
 from ..errors import Conflict, NotFound
+from . import keyset
 from .db import Database
 from .events import append_event
 
@@ -57,19 +58,54 @@ def _one(conn: sqlite3.Connection, inbound_id: str, tenant_id: int | None, *, su
 
 
 def _list(conn: sqlite3.Connection, tenant_id: int | None, thread_id: str | None, kind: str | None, state: str | None,
-          after: str | None, limit: int) -> list[dict[str, Any]]:
+          after: str | None, limit: int, upto: int | None = None) -> list[dict[str, Any]]:
     where, args = ["1"], []
+    if upto is not None:
+        where.append("m.id <= ?")
+        args.append(upto)
     for column, value in (("m.tenant_id", tenant_id), ("m.thread_id", thread_id), ("m.kind", kind), ("m.state", state)):
         if value is not None:
             where.append(f"{column} = ?")
             args.append(value)
     if after is not None:
-        # Inbound ids sort by arrival (QueueIds): a page starts after the last id of the one before.
-        where.append("m.inbound_id > ?")
-        args.append(after)
-    rows = conn.execute(f"SELECT {_ROW}, (SELECT COUNT(*) FROM inbound_attachments x WHERE x.message_id = m.id) AS attachments"
-                        f"{_JOINS} WHERE {' AND '.join(where)} ORDER BY m.inbound_id LIMIT ?", (*args, limit))
+        # A page starts after the row of the last inbound id of the one before (the next one's when
+        # that row is gone meanwhile).
+        where.append(f"m.id > ({AFTER_SQL})")
+        args += [after, after]
+    rows = conn.execute(list_sql(where), (*args, limit))
     return [_decode(r) for r in rows]
+
+
+def _page(conn: sqlite3.Connection, tenant_id: int, thread_id: str | None, kind: str | None, after: str | None,
+          limit: int) -> tuple[list[dict[str, Any]], str | None]:
+    """A tenant's page, and the inbound id the next one starts after (None: no more). A ``kind``
+    (no index holds it) looks at keyset.SCAN of the tenant's rows at most; a thread is its index's range."""
+    edge = None
+    if kind is not None and thread_id is None:
+        where, args = ["tenant_id = ?"], [tenant_id]
+        if after is not None:
+            where.append(f"id > ({AFTER_SQL})")
+            args += [after, after]
+        edge = keyset.edge(conn, f"FROM inbound_messages INDEXED BY inbound_tenant WHERE {' AND '.join(where)}", args,
+                           "id", newest=False)
+    rows = _list(conn, tenant_id, thread_id, kind, None, after, limit + 1, upto=edge)
+    if len(rows) > limit:
+        return rows[:limit], rows[limit - 1]["inbound_id"]
+    if edge is None:
+        return rows, None
+    return rows, conn.execute("SELECT inbound_id FROM inbound_messages WHERE id = ?", (edge,)).fetchone()[0]
+
+
+# Pages walk rows in arrival order (the row id) along inbound_tenant: ORDER BY inbound_id, which no
+# index of the tenant's has, sorted every row of the tenant for each page (EXPLAIN: a temp B-tree
+# over inbound_dedup's whole range).
+AFTER_SQL = ("COALESCE((SELECT id FROM inbound_messages WHERE inbound_id = ?),"
+             " (SELECT id FROM inbound_messages WHERE inbound_id > ? ORDER BY inbound_id LIMIT 1) - 1, 1 << 62)")
+
+
+def list_sql(where: list[str]) -> str:
+    return (f"SELECT {_ROW}, (SELECT COUNT(*) FROM inbound_attachments x WHERE x.message_id = m.id) AS attachments"
+            f"{_JOINS} WHERE {' AND '.join(where)} ORDER BY m.id LIMIT ?")
 
 
 def _show(conn: sqlite3.Connection, inbound_id: str, tenant_id: int | None) -> dict[str, Any]:
@@ -111,6 +147,17 @@ def _download(conn: sqlite3.Connection, tenant_id: int, row_id: int, position: i
     return None if row is None else dict(row) | {"inline": bool(row["inline"])}
 
 
+# A thread's newest entries in each direction walk its index backwards (rowid/id: arrival order)
+# and stop at MAX_THREAD; ORDER BY created_at / received_at, which the index does not hold, sorted
+# every row of the thread first (EXPLAIN: a temp B-tree), however long the thread.
+THREAD_OUT_SQL = (
+    "SELECT i.message_id, i.tenant_id, t.name AS tenant, i.queue_id, i.created_at, i.parent, m.id AS row_id, m.mail_from,"
+    " u.name AS usecase FROM message_ids i JOIN tenants t ON t.id = i.tenant_id"
+    " LEFT JOIN messages m ON m.queue_id = i.queue_id AND m.tenant_id = i.tenant_id LEFT JOIN usecases u ON u.id = i.usecase_id"
+    " WHERE i.direction = 'out' AND i.thread_id = ?{scope} ORDER BY i.rowid DESC LIMIT ?")
+THREAD_IN_SQL = f"SELECT {_ROW}{_JOINS} WHERE m.thread_id = ? AND m.state = 'processed'{{scope}} ORDER BY m.id DESC LIMIT ?"
+
+
 def _thread(conn: sqlite3.Connection, thread_id: str, tenant_id: int | None) -> list[dict[str, Any]]:
     """Both directions of a thread in time order, its newest ``MAX_THREAD`` entries: outbound
     messages through their Message-ID records, inbound rows by their thread."""
@@ -120,21 +167,20 @@ def _thread(conn: sqlite3.Connection, thread_id: str, tenant_id: int | None) -> 
         scope = " AND {}.tenant_id = ?"
         args.append(tenant_id)
     out: list[dict[str, Any]] = []
-    for r in conn.execute(
-            "SELECT i.message_id, i.tenant_id, t.name AS tenant, i.queue_id, i.created_at, i.parent, m.id AS row_id, m.mail_from,"
-            " u.name AS usecase FROM message_ids i JOIN tenants t ON t.id = i.tenant_id"
-            " LEFT JOIN messages m ON m.queue_id = i.queue_id AND m.tenant_id = i.tenant_id LEFT JOIN usecases u ON u.id = i.usecase_id"
-            " WHERE i.direction = 'out' AND i.thread_id = ?" + scope.format("i") + " ORDER BY i.created_at DESC LIMIT ?",
-            (*args, MAX_THREAD)):
-        d = dict(r)
+    sent = [dict(r) for r in conn.execute(THREAD_OUT_SQL.format(scope=scope.format("i")), (*args, MAX_THREAD))]
+    # Every listed message's recipients in one read (not one a message).
+    rcpts: dict[int, list[dict[str, Any]]] = {}
+    row_ids = [d["row_id"] for d in sent if d["row_id"] is not None]
+    if row_ids:
+        for x in conn.execute(f"SELECT message_id, rcpt, state FROM recipients WHERE message_id IN ({', '.join('?' * len(row_ids))})"
+                              " ORDER BY id", row_ids):
+            rcpts.setdefault(x[0], []).append({"rcpt": x[1], "state": x[2]})
+    for d in sent:
         row_id = d.pop("row_id")
-        d["recipients"] = [] if row_id is None else [
-            dict(x) for x in conn.execute("SELECT rcpt, state FROM recipients WHERE message_id = ? ORDER BY id", (row_id,))]
+        d["recipients"] = [] if row_id is None else rcpts.get(row_id, [])
         out.append({"direction": "out", "at": d.pop("created_at"), "id": d["queue_id"], "from": d.pop("mail_from") or "",
                     "kind": "sent", "subject": "", "swept": row_id is None, **d})
-    for r in conn.execute(
-            f"SELECT {_ROW}{_JOINS} WHERE m.thread_id = ? AND m.state = 'processed'" + scope.format("m")
-            + " ORDER BY m.received_at DESC, m.id DESC LIMIT ?", (*args, MAX_THREAD)):
+    for r in conn.execute(THREAD_IN_SQL.format(scope=scope.format("m")), (*args, MAX_THREAD)):
         d = _decode(r)
         out.append({"direction": "in", "at": d["received_at"], "id": d["inbound_id"], "message_id": d["header_message_id"],
                     "tenant_id": d["tenant_id"], "tenant": d["tenant"], "usecase": d["usecase"], "from": d["from_address"],
@@ -154,6 +200,13 @@ class Inbox:
                    state: str | None = None, after: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """Rows in arrival order after the inbound id ``after``, without bodies; ``attachments`` is a count."""
         return await self.db.read(_list, tenant_id, thread_id, kind, state, after, limit)
+
+    async def page(self, tenant_id: int, *, thread_id: str | None = None, kind: str | None = None, after: str | None = None,
+                   limit: int = 100) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of the tenant's received mail in arrival order after the inbound id ``after``, and
+        the id the next page starts after (None: no more). With ``kind`` a page looks at keyset.SCAN
+        rows at most, so it may be short and still have a next page."""
+        return await self.db.read(_page, tenant_id, thread_id, kind, after, limit)
 
     async def show(self, inbound_id: str, *, tenant_id: int | None = None) -> dict[str, Any]:
         """One row with its summary and its attachments' metadata (not its raw bytes)."""

@@ -11,6 +11,7 @@ sender) is not the tenant's traffic and is not counted.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import sqlite3
 import time
@@ -58,20 +59,35 @@ def count(conn: sqlite3.Connection, tenant_id: int, usecase_id: int, kind: str, 
         conn.execute(_UPSERT[counted[0]], (tenant_id, day_of(now), usecase_id, counted[1]))
 
 
+def read_sql(tenant_id: int, first: str, last: str, usecase_id: int | None, after: tuple[str, int] | None,
+             limit: int) -> tuple[str, list[Any]]:
+    """The statement a read runs. One use case's rows are a point read of the key per day: a range of
+    days walks every use case's rows of those days (366 x the tenant's use cases for a sender key)."""
+    where, args = ["s.tenant_id = ?"], [tenant_id]
+    if usecase_id is not None:
+        start, end = datetime.date.fromisoformat(first), datetime.date.fromisoformat(last)
+        done = None if after is None else datetime.date.fromisoformat(after[0])
+        if done is not None and done < end:
+            start = max(start, done + datetime.timedelta(days=1))
+        days = [] if done is not None and done >= end else \
+            [(start + datetime.timedelta(days=n)).isoformat() for n in range(max(0, (end - start).days + 1))]
+        where.append(f"s.day IN ({', '.join('?' * len(days))})" if days else "0")
+        where.append("s.usecase_id = ?")
+        args += [*days, usecase_id]
+    else:
+        where += ["s.day >= ?", "s.day <= ?"]
+        args += [first, last]
+        if after is not None:
+            where.append("(s.day, s.usecase_id) > (?, ?)")
+            args += list(after)
+    return (f"SELECT s.day, s.usecase_id, u.name AS usecase, {', '.join('s.' + c for c in COLUMNS)}"
+            f" FROM daily_stats s LEFT JOIN usecases u ON u.id = s.usecase_id AND u.tenant_id = s.tenant_id"
+            f" WHERE {' AND '.join(where)} ORDER BY s.day, s.usecase_id LIMIT ?", [*args, limit])
+
+
 def _read(conn: sqlite3.Connection, tenant_id: int, first: str, last: str, usecase_id: int | None,
           after: tuple[str, int] | None, limit: int) -> list[dict[str, Any]]:
-    where, args = ["s.tenant_id = ?", "s.day >= ?", "s.day <= ?"], [tenant_id, first, last]
-    if usecase_id is not None:
-        where.append("s.usecase_id = ?")
-        args.append(usecase_id)
-    if after is not None:
-        where.append("(s.day, s.usecase_id) > (?, ?)")
-        args += list(after)
-    rows = conn.execute(
-        f"SELECT s.day, s.usecase_id, u.name AS usecase, {', '.join('s.' + c for c in COLUMNS)}"
-        f" FROM daily_stats s LEFT JOIN usecases u ON u.id = s.usecase_id AND u.tenant_id = s.tenant_id"
-        f" WHERE {' AND '.join(where)} ORDER BY s.day, s.usecase_id LIMIT ?", (*args, limit))
-    return [dict(r) for r in rows]
+    return [dict(r) for r in conn.execute(*read_sql(tenant_id, first, last, usecase_id, after, limit))]
 
 
 class Stats:

@@ -66,6 +66,14 @@ def _check_route(conn: sqlite3.Connection, tenant_id: int, route: str) -> None:
         raise InvalidArgument(f"connector {connector!r} is inbound only; a route needs direction out or both")
 
 
+# A new use case's id: above every id a use case ever had that events still name. SQLite gives a
+# deleted newest row's id to the next insert, and events keep their use case after it is gone (a
+# sender key reads its use case's events by that id): a reused id would hand a new use case's keys the
+# old one's events. Two reads from the ends of the primary key and of events_usecase.
+FRESH_ID_SQL = ("SELECT MAX(COALESCE((SELECT MAX(id) FROM usecases), 0),"
+                " COALESCE((SELECT MAX(usecase_id) FROM events WHERE usecase_id IS NOT NULL), 0)) + 1")
+
+
 def _add(conn: sqlite3.Connection, tenant: str, domain: str, name: str, fields: dict[str, Any], senders: list[str]) -> dict[str, Any]:
     t = tenant_by_name(conn, tenant)
     row = conn.execute("SELECT id, state FROM domains WHERE name = ? AND tenant_id = ?", (domain, t["id"])).fetchone()
@@ -76,8 +84,8 @@ def _add(conn: sqlite3.Connection, tenant: str, domain: str, name: str, fields: 
     _check_route(conn, t["id"], fields["route"])
     try:
         cur = conn.execute(
-            "INSERT INTO usecases (tenant_id, domain_id, name, entity, kind, unsubscribe_scope, route, rate_limit, created_at,"
-            " list_unsubscribe, suppressed_action) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO usecases (id, tenant_id, domain_id, name, entity, kind, unsubscribe_scope, route, rate_limit, created_at,"
+            f" list_unsubscribe, suppressed_action) VALUES (({FRESH_ID_SQL}), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (t["id"], row["id"], name, fields["entity"], fields["kind"], fields["unsubscribe_scope"], fields["route"],
              fields["rate_limit"], time.time(), fields.get("list_unsubscribe"), fields.get("suppressed_action", "refuse")),
         )
