@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
+from gateway.api import keys
+from gateway.errors import NotFound
+from gateway.store import Store
 from tests.support.api import api_client, api_key
 from tests.support.daemon import running_daemon
 from tests.support.dns import dns_overrides
@@ -30,3 +35,27 @@ async def test_a_post_whose_body_fields_are_all_optional_takes_no_body(tmp_path,
             assert status == 415, body
             status, body, _ = await api.request("PUT", "/v1/tenant/outbound")
             assert status == 415, body
+
+
+async def test_api_keys_are_read_a_page_at_a_time_from_the_store(tmp_path):
+    store = await Store.open(tmp_path / "g.db")
+    try:
+        for tenant in ("acme", "globex"):
+            await store.tenants.add(tenant)
+        made = []
+        for n in range(5):
+            public_id, token = keys.mint()
+            made.append(await store.apikeys.add("acme", role="agent", public_id=public_id, name=f"k{n}",
+                                                digest=lambda pepper, t=token: keys.digest(t, pepper)))
+        other_id, other = keys.mint()
+        await store.apikeys.add("globex", role="owner", public_id=other_id, digest=lambda pepper: keys.digest(other, pepper))
+        first = await store.apikeys.list("acme", after=0, limit=2)
+        assert [k["name"] for k in first] == ["k0", "k1"]
+        rest = await store.apikeys.list("acme", after=first[-1]["id"], limit=10)
+        assert [k["name"] for k in rest] == ["k2", "k3", "k4"]
+        assert all("hash" not in k for k in first + rest)
+        assert (await store.apikeys.get("acme", made[3]["public_id"]))["name"] == "k3"
+        with pytest.raises(NotFound):
+            await store.apikeys.get("acme", other_id)        # another tenant's key is none of acme's
+    finally:
+        await store.close()
