@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import ipaddress
+import socket
+
 import pytest
 
 from gateway.api import keys
 from gateway.errors import NotFound
 from gateway.store import Store
 from tests.support.api import api_client, api_key
-from tests.support.daemon import running_daemon
+from tests.support.daemon import AdminError, running_daemon
 from tests.support.dns import dns_overrides
+from tests.support.sink import mail_sink
 
 PROBLEM = "urn:gateway:problem:"
 
@@ -59,3 +63,56 @@ async def test_api_keys_are_read_a_page_at_a_time_from_the_store(tmp_path):
             await store.apikeys.get("acme", other_id)        # another tenant's key is none of acme's
     finally:
         await store.close()
+
+
+REFUSED_HOSTS = ["169.254.169.254", "fe80::1", "224.0.0.1", "0.0.0.0", "240.0.0.1", "::ffff:169.254.169.254"]
+
+
+async def test_connectors_cannot_point_the_gateway_at_link_local_multicast_or_reserved_addresses(tmp_path):
+    async with running_daemon(tmp_path) as d:     # delivery.allow_loopback on: loopback is allowed, these never
+        await d.call("tenant.add", name="acme")
+        owner = await api_key(d, "acme", "owner")
+        async with api_client(d, owner) as api:
+            for host in REFUSED_HOSTS:
+                status, body, _ = await api.post("/v1/connectors", {"name": "relay", "kind": "smtp", "host": host})
+                assert status == 422 and "refused" in body["detail"], (host, body)
+                status, body, _ = await api.post("/v1/connectors", {"name": "grid", "kind": "sendgrid", "secret": "SG.x",
+                                                                    "base_url": f"http://[{host}]:8080" if ":" in host else f"http://{host}/"})
+                assert status == 422 and "refused" in body["detail"], (host, body)
+                status, body, _ = await api.post("/v1/connectors", {"name": "box", "kind": "imap", "host": host, "username": "u",
+                                                                    "secret": "pw", "usecase": "support"})
+                assert status == 422 and "refused" in body["detail"], (host, body)
+            assert (await api.post("/v1/connectors", {"name": "relay", "kind": "smtp", "host": "127.0.0.1", "port": 2525}))[0] == 201
+            status, body, _ = await api.patch("/v1/connectors/relay", {"host": "169.254.169.254"})
+            assert status == 422, body
+            status, body, _ = await api.put("/v1/connectors/relay/incoming", {
+                "protocol": "pop3", "host": "169.254.169.254", "username": "u", "secret": "pw", "usecase": "support"})
+            assert status == 422, body
+            assert (await api.get("/v1/connectors/relay"))[1]["settings"]["host"] == "127.0.0.1"
+        # The CLI's path is the same service: the same refusal over the admin socket.
+        with pytest.raises(AdminError, match="refused"):
+            await d.call("connector.add", tenant="acme", name="meta", kind="smtp", host="169.254.169.254")
+
+
+async def test_connector_loopback_follows_delivery_allow_loopback_when_added_and_when_tested(tmp_path):
+    name = socket.gethostname()
+    resolved = {a[4][0] for a in socket.getaddrinfo(name, 25, type=socket.SOCK_STREAM)}
+    async with running_daemon(tmp_path, {"delivery": {"allow_loopback": False}}) as d:
+        await d.call("tenant.add", name="acme")
+        owner = await api_key(d, "acme", "owner")
+        async with api_client(d, owner) as api:
+            for host in ("127.0.0.1", "::1", "localhost"):
+                status, body, _ = await api.post("/v1/connectors", {"name": "relay", "kind": "smtp", "host": host})
+                assert status == 422 and "delivery.allow_loopback" in body["detail"], (host, body)
+            if not all(ipaddress.ip_address(a).is_loopback for a in resolved):
+                pytest.skip(f"{name} does not resolve to loopback here")
+            # A name passes when added; what it resolves to is checked when the test connects.
+            async with mail_sink() as sink:
+                port = sink.port
+                assert (await api.post("/v1/connectors", {"name": "relay", "kind": "smtp", "host": name, "port": port,
+                                                          "tls": "none"}))[0] == 201
+                status, body, _ = await api.post("/v1/connectors/relay/test")
+                assert status == 200 and body["ok"] is False, body
+                assert body["steps"][0]["step"] == "connect" and "delivery.allow_loopback" in body["steps"][0]["detail"], body
+                assert sink.connections == 0
+
