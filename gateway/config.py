@@ -248,6 +248,7 @@ class ApiConfig:
     rate_burst: float = setting(2.0, "Seconds of rate_limit a key may spend at once after being idle (the token bucket's depth).", min=1.0)
     max_inflight: int = setting(512, "Requests handled at once, all keys together; past it 503 with Retry-After (bounds memory and open work).", min=1)
     max_body_bytes: int = setting(1048576, "Largest request body of an API call other than sending a message, in bytes (413 past it).", min=1024)
+    body_timeout: float = setting(120.0, "Seconds a request body may take to arrive in full; past it 408 (a client trickling its body would hold one of max_inflight's places for as long as it liked).", min=0.1)
     key_cache_ttl: float = setting(5.0, "Seconds a checked API key is remembered; a key revoked through another node stops working within this (one revoked on this node stops at once).", min=0.0)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import socket
 
@@ -116,3 +117,24 @@ async def test_connector_loopback_follows_delivery_allow_loopback_when_added_and
                 assert body["steps"][0]["step"] == "connect" and "delivery.allow_loopback" in body["steps"][0]["detail"], body
                 assert sink.connections == 0
 
+
+async def test_a_body_that_trickles_in_is_refused_after_body_timeout(tmp_path):
+    async with running_daemon(tmp_path, {"api": {"body_timeout": 0.5}}) as d:
+        await d.call("tenant.add", name="acme")
+        owner = await api_key(d, "acme", "owner")
+        host, _, port = d.address("api").rpartition(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            writer.write((f"PUT /v1/tenant/outbound HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {owner}\r\n"
+                          "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"ena").encode())
+            await writer.drain()
+            async with asyncio.timeout(10):
+                status = await reader.readline()
+                rest = await reader.read(4096)
+            assert status.startswith(b"HTTP/1.1 408"), status
+            assert b"request-timeout" in rest
+        finally:
+            writer.close()
+        # The place it held in api.max_inflight is free again: a normal call is answered.
+        async with api_client(d, owner) as api:
+            assert (await api.get("/v1/tenant"))[0] == 200

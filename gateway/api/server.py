@@ -326,10 +326,15 @@ class ApiServer(Component):
         if media != JSON and media not in route.raw or (media == JSON and route.body is None):
             takes = ([JSON] if route.body is not None else []) + list(route.raw)
             raise invalid(f"send the body as {' or '.join(takes)}, not {media or 'nothing'}", "body", 415)
-        if route.reserve and self.budget is not None:
-            data = await self._read_reserved(route, request, limit)
-        else:
-            data = await request.read()
+        try:
+            async with asyncio.timeout(self.config().api.body_timeout):
+                if route.reserve and self.budget is not None:
+                    data = await self._read_reserved(route, request, limit)
+                else:
+                    data = await request.read()
+        except TimeoutError:
+            raise ApiProblem(408, "request-timeout", "The request body did not arrive in time",
+                             f"the whole body must arrive within api.body_timeout ({self.config().api.body_timeout:g} s)") from None
         if len(data) > limit:
             raise invalid(f"the request body is larger than {limit} bytes", None, 413)
         if media in route.raw:
