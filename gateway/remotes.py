@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Callable
 
-from .delivery.loops import host_ip
-from .errors import InvalidArgument
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
+
+from .delivery.loops import host_ip, unroutable
+from .errors import DeliveryError, InvalidArgument
 
 
 def refused(host: str, *, allow_loopback: bool, setting: str) -> str:
@@ -25,7 +29,7 @@ def refused(host: str, *, allow_loopback: bool, setting: str) -> str:
         return ""
     if ip.is_loopback:
         return "" if allow_loopback else f"{ip} is loopback ({setting} is off)"
-    if ip.is_link_local or ip.is_multicast or ip.is_unspecified or ip.is_reserved:
+    if unroutable(ip) or ip.is_unspecified:
         return f"{ip} is a link-local, multicast, reserved or unspecified address"
     return ""
 
@@ -55,3 +59,28 @@ async def resolved_refusal(host: str, port: int, *, allow_loopback: bool, settin
         if why:
             return f"{host} resolves to {why}"
     return ""
+
+
+class RefusedAddress(DeliveryError, OSError):
+    """Every address a host resolved to is one the gateway must not connect to (an OSError, so
+    aiohttp treats it as a connection that could not be made)."""
+
+
+class GuardedResolver(AbstractResolver):
+    """aiohttp's default resolver with the addresses ``refused`` names taken out: what an HTTP client
+    of a tenant's URL (webhooks, a SendGrid connector's base_url) connects through."""
+
+    def __init__(self, allow_loopback: Callable[[], bool], setting: str):
+        self.inner = DefaultResolver()
+        self.allow_loopback = allow_loopback
+        self.setting = setting
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        found = await self.inner.resolve(host, port, family)
+        allowed = [r for r in found if not refused(r["host"], allow_loopback=self.allow_loopback(), setting=self.setting)]
+        if not allowed:
+            raise RefusedAddress(f"{host} resolves only to refused addresses ({', '.join(r['host'] for r in found)})")
+        return allowed
+
+    async def close(self) -> None:
+        await self.inner.close()

@@ -9,6 +9,7 @@ import socket
 import pytest
 
 from gateway.api import keys
+from gateway.delivery.loops import LoopGuard
 from gateway.errors import NotFound
 from gateway.store import Store
 from tests.support.api import api_client, api_key
@@ -138,3 +139,12 @@ async def test_a_body_that_trickles_in_is_refused_after_body_timeout(tmp_path):
         # The place it held in api.max_inflight is free again: a normal call is answered.
         async with api_client(d, owner) as api:
             assert (await api.get("/v1/tenant"))[0] == 200
+
+
+@pytest.mark.parametrize("host", ["169.254.169.254", "fe80::1", "224.0.0.1", "240.0.0.1", "::ffff:169.254.169.254"])
+def test_delivery_never_connects_to_a_link_local_multicast_or_reserved_address(host):
+    """An MX or a connector's smarthost name can resolve anywhere: the address reached is refused, and
+    the bounce says why (nothing from such a server is ever quoted back to a tenant)."""
+    reply = LoopGuard(allow_loopback=True).refusal(host, 25, "dest.test")
+    assert reply is not None and reply.outcome == "bounced" and reply.enhanced == "5.4.4", reply
+    assert LoopGuard(allow_loopback=True).refusal("192.0.2.1", 25, "dest.test") is None
