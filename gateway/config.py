@@ -247,6 +247,7 @@ class ApiConfig:
     rate_limit: float = setting(100.0, "Requests per second one API key may make (a key made with its own --rate-limit uses that); past it 429 with Retry-After.", min=0.1)
     rate_burst: float = setting(2.0, "Seconds of rate_limit a key may spend at once after being idle (the token bucket's depth).", min=1.0)
     max_inflight: int = setting(512, "Requests handled at once, all keys together; past it 503 with Retry-After (bounds memory and open work).", min=1)
+    max_inflight_per_key: int = setting(64, "Requests one API key may have open at once; past it 429 with Retry-After (one tenant's slow uploads cannot take every place of max_inflight).", min=1)
     max_body_bytes: int = setting(1048576, "Largest request body of an API call other than sending a message, in bytes (413 past it).", min=1024)
     body_timeout: float = setting(120.0, "Seconds a request body may take to arrive in full; past it 408 (a client trickling its body would hold one of max_inflight's places for as long as it liked).", min=0.1)
     key_cache_ttl: float = setting(5.0, "Seconds a checked API key is remembered; a key revoked through another node stops working within this (one revoked on this node stops at once).", min=0.0)

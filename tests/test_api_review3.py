@@ -148,3 +148,33 @@ def test_delivery_never_connects_to_a_link_local_multicast_or_reserved_address(h
     reply = LoopGuard(allow_loopback=True).refusal(host, 25, "dest.test")
     assert reply is not None and reply.outcome == "bounced" and reply.enhanced == "5.4.4", reply
     assert LoopGuard(allow_loopback=True).refusal("192.0.2.1", 25, "dest.test") is None
+
+
+async def trickle(d, token: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A PUT whose body never arrives in full: it stays in flight until the body timeout."""
+    host, _, port = d.address("api").rpartition(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write((f"PUT /v1/tenant/outbound HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+                  "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{").encode())
+    await writer.drain()
+    return reader, writer
+
+
+async def test_one_keys_open_requests_are_bounded_so_other_tenants_are_still_served(tmp_path):
+    async with running_daemon(tmp_path, {"api": {"max_inflight_per_key": 2, "max_inflight": 3}}) as d:
+        for tenant in ("acme", "globex"):
+            await d.call("tenant.add", name=tenant)
+        greedy, other = await api_key(d, "acme", "owner"), await api_key(d, "globex", "owner")
+        held = [await trickle(d, greedy) for _ in range(2)]
+        try:
+            async with api_client(d, greedy) as api:
+                for _ in range(100):          # until both trickles are in flight (each is served once its headers are in)
+                    status, body, headers = await api.get("/v1/tenant")
+                    if status == 429:
+                        break
+                assert status == 429 and body["type"] == PROBLEM + "too-many-in-flight" and headers["Retry-After"] == "1"
+            async with api_client(d, other) as api:
+                assert (await api.get("/v1/tenant"))[0] == 200
+        finally:
+            for _, writer in held:
+                writer.close()

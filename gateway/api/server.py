@@ -3,6 +3,7 @@
 Per request, in this order (each step's refusal is a problem body, problems.py):
     in-flight bound (503) -> client address (X-Forwarded-For only from api.trusted_proxies)
     -> API key (401) -> the key's rate limit (429 + Retry-After) -> the route's permission (403)
+    -> the key's own in-flight bound (429)
     -> path, query and body decoded against the route's models (400/413/415/422)
     -> If-Match against the object's current ETag (412) -> the endpoint
     -> the reply converted to the route's response model (so nothing undocumented leaves: a field a
@@ -104,6 +105,7 @@ class ApiServer(Component):
         self.keys = KeyChecker(store, ttl=api.key_cache_ttl, default_rate=api.rate_limit)
         self.limiter = RateLimiter()
         self._inflight = 0
+        self._per_key: dict[int, int] = {}   # requests in flight by API key id (only keys with one open)
         self._locks: dict[tuple[int, str], asyncio.Lock] = {}
         self._reads = {r.path: r for r in routes if r.method == "GET"}
         self._lists = {id(r): (_list_fields(r.query)) for r in routes}
@@ -242,9 +244,18 @@ class ApiServer(Component):
                              f"this key may make {caller.rate_limit:g} requests a second", retry_after=wait)
         if not caller.may(route.permission):
             raise forbidden(route.permission, caller.role)
+        held = self._per_key.get(caller.key_id, 0)
+        if held >= self.config().api.max_inflight_per_key:
+            # One key's slow requests must not take every place of max_inflight from the other tenants.
+            raise ApiProblem(429, "too-many-in-flight", "The API key has too many requests in flight",
+                             f"this key may have {self.config().api.max_inflight_per_key} requests open at once", retry_after=1)
+        self._per_key[caller.key_id] = held + 1
         try:
             return await self._call(route, request, caller, client)
         finally:
+            left = self._per_key.pop(caller.key_id) - 1
+            if left:
+                self._per_key[caller.key_id] = left
             reservation = request.get(RESERVATION)   # a body read under the memory budget (_read_reserved)
             if reservation is not None:
                 reservation.release()
