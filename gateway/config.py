@@ -127,7 +127,7 @@ class DeliveryConfig:
     # Postfix's smtp_mx_address_limit / smtp_mx_session_limit: one attempt never walks a long MX list.
     mx_address_limit: int = setting(5, "Most MX addresses tried in one delivery attempt (0: no limit).", min=0)
     mx_session_limit: int = setting(2, "Most SMTP sessions (past the greeting) opened in one delivery attempt before it is deferred (0: no limit).", min=0)
-    allow_loopback: bool = setting(False, "Deliver to loopback addresses (an MX or smarthost on 127.0.0.1 or ::1). Off: such mail bounces 5.4.6 as a loop; mail to the gateway's own listeners always does.")
+    allow_loopback: bool = setting(False, "Deliver to loopback addresses (an MX or smarthost on 127.0.0.1 or ::1), and let connectors (smtp, sendgrid, imap, pop3) name loopback hosts. Off: such mail bounces 5.4.6 as a loop and such connector hosts are refused when added and when their name resolves there; mail to the gateway's own listeners always bounces.")
     soft_bounce_limit: int = setting(3, "Soft failures of one address (a message that failed for good with a soft class: mailbox full, lifetime ran out) within soft_bounce_window that suppress it for soft_bounce_suppress_for. 0: soft failures never suppress.", min=0)
     soft_bounce_window: float = setting(604800.0, "Seconds in which soft_bounce_limit soft failures must fall, counted from the first (default 7 days).", min=60.0)
     soft_bounce_suppress_for: float = setting(604800.0, "Seconds an address stays suppressed after too many soft failures (default 7 days).", min=60.0)

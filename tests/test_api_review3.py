@@ -16,6 +16,7 @@ from tests.support.api import api_client, api_key
 from tests.support.daemon import AdminError, running_daemon
 from tests.support.dns import dns_overrides
 from tests.support.sink import mail_sink
+from tests.support.tenancy import sending_setup
 
 PROBLEM = "urn:gateway:problem:"
 
@@ -178,3 +179,31 @@ async def test_one_keys_open_requests_are_bounded_so_other_tenants_are_still_ser
         finally:
             for _, writer in held:
                 writer.close()
+
+
+async def test_a_mailbox_whose_name_resolves_to_loopback_is_not_polled_while_loopback_is_off(tmp_path, dns_server):
+    name = socket.gethostname()
+    if not all(ipaddress.ip_address(a[4][0]).is_loopback for a in socket.getaddrinfo(name, 143, type=socket.SOCK_STREAM)):
+        pytest.skip(f"{name} does not resolve to loopback here")
+    connections = []
+    server = await asyncio.start_server(lambda r, w: (connections.append(1), w.close()), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with running_daemon(tmp_path, {**dns_overrides(dns_server), "delivery": {"allow_loopback": False}}) as d:
+            await sending_setup(d, dns_server, tenant="acme", domain="acme.test", usecase="support", sender="help@acme.test")
+            owner = await api_key(d, "acme", "owner")
+            async with api_client(d, owner) as api:
+                status, body, _ = await api.post("/v1/connectors", {"name": "box", "kind": "imap", "host": name, "port": port,
+                                                                    "tls": "none", "insecure_plaintext": True, "username": "u",
+                                                                    "secret": "pw", "usecase": "support"})
+                assert status == 201, body
+                for _ in range(200):
+                    status, body, _ = await api.get("/v1/connectors/box")
+                    if body["incoming_status"].get("last_error"):
+                        break
+                    await asyncio.sleep(0.05)
+                assert "delivery.allow_loopback" in body["incoming_status"]["last_error"], body
+        assert connections == []
+    finally:
+        server.close()
+        await server.wait_closed()
