@@ -42,6 +42,9 @@ async def test_a_post_whose_body_fields_are_all_optional_takes_no_body(tmp_path,
             assert status == 415, body
             status, body, _ = await api.request("PUT", "/v1/tenant/outbound")
             assert status == 415, body
+            document = (await api.get("/v1/openapi.json"))[1]["paths"]
+            assert document["/v1/domains/{domain}/dkim"]["post"]["requestBody"]["required"] is False
+            assert document["/v1/tenant/outbound"]["put"]["requestBody"]["required"] is True
 
 
 async def test_api_keys_are_read_a_page_at_a_time_from_the_store(tmp_path):

@@ -78,11 +78,6 @@ def _is_list(t: Any) -> bool:
     return isinstance(t, msgspec.inspect.ListType)
 
 
-def _all_optional(model: type) -> bool:
-    """Whether a body model has no required field: then no body at all means {}."""
-    return not any(f.required for f in msgspec.inspect.type_info(model).fields)
-
-
 def _no_body(request: web.Request) -> bool:
     """Nothing sent (Content-Length 0, or neither it nor chunked transfer), and no media type named but
     application/octet-stream, which clients such as aiohttp's add to every bodiless POST."""
@@ -331,7 +326,7 @@ class ApiServer(Component):
         limit = self._limit(route)
         if request.content_length is not None and request.content_length > limit:
             raise invalid(f"the request body is larger than {limit} bytes", None, 413)
-        if route.body is not None and _all_optional(route.body) and _no_body(request):
+        if route.body_optional and _no_body(request):
             return msgspec.json.decode(b"{}", type=route.body), JSON   # e.g. a DKIM rotation with the defaults
         media = request.content_type
         if media != JSON and media not in route.raw or (media == JSON and route.body is None):
