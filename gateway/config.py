@@ -249,6 +249,7 @@ class ApiConfig:
     max_inflight: int = setting(512, "Requests handled at once, all keys together; past it 503 with Retry-After (bounds memory and open work).", min=1)
     max_inflight_per_key: int = setting(64, "Requests one API key may have open at once; past it 429 with Retry-After (one tenant's slow uploads cannot take every place of max_inflight).", min=1)
     max_body_bytes: int = setting(1048576, "Largest request body of an API call other than sending a message, in bytes (413 past it).", min=1024)
+    idle_timeout: float = setting(75.0, "Seconds an API connection may stay open without a request (before its first one, too); then it is closed (aiohttp's own default is an hour, so idle connections would pile up).", min=0.1, restart=True)
     body_timeout: float = setting(120.0, "Seconds a request body may take to arrive in full; past it 408 (a client trickling its body would hold one of max_inflight's places for as long as it liked).", min=0.1)
     key_cache_ttl: float = setting(5.0, "Seconds a checked API key is remembered; a key revoked through another node stops working within this (one revoked on this node stops at once).", min=0.0)
 

@@ -236,3 +236,14 @@ def test_a_suppression_csv_is_checked_and_imported_without_holding_all_its_rows(
         tracemalloc.stop()
     assert header == ["address", "scope", "reason"] and chunks == 100_000 // suppressions.IMPORT_CHUNK
     assert peak < len(long), peak      # one chunk of rows, not 100,000 parsed rows nor a copy of the text
+
+
+async def test_a_connection_that_sends_nothing_is_closed_after_idle_timeout(tmp_path):
+    async with running_daemon(tmp_path, {"api": {"idle_timeout": 0.5}}) as d:
+        host, _, port = d.address("api").rpartition(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            async with asyncio.timeout(10):
+                assert await reader.read() == b""      # closed by the daemon, nothing answered
+        finally:
+            writer.close()

@@ -123,7 +123,8 @@ class ApiServer(Component):
     async def start(self) -> None:
         api = self.config().api
         host, port = split_hostport(api.listen)
-        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        # aiohttp keeps an idle connection (one that never sends a request, too) for an hour by default.
+        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False, keepalive_timeout=api.idle_timeout)
         await self._runner.setup()
         ssl_context = None
         if api.tls:
