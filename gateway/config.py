@@ -128,7 +128,7 @@ class DeliveryConfig:
     # Postfix's smtp_mx_address_limit / smtp_mx_session_limit: one attempt never walks a long MX list.
     mx_address_limit: int = setting(5, "Most MX addresses tried in one delivery attempt (0: no limit).", min=0)
     mx_session_limit: int = setting(2, "Most SMTP sessions (past the greeting) opened in one delivery attempt before it is deferred (0: no limit).", min=0)
-    allow_loopback: bool = setting(False, "Deliver to loopback addresses (an MX or smarthost on 127.0.0.1 or ::1). Off: such mail bounces 5.4.6 as a loop; mail to the gateway's own listeners always does.")
+    allow_loopback: bool = setting(False, "Deliver to loopback addresses (an MX or smarthost on 127.0.0.1 or ::1), and let connectors (smtp, sendgrid, imap, pop3) name loopback hosts. Off: such mail bounces 5.4.6 as a loop and such connector hosts are refused when added and when their name resolves there; mail to the gateway's own listeners always bounces.")
     soft_bounce_limit: int = setting(3, "Soft failures of one address (a message that failed for good with a soft class: mailbox full, lifetime ran out) within soft_bounce_window that suppress it for soft_bounce_suppress_for. 0: soft failures never suppress.", min=0)
     soft_bounce_window: float = setting(604800.0, "Seconds in which soft_bounce_limit soft failures must fall, counted from the first (default 7 days).", min=60.0)
     soft_bounce_suppress_for: float = setting(604800.0, "Seconds an address stays suppressed after too many soft failures (default 7 days).", min=60.0)
@@ -249,6 +249,7 @@ class ApiConfig:
     rate_burst: float = setting(2.0, "Seconds of rate_limit a key may spend at once after being idle (the token bucket's depth).", min=1.0)
     max_inflight: int = setting(512, "Requests handled at once, all keys together; past it 503 with Retry-After (bounds memory and open work).", min=1)
     max_inflight_per_client: int = setting(128, "Requests handled at once from one client address (X-Forwarded-For from a trusted proxy); past it 503 with Retry-After, so one address cannot take every slot of max_inflight.", min=1)
+    max_inflight_per_key: int = setting(64, "Requests one API key may have open at once; past it 429 with Retry-After (one tenant's slow uploads cannot take every place of max_inflight).", min=1)
     max_body_bytes: int = setting(1048576, "Largest request body of an API call other than sending a message, in bytes (413 past it).", min=1024)
     auth_failure_rate: float = setting(2.0, "Requests with a missing or invalid API key one client address may make a second (bursts of five seconds' worth); past it that address gets 429 with Retry-After, its keys not even looked at, until the budget refills. Behind a reverse proxy set trusted_proxies, or every client shares the proxy's address.", min=0.1)
     idle_timeout: float = setting(30.0, "Seconds a connection may sit without a request (before its first one or between them) before it is closed.", min=1.0, restart=True)

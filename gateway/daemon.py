@@ -140,7 +140,7 @@ class Daemon:
         # A full disk's episode ends: claim what waited at once rather than at the next poll.
         store.db.on_recovered(self.scheduler.wake)
         # Mailbox polling: a connector change through the CLI wakes it to look at the connectors again.
-        self.poller = Poller(store, self.config.poller, self.metrics)
+        self.poller = Poller(store, self.config.poller, self.metrics, allow_loopback=self.config.delivery.allow_loopback)
         # Received mail: the processor writes attachment files, the sweeper removes them, the
         # application's delivery serves them (one AttachmentFiles for all); the pins keep the sweeper
         # off files being written (gateway/inbound/pins.py). Webhook payloads and attachment URLs of

@@ -22,7 +22,7 @@
     │   ├── SigningError          delivery/dkim.py: a key cannot be loaded or used; the message is held
     │   ├── PayloadRefused        delivery/connectors.py: past a bound of the SendGrid mapping (permanent reply)
     │   ├── RoutingProblem        delivery: the use case cannot be routed (no or disabled connector); held
-    │   └── RefusedAddress        webhooks/sender.py: a webhook host resolves only to refused addresses (also an OSError)
+    │   └── RefusedAddress        remotes.py: a webhook or SendGrid host resolves only to refused addresses (also an OSError)
     ├── RecordError               a published DNS record cannot be evaluated; verification reports it as a status
     │   ├── PermError             domains/spf.py: the SPF policy is broken for every receiver
     │   └── TempError             domains/spf.py: DNS did not answer, we cannot tell

@@ -360,8 +360,8 @@ async def test_names_resolving_to_refused_addresses_are_not_posted_to():
     loopback (here the system's own 'localhost') cannot be POSTed to unless loopback is allowed."""
     from gateway.webhooks.sender import GuardedResolver, RefusedAddress
 
-    closed = GuardedResolver(lambda: False)
-    opened = GuardedResolver(lambda: True)
+    closed = GuardedResolver(lambda: False, "webhooks.allow_loopback")
+    opened = GuardedResolver(lambda: True, "webhooks.allow_loopback")
     try:
         with pytest.raises(RefusedAddress):
             await closed.resolve("localhost", 80)

@@ -85,7 +85,7 @@ def _operation(r: Route, refs: dict[Any, dict[str, Any]], item_paths: set[str]) 
             content["application/json"] = {"schema": refs[r.body]}
         for media in r.raw:
             content[media] = {"schema": {"type": "string"}}
-        op["requestBody"] = {"required": True, "content": content}
+        op["requestBody"] = {"required": not r.body_optional, "content": content}
     success: dict[str, Any] = {"description": r.summary}
     if r.response is not None:
         success["content"] = {r.produces: {"schema": refs[r.response]}, **{m: {"schema": {"type": "string"}} for m in r.alternatives}}

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 from aiohttp import web
 
 from .roles import PERMISSIONS
@@ -92,6 +93,12 @@ class Route:
     @property
     def params(self) -> list[str]:
         return PARAM.findall(self.path)
+
+    @property
+    def body_optional(self) -> bool:
+        """No body at all is {} (its JSON model has no required field and no raw type is taken)."""
+        return (self.body is not None and not self.raw
+                and not any(f.required for f in msgspec.inspect.type_info(self.body).fields))
 
     @property
     def operation_id(self) -> str:

@@ -3,6 +3,7 @@
 Per request, in this order (each step's refusal is a problem body, problems.py):
     in-flight bound (503) -> client address (X-Forwarded-For only from api.trusted_proxies)
     -> API key (401) -> the key's rate limit (429 + Retry-After) -> the route's permission (403)
+    -> the key's own in-flight bound (429)
     -> path, query and body decoded against the route's models (400/413/415/422)
     -> If-Match against the object's current ETag (412) -> the endpoint
     -> the reply converted to the route's response model (so nothing undocumented leaves: a field a
@@ -95,6 +96,13 @@ async def _harden(request: web.Request, response: web.StreamResponse) -> None:
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
 
 
+def _no_body(request: web.Request) -> bool:
+    """Nothing sent (Content-Length 0, or neither it nor chunked transfer), and no media type named but
+    application/octet-stream, which clients such as aiohttp's add to every bodiless POST."""
+    media = request.headers.get("Content-Type")
+    return not request.body_exists and (media is None or request.content_type == "application/octet-stream")
+
+
 class ApiServer(Component):
     name = "api"
 
@@ -113,6 +121,7 @@ class ApiServer(Component):
         self._blocked: OrderedDict[str, float] = OrderedDict()  # client address -> refused until (monotonic)
         self._inflight = 0
         self._inflight_by_client: dict[str, int] = {}   # only addresses with requests in flight (bounded by max_inflight)
+        self._per_key: dict[int, int] = {}   # requests in flight by API key id (only keys with one open)
         self._locks: dict[tuple[int, str], asyncio.Lock] = {}
         self._reads = item_reads(routes)
         self._lists = {id(r): (list_fields(r.query)) for r in routes}
@@ -291,9 +300,18 @@ class ApiServer(Component):
                              f"this key may make {caller.rate_limit:g} requests a second", retry_after=wait)
         if not caller.may(route.permission):
             raise forbidden(route.permission, caller.role)
+        held = self._per_key.get(caller.key_id, 0)
+        if held >= self.config().api.max_inflight_per_key:
+            # One key's slow requests must not take every place of max_inflight from the other tenants.
+            raise ApiProblem(429, "too-many-in-flight", "The API key has too many requests in flight",
+                             f"this key may have {self.config().api.max_inflight_per_key} requests open at once", retry_after=1)
+        self._per_key[caller.key_id] = held + 1
         try:
             return await self._call(route, request, caller, client)
         finally:
+            left = self._per_key.pop(caller.key_id) - 1
+            if left:
+                self._per_key[caller.key_id] = left
             reservation = request.get(RESERVATION)   # a body read under the memory budget (_read_reserved)
             if reservation is not None:
                 reservation.release()
@@ -376,6 +394,8 @@ class ApiServer(Component):
         limit = self._limit(route)
         if request.content_length is not None and request.content_length > limit:
             raise invalid(f"the request body is larger than {limit} bytes", None, 413)
+        if route.body_optional and _no_body(request):
+            return msgspec.json.decode(b"{}", type=route.body), JSON   # e.g. a DKIM rotation with the defaults
         media = request.content_type
         if media != JSON and media not in route.raw or (media == JSON and route.body is None):
             takes = ([JSON] if route.body is not None else []) + list(route.raw)
@@ -390,7 +410,8 @@ class ApiServer(Component):
                 else:
                     data = await read_chunked(request, limit)
         except TimeoutError:
-            raise invalid(f"the request body did not arrive within {self.config().api.body_timeout:g} s", "body", 408) from None
+            raise ApiProblem(408, "request-timeout", "The request body did not arrive in time",
+                             f"the whole body must arrive within api.body_timeout ({self.config().api.body_timeout:g} s)") from None
         if len(data) > limit:
             raise invalid(f"the request body is larger than {limit} bytes", None, 413)
         if media in route.raw:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
+from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -29,6 +31,7 @@ log = structlog.get_logger("api")
 
 IMPORT_BYTES = 8 * 1024 * 1024      # one import's CSV body
 IMPORT_ROWS = 100_000               # data rows of one import (a longer list: several imports)
+MAX_COLUMNS = 32                    # fields of one row (the format has five): more is only memory spent
 MAX_REFUSED_SHOWN = 1000            # refused rows named in the answer; refused_count counts them all
 
 Address = Annotated[str, msgspec.Meta(min_length=3, max_length=MAX_ADDRESS, description="an email address (stored lower-cased)")]
@@ -106,24 +109,43 @@ class ImportResult(msgspec.Struct):
     refused: Annotated[list[RefusedRow], msgspec.Meta(description=f"the first {MAX_REFUSED_SHOWN} refused rows")]
 
 
-def _rows(body: bytes) -> list[list[str]]:
-    """The CSV's rows, header first; a body that is not UTF-8 CSV is a 422 naming the line."""
-    try:
-        text = body.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise invalid(f"the CSV is not UTF-8 (byte {exc.start})", "body") from None
-    reader = csv.reader(io.StringIO(text, newline=""))
-    rows: list[list[str]] = []
+def _reader(body: bytes) -> Any:
+    """The body's CSV rows, decoded as they are read (no whole copy of the text is made)."""
+    return csv.reader(io.TextIOWrapper(io.BytesIO(body), encoding="utf-8-sig", newline=""))
+
+
+def _checked(body: bytes) -> list[str]:
+    """The header row of a CSV body checked whole before any row is imported: UTF-8, a header naming
+    address, at most IMPORT_ROWS data rows of at most MAX_COLUMNS fields. Only one row is held at a
+    time: rows as lists of strings take some 25 times the body's bytes."""
+    reader = _reader(body)
+    header: list[str] | None = None
+    count = 0
     try:
         for row in reader:
-            if len(rows) > IMPORT_ROWS:
+            if len(row) > MAX_COLUMNS:
+                raise invalid(f"line {reader.line_num}: more than {MAX_COLUMNS} fields", "body")
+            if header is None:
+                header = row
+                continue
+            count += 1
+            if count > IMPORT_ROWS:
                 raise invalid(f"more than {IMPORT_ROWS} rows: import the list in parts", "body", 413)
-            rows.append(row)
+    except UnicodeDecodeError:
+        raise invalid(f"the CSV is not UTF-8 (line {reader.line_num + 1})", "body") from None
     except csv.Error as exc:
         raise invalid(f"line {reader.line_num}: {exc}", "body") from None
-    if not rows or "address" not in [f.strip().lower() for f in rows[0]]:
+    if header is None or "address" not in [f.strip().lower() for f in header]:
         raise invalid(f"the CSV needs a header row with at least an 'address' column ({', '.join(CSV_FIELDS)})", "body")
-    return rows
+    return header
+
+
+def _chunks(body: bytes) -> Iterator[list[list[str]]]:
+    """The data rows of a checked CSV body, IMPORT_CHUNK at a time (the header skipped)."""
+    reader = _reader(body)
+    next(reader)
+    while chunk := list(itertools.islice(reader, IMPORT_CHUNK)):
+        yield chunk
 
 
 class SuppressionEndpoints:
@@ -175,11 +197,13 @@ class SuppressionEndpoints:
                description=f"At most {IMPORT_BYTES} bytes and {IMPORT_ROWS} rows. Every row is checked; the good ones are "
                            "added or refreshed, the others are reported with their line number. An export imports back unchanged.")
     async def import_csv(self, call: Call) -> dict[str, Any]:
-        header, *rows = _rows(call.body)
+        header = _checked(call.body)
         total: dict[str, Any] = {"added": 0, "updated": 0, "refused": [], "refused_count": 0}
-        for start in range(0, len(rows), IMPORT_CHUNK):
-            done = await self._scoped("suppression.import", tenant=call.caller.tenant, rows=[header, *rows[start:start + IMPORT_CHUNK]],
+        start = 0
+        for chunk in _chunks(call.body):
+            done = await self._scoped("suppression.import", tenant=call.caller.tenant, rows=[header, *chunk],
                                       scope=call.query.scope, source="api", first_line=2 + start)
+            start += len(chunk)
             total["added"] += done["added"]
             total["updated"] += done["updated"]
             total["refused_count"] += len(done["refused"])

@@ -6,6 +6,7 @@ from typing import Annotated
 
 import msgspec
 
+from ..errors import NotFound
 from .endpoints import Deps
 from .paging import Page, Paging, decode_cursor, page
 from .problems import not_found
@@ -70,15 +71,15 @@ class ApiKeyEndpoints:
         after = decode_cursor(call.query.cursor, 0)
         if not isinstance(after, int):
             after = 0
-        rows = [r for r in await self.deps.store.apikeys.list(call.caller.tenant) if r["id"] > after]
-        return page(rows[: call.query.limit + 1], call.query.limit, key=lambda r: r["id"])
+        rows = await self.deps.store.apikeys.list(call.caller.tenant, after=after, limit=call.query.limit + 1)
+        return page(rows, call.query.limit, key=lambda r: r["id"])
 
     @api_route("GET", "/v1/apikeys/{public_id}", permission="apikeys.read", response=ApiKey, summary="One API key")
     async def show(self, call: Call) -> ApiKey:
-        for row in await self.deps.store.apikeys.list(call.caller.tenant):
-            if row["public_id"] == call.params["public_id"]:
-                return row
-        raise not_found("no such API key")
+        try:
+            return await self.deps.store.apikeys.get(call.caller.tenant, call.params["public_id"])
+        except NotFound:
+            raise not_found("no such API key") from None
 
     @api_route("DELETE", "/v1/apikeys/{public_id}", permission="apikeys.write", response=ApiKey,
                summary="Revoke an API key (it stops working at once on this node)")

@@ -25,6 +25,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -169,6 +170,14 @@ class SendGridCourier:
 
 
 # --------------------------------------------------------------------------- `connector test`
+
+
+def outgoing_target(spec: ConnectorSpec, config: DeliveryConfig) -> tuple[str, int]:
+    """(host, port) an smtp or sendgrid connector connects to."""
+    if spec.kind == "smtp":
+        return spec.settings["host"], int(spec.settings.get("port", 587))
+    url = urlsplit((spec.settings.get("base_url") or config.sendgrid_url))
+    return url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
 
 
 async def test_connector(spec: ConnectorSpec, config: DeliveryConfig, helo: str) -> dict[str, Any]:

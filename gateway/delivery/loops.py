@@ -4,7 +4,8 @@
 Refused, always: an address and port one of the daemon's own listeners is bound to (a wildcard
 listener counts for the loopback addresses). Refused unless ``delivery.allow_loopback``: any
 loopback or unspecified address (127.0.0.0/8, ::1, 0.0.0.0, ::), where nothing but this host
-answers. A refusal is a permanent 5.4.6 (RFC 3463 "routing loop detected"): retrying cannot help.
+answers. Refused always, as no mail server is there: link-local (cloud metadata at 169.254.169.254),
+multicast and reserved addresses (5.4.4, unroutable). A loop refusal is a permanent 5.4.6 (RFC 3463 "routing loop detected"): retrying cannot help.
 
 Host names are not resolved here: an MX's addresses come resolved from DNS and are checked before
 connecting; a smarthost given by name is checked for ``localhost`` before connecting and, once
@@ -38,6 +39,12 @@ def host_ip(host: str) -> IP | None:
     return ip
 
 
+def unroutable(ip: IP) -> bool:
+    """Link-local (169.254.169.254 is a cloud's metadata service), multicast or reserved: no mail
+    server, webhook receiver or mailbox a tenant may name is there (remotes.py refuses them too)."""
+    return ip.is_link_local or ip.is_multicast or ip.is_reserved
+
+
 def _local(ip: IP) -> bool:
     return ip.is_loopback or ip.is_unspecified
 
@@ -67,6 +74,9 @@ class LoopGuard:
             why = "the gateway's own listener"
         elif _local(ip) and not self.allow_loopback:
             why = "a loopback address (delivery.allow_loopback is off)"
+        elif unroutable(ip):
+            return Reply.permanent(f"mail for {target} not sent: {host} port {port} is a link-local, multicast or reserved address",
+                                   "5.4.4", code=554)
         else:
             return None
         return Reply.permanent(f"mail for {target} loops back to myself: {host} port {port} is {why}", "5.4.6", code=554)

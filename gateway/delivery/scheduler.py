@@ -41,6 +41,7 @@ from ..config import Config
 from ..errors import StorageFull
 from ..lifecycle import Component
 from ..metrics import Metrics
+from ..remotes import GuardedResolver
 from ..store import Store
 from ..store.delivery import Dsn, Outcome
 from ..store.queue import QueueIds
@@ -114,7 +115,9 @@ class Scheduler(Component):
             # A full disk must not stop the start (operators need the admin socket): the first
             # dispatch that can write releases them, before it claims anything.
             self._stale_claims = True
-        self._http = aiohttp.ClientSession()
+        # A SendGrid connector's base_url is the tenant's: its name may resolve nowhere remotes.py allows.
+        self._http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(
+            resolver=GuardedResolver(lambda: self.config.delivery.allow_loopback, "delivery.allow_loopback")))
         self._sign_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dkim-sign")
         self._dispatcher = asyncio.get_running_loop().create_task(self._run(), name="delivery-dispatcher")
 

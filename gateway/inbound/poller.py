@@ -37,6 +37,7 @@ from typing import Any
 import structlog
 
 from ..config import Config, PollerConfig
+from .. import remotes
 from ..errors import StoreError
 from ..lifecycle import Component
 from ..metrics import Metrics
@@ -112,8 +113,10 @@ class MailboxTask:
     """Polls one connector's mailbox until cancelled."""
 
     def __init__(self, spec: dict[str, Any], store: Store, config: Callable[[], PollerConfig], ids: QueueIds,
-                 metrics: Metrics | None = None, on_spooled: Callable[[], None] | None = None):
+                 metrics: Metrics | None = None, on_spooled: Callable[[], None] | None = None,
+                 allow_loopback: Callable[[], bool] = lambda: False):
         self.spec = spec
+        self.allow_loopback = allow_loopback   # delivery.allow_loopback: a mailbox on loopback (remotes.py)
         self.connector_id: int = spec["id"]
         self.tenant_id: int = spec["tenant_id"]
         self.incoming = Incoming.from_settings(spec["settings"]["incoming"], spec["incoming_secret"])
@@ -242,9 +245,18 @@ class MailboxTask:
 
     # ------------------------------------------------------------------ IMAP
 
+    async def _refuse_remote(self, config: PollerConfig) -> None:
+        """MailboxError before connecting to a host remotes.py refuses (the tenant's name may resolve
+        to link-local, e.g. cloud metadata, or to loopback): last_error would quote what answered."""
+        why = await remotes.resolved_refusal(self.incoming.host, self.incoming.port, allow_loopback=self.allow_loopback(),
+                                             setting="delivery.allow_loopback", timeout=config.connect_timeout)
+        if why:
+            raise MailboxError("connect", f"not connecting: {why}")
+
     async def _imap_session(self) -> None:
         config = self.config()
         inc = self.incoming
+        await self._refuse_remote(config)
         self.state.state = "polling"
         session = ImapSession(inc, tls_context(inc, config.ca_file), connect_timeout=config.connect_timeout,
                               command_timeout=config.command_timeout)
@@ -355,6 +367,7 @@ class MailboxTask:
     async def _pop3_round(self) -> None:
         config = self.config()
         inc = self.incoming
+        await self._refuse_remote(config)
         self.state.state = "polling"
         session = Pop3Session(inc, tls_context(inc, config.ca_file), connect_timeout=config.connect_timeout,
                               command_timeout=config.command_timeout, max_line=config.max_message_size + 2)
@@ -418,9 +431,10 @@ class Poller(Component):
     name = "poller"
 
     def __init__(self, store: Store, config: PollerConfig, metrics: Metrics | None = None,
-                 on_spooled: Callable[[], None] | None = None):
+                 on_spooled: Callable[[], None] | None = None, *, allow_loopback: bool = False):
         self.store = store
         self.config = config
+        self.allow_loopback = allow_loopback   # delivery.allow_loopback (mailbox hosts follow remotes.py's rule)
         self.metrics = metrics
         self.on_spooled = on_spooled   # called after each commit that spooled messages (the processor's wake)
         self.tasks: dict[int, MailboxTask] = {}
@@ -443,6 +457,7 @@ class Poller(Component):
 
     async def reload(self, config: Config) -> None:
         self.config = config.poller
+        self.allow_loopback = config.delivery.allow_loopback
         self.wake()
 
     def wake(self) -> None:
@@ -476,7 +491,8 @@ class Poller(Component):
             if cid in self.tasks:
                 continue
             try:
-                task = MailboxTask(spec, self.store, lambda: self.config, self.ids, self.metrics, self.on_spooled)
+                task = MailboxTask(spec, self.store, lambda: self.config, self.ids, self.metrics, self.on_spooled,
+                                   lambda: self.allow_loopback)
             except (KeyError, ValueError, TypeError) as exc:
                 log.error("mailbox_settings_unusable", connector=spec["name"], tenant=spec["tenant"], error=describe(exc))
                 continue

@@ -19,13 +19,13 @@ from urllib.parse import urlparse
 
 from ..admin.registry import admin_method
 from ..config import Config
-from ..delivery.connectors import SMTP_TLS_MODES, ConnectorSpec, test_connector
+from ..delivery.connectors import SMTP_TLS_MODES, ConnectorSpec, outgoing_target, test_connector
 from ..errors import InvalidArgument, NotFound
 from ..inbound import mailbox
 from ..inbound.mailbox import Incoming
 from ..inbound.probe import test_incoming
 from ..store import Store
-from .. import validate
+from .. import remotes, validate
 from .addresses import check_address
 from .tenants import check_tenant_name
 
@@ -36,7 +36,11 @@ INCOMING_UNSET = ("usecase", "address")
 SETTING_KEYS = ("host", "port", "tls", "username", "sender", "reply_to", "base_url", "verify_tls")
 
 
-def _check_settings(kind: str, s: dict[str, Any], *, complete: bool) -> None:
+# What a connector may point the gateway at (remotes.py): loopback only under this setting.
+LOOPBACK_SETTING = "delivery.allow_loopback"
+
+
+def _check_settings(kind: str, s: dict[str, Any], *, complete: bool, allow_loopback: bool) -> None:
     """Raise InvalidArgument for a bad value; with complete=True also for a missing required one."""
     if kind in IN_KINDS:
         raise InvalidArgument(f"a {kind} connector's settings are its incoming ones: use `connector incoming`")
@@ -47,6 +51,7 @@ def _check_settings(kind: str, s: dict[str, Any], *, complete: bool) -> None:
             raise InvalidArgument("an smtp connector needs --host")
         if "host" in s:
             validate.host(s["host"])
+            remotes.check_host(s["host"], "host", allow_loopback=allow_loopback, setting=LOOPBACK_SETTING)
         if "port" in s:
             validate.integer(s["port"], "port", low=1, high=65535)
         if "tls" in s:
@@ -64,6 +69,7 @@ def _check_settings(kind: str, s: dict[str, Any], *, complete: bool) -> None:
             url = urlparse(s["base_url"])
             if url.scheme not in ("http", "https") or not url.netloc or validate.unprintable(s["base_url"]):
                 raise InvalidArgument(f"base_url must be an http(s) URL, got {validate.shown(s['base_url'])}")
+            remotes.check_host(url.hostname or "", "base_url", allow_loopback=allow_loopback, setting=LOOPBACK_SETTING)
     for key in ("sender", "reply_to"):
         if s.get(key) and not (len(s[key]) <= 254 and ADDRESS.match(s[key])):
             raise InvalidArgument(f"{key} must be a plain address (local@domain), got {validate.shown(s[key])}")
@@ -104,6 +110,14 @@ class ConnectorService:
         self.config = config  # the daemon's current config (it changes on SIGHUP)
         self.on_change = on_change or (lambda: None)  # the poller looks at the connectors again
 
+    def _loopback(self) -> bool:
+        return self.config().delivery.allow_loopback
+
+    async def _refusal(self, host: str, port: int) -> str:
+        """Why ``connector test`` must not connect to host:port now (remotes.py), '' when it may."""
+        return await remotes.resolved_refusal(host, port, allow_loopback=self._loopback(), setting=LOOPBACK_SETTING,
+                                              timeout=self.config().delivery.connect_timeout)
+
     async def _incoming(self, tenant: str, name: str, kind: str, current: dict[str, Any] | None, given: dict[str, Any],
                         unset: list[str], insecure_plaintext: bool, has_secret: bool) -> dict[str, Any]:
         """The complete incoming settings from what is stored and what is given, checked."""
@@ -120,6 +134,7 @@ class ConnectorService:
         if current and current.get("tls") == "none" and "tls" not in given:
             insecure_plaintext = True   # allowed when it was set; a change of other settings keeps it
         checked = mailbox.check(merged, insecure_plaintext=insecure_plaintext)
+        remotes.check_host(checked.get("host", ""), "host", allow_loopback=self._loopback(), setting=LOOPBACK_SETTING)
         if not has_secret:
             raise InvalidArgument("incoming settings need the mailbox password (--secret-stdin or --secret-env)")
         if checked.get("usecase"):
@@ -203,7 +218,7 @@ class ConnectorService:
         if kind == "smtp":
             settings.setdefault("tls", "starttls")
             settings.setdefault("port", {"implicit": 465, "none": 25}.get(settings["tls"], 587))
-        _check_settings(kind, settings, complete=True)
+        _check_settings(kind, settings, complete=True, allow_loopback=self._loopback())
         _check_secret(secret)
         if kind == "sendgrid" and not secret:
             raise InvalidArgument("a sendgrid connector needs its API token (secret)")
@@ -242,7 +257,7 @@ class ConnectorService:
             raise InvalidArgument(f"cannot unset {', '.join(validate.shown(k) for k in bad[:5])}")
         if current["kind"] in IN_KINDS and (settings or unset or secret is not None):
             raise InvalidArgument(f"a {current['kind']} connector's settings are its incoming ones: use `connector incoming`")
-        _check_settings(current["kind"], settings, complete=False)
+        _check_settings(current["kind"], settings, complete=False, allow_loopback=self._loopback())
         record = await self.store.connectors.update(tenant, name, settings=settings, unset=unset, secret=secret, enabled=enabled)
         self.on_change()
         return await self._with_status(record)
@@ -255,12 +270,21 @@ class ConnectorService:
         result: dict[str, Any] = {"ok": True, "steps": []}
         if spec["kind"] in OUT_KINDS:
             connector = ConnectorSpec(spec["id"], spec["tenant_id"], spec["name"], spec["kind"], spec["enabled"], spec["settings"], spec["secret"])
-            result = await test_connector(connector, config.delivery, config.delivery.helo_name or config.daemon.hostname)
+            why = await self._refusal(*outgoing_target(connector, config.delivery))
+            if why:
+                result = {"ok": False, "steps": [{"step": "connect", "ok": False, "detail": f"not connecting: {why}"}]}
+            else:
+                result = await test_connector(connector, config.delivery, config.delivery.helo_name or config.daemon.hostname)
         forms = secret_forms(spec["secret"], spec["settings"].get("username", ""))
         incoming = spec["settings"].get("incoming")
         if incoming:
             # Incoming steps are named protocol:step (imap:login), beside the outgoing ones.
-            got = await test_incoming(Incoming.from_settings(incoming, spec["incoming_secret"]), config.poller)
+            mailbox_settings = Incoming.from_settings(incoming, spec["incoming_secret"])
+            why = await self._refusal(mailbox_settings.host, mailbox_settings.port)
+            if why:
+                got = {"ok": False, "steps": [{"step": "connect", "ok": False, "detail": f"not connecting: {why}"}]}
+            else:
+                got = await test_incoming(mailbox_settings, config.poller)
             result = {"ok": result["ok"] and got["ok"],
                       "steps": result["steps"] + [{**s, "step": f"{incoming['protocol']}:{s['step']}"} for s in got["steps"]]}
             forms = sorted(set(forms) | set(secret_forms(spec["incoming_secret"], incoming.get("username", ""))), key=len, reverse=True)

@@ -96,12 +96,26 @@ class ApiKeys:
         """(the key, its stored hash, the pepper) to check a presented token against, or None."""
         return await self.db.read(_lookup, public_id)
 
-    async def list(self, tenant: str | None = None) -> list[dict[str, Any]]:
+    async def list(self, tenant: str | None = None, *, after: int = 0, limit: int = -1) -> list[dict[str, Any]]:
+        """Keys by id, those past ``after`` (keyset paging: the API reads a page, never the whole list)."""
         def run(conn: sqlite3.Connection) -> list[dict[str, Any]]:
             if tenant is None:
-                return [key_row(r) for r in conn.execute(KEY_COLUMNS + " ORDER BY k.id")]
+                rows = conn.execute(KEY_COLUMNS + " WHERE k.id > ? ORDER BY k.id LIMIT ?", (after, limit))
+            else:
+                t = get_by_name(conn, tenant)
+                rows = conn.execute(KEY_COLUMNS + " WHERE k.tenant_id = ? AND k.id > ? ORDER BY k.id LIMIT ?", (t["id"], after, limit))
+            return [key_row(r) for r in rows]
+
+        return await self.db.read(run)
+
+    async def get(self, tenant: str, public_id: str) -> dict[str, Any]:
+        """One key of the tenant; NotFound for another tenant's as for none."""
+        def run(conn: sqlite3.Connection) -> dict[str, Any]:
             t = get_by_name(conn, tenant)
-            return [key_row(r) for r in conn.execute(KEY_COLUMNS + " WHERE k.tenant_id = ? ORDER BY k.id", (t["id"],))]
+            row = conn.execute(KEY_COLUMNS + " WHERE k.public_id = ? AND k.tenant_id = ?", (public_id, t["id"])).fetchone()
+            if row is None:
+                raise NotFound(f"no API key {public_id!r}")
+            return key_row(row)
 
         return await self.db.read(run)
 

@@ -31,15 +31,14 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import structlog
-from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import DefaultResolver
 
 from .. import __version__
 from ..config import Config, WebhooksConfig
 from ..delivery.backoff import retry_delay
-from ..errors import DeliveryError, StorageFull
+from ..errors import StorageFull
 from ..lifecycle import Component
 from ..metrics import Metrics
+from ..remotes import GuardedResolver, RefusedAddress
 from ..store import Store
 from .signing import EVENT_IDS, HEADER, sign
 from .urls import address_refused
@@ -67,29 +66,6 @@ class InboundPayloads(Protocol):
     max_post_bytes: int
 
     async def payload(self, tenant_id: int, inbound_id: str) -> dict[str, Any] | None: ...
-
-
-class RefusedAddress(DeliveryError, OSError):
-    """Every address a webhook host resolved to is one the gateway must not POST to (an OSError, so
-    aiohttp treats it as a connection that could not be made)."""
-
-
-class GuardedResolver(AbstractResolver):
-    """The default resolver, with the addresses ``address_refused`` names taken out."""
-
-    def __init__(self, allow_loopback: Callable[[], bool]):
-        self.inner = DefaultResolver()
-        self.allow_loopback = allow_loopback
-
-    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
-        found = await self.inner.resolve(host, port, family)
-        allowed = [r for r in found if not address_refused(r["host"], allow_loopback=self.allow_loopback())]
-        if not allowed:
-            raise RefusedAddress(f"{host} resolves only to refused addresses ({', '.join(r['host'] for r in found)})")
-        return allowed
-
-    async def close(self) -> None:
-        await self.inner.close()
 
 
 def payload(row: dict[str, Any]) -> dict[str, Any]:
@@ -146,7 +122,7 @@ class WebhookSender(Component):
         # Room for both pools of slots: the connector's own limit must never be the one that waits.
         connector = aiohttp.TCPConnector(limit=self.config.concurrency + max(1, self.config.concurrency // 4),
                                          limit_per_host=0, ttl_dns_cache=60,
-                                         resolver=GuardedResolver(lambda: self.config.allow_loopback))
+                                         resolver=GuardedResolver(lambda: self.config.allow_loopback, "webhooks.allow_loopback"))
         self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
                                              headers={"User-Agent": f"gateway-webhooks/{__version__}"})
         self._supervisor = asyncio.create_task(self._supervise(), name="webhooks")

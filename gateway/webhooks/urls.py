@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from ..delivery.loops import host_ip
 from ..errors import InvalidArgument
+from ..remotes import refused
 from ..validate import MAX_URL
 
 MIN_URL = len("http://a")
@@ -43,12 +43,5 @@ def check_url(url: str, *, allow_loopback: bool) -> str:
 
 
 def address_refused(host: str, *, allow_loopback: bool) -> str:
-    """Why a POST to ``host`` (a name or an address) must not be made; '' when it may."""
-    ip = host_ip(host)
-    if ip is None:
-        return ""  # a name: its addresses are checked when it is resolved
-    if ip.is_loopback:
-        return "" if allow_loopback else f"{ip} is loopback (webhooks.allow_loopback is off)"
-    if ip.is_link_local or ip.is_multicast or ip.is_unspecified or ip.is_reserved:
-        return f"{ip} is a link-local, multicast, reserved or unspecified address"
-    return ""
+    """Why a POST to ``host`` (a name or an address) must not be made; '' when it may (remotes.py's rule)."""
+    return refused(host, allow_loopback=allow_loopback, setting="webhooks.allow_loopback")
