@@ -252,8 +252,8 @@ class ApiConfig:
     max_inflight_per_key: int = setting(64, "Requests one API key may have open at once; past it 429 with Retry-After (one tenant's slow uploads cannot take every place of max_inflight).", min=1)
     max_body_bytes: int = setting(1048576, "Largest request body of an API call other than sending a message, in bytes (413 past it).", min=1024)
     auth_failure_rate: float = setting(2.0, "Requests with a missing or invalid API key one client address may make a second (bursts of five seconds' worth); past it that address gets 429 with Retry-After, its keys not even looked at, until the budget refills. Behind a reverse proxy set trusted_proxies, or every client shares the proxy's address.", min=0.1)
-    idle_timeout: float = setting(30.0, "Seconds a connection may sit without a request (before its first one or between them) before it is closed.", min=1.0, restart=True)
-    body_timeout: float = setting(30.0, "Seconds a request's body may take to arrive once its headers have; past it 408 (a body trickled in would hold a request slot for ever).", min=1.0)
+    idle_timeout: float = setting(30.0, "Seconds a connection may sit without a request (before its first one or between them) before it is closed.", min=0.1, restart=True)
+    body_timeout: float = setting(30.0, "Seconds a request's body may take to arrive once its headers have; past it 408 (a body trickled in would hold a request slot for ever).", min=0.1)
     key_cache_ttl: float = setting(5.0, "Seconds a checked API key is remembered; a key revoked through another node stops working within this (one revoked on this node stops at once).", min=0.0)
 
 
