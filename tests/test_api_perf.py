@@ -1,0 +1,46 @@
+"""The API's hot path kept cheap without changing what it reports (scripts/bench_api_cpu.py measures it)."""
+
+from __future__ import annotations
+
+import re
+
+import aiohttp
+
+from tests.support.api import api_client, api_key
+from tests.support.daemon import running_daemon
+
+
+def counted(metrics: str, route: str, status: int) -> float:
+    m = re.search(r'^gateway_api_requests_total\{route="%s",status="%d"\} (\S+)$' % (re.escape(route), status), metrics, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+async def test_requests_are_counted_per_route_and_status_with_the_children_cached(tmp_path):
+    async with running_daemon(tmp_path, {"api": {"listen": "127.0.0.1:0"}}) as d:
+        await d.call("tenant.add", name="acme")
+        key = await api_key(d, "acme", "owner")
+        async with api_client(d, key) as api:
+            for _ in range(3):
+                assert (await api.get("/v1/tenant"))[0] == 200
+            assert (await api.get("/v1/domains/nowhere.test"))[0] == 404
+            assert (await api.get("/v1/domains/nowhere.test"))[0] == 404
+        async with api_client(d, "gw_live_aaaaaaaaaaaa_" + "a" * 43) as stranger:
+            assert (await stranger.get("/v1/tenant"))[0] == 401
+        async with aiohttp.ClientSession() as http, http.get(f"http://{d.address('web')}/metrics") as resp:
+            metrics = await resp.text()
+        assert counted(metrics, "GET /v1/tenant", 200) == 3
+        assert counted(metrics, "GET /v1/tenant", 401) == 1
+        assert counted(metrics, "GET /v1/domains/{domain}", 404) == 2
+        assert re.search(r'^gateway_api_request_seconds_count\{method="GET"\} 6\.0$', metrics, re.M), metrics[-2000:]
+
+
+async def test_tenant_read_on_the_loop_follows_a_change_at_once(tmp_path):
+    async with running_daemon(tmp_path, {"api": {"listen": "127.0.0.1:0"}}) as d:
+        await d.call("tenant.add", name="acme")
+        key = await api_key(d, "acme", "owner")
+        async with api_client(d, key) as api:
+            assert (await api.get("/v1/tenant"))[1]["outbound_enabled"] is True
+            status, body, _ = await api.put("/v1/tenant/outbound", {"enabled": False})
+            assert status == 200 and body["outbound_enabled"] is False
+            assert (await api.get("/v1/tenant"))[1]["outbound_enabled"] is False
+        assert (await d.store.tenants.get("acme"))["outbound_enabled"] is False
