@@ -44,3 +44,39 @@ async def test_tenant_read_on_the_loop_follows_a_change_at_once(tmp_path):
             assert status == 200 and body["outbound_enabled"] is False
             assert (await api.get("/v1/tenant"))[1]["outbound_enabled"] is False
         assert (await d.store.tenants.get("acme"))["outbound_enabled"] is False
+
+
+async def test_a_small_status_read_on_the_loop_answers_as_the_reader_does(tmp_path):
+    """A message of a few recipients is read on the loop, one of more than SMALL_RECIPIENTS by a
+    reader: both answer the same shape, scoped to the tenant (another tenant's key: 404)."""
+    from gateway.store.messages import SMALL_RECIPIENTS, _small
+    from gateway.store.queue import NewMessage, QueueIds
+    from tests.support.inbound import receiving_domain
+
+    ids = QueueIds()
+    async with running_daemon(tmp_path, {"api": {"listen": "127.0.0.1:0"}}) as d:
+        await d.call("tenant.add", name="acme")
+        await d.call("tenant.add", name="globex")
+        tenant_id = (await d.store.tenants.get("acme"))["id"]
+        domain = await receiving_domain(d.store, tenant_id, "acme.test", usecase="receipts", inbound=False)
+        sizes = {"small": 2, "big": SMALL_RECIPIENTS + 2}
+        qids = {}
+        for name, n in sizes.items():
+            qids[name] = ids.new()
+            await d.store.queue.put(NewMessage(queue_id=qids[name], tenant_id=tenant_id, usecase_id=domain.usecase_id,
+                                               mail_from="app@acme.test", message_id=f"{name}@acme.test", body=b"Subject: x\r\n\r\nx\r\n",
+                                               recipients=[f"user{i}@example.org" for i in range(n)], hold_reason="paused"))
+        assert d.store.db.read_now(_small, qids["small"]) and not d.store.db.read_now(_small, qids["big"])
+        owner, stranger = await api_key(d, "acme", "owner"), await api_key(d, "globex", "owner")
+        async with api_client(d, owner) as api:
+            shapes = {}
+            for name, qid in qids.items():
+                status, body, _ = await api.get(f"/v1/messages/{qid}")
+                assert status == 200, body
+                assert body["queue_id"] == qid and len(body["recipients"]) == sizes[name]
+                assert [e["type"] for e in body["events"]] == ["queued", "held"]
+                shapes[name] = (set(body), set(body["recipients"][0]))
+            assert shapes["small"] == shapes["big"]
+        async with api_client(d, stranger) as api:
+            for qid in qids.values():
+                assert (await api.get(f"/v1/messages/{qid}"))[0] == 404
