@@ -80,3 +80,20 @@ async def test_a_small_status_read_on_the_loop_answers_as_the_reader_does(tmp_pa
         async with api_client(d, stranger) as api:
             for qid in qids.values():
                 assert (await api.get(f"/v1/messages/{qid}"))[0] == 404
+
+
+async def test_a_remembered_key_still_refuses_another_secret_and_a_revocation(tmp_path):
+    """The key check compares a remembered token without the HMAC: a token of the same public id with
+    another secret is still checked (401), the right one still works after it, a revoked one stops."""
+    async with running_daemon(tmp_path, {"api": {"listen": "127.0.0.1:0", "key_cache_ttl": 60.0}}) as d:
+        await d.call("tenant.add", name="acme")
+        made = await d.call("apikey.add", tenant="acme", role="owner")
+        token = made["token"]
+        forged = token[:-43] + ("A" if token[-43] != "A" else "B") + token[-42:]
+        async with api_client(d, token) as api, api_client(d, forged) as bad:
+            assert (await api.get("/v1/tenant"))[0] == 200
+            assert (await api.get("/v1/tenant"))[0] == 200   # remembered
+            assert (await bad.get("/v1/tenant"))[0] == 401
+            assert (await api.get("/v1/tenant"))[0] == 200
+            await d.call("apikey.revoke", key=made["public_id"], tenant="acme")
+            assert (await api.get("/v1/tenant"))[0] == 401
