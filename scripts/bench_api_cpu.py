@@ -36,6 +36,7 @@ api = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(api)
 sub = api.sub
 
+GIL: list[str] = []
 GET_LUA = """
 wrk.headers["Authorization"] = "Bearer %(token)s"
 done = function(summary, latency, requests)
@@ -59,7 +60,7 @@ def measure(pid: int, url: str, script: Path, connections: int, duration: float,
     spy = None
     if profile:
         spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-o", profile, "--format", "raw",
-                                "--pid", str(pid), "--rate", "250", "--nonblocking", "--threads"],
+                                "--pid", str(pid), "--rate", "250", "--nonblocking", "--threads", *GIL],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     cpu0 = api.cpu_seconds(pid)
     result = api.wrk(url, script, connections, duration)
@@ -77,9 +78,12 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--repeat", type=int, default=1, help="runs a route; the least CPU per request is printed (the others are other processes' noise)")
     parser.add_argument("--only", default="openapi,tenant,status,send")
+    parser.add_argument("--gil", action="store_true", help="profile only the thread holding the GIL (Python's CPU, not waits)")
     parser.add_argument("--profile", metavar="TXT", help="py-spy collapsed stacks of the daemon over the (first) route's run")
     args = parser.parse_args()
     wanted = args.only.split(",")
+    if args.gil:
+        GIL.append("--gil")
     with tempfile.TemporaryDirectory() as tmp, DnsServer() as dns:
         work = Path(tmp)
         port, tls_port, api_port = sub.free_port(), sub.free_port(), sub.free_port()
