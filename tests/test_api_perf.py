@@ -66,7 +66,9 @@ async def test_a_small_status_read_on_the_loop_answers_as_the_reader_does(tmp_pa
             await d.store.queue.put(NewMessage(queue_id=qids[name], tenant_id=tenant_id, usecase_id=domain.usecase_id,
                                                mail_from="app@acme.test", message_id=f"{name}@acme.test", body=b"Subject: x\r\n\r\nx\r\n",
                                                recipients=[f"user{i}@example.org" for i in range(n)], hold_reason="paused"))
-        assert d.store.db.read_now(_small, qids["small"]) and not d.store.db.read_now(_small, qids["big"])
+        assert d.store.db.read_now(_small, qids["small"], tenant_id) and not d.store.db.read_now(_small, qids["big"], tenant_id)
+        globex_id = (await d.store.tenants.get("globex"))["id"]
+        assert d.store.db.read_now(_small, qids["big"], globex_id)   # another tenant's: as fast as none at all
         owner, stranger = await api_key(d, "acme", "owner"), await api_key(d, "globex", "owner")
         async with api_client(d, owner) as api:
             shapes = {}
