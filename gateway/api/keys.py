@@ -44,6 +44,19 @@ def parse(token: str) -> str | None:
     return m.group(1) if m else None
 
 
+class _Checked:
+    """A key's row as read (for ``ttl`` seconds), and what checking it made: the token whose HMAC
+    matched (compared in constant time with the next one presented: no HMAC per request) and the
+    Caller built from the row for the last client. A new read (ttl past, ``forget``) starts afresh."""
+
+    __slots__ = ("read_at", "row", "hashed", "pepper", "token", "caller")
+
+    def __init__(self, read_at: float, row: dict[str, Any], hashed: str, pepper: bytes):
+        self.read_at, self.row, self.hashed, self.pepper = read_at, row, hashed, pepper
+        self.token: str | None = None
+        self.caller: Caller | None = None
+
+
 class KeyChecker:
     """Turns a presented token into a Caller, or None (unknown, wrong secret, revoked, expired, tenant disabled)."""
 
@@ -51,7 +64,7 @@ class KeyChecker:
         self.store = store
         self.ttl = ttl
         self.default_rate = default_rate
-        self._cache: dict[str, tuple[float, dict[str, Any], str, bytes]] = {}   # public id -> (read at, row, hash, pepper)
+        self._cache: dict[str, _Checked] = {}   # public id -> its row as read, and what a check of it made
         self._touched: dict[int, float] = {}
 
     async def check(self, token: str, client: str = "") -> tuple[Caller | None, str]:
@@ -61,17 +74,19 @@ class KeyChecker:
             return None, "malformed token"
         now = time.time()
         cached = self._cache.get(public_id)
-        if cached is None or now - cached[0] >= self.ttl:
+        if cached is None or now - cached.read_at >= self.ttl:
             found = await self.store.apikeys.lookup(public_id)
             if found is None:
                 return None, "unknown key"
-            cached = (now, *found)
+            cached = _Checked(now, *found)
             if len(self._cache) >= CACHE_MAX:
                 self._cache.pop(next(iter(self._cache)))
             self._cache[public_id] = cached
-        _, row, expected, pepper = cached
-        if not hmac.compare_digest(digest(token, pepper), expected):
-            return None, "wrong secret"
+        row = cached.row
+        if cached.token is None or not hmac.compare_digest(cached.token, token):
+            if not hmac.compare_digest(digest(token, cached.pepper), cached.hashed):
+                return None, "wrong secret"
+            cached.token = token   # this entry's HMAC matched: the next request with it compares the token alone
         if row["revoked_at"] is not None:
             return None, "revoked"
         if row["expires_at"] is not None and row["expires_at"] <= now:
@@ -81,9 +96,13 @@ class KeyChecker:
         if now - self._touched.get(row["id"], 0.0) > 60:   # last_used_at to the minute: one write a minute a key
             self._touched[row["id"]] = now
             self.store.apikeys.touch_soon(row["id"], now)
-        return Caller(key_id=row["id"], public_id=public_id, name=row["name"], tenant=row["tenant"], tenant_id=row["tenant_id"],
-                      role=row["role"], usecase=row["usecase"], usecase_id=row["usecase_id"], permissions=permissions(row["role"]),
-                      rate_limit=row["rate_limit"] or self.default_rate, client=client), ""
+        caller = cached.caller
+        if caller is None or caller.client != client or caller.rate_limit != (row["rate_limit"] or self.default_rate):
+            caller = cached.caller = Caller(
+                key_id=row["id"], public_id=public_id, name=row["name"], tenant=row["tenant"], tenant_id=row["tenant_id"],
+                role=row["role"], usecase=row["usecase"], usecase_id=row["usecase_id"], permissions=permissions(row["role"]),
+                rate_limit=row["rate_limit"] or self.default_rate, client=client)
+        return caller, ""
 
     def forget(self, public_id: str | None = None) -> None:
         """Drop a remembered key (all with None): a revocation or a tenant switch applies at once."""

@@ -275,6 +275,10 @@ class ApiServer(Component):
                           "this address sent too many bad keys; wait before trying again", retry_after=wait)
 
     def _handler(self, route: Route) -> Callable[[web.Request], Any]:
+        name = f"{route.method} {route.path}"
+        counters: dict[int, Any] = {}
+        seconds = self.metrics.api_seconds.labels(method=route.method)
+
         async def handle(request: web.Request) -> web.StreamResponse:
             started = time.perf_counter()
             try:
@@ -282,11 +286,14 @@ class ApiServer(Component):
             except Exception as exc:  # noqa: BLE001 - every failure becomes a problem body
                 problem = from_exception(exc)
                 if problem is None:
-                    log.exception("api_internal_error", route=f"{route.method} {route.path}")
+                    log.exception("api_internal_error", route=name)
                     problem = ApiProblem(500, "internal", "Internal error", "the gateway failed to handle this request; it is logged")
                 response = problem_response(problem, request.path[:500])
-            self.metrics.api_requests.labels(route=f"{route.method} {route.path}", status=str(response.status)).inc()
-            self.metrics.api_seconds.labels(method=route.method).observe(time.perf_counter() - started)
+            counter = counters.get(response.status)
+            if counter is None:   # a labelled child is a lock and a dict lookup of a tuple: once per route and status
+                counter = counters[response.status] = self.metrics.api_requests.labels(route=name, status=str(response.status))
+            seconds.observe(time.perf_counter() - started)
+            counter.inc()
             return response
 
         return handle

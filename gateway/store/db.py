@@ -520,6 +520,11 @@ class Database:
         either. A WAL reader never waits for the writer."""
         return fn(self._reader(), *args)
 
+    def read_now_snapshot(self, fn: Callable[..., T], *args: Any) -> T:
+        """``read_now`` inside one read transaction (``read``'s snapshot), for a few bounded point
+        reads that must agree; the caller has bounded them (nothing awaits between BEGIN and COMMIT)."""
+        return self._read_snapshot(fn, args)
+
     @property
     def writer_alive(self) -> bool:
         return self._writer is not None and self._writer.is_alive()
