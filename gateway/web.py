@@ -19,6 +19,19 @@ from .lifecycle import Component, Listener, format_address
 from .metrics import Metrics
 
 
+async def start_site(runner: web.AppRunner, site: web.BaseSite, name: str, listen: str) -> str:
+    """Start ``site``; the address it bound ('' when aiohttp shows none). A bind that fails cleans the
+    runner up and is a StartupError naming the listener (the web server's and the API's, alike)."""
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        why = "address already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+        raise StartupError(f"{name}: cannot listen on {listen}: {why}") from None
+    sockets = site._server.sockets if site._server else []  # noqa: SLF001 - aiohttp exposes no public accessor
+    return format_address(sockets[0].getsockname()) if sockets else ""
+
+
 class WebServer(Component):
     name = "web"
 
@@ -50,15 +63,10 @@ class WebServer(Component):
             host, port = split_hostport(self.listen)
             site = web.TCPSite(self._runner, host, port, reuse_address=True)
         try:
-            await site.start()
-        except OSError as exc:
-            await self._runner.cleanup()
+            self._address = await start_site(self._runner, site, "web", self.listen) or self._address
+        except StartupError:
             self._runner = None
-            why = "address already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
-            raise StartupError(f"web: cannot listen on {self.listen}: {why}") from None
-        sockets = site._server.sockets if site._server else []  # noqa: SLF001 - aiohttp exposes no public accessor
-        if sockets:
-            self._address = format_address(sockets[0].getsockname())
+            raise
 
     async def stop(self, deadline: float) -> None:
         if self._runner is not None:

@@ -17,7 +17,6 @@ Public, without a key: /v1/openapi.json (openapi.py) and the page rendering it, 
 from __future__ import annotations
 
 import asyncio
-import errno
 import ipaddress
 import logging
 import time
@@ -31,8 +30,9 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from ..config import Config, split_hostport
+from ..web import start_site
 from ..errors import StartupError
-from ..lifecycle import Component, Listener, format_address
+from ..lifecycle import Component, Listener
 from ..budget import ByteBudget
 from ..submission.data import COPIES, Reservation, refusal as data_refusal, Outcome
 from ..submission.ratelimit import RateLimiter
@@ -158,15 +158,10 @@ class ApiServer(Component):
             ssl_context = self.tls.context
         site = web.TCPSite(self._runner, host, port, reuse_address=True, ssl_context=ssl_context, backlog=512)
         try:
-            await site.start()
-        except OSError as exc:
-            await self._runner.cleanup()
+            self._address = await start_site(self._runner, site, "api", api.listen) or self._address
+        except StartupError:
             self._runner = None
-            why = "address already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
-            raise StartupError(f"api: cannot listen on {api.listen}: {why}") from None
-        sockets = site._server.sockets if site._server else []  # noqa: SLF001 - aiohttp exposes no public accessor
-        if sockets:
-            self._address = format_address(sockets[0].getsockname())
+            raise
         log.info("api_listening", address=self._address, tls=api.tls, routes=len(self.routes))
 
     async def stop(self, deadline: float) -> None:
