@@ -88,7 +88,7 @@ def main() -> None:
         work = Path(tmp)
         port, tls_port, api_port = sub.free_port(), sub.free_port(), sub.free_port()
         # The per-key request limit is the API's, not what is measured here.
-        sub.write_config(work / "config.toml", dns, port, tls_port, f'[api]\nlisten = "127.0.0.1:{api_port}"\nrate_limit = 1000000.0\n[inbound]\nlisten = "127.0.0.1:0"\n' + args.toml.replace("\\n", "\n") + "\n")
+        sub.write_config(work / "config.toml", dns, port, tls_port, f'[api]\nlisten = "127.0.0.1:{api_port}"\nrate_limit = 1000000.0\n' + args.toml.replace("\\n", "\n") + "\n")
         proc, sock = sub.start_daemon(work)
         spy = None
         try:
