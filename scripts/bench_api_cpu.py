@@ -87,7 +87,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, DnsServer() as dns:
         work = Path(tmp)
         port, tls_port, api_port = sub.free_port(), sub.free_port(), sub.free_port()
-        sub.write_config(work / "config.toml", dns, port, tls_port, f'[api]\nlisten = "127.0.0.1:{api_port}"\nrate_limit = 1000000.0\n[inbound]\nlisten = "127.0.0.1:0"\n')
+        sub.write_config(work / "config.toml", dns, port, tls_port, f'[api]\nlisten = "127.0.0.1:{api_port}"\nrate_limit = 1000000.0\n')
         proc, sock = sub.start_daemon(work)
         rows = []
         try:

@@ -165,7 +165,7 @@ def run_once(args: argparse.Namespace, web_process: bool) -> None:
         work = Path(tmp)
         port, tls_port, web_port = free_port(), free_port(), free_port()
         # The MX and API listeners on free ports too: a default port may be taken on a shared machine.
-        write_config(work / "config.toml", dns, port, tls_port, '[inbound]\nlisten = "127.0.0.1:0"\n[api]\nlisten = "127.0.0.1:0"\n')
+        write_config(work / "config.toml", dns, port, tls_port, '[api]\nlisten = "127.0.0.1:0"\n')
         text = (work / "config.toml").read_text().replace('listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{web_port}"', 1)
         text = text.replace("[web]\n", f"[web]\nprocess = {'true' if web_process else 'false'}\n", 1)
         (work / "config.toml").write_text(text)
