@@ -10,7 +10,7 @@ import msgspec
 from .. import validate
 from ..errors import InvalidArgument
 from ..services.addresses import DIRECTIONS, MAX_DECORATION, check_address
-from .endpoints import Deps
+from .endpoints import Endpoints
 from .fields import blame, names_after
 from .paging import Page, Paging, page
 from .problems import not_found
@@ -86,10 +86,7 @@ def path_address(call: Call) -> str:
         raise not_found("no such channel address") from None
 
 
-class AddressEndpoints:
-    def __init__(self, deps: Deps):
-        self.deps = deps
-
+class AddressEndpoints(Endpoints):
     @api_route("GET", "/v1/addresses", permission="addresses.read", query=AddressQuery, response=Page[ChannelAddress],
                summary="The tenant's channel addresses, in order")
     async def list(self, call: Call) -> Page[ChannelAddress]:

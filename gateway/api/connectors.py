@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from .. import validate
-from .endpoints import Deps
+from .endpoints import Endpoints
 from .paging import Page, Paging, after, page
 from .problems import not_found
 from .routes import Call, api_route
@@ -189,10 +189,7 @@ def named(call: Call) -> str:
     return name
 
 
-class ConnectorEndpoints:
-    def __init__(self, deps: Deps):
-        self.deps = deps
-
+class ConnectorEndpoints(Endpoints):
     @api_route("GET", "/v1/connectors", permission="connectors.read", query=ConnectorQuery, response=Page[Connector],
                summary="The tenant's connectors, by name (never their secrets)")
     async def list(self, call: Call) -> Page[dict[str, Any]]:

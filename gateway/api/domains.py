@@ -15,7 +15,7 @@ import msgspec
 from ..domains.keys import ALGORITHMS
 from ..domains.names import normalise_domain
 from ..errors import InvalidArgument
-from .endpoints import Deps
+from .endpoints import Endpoints
 from .fields import blame, names_after
 from .paging import Page, Paging, page
 from .problems import not_found
@@ -192,10 +192,7 @@ def _selectors(joined: str | None) -> list[dict[str, str]]:
     return out
 
 
-class DomainEndpoints:
-    def __init__(self, deps: Deps):
-        self.deps = deps
-
+class DomainEndpoints(Endpoints):
     @api_route("GET", "/v1/domains", permission="domains.read", query=DomainQuery, response=Page[DomainSummary],
                summary="The tenant's sending domains, by name")
     async def list(self, call: Call) -> Page[DomainSummary]:

@@ -26,6 +26,13 @@ class Deps:
     sending: Submitter | None = None            # submission's MAIL/RCPT/DATA rules and queue (POST /v1/messages)
 
 
+class Endpoints:
+    """Base of every endpoint class: what its routes call through."""
+
+    def __init__(self, deps: Deps):
+        self.deps = deps
+
+
 def endpoints(deps: Deps) -> list[object]:
     """Every endpoint object; their ``@api_route`` methods are the API (routes.collect)."""
     from .addresses import AddressEndpoints

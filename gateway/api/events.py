@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from .endpoints import Deps
+from .endpoints import Endpoints
 from .narrowing import cursor_id, listing, usecase_id
 from .paging import Page, Paging, decode_cursor
 from .routes import Call, api_route
@@ -46,10 +46,7 @@ def event_view(row: dict[str, Any]) -> dict[str, Any]:
             "usecase": row.get("usecase"), "data": row["data"]}
 
 
-class EventEndpoints:
-    def __init__(self, deps: Deps):
-        self.deps = deps
-
+class EventEndpoints(Endpoints):
     @api_route("GET", "/v1/events", permission="events.read", query=EventQuery, response=Page[Event],
                summary="The tenant's events (a sender key: its use case's)",
                description="With `type` a page looks at a bounded number of events: it may hold fewer than `limit`"

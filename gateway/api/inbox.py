@@ -21,7 +21,7 @@ from ..errors import Conflict, InvalidArgument, NotFound
 from ..inbound.delivery import MIME_TYPE, SECURITY_HEADERS, content_disposition
 from ..inbound.payload import inbound_payload
 from ..services.inbox import CHUNK, INBOUND_ID, KINDS
-from .endpoints import Deps
+from .endpoints import Endpoints
 from .narrowing import listing
 from .paging import Page, Paging, decode_cursor
 from .problems import invalid, not_found
@@ -156,10 +156,7 @@ async def _stream(call: Call, first: bytes, size: int, more: Any, headers: dict[
     return response
 
 
-class InboxEndpoints:
-    def __init__(self, deps: Deps):
-        self.deps = deps
-
+class InboxEndpoints(Endpoints):
     @api_route("GET", "/v1/inbox", permission="inbox.read", query=InboxQuery, response=Page[InboxItem],
                summary="Received mail in arrival order, without bodies (`attachments` is a count)",
                description="With `kind` a page looks at a bounded number of messages: it may hold fewer than `limit`"
@@ -224,10 +221,7 @@ class InboxEndpoints:
                               "Content-Disposition": content_disposition(first["filename"] or f"attachment-{first['position']}")})
 
 
-class ThreadEndpoints:
-    def __init__(self, deps: Deps):
-        self.deps = deps
-
+class ThreadEndpoints(Endpoints):
     @api_route("GET", "/v1/threads/{thread_id}", permission="inbox.read", response=Thread,
                summary="A conversation, both directions, oldest first (its newest 1,000 entries)")
     async def show(self, call: Call) -> Thread:

@@ -14,7 +14,7 @@ import msgspec
 
 from ..services.queue import QUEUE_ID
 from ..store.queue import STATES, state_of
-from .endpoints import Deps
+from .endpoints import Endpoints
 from .events import Event, event_view
 from .narrowing import cursor_id, listing, usecase_id
 from .paging import Page, Paging, decode_cursor
@@ -101,10 +101,7 @@ def _state(recipients: list[dict[str, Any]]) -> str:
     return state_of(counts)
 
 
-class MessageEndpoints:
-    def __init__(self, deps: Deps):
-        self.deps = deps
-
+class MessageEndpoints(Endpoints):
     @api_route("GET", "/v1/messages", permission="messages.read", query=MessageQuery, response=Page[MessageSummary],
                summary="The tenant's outbound messages, newest first (a sender key: its use case's)",
                description="Each message with its recipients counted by state; `state` is the least finished of them."

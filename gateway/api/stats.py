@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import msgspec
 
 from ..store.stats import COLUMNS
-from .endpoints import Deps
+from .endpoints import Endpoints
 from .narrowing import listing, usecase_id
 from .paging import Page, Paging, decode_cursor
 from .problems import invalid
@@ -65,10 +65,7 @@ def _is_day(text: str) -> bool:
         return False
 
 
-class StatsEndpoints:
-    def __init__(self, deps: Deps):
-        self.deps = deps
-
+class StatsEndpoints(Endpoints):
     @api_route("GET", "/v1/stats", permission="stats.read", query=StatsQuery, response=Page[DayStats],
                summary="Per use case and UTC day: sent, delivered, deferred, bounced (hard, soft, block, other), "
                        "suppressed, complained, unsubscribed (a sender key: its use case's)",

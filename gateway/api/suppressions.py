@@ -22,7 +22,7 @@ from aiohttp import web
 from ..errors import InvalidArgument, NotFound
 from ..services.suppressions import MAX_EXPIRY
 from ..suppression import CSV_FIELDS, EXPORT_PAGE, IMPORT_CHUNK, MAX_ADDRESS, csv_row
-from .endpoints import Deps
+from .endpoints import Endpoints
 from .paging import Page, Paging, after, page
 from .problems import invalid, not_found
 from .routes import Call, api_route
@@ -148,10 +148,7 @@ def _chunks(body: bytes) -> Iterator[list[list[str]]]:
         yield chunk
 
 
-class SuppressionEndpoints:
-    def __init__(self, deps: Deps):
-        self.deps = deps
-
+class SuppressionEndpoints(Endpoints):
     async def _scoped(self, method: str, **params: Any) -> Any:
         """An admin call naming a scope: an unknown scope is the request's fault (422 naming it), not a missing object."""
         try:

@@ -7,8 +7,8 @@ from typing import Annotated
 import msgspec
 
 from ..errors import NotFound
-from .endpoints import Deps
-from .paging import Page, Paging, decode_cursor, page
+from .endpoints import Endpoints
+from .paging import Page, Paging, after as cursor_after, page
 from .problems import not_found
 from .routes import Call, api_route
 
@@ -46,10 +46,7 @@ class KeyQuery(Paging, forbid_unknown_fields=True):
 KeyId = Annotated[str, msgspec.Meta(pattern="^[a-z2-7]{12}$")]
 
 
-class TenantEndpoints:
-    def __init__(self, deps: Deps):
-        self.deps = deps
-
+class TenantEndpoints(Endpoints):
     @api_route("GET", "/v1/tenant", permission="tenant.read", response=Tenant, summary="The key's tenant")
     async def show(self, call: Call) -> Tenant:
         return await self.deps.store.tenants.get(call.caller.tenant)
@@ -61,17 +58,12 @@ class TenantEndpoints:
         return await self.deps.methods[method](name=call.caller.tenant, outbound=True)
 
 
-class ApiKeyEndpoints:
-    def __init__(self, deps: Deps):
-        self.deps = deps
-
+class ApiKeyEndpoints(Endpoints):
     @api_route("GET", "/v1/apikeys", permission="apikeys.read", query=KeyQuery, response=Page[ApiKey],
                summary="The tenant's API keys (never their tokens)")
     async def list(self, call: Call) -> Page[ApiKey]:
-        after = decode_cursor(call.query.cursor, 0)
-        if not isinstance(after, int):
-            after = 0
-        rows = await self.deps.store.apikeys.list(call.caller.tenant, after=after, limit=call.query.limit + 1)
+        rows = await self.deps.store.apikeys.list(call.caller.tenant, after=cursor_after(call.query.cursor, 0),
+                                                  limit=call.query.limit + 1)
         return page(rows, call.query.limit, key=lambda r: r["id"])
 
     @api_route("GET", "/v1/apikeys/{public_id}", permission="apikeys.read", response=ApiKey, summary="One API key")

@@ -17,9 +17,9 @@ from ..errors import Conflict, InvalidArgument, NotFound
 from ..services.usecases import KINDS, LIST_UNSUBSCRIBE, MAX_SENDERS, SCOPES
 from ..suppression import ACTIONS as SUPPRESSED_ACTIONS
 from .domains import DomainText
-from .endpoints import Deps
-from .fields import blame, names_after, not_our_cursor
-from .paging import Page, Paging, decode_cursor, page
+from .endpoints import Endpoints
+from .fields import blame, names_after
+from .paging import Page, Paging, after as cursor_after, page
 from .problems import not_found
 from .routes import Call, Reply, api_route
 
@@ -140,10 +140,7 @@ def shown(usecase: dict[str, Any], paused: bool) -> dict[str, Any]:
             "list_unsubscribe_active": setting.startswith("on"), "suppressed": usecase["suppressed_action"], "paused": paused}
 
 
-class UsecaseEndpoints:
-    def __init__(self, deps: Deps):
-        self.deps = deps
-
+class UsecaseEndpoints(Endpoints):
     async def _paused(self, tenant: str) -> set[str]:
         """The tenant's paused use cases (the pause table is small: one row a pause)."""
         return {p["usecase"] for p in await self.deps.methods["pause.list"]() if p["scope"] == "usecase" and p["tenant"] == tenant}
@@ -198,9 +195,7 @@ class UsecaseEndpoints:
     @api_route("GET", "/v1/usecases/{usecase}/credentials", permission="usecases.read", query=CredentialQuery,
                response=Page[Credential], summary="The use case's SMTP credentials (never their passwords or hashes)")
     async def credentials(self, call: Call) -> Page[Credential]:
-        after = decode_cursor(call.query.cursor, 0)
-        if not isinstance(after, int) or isinstance(after, bool):
-            raise not_our_cursor()
+        after = cursor_after(call.query.cursor, 0)
         limit = call.query.limit
         rows = await self.deps.methods["usecase.credentials.list"](tenant=call.caller.tenant, usecase=path_usecase(call),
                                                                    after=after, limit=limit + 1)

@@ -15,7 +15,7 @@ import msgspec
 from ..errors import NotFound
 from ..suppression import MAX_ADDRESS
 from ..validate import MAX_URL
-from .endpoints import Deps
+from .endpoints import Endpoints
 from .paging import Page, Paging, after, page
 from .problems import invalid, not_found
 from .routes import Call, api_route
@@ -124,10 +124,7 @@ def _forward(rule: dict[str, Any]) -> dict[str, Any]:
     return {**rule, "to": rule["to_address"]}
 
 
-class WebhookEndpoints:
-    def __init__(self, deps: Deps):
-        self.deps = deps
-
+class WebhookEndpoints(Endpoints):
     async def _get(self, call: Call) -> dict[str, Any]:
         return await self.deps.methods["webhook.show"](tenant=call.caller.tenant, name=call.params["webhook"], log_limit=1)
 
@@ -184,10 +181,7 @@ class WebhookEndpoints:
         return await self.deps.methods["webhook.delete"](tenant=call.caller.tenant, name=call.params["webhook"])
 
 
-class ForwardEndpoints:
-    def __init__(self, deps: Deps):
-        self.deps = deps
-
+class ForwardEndpoints(Endpoints):
     @staticmethod
     def _id(call: Call) -> int:
         raw = call.params["forward_id"]
