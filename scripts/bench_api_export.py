@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import importlib.util
 import socket
 import subprocess
 import sys
@@ -27,16 +28,14 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway.admin.client import AdminClient  # noqa: E402
 from gateway.store import Store  # noqa: E402
 
 GATEWAY = str(Path(sys.executable).parent / "gateway")
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+_spec = importlib.util.spec_from_file_location("bench_submission", ROOT / "scripts" / "bench_submission.py")
+sub = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(sub)   # its free_port and admin call
+free_port, call = sub.free_port, sub.call
 
 
 def memory_mb(pid: int, field: str) -> float:
@@ -44,11 +43,6 @@ def memory_mb(pid: int, field: str) -> float:
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def call(sock: Path, method: str, **params):
-    with AdminClient(sock, timeout=60) as client:
-        return client.call(method, **params)
 
 
 async def fill(db: Path, rows: int) -> float:
