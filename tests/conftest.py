@@ -6,6 +6,7 @@ import pytest
 
 from tests.support.dns import DnsServer
 from tests.support.dovecot import dovecot  # noqa: F401 - the `dovecot` fixture, for every test module
+from tests.support.postgres import pg_url, postgres  # noqa: F401 - a real PostgreSQL (session) and a database per test
 
 
 @pytest.fixture
