@@ -3,14 +3,17 @@ the one-time import of a key from before the store held them; a key with neither
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 
 import dkim
 import pytest
+from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from gateway.cli import main
 from gateway.domains.keyimport import KeyImport, missing_key, read_key_file
 from tests.support.daemon import merge, running_daemon
 from tests.support.delivery import FAST_RETRIES, delivering_daemon, dkim_dnsfunc, enqueue, publish_mx, recipients, wait_events
@@ -108,6 +111,8 @@ async def test_a_key_with_no_pem_and_no_file_is_a_health_problem_and_holds_its_m
             health = await d.call("daemon.health")
             assert not health["ok"] and f"dkim: {line}" in health["problems"]
             assert (await d.call("status"))["dkim_keys"]["missing"][0]["problem"] == line
+            shown = await asyncio.to_thread(CliRunner().invoke, main, ["--socket", str(d.daemon.paths.socket), "status"])
+            assert shown.exit_code == 0 and line in shown.output, shown.output
 
             qid = await enqueue(d, setup, ["bob@dest.test"])
             await wait_events(d, qid, "held")
