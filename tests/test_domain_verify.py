@@ -277,8 +277,14 @@ async def test_rotation_signs_with_new_key_only_once_verified(gw):
     assert {k["selector"]: k["state"] for k in shown["keys"]} == {"one": "retired", "two": "active"}
     with pytest.raises(AdminError, match="active"):
         await d.call("domain.remove_selector", domain="acme.test", selector="two")
+    # Key "one" as a row from before the store held private keys: its old file goes with it.
+    old_file = d.daemon.paths.state_dir / "keys" / "acme.test" / "one.rsa.abc123.pem"
+    old_file.parent.mkdir(parents=True)
+    old_file.write_text("-----BEGIN PRIVATE KEY-----\n")
+    await d.store.db.write(lambda c: c.execute("UPDATE dkim_keys SET key_path = ? WHERE selector = 'one'", (str(old_file),)))
     await d.call("domain.remove_selector", domain="acme.test", selector=first["selector"])
     assert [k["selector"] for k in (await d.call("domain.show", domain="acme.test"))["keys"]] == ["two"]
+    assert not old_file.exists() and not old_file.parent.exists()
 
 
 @pytest.mark.parametrize("values, status, policy, detail", [
