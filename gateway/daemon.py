@@ -34,6 +34,7 @@ from .api.server import ApiServer
 from .budget import ByteBudget
 from .config import Config, load_config, restart_keys, to_dict
 from .delivery.scheduler import Scheduler
+from .domains.keyimport import KeyImport
 from .domains.verifier import Reverifier
 from .errors import ConfigError, GatewayError, StartupError
 from .inbound import authres
@@ -125,7 +126,7 @@ class Daemon:
         store = self.store
         usecases = UsecaseService(store, return_path_prefix=self.config.domains.return_path_prefix,
                                   check_concurrency=self.config.submission.auth_concurrency)
-        domains = DomainService(store, self.config, self.paths.keys_dir)
+        domains = DomainService(store, self.config)
         monitor = QueueMonitor(store, self.metrics)
         self.domains = domains  # SIGHUP hands it the new config (daemon.reload)
         suppressions = SuppressionService(store)
@@ -181,6 +182,7 @@ class Daemon:
             listeners.append(inbound_server.build(self.config, store=store, tls=submission_server.tls, budget=self.budget,
                                                   metrics=self.metrics, authenticate=inbound_server.dmarc_at_data(self.config, dns)))
         workers: list[Component] = [
+            KeyImport(store),  # before the scheduler: keys from before the store held them sign from the first claim
             monitor,
             Reverifier(domains.reverify, interval=self.config.domains.reverify_interval, concurrency=self.config.domains.verify_concurrency),
             self.scheduler,

@@ -29,10 +29,6 @@ class Paths:
         return self.state_dir / "gateway.lock"
 
     @property
-    def keys_dir(self) -> Path:
-        return self.state_dir / "keys"
-
-    @property
     def attachments_dir(self) -> Path:
         """Content-addressed attachment files of received mail (gateway/inbound/attachments.py)."""
         return self.state_dir / "attachments"

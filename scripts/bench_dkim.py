@@ -51,7 +51,7 @@ def main() -> None:
             path = Path(tmp) / f"{alg}.pem"
             path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                serialization.NoEncryption()))
-            keys[alg] = SigningKey("example.com", alg, alg, str(path))
+            keys[alg] = SigningKey("example.com", alg, alg, path.read_text())
         signer, msg = Signer(), message()
         rsa_rate = run(signer, msg, [keys["rsa"]], args.seconds)
         both_rate = run(signer, msg, [keys["rsa"], keys["ed25519"]], args.seconds)

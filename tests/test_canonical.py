@@ -78,13 +78,12 @@ def test_dkimpy_strips_more_only_at_the_ends():
 
 
 @pytest.fixture(scope="module")
-def ed_key(tmp_path_factory):
+def ed_key():
     key = ed25519.Ed25519PrivateKey.generate()
-    path = tmp_path_factory.mktemp("canon") / "ed.pem"
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
     public = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     record = b"v=DKIM1; k=ed25519; p=" + base64.b64encode(public)
-    return SigningKey("example.com", "c1", "ed25519", str(path)), lambda name, timeout=5: record
+    return SigningKey("example.com", "c1", "ed25519", pem), lambda name, timeout=5: record
 
 
 crlf_bodies = st.lists(st.sampled_from([b" ", b"  ", b"\t", b"x", b"two words", b"\r\n", b"\r\n\r\n", b" \r\n"]),

@@ -165,10 +165,8 @@ async def test_internal_error_holds_with_reason(tmp_path, dns_server):
     async with mail_sink() as sink:
         publish_mx(dns_server, "dest.test")
         async with delivering_daemon(tmp_path, dns_server, sink.port) as (d, setup):
-            info = await d.store.delivery.routing(setup["usecase_id"])
-            for key in info["keys"]:
-                with open(key["key_path"], "w") as f:  # a corrupt key: our failure, not the remote's
-                    f.write("garbage")
+            # A corrupt key: our failure, not the remote's.
+            await d.store.db.write(lambda c: c.execute("UPDATE dkim_keys SET private_pem = 'garbage' WHERE state = 'active'"))
             qid = await enqueue(d, setup, ["bob@dest.test"])
             [held] = await wait_events(d, qid, "held")
             assert "DKIM key" in held["data"]["reason"]

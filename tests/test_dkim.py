@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import base64
-import os
-from pathlib import Path
 
 import dkim
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from gateway.delivery.dkim import RECHECK, SigningError, Signer, SigningKey, relaxed_body, split_message
+from gateway.delivery.dkim import SigningError, Signer, SigningKey, relaxed_body, split_message
 from tests.support.delivery import delivering_daemon, dkim_dnsfunc, enqueue, publish_mx
 from tests.support.sink import mail_sink
 
 
-def write_key(tmp_path, algorithm: str, name: str) -> tuple[str, bytes]:
-    """A private key file and its DNS TXT record."""
+def make_key(algorithm: str) -> tuple[str, bytes]:
+    """A private key's PEM (as the store holds it) and its DNS TXT record."""
     if algorithm == "rsa":
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         pub = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -26,9 +24,8 @@ def write_key(tmp_path, algorithm: str, name: str) -> tuple[str, bytes]:
         key = ed25519.Ed25519PrivateKey.generate()
         pub = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         record = b"v=DKIM1; k=ed25519; p=" + base64.b64encode(pub)
-    path = tmp_path / f"{name}.pem"
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    return str(path), record
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return pem.decode("ascii"), record
 
 
 def verifies(message: bytes, dnsfunc, idx: int = 0) -> bool:
@@ -40,14 +37,13 @@ def verifies(message: bytes, dnsfunc, idx: int = 0) -> bool:
 
 
 @pytest.fixture(scope="module")
-def keys(tmp_path_factory):
-    d = tmp_path_factory.mktemp("keys")
-    rsa_path, rsa_record = write_key(d, "rsa", "rsa")
-    ed_path, ed_record = write_key(d, "ed25519", "ed")
+def keys():
+    rsa_pem, rsa_record = make_key("rsa")
+    ed_pem, ed_record = make_key("ed25519")
     records = {b"s1._domainkey.example.com.": rsa_record, b"e1._domainkey.example.com.": ed_record}
     return {
-        "rsa": SigningKey("example.com", "s1", "rsa", rsa_path),
-        "ed25519": SigningKey("example.com", "e1", "ed25519", ed_path),
+        "rsa": SigningKey("example.com", "s1", "rsa", rsa_pem),
+        "ed25519": SigningKey("example.com", "e1", "ed25519", ed_pem),
         "dns": lambda name, timeout=5: records.get(name),
     }
 
@@ -105,79 +101,53 @@ def test_split_message_keeps_folding():
     assert headers == [(b"A", b" 1\r\n 2"), (b"B", b"3")] and body == b"body"
 
 
-def test_key_problems_raise_signing_error(tmp_path, keys):
-    bad = tmp_path / "bad.pem"
-    bad.write_text("not a key")
-    with pytest.raises(SigningError):
-        Signer().sign(MESSAGES["plain"], [SigningKey("example.com", "x", "rsa", str(bad))])
-    with pytest.raises(SigningError):
-        Signer().sign(MESSAGES["plain"], [SigningKey("example.com", "x", "rsa", str(tmp_path / "missing.pem"))])
+def test_key_problems_raise_signing_error(keys):
+    with pytest.raises(SigningError, match="x of example.com: cannot load"):
+        Signer().sign(MESSAGES["plain"], [SigningKey("example.com", "x", "rsa", "not a key")])
     with pytest.raises(SigningError):  # an ed25519 key listed as rsa
-        Signer().sign(MESSAGES["plain"], [SigningKey("example.com", "e1", "rsa", keys["ed25519"].key_path)])
+        Signer().sign(MESSAGES["plain"], [SigningKey("example.com", "e1", "rsa", keys["ed25519"].private_pem)])
 
 
-def test_keys_are_cached(keys):
+def test_the_private_key_is_not_in_the_repr(keys):
+    """A SigningKey in a log line or a traceback's locals shows its name, never its key."""
+    assert "PRIVATE" not in repr(keys["rsa"]) and "s1" in repr(keys["rsa"])
+
+
+def test_keys_are_parsed_once(keys):
     signer = Signer()
-    first = signer.private_key(keys["rsa"].key_path)
-    assert signer.private_key(keys["rsa"].key_path) is first
+    first = signer.private_key(keys["rsa"])
+    assert signer.private_key(SigningKey("example.com", "s1", "rsa", keys["rsa"].private_pem)) is first
 
 
-# --------------------------------------------------------------------------- key material: loaded once, reloaded on change
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+# --------------------------------------------------------------------------- key material: parsed once per PEM
 
 
 def public_bytes(key) -> bytes:
     return key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-def test_a_loaded_key_signs_without_its_file_being_looked_at(tmp_path):
-    """No os.stat per signature: with the file gone, the loaded key still signs until the next look."""
-    path, _ = write_key(tmp_path, "ed25519", "gone")
-    clock = Clock()
-    signer = Signer(clock=clock)
-    key = SigningKey("example.com", "e1", "ed25519", path)
-    signer.sign(MESSAGES["plain"], [key])
-    (tmp_path / "gone.pem").unlink()
-    assert b"DKIM-Signature:" in signer.sign(MESSAGES["plain"], [key])
-    clock.now += RECHECK + 0.1
-    with pytest.raises(SigningError, match="No such file"):
-        signer.sign(MESSAGES["plain"], [key])
+def test_a_new_key_under_the_same_name_is_never_signed_with_the_old_pem():
+    """The cache is keyed by the PEM: a selector reused with a new key (a row replaced) signs with the new one."""
+    signer = Signer()
+    old_pem, old_record = make_key("rsa")
+    new_pem, new_record = make_key("rsa")
+    assert verifies(signer.sign(MESSAGES["plain"], [SigningKey("example.com", "s1", "rsa", old_pem)]),
+                    lambda name, timeout=5: old_record)
+    signed = signer.sign(MESSAGES["plain"], [SigningKey("example.com", "s1", "rsa", new_pem)])
+    assert verifies(signed, lambda name, timeout=5: new_record)
+    assert not verifies(signed, lambda name, timeout=5: old_record)
 
 
-def test_a_key_file_replaced_in_place_is_used_after_the_recheck_or_at_once_after_forget(tmp_path):
-    path, _ = write_key(tmp_path, "rsa", "k")
-    clock = Clock()
-    signer = Signer(clock=clock)
-    first = signer.private_key(path)
-    write_key(tmp_path, "rsa", "k")   # a new key at the same path
-    os.utime(path, ns=(1, 1))         # whatever the file system's timestamp granularity
-    assert signer.private_key(path) is first                  # not looked at yet
-    clock.now += RECHECK + 0.1
-    second = signer.private_key(path)
-    assert public_bytes(second) != public_bytes(first)
-    assert signer.private_key(path) is second                 # looked at, unchanged: kept
-    write_key(tmp_path, "rsa", "k")
-    signer.forget()                                           # SIGHUP
-    assert public_bytes(signer.private_key(path)) not in (public_bytes(first), public_bytes(second))
-
-
-def test_loaded_keys_are_bounded(tmp_path):
+def test_loaded_keys_are_bounded():
     signer = Signer(max_keys=4)
-    paths = [write_key(tmp_path, "ed25519", f"k{i}")[0] for i in range(9)]
-    for path in paths:
-        signer.private_key(path)
-    assert len(signer._keys) <= 4 and paths[-1] in signer._keys  # noqa: SLF001
+    pems = [make_key("ed25519")[0] for _ in range(9)]
+    for pem in pems:
+        signer.private_key(SigningKey("example.com", "e1", "ed25519", pem))
+    assert len(signer._keys) <= 4 and pems[-1] in signer._keys  # noqa: SLF001
 
 
-async def test_a_key_replaced_in_place_signs_the_next_message_after_sighup(tmp_path, dns_server):
-    """The daemon: a message signed with the domain's key; the key file replaced in place (an
+async def test_a_key_replaced_in_the_store_signs_the_next_message_after_sighup(tmp_path, dns_server):
+    """The daemon: a message signed with the domain's key; the key's PEM replaced in its row (an
     operator's restore, say) and delivery reloaded; the next message is signed with the new key."""
     async with mail_sink() as sink:
         publish_mx(dns_server, "dest.test")
@@ -185,10 +155,9 @@ async def test_a_key_replaced_in_place_signs_the_next_message_after_sighup(tmp_p
             await enqueue(d, setup, ["bob@dest.test"])
             (first,) = await sink.wait_for(1)
             assert dkim.DKIM(first.data).verify(dnsfunc=dkim_dnsfunc(dns_server))
-            (key,) = await d.store.domains.signing_keys(setup["domain"])
             new = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-            Path(key["key_path"]).write_bytes(new.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                                serialization.NoEncryption()))
+            pem = new.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+            await d.store.db.write(lambda c: c.execute("UPDATE dkim_keys SET private_pem = ? WHERE state = 'active'", (pem.decode(),)))
             # What SIGHUP does to delivery (Daemon._reload; the test daemon has no config file to reread).
             await d.daemon.scheduler.reload(d.daemon.config)
             await enqueue(d, setup, ["carol@dest.test"])

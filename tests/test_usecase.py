@@ -6,8 +6,6 @@ import asyncio
 import hashlib
 import hmac
 import json
-import os
-import stat
 
 import pytest
 from click.testing import CliRunner
@@ -126,23 +124,24 @@ async def test_domain_add_refusals_and_delete_in_use(gw):
     assert "DKIM" in await refused(d, "invalid", "domain.add", tenant="acme", domain="x.test", dkim="dsa")
     message = await refused(d, "conflict", "domain.delete", domain="acme.test")
     assert "use case receipts" in message
-    keys = (await d.store.domains.get("acme", "acme.test"))["keys"]
-    assert all(os.path.exists(k["key_path"]) for k in keys)
+    assert await d.store.domains.signing_keys("acme.test")
     await d.call("usecase.delete", tenant="acme", name=setup["usecase"])
     assert (await d.call("domain.delete", domain="acme.test"))["deleted"]
-    assert not any(os.path.exists(k["key_path"]) for k in keys)
+    assert await d.store.db.read(lambda c: c.execute("SELECT count(*) FROM dkim_keys").fetchone()[0]) == 0  # private keys gone too
     assert [x["name"] for x in await d.call("domain.list")] == []
 
 
-async def test_key_files_are_private(gw):
+async def test_private_keys_are_in_the_store_and_in_no_answer(gw):
+    """No key file (every node reads the key from the store); the PEM is never shown to a caller."""
     d, dns = gw
     await d.call("tenant.add", name="acme")
     added = await d.call("domain.add", tenant="acme", domain="acme.test", dkim="both")
     assert len(added["keys"]) == 2
-    for key in (await d.store.domains.get("acme", "acme.test"))["keys"]:
-        assert stat.S_IMODE(os.stat(key["key_path"]).st_mode) == 0o600
-        assert stat.S_IMODE(os.stat(os.path.dirname(key["key_path"])).st_mode) == 0o700
-        assert "key_path" not in json.dumps(added)
+    rows = await d.store.db.read(lambda c: [dict(r) for r in c.execute("SELECT key_path, private_pem FROM dkim_keys")])
+    assert len(rows) == 2 and all(r["key_path"] == "" and r["private_pem"].startswith("-----BEGIN PRIVATE KEY-----") for r in rows)
+    assert not (d.daemon.paths.state_dir / "keys").exists()
+    shown = json.dumps([added, await d.call("domain.show", domain="acme.test"), await d.call("domain.list")])
+    assert "PRIVATE KEY" not in shown and "key_path" not in shown and "private_pem" not in shown
 
 
 async def test_idna_domain_is_stored_as_a_labels(gw):

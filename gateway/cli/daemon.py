@@ -60,6 +60,12 @@ def status(as_json: bool) -> None:
         if store["full"]:
             line += f"  FULL since {format_time(store['full_since'])}: {store['reason']}"
         click.echo(line)
+    missing = result.get("dkim_keys", {}).get("missing", [])
+    if missing:
+        click.echo("")
+        click.echo("DKIM keys that cannot sign (their mail is held)")
+        for m in missing:
+            click.echo(f"  {m['problem']}")
     if "queue" in result:
         click.echo("")
         click.echo("queue      " + "  ".join(f"{k} {v}" for k, v in result["queue"].items()))

@@ -8,23 +8,21 @@ What is signed: the usual headers that carry meaning to a reader or to a list ma
 Subject, Date, Message-ID, List-Unsubscribe and List-Unsubscribe-Post are oversigned (listed once
 more than they occur), so nobody can add a second one after signing without breaking the signature.
 
-Key files are read once and kept: a key's file is looked at again (one ``os.stat``) at most every
-``RECHECK`` seconds, and reread only when it changed. Rotation needs no look at all: a new key is
-a new file (``services/domains.py`` names each one afresh and never overwrites); SIGHUP
-(``Scheduler.reload``) forgets every loaded key, so an operator who replaced a file in place sees it
-used at once.
+Private keys come from the store (``dkim_keys.private_pem``, through the route: gateway/delivery/routes.py)
+and are parsed once per PEM text: the cache is keyed by the PEM itself, so a rotated key, whose row
+has another PEM, can never be signed with the old one, and no file is looked at per signature. A
+rotation or retirement is seen when the route is read again (``ROUTE_TTL``); SIGHUP forgets every
+parsed key and every route.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import os
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
@@ -46,8 +44,7 @@ OVERSIGNED = frozenset({"from", "to", "subject", "date", "message-id", "list-uns
 
 _SIGNED = frozenset(SIGNED_HEADERS)
 _B64_LINE = 72
-RECHECK = 5.0        # seconds a loaded key is used before its file is looked at again
-MAX_KEYS = 4096      # loaded keys kept; past it the ones loaded first are forgotten
+MAX_KEYS = 4096      # parsed keys kept; past it the ones parsed first are forgotten
 
 
 class SigningError(DeliveryError):
@@ -59,7 +56,7 @@ class SigningKey:
     domain: str        # d=
     selector: str      # s=
     algorithm: str     # 'rsa' or 'ed25519'
-    key_path: str      # PEM private key
+    private_pem: str = field(repr=False)   # PKCS#8 PEM from the store; never in a log line or traceback
 
 
 # --------------------------------------------------------------------------- canonicalisation
@@ -128,54 +125,41 @@ def signed_header_data(headers: Sequence[tuple[bytes, bytes]], names: Sequence[s
 
 
 class Signer:
-    """Signs messages; private keys are loaded once per file and kept (the module's docstring says
-    when a file is looked at again). Used from the signing threads at once: a key loaded twice by
-    a race is harmless, the lock only keeps the cache's bookkeeping whole."""
+    """Signs messages; private keys are parsed once per PEM and kept (the module's docstring says
+    why that is enough). Used from the signing threads at once: a key parsed twice by a race is
+    harmless, the lock only keeps the cache's bookkeeping whole."""
 
-    def __init__(self, *, recheck: float = RECHECK, clock: Callable[[], float] = time.monotonic,
-                 max_keys: int = MAX_KEYS) -> None:
-        self.recheck = recheck
-        self.clock = clock
+    def __init__(self, *, max_keys: int = MAX_KEYS) -> None:
         self.max_keys = max_keys
-        # path -> (key, the file's (mtime_ns, size, inode) when it was read, when it was last looked at)
-        self._keys: dict[str, tuple[rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey, tuple[int, int, int], float]] = {}
+        self._keys: dict[str, rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey] = {}   # PEM -> parsed key
         self._lock = threading.Lock()
 
     def forget(self) -> None:
-        """Drop every loaded key: the next signature with each reads its file again (SIGHUP)."""
+        """Drop every parsed key (SIGHUP)."""
         with self._lock:
             self._keys.clear()
 
-    def private_key(self, path: str) -> rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey:
-        now = self.clock()
-        cached = self._keys.get(path)
-        if cached is not None and now - cached[2] < self.recheck:
-            return cached[0]
-        try:
-            st = os.stat(path)
-        except OSError as exc:
-            raise SigningError(f"DKIM key {path}: {exc.strerror}") from exc
-        version = (st.st_mtime_ns, st.st_size, st.st_ino)
-        if cached is not None and cached[1] == version:
-            key = cached[0]
-        else:
-            key = self._load(path)
+    def private_key(self, key: SigningKey) -> rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey:
+        private = self._keys.get(key.private_pem)
+        if private is not None:
+            return private
+        private = self._load(key)
         with self._lock:
-            if path not in self._keys and len(self._keys) >= self.max_keys:
+            if len(self._keys) >= self.max_keys:
                 for old in list(self._keys)[: self.max_keys // 2]:
                     del self._keys[old]
-            self._keys[path] = (key, version, now)
-        return key
+            self._keys[key.private_pem] = private
+        return private
 
     @staticmethod
-    def _load(path: str) -> rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey:
+    def _load(key: SigningKey) -> rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey:
         try:
-            key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
-        except (OSError, ValueError, TypeError) as exc:
-            raise SigningError(f"DKIM key {path}: cannot load: {exc}") from exc
-        if not isinstance(key, (rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey)):
-            raise SigningError(f"DKIM key {path}: unsupported key type {type(key).__name__}")
-        return key
+            private = serialization.load_pem_private_key(key.private_pem.encode("ascii"), password=None)
+        except (ValueError, TypeError, UnicodeError) as exc:
+            raise SigningError(f"DKIM key {key.selector} of {key.domain}: cannot load: {exc}") from exc
+        if not isinstance(private, (rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey)):
+            raise SigningError(f"DKIM key {key.selector} of {key.domain}: unsupported key type {type(private).__name__}")
+        return private
 
     def sign(self, message: bytes, keys: Sequence[SigningKey], *, now: float | None = None) -> bytes:
         """The message (CRLF line endings) with one DKIM-Signature per key prepended."""
@@ -193,10 +177,10 @@ class Signer:
         return b"".join(out) + message
 
     def _signature(self, key: SigningKey, data: bytes, names: Sequence[str], bh: str, stamp: int) -> bytes:
-        private = self.private_key(key.key_path)
+        private = self.private_key(key)
         algorithm = "rsa-sha256" if key.algorithm == "rsa" else "ed25519-sha256"
         if (key.algorithm == "rsa") != isinstance(private, rsa.RSAPrivateKey):
-            raise SigningError(f"DKIM key {key.key_path} is not an {key.algorithm} key")
+            raise SigningError(f"DKIM key {key.selector} of {key.domain} is not an {key.algorithm} key")
         value = (
             f" v=1; a={algorithm}; c=relaxed/relaxed; d={key.domain}; s={key.selector};\r\n"
             f"\tt={stamp}; h={':'.join(names)};\r\n\tbh={bh};\r\n\tb="

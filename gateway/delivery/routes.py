@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..domains.keyimport import missing_key
 from ..errors import DeliveryError
 from ..store import Store
 from ..unsubscribe import carries_fields
@@ -48,7 +49,10 @@ async def load_route(store: Store, usecase_id: int, tenant_id: int) -> Route:
     info = await store.delivery.routing(usecase_id)
     if info is None:
         return Route("problem", tenant_id, problem=f"use case {usecase_id} no longer exists")
-    keys = [SigningKey(info["domain"], k["selector"], k["algorithm"], k["key_path"]) for k in info["keys"]]
+    for k in info["keys"]:
+        if k["private_pem"] is None:   # a key from before the store held them, not imported (domains/keyimport.py)
+            return Route("problem", tenant_id, problem=missing_key(info["domain"], k["selector"], k["key_path"]))
+    keys = [SigningKey(info["domain"], k["selector"], k["algorithm"], k["private_pem"]) for k in info["keys"]]
     unsubscribe = UnsubscribeSpec(info["unsubscribe_scope"], info["id"] if info["unsubscribe_scope"] == "usecase" else info["domain_id"],
                                   info["id"]) if carries_fields(info["kind"], info["list_unsubscribe"]) else None
     route = info["route"] or "direct"

@@ -1,9 +1,10 @@
-"""DKIM keys: generation with `cryptography`, the public half for the p= tag, and key files.
+"""DKIM keys: generation with `cryptography`, the public half for the p= tag, and old key files.
 
 RSA keys are 2048 bits (RFC 8301 asks at least 1024, 2048 is what every large receiver accepts in a
 single TXT record). Ed25519 keys (RFC 8463) are for dual signing next to RSA: receivers that do not
-know ed25519-sha256 ignore that signature. Private keys are PKCS#8 PEM files, mode 0600, in a 0700
-directory: readable by the daemon's user only.
+know ed25519-sha256 ignore that signature. Private keys are PKCS#8 PEM, kept in the store beside
+the other secrets (``dkim_keys.private_pem``); keys made before migration 0033 were files under
+``<state>/keys`` (imported by gateway/domains/keyimport.py, removed here with their key).
 """
 
 from __future__ import annotations
@@ -78,24 +79,8 @@ def generate(selector: str, algorithm: str) -> NewKey:
     return NewKey(selector, algorithm, pem, base64.b64encode(public).decode("ascii"))
 
 
-def key_path(keys_dir: Path, domain: str, selector: str, algorithm: str) -> Path:
-    return keys_dir / domain / f"{selector}.{algorithm}.pem"
-
-
-def write_key(path: Path, pem: bytes) -> None:
-    """Create the file 0600 from the start (never a moment readable by others); refuse to overwrite."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(path.parent, 0o700)
-    os.chmod(path.parent.parent, 0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, pem)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def remove_key(path: Path) -> None:
+    """Remove the file a key from before migration 0033 named (and its domain's directory once empty)."""
     try:
         path.unlink()
     except FileNotFoundError:

@@ -41,9 +41,8 @@ def _last_results(row: dict[str, Any]) -> dict[tuple[str, str, str | None], dict
 
 
 class DomainService:
-    def __init__(self, store: Store, config: Config, keys_dir: Path):
+    def __init__(self, store: Store, config: Config):
         self.store = store
-        self.keys_dir = keys_dir
         self.apply_config(config)
 
     def apply_config(self, config: Config) -> None:
@@ -68,21 +67,20 @@ class DomainService:
 
     # ------------------------------------------------------------------ adding and keys
 
-    async def _new_keys(self, name: str, selector: str, choice: str) -> list[dict[str, Any]]:
+    async def _new_keys(self, selector: str, choice: str) -> list[dict[str, Any]]:
+        """New key pairs; the private PEM goes into the store with the row (no file: every node reads it there)."""
         algs = dkim_keys.algorithms(choice)
         made = await asyncio.gather(*(
             asyncio.to_thread(dkim_keys.generate, dkim_keys.selector_for(selector, a, len(algs) > 1), a) for a in algs))
-        out = []
-        for key in made:
-            # A random part keeps a stale file (from a crash between write and commit) from blocking a name.
-            path = self.keys_dir / name / f"{key.selector}.{key.algorithm}.{secrets.token_hex(3)}.pem"
-            await asyncio.to_thread(dkim_keys.write_key, path, key.private_pem)
-            out.append({"selector": key.selector, "algorithm": key.algorithm, "key_path": str(path), "public_key": key.public_key})
-        return out
+        return [{"selector": key.selector, "algorithm": key.algorithm, "public_key": key.public_key,
+                 "private_pem": key.private_pem.decode("ascii")} for key in made]
 
-    def _drop_files(self, keys: list[dict[str, Any]]) -> None:
+    @staticmethod
+    def _drop_files(keys: list[dict[str, Any]]) -> None:
+        """The files keys made before migration 0033 named (keys made since have none)."""
         for key in keys:
-            dkim_keys.remove_key(Path(key["key_path"]))
+            if key["key_path"]:
+                dkim_keys.remove_key(Path(key["key_path"]))
 
     @admin_method("domain.add")
     async def add(self, tenant: str, domain: str, selector: str | None = None, dkim: str | None = None) -> dict[str, Any]:
@@ -92,12 +90,8 @@ class DomainService:
         dkim_keys.algorithms(choice)
         selector = dkim_keys.check_selector(selector) if selector else dkim_keys.next_selector(set())
         await self.store.domains.check_free(tenant, name)  # refuse before making keys; add checks again
-        keys = await self._new_keys(name, selector, choice)
-        try:
-            row = await self.store.domains.add(tenant, name, token=secrets.token_urlsafe(24), keys=keys)
-        except BaseException:
-            self._drop_files(keys)
-            raise
+        keys = await self._new_keys(selector, choice)
+        row = await self.store.domains.add(tenant, name, token=secrets.token_urlsafe(24), keys=keys)
         log.info("domain_added", tenant=tenant, domain=name, selectors=[k["selector"] for k in keys])
         return self._public(row)
 
@@ -113,21 +107,17 @@ class DomainService:
             dkim = "both" if len(algs) == 2 else algs[0]
         dkim_keys.algorithms(dkim)
         selector = dkim_keys.check_selector(selector) if selector else dkim_keys.next_selector(taken)
-        keys = await self._new_keys(name, selector, dkim)
-        try:
-            row = await self.store.domains.add_keys(tenant, name, keys)
-        except BaseException:
-            self._drop_files(keys)
-            raise
+        keys = await self._new_keys(selector, dkim)
+        row = await self.store.domains.add_keys(tenant, name, keys)
         log.info("dkim_rotation_started", domain=name, selectors=[k["selector"] for k in keys])
         return self._public(row)
 
     @admin_method("domain.remove_selector")
     async def remove_selector(self, domain: str, selector: str, tenant: str | None = None) -> dict[str, Any]:
-        """Remove a retired (or never activated) key and its file."""
+        """Remove a retired (or never activated) key (and the file of a key from before migration 0033)."""
         tenant, name = await self._scope(domain, tenant)
         key = await self.store.domains.remove_key(tenant, name, dkim_keys.check_selector(selector))
-        await asyncio.to_thread(dkim_keys.remove_key, Path(key["key_path"]))
+        await asyncio.to_thread(self._drop_files, [key])
         return {"domain": name, "selector": key["selector"], "algorithm": key["algorithm"], "state": key["state"], "removed": True}
 
     # ------------------------------------------------------------------ records and verification
@@ -258,7 +248,7 @@ class DomainService:
 
     @admin_method("domain.delete")
     async def delete(self, domain: str, tenant: str | None = None) -> dict[str, Any]:
-        """Refused while a use case or connector uses the domain; removes its key files."""
+        """Refused while a use case or connector uses the domain; removes its keys (and old key files)."""
         tenant, name = await self._scope(domain, tenant)
         row = await self.store.domains.delete(tenant, name)
         await asyncio.to_thread(self._drop_files, row["keys"])

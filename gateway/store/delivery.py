@@ -219,7 +219,8 @@ def _routing(conn: sqlite3.Connection, usecase_id: int) -> dict[str, Any] | None
         return None
     out = dict(row)
     out["keys"] = [dict(k) for k in conn.execute(
-        "SELECT selector, algorithm, key_path FROM dkim_keys WHERE domain_id = ? AND state = 'active' ORDER BY algorithm DESC, id",
+        "SELECT selector, algorithm, key_path, private_pem FROM dkim_keys WHERE domain_id = ? AND state = 'active' "
+        "ORDER BY algorithm DESC, id",
         (row["domain_id"],),
     )]
     return out
@@ -259,7 +260,7 @@ class Delivery:
         return await self.db.write(_record, token, tenant_id, queue_id, list(outcomes), dsn, time.time() if now is None else now)
 
     async def routing(self, usecase_id: int) -> dict[str, Any] | None:
-        """{route, domain, tenant_id, keys: [{selector, algorithm, key_path}]} for a use case."""
+        """{route, domain, tenant_id, keys: [{selector, algorithm, key_path, private_pem}]} for a use case."""
         return await self.db.read(_routing, usecase_id)
 
     async def due_plan(self) -> list[str]:

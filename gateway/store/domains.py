@@ -75,6 +75,16 @@ def check_free(conn: sqlite3.Connection, tenant: str, name: str) -> dict[str, An
     return t
 
 
+def _insert_key(conn: sqlite3.Connection, domain_id: int, key: dict[str, Any], now: float) -> None:
+    """A new pending key, its private PEM in the same row (and so the same transaction as the domain or
+    the rotation that makes it): a node that reads the row can sign with it, no file needed."""
+    conn.execute(
+        "INSERT INTO dkim_keys (domain_id, selector, algorithm, key_path, public_key, private_pem, state, created_at) "
+        "VALUES (?, ?, ?, '', ?, ?, 'pending', ?)",
+        (domain_id, key["selector"], key["algorithm"], key["public_key"], key["private_pem"], now),
+    )
+
+
 def _add(conn: sqlite3.Connection, tenant: str, name: str, token: str, keys: list[dict[str, Any]]) -> dict[str, Any]:
     t = check_free(conn, tenant, name)
     now = time.time()
@@ -83,11 +93,7 @@ def _add(conn: sqlite3.Connection, tenant: str, name: str, token: str, keys: lis
         (t["id"], name, token, now),
     )
     for key in keys:
-        conn.execute(
-            "INSERT INTO dkim_keys (domain_id, selector, algorithm, key_path, public_key, state, created_at) "
-            "VALUES (?, ?, ?, ?, ?, 'pending', ?)",
-            (cur.lastrowid, key["selector"], key["algorithm"], key["key_path"], key["public_key"], now),
-        )
+        _insert_key(conn, cur.lastrowid, key, now)
     append_event(conn, t["id"], "domain_added", name, {"selectors": [k["selector"] for k in keys]})
     return get_domain(conn, tenant, name)
 
@@ -160,11 +166,7 @@ def _add_keys(conn: sqlite3.Connection, tenant: str, name: str, keys: list[dict[
     for key in keys:
         if key["selector"] in taken:
             raise Conflict(f"domain {name!r} already has a DKIM selector {key['selector']!r}")
-        conn.execute(
-            "INSERT INTO dkim_keys (domain_id, selector, algorithm, key_path, public_key, state, created_at) "
-            "VALUES (?, ?, ?, ?, ?, 'pending', ?)",
-            (domain["id"], key["selector"], key["algorithm"], key["key_path"], key["public_key"], time.time()),
-        )
+        _insert_key(conn, domain["id"], key, time.time())
     append_event(conn, domain["tenant_id"], "dkim_rotation_started", name, {"selectors": [k["selector"] for k in keys]})
     return get_domain(conn, tenant, name)
 
@@ -284,11 +286,13 @@ class Domains:
         return await self.db.write(_record, domain_id, token, state, result, verified_selectors)
 
     async def signing_keys(self, domain: str | int) -> list[dict[str, Any]]:
-        """The ACTIVE keys of a domain (by name or id), to sign with: [{selector, algorithm, key_path, domain}]."""
+        """The ACTIVE keys of a domain (by name or id), to sign with:
+        [{selector, algorithm, key_path, private_pem (None: not imported), domain}]."""
         def run(conn: sqlite3.Connection) -> list[dict[str, Any]]:
             column = "d.id" if isinstance(domain, int) else "d.name"
             rows = conn.execute(
-                "SELECT k.selector, k.algorithm, k.key_path, d.name AS domain FROM dkim_keys k JOIN domains d ON d.id = k.domain_id "
+                "SELECT k.selector, k.algorithm, k.key_path, k.private_pem, d.name AS domain FROM dkim_keys k "
+                "JOIN domains d ON d.id = k.domain_id "
                 f"WHERE {column} = ? AND k.state = 'active' ORDER BY k.algorithm DESC, k.activated_at DESC",
                 (domain,),
             )
@@ -307,3 +311,22 @@ class Domains:
             return [dict(r) for r in rows]
 
         return await self.db.read(run)
+
+    async def without_pem(self) -> list[dict[str, Any]]:
+        """Keys whose private PEM is not in the store yet (rows from before migration 0033), with the
+        file each names: [{id, domain, selector, algorithm, state, key_path}]."""
+        def run(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            rows = conn.execute(
+                "SELECT k.id, d.name AS domain, k.selector, k.algorithm, k.state, k.key_path FROM dkim_keys k "
+                "JOIN domains d ON d.id = k.domain_id WHERE k.private_pem IS NULL ORDER BY d.name, k.selector, k.id")
+            return [dict(r) for r in rows]
+
+        return await self.db.read(run)
+
+    async def import_pem(self, key_id: int, private_pem: str) -> bool:
+        """Store an old row's PEM, once: False when it has one already (another node or process was first)."""
+        def run(conn: sqlite3.Connection) -> bool:
+            return conn.execute("UPDATE dkim_keys SET private_pem = ? WHERE id = ? AND private_pem IS NULL",
+                                (private_pem, key_id)).rowcount == 1
+
+        return await self.db.write(run)

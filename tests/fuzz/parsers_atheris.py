@@ -31,7 +31,7 @@ def _signing() -> tuple:
     path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     pub = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     record = b"v=DKIM1; k=ed25519; p=" + base64.b64encode(pub)
-    return ours.Signer(), ours.SigningKey("example.com", "ed", "ed25519", str(path)), (lambda name, timeout=5: record)
+    return ours.Signer(), ours.SigningKey("example.com", "ed", "ed25519", path.read_text()), (lambda name, timeout=5: record)
 
 
 SIGNER, KEY, DNS = _signing()

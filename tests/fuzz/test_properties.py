@@ -131,7 +131,7 @@ def signing(tmp_path_factory):
         else:
             pub = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         records[f"{algorithm}._domainkey.example.com.".encode()] = f"v=DKIM1; k={algorithm}; p=".encode() + base64.b64encode(pub)
-        out[algorithm] = ours.SigningKey("example.com", algorithm, algorithm, str(path))
+        out[algorithm] = ours.SigningKey("example.com", algorithm, algorithm, path.read_text())
     return ours.Signer(), out, (lambda name, timeout=5: records.get(name))
 
 
