@@ -142,17 +142,18 @@ async def test_an_auth_cooldown_started_through_one_handle_is_seen_by_the_other(
     assert not here.failed(await here.begin("192.0.2.1", "app"))
     assert not here.failed(await here.begin("192.0.2.1", "app"))
     await _barrier(primary)
-    assert not there.blocked("192.0.2.1", "app")
-    # The third failure, in the other process: the login is blocked there and here.
+    # The third failure, in the other process: the login is blocked there and here. ``begin`` reads
+    # the store (before any password is checked); ``blocked`` then knows it too.
     assert there.failed(await there.begin("192.0.2.1", "app"))
     await _barrier(secondary)
-    assert here.blocked("192.0.2.1", "app") and await here.begin("192.0.2.1", "app") is None
+    assert not here.blocked("192.0.2.1", "app")          # nothing read yet: this process's own count
+    assert await here.begin("192.0.2.1", "app") is None and here.blocked("192.0.2.1", "app")
     assert not here.blocked("192.0.2.1")
     # The address limit (5) counts every username, whichever process saw it: 3 so far, 4, 5.
     assert not here.failed(await here.begin("192.0.2.1", "other"))
     assert here.failed(await here.begin("192.0.2.1", "x")) and here.blocked("192.0.2.1")
     await _barrier(primary)
-    assert there.blocked("192.0.2.1") and await there.begin("192.0.2.1", "y") is None
+    assert await there.begin("192.0.2.1", "y") is None and there.blocked("192.0.2.1")
     assert not there.blocked("192.0.2.2")
 
 
@@ -214,3 +215,12 @@ async def test_the_shared_tables_are_bounded(tmp_path):
         assert (await limits.counts())["rate_buckets"] == 1
     finally:
         await primary.close()
+
+
+async def test_a_store_that_cannot_write_leaves_the_limit_to_the_process(tmp_path):
+    """A full disk or a closed store refuses no mail by itself: the process's own bucket limits the
+    key meanwhile (as before the limits were shared), and the store is asked again after STORE_RETRY."""
+    store = await Store.open(tmp_path / "gateway.db")
+    rates = RateLimiter(shared=store.limits, scope="usecase")
+    await store.close()
+    assert [await rates.allow(3, 3) for _ in range(4)] == [True, True, True, False]

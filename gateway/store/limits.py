@@ -13,8 +13,8 @@ what several processes must agree on:
 
 A bucket row is (tokens, updated_at): the level is refilled from ``updated_at`` at the rate the caller
 gives, capped at ``depth``; no row is a full bucket. Writes read the row and write it back only if
-it did not change meanwhile (compare and set on tokens and updated_at), trying again if it did: one
-SQLite writer never sees it change, concurrent PostgreSQL transactions are serialised by the check.
+it did not change meanwhile (compare and set on its ``version``), trying again if it did: one SQLite
+writer never sees it change, concurrent PostgreSQL transactions are serialised by the check.
 Times are wall-clock seconds (``time.time()``) so every process and node reads them alike; a clock
 behind another's refills nothing rather than a negative amount.
 
@@ -41,28 +41,29 @@ SWEEP_EVERY = 60.0
 CAS_TRIES = 20   # a bucket taken by another transaction between our read and write: read it again
 
 
-def _bucket(conn: sqlite3.Connection, key: str) -> tuple[float, float] | None:
-    row = conn.execute("SELECT tokens, updated_at FROM rate_buckets WHERE key = ?", (key,)).fetchone()
-    return (row[0], row[1]) if row is not None else None
+Row = tuple[float, float, int]   # tokens, updated_at, version
 
 
-def _level(row: tuple[float, float] | None, per_second: float, depth: float, now: float) -> float:
+def _bucket(conn: sqlite3.Connection, key: str) -> Row | None:
+    row = conn.execute("SELECT tokens, updated_at, version FROM rate_buckets WHERE key = ?", (key,)).fetchone()
+    return (row[0], row[1], row[2]) if row is not None else None
+
+
+def _level(row: Row | None, per_second: float, depth: float, now: float) -> float:
     if row is None:
         return depth
-    tokens, updated_at = row
+    tokens, updated_at, _ = row
     return min(depth, tokens + max(0.0, now - updated_at) * per_second)
 
 
-def _store(conn: sqlite3.Connection, key: str, row: tuple[float, float] | None, tokens: float, per_second: float,
-           depth: float, now: float) -> bool:
+def _store(conn: sqlite3.Connection, key: str, row: Row | None, tokens: float, per_second: float, depth: float, now: float) -> bool:
     """Write the bucket's new level if ``row`` is still what the table holds; False if it changed."""
     full_at = now + max(0.0, depth - tokens) / per_second
     if row is None:
-        return conn.execute("INSERT INTO rate_buckets (key, tokens, updated_at, full_at) VALUES (?, ?, ?, ?)"
+        return conn.execute("INSERT INTO rate_buckets (key, tokens, updated_at, full_at, version) VALUES (?, ?, ?, ?, 0)"
                             " ON CONFLICT (key) DO NOTHING", (key, tokens, now, full_at)).rowcount == 1
-    return conn.execute("UPDATE rate_buckets SET tokens = ?, updated_at = ?, full_at = ?"
-                        " WHERE key = ? AND tokens = ? AND updated_at = ?",
-                        (tokens, now, full_at, key, row[0], row[1])).rowcount == 1
+    return conn.execute("UPDATE rate_buckets SET tokens = ?, updated_at = ?, full_at = ?, version = version + 1"
+                        " WHERE key = ? AND version = ?", (tokens, now, full_at, key, row[2])).rowcount == 1
 
 
 def _take(conn: sqlite3.Connection, key: str, want: int, per_second: float, depth: float, now: float) -> tuple[int, float]:
@@ -88,12 +89,15 @@ def _give_back(conn: sqlite3.Connection, returns: Sequence[tuple[str, int, float
 
 
 def _auth_state(conn: sqlite3.Connection, keys: Sequence[str], owner: str, now: float) -> dict[str, tuple[int, float]]:
-    state = {}
-    for key in keys:
-        others = conn.execute("SELECT COUNT(*) FROM auth_failures WHERE key = ? AND expires_at > ? AND owner <> ?",
-                              (key, now, owner)).fetchone()[0]
-        row = conn.execute("SELECT blocked_until FROM auth_blocks WHERE key = ? AND blocked_until > ?", (key, now)).fetchone()
-        state[key] = (others, row[0] if row is not None else 0.0)
+    marks = ", ".join("?" * len(keys))
+    state = {key: (0, 0.0) for key in keys}
+    # One statement for every key: a login's check is a few index probes, not a round trip each.
+    for key, failures, until in conn.execute(
+            f"SELECT key, COUNT(*), 0.0 FROM auth_failures WHERE key IN ({marks}) AND expires_at > ? AND owner <> ? GROUP BY key"
+            f" UNION ALL SELECT key, 0, blocked_until FROM auth_blocks WHERE key IN ({marks}) AND blocked_until > ?",
+            (*keys, now, owner, *keys, now)):
+        had = state[key]
+        state[key] = (had[0] + failures, max(had[1], until))
     return state
 
 

@@ -20,7 +20,6 @@ Without ``shared`` (unit tests, a single process by design) everything stays in 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -38,6 +37,8 @@ MAX_KEYS = 100_000
 # A chunk of a shared bucket: a tenth of a minute's tokens, at most half the depth, at least one.
 CHUNK_OF_MINUTE = 0.1
 CHUNK_OF_DEPTH = 0.5
+# Seconds a key is limited by the process's own bucket after the store failed to give tokens.
+STORE_RETRY = 1.0
 
 
 def _bounded_set(table: OrderedDict, key, value) -> None:
@@ -60,6 +61,7 @@ class _Held:
     depth: float
     tokens: int = 0
     empty_until: float = 0.0                 # the store had none: not asked again before then (clock)
+    local_until: float = 0.0                 # the store failed: this process's own bucket until then (clock)
     taking: asyncio.Future | None = None     # the take in flight, which later callers wait for too
 
 
@@ -76,7 +78,9 @@ class RateLimiter:
     period + its depth + one chunk per process (a process that stops gives back what it holds,
     ``close``; one that dies loses it, which errs on the strict side). With ``exact`` the chunk is
     one token: a write per token, for rare events (bad API keys). An empty bucket is not asked
-    again before the store said a token will be there, so refusals cost no write each.
+    again before the store said a token will be there, so refusals cost no write each. A store that
+    cannot be written (a full disk) does not refuse mail by itself: for ``STORE_RETRY`` seconds the
+    key is limited by this process's own bucket, as before the limits were shared.
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic, *, shared: Limits | None = None, scope: str = "",
@@ -111,9 +115,16 @@ class RateLimiter:
             now = self.clock()
             if held.empty_until > now:
                 return held.empty_until - now
+            if held.local_until > now:
+                return self._wait_here(key, per_second, depth)
             if held.taking is None:
                 held.taking = asyncio.ensure_future(self._take(key, held, self._chunk(held) - held.tokens))
-            await asyncio.shield(held.taking)
+            try:
+                await asyncio.shield(held.taking)
+            except Exception as exc:  # noqa: BLE001 - the store failed (full disk, closed): limited here for a while
+                if held.local_until <= self.clock():
+                    log.warning("rate_limit_store_failed", scope=self.scope, error_type=type(exc).__name__, retry_in=STORE_RETRY)
+                held.local_until = self.clock() + STORE_RETRY
 
     def _wait_here(self, key: object, per_second: float, depth: float) -> float:
         now = self.clock()
@@ -218,8 +229,8 @@ class AuthCooldown:
 
     @staticmethod
     def _name(key: tuple) -> str:
-        # JSON: any username (NUL and newlines too) in plain ASCII text, one name per key.
-        return "auth " + json.dumps(list(key))
+        # ascii(): any username (NUL and newlines too) as plain ASCII text, one name per key.
+        return "auth " + ascii(key)
 
     def _stored(self, keys: list[tuple]) -> dict[tuple, tuple[int, float]]:
         """{key: (failures the other processes wrote, blocked until)}; nothing without a store, or
@@ -255,6 +266,7 @@ class AuthCooldown:
             del self._until[key]
         failures, blocked_until = stored.get(key, (0, 0.0))
         if blocked_until > now:
+            _bounded_set(self._until, key, blocked_until)   # remembered: ``blocked`` answers from memory
             return False
         recent = self._recent(key, now)
         if len(recent) + failures < limit:
@@ -262,11 +274,13 @@ class AuthCooldown:
         return False if sum(not a.pending for a in recent) + failures >= limit else BUSY
 
     def blocked(self, ip: str, username: str | None = None) -> bool:
-        """Whether the address (or, with ``username``, that login from the address) is refused now."""
+        """Whether the address (or, with ``username``, that login from the address) is refused now,
+        by what this process knows: its own failures and the blocks it has read from the store. The
+        AUTH commands ask this before the credentials are read; ``begin`` asks the store (one read a
+        login, not two), so an address another process blocked is refused there, its password unread."""
         now = self.clock()
         keys = [((ip,), self.address_limit)] if username is None else self._keys(ip, username)
-        stored = self._stored([key for key, _ in keys])
-        return any(self._state(key, limit, now, stored) is False for key, limit in keys)
+        return any(self._state(key, limit, now, {}) is False for key, limit in keys)
 
     def reserve(self, ip: str, username: str) -> Attempt | object | None:
         """Count one attempt now: the Attempt; None when refused (cooling down); BUSY when every slot

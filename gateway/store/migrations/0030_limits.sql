@@ -7,7 +7,8 @@ CREATE TABLE rate_buckets (
     key         TEXT PRIMARY KEY,      -- scope and key, e.g. 'usecase 12', 'apikey 3'
     tokens      REAL NOT NULL,         -- left at updated_at
     updated_at  REAL NOT NULL,
-    full_at     REAL NOT NULL          -- when it is full again: the row says nothing after that
+    full_at     REAL NOT NULL,         -- when it is full again: the row says nothing after that
+    version     INTEGER NOT NULL       -- raised by every write: a write checks it is still what it read
 );
 CREATE INDEX rate_buckets_full ON rate_buckets (full_at);
 
