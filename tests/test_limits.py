@@ -170,13 +170,18 @@ async def test_a_failure_counts_once_in_its_own_process_before_and_after_its_wri
     assert cool.blocked("192.0.2.7", "app")
 
 
+def _submitters(*stores: Store) -> list[Submitter]:
+    """Submission's MAIL/RCPT/DATA rules, one per process, each on its own handle (as the daemon wires them)."""
+    return [Submitter(SubmissionConfig(), context=s.usecases.context, submit=s.queue.put, monthly_count=s.queue.monthly_count,
+                      lifetime=3600.0, limits=s.limits) for s in stores]
+
+
 async def test_the_monthly_quota_counts_what_every_process_accepted(two):
     """A tenant's quota of 5: three messages through one handle, two through the other; the next
     MAIL, on either, is refused (each process's tracker used to cache the count for 30 seconds)."""
     primary, secondary = two
     ctx = await make_usecase(primary, monthly_quota=5)
-    submitters = [Submitter(SubmissionConfig(), context=s.usecases.context, submit=s.queue.put, monthly_count=s.queue.monthly_count,
-                            lifetime=3600.0, limits=s.limits) for s in (primary, secondary)]
+    submitters = _submitters(primary, secondary)
     ids = QueueIds()
     for i in range(5):
         sub, store = submitters[i % 2], (primary, secondary)[i % 2]
@@ -189,6 +194,20 @@ async def test_the_monthly_quota_counts_what_every_process_accepted(two):
         with pytest.raises(SMTPError) as refused:
             await sub.mail(ctx["id"], "app@example.com")
         assert refused.value.code == 452 and refused.value.enhanced == "4.5.3"
+
+
+async def test_a_use_cases_rate_limit_is_one_budget_for_every_process(two):
+    """3 a minute: two MAILs through one process and one through the other spend it; the next MAIL
+    is refused in both (451 4.7.0), where each process used to allow its own 3."""
+    primary, secondary = two
+    ctx = await make_usecase(primary, rate_limit=3)
+    here, there = _submitters(primary, secondary)
+    for sub in (here, there, here):
+        await sub.mail(ctx["id"], "app@example.com")
+    for sub in (here, there):
+        with pytest.raises(SMTPError) as refused:
+            await sub.mail(ctx["id"], "app@example.com")
+        assert (refused.value.code, refused.value.enhanced) == (451, "4.7.0")
 
 
 async def test_the_shared_tables_are_bounded(tmp_path):
