@@ -243,3 +243,13 @@ async def test_a_store_that_cannot_write_leaves_the_limit_to_the_process(tmp_pat
     rates = RateLimiter(shared=store.limits, scope="usecase")
     await store.close()
     assert [await rates.allow(3, 3) for _ in range(4)] == [True, True, True, False]
+
+
+async def test_a_bucket_at_its_limit_is_taken_from_a_few_tokens_at_a_time(two):
+    """Spent as fast as it refills, a bucket would cost a write per token: below ``least`` tokens the
+    store gives none and says when there will be that many."""
+    primary, _ = two
+    t0 = time.time()
+    assert await primary.limits.take("usecase 9", 10, 1.0, 10.0, now=t0) == (10, 0.0)
+    assert await primary.limits.take("usecase 9", 10, 1.0, 10.0, least=3, now=t0 + 1.5) == (0, 1.5)
+    assert await primary.limits.take("usecase 9", 10, 1.0, 10.0, least=3, now=t0 + 3.0) == (3, 0.0)

@@ -3,8 +3,9 @@
 The limiters (``gateway/submission/ratelimit.py``) keep what they can in memory and come here for
 what several processes must agree on:
 
-    take(key, want, per_second, depth)      up to ``want`` whole tokens from the key's bucket in one
-                                            write: (taken, seconds until the next token when none)
+    take(key, want, per_second, depth, least)  up to ``want`` whole tokens from the key's bucket in
+                                            one write, none unless ``least`` are there: (taken,
+                                            seconds until ``least`` will be there when none)
     give_back([(key, tokens, rate, depth)]) tokens taken and not spent, when a process stops
     auth_state(keys)                        {key: (failures the *other* processes counted, blocked
                                             until)}: a point read
@@ -66,13 +67,13 @@ def _store(conn: sqlite3.Connection, key: str, row: Row | None, tokens: float, p
                         " WHERE key = ? AND version = ?", (tokens, now, full_at, key, row[2])).rowcount == 1
 
 
-def _take(conn: sqlite3.Connection, key: str, want: int, per_second: float, depth: float, now: float) -> tuple[int, float]:
+def _take(conn: sqlite3.Connection, key: str, want: int, least: int, per_second: float, depth: float, now: float) -> tuple[int, float]:
     for _ in range(CAS_TRIES):
         row = _bucket(conn, key)
         level = _level(row, per_second, depth, now)
-        taken = min(want, int(level)) if level >= 1.0 else 0
-        if taken == 0:
-            return 0, (1.0 - level) / per_second   # nothing changes: the refill is implied by the time
+        if level < least:
+            return 0, (least - level) / per_second   # nothing changes: the refill is implied by the time
+        taken = min(want, int(level))
         if _store(conn, key, row, level - taken, per_second, depth, now):
             return taken, 0.0
     return 0, 1.0 / per_second   # taken away from us every time: nothing for now
@@ -147,16 +148,19 @@ class Limits:
         self._swept = now
         return True
 
-    async def take(self, key: str, want: int, per_second: float, depth: float, now: float | None = None) -> tuple[int, float]:
+    async def take(self, key: str, want: int, per_second: float, depth: float, least: int = 1,
+                   now: float | None = None) -> tuple[int, float]:
         """Up to ``want`` whole tokens of ``key``'s bucket (``per_second``, at most ``depth``), committed:
-        (taken, 0.0), or (0, seconds until one token will be there) with nothing changed."""
+        (taken, 0.0); or, with fewer than ``least`` there, (0, seconds until there will be) with
+        nothing changed. ``least`` keeps a bucket that is spent as fast as it refills from costing
+        a write per token."""
         now = time.time() if now is None else now
         sweep = self._sweeping(now)
 
         def run(conn: sqlite3.Connection) -> tuple[int, float]:
             if sweep:
                 _sweep(conn, now, self.max_rows)
-            return _take(conn, key, want, per_second, depth, now)
+            return _take(conn, key, want, min(least, want), per_second, depth, now)
 
         return await self.db.write(run)
 

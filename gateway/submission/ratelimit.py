@@ -53,6 +53,12 @@ def chunk_size(per_second: float, depth: float) -> int:
     return max(1, int(min(per_second * 60.0 * CHUNK_OF_MINUTE, depth * CHUNK_OF_DEPTH)))
 
 
+def least_take(chunk: int) -> int:
+    """The fewest tokens worth a write: a bucket spent as fast as it refills (the limit reached) is
+    taken from a tenth of a chunk at a time, not a write per token."""
+    return max(1, chunk // 10)
+
+
 @dataclass(eq=False)
 class _Held:
     """The tokens this process took from one shared bucket and has not spent yet."""
@@ -78,7 +84,9 @@ class RateLimiter:
     period + its depth + one chunk per process (a process that stops gives back what it holds,
     ``close``; one that dies loses it, which errs on the strict side). With ``exact`` the chunk is
     one token: a write per token, for rare events (bad API keys). An empty bucket is not asked
-    again before the store said a token will be there, so refusals cost no write each. A store that
+    again before the store said tokens will be there, so refusals cost no write each; and a key at
+    its limit (its bucket spent as fast as it refills) is taken from a tenth of a chunk at a time
+    (``least_take``), so it costs about rate / (chunk / 10) writes a second, not one a message. A store that
     cannot be written (a full disk) does not refuse mail by itself: for ``STORE_RETRY`` seconds the
     key is limited by this process's own bucket, as before the limits were shared.
     """
@@ -144,7 +152,8 @@ class RateLimiter:
 
     async def _take(self, key: object, held: _Held, want: int) -> None:
         try:
-            taken, wait = await self.shared.take(self._name(key), want, held.per_second, held.depth)
+            taken, wait = await self.shared.take(self._name(key), want, held.per_second, held.depth,
+                                                 least_take(self._chunk(held)))
         finally:
             held.taking = None
         held.tokens += taken
