@@ -12,8 +12,8 @@ what several processes must agree on:
     failed_soon(keys, cooldown)             one failed AUTH attempt against each (key, limit), queued
                                             for the next group commit; resolves to the keys it blocked
 
-A bucket row is (tokens, updated_at): the level is refilled from ``updated_at`` at the rate the caller
-gives, capped at ``depth``; no row is a full bucket. Writes read the row and write it back only if
+A bucket row is (tokens, updated_at, version): the level is refilled from ``updated_at`` at the
+rate the caller gives, capped at ``depth``; no row is a full bucket. Writes read the row and write it back only if
 it did not change meanwhile (compare and set on its ``version``), trying again if it did: one SQLite
 writer never sees it change, concurrent PostgreSQL transactions are serialised by the check.
 Times are wall-clock seconds (``time.time()``) so every process and node reads them alike; a clock
