@@ -173,7 +173,7 @@ class Daemon:
             self.config, paths=self.paths, authenticate=usecases.authenticate, context=usecases.context,
             submit=store.queue.put, monthly_count=store.queue.monthly_count, metrics=self.metrics,
             on_queued=self.scheduler.wake, budget=self.budget, check_recipient=suppressions.at_rcpt,
-            lineage=store.queue.lineage,
+            lineage=store.queue.lineage, limits=store.limits,
         )
         # The MX listener shares submission's certificate and the memory budget. It starts after
         # submission and stops before it. It wakes the processor through store.inbound.on_spooled.

@@ -93,8 +93,10 @@ def call(sock: Path, method: str, **params):
         return client.call(method, **params)
 
 
-def setup(sock: Path, dns: DnsServer) -> dict:
-    call(sock, "tenant.add", name="bench")
+def setup(sock: Path, dns: DnsServer, *, rate_limit: int = 0, quota: int = 0) -> dict:
+    """A tenant (``quota`` messages a month, 0 unlimited) with a verified domain and a use case
+    (``rate_limit`` messages a minute, 0 unlimited) and its credential."""
+    call(sock, "tenant.add", name="bench", monthly_quota=quota)
     added = call(sock, "domain.add", tenant="bench", domain="bench.test")
     records = call(sock, "domain.records", domain=added["name"])
     for record in records["records"]:
@@ -104,7 +106,7 @@ def setup(sock: Path, dns: DnsServer) -> dict:
     verified = call(sock, "domain.verify", domain=added["name"])
     assert verified["state"] == "verified", verified
     call(sock, "usecase.add", tenant="bench", domain=added["name"], name="load", entity="bench", kind="transactional",
-         senders=["app@bench.test"])
+         senders=["app@bench.test"], rate_limit=rate_limit)
     return call(sock, "usecase.credentials.add", tenant="bench", usecase="load")
 
 
@@ -239,6 +241,9 @@ def main() -> None:
                         help="a new connection (TLS, EHLO, AUTH PLAIN) for every message")
     parser.add_argument("--web-process", choices=("true", "false"), help="web.process (default: the config's default)")
     parser.add_argument("--profile", metavar="SVG", help="record the daemon with py-spy: a flame graph (.svg) or collapsed stacks (.txt)")
+    parser.add_argument("--rate-limit", type=int, default=0, metavar="N",
+                        help="the use case's rate limit, messages a minute (default 0: none; a high one measures what checking it costs)")
+    parser.add_argument("--quota", type=int, default=0, metavar="N", help="the tenant's monthly quota (default 0: none)")
     args = parser.parse_args()
 
     import uvloop
@@ -246,7 +251,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, DnsServer() as dns:
         work = Path(tmp)
         port, tls_port = free_port(), free_port()
-        write_config(work / "config.toml", dns, port, tls_port, "")
+        # The API on a free port too (not measured): another daemon on this machine may hold 8026.
+        write_config(work / "config.toml", dns, port, tls_port, '[api]\nlisten = "127.0.0.1:0"\n')
         if args.web_process:
             text = (work / "config.toml").read_text().replace("[web]\n", f"[web]\nprocess = {args.web_process}\n", 1)
             (work / "config.toml").write_text(text)
@@ -254,7 +260,7 @@ def main() -> None:
         proc, sock = start_daemon(work)
         spy = None
         try:
-            cred = setup(sock, dns)
+            cred = setup(sock, dns, rate_limit=args.rate_limit, quota=args.quota)
             call(sock, "pause")  # measure acceptance alone: mail is committed and held, not delivered
             if args.warmup:
                 uvloop.run(run_clients(client_port, cred, args.sessions, args.warmup, args.size, args.implicit,

@@ -168,13 +168,13 @@ def test_queue_ids_are_unique_sortable_and_verp_safe():
     assert all(len(q) == 16 and verp.decode(verp.return_path("b@x.example", q, 0)).queue_id == q for q in made[:50])
 
 
-def test_rate_limiter_token_bucket():
+async def test_rate_limiter_token_bucket():
     clock = Clock()
     rates = RateLimiter(clock)
-    assert [rates.allow("uc", 3) for _ in range(4)] == [True, True, True, False]
+    assert [await rates.allow("uc", 3) for _ in range(4)] == [True, True, True, False]
     clock.now += 20  # a third of a minute: one token back
-    assert rates.allow("uc", 3) and not rates.allow("uc", 3)
-    assert all(rates.allow("other", 0) for _ in range(100))  # 0 = unlimited
+    assert await rates.allow("uc", 3) and not await rates.allow("uc", 3)
+    assert all([await rates.allow("other", 0) for _ in range(100)])  # 0 = unlimited
 
 
 def test_auth_cooldown():

@@ -116,8 +116,10 @@ class ApiServer(Component):
         self.tls = tls
         api = config().api
         self.keys = KeyChecker(store, ttl=api.key_cache_ttl, default_rate=api.rate_limit)
-        self.limiter = RateLimiter()
-        self._failures = RateLimiter()                        # bad keys, per client address
+        # Both in the store (every process and node shares them): the keys' buckets taken in chunks,
+        # the bad keys' one token a failure (rare, and each must count).
+        self.limiter = RateLimiter(shared=store.limits, scope="apikey")
+        self._failures = RateLimiter(shared=store.limits, scope="apifail", exact=True)   # bad keys, per client address
         self._blocked: OrderedDict[str, float] = OrderedDict()  # client address -> refused until (monotonic)
         self._inflight = 0
         self._inflight_by_client: dict[str, int] = {}   # only addresses with requests in flight (bounded by max_inflight)
@@ -168,6 +170,7 @@ class ApiServer(Component):
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        await self.limiter.close()   # the keys' tokens this process holds go back to the store
 
     async def reload(self, config: Config) -> None:
         self.keys.ttl = config.api.key_cache_ttl
@@ -254,7 +257,7 @@ class ApiServer(Component):
         try:
             return await self._authenticate(request, client)
         except ApiProblem:
-            wait = self._failures.wait(client, api.auth_failure_rate, api.auth_failure_rate * AUTH_FAILURE_BURST)
+            wait = await self._failures.wait(client, api.auth_failure_rate, api.auth_failure_rate * AUTH_FAILURE_BURST)
             if not wait:
                 raise
             self._blocked[client] = now + wait
@@ -296,7 +299,7 @@ class ApiServer(Component):
     async def _serve(self, route: Route, request: web.Request) -> web.StreamResponse:
         client = self._client(request)
         caller = await self._checked_key(request, client)
-        wait = self.limiter.wait(caller.key_id, caller.rate_limit, max(1.0, caller.rate_limit * self.config().api.rate_burst))
+        wait = await self.limiter.wait(caller.key_id, caller.rate_limit, max(1.0, caller.rate_limit * self.config().api.rate_burst))
         if wait:
             raise ApiProblem(429, "rate-limited", "The API key's rate limit is spent",
                              f"this key may make {caller.rate_limit:g} requests a second", retry_after=wait)

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..budget import ByteBudget
 from ..config import Config
@@ -17,18 +17,23 @@ from .handler import Authenticate, CheckRecipient, Context, Lineage, Submit, Sub
 from .server import SubmissionServer, client_tls_context
 from .tls import TlsContext
 
+if TYPE_CHECKING:
+    from ..store.limits import Limits
+
 
 def build(config: Config, *, paths: Paths, authenticate: Authenticate, context: Context, submit: Submit,
           monthly_count: Callable[[int], Awaitable[int]], metrics: Metrics,
           on_queued: Callable[[str], Any] | None = None, budget: ByteBudget | None = None,
-          check_recipient: CheckRecipient | None = None, lineage: Lineage | None = None) -> SubmissionServer:
+          check_recipient: CheckRecipient | None = None, lineage: Lineage | None = None,
+          limits: Limits | None = None) -> SubmissionServer:
     """The submission listeners. ``budget`` is the daemon's in-flight memory budget (shared with
-    delivery); without one (tests) the listener gets its own of ``daemon.memory_budget``."""
+    delivery); without one (tests) the listener gets its own of ``daemon.memory_budget``. ``limits``
+    (the store's): rate limits and AUTH cool-downs shared with every process and node on the store."""
     sub = config.submission
     handler = SubmissionHandler(sub, hostname=config.daemon.hostname, authenticate=authenticate, context=context,
                                 submit=submit, monthly_count=monthly_count, lifetime=config.queue.lifetime,
                                 metrics=metrics, on_queued=on_queued, check_recipient=check_recipient,
-                                lineage=lineage)
+                                lineage=lineage, limits=limits)
     tls = TlsContext(sub.tls_cert, sub.tls_key, tls_dir=paths.tls_dir, hostname=config.daemon.hostname)
     budget = budget if budget is not None else ByteBudget(config.daemon.memory_budget)
     return SubmissionServer(sub, handler=handler, tls=tls, hostname=config.daemon.hostname, budget=budget, metrics=metrics)

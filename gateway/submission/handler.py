@@ -29,7 +29,7 @@ from __future__ import annotations
 import binascii
 from base64 import b64decode
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiosmtpd.smtp import MISSING, AuthResult
@@ -42,6 +42,9 @@ from . import policy, prepare, submit
 from .hooks import INTERNAL_ERROR, STORAGE_FULL, SmtpHandler, client_ip
 from .ratelimit import AuthCooldown
 from .submit import CheckRecipient, Context, Lineage, Submitter
+
+if TYPE_CHECKING:
+    from ..store.limits import Limits
 
 log = structlog.get_logger("submission")
 
@@ -64,20 +67,27 @@ class SubmissionHandler(SmtpHandler):
     def __init__(self, config: SubmissionConfig, *, hostname: str, authenticate: Authenticate, context: Context,
                  submit: Submit, monthly_count: Callable[[int], Awaitable[int]], lifetime: float,
                  metrics: Metrics | None = None, on_queued: Callable[[str], None] | None = None,
-                 check_recipient: CheckRecipient | None = None, lineage: Lineage | None = None):
+                 check_recipient: CheckRecipient | None = None, lineage: Lineage | None = None, limits: Limits | None = None):
         metrics = metrics or Metrics()
         super().__init__(hostname=hostname, metrics=metrics, refusals=metrics.submission_refusals)
         self.config = config
         self.authenticate = authenticate
         # The rules of MAIL, RCPT and DATA, shared with the API's send (gateway/api/sending.py).
         self.submitter = Submitter(config, context=context, submit=submit, monthly_count=monthly_count, lifetime=lifetime,
-                                   metrics=metrics, on_queued=on_queued, check_recipient=check_recipient, lineage=lineage)
-        self.cooldown = AuthCooldown(config.auth_failures_limit, config.auth_cooldown, config.auth_address_failures_limit)
+                                   metrics=metrics, on_queued=on_queued, check_recipient=check_recipient, lineage=lineage,
+                                   limits=limits)
+        # With the store's ``limits``, failures count for every process and node (ratelimit.py).
+        self.cooldown = AuthCooldown(config.auth_failures_limit, config.auth_cooldown, config.auth_address_failures_limit,
+                                     shared=limits)
 
     def configure(self, config: SubmissionConfig, lifetime: float) -> None:
         self.config = config
         self.submitter.configure(config, lifetime)
         self.cooldown.configure(config.auth_failures_limit, config.auth_cooldown, config.auth_address_failures_limit)
+
+    async def drain(self, timeout: float | None = None) -> None:
+        await super().drain(timeout)
+        await self.submitter.close()
 
     # ------------------------------------------------------------------ helpers
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -38,6 +38,9 @@ from ..store.queue import Idempotency, NewMessage, QueueIds
 from . import channel, policy, prepare
 from .hooks import inspect_content
 from .ratelimit import QuotaTracker, RateLimiter, TtlCache
+
+if TYPE_CHECKING:
+    from ..store.limits import Limits
 
 log = structlog.get_logger("submission")
 
@@ -73,12 +76,14 @@ class Draft:
 class Submitter:
     def __init__(self, config: SubmissionConfig, *, context: Context, submit: Put, monthly_count: Callable[[int], Awaitable[int]],
                  lifetime: float, metrics: Metrics | None = None, on_queued: Callable[[str], None] | None = None,
-                 check_recipient: CheckRecipient | None = None, lineage: Lineage | None = None):
+                 check_recipient: CheckRecipient | None = None, lineage: Lineage | None = None, limits: Limits | None = None):
         self.config = config
         self.contexts = TtlCache(context, config.context_ttl)
         self.submit = submit
-        self.quota = QuotaTracker(monthly_count, ttl=max(config.context_ttl, 1.0) * 6)
-        self.rates = RateLimiter()
+        # With the store's ``limits`` the rate limits are every process's and node's (the quota is:
+        # usage_monthly is the store's); without (tests), this process's.
+        self.quota = QuotaTracker(monthly_count)
+        self.rates = RateLimiter(shared=limits, scope="usecase")
         self.ids = QueueIds()
         self.lifetime = lifetime
         self.metrics = metrics or Metrics()
@@ -91,6 +96,10 @@ class Submitter:
         self.lifetime = lifetime
         self.contexts.ttl = config.context_ttl
         self.contexts.clear()
+
+    async def close(self) -> None:
+        """The listener stops: the rate-limit tokens this process holds go back to the store."""
+        await self.rates.close()
 
     async def context(self, usecase_id: int) -> dict[str, Any]:
         ctx = await self.contexts.get(usecase_id)
@@ -108,8 +117,8 @@ class Submitter:
         policy.check_size(declared, self.config.max_message_size)
         quota = ctx.get("monthly_quota") or 0
         if quota:
-            policy.check_quota(await self.quota.used(ctx["tenant_id"]), quota)
-        if not self.rates.allow(usecase_id_of(ctx), ctx.get("rate_limit") or 0):
+            policy.check_quota(await self.quota.used(ctx["tenant_id"], quota), quota)
+        if not await self.rates.allow(usecase_id_of(ctx), ctx.get("rate_limit") or 0):
             raise policy.rate_limited(ctx.get("usecase") or ctx.get("name") or "?")
         return Draft(ctx=ctx, mail_from=address, utf8=utf8, channel=sender_channel, declared=declared)
 

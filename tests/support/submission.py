@@ -123,7 +123,7 @@ async def submission_listener(tmp_path: Path, *, submission: dict[str, Any] | No
 
         server = build(config, paths=paths, authenticate=auth.authenticate, context=store.usecases.context,
                        submit=store.queue.put, monthly_count=store.queue.monthly_count, metrics=Metrics(), on_queued=queued,
-                       budget=budget, lineage=store.queue.lineage)
+                       budget=budget, lineage=store.queue.lineage, limits=store.limits)
         listener = Listener(server, store, auth, ctx)
         await server.start()
         try:

@@ -1,0 +1,28 @@
+-- Counters every process and node on the store shares (gateway/store/limits.py): rate limits,
+-- failed AUTH attempts, AUTH blocks. A row lives only while it says something a missing row
+-- would not: a bucket until it would be full again (``full_at``), a failure and a block until their
+-- cool-down ends. Rows past that are swept by the writers themselves, at most a minute late, and
+-- each table is capped (limits.MAX_ROWS), so a flood of distinct keys cannot grow them for ever.
+CREATE TABLE rate_buckets (
+    key         TEXT PRIMARY KEY,      -- scope and key, e.g. 'usecase 12', 'apikey 3'
+    tokens      REAL NOT NULL,         -- left at updated_at
+    updated_at  REAL NOT NULL,
+    full_at     REAL NOT NULL,         -- when it is full again: the row says nothing after that
+    version     INTEGER NOT NULL       -- raised by every write: a write checks it is still what it read
+);
+CREATE INDEX rate_buckets_full ON rate_buckets (full_at);
+
+CREATE TABLE auth_failures (
+    key         TEXT NOT NULL,         -- an address, or an address and a username
+    owner       TEXT NOT NULL,         -- the store handle (process) that wrote it: it counts its own itself
+    failed_at   REAL NOT NULL,
+    expires_at  REAL NOT NULL          -- failed_at + the cool-down: counted until then
+);
+CREATE INDEX auth_failures_key ON auth_failures (key, expires_at);
+CREATE INDEX auth_failures_expiry ON auth_failures (expires_at);
+
+CREATE TABLE auth_blocks (
+    key         TEXT PRIMARY KEY,
+    blocked_until REAL NOT NULL
+);
+CREATE INDEX auth_blocks_until ON auth_blocks (blocked_until);
