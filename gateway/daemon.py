@@ -198,7 +198,7 @@ class Daemon:
             on_queued=wake_delivery, budget=self.budget, check_recipient=suppressions.at_rcpt,
             lineage=store.queue.lineage,
         )
-        self.tls = submission_server.tls
+        self.submission, self.tls = submission_server, submission_server.tls
         # The MX listener shares submission's certificate and the memory budget. It starts after
         # submission and stops before it. It wakes the processor through store.inbound.on_spooled.
         listeners: list[Component] = [submission_server]
@@ -389,7 +389,10 @@ class Daemon:
         self.budget.configure(new.daemon.memory_budget)
         if self.store is not None:
             self.store.db.space.min_free = new.store.min_free_bytes
-        for component in self.components:
+        # The parent's submission listeners are its workers', but their handler sends for the API and
+        # their certificate serves it: both take the new values here too.
+        here = [self.submission] if self.pipelines is not None else []
+        for component in [*here, *self.components]:
             try:
                 await component.reload(new)
             except Exception:  # noqa: BLE001 - one component failing must not stop the others

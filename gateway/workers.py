@@ -61,8 +61,9 @@ from .paths import Paths
 
 log = structlog.get_logger("workers")
 
-# Seconds a new worker may take to open the store and serve before the start counts as failed.
-START_TIMEOUT = 30.0
+# Seconds a new worker may take to start (an interpreter importing the gateway: ~2 s of CPU, several
+# times that on a loaded machine), open the store and serve before the start counts as failed.
+START_TIMEOUT = 60.0
 # Seconds the daemon waits for a worker to apply a config or key change, or to answer a question.
 APPLY_TIMEOUT = 10.0
 FIRST_DELAY, MAX_DELAY = 0.1, 10.0

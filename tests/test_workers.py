@@ -31,6 +31,17 @@ QUEUE_ID = re.compile(rb"\bid ([0-9a-hjkmnp-tv-z]{16})\b")
 SESSIONS = 4
 
 
+def started(gw: GatewayProcess) -> GatewayProcess:
+    """gw started, READY awaited longer than usual: each worker is an interpreter importing the gateway."""
+    gw.start(wait_ready=False)
+    try:
+        gw.notify.wait_for(lambda m: m.get("READY") == "1", timeout=120, process=gw.proc)
+    except BaseException:
+        gw.close()
+        raise AssertionError(f"gateway did not become ready; its stderr:\n{gw.stderr}") from None
+    return gw
+
+
 def overrides(dns_server, sink_port: int, extra: dict | None = None) -> dict:
     return merge(merge(dns_overrides(dns_server), {"daemon": {"workers": 2}, "delivery": {**FAST_RETRIES, "remote_port": sink_port}}),
                  extra or {})
@@ -62,6 +73,12 @@ def deliveries(sink) -> Counter:
                    for rcpt in r.rcpt_tos)
 
 
+async def metrics(web_port: int) -> str:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"http://127.0.0.1:{web_port}/metrics") as resp:
+            return await resp.text()
+
+
 def pipeline_rows(gw: GatewayProcess) -> list[dict]:
     return [w for w in gw.cli_json("status")["workers"] if w["name"].startswith("pipeline-")]
 
@@ -71,8 +88,9 @@ async def test_two_workers_share_the_port_deliver_once_and_report(tmp_path, dns_
     async with mail_sink() as sink:
         # No poll to fall back on: what is delivered at once was woken (a commit, or an admin action
         # the daemon passed on to the workers).
-        settings = overrides(dns_server, sink.port, {"delivery": {"poll_interval": 60.0}})
-        with GatewayProcess(tmp_path, settings) as gw:
+        settings = overrides(dns_server, sink.port, {"delivery": {"poll_interval": 60.0}, "processor": {"poll_interval": 60.0}})
+        gw = started(GatewayProcess(tmp_path, settings))
+        try:
             admin = AdminHandle(gw)
             setup = await sending_setup(admin, dns_server)
             port = await admin.listener_port("submission")
@@ -92,9 +110,7 @@ async def test_two_workers_share_the_port_deliver_once_and_report(tmp_path, dns_
             # Each worker's own status, and its counters summed in the daemon's /metrics.
             assert all("delivery" in r["status"] and "submission" in r["status"] for r in pipeline_rows(gw))
             web = await admin.listener_port("web")
-            async with aiohttp.ClientSession() as http:
-                async with http.get(f"http://127.0.0.1:{web}/metrics") as resp:
-                    text = await resp.text()
+            text = await metrics(web)
             for pid in pids:
                 assert re.search(rf'gateway_worker_pid{{worker="pipeline-\d"}} {pid}(\.0)?\n', text), text[:2000]
             assert f"gateway_messages_received_total {float(len(accepted))}" in text
@@ -106,6 +122,14 @@ async def test_two_workers_share_the_port_deliver_once_and_report(tmp_path, dns_
             await admin.call("resume", tenant="acme")
             await sink.wait_until(lambda s: set(held) <= set(deliveries(s)), timeout=20)
 
+            # Mail spooled by a worker's MX wakes the daemon's processor (a bounce to a return path).
+            mx = await admin.listener_port("inbound")
+            async with aiosmtplib.SMTP(hostname="127.0.0.1", port=mx, start_tls=False, timeout=10) as smtp:
+                await smtp.sendmail("", ["whatever@bounces.acme.test"], message(sender="mailer-daemon@dest.test", to="x"))
+            async with asyncio.timeout(20):
+                while not re.search(r"^gateway_inbound_(processed|held)_total(\{[^}]*\})? [1-9]", await metrics(web), re.M):
+                    await asyncio.sleep(0.1)
+
             # SIGHUP reaches every worker: new sessions on either one advertise the new SIZE.
             write_config(gw.config_path, merge(settings, {"submission": {"max_message_size": 123456}}))
             gw.reload()
@@ -116,6 +140,8 @@ async def test_two_workers_share_the_port_deliver_once_and_report(tmp_path, dns_
 
             # Off the loop: the workers QUIT their pooled sessions to the sink, which runs on it.
             assert await asyncio.to_thread(gw.stop) == 0
+        finally:
+            gw.close()
 
 
 # As tests/test_submission_crash.py: only a kill between the remote's 250 and the commit of that
@@ -152,7 +178,7 @@ async def test_killed_worker_killed_daemon_and_sigterm_lose_nothing(tmp_path, dn
     publish_mx(dns_server, "dest.test")
     async with mail_sink() as sink:
         settings = overrides(dns_server, sink.port, {"log": {"format": "json"}})
-        gw = GatewayProcess(tmp_path, settings).start()
+        gw = started(GatewayProcess(tmp_path, settings))
         accepted: list[tuple[str, str]] = []
         stop = asyncio.Event()
         clients: list[asyncio.Task] = []
@@ -170,6 +196,9 @@ async def test_killed_worker_killed_daemon_and_sigterm_lose_nothing(tmp_path, dn
             back = await wait_for(lambda: [r for r in pipeline_rows(gw) if r["name"] == victim["name"] and r["up"]
                                            and r["pid"] != victim["pid"]])
             assert back[0]["restarts"] == 1
+            # What it had claimed is delivered by now too: the daemon released its claims.
+            before = set(accepted)
+            await sink.wait_until(lambda s: before <= set(deliveries(s)), timeout=60)
             seen = len(accepted)
             await wait_for(lambda: len(accepted) >= seen + 60)
 
@@ -183,7 +212,7 @@ async def test_killed_worker_killed_daemon_and_sigterm_lose_nothing(tmp_path, dn
             gw.close()
 
             # A new daemon on the same state delivers every message that had its 250.
-            gw = GatewayProcess(tmp_path, settings, state_dir=gw.state_dir, name="gw-2").start()
+            gw = started(GatewayProcess(tmp_path, settings, state_dir=gw.state_dir, name="gw-2"))
             wanted = set(accepted)
             await sink.wait_until(lambda s: wanted <= set(deliveries(s)), timeout=90)
 
