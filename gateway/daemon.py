@@ -26,13 +26,13 @@ import structlog
 from prometheus_client import generate_latest
 
 from . import __version__, allocator, logs, submission
-from .admin.registry import admin_method, checked, collect
+from .admin.registry import checked, collect
 from .admin.server import AdminServer
 from .api.endpoints import Deps as ApiDeps, endpoints as api_endpoints
 from .api.routes import collect as collect_routes
 from .api.server import ApiServer
 from .budget import ByteBudget
-from .config import Config, load_config, restart_keys, to_dict, workers_count
+from .config import Config, load_config, restart_keys, workers_count
 from .delivery.scheduler import Scheduler
 from .domains.verifier import Reverifier
 from .errors import ConfigError, GatewayError, StartupError
@@ -53,6 +53,7 @@ from .paths import Paths, resolve_paths
 from .services.addresses import AddressService
 from .services.apikeys import ApiKeyService
 from .services.connectors import ConnectorService
+from .services.daemon import DaemonService
 from .services.domains import DomainService
 from .services.inbox import InboxService
 from .services.pauses import PauseService
@@ -515,40 +516,6 @@ class Daemon:
         if self.pipelines is None:
             return own
         return merged_exposition(own.decode(), *await self.pipelines.expositions())
-
-
-class DaemonService:
-    """Admin methods about the daemon itself."""
-
-    def __init__(self, daemon: Daemon):
-        self.daemon = daemon
-
-    @admin_method("status")
-    async def status(self) -> dict[str, Any]:
-        return await self.daemon.live_status()
-
-    @admin_method("daemon.health")
-    async def health(self) -> dict[str, Any]:
-        """What /health answers: {ok, problems, ...} (the web worker serves it from here)."""
-        ok, detail = await self.daemon.health()
-        return {"ok": ok, **detail}
-
-    @admin_method("daemon.metrics")
-    async def metrics(self) -> str:
-        """The daemon's /metrics exposition text, its pipeline workers' included (the web worker adds its own)."""
-        return (await self.daemon.exposition()).decode()
-
-    @admin_method("ping")
-    async def ping(self) -> str:
-        return "pong"
-
-    @admin_method("config.show")
-    async def config_show(self, non_default: bool = False) -> dict[str, Any]:
-        return to_dict(self.daemon.config, non_default=non_default)
-
-    @admin_method("config.reload")
-    async def config_reload(self) -> bool:
-        return await self.daemon.reload()
 
 
 # ---------------------------------------------------------------------- entry point

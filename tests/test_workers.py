@@ -12,7 +12,6 @@ import os
 import re
 import select
 import signal
-import time
 from collections import Counter
 
 import aiohttp
@@ -122,10 +121,11 @@ async def test_two_workers_share_the_port_deliver_once_and_report(tmp_path, dns_
             await admin.call("resume", tenant="acme")
             await sink.wait_until(lambda s: set(held) <= set(deliveries(s)), timeout=20)
 
-            # Mail spooled by a worker's MX wakes the daemon's processor (a bounce to a return path).
+            # Mail spooled by a worker's MX wakes the daemon's processor (a reply to a return path).
             mx = await admin.listener_port("inbound")
+            return_path = sink.messages[0].mail_from
             async with aiosmtplib.SMTP(hostname="127.0.0.1", port=mx, start_tls=False, timeout=10) as smtp:
-                await smtp.sendmail("", ["whatever@bounces.acme.test"], message(sender="mailer-daemon@dest.test", to="x"))
+                await smtp.sendmail("", [return_path], message(sender="mailer-daemon@dest.test", to=return_path))
             async with asyncio.timeout(20):
                 while not re.search(r"^gateway_inbound_(processed|held)_total(\{[^}]*\})? [1-9]", await metrics(web), re.M):
                     await asyncio.sleep(0.1)
