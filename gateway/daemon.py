@@ -70,7 +70,8 @@ from .systemd import Notifier
 from .unsubscribe.links import Keyring, Links
 from .unsubscribe.web import Unsubscriber
 from .web import WebServer
-from .workers import Pipelines, WebWorker
+from .pipelines import Pipelines
+from .workers import WebWorker
 from .webhooks.sender import WebhookSender
 
 log = structlog.get_logger("daemon")
@@ -104,7 +105,7 @@ def prepare_state_dir(path: Path) -> None:
 
 class Daemon:
     """``role``: "single" (daemon.workers = 1: everything in this process), "parent" (the listeners and
-    delivery in pipeline worker processes, gateway/workers.py; the rest here) or "pipeline" (one of those
+    delivery in pipeline worker processes, gateway/pipelines.py; the rest here) or "pipeline" (one of those
     workers, gateway/pipeline.py: submission, the MX and a scheduler on the parent's sockets and store)."""
 
     def __init__(self, config: Config, paths: Paths, *, config_path: str | None = None, notifier: Notifier | None = None,

@@ -1,12 +1,12 @@
 """A pipeline worker: submission, the inbound MX and a delivery scheduler in a child process of the
-daemon (``daemon.workers`` > 1), so mail uses every core. Started by gateway/workers.py, never by hand:
+daemon (``daemon.workers`` > 1), so mail uses every core. Started by gateway/pipelines.py, never by hand:
 
     python -m gateway.pipeline --fd submission=N --fd submissions=M [--fd inbound=K] --token T
                                --name pipeline-I --control-fd C --parent-pid P
 
 What flows in: the listening sockets the daemon bound (every worker accepts on the same ones; the
 kernel gives each connection to one of them), the daemon's config over the control socket (already
-divided among the workers: gateway/workers.py ``share``), SMTP sessions, due recipients claimed under
+divided among the workers: gateway/pipelines.py ``share``), SMTP sessions, due recipients claimed under
 token T. What flows out: queued messages, spooled inbound mail and delivery outcomes, committed by this
 process's own writer on the daemon's store, opened as a secondary (gateway/store/db.py, taking turns
 at writing with the other processes: gateway/store/turns.py); a "wake processor" line to the daemon
