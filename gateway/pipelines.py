@@ -13,8 +13,11 @@ workers); the kernel spreads SO_REUSEPORT connections evenly.
 Figures (``scripts/bench_submission.py --messages 100 --workers N``, 20 sessions of 4 KiB, STARTTLS +
 AUTH; this 2-core machine shared with six other sessions, load average 8-11 throughout, so they
 say little beyond "no worse"): workers 1: 146 msg/s, p99 278 ms, 1.81 ms CPU/msg; 2: 156 and 113
-msg/s, p99 243-294 ms, 2.2-2.5 ms CPU/msg; 3: 96 msg/s, p99 359 ms, 2.4 ms CPU/msg. More in the
-README's "Every core".
+msg/s, p99 243-294 ms, 2.2-2.5 ms CPU/msg; 3: 96 msg/s, p99 359 ms, 2.4 ms CPU/msg. The side-by-side
+kit (``/work/shared/bench/side_by_side.py --modes gw -n 3000 -r 1 --gw-set delivery.allow_loopback=true
+--gw-set daemon.workers=N``, interleaved, load 8-9, the machine 99% busy before each run): 2 workers
+81.0 / 88.7 msg/s end to end, 1 process 100.7 / 136.8. With no idle core a second process only adds
+overhead; the gain on an idle machine is still to be measured, hence the default of 1.
 """
 
 from __future__ import annotations
