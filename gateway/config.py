@@ -45,6 +45,7 @@ class DaemonConfig:
     hostname: str = setting("localhost", "Name the gateway gives itself: EHLO, Received headers, Message-IDs without a domain.")
     shutdown_timeout: float = setting(30.0, "Seconds in-flight work gets to finish after SIGTERM before the daemon exits.", min=0.0)
     memory_budget: int = setting(268435456, "Bytes of message bodies held in memory at once, submission and delivery together; past it new DATA gets 452 4.3.1 and delivery waits.", min=1048576)
+    workers: str = setting("1", "Pipeline processes: each serves submission and the inbound MX on the same listening addresses and runs a delivery scheduler, all on one store (gateway/pipelines.py). auto: one per CPU this process may run on. 1: everything in one process (the embedded default). The API, the admin socket, the web worker and the jobs that run once stay in the daemon's own process. memory_budget, delivery.workers, delivery.per_destination and delivery.max_inflight are the whole daemon's: each pipeline gets its share.", kind="workers", restart=True)
     gil_switch_interval: float = setting(0.005, "Seconds the interpreter lets one thread hold the GIL before another may take it (sys.setswitchinterval). Lower cuts the web server's tail latency under submission load (0.0005: unsubscribe POST p99 about halved) but costs mail throughput (MX acceptance about 12% lower, measured with scripts/bench_mx.py).", min=0.0001, max=0.1, restart=True)
 
 
@@ -289,7 +290,20 @@ def _type_name(value: Any) -> str:
     )
 
 
+# The most pipeline processes daemon.workers may ask for.
+MAX_WORKERS = 64
+
+
+def workers_count(value: str) -> int:
+    """daemon.workers as a number of processes (auto: the CPUs this process may run on); 0 when invalid."""
+    if value == "auto":
+        return max(1, min(len(os.sched_getaffinity(0)), MAX_WORKERS))
+    return int(value) if value.isascii() and value.isdigit() and 1 <= int(value) <= MAX_WORKERS else 0
+
+
 def _check_scalar(path: str, expected: type, value: Any, meta: dict, problems: list[str]) -> Any:
+    if meta.get("kind") == "workers" and isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)  # workers = 2 reads as well as workers = "2"
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if expected is int and isinstance(value, bool) or not isinstance(value, expected):
@@ -301,6 +315,8 @@ def _check_scalar(path: str, expected: type, value: Any, meta: dict, problems: l
         problems.append(f"{path}: must be at least {meta['min']}, got {value!r}")
     if "max" in meta and value > meta["max"]:
         problems.append(f"{path}: must be at most {meta['max']}, got {value!r}")
+    if meta.get("kind") == "workers" and not workers_count(value):
+        problems.append(f"{path}: expected auto or a whole number from 1 to {MAX_WORKERS}, got {value!r}")
     if meta.get("kind") == "hostport":
         try:
             split_hostport(value)

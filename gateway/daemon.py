@@ -26,13 +26,13 @@ import structlog
 from prometheus_client import generate_latest
 
 from . import __version__, allocator, logs, submission
-from .admin.registry import admin_method, checked, collect
+from .admin.registry import checked, collect
 from .admin.server import AdminServer
 from .api.endpoints import Deps as ApiDeps, endpoints as api_endpoints
 from .api.routes import collect as collect_routes
 from .api.server import ApiServer
 from .budget import ByteBudget
-from .config import Config, load_config, restart_keys, to_dict
+from .config import Config, load_config, restart_keys, workers_count
 from .delivery.scheduler import Scheduler
 from .domains.keyimport import KeyImport
 from .domains.verifier import Reverifier
@@ -49,11 +49,12 @@ from .inbound.processor import Hooks, Processor
 from .inbound.reply import stripped_reply
 from .inbound.poller import Poller
 from .lifecycle import Component, loop_factory
-from .metrics import Metrics, budget_families, store_families
+from .metrics import Metrics, budget_families, merged_exposition, store_families
 from .paths import Paths, resolve_paths
 from .services.addresses import AddressService
 from .services.apikeys import ApiKeyService
 from .services.connectors import ConnectorService
+from .services.daemon import DaemonService
 from .services.domains import DomainService
 from .services.inbox import InboxService
 from .services.pauses import PauseService
@@ -70,6 +71,7 @@ from .systemd import Notifier
 from .unsubscribe.links import Keyring, Links
 from .unsubscribe.web import Unsubscriber
 from .web import WebServer
+from .pipelines import Pipelines
 from .workers import WebWorker
 from .webhooks.sender import WebhookSender
 
@@ -103,7 +105,13 @@ def prepare_state_dir(path: Path) -> None:
 
 
 class Daemon:
-    def __init__(self, config: Config, paths: Paths, *, config_path: str | None = None, notifier: Notifier | None = None):
+    """``role``: "single" (daemon.workers = 1: everything in this process), "parent" (the listeners and
+    delivery in pipeline worker processes, gateway/pipelines.py; the rest here) or "pipeline" (one of those
+    workers, gateway/pipeline.py: submission, the MX and a scheduler on the parent's sockets and store)."""
+
+    def __init__(self, config: Config, paths: Paths, *, config_path: str | None = None, notifier: Notifier | None = None,
+                 role: str | None = None):
+        self.role = role or ("parent" if workers_count(config.daemon.workers) > 1 else "single")
         self.config = config
         self.paths = paths
         self.config_path = config_path
@@ -118,6 +126,12 @@ class Daemon:
         self._stop_requested = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task] = []
+        self.pipelines: Pipelines | None = None
+        # A pipeline worker's: its claim token, the listening sockets by endpoint name, and a way to
+        # tell its parent something (gateway/pipeline.py sets them).
+        self.token: str | None = None
+        self.sockets: dict[str, socket.socket] = {}
+        self.tell_parent: Any = lambda message: None
 
     # ------------------------------------------------------------------ wiring
 
@@ -133,13 +147,20 @@ class Daemon:
         # One count of message bytes in memory, shared by submission (refuses past it) and delivery (waits).
         self.budget = ByteBudget(self.config.daemon.memory_budget)
         # One keyring: delivery mints List-Unsubscribe links with it, the web pages verify them.
-        keyring = Keyring(store)
+        self.keyring = keyring = Keyring(store)
         # The loop guard reads the listening addresses when it checks one: listeners bind after this.
         self.scheduler = Scheduler(store, self.config, self.metrics, budget=self.budget,
                                    own_addresses=lambda: [l["address"] for l in self.listeners()],
-                                   links=Links(keyring, lambda: self.config))
+                                   links=Links(keyring, lambda: self.config), token=self.token,
+                                   release_stale=self.role != "pipeline")
+        # Delivery runs in the pipeline workers when there are some: what wakes it wakes them all.
+        if self.role == "parent":
+            self.pipelines = Pipelines(lambda: self.config, self.paths, self.metrics, release=store.delivery.release,
+                                       release_all=store.delivery.release_all, wakes={})
+            keyring.on_change(self.pipelines.keys_changed)  # their deliveries mint links with the keys
+        wake_delivery = self.pipelines.wake if self.pipelines is not None else self.scheduler.wake
         # A full disk's episode ends: claim what waited at once rather than at the next poll.
-        store.db.on_recovered(self.scheduler.wake)
+        store.db.on_recovered(wake_delivery)
         # Mailbox polling: a connector change through the CLI wakes it to look at the connectors again.
         self.poller = Poller(store, self.config.poller, self.metrics, allow_loopback=self.config.delivery.allow_loopback)
         # Received mail: the processor writes attachment files, the sweeper removes them, the
@@ -151,17 +172,22 @@ class Daemon:
         # One DNS cache for the MX's DMARC check at DATA and the processor's authentication.
         dns = DnsCache.from_config(self.config.dns)
         app_delivery = AppDelivery(store, keyring, lambda: self.config, files, self.metrics)
-        forwarder = Forwarder(store, lambda: self.config, on_queued=self.scheduler.wake)
+        forwarder = Forwarder(store, lambda: self.config, on_queued=wake_delivery)
         webhooks = WebhookSender(store, self.config.webhooks, self.metrics,
                                  node=f"{socket.gethostname()}:{self.paths.state_dir.resolve()}", inbound=app_delivery)
         unsubscriber = Unsubscriber(store, keyring, self.metrics, lambda: self.config)
         self.processor = self._processor(store, files, pins, suppressions, unsubscriber, dns)
         # Every spool commit (MX, poller, a release) wakes the processor; every finish, the forwarder.
-        store.inbound.on_spooled(self.processor.wake)
+        if self.role == "pipeline":  # the processor runs in the parent
+            store.inbound.on_spooled(lambda: self.tell_parent({"op": "wake", "what": "processor"}))
+        else:
+            store.inbound.on_spooled(self.processor.wake)
+        if self.pipelines is not None:
+            self.pipelines.wakes["processor"] = self.processor.wake
         store.inbound.on_finished(forwarder.wake)
         self.services = [TenantService(store), domains, usecases,
-                         QueueService(store, wake=self.scheduler.wake, on_change=monitor.kick),
-                         PauseService(store, wake=self.scheduler.wake, on_change=monitor.kick), DaemonService(self),
+                         QueueService(store, wake=wake_delivery, on_change=monitor.kick),
+                         PauseService(store, wake=wake_delivery, on_change=monitor.kick), DaemonService(self),
                          ConnectorService(store, lambda: self.config, on_change=self.poller.wake),
                          WebhookService(store, allow_loopback=lambda: self.config.webhooks.allow_loopback,
                                         post=webhooks.post, on_change=webhooks.wake),
@@ -172,9 +198,10 @@ class Daemon:
         submission_server = submission.build(
             self.config, paths=self.paths, authenticate=usecases.authenticate, context=usecases.context,
             submit=store.queue.put, monthly_count=store.queue.monthly_count, metrics=self.metrics,
-            on_queued=self.scheduler.wake, budget=self.budget, check_recipient=suppressions.at_rcpt,
+            on_queued=wake_delivery, budget=self.budget, check_recipient=suppressions.at_rcpt,
             lineage=store.queue.lineage, limits=store.limits,
         )
+        self.submission, self.tls = submission_server, submission_server.tls
         # The MX listener shares submission's certificate and the memory budget. It starts after
         # submission and stops before it. It wakes the processor through store.inbound.on_spooled.
         listeners: list[Component] = [submission_server]
@@ -209,6 +236,15 @@ class Daemon:
         # last, so status and /health answer until the end; the listeners stop accepting before the
         # scheduler drains in-flight deliveries. The web server serves every component's routes (from its
         # own process with web.process: gateway/workers.py; it stops last there too).
+        if self.role == "pipeline":
+            # A pipeline worker serves its parent's sockets and delivers; the rest is the parent's.
+            for listener in listeners:
+                listener.sockets = {name: sock for name, sock in self.sockets.items() if name in {l.name for l in listener.listeners()}}
+            self.components = [self.scheduler, *listeners]
+            return
+        if self.pipelines is not None:  # their place in the start order: last, after what they feed
+            workers = [c for c in workers if c is not self.scheduler and c not in listeners]
+            workers.insert(len(workers) - (1 if self.config.api.enabled else 0), self.pipelines)
         self.components = [
             self._web([r for c in workers for r in c.web_routes()], keyring),
             AdminServer(self.paths.socket, collect(*self.services), max_request_bytes=self.config.admin.max_request_bytes, metrics=self.metrics),
@@ -219,14 +255,15 @@ class Daemon:
         """The public web server: in a child process of its own (web.process, gateway/workers.py),
         which serves the same routes from its own copy of the components, or in this one."""
         if not self.config.web.process:
-            return WebServer(self.config.web.listen, self.metrics, self.health, routes=routes)
+            return WebServer(self.config.web.listen, self.metrics, self.health, routes=routes,
+                             exposition=self.exposition if self.pipelines is not None else None)
         worker = WebWorker(lambda: self.config, self.paths, self.metrics)
         keyring.on_change(worker.keys_changed)  # a retired key stops working there at once too
         return worker
 
     def _processes_alive(self) -> bool:
         """Every child process serves (a worker being restarted is not alive)."""
-        return all(c.alive for c in self.components if isinstance(c, WebWorker))
+        return all(c.alive for c in self.components if isinstance(c, (WebWorker, Pipelines)))
 
     def _processor(self, store: Store, files: AttachmentFiles, pins: Pins, suppressions: SuppressionService,
                    unsubscriber: Unsubscriber, dns: DnsCache) -> Processor:
@@ -253,14 +290,19 @@ class Daemon:
 
     async def start(self) -> None:
         self.notifier.notify(STATUS="starting: locking the state directory")
-        prepare_state_dir(self.paths.state_dir)
-        self._lock = StateLock(self.paths.lock).acquire()
+        pipeline = self.role == "pipeline"  # its parent holds the state directory and migrated the store
+        if not pipeline:
+            prepare_state_dir(self.paths.state_dir)
+        self._lock = StateLock(self.paths.lock) if pipeline else StateLock(self.paths.lock).acquire()
         try:
             self.notifier.notify(STATUS="starting: opening the store")
-            self.store = await Store.open(self.paths.database, self.config.store)
+            self.store = await Store.open(self.paths.database, self.config.store, secondary=pipeline)
             self.metrics.add_collector(lambda: store_families(self.store.db) if self.store else [])
             self.metrics.add_collector(lambda: budget_families(self.budget))
             self._build()
+            if self.role == "parent":
+                # The workers and the API load the same pair: a self-signed one is made here, once.
+                self.tls.load()
             started: list[Component] = []
             try:
                 for component in self.components:
@@ -332,26 +374,33 @@ class Daemon:
             log.error("config_reload_refused", problems=exc.problems, path=self.config_path)
             self.notifier.notify(READY="1", STATUS="running; configuration reload refused, the previous one stays")
             return False
-        old, self.config = self.config, new
-        self.domains.apply_config(new)  # new records and resolvers for new work; runs in flight keep theirs
-        logs.configure(new.log)
-        self.budget.configure(new.daemon.memory_budget)
-        if self.store is not None:
-            self.store.db.space.min_free = new.store.min_free_bytes
-        needs_restart = restart_keys(old, new)
+        needs_restart = restart_keys(self.config, new)
         if needs_restart:
             # Bound sockets and open files keep their old values until the daemon restarts.
             log.warning("config_change_needs_restart", keys=needs_restart)
-        for component in self.components:
-            try:
-                await component.reload(new)
-            except Exception:  # noqa: BLE001 - one component failing must not stop the others
-                log.exception("component_reload_failed", component=component.name)
+        await self.apply(new)
         self.reloads += 1
         self.metrics.config_reloads.labels(outcome="applied").inc()
         log.info("config_reloaded", path=self.config_path, reloads=self.reloads)
         self.notifier.notify(READY="1", STATUS=f"running; configuration reloaded ({self.reloads})")
         return True
+
+    async def apply(self, new: Config) -> None:
+        """Hand a checked configuration to everything (a pipeline worker gets its parent's this way)."""
+        self.config = new
+        self.domains.apply_config(new)  # new records and resolvers for new work; runs in flight keep theirs
+        logs.configure(new.log)
+        self.budget.configure(new.daemon.memory_budget)
+        if self.store is not None:
+            self.store.db.space.min_free = new.store.min_free_bytes
+        # The parent's submission listeners are its workers', but their handler sends for the API and
+        # their certificate serves it: both take the new values here too.
+        here = [self.submission] if self.pipelines is not None else []
+        for component in [*here, *self.components]:
+            try:
+                await component.reload(new)
+            except Exception:  # noqa: BLE001 - one component failing must not stop the others
+                log.exception("component_reload_failed", component=component.name)
 
     async def run(self) -> None:
         """Start, serve until SIGTERM/SIGINT, stop. SIGHUP reloads.
@@ -442,42 +491,34 @@ class Daemon:
                                "refused_writes": db.full_refused, "free_bytes": db.space.free(),
                                "min_free_bytes": db.space.min_free}
         for component in self.components:
-            status.update(component.status())
+            for key, value in component.status().items():
+                if key == "workers":  # the web worker's and the pipelines' rows, together
+                    status.setdefault("workers", []).extend(value)
+                else:
+                    status[key] = value
         return status
 
+    async def live_status(self) -> dict[str, Any]:
+        """status(), each pipeline worker's row with its own components' status, and their deliveries summed."""
+        status = self.status()
+        if self.pipelines is None:
+            return status
+        live = {row["name"]: row["status"] for row in await self.pipelines.live_status()}
+        total: dict[str, Any] = {}
+        for row in status.get("workers", []):
+            if row["name"] in live:
+                row["status"] = live[row["name"]]
+                for key, value in ((row["status"] or {}).get("delivery") or {}).items():
+                    total[key] = total.get(key, 0) + value
+        status["delivery"] = total
+        return status
 
-class DaemonService:
-    """Admin methods about the daemon itself."""
-
-    def __init__(self, daemon: Daemon):
-        self.daemon = daemon
-
-    @admin_method("status")
-    async def status(self) -> dict[str, Any]:
-        return self.daemon.status()
-
-    @admin_method("daemon.health")
-    async def health(self) -> dict[str, Any]:
-        """What /health answers: {ok, problems, ...} (the web worker serves it from here)."""
-        ok, detail = await self.daemon.health()
-        return {"ok": ok, **detail}
-
-    @admin_method("daemon.metrics")
-    async def metrics(self) -> str:
-        """This process's /metrics exposition text (the web worker adds its own figures)."""
-        return generate_latest(self.daemon.metrics.registry).decode()
-
-    @admin_method("ping")
-    async def ping(self) -> str:
-        return "pong"
-
-    @admin_method("config.show")
-    async def config_show(self, non_default: bool = False) -> dict[str, Any]:
-        return to_dict(self.daemon.config, non_default=non_default)
-
-    @admin_method("config.reload")
-    async def config_reload(self) -> bool:
-        return await self.daemon.reload()
+    async def exposition(self) -> bytes:
+        """/metrics for the whole daemon: this process's figures and every pipeline worker's."""
+        own = generate_latest(self.metrics.registry)
+        if self.pipelines is None:
+            return own
+        return merged_exposition(own.decode(), *await self.pipelines.expositions())
 
 
 # ---------------------------------------------------------------------- entry point

@@ -153,33 +153,42 @@ def budget_families(budget: Any) -> list[Any]:
 __all__ = ["Metrics", "store_families", "budget_families", "Histogram"]
 
 
-def merged_exposition(daemon_text: str, registry: CollectorRegistry) -> bytes:
-    """The daemon's exposition with ``registry``'s figures (another process's) added: one scrape target
-    for the whole daemon. Counters and histograms of the same name and labels are summed (a total
-    over the processes); gauges are the daemon's (its own state: start time, store, budget), but a
-    family only ``registry`` has is kept whole."""
+# Gauges of something each process holds (its connections, its bytes in memory): the daemon's
+# figure is the sum over its processes. Every other gauge is the daemon's own state.
+ADDITIVE_GAUGES = frozenset({"gateway_submission_connections", "gateway_inbound_connections", "gateway_memory_in_use_bytes"})
+
+
+def merged_exposition(daemon_text: str, *others: CollectorRegistry | str) -> bytes:
+    """The daemon's exposition with the figures of ``others`` (other processes': a registry, or an
+    exposition text) added: one scrape target for the whole daemon. Counters and histograms of the
+    same name and labels are summed (a total over the processes), and so are ADDITIVE_GAUGES; other
+    gauges are the daemon's (its own state: start time, store, budget), but a family only another
+    process has is kept whole."""
     from prometheus_client import generate_latest
     from prometheus_client.parser import text_string_to_metric_families
 
     families = {f.name: f for f in text_string_to_metric_families(daemon_text)}
-    for family in registry.collect():
-        ours = families.get(family.name)
-        if ours is None:
-            families[family.name] = family
-            continue
-        if family.type not in ("counter", "histogram", "summary") or ours.type != family.type:
-            continue
-        index = {(s.name, tuple(sorted(s.labels.items()))): i for i, s in enumerate(ours.samples)}
-        for sample in family.samples:
-            if sample.name.endswith("_created"):
-                continue  # the daemon's creation time stands for the family
-            key = (sample.name, tuple(sorted(sample.labels.items())))
-            if key in index:
-                i = index[key]
-                ours.samples[i] = ours.samples[i]._replace(value=ours.samples[i].value + sample.value)
-            else:
-                index[key] = len(ours.samples)
-                ours.samples.append(sample)
+    for other in others:
+        collected = text_string_to_metric_families(other) if isinstance(other, str) else other.collect()
+        for family in collected:
+            ours = families.get(family.name)
+            if ours is None:
+                families[family.name] = family
+                continue
+            summed = family.type in ("counter", "histogram", "summary") or family.name in ADDITIVE_GAUGES
+            if not summed or ours.type != family.type:
+                continue
+            index = {(s.name, tuple(sorted(s.labels.items()))): i for i, s in enumerate(ours.samples)}
+            for sample in family.samples:
+                if sample.name.endswith("_created"):
+                    continue  # the daemon's creation time stands for the family
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                if key in index:
+                    i = index[key]
+                    ours.samples[i] = ours.samples[i]._replace(value=ours.samples[i].value + sample.value)
+                else:
+                    index[key] = len(ours.samples)
+                    ours.samples.append(sample)
 
     class _Families:
         def collect(self) -> list[Any]:
@@ -192,7 +201,10 @@ def worker_families(workers: list[Any]) -> list[Any]:
     """The daemon's child processes (gateway/workers.py), one label value per worker."""
     up = GaugeMetricFamily("gateway_worker_up", "1 while a worker process runs and serves.", labels=["worker"])
     restarts = CounterMetricFamily("gateway_worker_restarts", "Worker processes restarted after they died.", labels=["worker"])
+    pid = GaugeMetricFamily("gateway_worker_pid", "Process id of each running worker process.", labels=["worker"])
     for worker in workers:
         up.add_metric([worker.name], 1 if worker.alive else 0)
         restarts.add_metric([worker.name], worker.restarts)
-    return [up, restarts]
+        if worker.alive:
+            pid.add_metric([worker.name], worker.proc.pid)
+    return [up, restarts, pid]

@@ -220,9 +220,12 @@ def rss_mb(pid: int) -> float:
 
 
 def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process, all its threads."""
+    """User + system CPU seconds of a process, all its threads, and of its running children (the
+    daemon's worker processes, daemon.workers and web.process)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    children = {c for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()}
+    return own + sum(_cpu_seconds(int(c)) for c in children if Path(f"/proc/{c}").exists())
 
 
 def pct(values: list[float], p: float) -> float:
@@ -239,6 +242,7 @@ def main() -> None:
     parser.add_argument("--implicit", action="store_true", help="use the implicit-TLS port instead of STARTTLS")
     parser.add_argument("--connection-per-message", action="store_true",
                         help="a new connection (TLS, EHLO, AUTH PLAIN) for every message")
+    parser.add_argument("--workers", help="daemon.workers (default: the config's default)")
     parser.add_argument("--web-process", choices=("true", "false"), help="web.process (default: the config's default)")
     parser.add_argument("--profile", metavar="SVG", help="record the daemon with py-spy: a flame graph (.svg) or collapsed stacks (.txt)")
     parser.add_argument("--rate-limit", type=int, default=0, metavar="N",
@@ -256,6 +260,9 @@ def main() -> None:
         if args.web_process:
             text = (work / "config.toml").read_text().replace("[web]\n", f"[web]\nprocess = {args.web_process}\n", 1)
             (work / "config.toml").write_text(text)
+        if args.workers:
+            with (work / "config.toml").open("a") as f:
+                f.write(f"[daemon]\nworkers = {args.workers!r}\n".replace("'", '"'))
         client_port = tls_port if args.implicit else port
         proc, sock = start_daemon(work)
         spy = None

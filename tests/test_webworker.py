@@ -165,7 +165,7 @@ def test_sighup_reaches_the_worker_and_sigterm_stops_both(tmp_path):
             assert select.select([fd], [], [], 0)[0], "the worker outlived the daemon"
         finally:
             os.close(fd)
-    stopped = [l for l in log_lines(gw) if l.get("event") == "web_worker_stopped"]
+    stopped = [l for l in log_lines(gw) if l.get("event") == "worker_stopped" and l.get("worker") == "web"]
     assert [l["returncode"] for l in stopped] == [0]
 
 

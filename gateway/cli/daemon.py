@@ -52,7 +52,10 @@ def status(as_json: bool) -> None:
         click.echo("workers")
         for w in result["workers"]:
             state = f"pid {w['pid']}  up {_duration(w['uptime_seconds'] or 0)}" if w["up"] else f"DOWN (last exit {w['last_exit']})"
-            click.echo(f"  {w['name']}  {state}  restarts {w['restarts']}")
+            live = w.get("status") or {}  # a pipeline worker's own sessions and deliveries
+            doing = (f"  sessions {live['submission']['connections']}  delivering {live['delivery']['in_flight']}"
+                     if "submission" in live and "delivery" in live else "")
+            click.echo(f"  {w['name']}  {state}  restarts {w['restarts']}{doing}")
     store = result.get("store")
     if store:
         click.echo("")

@@ -71,7 +71,7 @@ class Scheduler(Component):
     def __init__(self, store: Store, config: Config, metrics: Metrics, *, resolver: MxResolver | None = None,
                  clock: Callable[[], float] = time.time, rand: Callable[[], float] = random.random,
                  budget: ByteBudget | None = None, own_addresses: Callable[[], Iterable[str]] = lambda: (),
-                 links: Links | None = None):
+                 links: Links | None = None, token: str | None = None, release_stale: bool = True):
         self.store = store
         self.budget = budget or ByteBudget(config.daemon.memory_budget)
         self.config = config
@@ -81,7 +81,10 @@ class Scheduler(Component):
         self.rand = rand
         self.signer = Signer()
         self.links = links or Links(Keyring(store), lambda: self.config)
-        self.token = f"{config.daemon.hostname}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.token = token or f"{config.daemon.hostname}:{os.getpid()}:{secrets.token_hex(4)}"
+        # One scheduler per store releases every claim at start (claims of a previous run); a pipeline
+        # worker's must not (the others' are live): the daemon released them before it started any.
+        self.release_stale = release_stale
         self.pool = SessionPool(config.delivery.idle_timeout, config.delivery.messages_per_connection)
         self.routes = Routes(store)
         self.guard = LoopGuard(allow_loopback=config.delivery.allow_loopback, own=own_addresses)
@@ -195,6 +198,8 @@ class Scheduler(Component):
                 pass
 
     async def _release_stale(self) -> None:
+        if not self.release_stale:
+            return
         released = await self.store.delivery.release_all()
         self._stale_claims = False
         if released:

@@ -16,6 +16,7 @@ import asyncio
 import errno
 import logging
 import ssl
+import socket
 from typing import Any
 
 import structlog
@@ -56,6 +57,9 @@ class SmtpServer(Component):
         self.sessions: set[SubmissionSMTP] = set()
         self._servers: dict[str, asyncio.base_events.Server] = {}
         self._endpoints = endpoints
+        # Listening sockets bound by the daemon (a pipeline worker's, gateway/workers.py), by endpoint
+        # name; an endpoint without one binds its own address.
+        self.sockets: dict[str, socket.socket] = {}
         self._addresses = {name: listen for name, (listen, _) in endpoints.items()}
         self._idle = asyncio.Event()
         self._idle.set()
@@ -69,11 +73,12 @@ class SmtpServer(Component):
         loop = asyncio.get_running_loop()
         for name, (listen, implicit) in self._endpoints.items():
             host, port = split_hostport(listen)
+            where: dict[str, Any] = ({"sock": self.sockets[name]} if name in self.sockets else
+                                     {"host": host, "port": port, "reuse_address": True, "backlog": 512})
             try:
                 server = await loop.create_server(
-                    lambda implicit=implicit: self._protocol(implicit), host, port,
-                    ssl=self.tls.context if implicit else None, reuse_address=True, backlog=512,
-                    ssl_handshake_timeout=30.0 if implicit else None,
+                    lambda implicit=implicit: self._protocol(implicit), **where,
+                    ssl=self.tls.context if implicit else None, ssl_handshake_timeout=30.0 if implicit else None,
                 )
             except OSError as exc:
                 await self._close_servers()

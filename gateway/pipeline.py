@@ -1,0 +1,150 @@
+"""A pipeline worker: submission, the inbound MX and a delivery scheduler in a child process of the
+daemon (``daemon.workers`` > 1), so mail uses every core. Started by gateway/pipelines.py, never by hand:
+
+    python -m gateway.pipeline --fd submission=N --fd submissions=M [--fd inbound=K] --token T
+                               --name pipeline-I --control-fd C --parent-pid P
+
+What flows in: the listening sockets the daemon bound (every worker accepts on the same ones; the
+kernel gives each connection to one of them), the daemon's config over the control socket (already
+divided among the workers: gateway/pipelines.py ``share``), SMTP sessions, due recipients claimed under
+token T. What flows out: queued messages, spooled inbound mail and delivery outcomes, committed by this
+process's own writer on the daemon's store, opened as a secondary (gateway/store/db.py, taking turns
+at writing with the other processes: gateway/store/turns.py); a "wake processor" line to the daemon
+after each MX spool (the processor runs there). Everything else (admin socket, API, web pages, the
+jobs that run once) is the daemon's.
+
+It is the daemon's own component graph (gateway/daemon.py, role "pipeline"), so a message takes the
+same path as in one process: persist, then 250. SIGTERM: stop accepting, finish the sessions and
+deliveries under way (until daemon.shutdown_timeout), release the claims left, flush the writer, exit
+0. It dies with the daemon (the control socket's EOF, PR_SET_PDEATHSIG); its claims are released by
+the daemon when it dies. SIGHUP and SIGINT are the daemon's to act on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import sys
+from typing import Any
+
+import structlog
+from prometheus_client import generate_latest
+
+from . import allocator, logs
+from .config import parse_config
+from .daemon import Daemon
+from .errors import ConfigError, GatewayError
+from .lifecycle import loop_factory
+from .paths import resolve_paths
+from .systemd import Notifier
+from .webworker import die_with_parent
+from .workers import LINE_LIMIT
+
+log = structlog.get_logger("pipeline")
+
+
+def _line(message: dict[str, Any]) -> bytes:
+    return json.dumps(message, separators=(",", ":"), default=str).encode() + b"\n"
+
+
+class Pipeline:
+    def __init__(self, sockets: dict[str, socket.socket], control: socket.socket, *, token: str, name: str):
+        self.sockets, self.control, self.token, self.name = sockets, control, token, name
+        self.daemon: Daemon | None = None
+        self._stop = asyncio.Event()
+
+    async def run(self) -> int:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self._stop.set)
+        reader, writer = await asyncio.open_unix_connection(sock=self.control, limit=LINE_LIMIT)
+        first = json.loads(await reader.readline() or b"{}")
+        if first.get("op") != "config":
+            return 1  # the daemon went away before it told us anything
+        config = parse_config(first["config"])
+        logs.configure(config.log)
+        structlog.contextvars.bind_contextvars(process=self.name)  # its lines in the daemon's log say whose
+        sys.setswitchinterval(config.daemon.gil_switch_interval)
+        paths = resolve_paths(config, first["paths"]["state_dir"])
+        daemon = self.daemon = Daemon(config, paths, notifier=Notifier({}), role="pipeline")
+        daemon.token, daemon.sockets = self.token, self.sockets
+        daemon.tell_parent = lambda message: writer.is_closing() or writer.write(_line(message))
+        await daemon.start()
+        try:
+            writer.write(_line({"op": "ready", "pid": os.getpid(), "token": self.token}))
+            await writer.drain()
+            control = asyncio.create_task(self._control(reader, writer))
+            await self._stop.wait()
+            control.cancel()
+            await asyncio.gather(control, return_exceptions=True)
+        finally:
+            await daemon.stop()
+            writer.close()
+        return 0
+
+    async def _control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """The daemon's requests, in order; EOF (the daemon is gone) stops the worker."""
+        daemon = self.daemon
+        assert daemon is not None
+        try:
+            while line := await reader.readline():
+                message = json.loads(line)
+                op, reply = message.get("op"), {}
+                if op == "wake":
+                    daemon.scheduler.wake()
+                elif op == "config":
+                    try:
+                        await daemon.apply(parse_config(message["config"]))
+                    except ConfigError as exc:  # the daemon checked it: only a version skew gets here
+                        log.error("pipeline_config_refused", problems=exc.problems)
+                elif op == "keys":
+                    daemon.keyring.invalidate()
+                elif op == "metrics":
+                    reply = {"text": generate_latest(daemon.metrics.registry).decode()}
+                elif op == "status":
+                    reply = {"status": daemon.status()}
+                if "id" in message:
+                    writer.write(_line({"op": "done", "id": message["id"], **reply}))
+                    await writer.drain()
+        except ConnectionError:
+            pass
+        if not self._stop.is_set():
+            log.info("pipeline_parent_gone")
+            self._stop.set()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gateway.pipeline", description="A pipeline worker (started by the daemon).")
+    parser.add_argument("--fd", action="append", default=[], metavar="NAME=FD")
+    parser.add_argument("--token", required=True)
+    parser.add_argument("--name", default="pipeline")
+    parser.add_argument("--control-fd", type=int, required=True)
+    parser.add_argument("--parent-pid", type=int, required=True)
+    args = parser.parse_args(argv)
+    # Ctrl-C reaches the whole process group and a stray SIGHUP the whole service: the daemon
+    # decides (it stops the workers, and sends the reloaded config).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    die_with_parent(args.parent_pid)
+    allocator.tune()
+    sockets = {}
+    for item in args.fd:
+        name, _, fd = item.partition("=")
+        sockets[name] = socket.socket(fileno=int(fd))
+    control = socket.socket(fileno=args.control_fd)
+    try:
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            return runner.run(Pipeline(sockets, control, token=args.token, name=args.name).run())
+    except GatewayError as exc:
+        log.error("pipeline_failed", error=str(exc))
+        print(f"gateway {args.name}: {exc}", file=sys.stderr)
+        return 1
+    except Exception:
+        log.exception("pipeline_crashed")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
