@@ -29,6 +29,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -61,6 +62,21 @@ def rss_mb(field: str = "VmRSS") -> float:
 def cpu_seconds() -> tuple[float, float]:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime, usage.ru_stime
+
+
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds so far of this process's live threads, summed by Python thread name without its
+    number (processor_0..3 -> processor; the main thread is the event loop's)."""
+    out: dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for t in threading.enumerate():
+        try:
+            fields = Path(f"/proc/self/task/{t.native_id}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue   # ended meanwhile
+        name = "loop" if t is threading.main_thread() else t.name.rstrip("0123456789").rstrip("_-") or t.name
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
 
 
 async def loop_lag(stop: asyncio.Event, lags: list[float]) -> None:
@@ -122,10 +138,11 @@ async def run(args: argparse.Namespace) -> None:
         rss_before = rss_mb()
         stop, lags = asyncio.Event(), []
         probe = asyncio.create_task(loop_lag(stop, lags))
-        started, cpu_started = time.perf_counter(), cpu_seconds()
+        started, cpu_started, threads_started = time.perf_counter(), cpu_seconds(), thread_cpu()
         await processor.start()
         await processor.drain()
         rounds = processor._syncs.rounds
+        by_thread = {name: cpu - threads_started.get(name, 0.0) for name, cpu in thread_cpu().items()}   # before stop: the pools' threads are still there
         elapsed, (user, system) = time.perf_counter() - started, (b - a for a, b in zip(cpu_started, cpu_seconds()))
         cpu = user + system
         stop.set()
@@ -148,6 +165,8 @@ async def run(args: argparse.Namespace) -> None:
     print(f"CPU          {cpu * 1000 / args.messages:.2f} ms per message ({user * 1000 / args.messages:.2f} user + "
           f"{system * 1000 / args.messages:.2f} sys, all threads: "
           f"{cpu / elapsed * 100:.0f}% of one core; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
+    print("CPU by thread " + ", ".join(f"{name} {cpu * 1000 / args.messages:.2f}" for name, cpu in
+                                      sorted(by_thread.items(), key=lambda kv: -kv[1]) if cpu) + " ms per message")
     print(f"per message  p50 <= {p50 * 1000:.1f} ms, p99 <= {p99 * 1000:.1f} ms (histogram bucket bounds)")
     print(f"RSS          {rss_before:.0f} MB before processing, {rss_after:.0f} MB after, peak {peak:.0f} MB")
     lags.sort()
