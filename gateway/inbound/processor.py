@@ -52,6 +52,7 @@ from ..store.inbound import Processed
 from . import recipients, threads
 from .analysis import CONVERSATION, Route, Work, address_of, analyse, display_of, ids
 from .attachments import Syncs
+from .order import ParentOrder
 from .pins import Pins
 
 log = structlog.get_logger("processor")
@@ -108,6 +109,7 @@ class Processor(Component):
         self._idle = asyncio.Event()
         self._idle.set()
         self._syncs = Syncs()
+        self._order = ParentOrder()   # a reply waits for its parent still in flight (order.py)
         self._progress = time.monotonic()
 
     # ------------------------------------------------------------------ lifecycle
@@ -224,6 +226,7 @@ class Processor(Component):
             await self.budget.acquire(need)
         started = time.perf_counter()
         shas: list[str] = []
+        self._order.begin(row["id"], row.get("header_message_id") or "")
         try:
             processed, shas = await self.process(row)
             if await self.store.inbound.finish(row["id"], processed):
@@ -242,6 +245,7 @@ class Processor(Component):
         except Exception as exc:  # noqa: BLE001 - nothing is dropped: held with the reason
             await self._hold(row, exc)
         finally:
+            self._order.end(row["id"])
             if shas:
                 self.pins.unpin(shas)
             if self.budget is not None:
@@ -275,6 +279,7 @@ class Processor(Component):
         batch = self.files.batch()
         work_of = functools.partial(self._work, row, route, verdict, raw, batch)
         raw, work = work_of() if self.inline else await asyncio.get_running_loop().run_in_executor(self._pool, work_of)
+        self._order.named(row["id"], self._record_id(row, work.parsed))
         try:
             # The thread lookup reads while the disk syncs; the finish waits for both.
             _, processed = await asyncio.gather(self._syncs.sync(batch.take()), self._finish_work(row, route, raw, work))
@@ -374,9 +379,11 @@ class Processor(Component):
         if kind in CONVERSATION and tenant_id is not None and usecase_id is not None:
             record_id = self._record_id(row, p)
             lookup = self._thread_lookup(row, p)
-            # Looked up in the worker thread already (_work), unless what it asked differs (a reload
-            # changed the host name since).
-            records = work.records if work.records is not None and work.lookup == lookup else await self.store.threads.known(lookup)
+            # A parent still in flight is waited for (order.py); else the lookup made in the worker
+            # thread (_work) stands, unless what it asked differs (a reload changed the host name).
+            waited = await self._order.parents(row["id"], lookup)
+            fresh = waited or work.records is None or work.lookup != lookup
+            records = await self.store.threads.known(lookup) if fresh else work.records
             t = threads.resolve(record_id, ids(p.in_reply_to), p.references or [], tenant_id=tenant_id, usecase_id=usecase_id,
                                 records=records, fresh=self._fresh_id(row))
             thread_id, parent = t.thread_id, t.parent
