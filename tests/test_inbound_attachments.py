@@ -176,3 +176,17 @@ def test_a_25_mb_attachment_is_parsed_and_stored_chunk_by_chunk(files):
     # Beyond the message itself (allocated before tracing began) the parse and the store held a few
     # chunks at a time, not the 25 MB decoded nor the 34 MB encoded.
     assert peak < 8 * 2**20, peak
+
+
+def test_directories_removed_behind_the_writers_back_are_made_again(files):
+    # The writer remembers the directories it has seen (no stat per put); removed by hand, they
+    # are made again instead of the put failing.
+    import shutil
+
+    first = files.put(b"one")
+    again = b"two" * 10
+    shutil.rmtree(files.root)
+    sha = files.put(again)
+    assert files.read(sha) == again and not files.exists(first)
+    shutil.rmtree(files.root / sha[:2])   # the fan-out only: tmp is still there
+    assert files.put(iter([again])) == sha and files.read(sha) == again

@@ -172,6 +172,14 @@ def test_unparsed_input_never_raises():
         "message (text/plain): unknown charset 'x-unknown-charset'"]
 
 
+def test_lone_surrogates_become_replacement_characters_and_line_ends_become_lf():
+    # utf-7 decodes "+2D0-" to a lone surrogate, which could never be encoded again (the cheap
+    # checks in mime._without_surrogates must still find it, in ASCII-only and non-ASCII text).
+    assert parse(b"Content-Type: text/plain; charset=utf-7\r\n\r\na+2D0-b\r\nc\rd\r\r\n").text == "a\ufffdb\nc\nd\n\n"
+    assert parse(b"Content-Type: text/plain; charset=utf-7\r\n\r\n+AOk-+2D0-b").text == "\u00e9\ufffdb"
+    assert parse("Content-Type: text/plain; charset=utf-8\r\n\r\n\u00e9t\u00e9\r\n".encode()).text == "\u00e9t\u00e9\n"
+
+
 def test_large_attachment_is_decoded_on_demand_in_chunks():
     data = hashlib.sha256(b"seed").digest() * (3 * 2**20 // 32)  # 3 MiB, not a multiple of a chunk line
     raw = multipart([b"Content-Type: text/plain\r\n\r\nhi", attachment("big.bin", data)])

@@ -326,3 +326,22 @@ async def test_a_message_reusing_another_use_cases_message_id_does_not_join_its_
     qid2 = await spool(store, mail(message_id="g1@globex.test"), tenant_id=acme)
     assert (await done(store, qid2))["state"] == "processed"
     assert [e["direction"] for e in await store.inbox.thread("g1@globex.test", tenant_id=world["globex"])] == ["out"]
+
+
+async def test_replies_spooled_with_their_parents_thread_to_them_and_finish_after_them(world):
+    # Several messages in flight at once (processor.concurrency): a message answering one still in
+    # flight waits for its finish, so it finds its parent's record, and the chain's received events
+    # come in spool order (before the fix each reply found no parent: a new conversation each).
+    store, acme = world["store"], world["acme"]
+    chain = [mail(message_id="t0@example.org", subject="Order 1")] + [
+        mail(message_id=f"t{n}@example.org", in_reply_to=f"t{n - 1}@example.org", subject=f"Re: Order {n}") for n in range(1, 6)]
+    # Every other row as the MX spools it (its Message-ID kept: known before it is parsed), the rest without.
+    rows = [Spooled(inbound_id=_ids.new(), source="mx", raw=raw, tenant_id=acme, recipients=["help@acme.test"],
+                    mail_from="ann@example.org", client="127.0.0.1", helo="mx.example.org", auth_results=MX_AUTH,
+                    header_message_id=f"t{n}@example.org" if n % 2 else "") for n, raw in enumerate(chain)]
+    await store.inbound.spool(rows)
+    got = [await done(store, r.inbound_id) for r in rows]
+    assert [(g["kind"], g["thread_id"], g["parent_message_id"]) for g in got] == [
+        ("message", "t0@example.org", "")] + [("reply", "t0@example.org", f"t{n - 1}@example.org") for n in range(1, 6)]
+    received = [e["subject"] for e in sorted(await store.events.list(tenant_id=acme, kind="received"), key=lambda e: e["id"])]
+    assert received == [r.inbound_id for r in rows]

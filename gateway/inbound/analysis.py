@@ -46,6 +46,9 @@ class Work:
     shas: list[str] = field(default_factory=list)
     forwarded_by: str = ""
     sender: str = ""
+    # The thread lookup made in the same worker thread (processor._work): the ids asked, what came back.
+    lookup: list[str] = field(default_factory=list)
+    records: list[dict[str, Any]] | None = None
 
 
 def analyse(raw: bytes, row: dict[str, Any], route: Route, verdict: Any, *, parse: Callable[..., Any], limits: Any,

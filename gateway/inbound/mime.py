@@ -68,7 +68,6 @@ _FIELD = re.compile(rb"[\x21-\x39\x3b-\x7e]+[ \t]*:")
 _BLANK = re.compile(rb"\r?\n\r?\n")
 _CID = re.compile(r"""cid:([^"'\s>)]+)""", re.IGNORECASE)
 _SURROGATES = re.compile(r"[\ud800-\udfff]+")
-_EOL = re.compile(r"\r\n?")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -300,7 +299,9 @@ class _Walk:
             if not self.account(len(data), head, where):
                 return
             charset = params.get("charset", "").strip().lower() or None
-            text = _EOL.sub("\n", _decode_text(data, charset, part_defects))
+            text = _decode_text(data, charset, part_defects)
+            if "\r" in text:   # CRLF and lone CR as LF; str.replace costs a quarter of a regex sub here
+                text = text.replace("\r\n", "\n").replace("\r", "\n")
             (self.text if content_type == "text/plain" else self.html).append(text)
         else:
             decoded: bytes | None = None
@@ -418,6 +419,19 @@ def _legacy(data: bytes) -> str:
         return data.decode("latin-1")  # cp1252 leaves five bytes undefined; latin-1 maps them all
 
 
+def _without_surrogates(text: str) -> str:
+    """Lone surrogates (some codecs, utf-7 for one, decode to them) as U+FFFD: they cannot be
+    encoded again. Asked cheaply first (an ASCII flag, a UTF-8 encode in C): the pattern alone costs
+    ~50 ns a character, 0.9 ms for a 17 KB body that holds none."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _SURROGATES.sub("\ufffd", text)
+    return text
+
+
 def _decode_text(data: bytes, charset: str | None, defects: list[str]) -> str:
     codec = None
     if charset:
@@ -427,7 +441,7 @@ def _decode_text(data: bytes, charset: str | None, defects: list[str]) -> str:
             defects.append(f"unknown charset {charset[:40]!r}")
     if codec is not None:
         try:
-            return _SURROGATES.sub("\ufffd", data.decode(codec))
+            return _without_surrogates(data.decode(codec))
         except UnicodeDecodeError:
             pass
         except Exception:  # some codecs raise other errors on bad input

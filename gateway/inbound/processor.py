@@ -52,6 +52,7 @@ from ..store.inbound import Processed
 from . import recipients, threads
 from .analysis import CONVERSATION, Route, Work, address_of, analyse, display_of, ids
 from .attachments import Syncs
+from .order import ParentOrder
 from .pins import Pins
 
 log = structlog.get_logger("processor")
@@ -108,6 +109,7 @@ class Processor(Component):
         self._idle = asyncio.Event()
         self._idle.set()
         self._syncs = Syncs()
+        self._order = ParentOrder()   # a reply waits for its parent still in flight (order.py)
         self._progress = time.monotonic()
 
     # ------------------------------------------------------------------ lifecycle
@@ -224,6 +226,7 @@ class Processor(Component):
             await self.budget.acquire(need)
         started = time.perf_counter()
         shas: list[str] = []
+        self._order.begin(row["id"], row.get("header_message_id") or "")
         try:
             processed, shas = await self.process(row)
             if await self.store.inbound.finish(row["id"], processed):
@@ -242,6 +245,7 @@ class Processor(Component):
         except Exception as exc:  # noqa: BLE001 - nothing is dropped: held with the reason
             await self._hold(row, exc)
         finally:
+            self._order.end(row["id"])
             if shas:
                 self.pins.unpin(shas)
             if self.budget is not None:
@@ -264,18 +268,18 @@ class Processor(Component):
     async def process(self, row: dict[str, Any]) -> tuple[Processed, list[str]]:
         """What one spooled row is (no write yet): the Processed to finish it with, and the attachment
         files pinned for it (the caller unpins them after the finish)."""
-        raw = await self.store.inbound.raw(row["id"])
         route = await self.route(row)
+        raw: bytes | bytearray | None = None
         verdict = None
         if row["source"] == "mx" and not row["auth_results"] and self._authenticate is not None:
+            raw = await self.store.inbound.raw(row["id"])
             verdict = await self._authenticate(raw, client_ip=row["client"], helo=row["helo"], mail_from=row["mail_from"])
         # The files are written in the worker thread, their fsyncs left to one group with those of
         # the other messages in flight (attachments.Syncs): on disk before the finish names them.
         batch = self.files.batch()
-        work_of = functools.partial(analyse, raw, row, route, verdict, parse=self._parse, stripped_reply=self._stripped,
-                                    limits=self._limits(self.config.processor) if self._limits is not None else None,
-                                    files=batch, pins=self.pins)
-        work: Work = work_of() if self.inline else await asyncio.get_running_loop().run_in_executor(self._pool, work_of)
+        work_of = functools.partial(self._work, row, route, verdict, raw, batch)
+        raw, work = work_of() if self.inline else await asyncio.get_running_loop().run_in_executor(self._pool, work_of)
+        self._order.named(row["id"], self._record_id(row, work.parsed))
         try:
             # The thread lookup reads while the disk syncs; the finish waits for both.
             _, processed = await asyncio.gather(self._syncs.sync(batch.take()), self._finish_work(row, route, raw, work))
@@ -283,6 +287,35 @@ class Processor(Component):
         except BaseException:
             self.pins.unpin(work.shas)
             raise
+
+    def _work(self, row: dict[str, Any], route: Route, verdict: Any, raw: bytes | bytearray | None,
+              files: Any) -> tuple[bytes | bytearray, Work]:
+        """One worker-thread hop for a message: read it (unless authentication already did), analyse
+        it, and look its thread up, so the loop hands over once instead of three times."""
+        if raw is None:
+            raw = self.store.inbound.raw_here(row["id"])
+        work = analyse(raw, row, route, verdict, parse=self._parse, stripped_reply=self._stripped,
+                       limits=self._limits(self.config.processor) if self._limits is not None else None,
+                       files=files, pins=self.pins)
+        if work.classification.kind in CONVERSATION:
+            try:
+                work.lookup = self._thread_lookup(row, work.parsed)
+                work.records = self.store.threads.known_here(work.lookup)
+            except BaseException:
+                self.pins.unpin(work.shas)
+                raise
+        return raw, work
+
+    def _record_id(self, row: dict[str, Any], parsed: Any) -> str:
+        """The Message-ID an inbound message is recorded under: its own, else one made from its inbound id."""
+        return (parsed.message_id or "").strip("<>") or self._fresh_id(row)
+
+    def _fresh_id(self, row: dict[str, Any]) -> str:
+        return f"{row['inbound_id'].lower()}.inbound@{self.config.daemon.hostname}"
+
+    def _thread_lookup(self, row: dict[str, Any], parsed: Any) -> list[str]:
+        # The message's own id too (first: the lookup is bounded): a thread root of another use case or tenant.
+        return [self._record_id(row, parsed), *threads.candidates(ids(parsed.in_reply_to), parsed.references or [])]
 
     async def route(self, row: dict[str, Any]) -> Route:
         for rcpt in row["recipients"]:
@@ -344,12 +377,15 @@ class Processor(Component):
             if found is not None and found["tenant_id"] == tenant_id:
                 usecase_id = found["usecase_id"]
         if kind in CONVERSATION and tenant_id is not None and usecase_id is not None:
-            record_id = message_id or f"{row['inbound_id'].lower()}.inbound@{self.config.daemon.hostname}"
-            candidates = threads.candidates(ids(p.in_reply_to), p.references or [])
-            # The message's own id too (first: the lookup is bounded): a thread root of another use case or tenant.
-            records = await self.store.threads.known([record_id, *candidates])
+            record_id = self._record_id(row, p)
+            lookup = self._thread_lookup(row, p)
+            # A parent still in flight is waited for (order.py); else the lookup made in the worker
+            # thread (_work) stands, unless what it asked differs (a reload changed the host name).
+            waited = await self._order.parents(row["id"], lookup)
+            fresh = waited or work.records is None or work.lookup != lookup
+            records = await self.store.threads.known(lookup) if fresh else work.records
             t = threads.resolve(record_id, ids(p.in_reply_to), p.references or [], tenant_id=tenant_id, usecase_id=usecase_id,
-                                records=records, fresh=f"{row['inbound_id'].lower()}.inbound@{self.config.daemon.hostname}")
+                                records=records, fresh=self._fresh_id(row))
             thread_id, parent = t.thread_id, t.parent
             if t.flag:
                 flags.append(t.flag)

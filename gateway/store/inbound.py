@@ -299,6 +299,11 @@ class Inbound:
         """The message as stored, in one buffer (bytes-like: a bytearray, so a large one is read once)."""
         return await self.db.read(_raw, row_id)
 
+    def raw_here(self, row_id: int) -> bytearray:
+        """``raw`` on the calling thread's own read connection: never on the event loop (a message
+        may be 25 MB); the processor's worker thread reads the message it then parses."""
+        return self.db.read_now_snapshot(_raw, row_id)
+
     async def finish(self, row_id: int, processed: Processed) -> bool:
         """Record what the processor found; False when the row was no longer spooled (nothing written)."""
         done = await self.db.write(_finish, row_id, processed)

@@ -32,5 +32,7 @@ class Recipients:
         self.db = db
 
     async def facts(self, address: str, domains: Sequence[str]) -> dict[str, Any]:
-        """{"address": channel address row or None, "domains": {name: domain row}} for the names given."""
-        return await self.db.read(_facts, address, tuple(domains))
+        """{"address": channel address row or None, "domains": {name: domain row}} for the names given.
+        Two probes of unique indexes (a handful of names), on the caller's thread in one snapshot
+        (``read_now_snapshot``): the hop to the reader pool costs the event loop more than the probes."""
+        return self.db.read_now_snapshot(_facts, address, tuple(domains))

@@ -58,6 +58,11 @@ class Threads:
         direction, queue_id}. For the processor's decision only; never shown to a tenant."""
         return await self.db.read(known, list(message_ids))
 
+    def known_here(self, message_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """``known`` on the calling thread's own read connection: for the processor's worker thread,
+        which looks the parent up right after parsing instead of handing the loop another hop."""
+        return self.db.read_now_snapshot(known, list(message_ids))
+
     async def outbound(self, message_id: str) -> list[dict[str, Any]]:
         """Our outbound messages with this Message-ID (a returned message named in a DSN or ARF)."""
         return await self.db.read(_outbound, message_id)
