@@ -35,7 +35,7 @@ from .budget import ByteBudget
 from .config import Config, load_config, restart_keys, to_dict
 from .delivery.scheduler import Scheduler
 from .domains.verifier import Reverifier
-from .errors import ConfigError, GatewayError, StartupError
+from .errors import ConfigError, GatewayError, StartupError, StorageFull
 from .inbound import authres
 from .inbound import server as inbound_server
 from .inbound.attachments import AttachmentFiles
@@ -49,6 +49,7 @@ from .inbound.reply import stripped_reply
 from .inbound.poller import Poller
 from .lifecycle import Component, loop_factory
 from .metrics import Metrics, budget_families, store_families
+from .node import node_id, node_prefix, token
 from .paths import Paths, resolve_paths
 from .services.addresses import AddressService
 from .services.apikeys import ApiKeyService
@@ -64,6 +65,7 @@ from .services.usecases import UsecaseService
 from .services.webhooks import EventService, WebhookService
 from .statelock import StateLock
 from .store import Store
+from .singleton import Singleton
 from .sweeper import Sweeper
 from .systemd import Notifier
 from .unsubscribe.links import Keyring, Links
@@ -117,6 +119,7 @@ class Daemon:
         self._stop_requested = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task] = []
+        self.node = ""   # this node's id (gateway/node.py), known once the state directory is locked
 
     # ------------------------------------------------------------------ wiring
 
@@ -136,11 +139,19 @@ class Daemon:
         # The loop guard reads the listening addresses when it checks one: listeners bind after this.
         self.scheduler = Scheduler(store, self.config, self.metrics, budget=self.budget,
                                    own_addresses=lambda: [l["address"] for l in self.listeners()],
-                                   links=Links(keyring, lambda: self.config))
+                                   links=Links(keyring, lambda: self.config), node=self.node)
+        # Jobs that must run on one node at a time hold a lease in the store (gateway/singleton.py):
+        # the README's "Several processes and nodes" says which and why.
+        holder = token(self.node)
+
+        def once(job: Component, lease: str) -> Component:
+            return Singleton(job, store.leases, lease, holder, lambda: self.config.daemon.job_lease, metrics=self.metrics)
+
         # A full disk's episode ends: claim what waited at once rather than at the next poll.
         store.db.on_recovered(self.scheduler.wake)
         # Mailbox polling: a connector change through the CLI wakes it to look at the connectors again.
-        self.poller = Poller(store, self.config.poller, self.metrics, allow_loopback=self.config.delivery.allow_loopback)
+        self.poller = Poller(store, self.config.poller, self.metrics, allow_loopback=self.config.delivery.allow_loopback,
+                             lease=lambda job, name: once(job, name))
         # Received mail: the processor writes attachment files, the sweeper removes them, the
         # application's delivery serves them (one AttachmentFiles for all); the pins keep the sweeper
         # off files being written (gateway/inbound/pins.py). Webhook payloads and attachment URLs of
@@ -182,12 +193,13 @@ class Daemon:
                                                   metrics=self.metrics, authenticate=inbound_server.dmarc_at_data(self.config, dns)))
         workers: list[Component] = [
             monitor,
-            Reverifier(domains.reverify, interval=self.config.domains.reverify_interval, concurrency=self.config.domains.verify_concurrency),
+            once(Reverifier(domains.reverify, interval=self.config.domains.reverify_interval,
+                            concurrency=self.config.domains.verify_concurrency), "domains.reverify"),
             self.scheduler,
             unsubscriber,
-            self.processor,
-            Sweeper(store, self.config.queue, self.metrics, webhooks=self.config.webhooks, processor=self.config.processor,
-                    files=files, pins=pins),
+            once(self.processor, "inbound.processor"),
+            once(Sweeper(store, self.config.queue, self.metrics, webhooks=self.config.webhooks, processor=self.config.processor,
+                         files=files, pins=pins), "sweeper"),
             webhooks,
             self.poller,
             app_delivery,
@@ -258,6 +270,15 @@ class Daemon:
             self.store = await Store.open(self.paths.database, self.config.store)
             self.metrics.add_collector(lambda: store_families(self.store.db) if self.store else [])
             self.metrics.add_collector(lambda: budget_families(self.budget))
+            self.node = node_id(self.config.daemon.node_id, self.paths.state_dir)
+            # The lock says no earlier process of this node lives: its job leases go now (its claims at
+            # the scheduler's start), so a restarted node runs its jobs at once; other nodes' wait out their lease.
+            try:
+                released = await self.store.leases.release_prefix(node_prefix(self.node))
+            except StorageFull:
+                released = 0  # a full disk must not stop the start: those leases run out by themselves
+            if released:
+                log.info("job_leases_released", leases=released, why="held by a previous process of this node")
             self._build()
             started: list[Component] = []
             try:

@@ -25,6 +25,7 @@ from .inbound import Inbound
 from .mailboxes import Mailboxes
 from .messages import Messages
 from .inbox import Inbox
+from .leases import Leases
 from .pauses import Pauses
 from .queue import Queue
 from .recipients import Recipients
@@ -65,6 +66,7 @@ class Store:
         self.idempotency = Idempotency(db)
         self.messages = Messages(db)
         self.stats = Stats(db)
+        self.leases = Leases(db)
 
     @classmethod
     async def open(cls, path: Path, config: StoreConfig | None = None, *, secondary: bool = False) -> "Store":
