@@ -104,7 +104,8 @@ def _take_over(conn: sqlite3.Connection, now: float) -> dict[str, int]:
     return {holder: len(ids) for holder, ids in by_token.items()}
 
 
-def _claim(conn: sqlite3.Connection, token: str, now: float, until: float, limit: int) -> Claimed:
+def _claim(conn: sqlite3.Connection, token: str, now: float, limit: int, until: float | None = None) -> Claimed:
+    until = now + CLAIM_LEASE if until is None else until
     out = Claimed()
     out.taken_over = _take_over(conn, now)
     rows = conn.execute(
@@ -291,7 +292,7 @@ class Delivery:
         with its message's envelope and size (no body). Claims of others whose lease ran out are taken
         over first (``Claimed.taken_over``)."""
         now = time.time() if now is None else now
-        return await self.db.write(_claim, token, now, now + lease, limit)
+        return await self.db.write(_claim, token, now, limit, now + lease)
 
     async def renew(self, token: str, until: float) -> int:
         """Extend every claim of this token to ``until``, in one write; the number of claims it holds."""
