@@ -108,8 +108,10 @@ def _claim(conn: sqlite3.Connection, token: str, now: float, limit: int, until: 
     until = now + CLAIM_LEASE if until is None else until
     out = Claimed()
     out.taken_over = _take_over(conn, now)
+    # "claimed_by IS NULL" outside the subquery too: a database that lets two claims run at once
+    # (PostgreSQL, READ COMMITTED) checks it again on the row it waited for, so the loser skips it.
     rows = conn.execute(
-        f"UPDATE recipients SET claimed_by = ?, claim_until = ? WHERE id IN"
+        f"UPDATE recipients SET claimed_by = ?, claim_until = ? WHERE claimed_by IS NULL AND id IN"
         f" (SELECT id FROM recipients INDEXED BY recipients_due WHERE {_DUE} AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?)"
         f" RETURNING id, message_id, rcpt, domain, attempts",
         (token, until, now, limit),
