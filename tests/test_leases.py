@@ -244,3 +244,31 @@ async def test_a_job_whose_lease_was_taken_stops(tmp_path):
     finally:
         await a.stop(0)
         await store.close()
+
+
+async def test_the_scheduler_renews_its_claims_while_an_attempt_runs(tmp_path, dns_server):
+    """A remote that takes longer than the lease: the claim is renewed, so no other process takes it
+    over, and the recipient is sent once."""
+    from tests.support.delivery import delivering_daemon, enqueue, publish_mx, wait_events
+    from tests.support.sink import mail_sink
+
+    lease = 0.3
+    async with mail_sink() as sink:
+        publish_mx(dns_server, "dest.test")
+        go = sink.stall("bob@dest.test")
+        async with delivering_daemon(tmp_path, dns_server, sink.port, {"delivery": {"claim_lease": lease}}) as (d, setup):
+            qid = await enqueue(d, setup, ["bob@dest.test"])
+            await sink.wait_until(lambda s: s.stalled == 1)
+            claimed_at = time.time()
+            await asyncio.sleep(lease * 2)   # the lease would have run out twice without renewals
+            [(rid, holder)] = (await d.store.db.read(_claims)).items()
+            assert holder == d.daemon.scheduler.token
+            until = await d.store.db.read(lambda conn: conn.execute("SELECT claim_until FROM recipients WHERE id = ?", (rid,)).fetchone()[0])
+            assert until > claimed_at + lease
+            other = await d.store.delivery.claim("elsewhere:1:x", 100, lease=60)
+            assert other == [] and other.taken_over == {}
+            go.set()
+            await wait_events(d, qid, "delivered")
+            assert len(sink.for_rcpt("bob@dest.test")) == 1
+            assert await d.store.db.read(_claims) == {}
+            assert d.daemon.metrics.registry.get_sample_value("gateway_delivery_claims_taken_over_total") == 0
