@@ -154,9 +154,10 @@ async def test_at_start_a_node_releases_its_own_claims_and_leases_only(tmp_path)
     store = await Store.open(Paths(state_dir=state, socket=state / "admin.sock").database)
     try:
         ctx = await make_usecase(store)
-        await _queue(store, ctx, 2)
+        await _queue(store, ctx, 3)
         [mine] = await store.delivery.claim("nodea:99:dead", 1, lease=3600)
         [theirs] = await store.delivery.claim("nodeb:7:live", 1, lease=3600)
+        [lapsed] = await store.delivery.claim("nodec:5:gone", 1, lease=-1)   # a node that died a while ago
         far = time.time() + 3600
         assert await store.leases.acquire("sweeper", "nodeb:7:live", now=time.time(), until=far) is None
         assert await store.leases.acquire("inbound.processor", "nodea:99:dead", now=time.time(), until=far) is None
@@ -172,6 +173,12 @@ async def test_at_start_a_node_releases_its_own_claims_and_leases_only(tmp_path)
         assert leases["inbound.processor"].startswith(f"nodea:{os.getpid()}:")    # ours again at once
         jobs = {c.lease: c.running for c in d.daemon.components if isinstance(c, Singleton)}
         assert jobs == {"domains.reverify": True, "inbound.processor": True, "sweeper": False}
+        # The lapsed claim is taken over by the scheduler's first claim (counted).
+        async with asyncio.timeout(5):
+            while not d.daemon.metrics.registry.get_sample_value("gateway_delivery_claims_taken_over_total"):
+                await asyncio.sleep(0.01)   # the dispatcher's first round runs just after the start
+        assert d.daemon.metrics.registry.get_sample_value("gateway_delivery_claims_taken_over_total") == 1
+        assert (await d.store.db.read(_claims)).get(lapsed["id"]) != "nodec:5:gone"
 
 
 class Job(Component):
