@@ -72,7 +72,7 @@ class TaskState:
     tenant: str
     name: str
     mailbox: str
-    state: str = "starting"          # starting, polling, idle, waiting, backoff
+    state: str = "starting"          # starting, polling, idle, waiting, backoff; elsewhere: another node holds its lease
     last_poll_at: float | None = None
     last_error: str = ""
     failures: int = 0
@@ -111,6 +111,8 @@ def _groups(uids: list[int], sizes: dict[int, int], limit: int) -> list[list[int
 
 class MailboxTask(Component):
     """Polls one connector's mailbox until stopped (under its own lease with several nodes: Poller)."""
+
+    name = "mailbox"
 
     def __init__(self, spec: dict[str, Any], store: Store, config: Callable[[], PollerConfig], ids: QueueIds,
                  metrics: Metrics | None = None, on_spooled: Callable[[], None] | None = None,
@@ -511,4 +513,11 @@ class Poller(Component):
             await job.start()
 
     def status(self) -> dict[str, Any]:
-        return {"poller": {"mailboxes": [t.state.as_dict() for t in sorted(self.tasks.values(), key=lambda t: (t.state.tenant, t.state.name))]}}
+        return {"poller": {"mailboxes": [self._view(cid, t) for cid, t in sorted(self.tasks.items(), key=lambda i: (i[1].state.tenant, i[1].state.name))]}}
+
+    def _view(self, cid: int, task: MailboxTask) -> dict[str, Any]:
+        view = task.state.as_dict()
+        job = self._jobs.get(cid)
+        if job is not None and job is not task and not getattr(job, "running", True):
+            view["state"] = "elsewhere"   # its lease is another node's: that node polls it
+        return view
