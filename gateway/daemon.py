@@ -454,6 +454,9 @@ class Daemon:
             "config_path": self.config_path,
             "reloads": self.reloads,
             "listeners": self.listeners(),
+            "node": self.node,
+            # The jobs that run on one node at a time: here, or on the node holding the lease.
+            "jobs": {c.lease: "running" if c.running else "elsewhere" for c in self.components if isinstance(c, Singleton)},
         }
         if self.store is not None:
             db = self.store.db

@@ -173,6 +173,9 @@ async def test_at_start_a_node_releases_its_own_claims_and_leases_only(tmp_path)
         assert leases["inbound.processor"].startswith(f"nodea:{os.getpid()}:")    # ours again at once
         jobs = {c.lease: c.running for c in d.daemon.components if isinstance(c, Singleton)}
         assert jobs == {"domains.reverify": True, "inbound.processor": True, "sweeper": False}
+        status = await d.call("status")
+        assert status["node"] == "nodea"
+        assert status["jobs"] == {"domains.reverify": "running", "inbound.processor": "running", "sweeper": "elsewhere"}
         # The lapsed claim is taken over by the scheduler's first claim (counted).
         async with asyncio.timeout(5):
             while not d.daemon.metrics.registry.get_sample_value("gateway_delivery_claims_taken_over_total"):
