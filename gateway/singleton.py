@@ -91,7 +91,13 @@ class Singleton(Component):
     async def _run(self, wait: float) -> None:
         while True:
             await asyncio.sleep(wait)
-            wait = await self._step()
+            try:
+                wait = await self._step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the job's own start failed: keep the loop, try again later
+                log.exception("job_start_failed", job=self.lease)
+                wait = self.duration() / 3
 
     async def _step(self) -> float:
         """One try: renew (running) or acquire (not); start or stop the job; how long to wait."""
