@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .node import NODE_ID
 from .numbers import ascii_number
 
 MASK = "********"
@@ -46,6 +47,8 @@ class DaemonConfig:
     shutdown_timeout: float = setting(30.0, "Seconds in-flight work gets to finish after SIGTERM before the daemon exits.", min=0.0)
     memory_budget: int = setting(268435456, "Bytes of message bodies held in memory at once, submission and delivery together; past it new DATA gets 452 4.3.1 and delivery waits.", min=1048576)
     workers: str = setting("1", "Pipeline processes: each serves submission and the inbound MX on the same listening addresses and runs a delivery scheduler, all on one store (gateway/pipelines.py). auto: one per CPU this process may run on. 1: everything in one process (the embedded default). The API, the admin socket, the web worker and the jobs that run once stay in the daemon's own process. memory_budget, delivery.workers, delivery.per_destination and delivery.max_inflight are the whole daemon's: each pipeline gets its share.", kind="workers", restart=True)
+    node_id: str = setting("", "This node's name among the gateway processes sharing one store: the claims and job leases of its processes carry it (<node>:<pid>:<random>), and at start it releases its own node's claims only. Letters, digits, '.', '_', '-'. Empty: made at the first start and kept in <state dir>/node-id (host name and random digits). Two running daemons must never share one (do not copy that file to a second node).", kind="node", restart=True)
+    job_lease: float = setting(30.0, "Seconds a job that runs on one node at a time (sweeper, domain re-verification, inbound processing, each mailbox's poller) keeps its lease in the store without renewing it (renewed every third of it): when a node dies, another takes the job over within this. Node clocks must agree to well within it (NTP).", min=0.3, max=3600.0)
     gil_switch_interval: float = setting(0.005, "Seconds the interpreter lets one thread hold the GIL before another may take it (sys.setswitchinterval). Lower cuts the web server's tail latency under submission load (0.0005: unsubscribe POST p99 about halved) but costs mail throughput (MX acceptance about 12% lower, measured with scripts/bench_mx.py).", min=0.0001, max=0.1, restart=True)
 
 
@@ -113,6 +116,7 @@ class DeliveryConfig:
     claim_batch: int = setting(200, "Recipients claimed from the queue in one go.", min=1, max=10000)
     max_inflight: int = setting(2000, "Most claimed recipients waiting in memory for a connection.", min=1)
     poll_interval: float = setting(5.0, "Seconds between queue scans when nothing wakes the scheduler.", min=0.05)
+    claim_lease: float = setting(120.0, "Seconds a claimed recipient stays claimed without its holder renewing it (renewed every third of it while the attempt runs); past it another process or node takes it over, so a node that died mid-delivery has its mail sent by the others within this. Longer than any stall of a live process (a blocked writer, a full disk episode), or a stalled holder's attempt may be repeated.", min=0.3, max=86400.0)
     connect_timeout: float = setting(30.0, "Seconds to open a TCP (and TLS) connection to a remote server.", min=0.1)
     command_timeout: float = setting(120.0, "Seconds each SMTP command or HTTP request may take (DATA included).", min=0.1)
     messages_per_connection: int = setting(100, "Messages sent over one SMTP connection before it is closed.", min=1)
@@ -322,6 +326,8 @@ def _check_scalar(path: str, expected: type, value: Any, meta: dict, problems: l
             split_hostport(value)
         except ValueError as exc:
             problems.append(f"{path}: {exc}")
+    if meta.get("kind") == "node" and value and not NODE_ID.match(value):
+        problems.append(f"{path}: expected letters, digits, '.', '_' or '-' (at most 64), got {value!r}")
     if meta.get("kind") == "ipnet":
         try:
             ipaddress.ip_network(value, strict=False)

@@ -36,7 +36,7 @@ from .config import Config, load_config, restart_keys, workers_count
 from .delivery.scheduler import Scheduler
 from .domains.keyimport import KeyImport
 from .domains.verifier import Reverifier
-from .errors import ConfigError, GatewayError, StartupError
+from .errors import ConfigError, GatewayError, StartupError, StorageFull
 from .inbound import authres
 from .inbound import server as inbound_server
 from .inbound.attachments import AttachmentFiles
@@ -50,6 +50,7 @@ from .inbound.reply import stripped_reply
 from .inbound.poller import Poller
 from .lifecycle import Component, loop_factory
 from .metrics import Metrics, budget_families, merged_exposition, store_families
+from .node import node_id, node_prefix, token
 from .paths import Paths, resolve_paths
 from .services.addresses import AddressService
 from .services.apikeys import ApiKeyService
@@ -66,6 +67,7 @@ from .services.usecases import UsecaseService
 from .services.webhooks import EventService, WebhookService
 from .statelock import StateLock
 from .store import Store
+from .singleton import Singleton
 from .sweeper import Sweeper
 from .systemd import Notifier
 from .unsubscribe.links import Keyring, Links
@@ -132,6 +134,7 @@ class Daemon:
         self.token: str | None = None
         self.sockets: dict[str, socket.socket] = {}
         self.tell_parent: Any = lambda message: None
+        self.node = ""   # this node's id (gateway/node.py), known once the state directory is locked
 
     # ------------------------------------------------------------------ wiring
 
@@ -151,18 +154,26 @@ class Daemon:
         # The loop guard reads the listening addresses when it checks one: listeners bind after this.
         self.scheduler = Scheduler(store, self.config, self.metrics, budget=self.budget,
                                    own_addresses=lambda: [l["address"] for l in self.listeners()],
-                                   links=Links(keyring, lambda: self.config), token=self.token,
-                                   release_stale=self.role != "pipeline")
+                                   links=Links(keyring, lambda: self.config), node=self.node, token=self.token,
+                                   release_at_start=self.role != "pipeline")
+        # Jobs that must run on one node at a time hold a lease in the store (gateway/singleton.py):
+        # the README's "Several processes and nodes" says which and why.
+        holder = token(self.node)
+
+        def once(job: Component, lease: str) -> Component:
+            return Singleton(job, store.leases, lease, holder, lambda: self.config.daemon.job_lease, metrics=self.metrics)
+
         # Delivery runs in the pipeline workers when there are some: what wakes it wakes them all.
         if self.role == "parent":
-            self.pipelines = Pipelines(lambda: self.config, self.paths, self.metrics, release=store.delivery.release,
-                                       release_all=store.delivery.release_all, wakes={})
+            self.pipelines = Pipelines(lambda: self.config, self.paths, self.metrics, node=self.node, release=store.delivery.release,
+                                       release_all=lambda: store.delivery.release_node(self.node), wakes={})
             keyring.on_change(self.pipelines.keys_changed)  # their deliveries mint links with the keys
         wake_delivery = self.pipelines.wake if self.pipelines is not None else self.scheduler.wake
         # A full disk's episode ends: claim what waited at once rather than at the next poll.
         store.db.on_recovered(wake_delivery)
         # Mailbox polling: a connector change through the CLI wakes it to look at the connectors again.
-        self.poller = Poller(store, self.config.poller, self.metrics, allow_loopback=self.config.delivery.allow_loopback)
+        self.poller = Poller(store, self.config.poller, self.metrics, allow_loopback=self.config.delivery.allow_loopback,
+                             lease=lambda job, name: once(job, name))
         # Received mail: the processor writes attachment files, the sweeper removes them, the
         # application's delivery serves them (one AttachmentFiles for all); the pins keep the sweeper
         # off files being written (gateway/inbound/pins.py). Webhook payloads and attachment URLs of
@@ -211,12 +222,13 @@ class Daemon:
         workers: list[Component] = [
             KeyImport(store),  # before the scheduler: keys from before the store held them sign from the first claim
             monitor,
-            Reverifier(domains.reverify, interval=self.config.domains.reverify_interval, concurrency=self.config.domains.verify_concurrency),
+            once(Reverifier(domains.reverify, interval=self.config.domains.reverify_interval,
+                            concurrency=self.config.domains.verify_concurrency), "domains.reverify"),
             self.scheduler,
             unsubscriber,
-            self.processor,
-            Sweeper(store, self.config.queue, self.metrics, webhooks=self.config.webhooks, processor=self.config.processor,
-                    files=files, pins=pins),
+            once(self.processor, "inbound.processor"),
+            once(Sweeper(store, self.config.queue, self.metrics, webhooks=self.config.webhooks, processor=self.config.processor,
+                         files=files, pins=pins), "sweeper"),
             webhooks,
             self.poller,
             app_delivery,
@@ -299,6 +311,16 @@ class Daemon:
             self.store = await Store.open(self.paths.database, self.config.store, secondary=pipeline)
             self.metrics.add_collector(lambda: store_families(self.store.db) if self.store else [])
             self.metrics.add_collector(lambda: budget_families(self.budget))
+            self.node = node_id(self.config.daemon.node_id, self.paths.state_dir)
+            # The lock says no earlier process of this node lives: its job leases go now (its claims at
+            # the scheduler's start), so a restarted node runs its jobs at once; other nodes' wait out their lease.
+            # A pipeline worker holds no jobs (its parent does, and lives).
+            try:
+                released = 0 if pipeline else await self.store.leases.release_prefix(node_prefix(self.node))
+            except StorageFull:
+                released = 0  # a full disk must not stop the start: those leases run out by themselves
+            if released:
+                log.info("job_leases_released", leases=released, why="held by a previous process of this node")
             self._build()
             if self.role == "parent":
                 # The workers and the API load the same pair: a self-signed one is made here, once.
@@ -484,6 +506,9 @@ class Daemon:
             "config_path": self.config_path,
             "reloads": self.reloads,
             "listeners": self.listeners(),
+            "node": self.node,
+            # The jobs that run on one node at a time: here, or on the node holding the lease.
+            "jobs": {c.lease: "running" if c.running else "elsewhere" for c in self.components if isinstance(c, Singleton)},
         }
         if self.store is not None:
             db = self.store.db

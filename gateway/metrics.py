@@ -37,6 +37,12 @@ class Metrics:
         self.bounced = Counter("gateway_messages_bounced_total", "Recipients bounced (permanent failure or expiry), by route kind.", ["route"], registry=r)
         self.held = Counter("gateway_messages_held_total", "Recipients moved to held by an internal failure.", registry=r)
         self.dsns = Counter("gateway_dsn_sent_total", "Delivery status notifications queued.", registry=r)
+        # Claim leases (gateway/store/delivery.py) and job leases (gateway/singleton.py).
+        self.claims_taken_over = Counter("gateway_delivery_claims_taken_over_total",
+                                         "Claimed recipients this process took over after their holder's lease ran out (it died or hung).", registry=r)
+        self.records_ignored = Counter("gateway_delivery_records_ignored_total",
+                                       "Outcomes this process could not record because its claim had been taken over meanwhile.", registry=r)
+        self.jobs_held = Gauge("gateway_job_lease_held", "1 while this process holds the job's lease and runs it, else 0.", ["job"], registry=r)
         # Webhooks (gateway/webhooks/sender.py).
         self.webhook_posts = Counter("gateway_webhook_posts_total", "Webhook POSTs by outcome (ok: 2xx).", ["outcome"], registry=r)
         self.webhook_events = Counter("gateway_webhook_events_delivered_total", "Events a webhook endpoint took (2xx).", registry=r)

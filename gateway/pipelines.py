@@ -60,17 +60,18 @@ class PipelineWorker(Child):
 
     module = "gateway.pipeline"
 
-    def __init__(self, index: int, of: int, config: Callable[[], Config], paths: Paths, *,
+    def __init__(self, index: int, of: int, config: Callable[[], Config], paths: Paths, *, node: str,
                  on_event: Callable[[dict[str, Any]], None], release: Callable[[str], Any]):
         super().__init__(f"pipeline-{index}", config, paths)
-        self.index, self.of = index, of
+        self.index, self.of, self.node = index, of, node
         self.on_event, self.release = on_event, release
         self.token = self._new_token()
 
     def _new_token(self) -> str:
         # The scheduler's claim token: chosen here, so claims of a worker that died before it said
-        # anything are released all the same.
-        return f"{self.config().daemon.hostname}:{os.getpid()}/{self.index}:{secrets.token_hex(4)}"
+        # anything are released all the same. <node>:<parent pid>/<index>:<random>: of this node (its
+        # start releases them), not of the parent's own process (gateway/node.py).
+        return f"{self.node}:{os.getpid()}/{self.index}:{secrets.token_hex(4)}"
 
     def argv(self) -> list[str]:
         return [*(a for name, s in self.socks.items() for a in ("--fd", f"{name}={s.fileno()}")),
@@ -99,13 +100,13 @@ class Pipelines(Component):
 
     name = "pipelines"
 
-    def __init__(self, config: Callable[[], Config], paths: Paths, metrics: Metrics, *,
+    def __init__(self, config: Callable[[], Config], paths: Paths, metrics: Metrics, *, node: str,
                  release: Callable[[str], Any], release_all: Callable[[], Any], wakes: dict[str, Callable[[], Any]]):
         self.config, self.paths = config, paths
         self.release_all = release_all
         self.wakes = wakes
         n = workers_count(config().daemon.workers)
-        self.workers = [PipelineWorker(i, n, config, paths, on_event=self._event, release=release) for i in range(1, n + 1)]
+        self.workers = [PipelineWorker(i, n, config, paths, node=node, on_event=self._event, release=release) for i in range(1, n + 1)]
         self._addresses = self._wanted()
         metrics.add_collector(lambda: worker_families(self.workers))
 

@@ -110,6 +110,9 @@ def test_status_human_and_json(gw):
     text = gw.cli("status").stdout
     assert text.startswith(f"gateway {status['version']}  pid {status['pid']}  up ")
     assert f"state dir  {gw.state_dir}" in text
+    # The node (gateway/node.py: made at the first start, kept in the state dir) and its leased jobs.
+    assert status["node"] == (gw.state_dir / "node-id").read_text().strip()
+    assert f"node       {status['node']}  jobs: domains.reverify running  inbound.processor running  sweeper running" in text
 
 
 def test_version_and_help():

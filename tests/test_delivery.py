@@ -181,7 +181,7 @@ async def test_claims_of_a_dead_process_are_released_on_start(tmp_path, dns_serv
         async with delivering_daemon(tmp_path, dns_server, sink.port, {"delivery": {"poll_interval": 3600}}) as (d, setup):
             await d.daemon.scheduler.stop(0)  # the scheduler is gone, as if the process had died
             qid = await enqueue(d, setup, ["bob@dest.test"])
-            claimed = await d.store.delivery.claim("dead-host:1:x", 10)
+            claimed = await d.store.delivery.claim(f"{d.daemon.node}:1:x", 10)  # a dead process of this node
             assert [c["rcpt"] for c in claimed] == ["bob@dest.test"]
             assert await d.store.delivery.claim("other", 10) == []  # claimed rows are not due
         async with delivering_daemon_again(tmp_path, dns_server, sink.port) as d2:
@@ -221,5 +221,7 @@ async def test_due_work_query_walks_the_partial_index(tmp_path):
     try:
         plan = " ".join(await store.delivery.due_plan())
         assert "USING INDEX recipients_due" in plan and "TEMP B-TREE" not in plan, plan
+        # The take-over probe of every claim seeks the claimed rows' index by lease end (0031).
+        assert "USING COVERING INDEX recipients_claimed (claim_until<?)" in plan, plan
     finally:
         await store.close()

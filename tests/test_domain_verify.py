@@ -193,7 +193,7 @@ async def test_periodic_reverifier_marks_failing(tmp_path, dns_server):
     overrides["domains"]["reverify_interval"] = 0.1
     async with running_daemon(tmp_path, overrides) as d:
         setup = await sending_setup(d, dns_server)
-        reverifier = next(c for c in d.daemon.components if c.name == "domain-reverifier")
+        reverifier = next(c for c in d.daemon.components if c.name == "domain-reverifier").job  # under its lease (gateway/singleton.py)
         dns_server.remove("_dmarc.acme.test", "TXT")
         await reverifier.next_round()
         round_ = await reverifier.next_round()  # a whole round that began after the removal

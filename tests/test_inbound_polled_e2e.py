@@ -5,6 +5,7 @@ commit, threads it under the message we sent, in the connector's use case."""
 from __future__ import annotations
 
 import asyncio
+import os
 
 from gateway.store.queue import NewMessage, QueueIds
 from tests.support.tenancy import sending_setup
@@ -32,3 +33,6 @@ async def test_a_polled_reply_is_processed_into_its_thread(tmp_path, dns_server,
         assert (row["thread_id"], row["parent_message_id"], row["from_address"]) == ("order-1@acme.test", "order-1@acme.test",
                                                                                    "carl@customer.example")
         assert row["summary"]["stripped_text"].strip() == "Thanks, it arrived."
+        # The mailbox is polled under a lease of its own (one node at a time polls it): this process's.
+        [lease] = [l for l in await d.store.leases.all() if l["name"].startswith("poller:")]
+        assert lease["holder"].startswith(f"{d.daemon.node}:{os.getpid()}:")

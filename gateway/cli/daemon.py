@@ -45,6 +45,9 @@ def status(as_json: bool) -> None:
                f"  (since {format_time(result['started_at'])})")
     click.echo(f"state dir  {result['state_dir']}")
     click.echo(f"config     {result.get('config_path') or '(embedded defaults)'}  reloads {result['reloads']}")
+    if result.get("node"):
+        jobs = "  ".join(f"{name} {state}" for name, state in result.get("jobs", {}).items())
+        click.echo(f"node       {result['node']}" + (f"  jobs: {jobs}" if jobs else ""))
     click.echo("")
     table(result["listeners"], ["name", "address", "up"])
     if result.get("workers"):

@@ -11,6 +11,12 @@
                 written at once, the rest when the attempt ends; a failed write is retried, never
                 turned into a resend; report.py logs and counts what was written
 
+Claims are leases (delivery.claim_lease): ``_renew`` extends all of this process's claims in one
+write every third of the lease while any is in flight; a process that stops renewing (dead, hung)
+has its claims taken over by the next claim of any process or node once the lease ran out, and its
+late record, if it comes, changes nothing (logged, counted). At start the scheduler releases only its
+own node's claims (``release_at_start``; a worker process leaves that to its parent).
+
 The promise: every claimed recipient is either recorded or released, on every path (a store
 failure while routing or loading, our own exception, the time budget, a shutdown). A recipient the
 remote accepted is recorded as delivered, whatever happens to the rest of its work item. When
@@ -25,9 +31,7 @@ reason. A store that fails between claim and send releases the claims, to be tri
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import secrets
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +45,7 @@ from ..config import Config
 from ..errors import StorageFull
 from ..lifecycle import Component
 from ..metrics import Metrics
+from ..node import default_node, token as new_token
 from ..remotes import GuardedResolver
 from ..store import Store
 from ..store.delivery import Dsn, Outcome
@@ -71,7 +76,7 @@ class Scheduler(Component):
     def __init__(self, store: Store, config: Config, metrics: Metrics, *, resolver: MxResolver | None = None,
                  clock: Callable[[], float] = time.time, rand: Callable[[], float] = random.random,
                  budget: ByteBudget | None = None, own_addresses: Callable[[], Iterable[str]] = lambda: (),
-                 links: Links | None = None, token: str | None = None, release_stale: bool = True):
+                 links: Links | None = None, node: str = "", token: str | None = None, release_at_start: bool = True):
         self.store = store
         self.budget = budget or ByteBudget(config.daemon.memory_budget)
         self.config = config
@@ -81,10 +86,12 @@ class Scheduler(Component):
         self.rand = rand
         self.signer = Signer()
         self.links = links or Links(Keyring(store), lambda: self.config)
-        self.token = token or f"{config.daemon.hostname}:{os.getpid()}:{secrets.token_hex(4)}"
-        # One scheduler per store releases every claim at start (claims of a previous run); a pipeline
-        # worker's must not (the others' are live): the daemon released them before it started any.
-        self.release_stale = release_stale
+        # The claims' owner: <node>:<pid>:<random> (gateway/node.py), or the one a pipeline worker's
+        # parent chose for it. A worker passes release_at_start=False: the others' claims are live;
+        # the parent released the node's before it started any, and releases a dead worker's token.
+        self.node = node or config.daemon.node_id or default_node()
+        self.token = token or new_token(self.node)
+        self.release_at_start = release_at_start
         self.pool = SessionPool(config.delivery.idle_timeout, config.delivery.messages_per_connection)
         self.routes = Routes(store)
         self.guard = LoopGuard(allow_loopback=config.delivery.allow_loopback, own=own_addresses)
@@ -96,6 +103,7 @@ class Scheduler(Component):
         self._wake = asyncio.Event()
         self._stopping = False
         self._dispatcher: asyncio.Task | None = None
+        self._renewer: asyncio.Task | None = None
         self._http: aiohttp.ClientSession | None = None
         self._inflight = 0                  # claimed recipients not yet recorded or released
         self._sending = 0                   # attempts running now
@@ -123,6 +131,7 @@ class Scheduler(Component):
             resolver=GuardedResolver(lambda: self.config.delivery.allow_loopback, "delivery.allow_loopback")))
         self._sign_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dkim-sign")
         self._dispatcher = asyncio.get_running_loop().create_task(self._run(), name="delivery-dispatcher")
+        self._renewer = asyncio.get_running_loop().create_task(self._renew(), name="delivery-leases")
 
     async def stop(self, deadline: float) -> None:
         self._stopping = True
@@ -131,6 +140,7 @@ class Scheduler(Component):
         if self._dispatcher is not None:
             self._dispatcher.cancel()
             await asyncio.gather(self._dispatcher, return_exceptions=True)
+        # The renewer goes on while the lanes drain: their claims must not lapse before they are recorded.
         for work in self.lanes.take_waiting():  # not started: their claims are released below
             self._finish(work)
         # Lanes cut off at the deadline record what their remote already answered (see _deliver).
@@ -144,6 +154,10 @@ class Scheduler(Component):
         await self.pool.close_all()
         if self._http is not None:
             await self._http.close()
+        if self._renewer is not None:
+            self._renewer.cancel()
+            await asyncio.gather(self._renewer, return_exceptions=True)
+            self._renewer = None
         try:
             released = await self.store.delivery.release(self.token)
         except Exception:  # noqa: BLE001 - the next start releases them anyway
@@ -198,12 +212,33 @@ class Scheduler(Component):
                 pass
 
     async def _release_stale(self) -> None:
-        if not self.release_stale:
+        if not self.release_at_start:
+            self._stale_claims = False
             return
-        released = await self.store.delivery.release_all()
+        released = await self.store.delivery.release_node(self.node)
         self._stale_claims = False
         if released:
-            log.info("delivery_claims_released", recipients=released, why="left claimed by a previous process")
+            log.info("delivery_claims_released", recipients=released, why="left claimed by a previous process of this node")
+
+    async def _renew(self) -> None:
+        """Every third of the lease: extend all of our claims in one write (none in flight: no write)."""
+        while True:
+            lease = self.config.delivery.claim_lease
+            await asyncio.sleep(lease / 3)
+            if not (self._inflight or self._unreleased or self._writes):
+                continue
+            try:
+                await self.store.delivery.renew(self.token, self.clock() + lease)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - tried again a third of the lease later; two more chances
+                log.warning("delivery_lease_renew_failed", error=f"{type(exc).__name__}: {exc}")
+                self.watch.failed(f"renewing claim leases failed: {type(exc).__name__}: {exc}")
+
+    def _taken_over(self, taken: dict[str, int]) -> None:
+        for holder, n in taken.items():
+            self.metrics.claims_taken_over.inc(n)
+            log.warning("delivery_claims_taken_over", recipients=n, holder=holder, why="its lease ran out")
 
     async def _fill(self) -> None:
         cfg = self.config.delivery
@@ -214,7 +249,9 @@ class Scheduler(Component):
             if room <= 0:
                 return
             want = min(cfg.claim_batch, room)
-            rows = await self.store.delivery.claim(self.token, want, self.clock())
+            rows = await self.store.delivery.claim(self.token, want, self.clock(), lease=cfg.claim_lease)
+            if rows.taken_over:
+                self._taken_over(rows.taken_over)
             self._more_due = len(rows) == want
             self._due = bool(rows)
             if not rows:
@@ -421,6 +458,11 @@ class Scheduler(Component):
                 await asyncio.gather(*earlier, return_exceptions=True)
             if outcomes or dsn is not None:
                 result = await self._commit(work, outcomes, dsn)
+                if result is not None and result.get("ignored"):
+                    # Our claim was taken over (we did not renew in time): the other holder records these.
+                    self.metrics.records_ignored.inc(len(result["ignored"]))
+                    log.warning("delivery_record_ignored", queue_id=work.queue_id, recipients=len(result["ignored"]),
+                                why="the claim is no longer ours (released or taken over after its lease)")
                 if result is not None:
                     self.watch.moved()
                     report(self.metrics, work, outcomes, result, self.clock())

@@ -72,7 +72,7 @@ class TaskState:
     tenant: str
     name: str
     mailbox: str
-    state: str = "starting"          # starting, polling, idle, waiting, backoff
+    state: str = "starting"          # starting, polling, idle, waiting, backoff; elsewhere: another node holds its lease
     last_poll_at: float | None = None
     last_error: str = ""
     failures: int = 0
@@ -109,8 +109,10 @@ def _groups(uids: list[int], sizes: dict[int, int], limit: int) -> list[list[int
     return groups
 
 
-class MailboxTask:
-    """Polls one connector's mailbox until cancelled."""
+class MailboxTask(Component):
+    """Polls one connector's mailbox until stopped (under its own lease with several nodes: Poller)."""
+
+    name = "mailbox"
 
     def __init__(self, spec: dict[str, Any], store: Store, config: Callable[[], PollerConfig], ids: QueueIds,
                  metrics: Metrics | None = None, on_spooled: Callable[[], None] | None = None,
@@ -131,14 +133,15 @@ class MailboxTask:
         self._wake = asyncio.Event()
         self._worked = False           # the current session completed a round
 
-    def start(self) -> None:
+    async def start(self) -> None:
         self.task = asyncio.create_task(self.run(), name=f"poller:{self.spec['tenant']}/{self.spec['name']}")
 
-    async def stop(self) -> None:
+    async def stop(self, deadline: float = 0.0) -> None:
         if self.task is not None:
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self.task
+            self.task = None
 
     def wake(self) -> None:
         """Poll now (a POP3 or non-IDLE mailbox otherwise waits poller.interval)."""
@@ -431,13 +434,19 @@ class Poller(Component):
     name = "poller"
 
     def __init__(self, store: Store, config: PollerConfig, metrics: Metrics | None = None,
-                 on_spooled: Callable[[], None] | None = None, *, allow_loopback: bool = False):
+                 on_spooled: Callable[[], None] | None = None, *, allow_loopback: bool = False,
+                 lease: Callable[[Component, str], Component] | None = None):
         self.store = store
         self.config = config
         self.allow_loopback = allow_loopback   # delivery.allow_loopback (mailbox hosts follow remotes.py's rule)
         self.metrics = metrics
         self.on_spooled = on_spooled   # called after each commit that spooled messages (the processor's wake)
         self.tasks: dict[int, MailboxTask] = {}
+        # Two nodes must never poll one mailbox at once (two sessions would fetch and spool its mail
+        # twice): each connector's task runs under a lease of its own, ``poller:<connector id>``
+        # (the daemon's Singleton; None: run it here, as tests that build a Poller do).
+        self.lease = lease
+        self._jobs: dict[int, Component] = {}
         self.ids = QueueIds()
         self._wake = asyncio.Event()
         self._supervisor: asyncio.Task | None = None
@@ -452,8 +461,9 @@ class Poller(Component):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._supervisor
             self._supervisor = None
-        await asyncio.gather(*(t.stop() for t in self.tasks.values()))
+        await asyncio.gather(*(t.stop(deadline) for t in self._jobs.values()))
         self.tasks.clear()
+        self._jobs.clear()
 
     async def reload(self, config: Config) -> None:
         self.config = config.poller
@@ -486,7 +496,8 @@ class Poller(Component):
     async def _scan(self) -> None:
         specs = {s["id"]: s for s in await self.store.mailboxes.incoming()}
         for cid in [c for c in self.tasks if c not in specs or self.tasks[c].fingerprint != fingerprint(specs[c])]:
-            await self.tasks.pop(cid).stop()
+            self.tasks.pop(cid)
+            await self._jobs.pop(cid).stop(asyncio.get_running_loop().time())
         for cid, spec in specs.items():
             if cid in self.tasks:
                 continue
@@ -496,8 +507,17 @@ class Poller(Component):
             except (KeyError, ValueError, TypeError) as exc:
                 log.error("mailbox_settings_unusable", connector=spec["name"], tenant=spec["tenant"], error=describe(exc))
                 continue
+            job = self.lease(task, f"poller:{cid}") if self.lease is not None else task
             self.tasks[cid] = task
-            task.start()
+            self._jobs[cid] = job
+            await job.start()
 
     def status(self) -> dict[str, Any]:
-        return {"poller": {"mailboxes": [t.state.as_dict() for t in sorted(self.tasks.values(), key=lambda t: (t.state.tenant, t.state.name))]}}
+        return {"poller": {"mailboxes": [self._view(cid, t) for cid, t in sorted(self.tasks.items(), key=lambda i: (i[1].state.tenant, i[1].state.name))]}}
+
+    def _view(self, cid: int, task: MailboxTask) -> dict[str, Any]:
+        view = task.state.as_dict()
+        job = self._jobs.get(cid)
+        if job is not None and job is not task and not getattr(job, "running", True):
+            view["state"] = "elsewhere"   # its lease is another node's: that node polls it
+        return view

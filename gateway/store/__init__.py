@@ -26,6 +26,7 @@ from .mailboxes import Mailboxes
 from .messages import Messages
 from .inbox import Inbox
 from .limits import Limits
+from .leases import Leases
 from .pauses import Pauses
 from .queue import Queue
 from .recipients import Recipients
@@ -67,6 +68,7 @@ class Store:
         self.messages = Messages(db)
         self.stats = Stats(db)
         self.limits = Limits(db)
+        self.leases = Leases(db)
 
     @classmethod
     async def open(cls, path: Path, config: StoreConfig | None = None, *, secondary: bool = False) -> "Store":
