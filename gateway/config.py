@@ -75,6 +75,7 @@ class AdminConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class StoreConfig:
+    url: str = setting("", "Where the store lives. Empty: SQLite, gateway.db in the state directory. postgresql://user@host:port/dbname: PostgreSQL (several nodes may share one); the password goes in the URL (postgresql://user:secret@...) or the PGPASSWORD environment variable, and is never logged. Copy an SQLite store over with `gateway store migrate-to URL`.", restart=True)
     batch_max: int = setting(1000, "Most writes the writer commits in one transaction (group commit).", min=1, restart=True)
     read_connections: int = setting(4, "Threads, each with its own read connection.", min=1, max=64, restart=True)
     min_free_bytes: int = setting(67108864, "Free bytes the state directory's filesystem keeps in reserve: below it new mail gets 452 4.3.1 while delivery, its records and operator actions still write. 0: no reserve (a full disk still gives 452 4.3.1).", min=0)

@@ -2,7 +2,8 @@
 
 ``Store`` bundles one ``Database`` with a repository object per noun (``store.tenants``,
 ``store.events``...). Each repository's methods are coroutines returning plain dicts; the
-SQL and the SQLite specifics stay in this package so another backend can replace it.
+SQL and the SQLite specifics stay in this package; ``store.url`` puts the same repositories on
+PostgreSQL (pg.py, dialect.py).
 """
 
 from __future__ import annotations
@@ -70,9 +71,12 @@ class Store:
     async def open(cls, path: Path, config: StoreConfig | None = None, *, secondary: bool = False) -> "Store":
         """The store; ``secondary``: beside the daemon, from another process (see db.py)."""
         config = config or StoreConfig()
-        db = await Database.open(path, batch_max=config.batch_max, read_connections=config.read_connections,
-                                 min_free_bytes=config.min_free_bytes, secondary=secondary)
-        return cls(db)
+        options = dict(batch_max=config.batch_max, read_connections=config.read_connections,
+                       min_free_bytes=config.min_free_bytes, secondary=secondary)
+        if config.url:
+            from .pg import PgDatabase  # psycopg is imported only by a daemon that uses it
+            return cls(await PgDatabase.open(config.url, path, **options))
+        return cls(await Database.open(path, **options))
 
     async def close(self) -> None:
         await self.db.close()
