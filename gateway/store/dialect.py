@@ -26,6 +26,8 @@ per process, not per execution. What it rewrites, and why each rewrite keeps SQL
 - An ``UPDATE``/``DELETE ... WHERE id IN (SELECT ... LIMIT ?)`` (the delivery claim, the sweeps):
   the subquery gets ``FOR UPDATE SKIP LOCKED``, so two nodes claiming at once take different rows
   instead of one waiting for the other's rows and then updating them again.
+- In an upsert's ``DO UPDATE SET``, a bare column of the table is the existing row's (SQLite);
+  PostgreSQL calls it ambiguous (``excluded`` has it too): it is qualified with the table name.
 - An ``INSERT`` into a table with an ``id`` identity and no ``RETURNING`` gets ``RETURNING id``:
   that is ``cursor.lastrowid`` (PostgreSQL has none).
 
@@ -63,6 +65,9 @@ _CODE_RULES = [
 ]
 _SCALAR = re.compile(r"\b(max|min)\s*\(", re.IGNORECASE)
 _RETURNING = re.compile(r"\bRETURNING\b", re.IGNORECASE)
+_DO_UPDATE = re.compile(r"\bDO\s+UPDATE\s+SET\b", re.IGNORECASE)
+_SET_END = re.compile(r"\b(WHERE|RETURNING)\b", re.IGNORECASE)
+_IDENT = re.compile(r"(?<![.\w%])([A-Za-z_]\w*)\b(?!\s*[.(])")
 _CLAIM = re.compile(r"^\s*(UPDATE|DELETE)\b.*\bIN\s*\(\s*SELECT\b", re.IGNORECASE | re.DOTALL)
 
 
@@ -92,6 +97,30 @@ def _scalar_minmax(code: str) -> str:
     return "".join(out)
 
 
+def _qualify_upsert(code: str, table: str, columns: frozenset[str]) -> str:
+    """Bare column names after DO UPDATE SET, other than the assignment targets, as ``table.column``."""
+    m = _DO_UPDATE.search(code)
+    if m is None or not columns:
+        return code
+    end = _SET_END.search(code, m.end())
+    stop = end.start() if end else len(code)
+    clause = code[m.end():stop]
+    # Walk identifiers; one is a target when only spaces since the clause start or a top-level comma.
+    pieces, pos, depth = [], 0, 0
+    for ident in _IDENT.finditer(clause):
+        before = clause[pos:ident.start()]
+        for c in before:
+            depth += (c == "(") - (c == ")")
+        pieces.append(before)
+        name = ident.group(1)
+        preceding = clause[:ident.start()].rstrip()
+        is_target = depth == 0 and (preceding == "" or preceding.endswith(","))
+        pieces.append(f"{table}.{name}" if name.lower() in columns and not is_target else name)
+        pos = ident.end()
+    pieces.append(clause[pos:])
+    return code[:m.end()] + "".join(pieces) + code[stop:]
+
+
 def _skip_locked(sql: str) -> str:
     """Add FOR UPDATE SKIP LOCKED to the LIMITed subquery of an UPDATE/DELETE ... IN (SELECT ...)."""
     if not _CLAIM.match(sql):
@@ -110,8 +139,10 @@ def _skip_locked(sql: str) -> str:
     return sql[:i] + " FOR UPDATE SKIP LOCKED" + sql[i:]
 
 
-def translate(sql: str, id_tables: frozenset[str] = frozenset(), *, many: bool = False) -> Statement:
-    """SQLite ``sql`` as PostgreSQL; ``id_tables``: tables whose ``id`` is an identity (for lastrowid)."""
+def translate(sql: str, id_tables: frozenset[str] = frozenset(), *, many: bool = False,
+              columns: dict[str, frozenset[str]] | None = None) -> Statement:
+    """SQLite ``sql`` as PostgreSQL; ``id_tables``: tables whose ``id`` is an identity (for lastrowid);
+    ``columns``: each table's columns (for upserts)."""
     insert = _INSERT.match(sql)
     ignore = bool(insert and insert.group(1))
     sql = _JSON_EXTRACT_TRUE.sub(lambda m: f"({m.group(1)}::jsonb #> '{{{m.group(2).replace('.', ',')}}}') IN ('true', '1')", sql)
@@ -123,6 +154,8 @@ def translate(sql: str, id_tables: frozenset[str] = frozenset(), *, many: bool =
         code = parts[n]
         for pattern, replacement in _CODE_RULES:
             code = pattern.sub(replacement, code)
+        if insert and columns:
+            code = _qualify_upsert(code, insert.group(2).lower(), columns.get(insert.group(2).lower(), frozenset()))
         parts[n] = _scalar_minmax(code).replace("%", "%%").replace("?", "%s")
     for n in range(1, len(parts), 2):
         parts[n] = parts[n].replace("%", "%%")
@@ -140,15 +173,16 @@ def translate(sql: str, id_tables: frozenset[str] = frozenset(), *, many: bool =
 class Translator:
     """``translate`` with a cache: each distinct statement text is translated once."""
 
-    def __init__(self, id_tables: frozenset[str] = frozenset()):
+    def __init__(self, id_tables: frozenset[str] = frozenset(), columns: dict[str, frozenset[str]] | None = None):
         self.id_tables = id_tables
+        self.columns = columns or {}
         self._cache: dict[tuple[str, bool], Statement] = {}
 
     def __call__(self, sql: str, *, many: bool = False) -> Statement:
         key = (sql, many)
         found = self._cache.get(key)
         if found is None:
-            found = self._cache[key] = translate(sql, self.id_tables, many=many)
+            found = self._cache[key] = translate(sql, self.id_tables, many=many, columns=self.columns)
         return found
 
     def __len__(self) -> int:

@@ -285,10 +285,15 @@ def pg_migrations() -> list[tuple[int, str, str]]:
     return sorted(found)
 
 
-def _id_tables(conn: psycopg.Connection) -> frozenset[str]:
-    rows = conn.execute("SELECT table_name FROM information_schema.columns WHERE table_schema = current_schema()"
-                        " AND column_name = 'id' AND is_identity = 'YES'").fetchall()
-    return frozenset(r[0] for r in rows)
+def _schema(conn: psycopg.Connection) -> tuple[frozenset[str], dict[str, frozenset[str]]]:
+    """The tables whose ``id`` is an identity, and every table's columns (what dialect.py needs)."""
+    rows = conn.execute("SELECT table_name, column_name, is_identity FROM information_schema.columns"
+                        " WHERE table_schema = current_schema()").fetchall()
+    columns: dict[str, set[str]] = {}
+    for table, column, _ in rows:
+        columns.setdefault(table, set()).add(column)
+    ids = frozenset(table for table, column, identity in rows if column == "id" and identity == "YES")
+    return ids, {t: frozenset(c) for t, c in columns.items()}
 
 
 def pg_migrate(conn: psycopg.Connection) -> list[int]:
@@ -375,7 +380,7 @@ class PgDatabase(Database):
                     applied = pg_migrate(raw)
                 finally:
                     raw.execute("SELECT pg_advisory_unlock(4242001)")
-            self.translate.id_tables = _id_tables(raw)
+            self.translate.id_tables, self.translate.columns = _schema(raw)
         except BaseException as exc:
             raw.close()
             if isinstance(exc, StoreError):

@@ -206,6 +206,8 @@ def store_url(request):
     """``store.url`` for each backend: "" (SQLite in the state directory), then PostgreSQL."""
     if request.param == "sqlite":
         return ""
+    if request.node.get_closest_marker("sqlite_only"):
+        pytest.skip("SQLite only (the file, its pragmas or its query plans)")
     return request.getfixturevalue("pg_store_url")
 
 
