@@ -11,6 +11,7 @@ per process, not per execution. What it rewrites, and why each rewrite keeps SQL
 - ``IFNULL`` -> ``COALESCE``, ``group_concat`` -> ``string_agg``, ``instr`` -> ``strpos``, the
   two-argument scalar ``max(a, b)``/``min(a, b)`` -> ``GREATEST``/``LEAST`` (the one-argument forms
   are the aggregates, the same in both).
+- ``SUM(a = b)`` (SQLite counts with a comparison's 0/1) -> ``SUM((a = b)::int)``.
 - ``LIKE`` -> ``ILIKE``: SQLite's LIKE ignores ASCII case, PostgreSQL's does not.
 - ``LIMIT ?`` -> ``LIMIT NULLIF(GREATEST(?, -1), -1)``: a negative limit is "no limit" in SQLite
   (the repositories pass -1 for "all"), an error in PostgreSQL (whose "no limit" is NULL).
@@ -64,6 +65,8 @@ _CODE_RULES = [
     (re.compile(r"\browid\b", re.IGNORECASE), "id"),
 ]
 _SCALAR = re.compile(r"\b(max|min)\s*\(", re.IGNORECASE)
+_SUM = re.compile(r"\bSUM\s*\(", re.IGNORECASE)
+_COMPARISON = re.compile(r"(=|<|>|\bIN\b|\bIS\b|\bLIKE\b)", re.IGNORECASE)
 _RETURNING = re.compile(r"\bRETURNING\b", re.IGNORECASE)
 _DO_UPDATE = re.compile(r"\bDO\s+UPDATE\s+SET\b", re.IGNORECASE)
 _SET_END = re.compile(r"\b(WHERE|RETURNING)\b", re.IGNORECASE)
@@ -121,6 +124,22 @@ def _qualify_upsert(code: str, table: str, columns: frozenset[str]) -> str:
     return code[:m.end()] + "".join(pieces) + code[stop:]
 
 
+def _sum_of_comparison(code: str) -> str:
+    """``SUM(a = b)`` -> ``SUM((a = b)::int)``: a comparison is a boolean in PostgreSQL, not 0/1."""
+    out, pos = [], 0
+    for m in _SUM.finditer(code):
+        depth, i = 1, m.end()
+        while i < len(code) and depth:
+            depth += (code[i] == "(") - (code[i] == ")")
+            i += 1
+        arg = code[m.end():i - 1]
+        if _COMPARISON.search(arg) and not arg.lstrip().upper().startswith("CASE"):
+            out.append(code[pos:m.end()] + f"({arg})::int")
+            pos = i - 1
+    out.append(code[pos:])
+    return "".join(out)
+
+
 def _skip_locked(sql: str) -> str:
     """Add FOR UPDATE SKIP LOCKED to the LIMITed subquery of an UPDATE/DELETE ... IN (SELECT ...)."""
     if not _CLAIM.match(sql):
@@ -149,17 +168,21 @@ def translate(sql: str, id_tables: frozenset[str] = frozenset(), *, many: bool =
     sql = _JSON_EXTRACT.sub(lambda m: f"({m.group(1)}::jsonb #>> '{{{m.group(2).replace('.', ',')}}}')", sql)
     sql = _JSON_EACH.sub("json_array_elements_text(?::json) AS j(value)", sql)
     sql = _MASTER.sub(_MASTER_PG, sql)
-    parts = _TOKENS.split(sql)
-    for n in range(0, len(parts), 2):  # even parts are code, odd ones literals
-        code = parts[n]
-        for pattern, replacement in _CODE_RULES:
-            code = pattern.sub(replacement, code)
-        if insert and columns:
-            code = _qualify_upsert(code, insert.group(2).lower(), columns.get(insert.group(2).lower(), frozenset()))
-        parts[n] = _scalar_minmax(code).replace("%", "%%").replace("?", "%s")
-    for n in range(1, len(parts), 2):
-        parts[n] = parts[n].replace("%", "%%")
-    out = _skip_locked("".join(parts))
+    # Literals are set aside (a NUL-delimited mark each) so that the rewrites see only SQL.
+    literals: list[str] = []
+
+    def aside(m: re.Match) -> str:
+        literals.append(m.group(0))
+        return f"\x00{len(literals) - 1}\x00"
+
+    code = _TOKENS.sub(aside, sql)
+    for pattern, replacement in _CODE_RULES:
+        code = pattern.sub(replacement, code)
+    if insert and columns:
+        code = _qualify_upsert(code, insert.group(2).lower(), columns.get(insert.group(2).lower(), frozenset()))
+    code = _sum_of_comparison(_scalar_minmax(code)).replace("%", "%%").replace("?", "%s")
+    code = re.sub(r"\x00(\d+)\x00", lambda m: literals[int(m.group(1))].replace("%", "%%"), code)
+    out = _skip_locked(code)
     if ignore:
         returning = _RETURNING.search(out)
         cut = returning.start() if returning else len(out)

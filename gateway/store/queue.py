@@ -198,6 +198,7 @@ def _put(conn: sqlite3.Connection, m: NewMessage) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- reading
 
+# GROUP BY names t.name and u.name too: PostgreSQL takes only grouped columns or ones the key determines.
 _LIST_SQL = """
 SELECT m.queue_id, m.tenant_id, t.name AS tenant, u.name AS usecase, m.mail_from, m.message_id, m.size,
        m.created_at, m.expires_at, m.client,
@@ -210,7 +211,7 @@ JOIN tenants t ON t.id = m.tenant_id
 LEFT JOIN usecases u ON u.id = m.usecase_id
 JOIN recipients r ON r.message_id = m.id
 WHERE {where}
-GROUP BY m.id
+GROUP BY m.id, t.name, u.name
 ORDER BY m.id
 LIMIT ?
 """
