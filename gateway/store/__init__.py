@@ -12,7 +12,8 @@ import asyncio
 import time
 from pathlib import Path
 
-from ..config import StoreConfig
+from ..config import StoreConfig, redact_url
+from ..errors import StoreError
 from .addresses import Addresses
 from .apikeys import ApiKeys
 from .connectors import Connectors
@@ -74,7 +75,10 @@ class Store:
         options = dict(batch_max=config.batch_max, read_connections=config.read_connections,
                        min_free_bytes=config.min_free_bytes, secondary=secondary)
         if config.url:
-            from .pg import PgDatabase  # psycopg is imported only by a daemon that uses it
+            from .pg import PgDatabase, is_postgres  # psycopg is imported only by a daemon that uses it
+
+            if not is_postgres(config.url):
+                raise StoreError(f"store.url must be postgresql://user@host:port/dbname, not {redact_url(config.url)!r}")
             return cls(await PgDatabase.open(config.url, path, **options))
         return cls(await Database.open(path, **options))
 

@@ -36,13 +36,13 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import psycopg.adapt
 import psycopg.errors
 import structlog
 
+from ..config import redact_url
 from ..errors import StorageFull, StoreError
 from .db import _MIGRATION_NAME, _STOP, Database, migrations
 from .dialect import Translator
@@ -55,14 +55,7 @@ T = TypeVar("T")
 CONNECT_TIMEOUT = 10
 
 
-def redact(url: str) -> str:
-    """The URL without its password, for logs and status."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+redact = redact_url  # the one rule, in config.py (store.url is shown masked the same way)
 
 
 def is_postgres(url: str) -> bool:
