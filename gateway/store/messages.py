@@ -110,8 +110,8 @@ class Messages:
         """``store.queue.show``'s message with its newest ``events`` events, from one snapshot (one hop to
         a reader for a big message, none for a small one: the hop costs more than its reads); None
         unless it is the tenant's (and the use case's)."""
-        if events <= SMALL_EVENTS and self.db.read_now(_small, queue_id, tenant_id):
-            return self.db.read_now_snapshot(_status, queue_id, tenant_id, usecase_id, events)
+        if events <= SMALL_EVENTS and await self.db.read_point(_small, queue_id, tenant_id):
+            return await self.db.read_point_snapshot(_status, queue_id, tenant_id, usecase_id, events)
         return await self.db.read(_status, queue_id, tenant_id, usecase_id, events)
 
     async def plans(self, tenant_id: int, usecase_id: int, queue_id: str) -> dict[str, list[str]]:

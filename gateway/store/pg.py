@@ -235,8 +235,10 @@ class PgConnection:
     def __init__(self, raw: psycopg.Connection, translate: Translator):
         self.raw = raw
         self._translate = translate
+        self.statements = 0  # the repositories' statements run here (round trips, but for executemany)
 
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> PgCursor:
+        self.statements += 1
         statement = self._translate(sql)
         try:
             cur = self.raw.execute(statement.sql, tuple(params) if params else None)
@@ -245,6 +247,7 @@ class PgConnection:
         return PgCursor(cur, statement.returns_id)
 
     def executemany(self, sql: str, seq: Iterable[Sequence[Any]]) -> PgCursor:
+        self.statements += 1
         statement = self._translate(sql, many=True)
         params = [tuple(p) for p in seq]
         cur = self.raw.cursor()
@@ -398,6 +401,8 @@ class PgDatabase(Database):
                 conn.close()
             self._reader_conns.clear()
         if getattr(self, "_write_conn", None) is not None:
+            log.debug("store_closed", url=redact(self.url), commits=self.commits, writes=self.writes,
+                      write_statements=self._write_conn.statements, statements_translated=len(self.translate))
             self._write_conn.close()
             self._write_conn = None
         self._turns.close()
@@ -412,21 +417,25 @@ class PgDatabase(Database):
                 self._write_conn = PgConnection(connect(self.url), self.translate)
             conn = self._write_conn
             raw = conn.raw
-            raw.execute("BEGIN")
-            for fn, args, fut in batch:
-                raw.execute("SAVEPOINT w")
+            # Round trips are what a write costs here (each one a wake-up of the server process):
+            # the savepoint bookkeeping rides in one simple query with the next BEGIN/SAVEPOINT,
+            # and a batch of one needs none (its failure rolls back the transaction, which is all).
+            alone = len(batch) == 1
+            raw.execute("BEGIN" if alone else "BEGIN; SAVEPOINT w")
+            for n, (fn, args, fut) in enumerate(batch):
+                if n:
+                    raw.execute("RELEASE w; SAVEPOINT w")
                 try:
                     result = fn(conn, *args)
                 except BaseException as exc:  # noqa: BLE001 - handed back to the caller
                     if _is_full(exc.__cause__ or exc) or raw.broken:
                         raise
-                    raw.execute("ROLLBACK TO w")
-                    raw.execute("RELEASE w")
+                    raw.execute("ROLLBACK" if alone else "ROLLBACK TO w")
                     outcomes.append((fut, False, exc))
                 else:
-                    raw.execute("RELEASE w")
                     outcomes.append((fut, True, result))
-            raw.execute("COMMIT")
+            if raw.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                raw.execute("COMMIT")
             self.commits += 1
             self.writes += len(batch)
             self.last_commit_error = None
@@ -461,6 +470,16 @@ class PgDatabase(Database):
             with self._reader_lock:
                 self._reader_conns.append(conn)
         return conn
+
+    async def read_point(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, self._read_one, fn, args)
+
+    async def read_point_snapshot(self, fn: Callable[..., T], *args: Any) -> T:
+        return await self.read(fn, *args)
+
+    def _read_one(self, fn: Callable[..., T], args: tuple) -> T:
+        return fn(self._reader(), *args)  # autocommit: one statement is its own snapshot
 
     def _read_snapshot(self, fn: Callable[..., T], args: tuple) -> T:
         conn = self._reader()
