@@ -199,14 +199,19 @@ class Translator:
     def __init__(self, id_tables: frozenset[str] = frozenset(), columns: dict[str, frozenset[str]] | None = None):
         self.id_tables = id_tables
         self.columns = columns or {}
-        self._cache: dict[tuple[str, bool], Statement] = {}
+        self._one: dict[str, Statement] = {}   # by the SQL text alone: no key tuple built per execution
+        self._many: dict[str, Statement] = {}
 
     def __call__(self, sql: str, *, many: bool = False) -> Statement:
-        key = (sql, many)
-        found = self._cache.get(key)
+        cache = self._many if many else self._one
+        found = cache.get(sql)
         if found is None:
-            found = self._cache[key] = translate(sql, self.id_tables, many=many, columns=self.columns)
+            found = cache[sql] = translate(sql, self.id_tables, many=many, columns=self.columns)
         return found
 
+    def statements(self) -> list[tuple[str, bool]]:
+        """Every (SQL, many) translated so far."""
+        return [(sql, False) for sql in self._one] + [(sql, True) for sql in self._many]
+
     def __len__(self) -> int:
-        return len(self._cache)
+        return len(self._one) + len(self._many)
