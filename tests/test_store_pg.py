@@ -96,6 +96,10 @@ async def test_an_unreachable_server_is_a_store_error_without_the_password(tmp_p
      "UPDATE r SET c = %s WHERE id IN (SELECT id FROM r WHERE c IS NULL ORDER BY n LIMIT NULLIF(GREATEST(%s::bigint, -1), -1)"
      " FOR UPDATE SKIP LOCKED) RETURNING id"),
     ("SELECT rowid, at FROM attempts ORDER BY rowid LIMIT 5", "SELECT id, at FROM attempts ORDER BY id LIMIT 5"),
+    ("SELECT 1 FROM m WHERE 1 AND x = 1 AND 0 AND (y OR 1) ORDER BY id", "SELECT 1 FROM m WHERE TRUE AND x = 1 AND FALSE AND (y OR TRUE) ORDER BY id"),
+    ("SELECT 1 FROM r WHERE r.rcpt = ? COLLATE NOCASE", "SELECT 1 FROM r WHERE lower(r.rcpt) = lower(%s)"),
+    ("SELECT * FROM pauses WHERE tenant_id IS ? AND usecase_id IS NOT ? AND x IS NULL",
+     "SELECT * FROM pauses WHERE tenant_id IS NOT DISTINCT FROM %s AND usecase_id IS DISTINCT FROM %s AND x IS NULL"),
 ])
 def test_translation(sqlite_sql, pg_sql):
     assert translate(sqlite_sql).sql == pg_sql

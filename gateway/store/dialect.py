@@ -12,6 +12,9 @@ per process, not per execution. What it rewrites, and why each rewrite keeps SQL
   two-argument scalar ``max(a, b)``/``min(a, b)`` -> ``GREATEST``/``LEAST`` (the one-argument forms
   are the aggregates, the same in both).
 - ``SUM(a = b)`` (SQLite counts with a comparison's 0/1) -> ``SUM((a = b)::int)``.
+- A bare ``1``/``0`` as a condition (``WHERE 1 AND ...``, built by a list of terms) -> ``TRUE``/``FALSE``.
+- ``x IS ?`` / ``x IS NOT ?`` (SQLite's null-safe comparison) -> ``IS [NOT] DISTINCT FROM``.
+- ``x = ? COLLATE NOCASE`` -> ``lower(x) = lower(?)``.
 - ``LIKE`` -> ``ILIKE``: SQLite's LIKE ignores ASCII case, PostgreSQL's does not.
 - ``LIMIT ?`` -> ``LIMIT NULLIF(GREATEST(?, -1), -1)``: a negative limit is "no limit" in SQLite
   (the repositories pass -1 for "all"), an error in PostgreSQL (whose "no limit" is NULL).
@@ -60,6 +63,11 @@ _CODE_RULES = [
     (re.compile(r"\bNOT\s+LIKE\b", re.IGNORECASE), "NOT ILIKE"),
     (re.compile(r"(?<!NOT )\bLIKE\b", re.IGNORECASE), "ILIKE"),
     (re.compile(r"\bEXPLAIN\s+QUERY\s+PLAN\b", re.IGNORECASE), "EXPLAIN"),
+    (re.compile(r"\b(WHERE|AND|OR|NOT|ON)\s+1(?=\s*(?:$|\)|\bAND\b|\bOR\b|\bORDER\b|\bGROUP\b|\bLIMIT\b))", re.IGNORECASE), r"\1 TRUE"),
+    (re.compile(r"\b(WHERE|AND|OR|NOT|ON)\s+0(?=\s*(?:$|\)|\bAND\b|\bOR\b|\bORDER\b|\bGROUP\b|\bLIMIT\b))", re.IGNORECASE), r"\1 FALSE"),
+    (re.compile(r"\bIS\s+NOT\s+\?", re.IGNORECASE), "IS DISTINCT FROM ?"),
+    (re.compile(r"\bIS\s+\?", re.IGNORECASE), "IS NOT DISTINCT FROM ?"),
+    (re.compile(r"([\w.]+)\s*=\s*\?\s+COLLATE\s+NOCASE\b", re.IGNORECASE), r"lower(\1) = lower(?)"),
     (re.compile(r"\bLIMIT\s+\?", re.IGNORECASE), "LIMIT NULLIF(GREATEST(?::bigint, -1), -1)"),
     (re.compile(r"\bzeroblob\(\?\)", re.IGNORECASE), "substring(''::bytea from 1 for ?::int)"),
     (re.compile(r"\browid\b", re.IGNORECASE), "id"),

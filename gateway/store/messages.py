@@ -76,7 +76,7 @@ def _small(conn: sqlite3.Connection, queue_id: str, tenant_id: int) -> bool:
     message answers as fast as no message (no timing oracle)."""
     row = conn.execute(
         "SELECT COUNT(*), IFNULL(SUM(attempts), 0) FROM (SELECT attempts FROM recipients"
-        " WHERE message_id = (SELECT id FROM messages WHERE queue_id = ? AND tenant_id = ?) LIMIT ?)",
+        " WHERE message_id = (SELECT id FROM messages WHERE queue_id = ? AND tenant_id = ?) LIMIT ?) AS r",  # PostgreSQL: named
         (queue_id, tenant_id, SMALL_RECIPIENTS + 1)).fetchone()
     return row[0] <= SMALL_RECIPIENTS and row[1] <= SMALL_ATTEMPTS
 
