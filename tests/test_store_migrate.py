@@ -70,8 +70,7 @@ async def test_a_store_copied_verified_and_then_used_on_postgresql(tmp_path, pg_
 
 async def test_refused_while_the_daemon_holds_the_state_lock(tmp_path, pg_url):
     state = tmp_path / "state"
-    state.mkdir()
-    await filled(state)
+    state.mkdir()  # the lock comes first: nothing else is looked at
     lock = StateLock(state / "gateway.lock").acquire()
     try:
         refused = await asyncio.to_thread(migrate, state, pg_url, None)
