@@ -186,3 +186,27 @@ async def test_bodies_go_in_and_out_whole_and_in_pieces(tmp_path, pg_store_url):
         assert (await store.delivery.bodies([put["id"]]))[put["id"]] == body
     finally:
         await store.close()
+
+
+async def test_a_dropped_connection_fails_its_batch_and_the_next_write_reconnects(tmp_path, pg_store_url):
+    """A server restart or a killed backend: the writes of that batch fail (their callers are told),
+    the next batch and the next read get new connections, nothing has to restart the daemon."""
+    db = await PgDatabase.open(pg_store_url, tmp_path / "gateway.db")
+    try:
+        def insert(conn, name):
+            return conn.execute("INSERT INTO tenants (name, created_at) VALUES (?, 0)", (name,)).lastrowid
+
+        await db.write(insert, "before")
+        assert await db.read(lambda c: c.execute("SELECT count(*) FROM tenants").fetchone()[0]) == 1
+        with psycopg.connect(pg_store_url, autocommit=True) as admin:
+            killed = admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                                   " WHERE datname = current_database() AND pid != pg_backend_pid()").fetchone()[0]
+        assert killed >= 2  # the writer and the reader
+        with pytest.raises(StoreError, match="commit failed"):
+            await db.write(insert, "lost")
+        assert isinstance(await db.write(insert, "after"), int)
+        names = await db.read(lambda c: sorted(r[0] for r in c.execute("SELECT name FROM tenants")))
+        assert names == ["after", "before"]
+        assert not db.problems()
+    finally:
+        await db.close()

@@ -465,9 +465,12 @@ class PgDatabase(Database):
     def _reader(self) -> PgConnection:
         conn = getattr(self._local, "conn", None)
         if conn is None or conn.raw.broken or conn.raw.closed:
-            conn = PgConnection(connect(self.url), self.translate)
+            stale, conn = conn, PgConnection(connect(self.url), self.translate)
             self._local.conn = conn
             with self._reader_lock:
+                if stale is not None:
+                    self._reader_conns.remove(stale)
+                    stale.close()
                 self._reader_conns.append(conn)
         return conn
 
@@ -479,16 +482,28 @@ class PgDatabase(Database):
         return await self.read(fn, *args)
 
     def _read_one(self, fn: Callable[..., T], args: tuple) -> T:
-        return fn(self._reader(), *args)  # autocommit: one statement is its own snapshot
+        return self._again_if_dropped(lambda conn: fn(conn, *args))  # autocommit: one statement, one snapshot
 
     def _read_snapshot(self, fn: Callable[..., T], args: tuple) -> T:
+        def snapshot(conn: PgConnection) -> T:
+            conn.raw.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            try:
+                return fn(conn, *args)
+            finally:
+                if not conn.raw.broken:
+                    conn.raw.execute("ROLLBACK")  # read only: nothing to commit, and it is cheaper
+        return self._again_if_dropped(snapshot)
+
+    def _again_if_dropped(self, run: Callable[[PgConnection], T]) -> T:
+        """A read whose connection the server dropped (a restart, a killed backend) runs once more on a
+        new one: reads change nothing, and an idle reader learns of the drop only when it is used."""
         conn = self._reader()
-        conn.raw.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         try:
-            return fn(conn, *args)
-        finally:
+            return run(conn)
+        except psycopg.OperationalError:
             if not conn.raw.broken:
-                conn.raw.execute("ROLLBACK")  # read only: nothing to commit, and it is cheaper
+                raise
+            return run(self._reader())
 
 
 __all__ = ["PgDatabase", "PgConnection", "Row", "redact", "is_postgres", "pg_migrate", "pg_migrations", "connect"]
