@@ -27,6 +27,15 @@ from .numbers import ascii_number
 MASK = "********"
 
 
+def redact_url(url: str) -> str:
+    """A URL with its password (if any) masked: how ``store.url`` appears in logs, errors and shows."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
 def setting(default: Any, doc: str, **constraints: Any) -> Any:
     """A config field: its default, the line that documents it, and its constraints."""
     if isinstance(default, (list, dict)):
@@ -79,6 +88,7 @@ class AdminConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class StoreConfig:
+    url: str = setting("", "Where the store lives. Empty: SQLite, gateway.db in the state directory. postgresql://user@host:port/dbname: PostgreSQL (several nodes may share one); the password goes in the URL (postgresql://user:secret@...) or the PGPASSWORD environment variable, and is never logged. Copy an SQLite store over with `gateway store migrate-to URL`.", restart=True, secret="url")
     batch_max: int = setting(1000, "Most writes the writer commits in one transaction (group commit).", min=1, restart=True)
     read_connections: int = setting(4, "Threads, each with its own read connection.", min=1, max=64, restart=True)
     min_free_bytes: int = setting(67108864, "Free bytes the state directory's filesystem keeps in reserve: below it new mail gets 452 4.3.1 while delivery, its records and operator actions still write. 0: no reserve (a full disk still gives 452 4.3.1).", min=0)
@@ -451,7 +461,9 @@ def to_dict(config: Any, *, mask: bool = True, non_default: bool = False) -> dic
             continue
         if non_default and value == getattr(default, f.name):
             continue
-        if mask and f.metadata.get("secret") and value:
+        if mask and f.metadata.get("secret") == "url" and value:
+            value = redact_url(value)  # where it is stays readable, the password does not
+        elif mask and f.metadata.get("secret") and value:
             value = MASK
         out[f.name] = value
     return out

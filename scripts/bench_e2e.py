@@ -1,7 +1,11 @@
 #!/usr/bin/env python3
 """End to end: submit over STARTTLS + AUTH, queue durably, DKIM-sign, deliver to a sink; sustained.
 
-    .venv/bin/python scripts/bench_e2e.py [--duration 60] [--sessions 20] [--size 4096] [--sink auto]
+    .venv/bin/python scripts/bench_e2e.py [--duration 60] [--sessions 20] [--size 4096] [--sink auto] [--postgres]
+
+--postgres puts the store on a PostgreSQL started for the run (tests/support/postgres.py: initdb in a
+temp dir, fsync on) through store.url, and adds the server's CPU (postmaster and its backends) to the
+figures: "daemon + PostgreSQL CPU per message" is what the SQLite figure compares with.
 
 Starts `gateway run` as users do (a subprocess, own temp state dir), a small authoritative DNS
 server in this process (tests/support/dns.py: the tenant's records and the MX of dest.test ->
@@ -232,7 +236,8 @@ async def drive(args, port: int, cred: dict, sink: SinkProcess, proc: subprocess
              for n in range(args.sessions)]
     await asyncio.sleep(max(0.0, window["start"] - time.perf_counter()))
     sink_start, sub_start = sink.count, stats.total
-    cpu0 = {"daemon": cpu_seconds(proc.pid), "sink": cpu_seconds(sink.proc.pid), "client": time.process_time()}
+    cpu0 = {"daemon": cpu_seconds(proc.pid), "sink": cpu_seconds(sink.proc.pid), "client": time.process_time(),
+            "postgres": server_cpu(args.postmaster)}
     samples = []  # (t, submitted total, delivered total)
     print(f"{'t':>5}  {'submitted/s':>11}  {'delivered/s':>11}  {'backlog':>8}  (5 s intervals; backlog = 250'd - at sink, whole run)")
     last = (window["start"], stats.total, sink.count)
@@ -246,7 +251,7 @@ async def drive(args, port: int, cred: dict, sink: SinkProcess, proc: subprocess
             last = (t, s, d)
     sink_end = sink.count
     cpu = {"daemon": cpu_seconds(proc.pid) - cpu0["daemon"], "sink": cpu_seconds(sink.proc.pid) - cpu0["sink"],
-           "client": time.process_time() - cpu0["client"]}
+           "client": time.process_time() - cpu0["client"], "postgres": server_cpu(args.postmaster) - cpu0["postgres"]}
     await asyncio.gather(*tasks)
     submitted_total = stats.total
     backlog_at_end = submitted_total - sink.count
@@ -268,11 +273,33 @@ def cpu_seconds(pid: int) -> float:
     return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
-def delivery_latencies(db: Path, accepted: dict[str, float]) -> list[float]:
+def server_cpu(postmaster: int | None) -> float:
+    """CPU seconds of a PostgreSQL server: the postmaster (with its reaped backends) and its live children."""
+    if postmaster is None:
+        return 0.0
+    total = cpu_seconds(postmaster)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == postmaster:
+            total += sum(int(x) for x in fields[11:13]) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def delivery_latencies(db: Path, accepted: dict[str, float], url: str | None = None) -> list[float]:
     """250 (client clock) -> the daemon's `delivered` event, for messages accepted in the window."""
+    sql = "SELECT subject, MIN(created_at) FROM events WHERE kind = 'delivered' GROUP BY subject"
+    if url:
+        import psycopg
+
+        with psycopg.connect(url) as pg:
+            rows = pg.execute(sql).fetchall()
+        return [max(0.0, at - accepted[qid]) for qid, at in rows if qid in accepted]
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
     try:
-        rows = conn.execute("SELECT subject, MIN(created_at) FROM events WHERE kind = 'delivered' GROUP BY subject").fetchall()
+        rows = conn.execute(sql).fetchall()
     finally:
         conn.close()
     return [max(0.0, at - accepted[qid]) for qid, at in rows if qid in accepted]
@@ -290,7 +317,27 @@ def main() -> None:
     ap.add_argument("--log-level", default="info", help="daemon log level (info, the daemon's default, logs a line per message and stage)")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="extra daemon config, e.g. delivery.workers=64")
     ap.add_argument("--profile", metavar="FILE", help="py-spy the daemon during the window: .svg flame graph or .txt collapsed stacks")
+    ap.add_argument("--postgres", action="store_true", help="the store on a PostgreSQL started for the run (store.url)")
     args = ap.parse_args()
+    args.postmaster = None
+    pg = None
+    if args.postgres:
+        from tests.support.postgres import Postgres
+
+        pg = Postgres().start()
+        args.url = pg.create_database("bench")
+        args.set.append(f"store.url={args.url}")
+        args.postmaster = int((pg.data / "postmaster.pid").read_text().split()[0])
+    else:
+        args.url = None
+    try:
+        run(args)
+    finally:
+        if pg is not None:
+            pg.stop()
+
+
+def run(args) -> None:
 
     kind = args.sink
     if kind == "auto":
@@ -336,7 +383,7 @@ def main() -> None:
             print(f"e2e: {args.sessions} sessions (STARTTLS + AUTH PLAIN), {args.size} B messages, 1 recipient each, "
                   f"RSA-2048 DKIM, sink {kind} on 127.0.0.1:{sink_port}; warm-up {args.warmup:.0f} s, window {args.duration:.0f} s")
             r = uvloop.run(drive(args, port, cred, sink, proc, state))
-            lat = delivery_latencies(state / "gateway.db", r["stats"].accepted)
+            lat = delivery_latencies(state / "gateway.db", r["stats"].accepted, args.url)
         finally:
             if spy is not None:
                 try:
@@ -383,8 +430,12 @@ def main() -> None:
     cpu = r["cpu"]
     print(f"CPU in window daemon {cpu['daemon'] / r['window']:.2f} cores, client {cpu['client'] / r['window']:.2f}, "
           f"sink {cpu['sink'] / r['window']:.2f}   (of {os.cpu_count()})")
+    if args.postgres:
+        print(f"PostgreSQL    {cpu['postgres'] / r['window']:.2f} cores in the window")
     if r["delivered"]:
         print(f"daemon CPU    {cpu['daemon'] / r['delivered'] * 1000:.3f} ms per delivered message (window)")
+        if args.postgres:
+            print(f"+ PostgreSQL  {(cpu['daemon'] + cpu['postgres']) / r['delivered'] * 1000:.3f} ms per delivered message (window)")
     ok = del_rate >= 800 and r["drained"] and r["backlog_at_end"] < del_rate * 5
     print("target        " + ("met" if ok else "NOT met") + " (>= 800 msg/s delivered, sustained: backlog bounded and drained)")
 

@@ -6,7 +6,7 @@ import pytest
 
 from tests.support.dns import DnsServer
 from tests.support.dovecot import dovecot  # noqa: F401 - the `dovecot` fixture, for every test module
-from tests.support.postgres import pg_url, postgres  # noqa: F401 - a real PostgreSQL (session) and a database per test
+from tests.support.postgres import pg_store_database, pg_store_url, pg_url, postgres, store_url  # noqa: F401 - a real PostgreSQL (session), a database per test, the store on both backends
 
 
 @pytest.fixture

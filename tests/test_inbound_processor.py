@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from gateway.config import parse_config
+from gateway.config import StoreConfig, parse_config
 from gateway.inbound.attachments import AttachmentFiles
 from gateway.inbound.mime import parse as parse_mime
 from gateway.inbound.pins import Pins
@@ -55,8 +55,8 @@ def mail(*, to: str = "help@acme.test", message_id: str, in_reply_to: str = "", 
 
 
 @pytest.fixture
-async def world(tmp_path, dns_server):
-    store = await Store.open(tmp_path / "gateway.db")
+async def world(tmp_path, dns_server, store_url):
+    store = await Store.open(tmp_path / "gateway.db", StoreConfig(url=store_url))
     config = parse_config({**dns_overrides(dns_server), "processor": {"poll_interval": 60.0, "concurrency": 2}})
     acme = (await store.tenants.add("acme"))["id"]
     globex = (await store.tenants.add("globex"))["id"]

@@ -7,14 +7,15 @@ import pytest
 from gateway.errors import SMTPError
 from gateway.inbound.recipients import Rules, Target, resolve
 from gateway.store import Store
+from gateway.config import StoreConfig
 from tests.support.inbound import channel_address, receiving_domain, set_tenant_enabled
 
 RULES = Rules(return_path_prefix="bounces", mailto_domain="unsub.gateway.test", hostnames=("mx.gateway.test",))
 
 
 @pytest.fixture
-async def world(tmp_path):
-    store = await Store.open(tmp_path / "gateway.db")
+async def world(tmp_path, store_url):
+    store = await Store.open(tmp_path / "gateway.db", StoreConfig(url=store_url))
     acme = (await store.tenants.add("acme"))["id"]
     globex = (await store.tenants.add("globex"))["id"]
     w = {"store": store, "acme": acme, "globex": globex}

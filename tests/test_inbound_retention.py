@@ -12,6 +12,7 @@ from gateway.config import ProcessorConfig, QueueConfig
 from gateway.inbound.attachments import AttachmentFiles
 from gateway.inbound.pins import Pins
 from gateway.store import Store
+from gateway.config import StoreConfig
 from gateway.store.inbound import Attachment, Processed, Spooled
 from gateway.store.queue import QueueIds
 from gateway.sweeper import Sweeper
@@ -21,8 +22,8 @@ _ids = QueueIds()
 
 
 @pytest.fixture
-async def store(tmp_path):
-    s = await Store.open(tmp_path / "gateway.db")
+async def store(tmp_path, store_url):
+    s = await Store.open(tmp_path / "gateway.db", StoreConfig(url=store_url))
     yield s
     await s.close()
 

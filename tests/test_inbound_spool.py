@@ -8,17 +8,19 @@ import pytest
 
 from gateway.errors import NotFound
 from gateway.store import Store
+from gateway.config import StoreConfig
 from gateway.store.inbound import Spooled
 from gateway.store.queue import QueueIds
 
 
 @pytest.fixture
-async def store(tmp_path):
-    s = await Store.open(tmp_path / "gateway.db")
+async def store(tmp_path, store_url):
+    s = await Store.open(tmp_path / "gateway.db", StoreConfig(url=store_url))
     yield s
     await s.close()
 
 
+@pytest.mark.sqlite_only  # reads the file from a second connection
 async def test_one_message_to_two_tenants_is_two_rows_committed_together(store, tmp_path):
     a = await store.tenants.add("acme")
     b = await store.tenants.add("globex")

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import pytest
 
+from gateway.config import StoreConfig
+
 from gateway.store import Store
 from gateway.store import inbox as inbox_store
 from tests.support.inbound import receiving_domain
 from tests.support.processed import processed_message
 
 
-async def test_a_thread_longer_than_the_bound_answers_its_newest_entries(tmp_path, monkeypatch):
+async def test_a_thread_longer_than_the_bound_answers_its_newest_entries(tmp_path, monkeypatch, store_url):
     monkeypatch.setattr(inbox_store, "MAX_THREAD", 3)   # the bound, small enough to pass here
-    store = await Store.open(tmp_path / "gateway.db")
+    store = await Store.open(tmp_path / "gateway.db", StoreConfig(url=store_url))
     try:
         acme = (await store.tenants.add("acme"))["id"]
         dom = await receiving_domain(store, acme, "acme.test", usecase="support")

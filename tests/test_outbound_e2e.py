@@ -78,10 +78,10 @@ def dkim_algorithms(data: bytes) -> list[str]:
 # --------------------------------------------------------------------------- the happy path, two clients
 
 
-async def test_starttls_plain_submission_arrives_signed_prepared_and_verp_tagged(tmp_path, dns_server):
+async def test_starttls_plain_submission_arrives_signed_prepared_and_verp_tagged(tmp_path, dns_server, store_url):
     async with mail_sink(starttls=True) as sink:
         publish_mx(dns_server, "dest.test")
-        async with delivering_daemon(tmp_path, dns_server, sink.port, dkim="both") as (d, setup):
+        async with delivering_daemon(tmp_path, dns_server, sink.port, dkim="both", extra={"store": {"url": store_url}}) as (d, setup):
             data = raw_message(setup["sender"], ["bob@dest.test"], bcc=["hidden@dest.test"])
             qid = await submit(d, setup, ["bob@dest.test", "hidden@dest.test"], data)
             got = await sink.wait_for(2)
@@ -153,11 +153,11 @@ async def test_smtplib_implicit_tls_auth_login_arrives_signed(tmp_path, dns_serv
 # --------------------------------------------------------------------------- failures
 
 
-async def test_partial_failure_one_dsn_to_the_envelope_senders_mx(tmp_path, dns_server):
+async def test_partial_failure_one_dsn_to_the_envelope_senders_mx(tmp_path, dns_server, store_url):
     async with mail_sink() as sink:
         publish_mx(dns_server, "dest.test")
         sink.script("eve@dest.test", "550 5.1.1 no such user here")
-        async with delivering_daemon(tmp_path, dns_server, sink.port) as (d, setup):
+        async with delivering_daemon(tmp_path, dns_server, sink.port, extra={"store": {"url": store_url}}) as (d, setup):
             publish_mx(dns_server, setup["domain"], "mx.dest.test")  # the app's own domain receives at the sink
             qid = await submit(d, setup, ["bob@dest.test", "eve@dest.test"])
             [dsn_event] = await wait_events(d, qid, "dsn_sent")
@@ -233,11 +233,11 @@ async def check_metrics_after_traffic(d) -> None:
             assert name.endswith(("_bytes", "_bytes_total")), name
 
 
-async def test_4xx_remote_retried_on_schedule_then_delivered(tmp_path, dns_server):
+async def test_4xx_remote_retried_on_schedule_then_delivered(tmp_path, dns_server, store_url):
     async with mail_sink() as sink:
         publish_mx(dns_server, "dest.test")
         sink.script("bob@dest.test", "451 4.3.0 busy, try later", "421 4.7.0 too many, later", "250 2.1.5 OK")
-        async with delivering_daemon(tmp_path, dns_server, sink.port) as (d, setup):
+        async with delivering_daemon(tmp_path, dns_server, sink.port, extra={"store": {"url": store_url}}) as (d, setup):
             qid = await submit(d, setup, ["bob@dest.test"])
             [got] = await sink.wait_for(1)
             assert tuple(got.rcpt_tos) == ("bob@dest.test",)
@@ -288,9 +288,9 @@ async def test_pause_holds_submitted_mail_and_resume_delivers(tmp_path, dns_serv
 # --------------------------------------------------------------------------- operators on real mail
 
 
-async def test_operator_hold_release_delete_on_submitted_mail(tmp_path, dns_server):
+async def test_operator_hold_release_delete_on_submitted_mail(tmp_path, dns_server, store_url):
     # A long backoff: once deferred, a recipient waits (not in flight) until the operator acts.
-    slow = {"delivery": {"backoff_base": 60.0, "backoff_max": 120.0}}
+    slow = {"delivery": {"backoff_base": 60.0, "backoff_max": 120.0}, "store": {"url": store_url}}
     async with mail_sink() as sink:
         publish_mx(dns_server, "dest.test")
         for rcpt in ("a@dest.test", "b@dest.test", "c@dest.test"):

@@ -13,6 +13,7 @@ from gateway.errors import InvalidArgument
 from gateway.feedback import arf, dsn
 from gateway.services.suppressions import SuppressionService
 from gateway.store import Store
+from gateway.config import StoreConfig
 from gateway.suppression import Feedback, feedback, normalise_address, scopes_for
 from tests.test_bounce_classify import DATA
 
@@ -20,8 +21,8 @@ SOFT = {"soft_limit": 3, "soft_window": 100.0, "soft_for": 50.0}
 
 
 @pytest.fixture
-async def store(tmp_path):
-    s = await Store.open(tmp_path / "gateway.db")
+async def store(tmp_path, store_url):
+    s = await Store.open(tmp_path / "gateway.db", StoreConfig(url=store_url))
     s.acme = (await s.tenants.add("acme"))["id"]
     s.other = (await s.tenants.add("other"))["id"]
     yield s
@@ -99,6 +100,7 @@ async def test_asynchronous_reports_hard_dsn_and_complaint(store):
     assert await store.suppressions.live(store.acme, "angry.reader@yahoo.com", transactional) is None
 
 
+@pytest.mark.sqlite_only
 async def test_migration_0012_suppressed_is_a_final_state(store, tmp_path):
     """The widened CHECK is what a fresh connection to the file reads (the schema text was edited)."""
     import sqlite3

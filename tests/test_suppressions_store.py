@@ -3,11 +3,12 @@
 import pytest
 
 from gateway.store import Store
+from gateway.config import StoreConfig
 
 
 @pytest.fixture
-async def store(tmp_path):
-    s = await Store.open(tmp_path / "gateway.db")
+async def store(tmp_path, store_url):
+    s = await Store.open(tmp_path / "gateway.db", StoreConfig(url=store_url))
     a = await s.tenants.add("acme")
     b = await s.tenants.add("other")
     s.ids = (a["id"], b["id"])

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from gateway.config import StoreConfig
 from gateway.errors import InvalidArgument
 from gateway.store import Store
 from gateway.webhooks.signing import EVENT_IDS, HEADER, sign, verify
@@ -181,8 +182,8 @@ def test_address_rules():
     assert not verify("k", sign("k", 1000, b"x"), b"x", now=2000)  # too old: a replay
 
 
-async def test_outbox_rows_commit_with_their_event(tmp_path):
-    store = await Store.open(tmp_path / "gw.db")
+async def test_outbox_rows_commit_with_their_event(tmp_path, store_url):
+    store = await Store.open(tmp_path / "gw.db", StoreConfig(url=store_url))
     try:
         acme = (await store.tenants.add("acme"))["id"]
         other = (await store.tenants.add("other"))["id"]
@@ -211,11 +212,11 @@ async def test_outbox_rows_commit_with_their_event(tmp_path):
         await store.close()
 
 
-async def test_sweeper_ages_out_the_delivery_log(tmp_path):
+async def test_sweeper_ages_out_the_delivery_log(tmp_path, store_url):
     from gateway.config import QueueConfig, WebhooksConfig
     from gateway.sweeper import Sweeper
 
-    store = await Store.open(tmp_path / "gw.db")
+    store = await Store.open(tmp_path / "gw.db", StoreConfig(url=store_url))
     try:
         await store.tenants.add("acme")
         ep = await store.webhooks.add("acme", "a", "https://h.example/", "whsec_x", None)
@@ -285,7 +286,7 @@ async def _failing(d, *names):
     return all(s["failures"] >= 1 for s in shown)
 
 
-async def test_one_node_sends_for_an_endpoint_at_a_time(tmp_path):
+async def test_one_node_sends_for_an_endpoint_at_a_time(tmp_path, store_url):
     """Two senders on one store (two gateway nodes): the endpoint's lease lets one of them send, so its
     events stay in order; the other takes over once the lease runs out."""
     from gateway.config import WebhooksConfig
@@ -294,7 +295,7 @@ async def test_one_node_sends_for_an_endpoint_at_a_time(tmp_path):
     cfg = WebhooksConfig(allow_loopback=True, poll_interval=0.02, timeout=1.0)
     clock = [time.time()]
     with WebhookReceiver() as rx:
-        store = await Store.open(tmp_path / "gw.db")
+        store = await Store.open(tmp_path / "gw.db", StoreConfig(url=store_url))
         a = WebhookSender(store, cfg, node="a")
         b = WebhookSender(store, cfg, node="b", clock=lambda: clock[0])
         try:
@@ -327,13 +328,13 @@ async def _empty(store, endpoint_id):
     return await store.webhooks.backlog(endpoint_id) == 0
 
 
-async def test_an_endpoint_past_its_backlog_bound_is_disabled(tmp_path):
+async def test_an_endpoint_past_its_backlog_bound_is_disabled(tmp_path, store_url):
     from gateway.config import WebhooksConfig
     from gateway.webhooks.sender import WebhookSender
 
     with WebhookReceiver() as rx:
         rx.script("/full", [503] * 1000)
-        store = await Store.open(tmp_path / "gw.db")
+        store = await Store.open(tmp_path / "gw.db", StoreConfig(url=store_url))
         sender = WebhookSender(store, WebhooksConfig(allow_loopback=True, poll_interval=0.02, backoff_base=60.0, max_backlog=3))
         sender.backlog_check = 0.0
         try:

@@ -1,5 +1,5 @@
-"""The `gateway` command. Every subcommand but `run` and `config check|example` talks to the
-running daemon over the admin socket."""
+"""The `gateway` command. Every subcommand but `run`, `config check|example` and `store migrate-to`
+talks to the running daemon over the admin socket."""
 
 from __future__ import annotations
 
@@ -43,6 +43,7 @@ from . import suppression as _suppression  # noqa: E402
 from . import address as _address  # noqa: E402
 from . import inbox as _inbox  # noqa: E402
 from . import apikey as _apikey  # noqa: E402
+from . import store as _store  # noqa: E402
 
 main.add_command(_daemon.run)
 main.add_command(_daemon.status)
@@ -63,3 +64,4 @@ main.add_command(_inbox.inbox)
 main.add_command(_inbox.thread)
 main.add_command(_inbox.inbound)
 main.add_command(_apikey.apikey)
+main.add_command(_store.store)

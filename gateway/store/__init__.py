@@ -2,7 +2,8 @@
 
 ``Store`` bundles one ``Database`` with a repository object per noun (``store.tenants``,
 ``store.events``...). Each repository's methods are coroutines returning plain dicts; the
-SQL and the SQLite specifics stay in this package so another backend can replace it.
+SQL and the SQLite specifics stay in this package; ``store.url`` puts the same repositories on
+PostgreSQL (pg.py, dialect.py).
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import asyncio
 import time
 from pathlib import Path
 
-from ..config import StoreConfig
+from ..config import StoreConfig, redact_url
+from ..errors import StoreError
 from .addresses import Addresses
 from .apikeys import ApiKeys
 from .connectors import Connectors
@@ -74,9 +76,15 @@ class Store:
     async def open(cls, path: Path, config: StoreConfig | None = None, *, secondary: bool = False) -> "Store":
         """The store; ``secondary``: beside the daemon, from another process (see db.py)."""
         config = config or StoreConfig()
-        db = await Database.open(path, batch_max=config.batch_max, read_connections=config.read_connections,
-                                 min_free_bytes=config.min_free_bytes, secondary=secondary)
-        return cls(db)
+        options = dict(batch_max=config.batch_max, read_connections=config.read_connections,
+                       min_free_bytes=config.min_free_bytes, secondary=secondary)
+        if config.url:
+            from .pg import PgDatabase, is_postgres  # psycopg is imported only by a daemon that uses it
+
+            if not is_postgres(config.url):
+                raise StoreError(f"store.url must be postgresql://user@host:port/dbname, not {redact_url(config.url)!r}")
+            return cls(await PgDatabase.open(config.url, path, **options))
+        return cls(await Database.open(path, **options))
 
     async def close(self) -> None:
         await self.db.close()

@@ -525,6 +525,16 @@ class Database:
         reads that must agree; the caller has bounded them (nothing awaits between BEGIN and COMMIT)."""
         return self._read_snapshot(fn, args)
 
+    async def read_point(self, fn: Callable[..., T], *args: Any) -> T:
+        """A bounded point lookup (``read_now``'s kind): here on the calling thread, the hop costing
+        more than the query; PostgreSQL (pg.py) runs it on the reader pool instead, where a query is
+        a round trip to the server that must not stall the event loop."""
+        return self.read_now(fn, *args)
+
+    async def read_point_snapshot(self, fn: Callable[..., T], *args: Any) -> T:
+        """``read_point`` for a few bounded point reads that must agree (``read_now_snapshot``)."""
+        return self.read_now_snapshot(fn, *args)
+
     @property
     def writer_alive(self) -> bool:
         return self._writer is not None and self._writer.is_alive()

@@ -76,7 +76,7 @@ def _small(conn: sqlite3.Connection, queue_id: str, tenant_id: int) -> bool:
     message answers as fast as no message (no timing oracle)."""
     row = conn.execute(
         "SELECT COUNT(*), IFNULL(SUM(attempts), 0) FROM (SELECT attempts FROM recipients"
-        " WHERE message_id = (SELECT id FROM messages WHERE queue_id = ? AND tenant_id = ?) LIMIT ?)",
+        " WHERE message_id = (SELECT id FROM messages WHERE queue_id = ? AND tenant_id = ?) LIMIT ?) AS r",  # PostgreSQL: named
         (queue_id, tenant_id, SMALL_RECIPIENTS + 1)).fetchone()
     return row[0] <= SMALL_RECIPIENTS and row[1] <= SMALL_ATTEMPTS
 
@@ -110,8 +110,8 @@ class Messages:
         """``store.queue.show``'s message with its newest ``events`` events, from one snapshot (one hop to
         a reader for a big message, none for a small one: the hop costs more than its reads); None
         unless it is the tenant's (and the use case's)."""
-        if events <= SMALL_EVENTS and self.db.read_now(_small, queue_id, tenant_id):
-            return self.db.read_now_snapshot(_status, queue_id, tenant_id, usecase_id, events)
+        if events <= SMALL_EVENTS and await self.db.read_point(_small, queue_id, tenant_id):
+            return await self.db.read_point_snapshot(_status, queue_id, tenant_id, usecase_id, events)
         return await self.db.read(_status, queue_id, tenant_id, usecase_id, events)
 
     async def plans(self, tenant_id: int, usecase_id: int, queue_id: str) -> dict[str, list[str]]:

@@ -157,13 +157,16 @@ def _put(conn: sqlite3.Connection, m: NewMessage) -> dict[str, Any]:
     # memory until the next message (24 MB of RSS after a 24 MB message, measured). The commit
     # still makes two passing copies (the zeroblob is expanded because ``body`` is not the record's
     # last column; a migration moving it there would spare those too).
+    # PostgreSQL (pg.py) has no blob handles and keeps no bindings: the body is bound, one statement.
+    bound = getattr(conn, "dialect", "sqlite") == "postgresql"
     cur = conn.execute(
         "INSERT INTO messages (queue_id, tenant_id, usecase_id, mail_from, message_id, size, body, client, created_at, expires_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, zeroblob(?), ?, ?, ?)",
-        (m.queue_id, m.tenant_id, m.usecase_id, m.mail_from, m.message_id, len(m.body), len(m.body), m.client, m.now, m.now + m.lifetime),
+        f" VALUES (?, ?, ?, ?, ?, ?, {'?' if bound else 'zeroblob(?)'}, ?, ?, ?)",
+        (m.queue_id, m.tenant_id, m.usecase_id, m.mail_from, m.message_id, len(m.body), m.body if bound else len(m.body),
+         m.client, m.now, m.now + m.lifetime),
     )
     msg_id = cur.lastrowid
-    if m.body:
+    if m.body and not bound:
         with conn.blobopen("messages", "body", msg_id) as blob:
             blob.write(m.body)
     state = "held" if hold_reason else "pending"
@@ -198,6 +201,7 @@ def _put(conn: sqlite3.Connection, m: NewMessage) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- reading
 
+# GROUP BY names t.name and u.name too: PostgreSQL takes only grouped columns or ones the key determines.
 _LIST_SQL = """
 SELECT m.queue_id, m.tenant_id, t.name AS tenant, u.name AS usecase, m.mail_from, m.message_id, m.size,
        m.created_at, m.expires_at, m.client,
@@ -210,7 +214,7 @@ JOIN tenants t ON t.id = m.tenant_id
 LEFT JOIN usecases u ON u.id = m.usecase_id
 JOIN recipients r ON r.message_id = m.id
 WHERE {where}
-GROUP BY m.id
+GROUP BY m.id, t.name, u.name
 ORDER BY m.id
 LIMIT ?
 """

@@ -270,9 +270,9 @@ class Suppressions:
 
     async def live(self, tenant_id: int, address: str, scopes: Sequence[Scope], now: float | None = None) -> dict[str, Any] | None:
         """Like ``find``, in one index probe whatever the number of scopes (the RCPT check). Run on the
-        caller's thread (``read_now``): the probe takes ~20 µs with a million rows, the hop to the
-        reader pool ~100 µs (scripts/bench_suppression.py)."""
-        return self.db.read_now(live, tenant_id, address, list(scopes), time.time() if now is None else now)
+        caller's thread on SQLite (``read_point``): the probe takes ~20 µs with a million rows, the hop to
+        the reader pool ~100 µs (scripts/bench_suppression.py)."""
+        return await self.db.read_point(live, tenant_id, address, list(scopes), time.time() if now is None else now)
 
     async def filter_many(self, groups: Sequence[tuple[int, int, Sequence[tuple[int, str]]]],
                           now: float | None = None) -> dict[int, dict[str, Any]]:

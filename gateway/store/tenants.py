@@ -100,9 +100,9 @@ class Tenants:
         return await self.db.write(_add, name, display_name, monthly_quota)
 
     async def get(self, name: str) -> dict[str, Any]:
-        # One probe of the unique name index: on the caller's thread (read_now), not a hop to the
-        # reader pool that costs several times the query (GET /v1/tenant, every admin call naming a tenant).
-        return self.db.read_now(get_by_name, name)
+        # One probe of the unique name index: on SQLite on the caller's thread (read_point), not a hop
+        # to the reader pool that costs several times the query (GET /v1/tenant, every admin call naming a tenant).
+        return await self.db.read_point(get_by_name, name)
 
     async def get_by_id(self, tenant_id: int) -> dict[str, Any] | None:
         return await self.db.read(lambda c: tenant_row(c.execute("SELECT * FROM tenants WHERE id = ?", (tenant_id,)).fetchone()))

@@ -129,7 +129,7 @@ class Unsubscribes:
         A repeat (mailbox providers retry, users click twice) is answered from a read of committed
         state without queueing a write: what it reports was committed by the first request."""
         now = time.time() if now is None else now
-        settled = self.db.read_now(_settled, tenant_id, scope[0], scope[1], address, now)
+        settled = await self.db.read_point(_settled, tenant_id, scope[0], scope[1], address, now)
         if settled is not _UNSETTLED:
             return settled
         return await self.db.write(_unsubscribe, tenant_id, scope[0], scope[1], address, source, detail or {}, now)

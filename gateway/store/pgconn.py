@@ -1,0 +1,241 @@
+"""The connection adapter under pg.py: a psycopg connection that takes the store's SQLite SQL.
+
+``PgConnection`` gives the repositories' functions what they use of a ``sqlite3.Connection``:
+``execute``/``executemany`` taking SQLite SQL (translated once per statement by dialect.py), rows
+that index by name and by position (``Row``, like ``sqlite3.Row``), ``lastrowid``, ``rowcount``,
+``blobopen`` (emulated: the bytes go in with one UPDATE, reads take a substring); a constraint
+violation is raised as ``sqlite3.IntegrityError``, the exception the repositories catch.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import psycopg
+import psycopg.adapt
+import psycopg.errors
+
+from .dialect import Translator
+
+# Seconds to wait for the server when opening (a PostgreSQL restarting behind the daemon).
+CONNECT_TIMEOUT = 10
+
+
+# ---------------------------------------------------------------------- rows and types
+
+class Row:
+    """A result row like ``sqlite3.Row``: by position, by column name (case-insensitive), ``keys()``."""
+
+    __slots__ = ("_values", "_index")
+
+    def __init__(self, values: Sequence[Any], index: dict[str, int]):
+        self._values = values
+        self._index = index
+
+    def __getitem__(self, key: int | str | slice) -> Any:
+        if isinstance(key, str):
+            at = self._index.get(key)
+            if at is None:
+                at = self._index.get(key.lower())
+                if at is None:
+                    raise IndexError(f"No item with that key: {key!r}")
+            return self._values[at]
+        return self._values[key]
+
+    def keys(self) -> list[str]:
+        return list(self._index)
+
+    def __iter__(self):
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Row) and tuple(self._values) == tuple(other._values) and self._index == other._index
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._values))
+
+    def __repr__(self) -> str:
+        return f"Row({dict(zip(self._index, self._values))!r})"
+
+
+def _row_factory(cursor: psycopg.Cursor) -> Callable[[Sequence[Any]], Row]:
+    index: dict[str, int] = {}
+    for i, column in enumerate(cursor.description or ()):
+        index.setdefault(column.name, i)
+        index.setdefault(column.name.lower(), i)
+    return lambda values: Row(values, index)
+
+
+class _BoolAsInt(psycopg.adapt.Dumper):
+    """Python bools go in as integers: the schema keeps SQLite's 0/1 INTEGER flags."""
+
+    oid = psycopg.adapters.types["int8"].oid
+
+    def dump(self, obj: bool) -> bytes:
+        return b"1" if obj else b"0"
+
+
+class _NumericAsNumber(psycopg.adapt.Loader):
+    """numeric (what SUM() of integers gives) as int or float, as SQLite returns it, not Decimal."""
+
+    def load(self, data: Any) -> int | float:
+        text = bytes(data).decode()
+        return float(text) if "." in text or "e" in text.lower() or text in ("NaN", "Infinity", "-Infinity") else int(text)
+
+
+def _configure(conn: psycopg.Connection) -> None:
+    conn.adapters.register_dumper(bool, _BoolAsInt)
+    conn.adapters.register_loader("numeric", _NumericAsNumber)
+
+
+# ---------------------------------------------------------------------- the connection adapter
+
+class PgCursor:
+    """What the repositories use of a sqlite3 cursor."""
+
+    __slots__ = ("_cur", "lastrowid", "_rows")
+
+    def __init__(self, cur: psycopg.Cursor, returns_id: bool):
+        self._cur = cur
+        self.lastrowid: int | None = None
+        self._rows: list | None = None
+        if returns_id:
+            ids = cur.fetchall()  # the RETURNING id dialect.py added: not rows for the caller
+            self.lastrowid = ids[-1][0] if ids else None
+            self._rows = []
+
+    @property
+    def rowcount(self) -> int:
+        return self._cur.rowcount
+
+    @property
+    def description(self):
+        return self._cur.description
+
+    def fetchone(self) -> Row | None:
+        if self._rows is not None:
+            return self._rows.pop(0) if self._rows else None
+        return self._cur.fetchone() if self._cur.description else None
+
+    def fetchall(self) -> list[Row]:
+        if self._rows is not None:
+            rows, self._rows = self._rows, []
+            return rows
+        return self._cur.fetchall() if self._cur.description else []
+
+    def fetchmany(self, size: int = 1) -> list[Row]:
+        if self._rows is not None:
+            rows, self._rows = self._rows[:size], self._rows[size:]
+            return rows
+        return self._cur.fetchmany(size) if self._cur.description else []
+
+    def __iter__(self):
+        return iter(self.fetchall())
+
+
+class PgBlob:
+    """``sqlite3.Blob`` as the repositories use it: written whole (one UPDATE at close), read in pieces."""
+
+    def __init__(self, conn: "PgConnection", table: str, column: str, row: int, readonly: bool):
+        if not re.fullmatch(r"\w+", table) or not re.fullmatch(r"\w+", column):
+            raise ValueError(f"blobopen: bad name {table}.{column}")
+        self._conn, self._table, self._column, self._row, self._readonly = conn, table, column, row, readonly
+        self._pieces: list[bytes] = []
+        self._offset = 0
+        self._length: int | None = None
+
+    def __len__(self) -> int:
+        if self._length is None:
+            row = self._conn.raw.execute(f"SELECT octet_length({self._column}) FROM {self._table} WHERE id = %s",
+                                         (self._row,)).fetchone()
+            if row is None:
+                raise sqlite3.OperationalError("no such rowid")
+            self._length = row[0] or 0
+        return self._length
+
+    def seek(self, offset: int, origin: int = 0) -> None:
+        self._offset = offset if origin == 0 else (self._offset + offset if origin == 1 else len(self) + offset)
+
+    def read(self, length: int = -1) -> bytes:
+        if length < 0:
+            length = len(self) - self._offset
+        row = self._conn.raw.execute(f"SELECT substring({self._column} from %s for %s) FROM {self._table} WHERE id = %s",
+                                     (self._offset + 1, length, self._row)).fetchone()
+        data = bytes(row[0]) if row and row[0] is not None else b""
+        self._offset += len(data)
+        return data
+
+    def write(self, data: bytes) -> None:
+        if self._readonly:
+            raise sqlite3.OperationalError("the blob is read-only")
+        self._pieces.append(bytes(data))
+
+    def close(self) -> None:
+        if self._pieces:
+            body, self._pieces = b"".join(self._pieces), []
+            self._conn.raw.execute(f"UPDATE {self._table} SET {self._column} = %s WHERE id = %s", (body, self._row))
+
+    def __enter__(self) -> "PgBlob":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is None:
+            self.close()
+
+
+class PgConnection:
+    """A psycopg connection that takes the store's SQLite SQL (see the module docstring)."""
+
+    dialect = "postgresql"
+
+    def __init__(self, raw: psycopg.Connection, translate: Translator):
+        self.raw = raw
+        self._translate = translate
+        self.statements = 0  # the repositories' statements run here (round trips, but for executemany)
+
+    def execute(self, sql: str, params: Sequence[Any] | None = None) -> PgCursor:
+        self.statements += 1
+        statement = self._translate(sql)
+        try:
+            cur = self.raw.execute(statement.sql, tuple(params) if params else None)
+        except psycopg.errors.IntegrityError as exc:
+            raise sqlite3.IntegrityError(str(exc)) from exc
+        return PgCursor(cur, statement.returns_id)
+
+    def executemany(self, sql: str, seq: Iterable[Sequence[Any]]) -> PgCursor:
+        self.statements += 1
+        statement = self._translate(sql, many=True)
+        params = [tuple(p) for p in seq]
+        cur = self.raw.cursor()
+        if params:
+            try:
+                cur.executemany(statement.sql, params)
+            except psycopg.errors.IntegrityError as exc:
+                raise sqlite3.IntegrityError(str(exc)) from exc
+        return PgCursor(cur, False)
+
+    def blobopen(self, table: str, column: str, row: int, readonly: bool = False) -> PgBlob:
+        return PgBlob(self, table, column, row, readonly)
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.raw.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+def connect(url: str, *, autocommit: bool = True) -> psycopg.Connection:
+    conn = psycopg.connect(url, autocommit=autocommit, row_factory=_row_factory, connect_timeout=CONNECT_TIMEOUT,
+                           application_name="gateway")
+    _configure(conn)
+    return conn
+
+
+__all__ = ["Row", "PgCursor", "PgBlob", "PgConnection", "connect", "CONNECT_TIMEOUT"]
