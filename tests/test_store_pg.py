@@ -93,8 +93,8 @@ async def test_an_unreachable_server_is_a_store_error_without_the_password(tmp_p
     ("DELETE FROM k WHERE s NOT IN (SELECT value FROM json_each(?))",
      "DELETE FROM k WHERE s NOT IN (SELECT value FROM json_array_elements_text(%s::json) AS j(value))"),
     ("UPDATE r SET c = ? WHERE id IN (SELECT id FROM r WHERE c IS NULL ORDER BY n LIMIT ?) RETURNING id",
-     "UPDATE r SET c = %s WHERE id IN (SELECT id FROM r WHERE c IS NULL ORDER BY n LIMIT NULLIF(GREATEST(%s::bigint, -1), -1)"
-     " FOR UPDATE SKIP LOCKED) RETURNING id"),
+     "UPDATE r SET c = %s WHERE id = ANY(ARRAY(SELECT id FROM r WHERE c IS NULL ORDER BY n LIMIT NULLIF(GREATEST(%s::bigint, -1), -1)"
+     " FOR UPDATE SKIP LOCKED)) RETURNING id"),
     ("SELECT rowid, at FROM attempts ORDER BY rowid LIMIT 5", "SELECT id, at FROM attempts ORDER BY id LIMIT 5"),
     ("SELECT 1 FROM m WHERE 1 AND x = 1 AND 0 AND (y OR 1) ORDER BY id", "SELECT 1 FROM m WHERE TRUE AND x = 1 AND FALSE AND (y OR TRUE) ORDER BY id"),
     ("SELECT 1 FROM r WHERE r.rcpt = ? COLLATE NOCASE", "SELECT 1 FROM r WHERE lower(r.rcpt) = lower(%s)"),
@@ -166,7 +166,7 @@ async def test_two_nodes_claim_different_recipients_while_one_claim_is_still_ope
         release.set()
         got_a = await held
         ids_a, ids_b = {r["id"] for r in got_a}, {r["id"] for r in got_b}
-        assert len(ids_a) == 3 and len(ids_b) == 3 and not ids_a & ids_b
+        assert (len(ids_a), len(ids_b), ids_a & ids_b) == (3, 3, set()), (got_a, got_b)
         owners = await a.db.read(lambda c: sorted({r[0] for r in c.execute("SELECT claimed_by FROM recipients")}))
         assert owners == ["node-a", "node-b"]
     finally:

@@ -163,7 +163,11 @@ def _skip_locked(sql: str) -> str:
     inner = sql[open_at + 1:i]
     if not re.search(r"\bLIMIT\b", inner, re.IGNORECASE) or re.search(r"\bJOIN\b|\bGROUP\s+BY\b|\bDISTINCT\b", inner, re.IGNORECASE):
         return sql
-    return sql[:i] + " FOR UPDATE SKIP LOCKED" + sql[i:]
+    # ``= ANY(ARRAY(...))``, not ``IN (...)``: the array is an InitPlan, run once. PostgreSQL may plan
+    # an IN (SELECT ... LIMIT n) as a join that runs the subquery again per outer row, and with SKIP
+    # LOCKED each run picks other rows: one claim of 3 took 6 (tests/test_store_pg.py).
+    in_at = re.search(r"\bIN\s*\($", sql[:open_at + 1], re.IGNORECASE).start()
+    return sql[:in_at] + "= ANY(ARRAY(" + inner + " FOR UPDATE SKIP LOCKED))" + sql[i + 1:]
 
 
 def translate(sql: str, id_tables: frozenset[str] = frozenset(), *, many: bool = False,
