@@ -116,6 +116,20 @@ def _is_full(exc: BaseException) -> bool:
 
 # ---------------------------------------------------------------------- the database
 
+# Advisory lock keys: one migrator at a time when nodes start together; one writing batch at a time.
+MIGRATION_LOCK = 4242001
+# Every node's writer takes WRITE_LOCK for its transaction (released by its COMMIT or ROLLBACK), so
+# the nodes' group commits run one after another, as one SQLite writer's do. Without it, two nodes'
+# batches lock the same hot rows (a tenant's usage_monthly row in every put, the job leases, a
+# message's recipients) in different orders: scripts/soak_nodes.py with two nodes saw PostgreSQL
+# abort one batch in a deadlock every few seconds (each a 1 s deadlock_timeout stall, failed puts,
+# and records lost until their claims' lease ran out: recipients sent twice). A batch holds the lock
+# for its statements and its COMMIT; what scales out with nodes is the CPU around it (TLS, DKIM,
+# parsing), and each node's batch grows while it waits.
+WRITE_LOCK = 4242002
+_BEGIN = f"BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})"
+
+
 class PgDatabase(Database):
     """db.py's ``Database`` on PostgreSQL. Open with ``await PgDatabase.open(url, path)``; ``path``
     is where the SQLite file would be: its directory is the state directory whose free space
@@ -149,11 +163,11 @@ class PgDatabase(Database):
                 applied = []
             else:
                 # One migrator at a time when several nodes start together.
-                raw.execute("SELECT pg_advisory_lock(4242001)")
+                raw.execute(f"SELECT pg_advisory_lock({MIGRATION_LOCK})")
                 try:
                     applied = pg_migrate(raw)
                 finally:
-                    raw.execute("SELECT pg_advisory_unlock(4242001)")
+                    raw.execute(f"SELECT pg_advisory_unlock({MIGRATION_LOCK})")
             self.translate.id_tables, self.translate.columns = _schema(raw)
         except BaseException as exc:
             raw.close()
@@ -199,7 +213,9 @@ class PgDatabase(Database):
             # the savepoint bookkeeping rides in one simple query with the next BEGIN/SAVEPOINT,
             # and a batch of one needs none (its failure rolls back the transaction, which is all).
             alone = len(batch) == 1
-            raw.execute("BEGIN" if alone else "BEGIN; SAVEPOINT w")
+            # One node's batch at a time (WRITE_LOCK, held to its COMMIT): batches of several nodes
+            # touching the same rows in different orders deadlocked.
+            raw.execute(_BEGIN if alone else _BEGIN + "; SAVEPOINT w")
             for n, (fn, args, fut) in enumerate(batch):
                 if n:
                     raw.execute("RELEASE w; SAVEPOINT w")

@@ -28,6 +28,7 @@ import contextlib
 import datetime
 import ssl
 import tempfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncIterator
@@ -78,6 +79,7 @@ class Sink:
         self.drop_in_data = 0        # how many upcoming DATA transactions to drop
         self.gate: asyncio.Event | None = None  # when set to an Event, each RCPT waits until it is set
         self.waiting = 0             # RCPTs waiting at the gate now
+        self.waiting_hosts: Counter[str] = Counter()  # the same, by the client's EHLO name
         self.users = users or {}
         self.auth_attempts: list[tuple[str, bool]] = []
         self.stalled = 0             # AUTH steps left unanswered (stall_auth)
@@ -146,11 +148,14 @@ class Sink:
         gate = self.gate
         if gate is not None and not gate.is_set():
             self.waiting += 1
+            host = getattr(session, "host_name", None) or ""
+            self.waiting_hosts[host] += 1
             await self._notify()
             try:
                 await gate.wait()  # cancelled with the session if the client goes away meanwhile
             finally:
                 self.waiting -= 1
+                self.waiting_hosts[host] -= 1
         reply = self._rcpt_reply(address)
         if reply.startswith("2"):
             envelope.rcpt_tos.append(address)
