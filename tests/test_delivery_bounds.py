@@ -63,6 +63,23 @@ def test_loop_guard(host, port, allow, refused):
         assert reply.outcome == "bounced" and reply.enhanced == "5.4.6"
 
 
+def test_loop_guard_remembered_verdicts_follow_listeners_and_reload():
+    """The guard remembers its verdict per address; a listener bound later, one gone, or a reload
+    that turns allow_loopback off changes the answer at once."""
+    listening = ["/run/gateway/admin.sock"]
+    guard = LoopGuard(allow_loopback=True, own=lambda: list(listening))
+    assert guard.refusal("127.0.0.1", 2525, "dest.test") is None
+    assert guard.refusal("127.0.0.1", 2525, "dest.test") is None     # remembered
+    listening.append("0.0.0.0:2525")                                   # the MX listener bound late
+    assert guard.refusal("127.0.0.1", 2525, "dest.test").enhanced == "5.4.6"
+    listening.pop()
+    assert guard.refusal("127.0.0.1", 2525, "dest.test") is None
+    guard.allow_loopback = False                                       # SIGHUP: Scheduler.reload
+    reply = guard.refusal("127.0.0.1", 2600, "dest.test")
+    assert reply is not None and "delivery.allow_loopback is off" in reply.text
+    assert guard.refusal("169.254.169.254", 25, "dest.test").enhanced == "5.4.4"
+
+
 # ---------------------------------------------------------------------- MX limits
 
 

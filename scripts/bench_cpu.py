@@ -1,0 +1,91 @@
+#!/usr/bin/env python3
+"""CPU of the small per-message steps of submission -> delivery, each on its own (issue 11).
+
+    .venv/bin/python scripts/bench_cpu.py [--rounds 5] [--n 20000]
+
+Each step is called --n times, --rounds times over; the best round's thread CPU per call is
+printed (the minimum: the machine is shared, and load only ever adds). What the steps are:
+
+    loop_guard     LoopGuard.refusal for the MX address, with the daemon's four listeners
+    log_queued     the "queued" info line (eleven fields) through the JSON chain to /dev/null
+    log_debug      a debug call filtered out at info
+    received       the Received field of a TLS session (prepare.received_header + the TLS facts)
+
+The end-to-end figures (CPU per message of the whole daemon) come from scripts/bench_e2e.py and
+../shared/bench/side_by_side.py; these say which step a change moved, and by how much.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections.abc import Callable
+
+import structlog
+
+from gateway import logs
+from gateway.config import LogConfig
+from gateway.delivery.loops import LoopGuard
+from gateway.submission import prepare
+
+
+def _listeners() -> list[str]:
+    # As the daemon's own_addresses lambda builds them: from the listener records, on every call.
+    records = [{"name": "submission", "address": "127.0.0.1:2587"}, {"name": "mx", "address": "0.0.0.0:2525"},
+               {"name": "web", "address": "127.0.0.1:8025"}, {"name": "admin", "address": "/run/gateway/admin.sock"}]
+    return [r["address"] for r in records]
+
+
+def steps() -> dict[str, Callable[[], object]]:
+    guard = LoopGuard(allow_loopback=True, own=_listeners)
+    devnull = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
+    logs.configure(LogConfig(level="info", format="json"), stream=devnull)
+    log = structlog.get_logger("submission")
+
+    def log_queued() -> None:
+        log.info("queued", queue_id="01JEXAMPLE0QUEUEID", tenant="acme", usecase="alerts", mail_from="app@bench.test",
+                 recipients=1, size=4312, message_id="01JEXAMPLE0QUEUEID@bench.test", client="127.0.0.1", source="smtp",
+                 held=None, delay=0.0123)
+
+    def log_debug() -> None:
+        log.debug("submission_command", client="127.0.0.1", line="RCPT TO:<bob@dest.test>")
+
+    def received() -> bytes:
+        return prepare.received_header(helo="client.bench.test", client_ip="127.0.0.1", hostname="gw.bench.test",
+                                       queue_id="01JEXAMPLE0QUEUEID", tls="version=TLSv1.3 cipher=TLS_AES_256_GCM_SHA384",
+                                       recipients=["bob@dest.test"], now=time.time())
+
+    return {
+        "loop_guard": lambda: guard.refusal("127.0.0.1", 2600, "dest.test"),
+        "log_queued": log_queued,
+        "log_debug": log_debug,
+        "received": received,
+    }
+
+
+def measure(fn: Callable[[], object], n: int, rounds: int) -> float:
+    """Best round's thread CPU per call, in microseconds."""
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.thread_time()
+        for _ in range(n):
+            fn()
+        best = min(best, (time.thread_time() - start) / n * 1e6)
+    return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--n", type=int, default=20000)
+    ap.add_argument("only", nargs="*", help="steps to run (default: all)")
+    args = ap.parse_args()
+    for name, fn in steps().items():
+        if args.only and name not in args.only:
+            continue
+        print(f"{name:14s} {measure(fn, args.n, args.rounds):8.2f} us/call")
+
+
+if __name__ == "__main__":
+    main()
