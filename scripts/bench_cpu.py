@@ -42,7 +42,7 @@ from gateway.config import LogConfig
 from gateway.delivery.loops import LoopGuard
 from gateway.submission import prepare
 from gateway.submission.tls import ensure_self_signed
-from gateway.submission.tlsreader import TlsReader
+from gateway.tlsreader import TlsReader
 
 
 def _listeners() -> list[str]:

@@ -42,7 +42,7 @@ from aiosmtpd.smtp import MISSING, SMTP, Session, TLSSetupException, sanitize
 from ..errors import SMTPError
 from . import data, policy, replies
 from .hooks import client_ip
-from .tlsreader import TlsReader
+from ..tlsreader import TlsReader
 
 log = structlog.get_logger("submission")
 

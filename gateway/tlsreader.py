@@ -1,7 +1,8 @@
-"""What uvloop's TLS transport reads into after STARTTLS: one buffer per connection, not a new 256 KiB one per read.
+"""What a TLS transport reads into: one buffer per connection, not a new 256 KiB one per read.
 
-uvloop's SSLProtocol hands decrypted bytes to a plain ``asyncio.Protocol`` (aiosmtpd's SMTP is a
-StreamReaderProtocol) by calling ``SSLObject.read(262144)`` for every read: a fresh 256 KiB bytes
+uvloop's SSLProtocol (and asyncio's, which is its port) hands decrypted bytes to a plain
+``asyncio.Protocol`` (aiosmtpd's SMTP is a StreamReaderProtocol, the delivery client's is one too)
+by calling ``SSLObject.read(262144)`` for every read: a fresh 256 KiB bytes
 object, which glibc maps (mmap) and, once the few bytes of a command are in, shrinks (mremap) and
 later unmaps (munmap, a TLB shootdown with the daemon's other threads running). Every MAIL, RCPT,
 DATA and message of a session paid that: 29.0 -> 3.7 us of CPU per read measured alone
@@ -12,8 +13,9 @@ reads into the buffer ``get_buffer`` returns. ``TlsReader`` is that protocol, st
 TLS transport and the SMTP protocol: the bytes read are copied out (a copy of what arrived, a few
 bytes for a command) and given to the SMTP protocol's ``data_received``, exactly as uvloop would
 have; the connection's other events are passed on unchanged. A read larger than the buffer is
-taken in pieces by uvloop itself (it reads again on the next loop iteration), so nothing is lost
-or reordered.
+taken in pieces by the transport itself (it reads again on the next loop iteration), so nothing is
+lost or reordered. Used by the submission and MX listeners after STARTTLS (protocol.py) and by the
+delivery client for STARTTLS and implicit TLS (delivery/smtpclient.py).
 """
 
 from __future__ import annotations
