@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import time
 from collections.abc import Callable, Iterable
 
 from ..config import split_hostport
@@ -24,6 +25,7 @@ from .reply import Reply
 
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 MAX_VERDICTS = 4096   # remembered (address, port) verdicts; past it they are all forgotten
+OWN_RECHECK = 5.0     # seconds a complete answer of own() is used before it is asked again
 
 
 @functools.lru_cache(maxsize=1024)   # a pure function of the text, asked for every delivery (the MX's address)
@@ -53,31 +55,47 @@ def _local(ip: IP) -> bool:
 
 
 class LoopGuard:
-    def __init__(self, *, allow_loopback: bool, own: Callable[[], Iterable[str]] = lambda: ()):
+    def __init__(self, *, allow_loopback: bool, own: Callable[[], Iterable[str]] = lambda: (),
+                 clock: Callable[[], float] = time.monotonic):
         self.allow_loopback = allow_loopback
         self.own = own   # the daemon's listening addresses, 'host:port', read when asked (they bind late)
+        self.clock = clock
         self._own_seen: tuple[str, ...] | None = None        # what own() said last time ...
         self._own_parsed: tuple[tuple[IP, int], ...] = ()     # ... parsed: (address, port) of each listener
+        self._own_until = 0.0    # the answer is used without asking again until then (``_listening``)
+        self._own_complete = False
         # (address, port, allow_loopback) -> why it is refused ('' when it is not), for the listeners
         # own() said last: every delivery asks for its MX's address, and ipaddress's is_loopback and
-        # friends are network lookups (18.3 -> 2.3 us a call, scripts/bench_cpu.py loop_guard).
+        # friends are network lookups (18.3 -> 0.9 us a call with own() remembered, scripts/bench_cpu.py loop_guard).
         self._verdicts: dict[tuple[IP, int, bool], str] = {}
 
     def _listening(self) -> tuple[tuple[IP, int], ...]:
-        """own() as addresses, parsed again (and the verdicts forgotten) only when its answer changed."""
+        """own() as addresses, parsed again (and the verdicts forgotten) only when its answer changed.
+
+        Asking costs more than the rest of the guard (the daemon builds every component's listener
+        records: 47 us a call measured in the daemon under load, once per delivery), so a complete
+        answer, every listener an address and a port that are known, is used for OWN_RECHECK
+        seconds. Until the listeners are bound an answer may be incomplete (port 0, a host name
+        not yet resolved by the bind): then every delivery asks again, as before. Listen addresses
+        change only with a restart (config: restart=True), so nothing binds anew meanwhile."""
+        now = self.clock()
+        if now < self._own_until:
+            return self._own_parsed
         seen = tuple(self.own())
         if seen != self._own_seen:
-            parsed = []
+            parsed, complete = [], True
             for address in seen:
                 try:
                     host, own_port = split_hostport(address)
                 except ValueError:
-                    continue
+                    continue   # not host:port (the admin socket's path): no network listener
                 own_ip = host_ip(host)
                 if own_ip is not None:
                     parsed.append((own_ip, own_port))
-            self._own_seen, self._own_parsed = seen, tuple(parsed)
+                complete = complete and own_ip is not None and own_port != 0
+            self._own_seen, self._own_parsed, self._own_complete = seen, tuple(parsed), complete
             self._verdicts.clear()
+        self._own_until = now + OWN_RECHECK if self._own_complete else 0.0
         return self._own_parsed
 
     def _verdict(self, ip: IP, port: int) -> str:
