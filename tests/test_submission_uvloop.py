@@ -88,3 +88,21 @@ def test_tls_reads_through_the_connection_buffer_on_uvloop(tmp_path):
             assert not sub.server.sessions
 
     uvloop.run(scenario())
+
+
+def test_implicit_tls_reads_through_the_connection_buffer_on_uvloop(tmp_path):
+    """The implicit-TLS listener's connections read through a TlsReader too: AUTH, a message many
+    buffers long and the next one arrive whole."""
+    async def scenario() -> None:
+        async with submission_listener(tmp_path) as sub:
+            big = message(size=200_000)
+            async with sub.client(implicit=True) as smtp:
+                assert smtp.get_transport_info("ssl_object") is not None
+                for payload in (big, message(subject="second")):
+                    errors, reply = await smtp.sendmail("app@example.com", ["bob@example.org"], payload)
+                    assert errors == {} and "queued as" in reply
+            body = await sub.store.db.read(lambda c: c.execute("SELECT body FROM messages WHERE queue_id = ?",
+                                                               (sub.queued[0],)).fetchone()[0])
+            assert bytes(body).endswith(big.split(b"\r\n\r\n", 1)[1]) and len(sub.queued) == 2
+
+    uvloop.run(scenario())

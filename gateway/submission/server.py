@@ -25,6 +25,7 @@ from ..config import Config, SubmissionConfig, split_hostport
 from ..errors import StartupError
 from ..lifecycle import Component, Listener, format_address
 from ..metrics import Metrics
+from ..tlsreader import TlsReader
 from .handler import SubmissionHandler
 from .protocol import LogThrottle, SubmissionSMTP
 from .ratelimit import ConnectionCounter
@@ -70,8 +71,9 @@ class SmtpServer(Component):
         for name, (listen, implicit) in self._endpoints.items():
             host, port = split_hostport(listen)
             try:
+                # Implicit TLS: the transport reads through a TlsReader (gateway/tlsreader.py), as after STARTTLS.
                 server = await loop.create_server(
-                    lambda implicit=implicit: self._protocol(implicit), host, port,
+                    lambda implicit=implicit: TlsReader(self._protocol(True)) if implicit else self._protocol(False), host, port,
                     ssl=self.tls.context if implicit else None, reuse_address=True, backlog=512,
                     ssl_handshake_timeout=30.0 if implicit else None,
                 )
