@@ -12,6 +12,7 @@ import pytest
 from gateway import holds
 from gateway.config import DeliveryConfig
 from gateway.delivery.connectors import SENDGRID_MAX_PARTS, ConnectorSpec, PayloadRefused, SendGridCourier, sendgrid_payload
+from gateway.delivery import loops
 from gateway.delivery.loops import LoopGuard
 from tests.support.delivery import delivering_daemon, enqueue, message, publish_mx, wait_events
 from tests.support.sink import mail_sink
@@ -61,6 +62,36 @@ def test_loop_guard(host, port, allow, refused):
     assert (reply is not None) == refused
     if reply is not None:
         assert reply.outcome == "bounced" and reply.enhanced == "5.4.6"
+
+
+def test_loop_guard_remembered_verdicts_follow_listeners_and_reload():
+    """The guard remembers its verdict per address and own()'s answer for OWN_RECHECK seconds once
+    it is complete; a listener not bound yet (port 0) is asked about again on every delivery, so
+    its bound address counts at once; a reload that turns allow_loopback off counts at once."""
+    listening = ["/run/gateway/admin.sock", "127.0.0.1:0"]   # the MX listener, configured on port 0, not bound yet
+    now = [100.0]
+    asked = []
+
+    def own() -> list[str]:
+        asked.append(now[0])
+        return list(listening)
+
+    guard = LoopGuard(allow_loopback=True, own=own, clock=lambda: now[0])
+    assert guard.refusal("127.0.0.1", 2525, "dest.test") is None
+    assert guard.refusal("127.0.0.1", 2525, "dest.test") is None
+    assert len(asked) == 2                                             # incomplete: asked every time
+    listening[1] = "127.0.0.1:2525"                                    # bound now
+    assert guard.refusal("127.0.0.1", 2525, "dest.test").enhanced == "5.4.6"
+    assert guard.refusal("127.0.0.1", 2600, "dest.test") is None
+    assert len(asked) == 3                                             # complete: remembered
+    listening.append("0.0.0.0:2465")
+    assert guard.refusal("127.0.0.1", 2465, "dest.test") is None       # not asked again yet ...
+    now[0] += loops.OWN_RECHECK
+    assert guard.refusal("127.0.0.1", 2465, "dest.test").enhanced == "5.4.6"   # ... and asked after OWN_RECHECK
+    guard.allow_loopback = False                                       # SIGHUP: Scheduler.reload
+    reply = guard.refusal("127.0.0.1", 2600, "dest.test")
+    assert reply is not None and "delivery.allow_loopback is off" in reply.text
+    assert guard.refusal("169.254.169.254", 25, "dest.test").enhanced == "5.4.4"
 
 
 # ---------------------------------------------------------------------- MX limits

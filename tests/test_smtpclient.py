@@ -69,6 +69,23 @@ async def test_transactions_over_one_connection_with_and_without_pipelining(pipe
         assert sink.messages[1].mail_from == "b@src.test" and all(m.tls for m in sink.messages)
 
 
+async def test_implicit_tls_session_reads_through_its_buffer():
+    """Implicit TLS: the connection's protocol is a TlsReader in front of the client's own (tlsreader.py);
+    the greeting, a multi-line EHLO and every reply reach the client, two messages go over one session."""
+    body = b"".join(b"line %05d " % i + b"y" * 60 + b"\r\n" for i in range(1000))   # 72 KB: several reads of the sink
+    async with mail_sink(implicit_tls=True) as sink:
+        s = await session_to(sink.port, SessionOptions(helo="gw.test", connect_timeout=5, command_timeout=5, tls="implicit"))
+        try:
+            assert s.tls and s._smtp.ssl_object() is not None and s._smtp.supports("size")
+            for rcpt in ("bob@dest.test", "carol@dest.test"):
+                got = await s.send(Envelope("a@src.test", (rcpt,)), b"Subject: hi\r\n\r\n" + body)
+                assert got[rcpt].code == 250
+        finally:
+            await s.close()
+        assert [m.rcpt_tos for m in sink.messages] == [["bob@dest.test"], ["carol@dest.test"]]
+        assert all(m.tls and m.data.endswith(body) for m in sink.messages)
+
+
 @pytest.mark.parametrize("pipelining", [False, True])
 async def test_421_from_rcpt_defers_and_breaks_the_session(pipelining):
     async with mail_sink(pipelining=pipelining) as sink:

@@ -9,6 +9,7 @@ import aiosmtplib
 import uvloop
 from structlog.testing import capture_logs
 
+from gateway.submission import client_tls_context
 from tests.support.submission import message, submission_listener
 
 
@@ -57,5 +58,51 @@ def test_failed_handshake_closes_only_that_connection_on_uvloop(tmp_path):
             async with sub.client() as smtp:
                 errors, _ = await smtp.sendmail("app@example.com", ["bob@example.org"], message())
                 assert errors == {}
+
+    uvloop.run(scenario())
+
+
+def test_tls_reads_through_the_connection_buffer_on_uvloop(tmp_path):
+    """After STARTTLS uvloop reads into the connection's TlsReader buffer (32 KiB): a message many
+    times that size, and one command at a time, arrive whole and in order; a client that hangs up
+    ends its session (the transport's connection_lost reaches the SMTP protocol)."""
+    async def scenario() -> None:
+        async with submission_listener(tmp_path) as sub:
+            big = message(size=300_000)
+            async with sub.client() as smtp:
+                assert smtp.get_transport_info("ssl_object") is not None
+                for payload in (big, message(subject="second")):
+                    errors, reply = await smtp.sendmail("app@example.com", ["bob@example.org"], payload)
+                    assert errors == {} and "queued as" in reply
+            assert len(sub.queued) == 2
+            body = await sub.store.db.read(lambda c: c.execute("SELECT body FROM messages WHERE queue_id = ?",
+                                                               (sub.queued[0],)).fetchone()[0])
+            assert bytes(body).endswith(big.split(b"\r\n\r\n", 1)[1])
+            assert bytes(body).count(b"x" * 76 + b"\r\n") == big.count(b"x" * 76 + b"\r\n")
+            smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=sub.port(), start_tls=False, timeout=10)
+            await smtp.connect()
+            await smtp.starttls(tls_context=client_tls_context())
+            assert len(sub.server.sessions) == 1
+            smtp.close()                     # gone without QUIT
+            await asyncio.wait_for(sub.server.wait_idle(), 10)
+            assert not sub.server.sessions
+
+    uvloop.run(scenario())
+
+
+def test_implicit_tls_reads_through_the_connection_buffer_on_uvloop(tmp_path):
+    """The implicit-TLS listener's connections read through a TlsReader too: AUTH, a message many
+    buffers long and the next one arrive whole."""
+    async def scenario() -> None:
+        async with submission_listener(tmp_path) as sub:
+            big = message(size=200_000)
+            async with sub.client(implicit=True) as smtp:
+                assert smtp.get_transport_info("ssl_object") is not None
+                for payload in (big, message(subject="second")):
+                    errors, reply = await smtp.sendmail("app@example.com", ["bob@example.org"], payload)
+                    assert errors == {} and "queued as" in reply
+            body = await sub.store.db.read(lambda c: c.execute("SELECT body FROM messages WHERE queue_id = ?",
+                                                               (sub.queued[0],)).fetchone()[0])
+            assert bytes(body).endswith(big.split(b"\r\n\r\n", 1)[1]) and len(sub.queued) == 2
 
     uvloop.run(scenario())

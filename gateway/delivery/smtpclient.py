@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from ..crlf import has_line_breakers, to_crlf
 from ..errors import DeliveryError
 from ..numbers import ascii_number
+from ..tlsreader import TlsReader
 
 MAX_LINE = 8192        # RFC 5321 4.5.3.1.5 says 512 for a reply line; be lenient, not unbounded
 MAX_REPLY_LINES = 200
@@ -240,7 +241,11 @@ class SmtpClient:
         if tls_context is not None:
             kwargs = {"ssl": tls_context, "server_hostname": server_hostname or host, "ssl_handshake_timeout": timeout}
         async with asyncio.timeout(timeout):
-            _, self._proto = await loop.create_connection(lambda: _Protocol(loop), host, port, **kwargs)
+            if tls_context is None:
+                _, self._proto = await loop.create_connection(lambda: _Protocol(loop), host, port, **kwargs)
+            else:   # TLS reads into the connection's buffer (tlsreader.py)
+                _, reader = await loop.create_connection(lambda: TlsReader(_Protocol(loop)), host, port, **kwargs)
+                self._proto = reader.target
         greeting = await self.reply(timeout, "the greeting")
         if greeting.code != 220:
             self.close()
@@ -253,7 +258,7 @@ class SmtpClient:
             raise SMTPReplyError(reply)
         p = self._proto
         async with asyncio.timeout(self.timeout):
-            p.transport = await self._loop.start_tls(p.transport, p, tls_context, server_hostname=server_hostname or None,
+            p.transport = await self._loop.start_tls(p.transport, TlsReader(p), tls_context, server_hostname=server_hostname or None,
                                                      ssl_handshake_timeout=self.timeout)
         self.extensions, self.auth_mechanisms = {}, set()  # forget what was said in the clear (RFC 3207 4.2)
         return reply

@@ -26,6 +26,7 @@ from ..config import Config, SubmissionConfig, split_hostport
 from ..errors import StartupError
 from ..lifecycle import Component, Listener, format_address
 from ..metrics import Metrics
+from ..tlsreader import TlsReader
 from .handler import SubmissionHandler
 from .protocol import LogThrottle, SubmissionSMTP
 from .ratelimit import ConnectionCounter
@@ -76,8 +77,9 @@ class SmtpServer(Component):
             where: dict[str, Any] = ({"sock": self.sockets[name]} if name in self.sockets else
                                      {"host": host, "port": port, "reuse_address": True, "backlog": 512})
             try:
+                # Implicit TLS: the transport reads through a TlsReader (gateway/tlsreader.py), as after STARTTLS.
                 server = await loop.create_server(
-                    lambda implicit=implicit: self._protocol(implicit), **where,
+                    lambda implicit=implicit: TlsReader(self._protocol(True)) if implicit else self._protocol(False), **where,
                     ssl=self.tls.context if implicit else None, ssl_handshake_timeout=30.0 if implicit else None,
                 )
             except OSError as exc:
