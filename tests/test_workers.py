@@ -244,3 +244,60 @@ async def test_killed_worker_killed_daemon_and_sigterm_lose_nothing(tmp_path, dn
             stop.set()
             await asyncio.gather(*clients)
             gw.close()
+
+
+RATE = 12  # messages a minute for the use case below
+
+
+async def test_a_use_cases_rate_limit_is_one_budget_across_workers(tmp_path, dns_server):
+    """A use case limited to RATE a minute, submitting through sessions held open on *both* workers:
+    together they accept about RATE (plus each worker's chunk and the refill), not RATE each."""
+    publish_mx(dns_server, "dest.test")
+    async with mail_sink() as sink:
+        gw = started(GatewayProcess(tmp_path, overrides(dns_server, sink.port)))
+        sessions: list[aiosmtplib.SMTP] = []
+        try:
+            admin = AdminHandle(gw)
+            setup = await sending_setup(admin, dns_server)
+            await admin.call("usecase.update", tenant=setup["tenant"], name=setup["usecase"], rate_limit=RATE)
+            port = await admin.listener_port("submission")
+
+            def per_worker() -> list[int]:
+                return [(r.get("status") or {}).get("submission", {}).get("connections", 0) for r in pipeline_rows(gw)]
+
+            # Sessions until each worker holds at least one (SO_REUSEPORT spreads them by address and port).
+            while min(per_worker()) == 0:
+                assert len(sessions) < 24, f"the sessions never reached both workers: {per_worker()}"
+                smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=True, tls_context=client_tls_context(), timeout=20)
+                await smtp.connect()
+                await smtp.login(setup["username"], setup["password"])
+                sessions.append(smtp)
+            spread = per_worker()
+
+            began = asyncio.get_running_loop().time()
+            accepted, refused = 0, 0
+            for round_ in range(RATE):  # every session tries once a round, until every one is refused
+                answers = await asyncio.gather(*(s.sendmail(setup["sender"], [f"r{round_}-{i}@dest.test"],
+                                                            message(sender=setup["sender"], to="r@dest.test"))
+                                                 for i, s in enumerate(sessions)), return_exceptions=True)
+                for answer in answers:
+                    if isinstance(answer, aiosmtplib.SMTPSenderRefused):
+                        assert answer.code == 451 and "4.7.0" in answer.message, answer
+                        refused += 1
+                    elif isinstance(answer, BaseException):
+                        raise answer
+                    else:
+                        accepted += 1
+                if all(isinstance(a, aiosmtplib.SMTPSenderRefused) for a in answers):
+                    break
+            elapsed = asyncio.get_running_loop().time() - began
+            # The README's bound: rate x period + depth + one chunk per process (a chunk here: 1 token).
+            bound = RATE + int(RATE * elapsed / 60) + 1 + 2
+            print(f"{len(sessions)} sessions over the workers {spread}: {accepted} accepted, {refused} refused in {elapsed:.1f}s")
+            assert RATE <= accepted <= bound, (accepted, bound)
+            assert refused > 0
+        finally:
+            for smtp in sessions:
+                smtp.close()
+            await asyncio.to_thread(gw.stop)
+            gw.close()
