@@ -27,7 +27,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             continue
         if any(defs and defs[-1].scope in _SHARED_SCOPES for defs in info.name2fixturedefs.values()):
             item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
-    if config.getvalue("loadgroup"):  # set by xdist in its workers under --dist loadgroup
+    if getattr(config.option, "loadgroup", False):  # set by xdist in its workers under --dist loadgroup
         for item in items:
             _name_group(item)
 
