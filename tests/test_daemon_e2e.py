@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.support.process import GatewayProcess, run_cli, write_config
+from tests.support.process import START_TIMEOUT, GatewayProcess, run_cli, write_config
 
 
 def test_run_ready_status_reload_and_stop(tmp_path):
@@ -126,7 +126,7 @@ def test_second_daemon_on_same_state_dir_is_refused(tmp_path):
         second = GatewayProcess(tmp_path, name="second", state_dir=first.state_dir)
         try:
             second.start(wait_ready=False)
-            assert second.proc.wait(15) == 1
+            assert second.proc.wait(START_TIMEOUT) == 1
         finally:
             second.close()
         err = second.stderr.strip().splitlines()
@@ -142,7 +142,7 @@ def test_second_daemon_on_same_state_dir_is_refused(tmp_path):
 def _fails_to_start(gw: GatewayProcess) -> str:
     try:
         gw.start(wait_ready=False)
-        code = gw.proc.wait(15)
+        code = gw.proc.wait(START_TIMEOUT)
     finally:
         gw.close()
     assert code == 1, gw.stderr
@@ -192,7 +192,7 @@ def test_bad_config_at_start_exits_2(tmp_path):
     gw.config_path.write_text('[web]\nlisten = "nowhere"\n')
     try:
         gw.start(wait_ready=False)
-        assert gw.proc.wait(15) == 2
+        assert gw.proc.wait(START_TIMEOUT) == 2
     finally:
         gw.close()
     assert gw.stderr.strip() == f"gateway: config error: {gw.config_path}: web.listen: expected host:port, got 'nowhere'"
@@ -212,15 +212,17 @@ def test_missing_tls_file_is_one_line(tmp_path):
     gw = GatewayProcess(tmp_path, {"submission": {"tls_cert": str(missing), "tls_key": str(tmp_path / "missing-key.pem")}})
     try:
         gw.start(wait_ready=False)
-        gw.notify.wait_for(lambda m: m.get("READY") == "1" or "STOPPING" in m, timeout=15, process=gw.proc)
+        gw.notify.wait_for(lambda m: m.get("READY") == "1" or "STOPPING" in m, timeout=START_TIMEOUT, process=gw.proc)
     except AssertionError:
         pass  # exited before any READY: what we expect
     else:
         assert gw.stop() == 0
         gw.close()
         pytest.skip("no TLS-using listener is wired into the daemon yet (it started with a missing certificate)")
-    code = gw.proc.wait(15)
-    gw.close()
+    try:
+        code = gw.proc.wait(START_TIMEOUT)
+    finally:
+        gw.close()  # a timeout too: its notify socket would warn in a later test of this worker
     assert code == 1, gw.stderr
     assert "Traceback" not in gw.stderr
     last = gw.stderr.strip().splitlines()[-1]

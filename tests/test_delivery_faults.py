@@ -42,7 +42,9 @@ async def test_store_failure_after_claim_releases_and_health_reports_the_stall(t
             with failing(d.store.delivery, "routing") as switch:
                 d.daemon.scheduler.routes.clear()
                 qid = await enqueue(d, setup, ["bob@dest.test", "carol@dest.test"])
-                status, body = await wait_health(d, lambda s, _: s == 503)
+                # A loaded machine can report "stalled for 0s ... none sent" (claimed, not yet failed)
+                # before the first routing attempt has failed: wait for the report that names the cause.
+                status, body = await wait_health(d, lambda s, b: s == 503 and "injected failure" in str(b["problems"]))
                 [problem] = body["problems"]
                 assert "delivery stalled" in problem and "injected failure of routing" in problem, problem
                 # Tried again at a later poll: the claims were released, not leaked. /health may say

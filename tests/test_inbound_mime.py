@@ -315,10 +315,10 @@ def test_hard_fields_go_to_email():
 @pytest.mark.parametrize("value", ["a" + " " * 20000 + "b <c@d.e>", "a" * 20000, "x <" + "a" * 20000])
 def test_address_patterns_stay_linear(value):
     from gateway.inbound import headerfields
-    start = time.perf_counter()
+    start = time.process_time()
     headerfields.addresses("to", value, headerfields.Budget(0))  # no budget: the lenient reading too
     headerfields.addresses("to", value[:3500])
-    assert time.perf_counter() - start < 0.5
+    assert time.process_time() - start < 0.5
 
 
 def test_hostile_header_values_cost_email_at_most_the_budget():
@@ -329,9 +329,9 @@ def test_hostile_header_values_cost_email_at_most_the_budget():
         f"Content-Type: application/pdf; name*0*=UTF-8''f%C3%BC{i}; name*1={'-' * 80}.pdf\r\n\r\nx".encode()
         for i in range(998)]
     raw = multipart(parts).replace(b"Subject: s\r\n", f"Subject: s\r\nTo: {to}\r\n".encode())
-    start = time.perf_counter()
+    start = time.process_time()
     got = parse(raw)
-    elapsed = time.perf_counter() - start
+    elapsed = time.process_time() - start
     assert got.to[:2] == ["j0@example.com", "j1@example.com"] and len(got.to) == 100
     dashes = "-" * 80
     assert [p.filename for p in got.attachments[:2]] == [f"fü0{dashes}.pdf", f"fü1{dashes}.pdf"]

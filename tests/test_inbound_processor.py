@@ -189,6 +189,9 @@ async def test_an_unroutable_row_is_held_with_its_reason_and_a_release_processes
     qid = await spool(store, mail(to="gone@acme.test", message_id="h1@example.org"), tenant_id=world["acme"], rcpt="gone@acme.test")
     row = await done(store, qid)
     assert row["state"] == "held" and "receives here" in row["hold_reason"]
+    async with asyncio.timeout(10):  # counted when hold() returns, a moment after another connection reads "held"
+        while world["metrics"].inbound_held._value.get() < 1:
+            await asyncio.sleep(0.01)
     assert world["metrics"].inbound_held._value.get() == 1
     [held] = await store.events.list(tenant_id=world["acme"], kind="inbound_held")
     assert held["subject"] == qid

@@ -90,27 +90,27 @@ def test_html_text_skips_styles_and_scripts():
 
 @pytest.mark.parametrize("html", ["<style " * 50_000, "<a " * 50_000, "<p>x</p>" + "<div" * 50_000])
 def test_html_without_closing_brackets_is_linear(html):
-    start = time.perf_counter()
+    start = time.process_time()
     html_text(html)
-    assert time.perf_counter() - start < 0.5
+    assert time.process_time() - start < 0.5
 
 
 @pytest.mark.parametrize("text", ["On " + "x " * 5000 + ":\n> q\n", ("On " + "x " * 120 + ":\n") * 500,
                                   ("Le " + "x " * 120 + "a écrit :\n") * 500])
 def test_lines_that_make_the_librarys_patterns_quadratic_are_bounded(text):
-    start = time.perf_counter()
+    start = time.process_time()
     stripped_reply(text)
-    assert time.perf_counter() - start < 1.0
+    assert time.process_time() - start < 1.0
 
 
 def test_a_50_kb_body_is_stripped_quickly():
     paragraph = "Thanks for the quick answer, this is a long paragraph of text that goes on and on.\n" * 6 + "\n"
     body = paragraph * 95 + "On Tue, 1 Dec 2026 at 10:00, Support <s@x.com> wrote:\n" + "> quoted\n" * 200
-    start = time.perf_counter()
+    start = time.process_time()
     reply = stripped_reply(body)
-    elapsed = time.perf_counter() - start
+    elapsed = time.process_time() - start
     assert reply.endswith("goes on and on.") and "quoted" not in reply
-    assert elapsed < 0.05, elapsed  # the library's own scan takes ~150 ms here
+    assert elapsed < 0.05, elapsed  # the library's own scan takes ~150 ms here (CPU seconds: a loaded machine does not fail it)
 
 
 # The signature and disclaimer searches take cheap paths (reply.py _search_at_lines, the "mail"

@@ -277,7 +277,9 @@ async def test_an_unsolicited_reply_takes_an_idle_connection_out_of_the_pool():
     async with raw_server(handler) as (port, _):
         s = await session_to(port)
         assert s.alive
-        await asyncio.sleep(0.3)
+        async with asyncio.timeout(10):  # until the 421 has arrived (a fixed 0.3 s is too short on a loaded machine)
+            while s.alive:
+                await asyncio.sleep(0.01)
         assert not s.alive  # the pool will not hand it out: the 421 would answer our next MAIL FROM
         await s.close()
 

@@ -26,6 +26,11 @@ from tests.support.daemon import TEST_OVERRIDES, merge
 
 BIN = Path(sys.executable).parent
 GATEWAY = str(BIN / "gateway")
+# How long `gateway run` may take to become ready, or to exit when it must refuse to start: a guard
+# against a hang, never a figure a test asserts (a passing test waits only for the event). A start
+# costs ~2.5 s of CPU (imports, migrations, a TLS key); on 2 cores shared by xdist workers and other
+# jobs (load 15) it took over 30 s.
+START_TIMEOUT = 60.0
 
 
 def gateway_env(**extra: str) -> dict[str, str]:
@@ -118,7 +123,7 @@ class GatewayProcess:
         )
         if wait_ready:
             try:
-                self.notify.wait_for(lambda m: m.get("READY") == "1", timeout=30, process=self.proc)
+                self.notify.wait_for(lambda m: m.get("READY") == "1", timeout=START_TIMEOUT, process=self.proc)
             except BaseException:
                 self.close()
                 raise AssertionError(f"gateway did not become ready; its stderr:\n{self.stderr}") from None
