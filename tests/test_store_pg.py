@@ -141,9 +141,11 @@ async def _queued(store: Store, n: int) -> None:
                                          recipients=[f"r{i}@dest.example"], now=time.time() - 10))
 
 
-async def test_two_nodes_claim_different_recipients_while_one_claim_is_still_open(tmp_path, pg_store_url):
-    """Node A's claim transaction is open (its rows locked, not committed) when node B claims: B takes
-    other rows at once (SKIP LOCKED), instead of waiting for A and then claiming A's rows a second time."""
+async def test_two_nodes_claim_different_recipients_one_batch_after_the_other(tmp_path, pg_store_url):
+    """Node A's claim transaction is open (its rows locked, not committed) when node B claims: B's batch
+    waits for A's (the nodes' writers take one lock, pg.WRITE_LOCK) and then claims the other rows,
+    never A's a second time. (Before the lock, B's claim went past A's with SKIP LOCKED; with the claim
+    as IN (SELECT ... LIMIT) PostgreSQL ran that subquery per row and one claim of 3 took all 6.)"""
     config = StoreConfig(url=pg_store_url)
     a = await Store.open(tmp_path / "a.db", config)
     b = await Store.open(tmp_path / "b.db", config)
@@ -161,10 +163,16 @@ async def test_two_nodes_claim_different_recipients_while_one_claim_is_still_ope
 
         held = asyncio.ensure_future(a.db.write(claim_and_hold))
         await asyncio.to_thread(inside.wait, 20)
-        got_b = await asyncio.wait_for(b.delivery.claim("node-b", 10), 10)  # never waits for A's open transaction
-        assert not held.done()
+        order: list[str] = []
+        held.add_done_callback(lambda _: order.append("a"))
+        claim_b = asyncio.ensure_future(b.delivery.claim("node-b", 10))
+        claim_b.add_done_callback(lambda _: order.append("b"))
+        # B's batch is waiting on A's lock (seen from the server), not done.
+        await asyncio.wait_for(_lock_waiters(pg_store_url, 1), 10)
+        assert not claim_b.done()
         release.set()
-        got_a = await held
+        got_a, got_b = await asyncio.wait_for(asyncio.gather(held, claim_b), 20)
+        assert order == ["a", "b"]
         ids_a, ids_b = {r["id"] for r in got_a}, {r["id"] for r in got_b}
         assert (len(ids_a), len(ids_b), ids_a & ids_b) == (3, 3, set()), (got_a, got_b)
         owners = await a.db.read(lambda c: sorted({r[0] for r in c.execute("SELECT claimed_by FROM recipients")}))
@@ -172,6 +180,20 @@ async def test_two_nodes_claim_different_recipients_while_one_claim_is_still_ope
     finally:
         await b.close()
         await a.close()
+
+
+async def _lock_waiters(url: str, n: int) -> None:
+    """Until ``n`` sessions wait for an advisory lock."""
+    import psycopg
+
+    from gateway.store.pg import WRITE_LOCK
+
+    def waiting() -> int:
+        with psycopg.connect(url, autocommit=True) as conn:
+            return conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                                " AND objid = %s", (WRITE_LOCK,)).fetchone()[0]
+    while await asyncio.to_thread(waiting) < n:
+        await asyncio.sleep(0.02)
 
 
 async def test_bodies_go_in_and_out_whole_and_in_pieces(tmp_path, pg_store_url):

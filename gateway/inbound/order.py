@@ -17,7 +17,12 @@ ordered: each is threaded from the store alone. Event-loop side only.
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import Iterable
+
+# Names of rows that ended, remembered for the rows analysed meanwhile (``since``): more than the
+# rows that can be in flight at once (processor.concurrency) by far.
+ENDED_KEPT = 4096
 
 
 class _Flight:
@@ -34,6 +39,8 @@ class _Flight:
 class ParentOrder:
     def __init__(self) -> None:
         self._flights: dict[int, _Flight] = {}
+        self.ended = 0                                          # rows ended so far: a mark for ``since``
+        self._ended_names: OrderedDict[str, int] = OrderedDict()  # name -> the mark its row ended at
 
     def begin(self, row_id: int, header_message_id: str = "") -> None:
         self._flights[row_id] = _Flight(header_message_id)
@@ -49,14 +56,21 @@ class ParentOrder:
         """The row is done with, whatever happened to it: whoever waits for it goes on."""
         flight = self._flights.pop(row_id, None)
         if flight is not None:
+            self.ended += 1
+            for name in flight.names:
+                self._ended_names[name] = self.ended
+                self._ended_names.move_to_end(name)
+            while len(self._ended_names) > ENDED_KEPT:
+                self._ended_names.popitem(last=False)
             flight.named.set()
             flight.done.set()
 
-    async def parents(self, row_id: int, message_ids: Iterable[str]) -> bool:
+    async def parents(self, row_id: int, message_ids: Iterable[str], since: int | None = None) -> bool:
         """Wait for the earlier rows in flight recorded under one of ``message_ids``; True when any
-        was waited for (what was looked up before is then out of date)."""
+        was waited for, or (``since``: the ``ended`` mark when the caller looked them up) one of them
+        ended after that look: what was looked up before is then out of date."""
         wanted = set(message_ids)
-        waited = False
+        waited = since is not None and any(self._ended_names.get(m, 0) > since for m in wanted)
         for other, flight in list(self._flights.items()):
             if other >= row_id:
                 continue

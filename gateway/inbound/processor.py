@@ -110,6 +110,7 @@ class Processor(Component):
         self._idle.set()
         self._syncs = Syncs()
         self._order = ParentOrder()   # a reply waits for its parent still in flight (order.py)
+        self._looked: dict[int, int] = {}  # row id -> the order's ended mark when its worker lookup began
         self._progress = time.monotonic()
 
     # ------------------------------------------------------------------ lifecycle
@@ -246,6 +247,7 @@ class Processor(Component):
             await self._hold(row, exc)
         finally:
             self._order.end(row["id"])
+            self._looked.pop(row["id"], None)
             if shas:
                 self.pins.unpin(shas)
             if self.budget is not None:
@@ -277,6 +279,9 @@ class Processor(Component):
         # The files are written in the worker thread, their fsyncs left to one group with those of
         # the other messages in flight (attachments.Syncs): on disk before the finish names them.
         batch = self.files.batch()
+        # A parent that ends while the worker thread looks its thread up may be missed by that look:
+        # the mark says whether one did (order.py), and the lookup is made again then.
+        self._looked[row["id"]] = self._order.ended
         work_of = functools.partial(self._work, row, route, verdict, raw, batch)
         raw, work = work_of() if self.inline else await asyncio.get_running_loop().run_in_executor(self._pool, work_of)
         self._order.named(row["id"], self._record_id(row, work.parsed))
@@ -381,7 +386,7 @@ class Processor(Component):
             lookup = self._thread_lookup(row, p)
             # A parent still in flight is waited for (order.py); else the lookup made in the worker
             # thread (_work) stands, unless what it asked differs (a reload changed the host name).
-            waited = await self._order.parents(row["id"], lookup)
+            waited = await self._order.parents(row["id"], lookup, since=self._looked.get(row["id"]))
             fresh = waited or work.records is None or work.lookup != lookup
             records = await self.store.threads.known(lookup) if fresh else work.records
             t = threads.resolve(record_id, ids(p.in_reply_to), p.references or [], tenant_id=tenant_id, usecase_id=usecase_id,

@@ -166,6 +166,10 @@ def _skip_locked(sql: str) -> str:
     # ``= ANY(ARRAY(...))``, not ``IN (...)``: the array is an InitPlan, run once. PostgreSQL may plan
     # an IN (SELECT ... LIMIT n) as a join that runs the subquery again per outer row, and with SKIP
     # LOCKED each run picks other rows: one claim of 3 took 6 (tests/test_store_pg.py).
+    # A row value on the left ((a, b) IN (SELECT a, b ...)) has no array form: it keeps the IN.
+    single = re.search(r"(?<![)\s])\s*\b[A-Za-z_][A-Za-z0-9_.]*\s+IN\s*\($", sql[:open_at + 1], re.IGNORECASE)
+    if single is None:
+        return sql[:i] + " FOR UPDATE SKIP LOCKED" + sql[i:]
     in_at = re.search(r"\bIN\s*\($", sql[:open_at + 1], re.IGNORECASE).start()
     return sql[:in_at] + "= ANY(ARRAY(" + inner + " FOR UPDATE SKIP LOCKED))" + sql[i + 1:]
 
