@@ -296,15 +296,7 @@ class Database:
 
     async def close(self) -> None:
         """Commit what is queued, stop the writer, close every connection."""
-        if self._writer is not None:
-            self._queue.put(_STOP)
-            await asyncio.to_thread(self._writer.join)
-            self._writer = None
-        self._readers.shutdown(wait=True)
-        with self._reader_lock:
-            for conn in self._reader_conns:
-                conn.close()
-            self._reader_conns.clear()
+        await self._stop_threads()
         if getattr(self, "_write_conn", None) is not None:
             try:
                 if not self.secondary:  # the daemon checkpoints; a secondary would only wait for it
@@ -314,6 +306,19 @@ class Database:
             self._write_conn.close()
             self._write_conn = None
         self._turns.close()
+
+    async def _stop_threads(self) -> None:
+        """Commit what is queued, stop the writer, stop the readers and close their connections
+        (the writer's connection is the backend's to close: close())."""
+        if self._writer is not None:
+            self._queue.put(_STOP)
+            await asyncio.to_thread(self._writer.join)
+            self._writer = None
+        self._readers.shutdown(wait=True)
+        with self._reader_lock:
+            for conn in self._reader_conns:
+                conn.close()
+            self._reader_conns.clear()
 
     # ------------------------------------------------------------------ writing
 

@@ -39,7 +39,7 @@ import structlog
 
 from ..config import redact_url
 from ..errors import StorageFull, StoreError
-from .db import _MIGRATION_NAME, _STOP, Database, migrations
+from .db import _MIGRATION_NAME, Database, migrations
 from .dialect import Translator
 from .pgconn import PgConnection, Row, connect
 
@@ -183,15 +183,7 @@ class PgDatabase(Database):
             log.info("store_migrated", url=redact(self.url), versions=applied)
 
     async def close(self) -> None:
-        if self._writer is not None:
-            self._queue.put(_STOP)
-            await asyncio.to_thread(self._writer.join)
-            self._writer = None
-        self._readers.shutdown(wait=True)
-        with self._reader_lock:
-            for conn in self._reader_conns:
-                conn.close()
-            self._reader_conns.clear()
+        await self._stop_threads()
         if getattr(self, "_write_conn", None) is not None:
             log.debug("store_closed", url=redact(self.url), commits=self.commits, writes=self.writes,
                       write_statements=self._write_conn.statements, statements_translated=len(self.translate))
