@@ -6,7 +6,8 @@ SIGKILLed while the clients keep submitting to all of them. The survivors keep r
 claims for as long as the gate stays shut (longer than the lease: a claim that was not renewed would
 be taken over and sent twice), take the dead node's claims over once their lease has run out, and
 then, with the gate open, every message that got a 250 on any node reaches the remote exactly once:
-the dead node's sessions never got past RCPT, so there is no crash window to allow for.
+the dead node's deliveries never got past RCPT, so there is no crash window to allow for. (A message
+the dead node committed as it died may be delivered without its client having seen the 250.)
 
 The long form (100,000 messages, kills at random) is scripts/soak_nodes.py.
 """
@@ -19,7 +20,7 @@ import time
 import pytest
 
 from tests.support.delivery import publish_mx
-from tests.support.nodes import Node, deliveries, host_of, submit_until, wanted
+from tests.support.nodes import QUEUE_ID, Node, deliveries, host_of, submit_until, wanted
 from tests.support.sink import mail_sink
 
 LEASE = 5.0  # claim and job lease of every node (seconds): renewed every third, so a loaded machine keeps up
@@ -67,7 +68,14 @@ async def test_a_killed_nodes_claims_are_taken_over_and_every_accepted_message_i
             got = deliveries(sink)
             twice = {k: v for k, v in got.items() if v > 1}
             assert not twice, f"{len(twice)} recipients delivered more than once: {list(twice.items())[:5]}"
-            assert set(got) == want, f"{len(set(got) - want)} deliveries nobody got a 250 for"
+            # Delivered without a 250 to its client: only what the victim committed as it died (the
+            # reply lost with the connection; the client sends it again, as SMTP has it), at most one
+            # message per session the victim had.
+            unacknowledged = {qid for qid, _ in set(got) - want}
+            victims = {qid for r in sink.messages if f"by {host_of(victim.name)}".encode() in r.data
+                       for m in [QUEUE_ID.search(r.data)] if m for qid in [m.group(1).decode()]}
+            assert unacknowledged <= victims, f"delivered, never acknowledged, not the victim's: {unacknowledged - victims}"
+            assert len(unacknowledged) <= sum(1 for k in range(2 * count) if k % count == count - 1)
             accepted_by = {n.name: sum(1 for r in sink.messages if f"by {host_of(n.name)}".encode() in r.data) for n in nodes}
             print(f"{count} nodes: {len(accepted)} accepted, {len(got)} recipients delivered once, {in_flight} in flight "
                   f"on the victim at the kill, {took:.0f} claims taken over {waited:.2f}s after it; accepted by {accepted_by}")
