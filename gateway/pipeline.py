@@ -37,11 +37,10 @@ from prometheus_client import generate_latest
 from . import allocator, logs
 from .config import parse_config
 from .daemon import Daemon
-from .errors import ConfigError, GatewayError
-from .lifecycle import loop_factory
+from .errors import ConfigError
 from .paths import resolve_paths
 from .systemd import Notifier
-from .webworker import die_with_parent
+from .webworker import detach, run_child
 from .workers import LINE_LIMIT
 
 log = structlog.get_logger("pipeline")
@@ -125,25 +124,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # Ctrl-C reaches the whole process group and a stray SIGHUP the whole service: the daemon
     # decides (it stops the workers, and sends the reloaded config).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    die_with_parent(args.parent_pid)
+    detach(args.parent_pid)
     allocator.tune()
     sockets = {}
     for item in args.fd:
         name, _, fd = item.partition("=")
         sockets[name] = socket.socket(fileno=int(fd))
     control = socket.socket(fileno=args.control_fd)
-    try:
-        with asyncio.Runner(loop_factory=loop_factory()) as runner:
-            return runner.run(Pipeline(sockets, control, token=args.token, name=args.name).run())
-    except GatewayError as exc:
-        log.error("pipeline_failed", error=str(exc))
-        print(f"gateway {args.name}: {exc}", file=sys.stderr)
-        return 1
-    except Exception:
-        log.exception("pipeline_crashed")
-        return 1
+    return run_child(args.name, "pipeline", lambda: Pipeline(sockets, control, token=args.token, name=args.name).run())
 
 
 if __name__ == "__main__":

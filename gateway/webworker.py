@@ -28,6 +28,7 @@ import signal
 import socket
 import sys
 from pathlib import Path
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import structlog
@@ -223,20 +224,31 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # Ctrl-C reaches the whole process group and a stray SIGHUP the whole service: the daemon
     # decides (it stops the worker last, and sends the reloaded config).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    die_with_parent(args.parent_pid)
+    detach(args.parent_pid)
     sock = socket.socket(fileno=args.listen_fd)
     control = socket.socket(fileno=args.control_fd)
+    return run_child("web worker", "web_worker", lambda: Worker(sock, control).run())
+
+
+def detach(parent_pid: int) -> None:
+    """A child's start: Ctrl-C and a stray SIGHUP are the daemon's to act on; die with it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    die_with_parent(parent_pid)
+
+
+def run_child(name: str, event: str, main: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    """Run a child process's ``main()`` on the daemon's loop; its exit status (1: it failed, logged
+    as ``<event>_failed`` with one line on stderr, or ``<event>_crashed``)."""
     try:
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
-            return runner.run(Worker(sock, control).run())
+            return runner.run(main())
     except GatewayError as exc:
-        log.error("web_worker_failed", error=str(exc))
-        print(f"gateway web worker: {exc}", file=sys.stderr)
+        log.error(f"{event}_failed", error=str(exc))
+        print(f"gateway {name}: {exc}", file=sys.stderr)
         return 1
     except Exception:
-        log.exception("web_worker_crashed")
+        log.exception(f"{event}_crashed")
         return 1
 
 
