@@ -308,9 +308,13 @@ class Inbound:
         """Record what the processor found; False when the row was no longer spooled (nothing written)."""
         done = await self.db.write(_finish, row_id, processed)
         if done:
-            for callback in self._on_finished:
-                callback()
+            self.notify_finished()
         return done
+
+    def notify_finished(self) -> None:
+        """Tell the ``on_finished`` callbacks that a processed row was committed."""
+        for callback in self._on_finished:
+            callback()
 
     async def hold(self, row_id: int, reason: str, *, now: float | None = None) -> bool:
         """Set a row the processor could not handle aside, with the reason (an operator can release it)."""

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.inbound.attachments import AttachmentFiles
+from gateway.store import inbound as inbound_store
 from gateway.store.inbound import Attachment, Processed, Spooled
 from gateway.store.queue import QueueIds
 
@@ -59,9 +60,8 @@ async def processed_message(store, state_dir: Path, *, tenant_id: int, usecase_i
     if raw is None:
         raw, message_id = raw_message(sender=sender, to=recipients[0], subject=subject, message_id=message_id)
     inbound_id = _ids.new()
-    [row_id] = await store.inbound.spool([Spooled(inbound_id=inbound_id, source="mx", raw=raw, tenant_id=tenant_id,
-                                                  recipients=recipients, mail_from=sender, client="192.0.2.7",
-                                                  helo="mail.example.org", header_message_id=message_id or "")])
+    spooled = Spooled(inbound_id=inbound_id, source="mx", raw=raw, tenant_id=tenant_id, recipients=recipients,
+                      mail_from=sender, client="192.0.2.7", helo="mail.example.org", header_message_id=message_id or "")
     stored = [Attachment(position=i, filename=p.filename, content_type=p.content_type, size=len(p.data),
                          sha256=put_file(state_dir / "attachments", p.data), content_id=p.content_id, inline=p.inline)
               for i, p in enumerate(attachments)]
@@ -70,8 +70,16 @@ async def processed_message(store, state_dir: Path, *, tenant_id: int, usecase_i
             "references": [parent] if parent else [],
             "auth": {"spf": "pass", "dkim": "none", "dmarc": "none", "header": "gw.test; spf=pass smtp.mailfrom=example.org"},
             "report": None, "defects": [], "forwarded_by": ""}
-    ok = await store.inbound.finish(row_id, Processed(
+    processed = Processed(
         kind=kind, usecase_id=usecase_id, address_id=address_id, thread_id=thread_id or (message_id or ""),
-        parent_message_id=parent, from_address=sender, subject=subject, summary=base | (summary or {}), attachments=stored))
-    assert ok
+        parent_message_id=parent, from_address=sender, subject=subject, summary=base | (summary or {}), attachments=stored)
+
+    def spool_and_finish(conn):
+        # One transaction: a running daemon's processor must never see the row as 'spooled' (it
+        # would route it itself, find no channel address and hold it before this finish).
+        [row] = inbound_store._spool(conn, [spooled])
+        assert inbound_store._finish(conn, row, processed)
+        return row
+    row_id = await store.db.write(spool_and_finish)
+    store.inbound.notify_finished()
     return {"inbound_id": inbound_id, "row_id": row_id, "message_id": message_id, "raw": raw}
