@@ -146,11 +146,12 @@ class Daemon:
         domains = DomainService(store, self.config)
         monitor = QueueMonitor(store, self.metrics)
         self.domains = domains  # SIGHUP hands it the new config (daemon.reload)
-        suppressions = SuppressionService(store)
         # One count of message bytes in memory, shared by submission (refuses past it) and delivery (waits).
         self.budget = ByteBudget(self.config.daemon.memory_budget)
-        # One keyring: delivery mints List-Unsubscribe links with it, the web pages verify them.
+        # One keyring: delivery mints List-Unsubscribe links and VERP return paths with it; the web
+        # pages, the MX's RCPT check and the report handling verify them.
         self.keyring = keyring = Keyring(store)
+        suppressions = SuppressionService(store, verp=keyring.signed)
         # The loop guard reads the listening addresses when it checks one: listeners bind after this.
         self.scheduler = Scheduler(store, self.config, self.metrics, budget=self.budget,
                                    own_addresses=lambda: [l["address"] for l in self.listeners()],
@@ -218,7 +219,8 @@ class Daemon:
         listeners: list[Component] = [submission_server]
         if self.config.inbound.enabled:
             listeners.append(inbound_server.build(self.config, store=store, tls=submission_server.tls, budget=self.budget,
-                                                  metrics=self.metrics, authenticate=inbound_server.dmarc_at_data(self.config, dns)))
+                                                  metrics=self.metrics, authenticate=inbound_server.dmarc_at_data(self.config, dns),
+                                                  return_path=self.keyring.return_path))
         workers: list[Component] = [
             KeyImport(store),  # before the scheduler: keys from before the store held them sign from the first claim
             monitor,
@@ -296,7 +298,7 @@ class Daemon:
 
         return Processor(store, config, self.metrics, files=files, pins=pins, authenticate=authenticate, parse=parse_mime,
                          stripped_reply=stripped_reply, limits=limits, budget=self.budget,
-                         hooks=Hooks(report=report, unsubscribe=unsubscriber.apply_token))
+                         hooks=Hooks(report=report, unsubscribe=unsubscriber.apply_token, verp=self.keyring.signed))
 
     # ------------------------------------------------------------------ lifecycle
 

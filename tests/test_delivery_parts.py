@@ -21,7 +21,7 @@ def work(*rcpts: str, expires_at: float = NOW + 3600, dest: tuple = ("direct", "
     msg = {"id": 1, "queue_id": "01m8rfvx4d0bf4pd", "tenant_id": 1, "usecase_id": 1, "mail_from": "app@acme.test", "size": 10,
            "created_at": NOW - 5, "expires_at": expires_at}
     rows = [{"id": i + 1, "rcpt": r, "attempts": 0, "index": i} for i, r in enumerate(rcpts)]
-    return Work(dest, msg, rows, Route("direct", 1, "acme.test"))
+    return Work(dest, msg, rows, Route("direct", 1, "acme.test"), verp_key=(1, b"k" * 32))
 
 
 def states(outcomes) -> dict[int, str]:

@@ -10,7 +10,7 @@ import sqlite3
 import aiosmtplib
 
 from tests.support.dns import dns_overrides
-from tests.support.inbound import inbound_message
+from tests.support.inbound import db_link_key, inbound_message, signed_return_path
 from tests.support.process import AdminHandle, GatewayProcess
 from tests.support.tenancy import sending_setup
 
@@ -23,7 +23,7 @@ async def test_gateway_run_spools_what_its_mx_accepted_and_refuses_the_rest(tmp_
         port = await admin.listener_port("inbound")
         status = gw.cli_json("status")
         assert any(l["name"] == "inbound" for l in status["listeners"])
-        bounce_to = f"bounces+0h3k9x2a7mq4rt5b.0@{setup['return_path_domain']}"
+        unsigned = f"bounces+0h3k9x2a7mq4rt5b.0@{setup['return_path_domain']}"
         smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=10, start_tls=False)
         async with smtp:
             await smtp.ehlo()
@@ -35,6 +35,14 @@ async def test_gateway_run_spools_what_its_mx_accepted_and_refuses_the_rest(tmp_
                     raise AssertionError(f"{refused} accepted")
                 except aiosmtplib.SMTPRecipientRefused as exc:
                     assert exc.code == code and exc.message.startswith("5.7.1")
+            # A return path without our MAC (a guessed queue id) is refused too: 550 5.1.1, nothing spooled.
+            try:
+                await smtp.rcpt(unsigned)
+                raise AssertionError(f"{unsigned} accepted")
+            except aiosmtplib.SMTPRecipientRefused as exc:
+                assert exc.code == 550 and exc.message.startswith("5.1.1")
+            # The daemon made its link key checking that one: sign with it, as delivery does.
+            bounce_to = signed_return_path(setup["return_path_domain"], "0h3k9x2a7mq4rt5b", 0, db_link_key(gw.state_dir / "gateway.db"))
             await smtp.rcpt(bounce_to)
             reply = await smtp.data(inbound_message(bounce_to, sender="mailer-daemon@example.org", subject="Undelivered"))
             assert reply.code == 250

@@ -13,7 +13,7 @@ import pytest
 from gateway.config import StoreConfig, UnsubscribeConfig
 from gateway.store import Store
 from tests.support.faults import failing
-from tests.support.inbound import channel_address, inbound_message, mx_listener, receiving_domain
+from tests.support.inbound import channel_address, inbound_message, link_key, mx_listener, receiving_domain, signed_return_path
 from tests.support.submission import RawClient
 
 
@@ -67,16 +67,16 @@ async def test_a_message_for_a_channel_address_is_spooled_before_the_250(tmp_pat
 
 
 async def test_one_message_to_two_tenants_and_a_return_path_is_three_rows(tmp_path, store):
+    bounce_to = signed_return_path("bounces.acme.test", "0h3k9x2a7mq4rt5b", 0, await link_key(store))
     async with mx_listener(tmp_path, store=store) as mx:
         async with mx.client() as smtp:
             errors, _ = await smtp.sendmail("", ["help@acme.test", "sales@globex.test", "anything@shop.test",
-                                                 "bounces+0h3k9x2a7mq4rt5b.0@bounces.acme.test", "help@acme.test"],
-                                            inbound_message())
+                                                 bounce_to, "help@acme.test"], inbound_message())
         assert errors == {}
         rows = mx.rows()
     got = [(r["tenant_id"], json.loads(r["recipients"])) for r in rows]
     assert got == [(store.acme, ["help@acme.test", "anything@shop.test"]), (store.globex, ["sales@globex.test"]),
-                   (None, ["bounces+0h3k9x2a7mq4rt5b.0@bounces.acme.test"])]
+                   (None, [bounce_to])]
     assert len({r["inbound_id"] for r in rows}) == 3 and {r["mail_from"] for r in rows} == {""}
     assert all(b"for <" not in bytes(r["raw"]).split(b"\r\n\r\n")[0] for r in rows)   # several recipients: not named
 
@@ -84,6 +84,8 @@ async def test_one_message_to_two_tenants_and_a_return_path_is_three_rows(tmp_pa
 @pytest.mark.parametrize("address,code,enhanced", [
     ("someone@example.org", 550, "5.7.1"),                       # a foreign domain: never an open relay
     ("nobody@acme.test", 550, "5.1.1"),                          # our domain, unknown user, no catch-all
+    ("bounces+0h3k9x2a7mq4rt5b.0@bounces.acme.test", 550, "5.1.1"),   # a return path without our MAC
+    ("bounces+0h3k9x2a7mq4rt5b.0.1.aaaaaaaa@bounces.acme.test", 550, "5.1.1"),   # ... or with a forged one
     ("old@acme.test", 550, "5.2.1"),                             # disabled channel address
     ("noreply@acme.test", 550, "5.2.1"),                         # send-only channel address
     ("someone%example.org@acme.test", 550, "5.7.1"),             # percent hack

@@ -18,14 +18,15 @@ from gateway.config import StoreConfig, parse_config
 from gateway.inbound.attachments import AttachmentFiles
 from gateway.inbound.mime import parse as parse_mime
 from gateway.inbound.pins import Pins
-from gateway.inbound.processor import Processor
+from gateway.inbound.processor import Hooks, Processor
 from gateway.inbound.reply import stripped_reply
 from gateway.metrics import Metrics
 from gateway.store import Store
 from gateway.store.inbound import Spooled
 from gateway.store.queue import NewMessage, QueueIds
 from tests.support.dns import dns_overrides
-from tests.support.inbound import channel_address, receiving_domain
+from gateway.unsubscribe.links import Keyring
+from tests.support.inbound import channel_address, link_key, receiving_domain, signed_return_path
 
 _ids = QueueIds()
 MX_AUTH = "mx.gateway.test; spf=pass smtp.mailfrom=example.org; dkim=none; dmarc=none header.from=example.org"
@@ -68,7 +69,8 @@ async def world(tmp_path, dns_server, store_url):
     await channel_address(store, gdom, "desk@globex.test")
     files = AttachmentFiles(tmp_path / "attachments")
     metrics = Metrics()
-    processor = Processor(store, config, metrics, files=files, pins=Pins(), parse=parse_mime, stripped_reply=stripped_reply)
+    processor = Processor(store, config, metrics, files=files, pins=Pins(), parse=parse_mime, stripped_reply=stripped_reply,
+                          hooks=Hooks(verp=Keyring(store).signed))
     store.inbound.on_spooled(processor.wake)
     await processor.start()
     w = {"store": store, "processor": processor, "files": files, "metrics": metrics, "acme": acme, "globex": globex,
@@ -253,12 +255,19 @@ async def test_mail_not_authenticated_at_data_is_authenticated_here(world, dns_s
 async def test_a_vacation_reply_to_our_verp_return_path_threads_in_its_use_case(world):
     store, acme = world["store"], world["acme"]
     qid = await send_out(store, acme, world["support"], "o7@acme.test")
-    verp = f"bounces+{qid}.0@bounces.acme.test"
+    verp = signed_return_path("bounces.acme.test", qid, 0, await link_key(store))
     raw = mail(to=verp, message_id="v1@example.org", in_reply_to="o7@acme.test", subject="Out of Office: Order",
                extra="Auto-Submitted: auto-replied\r\n")
     row = await done(store, await spool(store, raw, tenant_id=None, rcpt=verp))
     assert (row["kind"], row["tenant_id"], row["usecase_id"]) == ("auto_reply", acme, world["support"])
     assert (row["thread_id"], row["parent_message_id"]) == ("o7@acme.test", "o7@acme.test")
+    # The same reply to the tag without our MAC (guessed, or from before tags were signed): it names no
+    # message, so no use case (a polled mailbox hands the processor such rows without an RCPT check).
+    forged = f"bounces+{qid}.0@bounces.acme.test"
+    raw = mail(to=forged, message_id="v2@example.org", in_reply_to="o7@acme.test", subject="Out of Office: Order",
+               extra="Auto-Submitted: auto-replied\r\n")
+    row = await done(store, await spool(store, raw, tenant_id=None, rcpt=forged))
+    assert (row["kind"], row["usecase_id"]) == ("auto_reply", None)
 
 
 async def test_mail_a_tenants_mailbox_forwarded_is_attributed_to_the_customer(world):

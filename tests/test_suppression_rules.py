@@ -15,6 +15,8 @@ from gateway.services.suppressions import SuppressionService
 from gateway.store import Store
 from gateway.config import StoreConfig
 from gateway.suppression import Feedback, feedback, normalise_address, scopes_for
+from gateway.unsubscribe.links import Keyring
+from tests.support.inbound import sign_tags, signed_return_path
 from tests.test_bounce_classify import DATA
 
 SOFT = {"soft_limit": 3, "soft_window": 100.0, "soft_for": 50.0}
@@ -158,19 +160,28 @@ async def test_reports_matched_by_verp_to_a_queued_message(store):
     await store.queue.put(NewMessage(queue_id=qid, tenant_id=store.acme, usecase_id=usecase_id, mail_from="news@shop.example.com",
                                      message_id=f"{qid}@shop.example.com", body=b"Subject: x\r\n\r\nx\r\n",
                                      recipients=["jdoe@example.org", "b@example.org", "c@example.org", "angry.reader@yahoo.com"]))
-    service = SuppressionService(store)
-    raw = (DATA / "postfix-user-unknown.eml").read_bytes()   # VERP tag .0 -> jdoe@example.org
+    keyring = Keyring(store)
+    service = SuppressionService(store, verp=keyring.signed)
+    key = await keyring.signing()
+    unsigned = (DATA / "postfix-user-unknown.eml").read_bytes()   # VERP tag .0 -> jdoe@example.org
+    # As the corpus has it (no MAC), and as a forger who guessed the queue id would send it: nothing.
+    assert (await service.handle_report(unsigned))["matched"] is False
+    assert (await SuppressionService(store).handle_report(sign_tags(unsigned, key)))["matched"] is False   # no keyring
+    assert await store.suppressions.list(store.acme) == []
+    raw = sign_tags(unsigned, key)   # the return path delivery really gave it
     assert await service.handle_report(raw) == {"type": "bounce", "matched": True, "done": ["suppressed"]}
     assert (await store.suppressions.live(store.acme, "jdoe@example.org", [("tenant", 0)]))["source"] == qid
-    other = (DATA / "gmail-no-such-user.eml").read_bytes()   # same tag, but it names lost.contact@gmail.com
+    other = sign_tags((DATA / "gmail-no-such-user.eml").read_bytes(), key)   # same tag, but it names lost.contact@gmail.com
     assert (await service.handle_report(other))["done"] == ["recorded"]
-    complaint = (DATA / "arf" / "yahoo-abuse.eml").read_bytes()   # VERP .3 -> angry.reader@yahoo.com
+    complaint = sign_tags((DATA / "arf" / "yahoo-abuse.eml").read_bytes(), key)   # VERP .3 -> angry.reader@yahoo.com
     assert await service.handle_report(complaint) == {"type": "complaint", "matched": True, "done": ["suppressed"]}
     assert (await store.suppressions.live(store.acme, "angry.reader@yahoo.com", [("marketing", 0)]))["reason"] == "complaint"
     unknown_tag = (DATA / "arf" / "microsoft-jmrp-redacted.eml").read_bytes()   # a queue id we never had
     assert (await service.handle_report(unknown_tag))["matched"] is False
     # The return path stripped, but our Feedback-ID and the Original-Rcpt-To survive: the tenant is found.
-    stripped = complaint.replace(b"bounces+0h3k9x2a7mq4rt5b.3@", b"someone@").replace(
+    tagged = signed_return_path("bounces.shop.example.com", qid, 3, key)
+    assert tagged.encode() in complaint
+    stripped = complaint.replace(tagged.encode(), b"someone@bounces.shop.example.com").replace(
         b"Feedback-ID: newsletter:acme:gw", f"Feedback-ID: u{usecase_id}:t{store.acme}:gateway".encode())
     stripped = stripped.replace(b"angry.reader@yahoo.com", b"second.reader@yahoo.com")
     assert await service.handle_report(stripped) == {"type": "complaint", "matched": True, "done": ["suppressed"]}
@@ -194,15 +205,17 @@ async def test_a_report_naming_only_a_local_part_suppresses_the_tagged_recipient
     await store.queue.put(NewMessage(queue_id=qid, tenant_id=store.acme, usecase_id=await _marketing_usecase(store), mail_from="news@shop.example.com",
                                      message_id=f"{qid}@shop.example.com", body=b"Subject: x\r\n\r\nx\r\n",
                                      recipients=["UserX@cs.yale.edu", "someone@cs.yale.edu"]))
-    service = SuppressionService(store)
+    keyring = Keyring(store)
+    service = SuppressionService(store, verp=keyring.signed)
+    key = await keyring.signing()
     raw = (FLUFL / "yale_01.eml").read_bytes()
-    other = await service.handle_report(raw, f"bounces+{qid}.1@bounces.shop.example.com")
+    other = await service.handle_report(raw, signed_return_path("bounces.shop.example.com", qid, 1, key))
     assert other == {"type": "bounce", "matched": True, "done": ["recorded"]}
     assert await store.suppressions.list(store.acme) == []
-    done = await service.handle_report(raw, f"bounces+{qid}.0@bounces.shop.example.com")
+    done = await service.handle_report(raw, signed_return_path("bounces.shop.example.com", qid, 0, key))
     assert done == {"type": "bounce", "matched": True, "done": ["recorded"]}   # yale_01's text says no class
     done = await service.handle_report(raw.replace(b"No matches to nameserver query", b"550 5.1.1 user unknown"),
-                                       f"bounces+{qid}.0@bounces.shop.example.com")
+                                       signed_return_path("bounces.shop.example.com", qid, 0, key))
     assert done == {"type": "bounce", "matched": True, "done": ["suppressed"]}
     assert [r["address"] for r in await store.suppressions.list(store.acme)] == ["userx@cs.yale.edu"]
 

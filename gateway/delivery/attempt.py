@@ -80,7 +80,9 @@ class Attempts:
             # Null sender (a DSN) or a relay that wants its own sender: one transaction for all.
             return [Envelope(sender if msg["mail_from"] else "", tuple(r["rcpt"] for r in rows))]
         base = verp.bounce_address(f"{self.config().domains.return_path_prefix}.{route.domain}")
-        return [Envelope(verp.return_path(base, msg["queue_id"], r["index"]), (r["rcpt"],)) for r in rows]
+        if work.verp_key is None:
+            raise RuntimeError("a work item to a VERP route without its signing key")
+        return [Envelope(verp.return_path(base, msg["queue_id"], r["index"], work.verp_key), (r["rcpt"],)) for r in rows]
 
     def helo(self) -> str:
         cfg = self.config()

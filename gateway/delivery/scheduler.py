@@ -316,7 +316,7 @@ class Scheduler(Component):
                 key = (msg["id"], dest, row["id"] if own else None)
                 work = groups.get(key)
                 if work is None:
-                    work = groups[key] = Work(dest, msg, [], route)
+                    work = groups[key] = Work(dest, msg, [], route, verp_key=await self.links.keyring.signing())
                     if own:
                         work.fields = await self.links.fields(route.unsubscribe, msg["tenant_id"], row["rcpt"], route.domain)
                 work.rcpts.append(row)

@@ -34,6 +34,7 @@ class Work:
     writes: list[Any] = field(default_factory=list)           # its record tasks, in order
     finished: bool = False                  # its claims and budget are accounted for (exactly once)
     fields: bytes = b""                     # header fields for this copy only (List-Unsubscribe: one recipient)
+    verp_key: tuple[int, bytes] | None = None   # the link key its VERP return paths are signed with (gateway/verp.py)
 
     @property
     def size(self) -> int:

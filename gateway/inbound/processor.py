@@ -61,6 +61,8 @@ log = structlog.get_logger("processor")
 ReportHook = Callable[[bytes, str], Awaitable[dict[str, Any]]]
 # An unsubscribe: token -> {"tenant_id", "usecase_id", "changed"}, or None when the token is not ours.
 UnsubscribeHook = Callable[[str], Awaitable[dict[str, Any] | None]]
+# Whether a VERP tag carries our MAC (gateway/verp.py).
+VerpHook = Callable[[verp.VerpTag], Awaitable[bool]]
 MAX_REASON = 500
 MEMORY_FACTOR = 3
 STALL_AFTER = 300.0   # seconds without a finished message while some are in flight: /health says so
@@ -72,6 +74,7 @@ HOLD_RETRY = 1.0   # seconds before a row whose hold write failed (disk full) is
 class Hooks:
     report: ReportHook | None = None
     unsubscribe: UnsubscribeHook | None = None
+    verp: VerpHook | None = None   # Keyring.signed: without it no VERP tag is trusted
 
 
 class Unroutable(GatewayError):
@@ -377,7 +380,7 @@ class Processor(Component):
         if kind == "auto_reply" and route.kind == "return_path" and usecase_id is None:
             # A vacation reply to our VERP return path (RFC 3834 answers the envelope sender): the
             # tag names the message it answers, so its use case; the thread comes from In-Reply-To.
-            tag = verp.decode(route.address)
+            tag = await self._signed(verp.decode(route.address))
             found = await self.store.suppressions.verp_recipient(tag.queue_id, tag.recipient_index) if tag else None
             if found is not None and found["tenant_id"] == tenant_id:
                 usecase_id = found["usecase_id"]
@@ -414,14 +417,20 @@ class Processor(Component):
                          subject=p.subject or "", summary=summary, attachments=work.attachments, raw=work.raw,
                          message_id=record_id, events=events)
 
+    async def _signed(self, tag: verp.VerpTag | None) -> verp.VerpTag | None:
+        """``tag`` when its MAC verifies (a guessed or old unsigned tag names nothing), else None."""
+        if tag is None or self.hooks.verp is None or not await self.hooks.verp(tag):
+            return None
+        return tag
+
     async def _refers_to(self, report: dict[str, Any] | None) -> dict[str, Any] | None:
-        """The outbound message and recipient a report is about: its VERP tag, else the returned
+        """The outbound message and recipient a report is about: its VERP tag (signed), else the returned
         Message-ID, else (a complaint whose receiver stripped both) our Feedback-ID and its recipient."""
         if not report:
             return None
-        tag = report.get("verp")
+        tag = await self._signed(verp.VerpTag(**report["verp"]) if report.get("verp") else None)
         if tag:
-            found = await self.store.suppressions.verp_recipient(tag["queue_id"], tag["recipient_index"])
+            found = await self.store.suppressions.verp_recipient(tag.queue_id, tag.recipient_index)
             if found is not None:
                 return {"tenant_id": found["tenant_id"], "usecase_id": found["usecase_id"], "queue_id": found["queue_id"],
                         "recipient": found["rcpt"], "by": "verp"}

@@ -250,9 +250,11 @@ class Resolver:
     seconds (bounded: the oldest entries go first), so a busy MX reads each address once per
     interval. A change (an address added or disabled, inbound switched) applies within ``ttl``."""
 
-    def __init__(self, facts: Callable[[str, Sequence[str]], Awaitable[dict[str, Any]]], rules: Rules, *, ttl: float = 5.0):
+    def __init__(self, facts: Callable[[str, Sequence[str]], Awaitable[dict[str, Any]]], rules: Rules, *, ttl: float = 5.0,
+                 return_path: Callable[[str], Awaitable[Any]] | None = None):
         self.rules = rules
         self._facts = facts
+        self._return_path = return_path   # Keyring.return_path: a tagged bounce address must carry our MAC
         self._cache = TtlCache(self._load, ttl)
 
     async def _load(self, key: tuple[str, tuple[str, ...]]) -> dict[str, Any]:
@@ -266,7 +268,12 @@ class Resolver:
     async def resolve(self, address: str) -> Target:
         parsed = parse(address, self.rules)
         facts = await self._cache.get((parsed.address, parsed.candidates))  # type: ignore[arg-type]
-        return decide(parsed, facts, self.rules)
+        target = decide(parsed, facts, self.rules)
+        if target.kind == "return_path" and verp.SEPARATOR in parsed.local:
+            # A forged tag could suppress a stranger (gateway/verp.py): refused here, never spooled.
+            if self._return_path is None or await self._return_path(parsed.address) is None:
+                raise unknown_user(f"{parsed.address}: a return path this gateway did not make")
+        return target
 
 
 async def resolve(store: _Store, address: str, rules: Rules) -> Target:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..budget import ByteBudget
@@ -120,14 +121,16 @@ def dmarc_at_data(config: Config, dns: DnsCache | None = None) -> Authenticate:
 
 
 def build(config: Config, *, store: Any, tls: TlsContext, budget: ByteBudget, metrics: Metrics,
-          authenticate: Authenticate | None = None, on_spooled: Any = None) -> InboundServer:
+          authenticate: Authenticate | None = None, on_spooled: Any = None,
+          return_path: Callable[[str], Awaitable[Any]] | None = None) -> InboundServer:
     """The MX listener as the daemon runs it: the recipient rules over ``store.recipients`` (cached
     for ``inbound.facts_ttl``), rows spooled through ``store.inbound.spool``, the submission
     listener's TLS context, the daemon's memory budget, and DMARC at the final dot for tenants that
-    refuse DMARC rejects (``dmarc_at_data`` unless ``authenticate`` is given)."""
+    refuse DMARC rejects (``dmarc_at_data`` unless ``authenticate`` is given). ``return_path``
+    (Keyring.return_path) verifies tagged bounce addresses; without it every tagged one is refused."""
     cfg = config.inbound
     authenticate = authenticate or dmarc_at_data(config)
-    resolver = Resolver(store.recipients.facts, Rules.from_config(config), ttl=cfg.facts_ttl)
+    resolver = Resolver(store.recipients.facts, Rules.from_config(config), ttl=cfg.facts_ttl, return_path=return_path)
     handler = InboundHandler(cfg, hostname=config.daemon.hostname, resolver=resolver, spool=store.inbound.spool,
                              metrics=metrics, authenticate=authenticate, on_spooled=on_spooled)
     return InboundServer(cfg, handler=handler, tls=tls, hostname=config.daemon.hostname, budget=budget, metrics=metrics)

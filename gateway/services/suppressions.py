@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -27,6 +28,7 @@ from ..admin.registry import admin_method
 from ..feedback import arf, dsn
 from ..errors import InvalidArgument, NotFound
 from ..store import Store
+from ..verp import VerpTag
 
 log = structlog.get_logger("suppression")
 
@@ -69,8 +71,9 @@ def _reason(value: str) -> str:
 
 
 class SuppressionService:
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, *, verp: Callable[[VerpTag], Awaitable[bool]] | None = None):
         self.store = store
+        self.verp = verp   # Keyring.signed: only a return path delivery made may match a report (gateway/verp.py)
 
     async def _tenant_id(self, tenant: str) -> int:
         return (await self.store.tenants.get(tenant))["id"]
@@ -218,7 +221,7 @@ class SuppressionService:
     async def handle_report(self, raw: bytes, envelope_to: str = "", **soft: Any) -> dict[str, Any]:
         """A report that arrived at a return path (the inbound MX or a polled mailbox will call this):
         a complaint (ARF) or a bounce (DSN or a non-standard one), matched to the queued message and
-        recipient by its VERP tag. Unmatched or unrecognised reports change nothing.
+        recipient by its VERP tag (whose MAC must verify). Unmatched or unrecognised reports change nothing.
         Returns {"type": complaint|bounce, "matched": bool, "done": [...]}."""
         complaint = arf.parse(raw, envelope_to)
         if complaint is not None:
@@ -253,8 +256,10 @@ class SuppressionService:
             done.append(await self.from_report(target["tenant_id"], target["rcpt"], "unknown", source=target["queue_id"]))
         return {"type": "bounce", "matched": True, "done": done}
 
-    async def _target(self, tag: Any) -> dict[str, Any] | None:
-        return await self.store.suppressions.verp_recipient(tag.queue_id, tag.recipient_index) if tag is not None else None
+    async def _target(self, tag: VerpTag | None) -> dict[str, Any] | None:
+        if tag is None or self.verp is None or not await self.verp(tag):
+            return None   # no tag, or one we did not sign (guessed from a neighbour's queue id): never acted on
+        return await self.store.suppressions.verp_recipient(tag.queue_id, tag.recipient_index)
 
 
 def _names(bounce: dsn.Bounce, rcpt: str) -> bool:

@@ -6,6 +6,8 @@ first key when there is none). A token naming a key the ring does not hold makes
 verifying within ``ttl`` (at once in the process that retired it, and in those its ``on_change``
 callbacks tell: the daemon tells its web worker).
 
+``return_path`` verifies the MAC of a VERP return path (gateway/verp.py) with the same keys.
+
 ``Links`` mints: delivery calls ``fields`` for every recipient of a use case whose mail carries the
 fields. It runs on the event loop and costs one HMAC; the store is read only when the ring is stale.
 """
@@ -19,7 +21,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
-from .. import suppression
+from .. import suppression, verp
 from ..config import Config
 from ..errors import InvalidArgument
 from ..store import Store
@@ -88,6 +90,25 @@ class Keyring:
                 raise
         await self._load()  # a key made (or retired) elsewhere since we last read
         return check(token, self._verifying)
+
+    async def return_path(self, address: str) -> verp.VerpTag | None:
+        """The VERP tag in ``address`` when delivery made it (its MAC verifies with a live key), else None."""
+        tag = verp.decode(address)
+        return tag if tag is not None and await self.signed(tag) else None
+
+    async def signed(self, tag: verp.VerpTag) -> bool:
+        """Whether ``tag``'s MAC verifies with a live key."""
+        if tag.key_id is None:
+            return False
+
+        def check(_: str, keys: Mapping[int, bytes]) -> bool:
+            if not verp.verify(tag, keys):
+                raise tokens.InvalidToken("the return path's MAC does not verify")
+            return True
+        try:
+            return await self.verify(tag.mac, check)
+        except tokens.InvalidToken:
+            return False
 
 
 class Links:

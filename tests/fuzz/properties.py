@@ -223,18 +223,23 @@ def check_signature_verifies(signer: ours.Signer, key: ours.SigningKey, dnsfunc:
 # --------------------------------------------------------------------------- VERP, domain names
 
 
+_VERP_KEY = (7, b"fuzz-key" * 4)
+
+
 def check_verp_round_trip(local: str, domain: str, queue_id: str, index: int) -> None:
     base = f"{local}@{domain}"
     if policy.mailbox_problem(base) is not None:
         return  # a base is always bounce_address(a verified domain); garbage in, no round trip promised
     try:
-        rp = verp.return_path(base, queue_id, index)
+        rp = verp.return_path(base, queue_id, index, _VERP_KEY)
     except ValueError:
         return  # documented: a too long local part, a '+' in the base, not a queue id
     tag = verp.decode(rp)
-    want = verp.VerpTag(queue_id.lower(), index, f"{local.lower()}@{domain.lower()}")
+    assert tag is not None and verp.verify(tag, dict([_VERP_KEY])), rp
+    want = verp.VerpTag(queue_id.lower(), index, f"{local.lower()}@{domain.lower()}", _VERP_KEY[0], tag.mac)
     assert tag == want, (rp, tag)
     assert verp.decode(rp.upper()) == want and verp.decode(f"<{rp}>") == want
+    assert not verp.verify(verp.VerpTag(tag.queue_id, tag.recipient_index + 1, tag.base, tag.key_id, tag.mac), dict([_VERP_KEY]))
     assert len(rp.rpartition("@")[0]) <= verp.MAX_LOCAL
 
 

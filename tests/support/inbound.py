@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import re
 import sqlite3
 import time
 from collections.abc import AsyncIterator
@@ -22,12 +24,14 @@ from typing import Any
 
 import aiosmtplib
 
+from gateway import verp
 from gateway.budget import ByteBudget
 from gateway.config import Config, DaemonConfig, InboundConfig
 from gateway.inbound.server import build
 from gateway.metrics import Metrics
 from gateway.store import Store
 from gateway.submission import TlsContext, client_tls_context
+from gateway.unsubscribe.links import Keyring
 from tests.support.submission import message
 
 
@@ -93,7 +97,8 @@ async def mx_listener(tmp_path: Path, *, inbound: dict[str, Any] | None = None, 
         tls = TlsContext("", "", tls_dir=tmp_path / "tls", hostname="mx.gateway.test")
         spooled: list[int] = []
         server = build(config, store=store, tls=tls, budget=budget or ByteBudget(config.daemon.memory_budget),
-                       metrics=metrics, authenticate=authenticate, on_spooled=spooled.extend)
+                       metrics=metrics, authenticate=authenticate, on_spooled=spooled.extend,
+                       return_path=Keyring(store).return_path)
         await server.start()
         try:
             yield Mx(server, store, metrics, spooled, tmp_path / "gateway.db")
@@ -147,3 +152,38 @@ def inbound_message(to: str = "help@acme.test", *, sender: str = "customer@examp
                     extra: str = "", body: str = "Hello, I have a question.\r\n", size: int = 0) -> bytes:
     """What a customer sends to a channel address: submission's test message with a Message-ID."""
     return message(sender, to, subject, extra="Message-ID: <q1@example.org>\r\n" + extra, body=body, size=size, name="Customer")
+
+
+_TAGGED = re.compile(rb"\b(bounces)\+([0-9a-z]{16})\.(\d+)@([a-z0-9.-]+[a-z0-9])", re.IGNORECASE)
+
+
+async def link_key(store: Store) -> tuple[int, bytes]:
+    """The store's signing link key, the one delivery signs VERP return paths with (made when there is none)."""
+    return await Keyring(store).signing()
+
+
+def db_link_key(db: Path) -> tuple[int, bytes]:
+    """``link_key`` of a running daemon's SQLite file, made there as its keyring would when it has none yet
+    (the daemon makes its key at its first signature; it reads this one instead)."""
+    conn = sqlite3.connect(db, timeout=10)
+    try:
+        with conn:
+            conn.execute("INSERT INTO unsubscribe_keys (secret, created_at) SELECT ?, ? WHERE NOT EXISTS"
+                         " (SELECT 1 FROM unsubscribe_keys WHERE retired_at IS NULL)", (os.urandom(32), time.time()))
+        key_id, secret = conn.execute("SELECT id, secret FROM unsubscribe_keys WHERE retired_at IS NULL ORDER BY id DESC").fetchone()
+    finally:
+        conn.close()
+    return key_id, bytes(secret)
+
+
+def signed_return_path(domain: str, queue_id: str, index: int, key: tuple[int, bytes]) -> str:
+    """The return path delivery gives recipient ``index`` of ``queue_id`` (gateway/verp.py)."""
+    return verp.return_path(verp.bounce_address(domain), queue_id, index, key)
+
+
+def sign_tags(raw: bytes, key: tuple[int, bytes]) -> bytes:
+    """``raw`` (a corpus bounce or complaint) with every unsigned ``bounces+QID.N@domain`` signed with ``key``,
+    as if the gateway had sent the message it reports on."""
+    def one(m: re.Match) -> bytes:
+        return signed_return_path(m.group(4).decode(), m.group(2).decode().lower(), int(m.group(3)), key).encode()
+    return _TAGGED.sub(one, raw)
