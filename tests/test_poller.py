@@ -15,6 +15,7 @@ import pytest
 
 from tests.support.daemon import AdminError, DaemonHandle, running_daemon
 from tests.support.dovecot import Dovecot
+from tests.support.faults import failing
 from tests.support.proxy import relay
 from tests.support.tenancy import dns_overrides, sending_setup
 
@@ -451,3 +452,17 @@ async def _state(d: DaemonHandle, name: str, wanted: str) -> dict:
             if t.state.name == name and t.state.state == wanted:
                 return t.state.as_dict()
         await asyncio.sleep(0.05)
+
+
+async def test_a_store_failure_reading_the_checkpoint_at_start_backs_off_instead_of_ending_the_task(tmp_path, dns_server, dovecot):
+    # Before: the task's first read (its checkpoint) sat outside the loop's error handling, so one
+    # failed read ended the task for good and the mailbox was never polled again until a restart.
+    dovecot.append("alice", message(0))
+    async with daemon(tmp_path, dns_server, dovecot, backoff_base=0.05) as d:
+        await sending_setup(d, dns_server)
+        with failing(d.store.mailboxes, "checkpoint", times=1) as switch:
+            await add_mailbox(d, dovecot)
+            [row] = await spooled(d, 1)
+        assert switch.raised == 1 and row["header_message_id"] == message_id(message(0))
+        status = await mailbox_status(d, until=lambda s: s.get("last_ok_at"))
+        assert status["fetched"] == 1

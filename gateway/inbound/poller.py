@@ -150,7 +150,7 @@ class MailboxTask(Component):
     # ------------------------------------------------------------------ the loop
 
     async def run(self) -> None:
-        cp = await self.store.mailboxes.checkpoint(self.connector_id)
+        cp = await self._checkpoint()
         failures = cp["failures"] if cp else 0
         if cp and cp["backoff_until"] and cp["backoff_until"] > time.time():
             # The daemon restarted while this mailbox backed off: the wait goes on (a wrong password
@@ -185,6 +185,17 @@ class MailboxTask(Component):
                 log.info("mailbox_reconnecting", tenant=self.state.tenant, connector=self.state.name, reason=error)
                 continue
             await self._backoff(self.state.failures + 1, error)
+
+    async def _checkpoint(self) -> dict[str, Any] | None:
+        """The stored checkpoint; a store that fails to read it is tried again after a backoff (one
+        failed read must not end the task: nothing would poll the mailbox until a restart)."""
+        failures = 0
+        while True:
+            try:
+                return await self.store.mailboxes.checkpoint(self.connector_id)
+            except StoreError as exc:
+                failures += 1
+                await self._backoff(failures, f"store: {exc}")
 
     async def _backoff(self, failures: int, error: str) -> None:
         if self.metrics is not None:
