@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from gateway.config import StoreConfig
+from gateway.config import StoreConfig, WebhooksConfig
 from gateway.errors import InvalidArgument
 from gateway.store import Store
 from gateway.webhooks.signing import EVENT_IDS, HEADER, sign, verify
@@ -208,6 +208,30 @@ async def test_outbox_rows_commit_with_their_event(tmp_path, store_url):
         await store.webhooks.set_enabled("acme", "a", False)
         await store.events.append(acme, "delivered", "q4")
         assert await store.webhooks.backlog(ep["id"]) == 1
+    finally:
+        await store.close()
+
+
+async def test_post_body_splices_the_stored_data_byte_for_byte(tmp_path, store_url):
+    """The sender puts each event's data into the POST as stored (event_json): the bytes are those
+    of json.dumps of the whole event parsed, for data with non-ASCII text, nesting, floats, nulls."""
+    from gateway.webhooks.sender import WebhookSender, event_json, payload
+
+    store = await Store.open(tmp_path / "gw.db", StoreConfig(url=store_url))
+    try:
+        acme = (await store.tenants.add("acme"))["id"]
+        ep = await store.webhooks.add("acme", "a", "https://h.example/", "whsec_x", None)
+        datas = [{}, {"reply": "550 5.1.1 <jöe@exämple.org> unknown \u2028 \"quoted\"", "code": 550},
+                 {"nested": {"list": [1, 2.5, None, True], "e": 1e-7}, "emoji": "\U0001f600"}]
+        for i, data in enumerate(datas):
+            await store.events.append(acme, "delivered", f"q{i}\u00e9", data)
+        rows = await store.webhooks.head(ep["id"], 10)
+        rows = [r for r in rows if r["kind"] == "delivered"]
+        assert [payload(r)["data"] for r in rows] == datas
+        for r in rows:
+            assert event_json(r) == json.dumps(payload(r), separators=(",", ":")).encode()
+        _, body = await WebhookSender(store, WebhooksConfig())._body(rows)
+        assert json.loads(body) == {"events": [payload(r) for r in rows]}
     finally:
         await store.close()
 

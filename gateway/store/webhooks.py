@@ -160,19 +160,15 @@ def _deliveries(conn: sqlite3.Connection, endpoint_id: int, limit: int, before_i
 
 
 def _head(conn: sqlite3.Connection, endpoint_id: int, limit: int) -> list[dict[str, Any]]:
-    """The first ``limit`` outbox rows of the endpoint in id order, each with its event (None when
-    the events sweep removed it first)."""
+    """The first ``limit`` outbox rows of the endpoint in id order, each with its event (kind None
+    when the events sweep removed it first). ``data_json`` is the event's data as stored (the JSON
+    text append_event wrote), not parsed: the sender puts it into the POST as it is."""
     rows = conn.execute(
-        "SELECT o.id AS outbox_id, o.event_id, e.created_at, e.kind, e.subject, e.data, e.tenant_id, t.name AS tenant"
+        "SELECT o.id AS outbox_id, o.event_id, e.created_at, e.kind, e.subject, e.data AS data_json, e.tenant_id, t.name AS tenant"
         " FROM webhook_outbox o INDEXED BY webhook_outbox_lane LEFT JOIN events e ON e.id = o.event_id"
         " LEFT JOIN tenants t ON t.id = e.tenant_id WHERE o.endpoint_id = ? ORDER BY o.id LIMIT ?",
         (endpoint_id, limit)).fetchall()
-    out = []
-    for r in rows:
-        d = dict(r)
-        d["data"] = json.loads(d["data"]) if d["data"] is not None else None
-        out.append(d)
-    return out
+    return [dict(r) for r in rows]
 
 
 def _log(conn: sqlite3.Connection, endpoint_id: int, attempt: dict[str, Any], keep: int) -> None:
