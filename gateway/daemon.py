@@ -545,7 +545,8 @@ class Daemon:
         own = generate_latest(self.metrics.registry)
         if self.pipelines is None:
             return own
-        return merged_exposition(own.decode(), *await self.pipelines.expositions())
+        texts = await self.pipelines.expositions()
+        return await asyncio.to_thread(merged_exposition, own.decode(), *texts)   # CPU: not on the loop
 
 
 # ---------------------------------------------------------------------- entry point
