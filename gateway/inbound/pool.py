@@ -16,7 +16,7 @@ holds ``pins.putting()`` while the process writes, and pins what it wrote before
 (pins.py). The store is read and written by the daemon alone: a pool process touches nothing but
 its arguments and the attachment directory.
 
-One message per process at a time (each process is a single-worker executor), so a process that
+One message per process at a time (a request and its answer on the process's own pipe), so a process that
 dies (killed, out of memory, a crash in a C library) names the one message it had: the pool
 replaces the process and raises ``ParserDied`` for that message alone; the processor leaves its row
 spooled, tries it again, and holds it with the reason once it has killed the parser
@@ -35,9 +35,10 @@ import dataclasses
 import multiprocessing
 import os
 import queue
+import threading
+import traceback
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -48,15 +49,43 @@ from .pins import Pins
 
 # Imported once in the fork server, so a new pool process starts without importing anything.
 PRELOAD = ["__main__", "gateway.inbound.pool", "gateway.inbound.mime", "gateway.inbound.reply", "gateway.inbound.classify"]
+STOP_WAIT = 2.0   # seconds a process gets to exit at close before it is killed
 
 
 class ParserDied(GatewayError):
     """The pool process parsing a message ended without an answer (killed, crashed, out of memory)."""
 
 
+class ParserFailed(GatewayError):
+    """The parse raised in the pool process (its exception did not pickle: this carries its text)."""
+
+
 def pool_size(configured: int) -> int:
     """processor.processes as a count: 0 means one per CPU this process may run on."""
     return configured if configured > 0 else max(1, len(os.sched_getaffinity(0)))
+
+
+class _Worker:
+    """One pool process and the daemon's end of its pipe: a request, then its answer, in turn."""
+
+    def __init__(self, context: Any, root: str):
+        self.conn, theirs = context.Pipe()
+        self.process = context.Process(target=_serve, args=(theirs, root), name="gateway-parser", daemon=True)
+        self.process.start()
+        theirs.close()
+
+    def ask(self, request: tuple) -> tuple:
+        self.conn.send(request)
+        return self.conn.recv()
+
+    def stop(self) -> None:
+        try:
+            self.conn.close()   # its recv() ends: it exits
+        finally:
+            self.process.join(STOP_WAIT)
+            if self.process.is_alive():
+                self.process.kill()
+                self.process.join()
 
 
 class ParserPool:
@@ -67,78 +96,103 @@ class ParserPool:
         self._root = str(attachments)
         self._context = multiprocessing.get_context("forkserver")
         self._context.set_forkserver_preload(PRELOAD)
-        self._free: queue.SimpleQueue[ProcessPoolExecutor | None] = queue.SimpleQueue()
-        self._all = [self._new() for _ in range(size)]   # each starts its process when first used
-        for executor in self._all:
-            self._free.put(executor)
+        # A slot per process; a process is started when its slot is first used (or by warm()).
+        self._free: queue.SimpleQueue[_Worker | None] = queue.SimpleQueue()
+        self._slots = 0
+        self._lock = threading.Lock()   # the slot count and the live list
+        self._live: list[_Worker] = []
         self._closed = False
         self.deaths = 0
 
-    def _new(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(max_workers=1, mp_context=self._context, initializer=_start, initargs=(self._root,))
+    def _take(self) -> _Worker:
+        while True:
+            try:
+                worker = self._free.get_nowait()
+            except queue.Empty:
+                with self._lock:
+                    fresh = self._slots < self.size and not self._closed
+                    if fresh:
+                        self._slots += 1
+                worker = self._start() if fresh else self._free.get()
+            if worker is None or self._closed:
+                self._free.put(None)   # closed: the next caller learns it too
+                raise ParserDied("the parser pool is stopping")
+            return worker
+
+    def _start(self) -> _Worker:
+        worker = _Worker(self._context, self._root)
+        with self._lock:
+            self._live.append(worker)
+        return worker
 
     def analyse(self, raw: bytes | bytearray, row: dict[str, Any], route: Route, verdict: Any, *, pins: Pins,
                 parse: Callable[..., Any], limits: Any, stripped_reply: Callable[[str, str], str] | None) -> tuple[Work, set[str]]:
         """``analysis.analyse`` in a pool process (on a worker thread of the daemon): the Work, its
         files pinned, and the paths still to fsync. ``ParserDied`` when the process ended meanwhile."""
-        executor = self._free.get()
-        if executor is None or self._closed:
-            self._free.put(None)   # closed: the next caller learns it too
-            raise ParserDied("the parser pool is stopping")
+        worker = self._take()
         try:
             # No removal between the process's writes and the pins (pins.py): held across the call.
             with pins.putting():
-                work, pending = executor.submit(_analyse, bytes(raw), row, route, verdict, parse, limits, stripped_reply).result()
-                pins.pin(work.shas)
-        except BrokenProcessPool as exc:
+                answer = worker.ask((raw, row, route, verdict, parse, limits, stripped_reply))
+                if answer[0] == "ok":
+                    pins.pin(answer[1].shas)
+        except (EOFError, OSError) as exc:
+            if self._closed:
+                raise ParserDied("the parser pool is stopping") from exc
             self.deaths += 1
-            executor.shutdown(wait=False)
-            dead, executor = executor, self._new()
-            self._all = [e for e in self._all if e is not dead] + [executor]
+            dead, worker = worker, self._start()
+            with self._lock:
+                self._live.remove(dead)
+            dead.stop()
             raise ParserDied("the parser's process ended while it had this message (killed, crashed or out of memory)") from exc
         finally:
-            self._free.put(executor)
-        return restore(work, raw), pending
+            self._free.put(worker)
+        if answer[0] != "ok":
+            raise answer[1]
+        return restore(answer[1], raw), answer[2]
 
     def warm(self) -> None:
-        """Start every process now (a worker thread's call: it waits for them), not at the first messages."""
-        executors = [self._free.get() for _ in range(self.size)]
-        try:
-            for future in [e.submit(os.getpid) for e in executors if e is not None]:
-                future.result()
-        finally:
-            for e in executors:
-                self._free.put(e)
+        """Start every process now (a worker thread's call), not when the first messages need them."""
+        workers = [self._take() for _ in range(self.size)]
+        for w in workers:
+            self._free.put(w)
 
     def close(self) -> None:
-        """Stop the processes (a message in one is dropped there: its row is still spooled)."""
+        """Stop the processes (a message in one is dropped there: its row is still spooled). Blocks
+        up to STOP_WAIT per process: call it from a thread."""
         self._closed = True
         self._free.put(None)
-        for executor in self._all:
-            executor.shutdown(wait=False, cancel_futures=True)
-        self._all.clear()
+        with self._lock:
+            live, self._live = self._live, []
+        for worker in live:
+            worker.stop()
 
 
 # ---------------------------------------------------------------------- in the pool process
 
-class _Process:
-    """What a pool process keeps between messages: its attachment files (and the directories they
-    know to exist). Set once by the executor's initializer: a process's own state, not shared."""
-    files: AttachmentFiles | None = None
-
-
-def _start(root: str) -> None:
-    _Process.files = AttachmentFiles(Path(root))
-
-
-def _analyse(raw: bytes, row: dict[str, Any], route: Route, verdict: Any, parse: Callable[..., Any], limits: Any,
-             stripped_reply: Callable[[str, str], str] | None) -> tuple[Work, set[str]]:
-    assert _Process.files is not None
-    batch = _Process.files.batch()
-    # The pins are the daemon's (held there); this process's own only count for nothing.
-    work = analyse(raw, row, route, verdict, parse=parse, limits=limits, stripped_reply=stripped_reply, files=batch,
-                   pins=Pins())
-    return portable(work, len(raw)), batch.take()
+def _serve(conn: Connection, root: str) -> None:
+    """A pool process: messages in, what they are out, until the daemon closes the pipe."""
+    files = AttachmentFiles(Path(root))   # kept between messages: the directories it knows exist
+    while True:
+        try:
+            raw, row, route, verdict, parse, limits, stripped_reply = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            batch = files.batch()
+            # The pins are the daemon's (held there while this runs); this process's own count for nothing.
+            work = analyse(raw, row, route, verdict, parse=parse, limits=limits, stripped_reply=stripped_reply, files=batch,
+                           pins=Pins())
+            answer: tuple = ("ok", portable(work, len(raw)), batch.take())
+        except Exception as exc:  # noqa: BLE001 - the daemon holds the message with it
+            answer = ("error", exc)
+        try:
+            conn.send(answer)
+        except (EOFError, OSError):
+            return   # the daemon closed the pipe (stopping)
+        except Exception as exc:  # noqa: BLE001 - the answer did not pickle: its text then
+            what = answer[1] if answer[0] == "error" else exc
+            conn.send(("error", ParserFailed("".join(traceback.format_exception_only(type(what), what)).strip()[:500])))
 
 
 def portable(work: Work, size: int) -> Work:

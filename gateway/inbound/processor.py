@@ -152,7 +152,7 @@ class Processor(Component):
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
         if self._parsers is not None:
-            self._parsers.close()
+            await asyncio.to_thread(self._parsers.close)
             self._parsers = None
         self._syncs.close()
 
