@@ -219,7 +219,9 @@ class WebhooksConfig:
 @dataclass(frozen=True, kw_only=True)
 class ProcessorConfig:
     enabled: bool = setting(True, "Process spooled inbound mail. false: it stays spooled (the MX and the pollers still accept it) and is processed once this is true again; e.g. to measure the MX listener alone (scripts/bench_mx.py).", restart=True)
-    concurrency: int = setting(16, "Spooled inbound messages processed at once (their MIME parsing and attachment files run in at most 4 worker threads; the others wait for DNS, the disk or the store meanwhile, and their files' fsyncs and finish commits go together).", min=1, max=256, restart=True)
+    concurrency: int = setting(16, "Spooled inbound messages processed at once (their MIME parsing and attachment files run in the parser processes, processor.processes, or for messages past processor.process_max_bytes in at most 4 worker threads; the others wait for DNS, the disk or the store meanwhile, and their files' fsyncs and finish commits go together).", min=1, max=256, restart=True)
+    processes: int = setting(0, "Processes that parse received messages (MIME, classification, reply stripping; gateway/inbound/pool.py), one message each at a time, so processing uses every core. 0: one per CPU this process may run on. At most processor.concurrency.", min=0, max=64, restart=True)
+    process_max_bytes: int = setting(4194304, "Largest message parsed in those processes; a larger one is parsed in a worker thread of the daemon, its attachments streamed to their files (not copied between processes). 0: every message in the daemon's threads, no processes.", min=0, restart=True)
     batch: int = setting(200, "Spooled rows read in one scan of the spool.", min=1, max=10000)
     poll_interval: float = setting(5.0, "Seconds between scans of the spool when nothing wakes the processor (a spool commit wakes it at once).", min=0.05)
     max_depth: int = setting(20, "Deepest MIME nesting parsed; deeper parts are kept as one raw remainder attachment.", min=1, max=200)

@@ -47,6 +47,7 @@ from .inbound.mime import MimeLimits, parse as parse_mime
 from .inbound.pins import Pins
 from .inbound.processor import Hooks, Processor
 from .inbound.reply import stripped_reply
+from .inbound.wake import Coalesced
 from .inbound.poller import Poller
 from .lifecycle import Component, loop_factory
 from .metrics import Metrics, budget_families, merged_exposition, store_families
@@ -190,8 +191,8 @@ class Daemon:
         unsubscriber = Unsubscriber(store, keyring, self.metrics, lambda: self.config)
         self.processor = self._processor(store, files, pins, suppressions, unsubscriber, dns)
         # Every spool commit (MX, poller, a release) wakes the processor; every finish, the forwarder.
-        if self.role == "pipeline":  # the processor runs in the parent
-            store.inbound.on_spooled(lambda: self.tell_parent({"op": "wake", "what": "processor"}))
+        if self.role == "pipeline":  # the processor runs in the parent; one line per loop turn, not per message
+            store.inbound.on_spooled(Coalesced(lambda: self.tell_parent({"op": "wake", "what": "processor"})))
         else:
             store.inbound.on_spooled(self.processor.wake)
         if self.pipelines is not None:

@@ -57,30 +57,57 @@ def enable_inbound(db: Path) -> None:
         conn.close()
 
 
+def processes(pid: int) -> list[int]:
+    """The daemon and its live descendants (daemon.workers' pipeline processes, the web worker)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            todo += [int(c) for task in Path(f"/proc/{p}/task").iterdir() for c in (task / "children").read_text().split()]
+        except OSError:
+            continue   # ended meanwhile
+    return out
+
+
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of the daemon (all its threads) so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of the daemon and its child processes (all their threads) so far."""
+    return sum(cpu_split(pid))
 
 
 def cpu_split(pid: int) -> tuple[float, float]:
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return int(fields[11]) / os.sysconf("SC_CLK_TCK"), int(fields[12]) / os.sysconf("SC_CLK_TCK")
+    user = system = 0.0
+    for p in processes(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        user += int(fields[11]) / os.sysconf("SC_CLK_TCK")
+        system += int(fields[12]) / os.sysconf("SC_CLK_TCK")
+    return user, system
 
 
 def thread_cpu(pid: int) -> dict[str, float]:
-    """CPU seconds so far: the event loop's thread, and the others summed by name."""
+    """CPU seconds so far: the event loop's thread, and the others summed by name; a child
+    process's threads under "child" (a pipeline worker's loop is where its MX runs)."""
     out: dict[str, float] = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
+    for p in processes(pid):
         try:
-            name = (task / "comm").read_text().strip()
-            fields = (task / "stat").read_text().rpartition(")")[2].split()
+            tasks = list(Path(f"/proc/{p}/task").iterdir())
         except OSError:
-            continue   # the thread ended meanwhile
-        # Python does not name its threads for the OS: the event loop's is the main one, the rest
-        # (the store's writer and readers, worker pools) are "gateway" like the process.
-        key = "loop" if task.name == str(pid) else "other threads" if name == "gateway" else name
-        out[key] = out.get(key, 0.0) + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            continue
+        for task in tasks:
+            try:
+                name = (task / "comm").read_text().strip()
+                fields = (task / "stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue   # the thread ended meanwhile
+            # Python does not name its threads for the OS: the event loop's is the main one, the rest
+            # (the store's writer and readers, worker pools) are "gateway" like the process.
+            key = "loop" if task.name == str(p) else "other threads" if name == "gateway" else name
+            if p != pid:
+                key = f"child {key}"
+            out[key] = out.get(key, 0.0) + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return out
 
 
@@ -201,6 +228,7 @@ def main() -> None:
     parser.add_argument("--lockstep", action="store_true", help="wait for each reply (no PIPELINING of MAIL, RCPT, DATA)")
     parser.add_argument("--process", action="store_true",
                         help="process the spooled mail meanwhile (processor.enabled; off: the MX's acceptance alone)")
+    parser.add_argument("--workers", help="daemon.workers (default: the config's, 1): MX listeners in that many processes")
     parser.add_argument("--log-level", default="info", help="the daemon's log.level (info: its default)")
     parser.add_argument("--profile", metavar="SVG", help="record the daemon with py-spy (.svg flame graph, .txt collapsed)")
     parser.add_argument("--profile-args", default="", help="more py-spy arguments, e.g. --profile-args=--gil")
@@ -226,6 +254,9 @@ def main() -> None:
         # Its [inbound] listens on a free port nobody measures: this one is measured.
         text = config.read_text().replace('level = "warning"', f'level = "{args.log_level}"', 1)
         config.write_text(text.replace('[inbound]\nlisten = "127.0.0.1:0"', f'[inbound]\nlisten = "127.0.0.1:{port}"', 1))
+        if args.workers:
+            with config.open("a") as f:
+                f.write(f'[daemon]\nworkers = "{args.workers}"\n')
         proc, sock = sub.start_daemon(work)
         db = work / "state" / "gateway.db"
         spy = None
@@ -268,12 +299,12 @@ def main() -> None:
             proc.wait(timeout=60)
         total = len(lat)
         print(f"sessions {args.sessions}  messages {total} x {args.size} B  ({'STARTTLS' if args.starttls else 'plain'}, {'lockstep' if args.lockstep else 'pipelined'}, one connection each)"
-              f"  processing {'on' if args.process else 'off'}, log level {args.log_level}")
+              f"  workers {args.workers or 1}, processing {'on' if args.process else 'off'}, log level {args.log_level}")
         print(f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}  cores: {os.cpu_count()}")
         print(f"throughput  {total / elapsed:8.0f} msg/s   ({elapsed:.2f} s)")
         print(f"latency     p50 {statistics.median(lat) * 1000:.1f} ms   p99 {sub.pct(lat, 0.99) * 1000:.1f} ms   "
               f"max {max(lat) * 1000:.1f} ms  (final dot -> 250)")
-        print(f"daemon CPU  {cpu / total * 1e6:.0f} us per message ({user:.2f} s user + {system:.2f} s system, all threads): "
+        print(f"daemon CPU  {cpu / total * 1e6:.0f} us per message ({user:.2f} s user + {system:.2f} s system, all threads and child processes): "
               f"{total / cpu:.0f} msg/s per fully used core")
         print("  by thread " + ", ".join(f"{k} {v / total * 1e6:.0f}" for k, v in sorted(threads.items(), key=lambda kv: -kv[1])
                                          if v > 0) + " us per message")

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import resource
 import sys
 import tempfile
 import time
@@ -50,6 +52,9 @@ async def run(args: argparse.Namespace, dc: Dovecot, tmp: Path) -> None:
                                    incoming_secret=dc.users["alice"])
         config = PollerConfig(ca_file=str(dc.cert_path), batch=args.batch, interval=0.2, rescan_interval=60)
         poller = Poller(store, config, allow_loopback=True)   # Dovecot runs on loopback here
+        load = os.getloadavg()[0]
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        cpu_started = usage.ru_utime + usage.ru_stime
         started = time.perf_counter()
         await poller.start()
         cid = (await store.connectors.get("acme", "inbox"))["id"]
@@ -73,6 +78,8 @@ async def run(args: argparse.Namespace, dc: Dovecot, tmp: Path) -> None:
                 break
             await asyncio.sleep(0.02)
         finished = time.perf_counter()
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = usage.ru_utime + usage.ru_stime - cpu_started
         await poller.stop(asyncio.get_running_loop().time() + 5)
         rows = len(await store.inbound.spooled(limit=args.messages * 2))
         assert rows == args.messages, f"{rows} rows spooled, expected {args.messages}"
@@ -80,6 +87,8 @@ async def run(args: argparse.Namespace, dc: Dovecot, tmp: Path) -> None:
         print(f"{args.protocol} ({args.tls}), {args.messages} messages of {args.size} B, after {args.after}, batch {args.batch}:"
               f" spooled in {spooled_at - started:.2f} s, done on the server in {total:.2f} s"
               f" = {args.messages / total:,.0f} msg/s ({args.messages * args.size / total / 1e6:.1f} MB/s)")
+        print(f"poller CPU {cpu / args.messages * 1e6:.0f} us per message (this process, all threads; Dovecot's not counted);"
+              f" load average {load:.1f} on {os.cpu_count()} cores")
     finally:
         await store.close()
 

@@ -65,9 +65,37 @@ def rss_mb(field: str = "VmRSS") -> float:
     return 0.0
 
 
+def descendants() -> list[int]:
+    """Live child processes of this one, and theirs (the parser pool's fork server and processes)."""
+    out, todo = [], [os.getpid()]
+    while todo:
+        try:
+            kids = [int(c) for task in Path(f"/proc/{todo.pop()}/task").iterdir() for c in (task / "children").read_text().split()]
+        except OSError:
+            continue   # ended meanwhile
+        out += kids
+        todo += kids
+    return out
+
+
+def children_cpu() -> tuple[float, float]:
+    """User and system CPU seconds of the live descendants (counted while they run: they are not reaped yet)."""
+    user = system = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in descendants():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        user, system = user + int(fields[11]) / tick, system + int(fields[12]) / tick
+    return user, system
+
+
 def cpu_seconds() -> tuple[float, float]:
+    """This process's CPU and its live descendants' (the parser pool)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime, usage.ru_stime
+    kids = children_cpu()
+    return usage.ru_utime + kids[0], usage.ru_stime + kids[1]
 
 
 def thread_cpu() -> dict[str, float]:
@@ -137,7 +165,8 @@ async def run(args: argparse.Namespace) -> None:
                 batch = []
         if batch:
             await store.inbound.spool(batch)
-        config = parse_config({"processor": {"concurrency": args.concurrency, "poll_interval": 60.0}})
+        config = parse_config({"processor": {"concurrency": args.concurrency, "poll_interval": 60.0, "processes": args.processes,
+                                             "process_max_bytes": 0 if args.threads else 4 * 1024 * 1024}})
         # Logged as the daemon logs under systemd (JSON, a line per message), to a file nobody reads:
         # the rendering costs what it costs in production, the terminal is not the bottleneck.
         log_file = open(os.devnull, "w")
@@ -145,14 +174,17 @@ async def run(args: argparse.Namespace) -> None:
         processor = Processor(store, config, Metrics(), files=AttachmentFiles(Path(tmp) / "attachments"), pins=Pins(),
                               parse=parse_mime, stripped_reply=stripped_reply, limits=lambda p: MimeLimits(),
                               inline=args.inline)
+        await processor.warm()   # the parser processes' start (an interpreter's imports) is not what is measured
         rss_before = rss_mb()
         stop, lags = asyncio.Event(), []
         probe = asyncio.create_task(loop_lag(stop, lags))
-        started, cpu_started, threads_started = time.perf_counter(), cpu_seconds(), thread_cpu()
+        started, cpu_started, threads_started, kids_started = time.perf_counter(), cpu_seconds(), thread_cpu(), children_cpu()
         await processor.start()
         await processor.drain()
         rounds = processor._syncs.rounds
         by_thread = {name: cpu - threads_started.get(name, 0.0) for name, cpu in thread_cpu().items()}   # before stop: the pools' threads are still there
+        parsers = processor.status()["processor"]["parser_processes"]
+        by_thread["parser processes"] = sum(children_cpu()) - sum(kids_started)
         elapsed, (user, system) = time.perf_counter() - started, (b - a for a, b in zip(cpu_started, cpu_seconds()))
         cpu = user + system
         stop.set()
@@ -168,7 +200,7 @@ async def run(args: argparse.Namespace) -> None:
         log_file.close()
     p50, p99 = quantiles(hist)
     print(f"messages     {args.messages} of {sizes / args.messages / 1024:.0f} KB avg, 2 attachments each; "
-          f"concurrency {args.concurrency}, {'inline on the loop' if args.inline else 'worker threads'}, "
+          f"concurrency {args.concurrency}, {'inline on the loop' if args.inline else f'{parsers} parser processes and worker threads'}, "
           f"{'seasoned store (fan-out directories there)' if args.seasoned else 'new store'}")
     print(f"processed    {kinds}  webhook outbox rows {outbox}  attachment files {files}")
     print(f"throughput   {args.messages / elapsed:.0f} msg/s ({elapsed:.2f} s); {rounds} fsync rounds for the attachment files "
@@ -243,6 +275,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--size", type=int, default=50_000)
     parser.add_argument("--seasoned", action="store_true", help="the fan-out directories exist (a store in use for a while)")
+    parser.add_argument("--processes", type=int, default=0, help="processor.processes (0: one per CPU)")
+    parser.add_argument("--threads", action="store_true", help="no parser processes: the MIME work in the worker threads (as before the pool)")
     parser.add_argument("--inline", action="store_true", help="CPU work on the event loop instead of worker threads")
     parser.add_argument("--big", type=int, default=0, help="one message with an attachment of this many MB: peak RSS")
     parser.add_argument("--process-big", default="", help=argparse.SUPPRESS)

@@ -55,6 +55,14 @@ def analyse(raw: bytes, row: dict[str, Any], route: Route, verdict: Any, *, pars
         stripped_reply: Callable[[str, str], str] | None, files: Any, pins: Pins) -> Work:
     """The CPU part of one message (a worker thread runs it): header, classification, MIME, files.
     The attachment files it wrote stay pinned (``Work.shas``): the caller unpins them after the finish."""
+    work = examine(raw, row, route, verdict, parse=parse, limits=limits, stripped_reply=stripped_reply)
+    put_files(work, files, pins)
+    return work
+
+
+def examine(raw: bytes, row: dict[str, Any], route: Route, verdict: Any, *, parse: Callable[..., Any], limits: Any,
+            stripped_reply: Callable[[str, str], str] | None) -> Work:
+    """All of ``analyse`` but the files: pure, so a pool process can run it (pool.py)."""
     stored: list[bytes | memoryview] | None = None
     if verdict is not None:
         stored, auth = _with_header(raw, verdict), verdict.summary()
@@ -82,8 +90,13 @@ def analyse(raw: bytes, row: dict[str, Any], route: Route, verdict: Any, *, pars
     # A tenant's mailbox auto-forwarding to us: the customer is the sender, the mailbox is named.
     o = origin.attribute(_head(body), mail_from=row["mail_from"], recipients=row["recipients"])
     work.sender, work.forwarded_by = o.sender or "", o.forwarded_by or ""
+    return work
+
+
+def put_files(work: Work, files: Any, pins: Pins) -> None:
+    """Write the attachment files of an examined message (pinned: ``Work.shas``) and list them."""
     try:
-        for position, part in enumerate(parsed.attachments):
+        for position, part in enumerate(work.parsed.attachments):
             with pins.putting():
                 sha = files.put(part.chunks())
                 pins.pin([sha])
@@ -94,7 +107,6 @@ def analyse(raw: bytes, row: dict[str, Any], route: Route, verdict: Any, *, pars
     except BaseException:
         pins.unpin(work.shas)
         raise
-    return work
 
 
 _BLANK_LINE = re.compile(rb"\r?\n(\r?\n)")

@@ -220,6 +220,10 @@ class Batch:
         """As ``AttachmentFiles.put``, but on disk only once the block has ended."""
         return self.files._write(data, self._pending)
 
+    def add(self, paths: set[str]) -> None:
+        """Paths written elsewhere (a parser process, gateway/inbound/pool.py) to fsync with this batch's."""
+        self._pending |= paths
+
     def take(self) -> set[str]:
         """The paths still to fsync, handed over (to ``Syncs.sync``): the block's end then syncs nothing."""
         pending, self._pending = self._pending, set()

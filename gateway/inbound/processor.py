@@ -18,8 +18,12 @@
 
 Woken at once by every spool commit (store.inbound.on_spooled, wired by the daemon), else it scans
 every processor.poll_interval. The CPU-bound work of one message (authentication's header work,
-MIME parsing, hashing and writing attachment files) runs in a worker thread, so the MX and
-submission listeners on the loop keep answering while a 25 MB message is parsed.
+classification, MIME parsing, reply stripping, hashing and writing attachment files) runs in a
+parser process (pool.py: processor.processes of them, one message each), so processing uses every
+core; a message past processor.process_max_bytes runs it in a worker thread instead (its
+attachments streamed from the one copy). Either way the loop keeps answering the listeners, and
+the store's reads and writes, the reply order and the finish stay here: one writer per row. A
+parser process that dies leaves the row spooled; it is tried again, and held after MAX_DEATHS.
 
 Idempotent: a crash between the attachment files and the finish write leaves the row spooled; it is
 processed again and its files (content-addressed) are the same. The hooks run before the finish,
@@ -54,6 +58,7 @@ from .analysis import CONVERSATION, Route, Work, address_of, analyse, display_of
 from .attachments import Syncs
 from .order import ParentOrder
 from .pins import Pins
+from .pool import ParserDied, ParserPool, pool_size
 
 log = structlog.get_logger("processor")
 
@@ -68,6 +73,10 @@ MEMORY_FACTOR = 3
 STALL_AFTER = 300.0   # seconds without a finished message while some are in flight: /health says so
 WORKER_THREADS = 4   # at most, for the CPU work (16 in flight: 16 threads measured no faster than 4)
 HOLD_RETRY = 1.0   # seconds before a row whose hold write failed (disk full) is tried again
+# A message whose parser process died this many times is held: it kills the parser, whatever the
+# cause of one death (the OOM killer, an operator's kill) it is not chance three times running.
+MAX_DEATHS = 3
+DEATHS_KEPT = 10_000   # rows remembered with their parser deaths (a bound; forgotten: one more try)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -109,6 +118,8 @@ class Processor(Component):
         self._inflight: dict[int, asyncio.Task] = {}
         self._slots: asyncio.Semaphore | None = None
         self._pool: ThreadPoolExecutor | None = None
+        self._parsers: ParserPool | None = None   # pool.py: the MIME work of messages up to process_max_bytes
+        self._deaths: dict[int, int] = {}   # row id -> times its parser process died (MAX_DEATHS)
         self._idle = asyncio.Event()
         self._idle.set()
         self._syncs = Syncs()
@@ -124,8 +135,7 @@ class Processor(Component):
             return
         n = self.config.processor.concurrency
         self._slots = asyncio.Semaphore(n)
-        # More threads than this only contend for the GIL: the CPU work of a message holds it.
-        self._pool = ThreadPoolExecutor(max_workers=min(n, WORKER_THREADS), thread_name_prefix="processor")
+        self._start_pools()
         self._task = asyncio.create_task(self._run(), name="processor")
 
     async def stop(self, deadline: float) -> None:
@@ -144,7 +154,29 @@ class Processor(Component):
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
+        if self._parsers is not None:
+            await asyncio.to_thread(self._parsers.close)
+            self._parsers = None
         self._syncs.close()
+
+    def _start_pools(self) -> None:
+        if self._pool is not None:
+            return
+        n = self.config.processor.concurrency
+        parsers = 0
+        if not self.inline and self.config.processor.process_max_bytes > 0:
+            parsers = min(pool_size(self.config.processor.processes), n)
+            self._parsers = ParserPool(parsers, self.files.root)
+        # More threads than this only contend for the GIL: the CPU work of a message holds it. A
+        # thread waits for each parser process besides those that parse big messages themselves.
+        self._pool = ThreadPoolExecutor(max_workers=min(n, WORKER_THREADS + parsers), thread_name_prefix="processor")
+
+    async def warm(self) -> None:
+        """The parser processes started now, not when the first messages need them (benchmarks:
+        before or after start)."""
+        self._start_pools()
+        if self._parsers is not None:
+            await asyncio.get_running_loop().run_in_executor(self._pool, self._parsers.warm)
 
     async def reload(self, config: Config) -> None:
         self.config = config
@@ -156,7 +188,9 @@ class Processor(Component):
         self._wake.set()
 
     def status(self) -> dict[str, Any]:
-        return {"processor": {"processed": self.processed, "held": self.held, "in_flight": len(self._inflight)}}
+        return {"processor": {"processed": self.processed, "held": self.held, "in_flight": len(self._inflight),
+                              "parser_processes": self._parsers.size if self._parsers is not None else 0,
+                              "parser_deaths": self._parsers.deaths if self._parsers is not None else 0}}
 
     def problems(self) -> list[str]:
         # Work in flight and nothing finished for long: a stuck parse or store (each message takes ms).
@@ -233,6 +267,7 @@ class Processor(Component):
         self._order.begin(row["id"], row.get("header_message_id") or "")
         try:
             processed, shas = await self.process(row)
+            self._deaths.pop(row["id"], None)
             if await self.store.inbound.finish(row["id"], processed):
                 self.processed += 1
                 self.metrics.inbound_processed.labels(kind=processed.kind).inc()
@@ -246,6 +281,18 @@ class Processor(Component):
             # Not the message's fault: it stays spooled and is tried again once there is room.
             log.warning("inbound_deferred_store_full", inbound_id=row["inbound_id"])
             await asyncio.sleep(HOLD_RETRY)
+        except ParserDied as exc:
+            # Not lost, not doubled: the row is still spooled (nothing was written for it) and the
+            # scan comes back to it; a message that kills its parser every time is held.
+            deaths = self._deaths.get(row["id"], 0) + 1
+            if deaths >= MAX_DEATHS:
+                self._deaths.pop(row["id"], None)
+                await self._hold(row, ParserDied(f"{exc} ({deaths} times: not tried again until released)"))
+            else:
+                if len(self._deaths) >= DEATHS_KEPT:
+                    self._deaths.clear()
+                self._deaths[row["id"]] = deaths
+                log.warning("inbound_parser_died", inbound_id=row["inbound_id"], deaths=deaths, retry=True)
         except Exception as exc:  # noqa: BLE001 - nothing is dropped: held with the reason
             await self._hold(row, exc)
         finally:
@@ -285,7 +332,8 @@ class Processor(Component):
         # A parent that ends while the worker thread looks its thread up may be missed by that look:
         # the mark says whether one did (order.py), and the lookup is made again then.
         self._looked[row["id"]] = self._order.ended
-        work_of = functools.partial(self._work, row, route, verdict, raw, batch)
+        pooled = self._parsers is not None and row["size"] <= self.config.processor.process_max_bytes
+        work_of = functools.partial(self._work_pooled if pooled else self._work, row, route, verdict, raw, batch)
         raw, work = work_of() if self.inline else await asyncio.get_running_loop().run_in_executor(self._pool, work_of)
         self._order.named(row["id"], self._record_id(row, work.parsed))
         try:
@@ -305,6 +353,22 @@ class Processor(Component):
         work = analyse(raw, row, route, verdict, parse=self._parse, stripped_reply=self._stripped,
                        limits=self._limits(self.config.processor) if self._limits is not None else None,
                        files=files, pins=self.pins)
+        self._lookup_here(row, work)
+        return raw, work
+
+    def _work_pooled(self, row: dict[str, Any], route: Route, verdict: Any, raw: bytes | bytearray | None,
+                     files: Any) -> tuple[bytes | bytearray, Work]:
+        """``_work`` with the analysis in a parser process (pool.py): this thread waits for it."""
+        assert self._parsers is not None
+        if raw is None:
+            raw = self.store.inbound.raw_here(row["id"])
+        work, pending = self._parsers.analyse(raw, row, route, verdict, pins=self.pins, parse=self._parse, stripped_reply=self._stripped,
+                                              limits=self._limits(self.config.processor) if self._limits is not None else None)
+        files.add(pending)   # fsynced with the other messages' files (Syncs), before the finish
+        self._lookup_here(row, work)
+        return raw, work
+
+    def _lookup_here(self, row: dict[str, Any], work: Work) -> None:
         if work.classification.kind in CONVERSATION:
             try:
                 work.lookup = self._thread_lookup(row, work.parsed)
@@ -312,7 +376,6 @@ class Processor(Component):
             except BaseException:
                 self.pins.unpin(work.shas)
                 raise
-        return raw, work
 
     def _record_id(self, row: dict[str, Any], parsed: Any) -> str:
         """The Message-ID an inbound message is recorded under: its own, else one made from its inbound id."""
