@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import socket
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -107,8 +108,9 @@ class ApiServer(Component):
     name = "api"
 
     def __init__(self, config: Callable[[], Config], store: Any, routes: list[Route], metrics: Any, *, tls: Any = None,
-                 budget: ByteBudget | None = None):
+                 budget: ByteBudget | None = None, sock: socket.socket | None = None):
         self.config = config
+        self.sock = sock   # bound and listening already (a pipeline worker's, gateway/pipelines.py), else api.listen
         self.budget = budget     # the daemon's in-flight memory budget: routes with ``reserve`` read their bodies under it
         self.store = store
         self.routes = routes
@@ -122,6 +124,7 @@ class ApiServer(Component):
         self._failures = RateLimiter(shared=store.limits, scope="apifail", exact=True)   # bad keys, per client address
         self._blocked: OrderedDict[str, float] = OrderedDict()  # client address -> refused until (monotonic)
         self._inflight = 0
+        self.served = 0   # requests answered by this process (status: which pipeline worker serves how many)
         self._inflight_by_client: dict[str, int] = {}   # only addresses with requests in flight (bounded by max_inflight)
         self._per_key: dict[int, int] = {}   # requests in flight by API key id (only keys with one open)
         self._locks: dict[tuple[int, str], asyncio.Lock] = {}
@@ -158,7 +161,10 @@ class ApiServer(Component):
         if api.tls:
             self.tls.load()
             ssl_context = self.tls.context
-        site = web.TCPSite(self._runner, host, port, reuse_address=True, ssl_context=ssl_context, backlog=512)
+        if self.sock is not None:
+            site: web.BaseSite = web.SockSite(self._runner, self.sock, ssl_context=ssl_context)
+        else:
+            site = web.TCPSite(self._runner, host, port, reuse_address=True, ssl_context=ssl_context, backlog=512)
         try:
             self._address = await start_site(self._runner, site, "api", api.listen) or self._address
         except StartupError:
@@ -179,6 +185,9 @@ class ApiServer(Component):
 
     def listeners(self) -> list[Listener]:
         return [Listener("api", self._address, up=self._runner is not None)]
+
+    def status(self) -> dict[str, Any]:
+        return {"api": {"requests": self.served, "in_flight": self._inflight}}
 
     # ------------------------------------------------------------------ the pipeline
 
@@ -292,6 +301,7 @@ class ApiServer(Component):
                 counter = counters[response.status] = self.metrics.api_requests.labels(route=name, status=str(response.status))
             seconds.observe(time.perf_counter() - started)
             counter.inc()
+            self.served += 1
             return response
 
         return handle
