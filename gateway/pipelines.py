@@ -46,10 +46,12 @@ def share(config: Config, n: int) -> Config:
     so N workers hold no more message bytes, outbound connections and claims than one process would."""
     if n <= 1:
         return config
-    d, dl = config.daemon, config.delivery
+    d, dl, api = config.daemon, config.delivery, config.api
     return dataclasses.replace(
         config,
         daemon=dataclasses.replace(d, memory_budget=max(d.memory_budget // n, 1 << 20)),
+        api=dataclasses.replace(api, max_inflight=max(api.max_inflight // n, 1), max_inflight_per_client=max(api.max_inflight_per_client // n, 1),
+                                max_inflight_per_key=max(api.max_inflight_per_key // n, 1)),
         delivery=dataclasses.replace(dl, workers=max(dl.workers // n, 1), per_destination=max(dl.per_destination // n, 1),
                                      max_inflight=max(dl.max_inflight // n, 1)))
 

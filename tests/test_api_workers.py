@@ -18,6 +18,8 @@ from typing import Any
 
 import aiohttp
 
+from gateway.config import ApiConfig, Config
+from gateway.pipelines import share
 from tests.support.daemon import merge
 from tests.support.process import AdminHandle, GatewayProcess, write_config
 from tests.support.tenancy import dns_overrides, sending_setup
@@ -139,3 +141,10 @@ async def test_both_workers_serve_the_api_once_revoke_and_limit_together(tmp_pat
         assert await asyncio.to_thread(gw.stop) == 0
     finally:
         gw.close()
+
+
+def test_the_api_bounds_are_the_daemons_divided_among_the_workers():
+    api = ApiConfig(max_inflight=512, max_inflight_per_client=128, max_inflight_per_key=1)
+    shared = share(Config(api=api), 2).api
+    assert (shared.max_inflight, shared.max_inflight_per_client, shared.max_inflight_per_key) == (256, 64, 1)
+    assert share(Config(api=api), 1).api == api
