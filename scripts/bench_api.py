@@ -66,7 +66,7 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-def wait_listening(port: int, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+def wait_listening(port: int, proc: subprocess.Popen, timeout: float = 300.0) -> None:
     """Until the API answers (with --workers the parent binds its sockets and the admin socket answers
     seconds before the workers, interpreters importing the gateway, serve them)."""
     deadline = time.time() + timeout
