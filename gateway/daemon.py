@@ -109,7 +109,7 @@ def prepare_state_dir(path: Path) -> None:
 class Daemon:
     """``role``: "single" (daemon.workers = 1: everything in this process), "parent" (the listeners and
     delivery in pipeline worker processes, gateway/pipelines.py; the rest here) or "pipeline" (one of those
-    workers, gateway/pipeline.py: submission, the MX and a scheduler on the parent's sockets and store)."""
+    workers, gateway/pipeline.py: submission, the MX, the HTTP API and a scheduler on the parent's sockets and store)."""
 
     def __init__(self, config: Config, paths: Paths, *, config_path: str | None = None, notifier: Notifier | None = None,
                  role: str | None = None):
