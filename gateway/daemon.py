@@ -110,7 +110,7 @@ def prepare_state_dir(path: Path) -> None:
 class Daemon:
     """``role``: "single" (daemon.workers = 1: everything in this process), "parent" (the listeners and
     delivery in pipeline worker processes, gateway/pipelines.py; the rest here) or "pipeline" (one of those
-    workers, gateway/pipeline.py: submission, the MX and a scheduler on the parent's sockets and store)."""
+    workers, gateway/pipeline.py: submission, the MX, the HTTP API and a scheduler on the parent's sockets and store)."""
 
     def __init__(self, config: Config, paths: Paths, *, config_path: str | None = None, notifier: Notifier | None = None,
                  role: str | None = None):
@@ -135,6 +135,10 @@ class Daemon:
         self.token: str | None = None
         self.sockets: dict[str, socket.socket] = {}
         self.tell_parent: Any = lambda message: None
+        # A pipeline worker's question to its parent, answered over the control channel (what only the
+        # parent can do: a webhook test POST through its sender); gateway/pipeline.py sets it.
+        self.ask_parent: Any = None
+        self.api: ApiServer | None = None   # this process's API listener (none in a parent of workers: they serve it)
         self.node = ""   # this node's id (gateway/node.py), known once the state directory is locked
 
     # ------------------------------------------------------------------ wiring
@@ -196,14 +200,17 @@ class Daemon:
         else:
             store.inbound.on_spooled(self.processor.wake)
         if self.pipelines is not None:
-            self.pipelines.wakes["processor"] = self.processor.wake
+            self.pipelines.wakes.update(processor=self.processor.wake, poller=self.poller.wake, webhooks=webhooks.wake)
+            self.pipelines.answers["webhook_post"] = lambda m: webhooks.post(m["url"], m["secret"], m["body"].encode(), m["event_ids"])
+            self.pipelines.answers["forget_key"] = lambda m: self.pipelines.forget_key(m["key"])
         store.inbound.on_finished(forwarder.wake)
         self.services = [TenantService(store), domains, usecases,
                          QueueService(store, wake=wake_delivery, on_change=monitor.kick),
                          PauseService(store, wake=wake_delivery, on_change=monitor.kick), DaemonService(self),
-                         ConnectorService(store, lambda: self.config, on_change=self.poller.wake),
+                         ConnectorService(store, lambda: self.config, on_change=self._parents("poller", self.poller.wake)),
                          WebhookService(store, allow_loopback=lambda: self.config.webhooks.allow_loopback,
-                                        post=webhooks.post, on_change=webhooks.wake),
+                                        post=self._webhook_post if self.role == "pipeline" else webhooks.post,
+                                        on_change=self._parents("webhooks", webhooks.wake)),
                          EventService(store), UnsubscribeService(store, keyring), suppressions, AddressService(store),
                          InboxService(store, files)]
         apikeys = ApiKeyService(store)
@@ -240,12 +247,16 @@ class Daemon:
         ]
         # The tenant API calls the same service functions as the admin socket (gateway/api/endpoints.py).
         # It starts after the listeners' TLS context exists and stops before the workers it feeds.
-        if self.config.api.enabled:
+        # With pipeline workers they serve it, each on its own socket (gateway/pipelines.py), and the
+        # parent only passes revocations on.
+        if self.config.api.enabled and self.pipelines is not None:
+            apikeys.on_revoke = self.pipelines.forget_key
+        elif self.config.api.enabled:
             methods = checked(collect(*self.services))
             deps = ApiDeps(store, methods, lambda: self.config, sending=submission_server.handler.submitter)
-            api = ApiServer(lambda: self.config, store, collect_routes(*api_endpoints(deps)), self.metrics, tls=submission_server.tls,
-                            budget=self.budget)
-            apikeys.on_revoke = api.keys.forget
+            api = self.api = ApiServer(lambda: self.config, store, collect_routes(*api_endpoints(deps)), self.metrics,
+                                       tls=submission_server.tls, budget=self.budget, sock=self.sockets.get("api"))
+            apikeys.on_revoke = self._revoked
             workers.append(api)
         # Components start in this order and stop in reverse. Web and admin start first and stop
         # last, so status and /health answer until the end; the listeners stop accepting before the
@@ -255,16 +266,38 @@ class Daemon:
             # A pipeline worker serves its parent's sockets and delivers; the rest is the parent's.
             for listener in listeners:
                 listener.sockets = {name: sock for name, sock in self.sockets.items() if name in {l.name for l in listener.listeners()}}
-            self.components = [self.scheduler, *listeners]
+            self.components = [self.scheduler, *listeners, *([self.api] if self.api is not None else [])]
             return
         if self.pipelines is not None:  # their place in the start order: last, after what they feed
             workers = [c for c in workers if c is not self.scheduler and c not in listeners]
-            workers.insert(len(workers) - (1 if self.config.api.enabled else 0), self.pipelines)
+            workers.append(self.pipelines)
         self.components = [
             self._web([r for c in workers for r in c.web_routes()], keyring),
             AdminServer(self.paths.socket, collect(*self.services), max_request_bytes=self.config.admin.max_request_bytes, metrics=self.metrics),
             *workers,
         ]
+
+    def _parents(self, what: str, wake: Any) -> Any:
+        """``wake`` where its component runs: here, or (in a pipeline worker) in the parent, told to."""
+        if self.role != "pipeline":
+            return wake
+        return lambda: self.tell_parent({"op": "wake", "what": what})
+
+    async def _revoked(self, public_id: str) -> None:
+        """An API key revoked through this process's API: refused here at once and, in a pipeline
+        worker, by every other worker before the revocation is answered (the parent tells them all)."""
+        if self.api is not None:
+            self.api.keys.forget(public_id)
+        if self.role == "pipeline":
+            await self.ask_parent({"op": "forget_key", "key": public_id})
+
+    async def _webhook_post(self, url: str, secret: str, body: bytes, event_ids: list[int]) -> dict[str, Any]:
+        """A pipeline worker's webhook test: the parent's sender POSTs it (its session, its figures)."""
+        reply = await self.ask_parent({"op": "webhook_post", "url": url, "secret": secret, "body": body.decode(),
+                                       "event_ids": event_ids}, timeout=self.config.webhooks.timeout + 10.0)
+        if reply is None:
+            return {"at": time.time(), "ok": False, "status": None, "latency": 0.0, "error": "the daemon did not answer"}
+        return reply["result"]
 
     def _web(self, routes: list[Any], keyring: Keyring) -> Component:
         """The public web server: in a child process of its own (web.process, gateway/workers.py),

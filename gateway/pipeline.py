@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -41,7 +42,7 @@ from .errors import ConfigError
 from .paths import resolve_paths
 from .systemd import Notifier
 from .webworker import detach, run_child
-from .workers import LINE_LIMIT
+from .workers import APPLY_TIMEOUT, LINE_LIMIT
 
 log = structlog.get_logger("pipeline")
 
@@ -55,6 +56,8 @@ class Pipeline:
         self.sockets, self.control, self.token, self.name = sockets, control, token, name
         self.daemon: Daemon | None = None
         self._stop = asyncio.Event()
+        self._asks: dict[int, asyncio.Future] = {}   # questions to the parent by number (ask_parent)
+        self._ask_ids = itertools.count(1)
 
     async def run(self) -> int:
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self._stop.set)
@@ -70,6 +73,7 @@ class Pipeline:
         daemon = self.daemon = Daemon(config, paths, notifier=Notifier({}), role="pipeline")
         daemon.token, daemon.sockets = self.token, self.sockets
         daemon.tell_parent = lambda message: writer.is_closing() or writer.write(_line(message))
+        daemon.ask_parent = lambda message, timeout=APPLY_TIMEOUT: self._ask(writer, message, timeout)
         await daemon.start()
         try:
             writer.write(_line({"op": "ready", "pid": os.getpid(), "token": self.token}))
@@ -100,6 +104,11 @@ class Pipeline:
                         log.error("pipeline_config_refused", problems=exc.problems)
                 elif op == "keys":
                     daemon.keyring.invalidate()
+                elif op == "forget_key" and daemon.api is not None:
+                    daemon.api.keys.forget(message.get("key"))
+                elif op == "answer":
+                    self._answered(message)
+                    continue
                 elif op == "metrics":
                     reply = {"text": generate_latest(daemon.metrics.registry).decode()}
                 elif op == "status":
@@ -109,9 +118,31 @@ class Pipeline:
                     await writer.drain()
         except ConnectionError:
             pass
+        for fut in self._asks.values():   # the parent is gone: nobody answers
+            if not fut.done():
+                fut.set_result(None)
         if not self._stop.is_set():
             log.info("pipeline_parent_gone")
             self._stop.set()
+
+    async def _ask(self, writer: asyncio.StreamWriter, message: dict[str, Any], timeout: float) -> dict[str, Any] | None:
+        """Ask the parent (Pipelines.answers); its answer, or None when it is gone or silent."""
+        if writer.is_closing():
+            return None
+        ask = next(self._ask_ids)
+        fut = self._asks[ask] = asyncio.get_running_loop().create_future()
+        try:
+            writer.write(_line({**message, "ask": ask}))
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            return None
+        finally:
+            self._asks.pop(ask, None)
+
+    def _answered(self, message: dict[str, Any]) -> None:
+        fut = self._asks.get(message.get("ask"))
+        if fut is not None and not fut.done():
+            fut.set_result(message)
 
 
 def main(argv: list[str] | None = None) -> int:

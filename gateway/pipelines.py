@@ -46,10 +46,12 @@ def share(config: Config, n: int) -> Config:
     so N workers hold no more message bytes, outbound connections and claims than one process would."""
     if n <= 1:
         return config
-    d, dl = config.daemon, config.delivery
+    d, dl, api = config.daemon, config.delivery, config.api
     return dataclasses.replace(
         config,
         daemon=dataclasses.replace(d, memory_budget=max(d.memory_budget // n, 1 << 20)),
+        api=dataclasses.replace(api, max_inflight=max(api.max_inflight // n, 1), max_inflight_per_client=max(api.max_inflight_per_client // n, 1),
+                                max_inflight_per_key=max(api.max_inflight_per_key // n, 1)),
         delivery=dataclasses.replace(dl, workers=max(dl.workers // n, 1), per_destination=max(dl.per_destination // n, 1),
                                      max_inflight=max(dl.max_inflight // n, 1)))
 
@@ -65,6 +67,8 @@ class PipelineWorker(Child):
         super().__init__(f"pipeline-{index}", config, paths)
         self.index, self.of, self.node = index, of, node
         self.on_event, self.release = on_event, release
+        self.on_ask: Callable[[dict[str, Any]], Any] = lambda message: asyncio.sleep(0)
+        self._asked: set[asyncio.Task] = set()
         self.token = self._new_token()
 
     def _new_token(self) -> str:
@@ -81,7 +85,20 @@ class PipelineWorker(Child):
         return share(self.config(), self.of)
 
     def event(self, message: dict[str, Any]) -> None:
+        if "ask" in message:   # a question (its answer goes back to this worker alone): Pipelines.answer
+            task = asyncio.create_task(self._answer(message))
+            self._asked.add(task)
+            task.add_done_callback(self._asked.discard)
+            return
         self.on_event(message)
+
+    async def _answer(self, message: dict[str, Any]) -> None:
+        try:
+            result = await self.on_ask(message)
+        except Exception:  # noqa: BLE001 - the worker hears "no answer" rather than waiting for ever
+            log.exception("worker_question_failed", worker=self.name, op=message.get("op"))
+            result = None
+        self.send({"op": "answer", "ask": message["ask"], "result": result})
 
     async def died(self) -> None:
         token, self.token = self.token, self._new_token()
@@ -105,8 +122,12 @@ class Pipelines(Component):
         self.config, self.paths = config, paths
         self.release_all = release_all
         self.wakes = wakes
+        # What a worker may ask the parent to do (by "op"), and the answer: Daemon._webhook_post, _revoked.
+        self.answers: dict[str, Callable[[dict[str, Any]], Any]] = {}
         n = workers_count(config().daemon.workers)
         self.workers = [PipelineWorker(i, n, config, paths, node=node, on_event=self._event, release=release) for i in range(1, n + 1)]
+        for worker in self.workers:
+            worker.on_ask = self._answer
         self._addresses = self._wanted()
         metrics.add_collector(lambda: worker_families(self.workers))
 
@@ -115,6 +136,8 @@ class Pipelines(Component):
         wanted = {"submission": c.submission.listen, "submissions": c.submission.listen_tls}
         if c.inbound.enabled:
             wanted["inbound"] = c.inbound.listen
+        if c.api.enabled:   # the HTTP API is served by every worker too (gateway/api/server.py)
+            wanted["api"] = c.api.listen
         return wanted
 
     async def start(self) -> None:
@@ -179,6 +202,19 @@ class Pipelines(Component):
             wake = self.wakes.get(message.get("what", ""))
             if wake is not None:
                 wake()
+
+    # ------------------------------------------------------------------ the API's keys and questions
+
+    async def forget_key(self, public_id: str) -> None:
+        """An API key was revoked (here, or through one worker's API): every worker's cache drops it
+        before this returns (a worker down now reads the keys afresh when it starts)."""
+        await asyncio.gather(*(w.tell({"op": "forget_key", "key": public_id}) for w in self.workers))
+
+    async def _answer(self, message: dict[str, Any]) -> Any:
+        answer = self.answers.get(message.get("op", ""))
+        if answer is None:
+            return None
+        return await answer(message)
 
     # ------------------------------------------------------------------ reporting
 

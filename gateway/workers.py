@@ -23,8 +23,13 @@ EOF and stops. Protocol (JSON lines; gateway/webworker.py and gateway/pipeline.p
                        {"op": "wake"}                           (pipeline) claim due work now; no reply
                        {"op": "metrics", "id": n}               (pipeline) its exposition -> "text"
                        {"op": "status", "id": n}                (pipeline) its components' status -> "status"
+                       {"op": "forget_key", "id": n, "key": k}  (pipeline) an API key was revoked
+                       {"op": "answer", "ask": n, "result": r}  (pipeline) the answer to its question n
     worker -> daemon   {"op": "ready", "pid": p}  once serving;  {"op": "done", "id": n, ...}  after each
-                       {"op": "wake", "what": "processor"}      (pipeline) an MX spool commit
+                       {"op": "wake", "what": "processor"}      (pipeline) an MX spool commit (or "poller",
+                                                                "webhooks": a change made through its API)
+                       {"op": ..., "ask": n, ...}               (pipeline) a question: "webhook_post" (a
+                                                                webhook test), "forget_key" (revoked here)
 """
 
 from __future__ import annotations

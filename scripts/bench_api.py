@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """POST /v1/messages: durable msg/s, latency and daemon CPU per message over the HTTP API.
 
-    .venv/bin/python scripts/bench_api.py [--connections 50] [--duration 10] [--size 4096] [--profile out.svg]
+    .venv/bin/python scripts/bench_api.py [--connections 50] [--duration 10] [--size 4096] [--workers N] [--profile out.svg]
 
 Starts `gateway run` as users do (a subprocess, uvloop), sets up a tenant with a domain verified
 against a local DNS server (the submission benchmark's setup), makes a sender key and pauses all
@@ -10,7 +10,8 @@ from `wrk` (Debian package wrk; a C client, one thread, so it does not eat the d
 --connections keep-alive connections each POSTing one JSON message of --size bytes (text body)
 after another. Every 202 means the message is committed (synchronous=FULL, group commit). Prints
 msg/s, p50/p99/max latency (wrk's), non-202 answers, daemon CPU per message (user+system of all
-its threads over the run / messages queued). Target: >= 1,500 msg/s, p99 < 30 ms with 50 clients.
+its threads over the run / messages queued; with --workers N, of its pipeline worker processes too,
+which serve the API then). Target: >= 1,500 msg/s, p99 < 30 ms with 50 clients.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import argparse
 import importlib.util
 import json
 import os
+import http.client
 import shutil
 import subprocess
 import sys
@@ -52,8 +54,33 @@ end
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system seconds of ``pid`` and its living child processes (the pipeline workers)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue   # gone meanwhile
+        if stat.parent.name == str(pid) or fields[1] == str(pid):
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def wait_listening(port: int, proc: subprocess.Popen, timeout: float = 300.0) -> None:
+    """Until the API answers (with --workers the parent binds its sockets and the admin socket answers
+    seconds before the workers, interpreters importing the gateway, serve them)."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", "/v1/openapi.json")
+            conn.getresponse().read()
+            conn.close()
+            return
+        except OSError:
+            if time.time() > deadline or proc.poll() is not None:
+                raise SystemExit(f"bench_api: the API did not answer (daemon exit {proc.poll()})") from None
+            time.sleep(0.1)
 
 
 def request_body(sender: str, size: int) -> bytes:
@@ -79,6 +106,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of load before measuring")
     parser.add_argument("--size", type=int, default=4096, help="bytes of the JSON request")
     parser.add_argument("--toml", default="", help='more configuration, e.g. "[daemon]\\ngil_switch_interval = 0.0005"')
+    parser.add_argument("--workers", type=int, default=1, help="daemon.workers (>= 2: the API is served by every pipeline worker)")
     parser.add_argument("--profile", metavar="SVG", help="record the daemon with py-spy: a flame graph (.svg) or collapsed stacks (.txt)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -88,13 +116,19 @@ def main() -> None:
         work = Path(tmp)
         port, tls_port, api_port = sub.free_port(), sub.free_port(), sub.free_port()
         # The per-key request limit is the API's, not what is measured here.
-        sub.write_config(work / "config.toml", dns, port, tls_port, f'[api]\nlisten = "127.0.0.1:{api_port}"\nrate_limit = 1000000.0\n' + args.toml.replace("\\n", "\n") + "\n")
+        sub.write_config(work / "config.toml", dns, port, tls_port, f'[api]\nlisten = "127.0.0.1:{api_port}"\nrate_limit = 1000000.0\n'
+                         + (f"[daemon]\nworkers = {args.workers}\n" if args.workers != 1 else "") + args.toml.replace("\\n", "\n") + "\n")
         proc, sock = sub.start_daemon(work)
         spy = None
         try:
             try:
                 sub.setup(sock, dns)
             except Exception:
+                print((work / "daemon.log").read_text()[-3000:], file=sys.stderr)
+                raise
+            try:
+                wait_listening(api_port, proc)
+            except SystemExit:
                 print((work / "daemon.log").read_text()[-3000:], file=sys.stderr)
                 raise
             token = sub.call(sock, "apikey.add", tenant="bench", role="sender", usecase="load")["token"]
@@ -111,11 +145,16 @@ def main() -> None:
             if args.profile:
                 fmt = ["--format", "raw"] if args.profile.endswith(".txt") else []
                 spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-o", args.profile, *fmt,
-                                        "--pid", str(proc.pid), "--rate", "200", "--nonblocking", "--threads"],
+                                        "--pid", str(proc.pid), "--rate", "200", "--nonblocking", "--threads", "--subprocesses"],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 time.sleep(1.0)
             cpu0 = cpu_seconds(proc.pid)
-            result = wrk(url, script, args.connections, args.duration)
+            try:
+                result = wrk(url, script, args.connections, args.duration)
+            except subprocess.CalledProcessError as exc:
+                raise SystemExit(f"bench_api: wrk failed: {exc.stdout}{exc.stderr}\n" + (work / "daemon.log").read_text()[-3000:]) from None
+            if result["socket_errors"]:
+                print((work / "daemon.log").read_text()[-3000:], file=sys.stderr)
             cpu = cpu_seconds(proc.pid) - cpu0
             queued = sub.call(sock, "queue.counts")["messages"] - before_msgs
             rss = sub.rss_mb(proc.pid)
@@ -128,6 +167,7 @@ def main() -> None:
     seconds = result["duration_us"] / 1e6
     rate = result["requests"] / seconds
     p50, p99 = result["p50_us"] / 1000, result["p99_us"] / 1000
+    print(f"workers     {args.workers}")
     print(f"connections {args.connections}  requests {result['requests']} x {args.size} B JSON  ({seconds:.1f} s, wrk -t1)")
     print(f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}  cores: {os.cpu_count()}")
     print(f"throughput  {rate:8.0f} msg/s   queued {queued}   non-202 {result['non2xx']}   socket errors {result['socket_errors']}")

@@ -21,7 +21,7 @@ from gateway.errors import SMTPError
 from gateway.store import Store
 from gateway.store.limits import Limits
 from gateway.store.queue import NewMessage, QueueIds
-from gateway.submission.ratelimit import AuthCooldown, RateLimiter, chunk_size
+from gateway.submission.ratelimit import AuthCooldown, RateLimiter, TtlCache, chunk_size
 from gateway.submission.submit import Submitter
 from tests.support.submission import make_usecase
 
@@ -253,3 +253,24 @@ async def test_a_bucket_at_its_limit_is_taken_from_a_few_tokens_at_a_time(two):
     assert await primary.limits.take("usecase 9", 10, 1.0, 10.0, now=t0) == (10, 0.0)
     assert await primary.limits.take("usecase 9", 10, 1.0, 10.0, least=3, now=t0 + 1.5) == (0, 1.5)
     assert await primary.limits.take("usecase 9", 10, 1.0, 10.0, least=3, now=t0 + 3.0) == (3, 0.0)
+
+
+async def test_a_policy_view_missed_by_many_requests_at_once_is_fetched_once():
+    # When an entry runs out under load every request in flight misses it together; before, each
+    # fetched its own copy (50 store reads where one does).
+    fetched: list[int] = []
+    gate = asyncio.Event()
+
+    async def load(key: int) -> dict:
+        fetched.append(key)
+        await gate.wait()
+        return {"usecase": key}
+
+    cache = TtlCache(load, ttl=5.0)
+    waiters = [asyncio.ensure_future(cache.get(7)) for _ in range(50)]
+    await asyncio.sleep(0)   # every waiter has missed and is waiting for the fetch
+    waiters[0].cancel()      # one client gone: the others' fetch goes on
+    gate.set()
+    got = await asyncio.gather(*waiters[1:])
+    assert fetched == [7] and got == [{"usecase": 7}] * 49
+    assert await cache.get(7) == {"usecase": 7} and fetched == [7]   # then from the cache

@@ -21,6 +21,7 @@ Only a 202 is remembered: a refused request may be sent again with its key once 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import ipaddress
 import re
@@ -130,15 +131,20 @@ def _party(p: Party) -> tuple[str, str]:
     return (p, "") if isinstance(p, str) else (p.address, p.name)
 
 
-def received_http(*, client_ip: str, hostname: str, queue_id: str, tls: bool, recipients: list[str], now: float) -> bytes:
-    """The trace field of a message that came over the API (RFC 5321 4.4, as submission's). The client's
-    address may come from a trusted proxy's X-Forwarded-For: only an IP address is written."""
+@functools.lru_cache(maxsize=4096)
+def _address_literal(client_ip: str) -> str:
+    """``[192.0.2.1]``, ``[IPv6:...]`` or ``unknown``: parsed once a client, not once a message."""
     try:
         ip = ipaddress.ip_address(client_ip)
     except ValueError:
-        literal = "unknown"
-    else:
-        literal = f"[IPv6:{ip}]" if ip.version == 6 else f"[{ip}]"
+        return "unknown"
+    return f"[IPv6:{ip}]" if ip.version == 6 else f"[{ip}]"
+
+
+def received_http(*, client_ip: str, hostname: str, queue_id: str, tls: bool, recipients: list[str], now: float) -> bytes:
+    """The trace field of a message that came over the API (RFC 5321 4.4, as submission's). The client's
+    address may come from a trusted proxy's X-Forwarded-For: only an IP address is written."""
+    literal = _address_literal(client_ip)
     lines = [f"Received: from {literal}", f"\tby {hostname} (gateway) with {'HTTPS' if tls else 'HTTP'} id {queue_id}"]
     if len(recipients) == 1:
         lines.append(f"\tfor <{recipients[0]}>")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..admin.registry import admin_method
@@ -16,7 +16,8 @@ from .tenants import check_tenant_name
 
 
 class ApiKeyService:
-    def __init__(self, store: Store, on_revoke: Callable[[str], None] = lambda public_id: None):
+    # on_revoke: the API's caches forget the key (a coroutine when other processes are told first).
+    def __init__(self, store: Store, on_revoke: Callable[[str], Awaitable[None] | None] = lambda public_id: None):
         self.store = store
         self.on_revoke = on_revoke
 
@@ -53,5 +54,7 @@ class ApiKeyService:
         """Revoke by public id (or by the whole token, e.g. one found leaked)."""
         public_id = keys.parse(key) or key
         row = await self.store.apikeys.revoke(public_id, tenant=tenant)
-        self.on_revoke(public_id)
+        forgotten = self.on_revoke(public_id)
+        if forgotten is not None:
+            await forgotten   # every pipeline worker forgot it before the caller hears "revoked"
         return row

@@ -437,22 +437,36 @@ class QuotaTracker:
 
 
 class TtlCache:
-    """A use case's policy view, fetched at most every ``ttl`` seconds per key."""
+    """A use case's policy view, fetched at most every ``ttl`` seconds per key. Requests that miss
+    together share one fetch: when an entry runs out under load, every request in flight missed it at
+    once, and each fetching its own copy took ~5% of the API's send CPU (py-spy, scripts/bench_api.py)."""
 
     def __init__(self, load: Callable[[int], Awaitable[dict | None]], ttl: float, clock: Callable[[], float] = time.monotonic):
         self.load = load
         self.ttl = ttl
         self.clock = clock
         self._entries: OrderedDict[int, tuple[float, dict | None]] = OrderedDict()
+        self._loading: dict[int, asyncio.Future] = {}   # keys being fetched (at most one fetch each)
 
     async def get(self, key: int) -> dict | None:
         now = self.clock()
         hit = self._entries.get(key)
         if hit is not None and now - hit[0] <= self.ttl:
             return hit[1]
-        value = await self.load(key)
-        _bounded_set(self._entries, key, (now, value))
-        return value
+        loading = self._loading.get(key)
+        if loading is None:
+            loading = self._loading[key] = asyncio.ensure_future(self._fetch(key, now))
+            loading.add_done_callback(lambda f: f.cancelled() or f.exception())   # retrieved, even with no waiter left
+        # Shielded: a waiter that goes away (its client hung up) does not cancel the others' fetch.
+        return await asyncio.shield(loading)
+
+    async def _fetch(self, key: int, now: float) -> dict | None:
+        try:
+            value = await self.load(key)
+            _bounded_set(self._entries, key, (now, value))
+            return value
+        finally:
+            self._loading.pop(key, None)
 
     def clear(self) -> None:
         self._entries.clear()
