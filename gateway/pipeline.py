@@ -71,6 +71,7 @@ class Pipeline:
         daemon.token, daemon.sockets = self.token, self.sockets
         daemon.tell_parent = lambda message: writer.is_closing() or writer.write(_line(message))
         await daemon.start()
+        allocator.settle()   # as the daemon's own run does (allocator.py)
         try:
             writer.write(_line({"op": "ready", "pid": os.getpid(), "token": self.token}))
             await writer.drain()
