@@ -459,6 +459,7 @@ class Daemon:
                 await component.reload(new)
             except Exception:  # noqa: BLE001 - one component failing must not stop the others
                 log.exception("component_reload_failed", component=component.name)
+        allocator.settle(again=True)   # what the old configuration left in cycles is collected, the new parts frozen
 
     async def run(self) -> None:
         """Start, serve until SIGTERM/SIGINT, stop. SIGHUP reloads.
@@ -484,6 +485,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, on_hup)
         try:
             await self.start()
+            allocator.settle()   # what start built lives as long as we do: no full collection walks it again
             started.set()
             try:
                 await self._stop_requested.wait()

@@ -13,7 +13,12 @@ per call). A "queued" line with its usual eleven fields: 163,000 -> 121,000 inst
 (callgrind), a filtered-out debug call 24,000 -> 20,000; what is left is mostly structlog's own
 call path and the JSON encoder (a hand-written encoder for plain fields measured no better).
 Loggers are not cached on first use (structlog's ``cache_logger_on_first_use``): a cached logger
-would keep the configuration of its first call, and SIGHUP and the tests reconfigure.
+would keep the configuration of its first call, and SIGHUP and the tests reconfigure. structlog's
+lazy proxy instead assembles a new bound logger for every call (11 of the "queued" line's 37 us,
+scripts/bench_cpu.py log_queued); ``get_logger``'s proxy keeps the one it assembled for as long as
+structlog's configuration is that same one (the same processor list, wrapper class and logger
+factory objects: ``configure`` and structlog's ``capture_logs`` replace them), so the hot path's
+modules (submission, delivery) pay it once per configuration.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import time
 from typing import Any
 
 import structlog
+from structlog import _config as _structlog_config
 
 from .config import LogConfig
 
@@ -108,6 +114,36 @@ class JsonLine:
         if "exc_info" in event or "exception" in event:
             event = structlog.processors.format_exc_info(logger, name, event)
         return self.encode(event)
+
+
+class Logger:
+    """``structlog.get_logger(name)`` that assembles its bound logger once per structlog configuration
+    (the module's docstring says why); ``bind`` and every logging method behave as structlog's."""
+
+    __slots__ = ("_args", "_bound", "_made_for")
+
+    def __init__(self, *args: Any) -> None:
+        self._args = args
+        self._bound: Any = None
+        self._made_for: tuple[Any, Any, Any, Any] | None = None
+
+    def _logger(self) -> Any:
+        c = _structlog_config._CONFIG
+        made = self._made_for
+        if (made is None or made[0] is not c.default_processors or made[1] is not c.default_wrapper_class
+                or made[2] is not c.logger_factory or made[3] is not c.default_context_class):
+            self._bound = structlog.get_logger(*self._args).bind()
+            self._made_for = (c.default_processors, c.default_wrapper_class, c.logger_factory, c.default_context_class)
+        return self._bound
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self._logger(), name)
+
+
+def get_logger(*args: Any) -> Logger:
+    return Logger(*args)
 
 
 def configure(config: LogConfig, stream: Any = None) -> None:

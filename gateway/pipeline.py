@@ -75,6 +75,7 @@ class Pipeline:
         daemon.tell_parent = lambda message: writer.is_closing() or writer.write(_line(message))
         daemon.ask_parent = lambda message, timeout=APPLY_TIMEOUT: self._ask(writer, message, timeout)
         await daemon.start()
+        allocator.settle()   # as the daemon's own run does (allocator.py)
         try:
             writer.write(_line({"op": "ready", "pid": os.getpid(), "token": self.token}))
             await writer.drain()

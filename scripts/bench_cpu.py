@@ -7,7 +7,7 @@ Each step is called --n times, --rounds times over; the best round's thread CPU 
 printed (the minimum: the machine is shared, and load only ever adds). What the steps are:
 
     loop_guard     LoopGuard.refusal for the MX address, with the daemon's four listeners
-    log_queued     the "queued" info line (eleven fields) through the JSON chain to /dev/null
+    log_queued     the "queued" info line (eleven fields) through logs.get_logger and the JSON chain to /dev/null
     log_debug      a debug call filtered out at info
     received       the Received field of a TLS session (prepare.received_header + the TLS facts)
     tls_read_new   a 26-byte command decrypted as after STARTTLS through TlsReader (read into the
@@ -34,8 +34,6 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-
-import structlog
 
 from gateway import logs
 from gateway.config import LogConfig
@@ -89,7 +87,7 @@ def steps() -> dict[str, Callable[[], object]]:
     guard = LoopGuard(allow_loopback=True, own=_listeners)
     devnull = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
     logs.configure(LogConfig(level="info", format="json"), stream=devnull)
-    log = structlog.get_logger("submission")
+    log = logs.get_logger("submission")   # as the submission and delivery modules log
 
     def log_queued() -> None:
         log.info("queued", queue_id="01JEXAMPLE0QUEUEID", tenant="acme", usecase="alerts", mail_from="app@bench.test",

@@ -120,3 +120,24 @@ def test_json_line_fields_time_stamp_and_exceptions(stream):
     assert abs((datetime.datetime.now(datetime.timezone.utc) - at).total_seconds()) < 60
     assert failed["level"] == "error" and "ValueError: boom" in failed["exception"] and failed["step"] == "x"
     assert careful["level"] == "warning"
+
+
+def test_a_kept_logger_follows_every_reconfiguration(stream):
+    """logs.get_logger keeps its bound logger only while structlog's configuration is the same."""
+    from structlog.testing import capture_logs
+
+    log = logs.get_logger("t")
+    logs.configure(LogConfig(format="json"), stream)
+    log.info("first", n=1)
+    kept = log._logger()
+    log.info("second", n=2)
+    assert log._logger() is kept                       # the same configuration: assembled once
+    logs.configure(LogConfig(level="warning", format="json"), stream)   # SIGHUP with a new level
+    log.info("quiet")
+    log.warning("loud")
+    with capture_logs() as captured:                   # the tests' capture replaces the processors
+        log.warning("captured", n=3)
+    log.warning("after")
+    assert [line["event"] for line in lines(stream)] == ["first", "second", "loud", "after"]
+    assert captured == [{"event": "captured", "n": 3, "log_level": "warning"}]
+    assert log.bind(k="v")._context == {"k": "v"} and log.is_enabled_for(logging.WARNING)

@@ -314,3 +314,27 @@ async def test_daemon_rss_stays_within_budget_under_many_large_messages(tmp_path
     assert peak - baseline <= limit + 20 * MiB, (
         f"peak RSS rose by {(peak - baseline) / MiB:.0f} MiB with a {limit / MiB:.0f} MiB budget "
         f"({time.monotonic() - started:.1f} s, {sum(refused)} refusals, {metrics.get('submission')})")
+
+
+def test_settle_freezes_what_start_built_and_a_reload_collects_what_it_replaced():
+    import gc
+    import weakref
+
+    from gateway import allocator
+
+    class Part:
+        pass
+
+    assert allocator.settle(again=True) == 0 and gc.get_freeze_count() == 0   # never settled: a reload does nothing
+    try:
+        old = Part()
+        old.self = old                       # a cycle: only the collector frees it
+        gone = weakref.ref(old)
+        assert allocator.settle() > 0        # started: everything alive is frozen, the cycle too
+        del old
+        gc.collect()
+        assert gone() is not None            # frozen: a collection does not free it
+        assert allocator.settle(again=True) > 0
+        assert gone() is None                # the reload's settle thawed and collected it
+    finally:
+        gc.unfreeze()

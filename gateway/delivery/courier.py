@@ -16,8 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import structlog
-
+from .. import logs
 from ..crlf import has_line_breakers
 from .loops import LoopGuard
 from .mx import DestinationError, MxResolver
@@ -25,7 +24,7 @@ from .reply import Reply, describe_failure
 from .smtpclient import SMTPReplyError, SmtpClient, Transaction
 from ..errors import DeliveryError
 
-log = structlog.get_logger("delivery")
+log = logs.get_logger("delivery")   # assembled once per configuration (logs.py)
 
 
 # Called with each transaction's replies (rcpt -> Reply) the moment that transaction ends, so what a

@@ -12,13 +12,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import structlog
-
+from .. import logs
 from ..metrics import Metrics
 from ..store.delivery import Outcome
 from .work import Work
 
-log = structlog.get_logger("delivery")
+log = logs.get_logger("delivery")   # assembled once per configuration (logs.py)
 
 
 def report(metrics: Metrics, work: Work, outcomes: list[Outcome], result: dict[str, Any], now: float) -> None:

@@ -31,9 +31,9 @@ from base64 import b64decode
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-import structlog
 from aiosmtpd.smtp import MISSING, AuthResult
 
+from .. import logs
 from ..config import SubmissionConfig
 from ..errors import SMTPError
 from ..metrics import Metrics
@@ -46,7 +46,7 @@ from .submit import CheckRecipient, Context, Lineage, Submitter
 if TYPE_CHECKING:
     from ..store.limits import Limits
 
-log = structlog.get_logger("submission")
+log = logs.get_logger("submission")   # assembled once per configuration (logs.py)
 
 __all__ = ["INTERNAL_ERROR", "STORAGE_FULL", "SubmissionHandler", "client_ip"]
 AUTH_OK = "235 2.7.0 Authentication successful"

@@ -19,13 +19,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import structlog
-
+from .. import logs
 from ..errors import SMTPError, StorageFull
 from ..metrics import Metrics
 from . import policy, prepare
 
-log = structlog.get_logger("submission")
+log = logs.get_logger("submission")   # assembled once per configuration (logs.py)
 
 INTERNAL_ERROR = "451 4.3.0 Internal error, please try again later"
 STORAGE_FULL = "452 4.3.1 Insufficient system storage"

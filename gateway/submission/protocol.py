@@ -36,15 +36,15 @@ from base64 import b64decode, b64encode
 from email._header_value_parser import get_addr_spec, get_angle_addr   # aiosmtpd's path parser
 from typing import Any
 
-import structlog
 from aiosmtpd.smtp import MISSING, SMTP, Session, TLSSetupException, sanitize
 
+from .. import logs
 from ..errors import SMTPError
 from . import data, policy, replies
 from .hooks import client_ip
 from ..tlsreader import TlsReader
 
-log = structlog.get_logger("submission")
+log = logs.get_logger("submission")   # assembled once per configuration (logs.py)
 
 SHUTDOWN_REPLY = b"421 4.3.2 Service shutting down, try again later"
 MAX_ERRORS = 10             # protocol errors before the session is closed (as Postfix's smtpd_hard_error_limit)

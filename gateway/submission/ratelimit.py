@@ -26,12 +26,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import structlog
+from .. import logs
 
 if TYPE_CHECKING:
     from ..store.limits import Limits
 
-log = structlog.get_logger("submission")
+log = logs.get_logger("submission")   # assembled once per configuration (logs.py)
 
 MAX_KEYS = 100_000
 # A chunk of a shared bucket: a tenth of a minute's tokens, at most half the depth, at least one.

@@ -19,8 +19,7 @@ import ssl
 import socket
 from typing import Any
 
-import structlog
-
+from .. import logs
 from ..budget import ByteBudget
 from ..config import Config, SubmissionConfig, split_hostport
 from ..errors import StartupError
@@ -32,7 +31,7 @@ from .protocol import LogThrottle, SubmissionSMTP
 from .ratelimit import ConnectionCounter
 from .tls import TlsContext
 
-log = structlog.get_logger("submission")
+log = logs.get_logger("submission")   # assembled once per configuration (logs.py)
 TLS_FAILURE_LOG_INTERVAL = 60.0  # one submission_tls_failed line per client address per minute
 
 

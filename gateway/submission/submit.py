@@ -28,9 +28,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
-from .. import headers
+from .. import headers, logs
 from ..config import SubmissionConfig
 from ..errors import SMTPError
 from ..metrics import Metrics
@@ -42,7 +40,7 @@ from .ratelimit import QuotaTracker, RateLimiter, TtlCache
 if TYPE_CHECKING:
     from ..store.limits import Limits
 
-log = structlog.get_logger("submission")
+log = logs.get_logger("submission")   # assembled once per configuration (logs.py)
 
 Context = Callable[[int], Awaitable[dict[str, Any] | None]]
 Put = Callable[[NewMessage], Awaitable[dict[str, Any]]]

@@ -16,15 +16,15 @@ import os
 import ssl
 from pathlib import Path
 
-import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from .. import logs
 from ..errors import StartupError
 
-log = structlog.get_logger("submission")
+log = logs.get_logger("submission")   # assembled once per configuration (logs.py)
 
 SELF_SIGNED_CERT = "selfsigned.crt"
 SELF_SIGNED_KEY = "selfsigned.key"
