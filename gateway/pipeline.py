@@ -29,6 +29,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -45,14 +46,38 @@ from .workers import LINE_LIMIT
 
 log = structlog.get_logger("pipeline")
 
+# Seconds an accepting pipeline gathers its queued messages' wakes into one line to the daemon, which
+# wakes the delivery processes: one line per message would be thousands a second to read and forward
+# for nothing (a scheduler already claiming finds them anyway); a few ms is nothing to end-to-end time.
+WAKE_GATHER = 0.002
+
 
 def _line(message: dict[str, Any]) -> bytes:
     return json.dumps(message, separators=(",", ":"), default=str).encode() + b"\n"
 
 
+class WakeRelay:
+    """An accepting pipeline's wake of delivery (gateway/pipelines.py roles): at most one line to the
+    daemon every WAKE_GATHER, never none after a queued message."""
+
+    def __init__(self, send: Callable[[dict[str, Any]], Any]):
+        self.send = send
+        self._timer: asyncio.TimerHandle | None = None
+
+    def __call__(self, *_: Any) -> None:
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(WAKE_GATHER, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self.send({"op": "wake", "what": "delivery"})
+
+
 class Pipeline:
-    def __init__(self, sockets: dict[str, socket.socket], control: socket.socket, *, token: str, name: str):
+    def __init__(self, sockets: dict[str, socket.socket], control: socket.socket, *, token: str, name: str,
+                 role: str = "both", listening: dict[str, str] | None = None):
         self.sockets, self.control, self.token, self.name = sockets, control, token, name
+        self.role, self.listening = role, listening or {}
         self.daemon: Daemon | None = None
         self._stop = asyncio.Event()
 
@@ -70,6 +95,7 @@ class Pipeline:
         daemon = self.daemon = Daemon(config, paths, notifier=Notifier({}), role="pipeline")
         daemon.token, daemon.sockets = self.token, self.sockets
         daemon.tell_parent = lambda message: writer.is_closing() or writer.write(_line(message))
+        self._assign(daemon)
         await daemon.start()
         try:
             writer.write(_line({"op": "ready", "pid": os.getpid(), "token": self.token}))
@@ -82,6 +108,16 @@ class Pipeline:
             await daemon.stop()
             writer.close()
         return 0
+
+    def _assign(self, daemon: Daemon) -> None:
+        """This worker's role: both, accept (delivery is the delivery processes', woken through the
+        daemon) or deliver (no listeners: it knows their addresses for its loop guard)."""
+        if self.role == "accept":
+            daemon.serves = frozenset({"accept"})
+            daemon.wake_elsewhere = WakeRelay(daemon.tell_parent)
+        elif self.role == "deliver":
+            daemon.serves = frozenset({"deliver"})
+            daemon.listening = self.listening
 
     async def _control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """The daemon's requests, in order; EOF (the daemon is gone) stops the worker."""
@@ -121,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default="pipeline")
     parser.add_argument("--control-fd", type=int, required=True)
     parser.add_argument("--parent-pid", type=int, required=True)
+    parser.add_argument("--role", choices=("both", "accept", "deliver"), default="both")
+    parser.add_argument("--listening", action="append", default=[], metavar="NAME=HOST:PORT")
     args = parser.parse_args(argv)
     # Ctrl-C reaches the whole process group and a stray SIGHUP the whole service: the daemon
     # decides (it stops the workers, and sends the reloaded config).
@@ -131,7 +169,9 @@ def main(argv: list[str] | None = None) -> int:
         name, _, fd = item.partition("=")
         sockets[name] = socket.socket(fileno=int(fd))
     control = socket.socket(fileno=args.control_fd)
-    return run_child(args.name, "pipeline", lambda: Pipeline(sockets, control, token=args.token, name=args.name).run())
+    listening = dict(item.partition("=")[::2] for item in args.listening)
+    return run_child(args.name, "pipeline", lambda: Pipeline(sockets, control, token=args.token, name=args.name,
+                                                             role=args.role, listening=listening).run())
 
 
 if __name__ == "__main__":

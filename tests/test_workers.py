@@ -1,8 +1,9 @@
 """daemon.workers = 2: the daemon as a subprocess with two pipeline workers (gateway/pipeline.py) on one
-store and one set of listening sockets. Mail is accepted by both, delivered exactly once; a worker
-SIGKILLed under load is restarted and loses nothing; the daemon SIGKILLed takes its workers with it and
-a restart delivers everything; SIGHUP and wakes reach the workers; SIGTERM drains them; status and
-/metrics show them all."""
+store and one set of listening sockets, and (daemon.delivery_workers = auto) two delivery processes
+beside them. Mail is accepted by both pipelines, delivered exactly once; a pipeline or a delivery
+process SIGKILLed under load is restarted and loses nothing; the daemon SIGKILLed takes its workers
+with it and a restart delivers everything; SIGHUP and wakes reach the workers; SIGTERM drains them;
+status and /metrics show them all; acceptance goes on while every delivery process is stopped."""
 
 from __future__ import annotations
 
@@ -78,8 +79,13 @@ async def metrics(web_port: int) -> str:
             return await resp.text()
 
 
-def pipeline_rows(gw: GatewayProcess) -> list[dict]:
-    return [w for w in gw.cli_json("status")["workers"] if w["name"].startswith("pipeline-")]
+def delivered_count(exposition: str) -> float:
+    return sum(float(v) for v in re.findall(r"^gateway_messages_delivered_total\{[^}]*\} (\S+)$", exposition, re.M))
+
+
+def pipeline_rows(gw: GatewayProcess, kind: str = "pipeline") -> list[dict]:
+    """The status rows of the pipelines (kind "pipeline") or of the delivery processes ("delivery")."""
+    return [w for w in gw.cli_json("status")["workers"] if w["name"].startswith(f"{kind}-")]
 
 
 async def test_two_workers_share_the_port_deliver_once_and_report(tmp_path, dns_server):
@@ -93,10 +99,11 @@ async def test_two_workers_share_the_port_deliver_once_and_report(tmp_path, dns_
             admin = AdminHandle(gw)
             setup = await sending_setup(admin, dns_server)
             port = await admin.listener_port("submission")
-            rows = pipeline_rows(gw)
-            assert [r["up"] for r in rows] == [True, True]
-            pids = {r["pid"] for r in rows}
-            assert len(pids) == 2 and gw.proc.pid not in pids
+            rows, delivering = pipeline_rows(gw), pipeline_rows(gw, "delivery")
+            assert [r["up"] for r in rows + delivering] == [True] * 4
+            assert [r["role"] for r in rows + delivering] == ["accept", "accept", "deliver", "deliver"]
+            pids = {r["pid"] for r in rows + delivering}
+            assert len(pids) == 4 and gw.proc.pid not in pids
 
             accepted: list[tuple[str, str]] = []
             stop = asyncio.Event()
@@ -106,13 +113,21 @@ async def test_two_workers_share_the_port_deliver_once_and_report(tmp_path, dns_
             got = deliveries(sink)
             assert set(got) == wanted and max(got.values()) == 1  # every message once, none twice
 
-            # Each worker's own status, and its counters summed in the daemon's /metrics.
-            assert all("delivery" in r["status"] and "submission" in r["status"] for r in pipeline_rows(gw))
+            # Each worker's own status (a pipeline its sessions, a delivery process its deliveries), and
+            # their counters summed in the daemon's /metrics.
+            assert all("submission" in r["status"] and "delivery" not in r["status"] for r in pipeline_rows(gw))
+            assert all("delivery" in r["status"] and "submission" not in r["status"] for r in pipeline_rows(gw, "delivery"))
             web = await admin.listener_port("web")
             text = await metrics(web)
             for pid in pids:
-                assert re.search(rf'gateway_worker_pid{{worker="pipeline-\d"}} {pid}(\.0)?\n', text), text[:2000]
+                assert re.search(rf'gateway_worker_pid{{worker="(pipeline|delivery)-\d"}} {pid}(\.0)?\n', text), text[:2000]
             assert f"gateway_messages_received_total {float(len(accepted))}" in text
+            # The delivery processes' counters are in it too (each outcome counted once it committed).
+            async with asyncio.timeout(20):
+                while delivered_count(text) < len(accepted):
+                    await asyncio.sleep(0.1)
+                    text = await metrics(web)
+            assert delivered_count(text) == len(accepted)
             # A pause over the admin socket holds new mail in every worker; the resume wakes them.
             await admin.call("pause", tenant="acme")
             held: list[tuple[str, str]] = []
