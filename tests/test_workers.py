@@ -203,15 +203,22 @@ async def test_killed_worker_killed_daemon_and_sigterm_lose_nothing(tmp_path, dn
             setup = await sending_setup(admin, dns_server)
             port = await admin.listener_port("submission")
             victim, other = pipeline_rows(gw)
+            courier, _ = pipeline_rows(gw, "delivery")
 
-            # SIGKILL one worker while six sessions submit: its sessions break (their clients connect
-            # again), the daemon releases its claims and starts another in its place.
+            # SIGKILL one pipeline and one delivery process while six sessions submit: the pipeline's
+            # sessions break (their clients connect again), the daemon releases the delivery
+            # process's claims and starts another in the place of each.
             clients = [asyncio.create_task(submit_loop(port, setup, accepted, stop, n)) for n in range(6)]
             await wait_for(lambda: len(accepted) >= 30)
             os.kill(victim["pid"], signal.SIGKILL)
-            back = await wait_for(lambda: [r for r in pipeline_rows(gw) if r["name"] == victim["name"] and r["up"]
-                                           and r["pid"] != victim["pid"]])
-            assert back[0]["restarts"] == 1
+            os.kill(courier["pid"], signal.SIGKILL)
+
+            def restarted() -> list[dict]:
+                rows = {r["name"]: r for kind in ("pipeline", "delivery") for r in pipeline_rows(gw, kind)}
+                back = [rows[dead["name"]] for dead in (victim, courier)]
+                return back if all(r["up"] and r["pid"] not in (victim["pid"], courier["pid"]) for r in back) else []
+            back = await wait_for(restarted)
+            assert [r["restarts"] for r in back] == [1, 1]
             # What it had claimed is delivered by now too: the daemon released its claims.
             before = set(accepted)
             await sink.wait_until(lambda s: before <= set(deliveries(s)), timeout=90)
@@ -219,9 +226,11 @@ async def test_killed_worker_killed_daemon_and_sigterm_lose_nothing(tmp_path, dn
             await wait_for(lambda: len(accepted) >= seen + 30)
 
             # SIGKILL the daemon under the same load: its workers go with it (their control sockets close).
+            alive = [r["pid"] for kind in ("pipeline", "delivery") for r in pipeline_rows(gw, kind)]
             gw.proc.kill()
             gw.proc.wait(10)
-            for pid in (back[0]["pid"], other["pid"]):
+            assert len(alive) == 4
+            for pid in alive:
                 assert await asyncio.to_thread(exited, pid, 15), f"worker {pid} outlived the daemon"
             stop.set()
             await asyncio.gather(*clients)
@@ -240,7 +249,7 @@ async def test_killed_worker_killed_daemon_and_sigterm_lose_nothing(tmp_path, dn
             seen = len(accepted)
             await wait_for(lambda: len(accepted) >= seen + 30)
             assert await asyncio.to_thread(gw.stop) == 0
-            assert worker_exits(gw) == {"pipeline-1": [0], "pipeline-2": [0]}
+            assert worker_exits(gw) == {"pipeline-1": [0], "pipeline-2": [0], "delivery-1": [0], "delivery-2": [0]}
             stop.set()
             await asyncio.gather(*clients)
             got = deliveries(sink)
@@ -269,7 +278,9 @@ async def test_a_use_cases_rate_limit_is_one_budget_across_workers(tmp_path, dns
     together they accept about RATE (plus each worker's chunk and the refill), not RATE each."""
     publish_mx(dns_server, "dest.test")
     async with mail_sink() as sink:
-        gw = started(GatewayProcess(tmp_path, overrides(dns_server, sink.port)))
+        # The layout without delivery processes (each pipeline delivers too): started here, where
+        # only submission matters.
+        gw = started(GatewayProcess(tmp_path, overrides(dns_server, sink.port, {"daemon": {"delivery_workers": 0}})))
         sessions: list[aiosmtplib.SMTP] = []
         try:
             admin = AdminHandle(gw)
@@ -288,6 +299,7 @@ async def test_a_use_cases_rate_limit_is_one_budget_across_workers(tmp_path, dns
                 await smtp.login(setup["username"], setup["password"])
                 sessions.append(smtp)
             spread = per_worker()
+            assert all("delivery" in (r.get("status") or {}) for r in pipeline_rows(gw))  # each delivers too
 
             began = asyncio.get_running_loop().time()
             accepted, refused = 0, 0
@@ -315,4 +327,43 @@ async def test_a_use_cases_rate_limit_is_one_budget_across_workers(tmp_path, dns
             for smtp in sessions:
                 smtp.close()
             await asyncio.to_thread(gw.stop)
+            gw.close()
+
+
+async def test_acceptance_goes_on_while_every_delivery_process_is_stopped(tmp_path, dns_server):
+    """Acceptance does not wait for delivery: with the one delivery process SIGSTOPped (as if the
+    kernel gave it no CPU at all), a burst on both pipelines still gets every 250, and nothing of it
+    is delivered; SIGCONT, and the wakes the pipelines sent meanwhile deliver all of it, once. With the
+    pipelines delivering themselves (delivery_workers = 0) there is no process to stop that leaves
+    acceptance running."""
+    publish_mx(dns_server, "dest.test")
+    async with mail_sink() as sink:
+        # No poll: the burst is claimed because the pipelines' wakes reach the delivery process.
+        settings = overrides(dns_server, sink.port, {"daemon": {"delivery_workers": 1}, "delivery": {"poll_interval": 60.0}})
+        gw = started(GatewayProcess(tmp_path, settings))
+        try:
+            admin = AdminHandle(gw)
+            setup = await sending_setup(admin, dns_server)
+            port = await admin.listener_port("submission")
+            stop = asyncio.Event()
+            first: list[tuple[str, str]] = []
+            await submit_loop(port, setup, first, stop, 0, count=1)
+            await sink.wait_until(lambda s: set(first) <= set(deliveries(s)), timeout=30)
+            # Stopped once idle (its outcome recorded), so no write of its is under way.
+            [courier] = await wait_for(lambda: [r for r in pipeline_rows(gw, "delivery") if r["status"]["delivery"]["in_flight"] == 0])
+            assert courier["role"] == "deliver"
+            os.kill(courier["pid"], signal.SIGSTOP)
+            try:
+                burst: list[tuple[str, str]] = []
+                async with asyncio.timeout(60):
+                    await asyncio.gather(*(submit_loop(port, setup, burst, stop, n + 1, count=10) for n in range(SESSIONS)))
+                assert len(burst) == 10 * SESSIONS
+                assert not set(burst) & set(deliveries(sink))  # nothing of it went out: delivery was stopped
+            finally:
+                os.kill(courier["pid"], signal.SIGCONT)
+            await sink.wait_until(lambda s: set(burst) <= set(deliveries(s)), timeout=60)
+            got = deliveries(sink)
+            assert max(got.values()) == 1 and set(got) == set(first) | set(burst)
+            await asyncio.to_thread(gw.stop)
+        finally:
             gw.close()
