@@ -367,3 +367,18 @@ async def test_acceptance_goes_on_while_every_delivery_process_is_stopped(tmp_pa
             await asyncio.to_thread(gw.stop)
         finally:
             gw.close()
+
+
+def test_child_processes_import_the_installed_gateway_not_the_current_directorys(tmp_path):
+    """Started in a directory holding a ``gateway`` package (a checkout of another version, say), the
+    daemon's child processes run the gateway the daemon runs: ``python -m`` would put the current
+    directory first on their import path."""
+    other = tmp_path / "elsewhere"
+    (other / "gateway").mkdir(parents=True)
+    (other / "gateway" / "__init__.py").write_text('raise SystemExit("the gateway of the current directory")\n')
+    gw = GatewayProcess(tmp_path, {"web": {"process": True}}, cwd=other)
+    try:
+        started(gw)  # the web worker is a child process: it must serve
+        assert "current directory" not in gw.stderr
+    finally:
+        gw.close()
