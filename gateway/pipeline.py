@@ -1,8 +1,15 @@
 """A pipeline worker: submission, the inbound MX and a delivery scheduler in a child process of the
-daemon (``daemon.workers`` > 1), so mail uses every core. Started by gateway/pipelines.py, never by hand:
+daemon (``daemon.workers`` > 1), so mail uses every core; or one of the two halves (``--role``: accept
+or deliver, gateway/pipelines.py says why). Started by gateway/pipelines.py, never by hand:
 
     python -m gateway.pipeline --fd submission=N --fd submissions=M [--fd inbound=K] --token T
-                               --name pipeline-I --control-fd C --parent-pid P
+                               --name pipeline-I --control-fd C --parent-pid P [--role both|accept]
+    python -m gateway.pipeline --listening submission=HOST:PORT ... --token T --name delivery-I
+                               --control-fd C --parent-pid P --role deliver
+
+An accepting pipeline sends a "wake delivery" line to the daemon after its queued messages (gathered:
+``WakeRelay``); a delivery process has no sockets and is told the listening addresses, which its loop
+guard refuses as every scheduler does.
 
 What flows in: the listening sockets the daemon bound (every worker accepts on the same ones; the
 kernel gives each connection to one of them), the daemon's config over the control socket (already

@@ -10,6 +10,15 @@ socket per worker rather than one shared by all: on one shared socket the worker
 takes nearly every connection (measured: 4 of 4 sessions, 90 of 134 log lines, on one of two
 workers); the kernel spreads SO_REUSEPORT connections evenly.
 
+Roles (``daemon.delivery_workers``, auto: as many as the pipelines): the N pipelines only accept
+("accept": submission and the MX) and M delivery processes ("deliver": a scheduler, no sockets) run
+beside them at ``delivery.nice``. In one process a 250 waits behind the delivery work on its event
+loop and GIL (signing, SMTP sessions, result commits), so acceptance ran at the end-to-end rate;
+apart, and at a lower priority, the kernel gives acceptance the cores first and delivery drains the
+queue behind it (never starved: a nice value lowers a share). A pipeline's queued messages wake
+delivery through the daemon (``_event``), as the daemon's own wakes do (``wake``). With 0 delivery
+processes each pipeline does both ("both"), the layout before.
+
 Figures (``scripts/bench_submission.py --messages 100 --workers N``, 20 sessions of 4 KiB, STARTTLS +
 AUTH; this 2-core machine shared with six other sessions, load average 8-11 throughout, so they
 say little beyond "no worse"): workers 1: 146 msg/s, p99 278 ms, 1.81 ms CPU/msg; 2: 156 and 113

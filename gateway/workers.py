@@ -25,6 +25,7 @@ EOF and stops. Protocol (JSON lines; gateway/webworker.py and gateway/pipeline.p
                        {"op": "status", "id": n}                (pipeline) its components' status -> "status"
     worker -> daemon   {"op": "ready", "pid": p}  once serving;  {"op": "done", "id": n, ...}  after each
                        {"op": "wake", "what": "processor"}      (pipeline) an MX spool commit
+                       {"op": "wake", "what": "delivery"}       (accepting pipeline) mail queued
 """
 
 from __future__ import annotations
