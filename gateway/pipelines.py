@@ -239,7 +239,7 @@ class Pipelines(Component):
         return all(w.alive for w in self.workers)
 
     def listeners(self) -> list[Listener]:
-        up = any(w.alive for w in self.workers)
+        up = any(w.alive for w in self.workers if w.role != "deliver")  # a delivery process serves no listener
         return [Listener(name, address, up=up) for name, address in self._addresses.items()]
 
     def problems(self) -> list[str]:
