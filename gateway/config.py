@@ -55,7 +55,8 @@ class DaemonConfig:
     hostname: str = setting("localhost", "Name the gateway gives itself: EHLO, Received headers, Message-IDs without a domain.")
     shutdown_timeout: float = setting(30.0, "Seconds in-flight work gets to finish after SIGTERM before the daemon exits.", min=0.0)
     memory_budget: int = setting(268435456, "Bytes of message bodies held in memory at once, submission and delivery together; past it new DATA gets 452 4.3.1 and delivery waits.", min=1048576)
-    workers: str = setting("1", "Pipeline processes: each serves submission and the inbound MX on the same listening addresses and runs a delivery scheduler, all on one store (gateway/pipelines.py). auto: one per CPU this process may run on. 1: everything in one process (the embedded default). Each serves the HTTP API too; the admin socket, the web worker and the jobs that run once stay in the daemon's own process. memory_budget, delivery.workers, delivery.per_destination, delivery.max_inflight and the api.max_inflight bounds are the whole daemon's: each pipeline gets its share.", kind="workers", restart=True)
+    workers: str = setting("1", "Pipeline processes: each serves submission, the inbound MX and the HTTP API on the same listening addresses (and runs a delivery scheduler when daemon.delivery_workers is 0), all on one store (gateway/pipelines.py). auto: one per CPU this process may run on. 1: everything in one process (the embedded default). The admin socket, the web worker and the jobs that run once stay in the daemon's own process. memory_budget, delivery.workers, delivery.per_destination, delivery.max_inflight and the api.max_inflight bounds are the whole daemon's: each process gets its share.", kind="workers", restart=True)
+    delivery_workers: str = setting("auto", "Delivery processes beside the daemon.workers pipelines (only when daemon.workers is 2 or more): they run the delivery schedulers at delivery.nice, and the pipelines then only accept (submission and the MX), so a burst is accepted at the acceptance-only rate and delivery drains the queue behind it. auto: as many as daemon.workers. 0: each pipeline delivers too (one process does both).", kind="delivery_workers", restart=True)
     node_id: str = setting("", "This node's name among the gateway processes sharing one store: the claims and job leases of its processes carry it (<node>:<pid>:<random>), and at start it releases its own node's claims only. Letters, digits, '.', '_', '-'. Empty: made at the first start and kept in <state dir>/node-id (host name and random digits). Two running daemons must never share one (do not copy that file to a second node).", kind="node", restart=True)
     job_lease: float = setting(30.0, "Seconds a job that runs on one node at a time (sweeper, domain re-verification, inbound processing, each mailbox's poller) keeps its lease in the store without renewing it (renewed every third of it): when a node dies, another takes the job over within this. Node clocks must agree to well within it (NTP).", min=0.3, max=3600.0)
     gil_switch_interval: float = setting(0.005, "Seconds the interpreter lets one thread hold the GIL before another may take it (sys.setswitchinterval). Lower cuts the web server's tail latency under submission load (0.0005: unsubscribe POST p99 about halved) but costs mail throughput (MX acceptance about 12% lower, measured with scripts/bench_mx.py).", min=0.0001, max=0.1, restart=True)
@@ -147,6 +148,7 @@ class DeliveryConfig:
     soft_bounce_limit: int = setting(3, "Soft failures of one address (a message that failed for good with a soft class: mailbox full, lifetime ran out) within soft_bounce_window that suppress it for soft_bounce_suppress_for. 0: soft failures never suppress.", min=0)
     soft_bounce_window: float = setting(604800.0, "Seconds in which soft_bounce_limit soft failures must fall, counted from the first (default 7 days).", min=60.0)
     soft_bounce_suppress_for: float = setting(604800.0, "Seconds an address stays suppressed after too many soft failures (default 7 days).", min=60.0)
+    nice: int = setting(10, "Nice value (os.nice) of the delivery processes' event loops and signing threads (daemon.delivery_workers), so the kernel gives acceptance the cores first; their store writer keeps the daemon's priority, so a commit of theirs never holds the pipelines' turn at the file for long. 0: no lower priority. Nice never starves: at 10 a busy delivery process still gets about a tenth of a core that acceptance wants.", min=0, max=19, restart=True)
     stall_after: float = setting(300.0, "Seconds delivery may go without sending or recording anything while work is due before /health reports it stalled.", min=0.1)
 
 
@@ -317,8 +319,18 @@ def workers_count(value: str) -> int:
     return int(value) if value.isascii() and value.isdigit() and 1 <= int(value) <= MAX_WORKERS else 0
 
 
+def delivery_workers_count(daemon: DaemonConfig) -> int:
+    """The delivery processes beside the pipelines (daemon.delivery_workers): 0 with one process, or
+    when the pipelines deliver themselves; auto: one per pipeline."""
+    pipelines = workers_count(daemon.workers)
+    if pipelines <= 1:
+        return 0
+    value = daemon.delivery_workers
+    return pipelines if value == "auto" else int(value)
+
+
 def _check_scalar(path: str, expected: type, value: Any, meta: dict, problems: list[str]) -> Any:
-    if meta.get("kind") == "workers" and isinstance(value, int) and not isinstance(value, bool):
+    if meta.get("kind") in ("workers", "delivery_workers") and isinstance(value, int) and not isinstance(value, bool):
         value = str(value)  # workers = 2 reads as well as workers = "2"
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
@@ -333,6 +345,8 @@ def _check_scalar(path: str, expected: type, value: Any, meta: dict, problems: l
         problems.append(f"{path}: must be at most {meta['max']}, got {value!r}")
     if meta.get("kind") == "workers" and not workers_count(value):
         problems.append(f"{path}: expected auto or a whole number from 1 to {MAX_WORKERS}, got {value!r}")
+    if meta.get("kind") == "delivery_workers" and value != "auto" and not (value.isascii() and value.isdigit() and int(value) <= MAX_WORKERS):
+        problems.append(f"{path}: expected auto or a whole number from 0 to {MAX_WORKERS}, got {value!r}")
     if meta.get("kind") == "hostport":
         try:
             split_hostport(value)

@@ -74,7 +74,7 @@ from .systemd import Notifier
 from .unsubscribe.links import Keyring, Links
 from .unsubscribe.web import Unsubscriber
 from .web import WebServer
-from .pipelines import Pipelines
+from .pipelines import Pipelines, lower_priority
 from .workers import WebWorker
 from .webhooks.sender import WebhookSender
 
@@ -139,6 +139,12 @@ class Daemon:
         # parent can do: a webhook test POST through its sender); gateway/pipeline.py sets it.
         self.ask_parent: Any = None
         self.api: ApiServer | None = None   # this process's API listener (none in a parent of workers: they serve it)
+        # A pipeline worker's part of the mail path (gateway/pipelines.py roles): "accept" (its
+        # listeners), "deliver" (its scheduler), or both; what wakes delivery when it has no scheduler
+        # of its own; and, when it has no listeners, the addresses its loop guard refuses.
+        self.serves = frozenset({"accept", "deliver"})
+        self.wake_elsewhere: Any = lambda: None
+        self.listening: dict[str, str] = {}
         self.node = ""   # this node's id (gateway/node.py), known once the state directory is locked
 
     # ------------------------------------------------------------------ wiring
@@ -159,7 +165,7 @@ class Daemon:
         suppressions = SuppressionService(store, verp=keyring.signed)
         # The loop guard reads the listening addresses when it checks one: listeners bind after this.
         self.scheduler = Scheduler(store, self.config, self.metrics, budget=self.budget,
-                                   own_addresses=lambda: [l["address"] for l in self.listeners()],
+                                   own_addresses=lambda: [*self.listening.values(), *(l["address"] for l in self.listeners())],
                                    links=Links(keyring, lambda: self.config), node=self.node, token=self.token,
                                    release_at_start=self.role != "pipeline")
         # Jobs that must run on one node at a time hold a lease in the store (gateway/singleton.py):
@@ -174,7 +180,12 @@ class Daemon:
             self.pipelines = Pipelines(lambda: self.config, self.paths, self.metrics, node=self.node, release=store.delivery.release,
                                        release_all=lambda: store.delivery.release_node(self.node), wakes={})
             keyring.on_change(self.pipelines.keys_changed)  # their deliveries mint links with the keys
-        wake_delivery = self.pipelines.wake if self.pipelines is not None else self.scheduler.wake
+        if self.pipelines is not None:
+            wake_delivery = self.pipelines.wake
+        elif "deliver" not in self.serves:  # an accepting pipeline: the delivery processes' schedulers
+            wake_delivery = self.wake_elsewhere
+        else:
+            wake_delivery = self.scheduler.wake
         # A full disk's episode ends: claim what waited at once rather than at the next poll.
         store.db.on_recovered(wake_delivery)
         # Mailbox polling: a connector change through the CLI wakes it to look at the connectors again.
@@ -266,7 +277,9 @@ class Daemon:
             # A pipeline worker serves its parent's sockets and delivers; the rest is the parent's.
             for listener in listeners:
                 listener.sockets = {name: sock for name, sock in self.sockets.items() if name in {l.name for l in listener.listeners()}}
-            self.components = [self.scheduler, *listeners, *([self.api] if self.api is not None else [])]
+            self.components = [*([self.scheduler] if "deliver" in self.serves else []),
+                               *(listeners if "accept" in self.serves else []),
+                               *([self.api] if self.api is not None and "accept" in self.serves else [])]
             return
         if self.pipelines is not None:  # their place in the start order: last, after what they feed
             workers = [c for c in workers if c is not self.scheduler and c not in listeners]
@@ -357,6 +370,9 @@ class Daemon:
                 released = 0  # a full disk must not stop the start: those leases run out by themselves
             if released:
                 log.info("job_leases_released", leases=released, why="held by a previous process of this node")
+            if pipeline and "accept" not in self.serves:
+                # A delivery process: its store writer runs at the daemon's priority, the rest lower.
+                lower_priority(self.config.delivery.nice)
             self._build()
             if self.role == "parent":
                 # The workers and the API load the same pair: a self-signed one is made here, once.

@@ -1,8 +1,15 @@
 """A pipeline worker: submission, the inbound MX and a delivery scheduler in a child process of the
-daemon (``daemon.workers`` > 1), so mail uses every core. Started by gateway/pipelines.py, never by hand:
+daemon (``daemon.workers`` > 1), so mail uses every core; or one of the two halves (``--role``: accept
+or deliver, gateway/pipelines.py says why). Started by gateway/pipelines.py, never by hand:
 
     python -m gateway.pipeline --fd submission=N --fd submissions=M [--fd inbound=K] --token T
-                               --name pipeline-I --control-fd C --parent-pid P
+                               --name pipeline-I --control-fd C --parent-pid P [--role both|accept]
+    python -m gateway.pipeline --listening submission=HOST:PORT ... --token T --name delivery-I
+                               --control-fd C --parent-pid P --role deliver
+
+An accepting pipeline sends a "wake delivery" line to the daemon after its queued messages (gathered:
+``WakeRelay``); a delivery process has no sockets and is told the listening addresses, which its loop
+guard refuses as every scheduler does.
 
 What flows in: the listening sockets the daemon bound (every worker accepts on the same ones; the
 kernel gives each connection to one of them), the daemon's config over the control socket (already
@@ -30,6 +37,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -46,14 +54,38 @@ from .workers import APPLY_TIMEOUT, LINE_LIMIT
 
 log = structlog.get_logger("pipeline")
 
+# Seconds an accepting pipeline gathers its queued messages' wakes into one line to the daemon, which
+# wakes the delivery processes: one line per message would be thousands a second to read and forward
+# for nothing (a scheduler already claiming finds them anyway); a few ms is nothing to end-to-end time.
+WAKE_GATHER = 0.002
+
 
 def _line(message: dict[str, Any]) -> bytes:
     return json.dumps(message, separators=(",", ":"), default=str).encode() + b"\n"
 
 
+class WakeRelay:
+    """An accepting pipeline's wake of delivery (gateway/pipelines.py roles): at most one line to the
+    daemon every WAKE_GATHER, never none after a queued message."""
+
+    def __init__(self, send: Callable[[dict[str, Any]], Any]):
+        self.send = send
+        self._timer: asyncio.TimerHandle | None = None
+
+    def __call__(self, *_: Any) -> None:
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(WAKE_GATHER, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self.send({"op": "wake", "what": "delivery"})
+
+
 class Pipeline:
-    def __init__(self, sockets: dict[str, socket.socket], control: socket.socket, *, token: str, name: str):
+    def __init__(self, sockets: dict[str, socket.socket], control: socket.socket, *, token: str, name: str,
+                 role: str = "both", listening: dict[str, str] | None = None):
         self.sockets, self.control, self.token, self.name = sockets, control, token, name
+        self.role, self.listening = role, listening or {}
         self.daemon: Daemon | None = None
         self._stop = asyncio.Event()
         self._asks: dict[int, asyncio.Future] = {}   # questions to the parent by number (ask_parent)
@@ -74,6 +106,7 @@ class Pipeline:
         daemon.token, daemon.sockets = self.token, self.sockets
         daemon.tell_parent = lambda message: writer.is_closing() or writer.write(_line(message))
         daemon.ask_parent = lambda message, timeout=APPLY_TIMEOUT: self._ask(writer, message, timeout)
+        self._assign(daemon)
         await daemon.start()
         allocator.settle()   # as the daemon's own run does (allocator.py)
         try:
@@ -87,6 +120,16 @@ class Pipeline:
             await daemon.stop()
             writer.close()
         return 0
+
+    def _assign(self, daemon: Daemon) -> None:
+        """This worker's role: both, accept (delivery is the delivery processes', woken through the
+        daemon) or deliver (no listeners: it knows their addresses for its loop guard)."""
+        if self.role == "accept":
+            daemon.serves = frozenset({"accept"})
+            daemon.wake_elsewhere = WakeRelay(daemon.tell_parent)
+        elif self.role == "deliver":
+            daemon.serves = frozenset({"deliver"})
+            daemon.listening = self.listening
 
     async def _control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """The daemon's requests, in order; EOF (the daemon is gone) stops the worker."""
@@ -153,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default="pipeline")
     parser.add_argument("--control-fd", type=int, required=True)
     parser.add_argument("--parent-pid", type=int, required=True)
+    parser.add_argument("--role", choices=("both", "accept", "deliver"), default="both")
+    parser.add_argument("--listening", action="append", default=[], metavar="NAME=HOST:PORT")
     args = parser.parse_args(argv)
     # Ctrl-C reaches the whole process group and a stray SIGHUP the whole service: the daemon
     # decides (it stops the workers, and sends the reloaded config).
@@ -163,7 +208,9 @@ def main(argv: list[str] | None = None) -> int:
         name, _, fd = item.partition("=")
         sockets[name] = socket.socket(fileno=int(fd))
     control = socket.socket(fileno=args.control_fd)
-    return run_child(args.name, "pipeline", lambda: Pipeline(sockets, control, token=args.token, name=args.name).run())
+    listening = dict(item.partition("=")[::2] for item in args.listening)
+    return run_child(args.name, "pipeline", lambda: Pipeline(sockets, control, token=args.token, name=args.name,
+                                                             role=args.role, listening=listening).run())
 
 
 if __name__ == "__main__":

@@ -10,6 +10,15 @@ socket per worker rather than one shared by all: on one shared socket the worker
 takes nearly every connection (measured: 4 of 4 sessions, 90 of 134 log lines, on one of two
 workers); the kernel spreads SO_REUSEPORT connections evenly.
 
+Roles (``daemon.delivery_workers``, auto: as many as the pipelines): the N pipelines only accept
+("accept": submission and the MX) and M delivery processes ("deliver": a scheduler, no sockets) run
+beside them at ``delivery.nice``. In one process a 250 waits behind the delivery work on its event
+loop and GIL (signing, SMTP sessions, result commits), so acceptance ran at the end-to-end rate;
+apart, and at a lower priority, the kernel gives acceptance the cores first and delivery drains the
+queue behind it (never starved: a nice value lowers a share). A pipeline's queued messages wake
+delivery through the daemon (``_event``), as the daemon's own wakes do (``wake``). With 0 delivery
+processes each pipeline does both ("both"), the layout before.
+
 Figures (``scripts/bench_submission.py --messages 100 --workers N``, 20 sessions of 4 KiB, STARTTLS +
 AUTH; this 2-core machine shared with six other sessions, load average 8-11 throughout, so they
 say little beyond "no worse"): workers 1: 146 msg/s, p99 278 ms, 1.81 ms CPU/msg; 2: 156 and 113
@@ -31,7 +40,7 @@ from typing import Any
 
 import structlog
 
-from .config import Config, workers_count
+from .config import Config, delivery_workers_count, workers_count
 from .errors import StorageFull
 from .lifecycle import Component, Listener, format_address
 from .metrics import Metrics, worker_families
@@ -41,48 +50,71 @@ from .workers import Child, bind
 log = structlog.get_logger("workers")
 
 
-def share(config: Config, n: int) -> Config:
-    """The config one of ``n`` pipeline workers runs with: the daemon-wide bounds divided among them,
-    so N workers hold no more message bytes, outbound connections and claims than one process would."""
-    if n <= 1:
+def share(config: Config, n: int, *, delivering: int | None = None) -> Config:
+    """The config one of the daemon's ``n`` child processes of the mail path runs with: the daemon-wide
+    bounds divided among them, so they hold no more message bytes, outbound connections and claims
+    than one process would. The memory budget is shared by all ``n``; the delivery bounds by the
+    ``delivering`` ones (all ``n`` unless said)."""
+    delivering = n if delivering is None else delivering
+    if n <= 1 and delivering <= 1:
         return config
-    d, dl, api = config.daemon, config.delivery, config.api
+    d, dl, api, m = config.daemon, config.delivery, config.api, max(delivering, 1)
+    a = max(n - delivering if delivering < n else n, 1)   # the processes that accept (and serve the API)
     return dataclasses.replace(
         config,
-        daemon=dataclasses.replace(d, memory_budget=max(d.memory_budget // n, 1 << 20)),
-        api=dataclasses.replace(api, max_inflight=max(api.max_inflight // n, 1), max_inflight_per_client=max(api.max_inflight_per_client // n, 1),
-                                max_inflight_per_key=max(api.max_inflight_per_key // n, 1)),
-        delivery=dataclasses.replace(dl, workers=max(dl.workers // n, 1), per_destination=max(dl.per_destination // n, 1),
-                                     max_inflight=max(dl.max_inflight // n, 1)))
+        daemon=dataclasses.replace(d, memory_budget=max(d.memory_budget // max(n, 1), 1 << 20)),
+        api=dataclasses.replace(api, max_inflight=max(api.max_inflight // a, 1), max_inflight_per_client=max(api.max_inflight_per_client // a, 1),
+                                max_inflight_per_key=max(api.max_inflight_per_key // a, 1)),
+        delivery=dataclasses.replace(dl, workers=max(dl.workers // m, 1), per_destination=max(dl.per_destination // m, 1),
+                                     max_inflight=max(dl.max_inflight // m, 1)))
 
+
+def lower_priority(nice: int) -> None:
+    """A delivery process's event loop (delivery.nice): the calling thread and the threads it starts
+    from now on (DKIM signing) run at ``nice``, so acceptance gets the cores first. On Linux a nice value
+    is a thread's: the store's writer and readers, started before this, keep the daemon's priority, so
+    a commit of theirs does not hold the turn at the file (and the acceptance commits behind it)
+    while the kernel runs everything else first."""
+    if nice > 0:
+        os.setpriority(os.PRIO_PROCESS, 0, min(os.getpriority(os.PRIO_PROCESS, 0) + nice, 19))
 
 
 class PipelineWorker(Child):
-    """One pipeline process (gateway/pipeline.py): submission, the MX and a delivery scheduler."""
+    """One pipeline process (gateway/pipeline.py): submission, the MX and a delivery scheduler; with
+    delivery processes beside it (``role`` "accept") submission and the MX only; as one of those
+    (``role`` "deliver") the scheduler only, at a lower priority."""
 
     module = "gateway.pipeline"
 
     def __init__(self, index: int, of: int, config: Callable[[], Config], paths: Paths, *, node: str,
-                 on_event: Callable[[dict[str, Any]], None], release: Callable[[str], Any]):
-        super().__init__(f"pipeline-{index}", config, paths)
-        self.index, self.of, self.node = index, of, node
-        self.on_event, self.release = on_event, release
+                 on_event: Callable[[dict[str, Any]], None], release: Callable[[str], Any], role: str = "both",
+                 delivering: int | None = None, listening: Callable[[], dict[str, str]] = dict):
+        super().__init__(f"{'delivery' if role == 'deliver' else 'pipeline'}-{index}", config, paths)
+        self.index, self.of, self.node, self.role, self.delivering = index, of, node, role, delivering
+        self.on_event, self.release, self.listening = on_event, release, listening
         self.on_ask: Callable[[dict[str, Any]], Any] = lambda message: asyncio.sleep(0)
         self._asked: set[asyncio.Task] = set()
         self.token = self._new_token()
 
+    @property
+    def delivers(self) -> bool:
+        return self.role != "accept"
+
     def _new_token(self) -> str:
         # The scheduler's claim token: chosen here, so claims of a worker that died before it said
-        # anything are released all the same. <node>:<parent pid>/<index>:<random>: of this node (its
+        # anything are released all the same. <node>:<parent pid>/<name>:<random>: of this node (its
         # start releases them), not of the parent's own process (gateway/node.py).
-        return f"{self.node}:{os.getpid()}/{self.index}:{secrets.token_hex(4)}"
+        return f"{self.node}:{os.getpid()}/{self.name}:{secrets.token_hex(4)}"
 
     def argv(self) -> list[str]:
+        # A delivery process has no sockets of its own: it is told the listening addresses, so its
+        # loop guard bounces mail to them as any scheduler does.
         return [*(a for name, s in self.socks.items() for a in ("--fd", f"{name}={s.fileno()}")),
-                "--token", self.token, "--name", self.name]
+                *(a for name, address in self.listening().items() for a in ("--listening", f"{name}={address}")),
+                "--token", self.token, "--name", self.name, "--role", self.role]
 
     def first_config(self) -> Config:
-        return share(self.config(), self.of)
+        return share(self.config(), self.of, delivering=self.delivering)
 
     def event(self, message: dict[str, Any]) -> None:
         if "ask" in message:   # a question (its answer goes back to this worker alone): Pipelines.answer
@@ -102,6 +134,8 @@ class PipelineWorker(Child):
 
     async def died(self) -> None:
         token, self.token = self.token, self._new_token()
+        if not self.delivers:
+            return  # it never claimed anything
         try:
             released = await self.release(token)
         except Exception:  # noqa: BLE001 - the daemon's next start releases them anyway
@@ -109,6 +143,12 @@ class PipelineWorker(Child):
             return
         if released:
             log.info("delivery_claims_released", recipients=released, why=f"{self.name} exited", worker=self.name)
+
+    def status(self) -> dict[str, Any]:
+        rows = super().status()
+        for row in rows["workers"]:
+            row["role"] = self.role
+        return rows
 
 
 class Pipelines(Component):
@@ -124,12 +164,20 @@ class Pipelines(Component):
         self.wakes = wakes
         # What a worker may ask the parent to do (by "op"), and the answer: Daemon._webhook_post, _revoked.
         self.answers: dict[str, Callable[[dict[str, Any]], Any]] = {}
-        n = workers_count(config().daemon.workers)
-        self.workers = [PipelineWorker(i, n, config, paths, node=node, on_event=self._event, release=release) for i in range(1, n + 1)]
+        self.workers = self._workers(config(), paths, node, release)
         for worker in self.workers:
             worker.on_ask = self._answer
         self._addresses = self._wanted()
         metrics.add_collector(lambda: worker_families(self.workers))
+
+    def _workers(self, config: Config, paths: Paths, node: str, release: Callable[[str], Any]) -> list[PipelineWorker]:
+        """daemon.workers pipelines; with daemon.delivery_workers, that many delivery processes after them."""
+        n, m = workers_count(config.daemon.workers), delivery_workers_count(config.daemon)
+        kw = {"node": node, "on_event": self._event, "release": release, "listening": lambda: dict(self._addresses)}
+        if not m:
+            return [PipelineWorker(i, n, self.config, paths, **kw) for i in range(1, n + 1)]
+        return [*(PipelineWorker(i, n + m, self.config, paths, role="accept", delivering=m, **kw) for i in range(1, n + 1)),
+                *(PipelineWorker(i, n + m, self.config, paths, role="deliver", delivering=m, **kw) for i in range(1, m + 1))]
 
     def _wanted(self) -> dict[str, str]:
         c = self.config()
@@ -170,7 +218,7 @@ class Pipelines(Component):
         connections evenly over them; one shared socket would let the first worker to wake take
         nearly all). A worker's sockets stay open here while it restarts: its connections wait."""
         for name, listen in self._wanted().items():
-            for worker in self.workers:
+            for worker in (w for w in self.workers if w.role != "deliver"):
                 sock = bind(self._addresses.get(name, listen) if worker is not self.workers[0] else listen, name, reuse_port=True)
                 worker.socks[name] = sock
                 if worker is self.workers[0]:
@@ -193,12 +241,17 @@ class Pipelines(Component):
         await asyncio.gather(*(w.keys_changed() for w in self.workers))
 
     def wake(self, *_: Any) -> None:
-        """New mail is due (an admin retry, a release, a forward queued): every scheduler claims now."""
+        """New mail is due (an admin retry, a release, a forward queued, a pipeline's submission): every
+        scheduler claims now."""
         for worker in self.workers:
-            worker.send({"op": "wake"})
+            if worker.delivers:
+                worker.send({"op": "wake"})
 
     def _event(self, message: dict[str, Any]) -> None:
         if message.get("op") == "wake":
+            if message.get("what") == "delivery":  # an accepting pipeline queued mail
+                self.wake()
+                return
             wake = self.wakes.get(message.get("what", ""))
             if wake is not None:
                 wake()
@@ -223,7 +276,7 @@ class Pipelines(Component):
         return all(w.alive for w in self.workers)
 
     def listeners(self) -> list[Listener]:
-        up = any(w.alive for w in self.workers)
+        up = any(w.alive for w in self.workers if w.role != "deliver")  # a delivery process serves no listener
         return [Listener(name, address, up=up) for name, address in self._addresses.items()]
 
     def problems(self) -> list[str]:

@@ -30,6 +30,7 @@ EOF and stops. Protocol (JSON lines; gateway/webworker.py and gateway/pipeline.p
                                                                 "webhooks": a change made through its API)
                        {"op": ..., "ask": n, ...}               (pipeline) a question: "webhook_post" (a
                                                                 webhook test), "forget_key" (revoked here)
+                       {"op": "wake", "what": "delivery"}       (accepting pipeline) mail queued
 """
 
 from __future__ import annotations
@@ -196,7 +197,9 @@ class Child(Component):
         fds = [s.fileno() for s in self.socks.values()]
         try:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", self.module, *self.argv(), "--control-fd", str(theirs.fileno()),
+                # -P: not the current directory first on its import path (``-m`` would put it there),
+                # so a gateway package in the directory the daemon was started in is not what runs.
+                sys.executable, "-P", "-m", self.module, *self.argv(), "--control-fd", str(theirs.fileno()),
                 "--parent-pid", str(os.getpid()), pass_fds=(*fds, theirs.fileno()), stdin=asyncio.subprocess.DEVNULL)
         except OSError as exc:
             ours.close()

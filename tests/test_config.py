@@ -177,3 +177,19 @@ def test_readme_configuration_reference_is_current():
     assert section == render_reference(), "README.md's configuration reference is stale: run scripts/update-docs"
     for key in all_keys():
         assert f"`{key}`" in section, key
+
+
+def test_delivery_workers_reads_auto_or_a_count_and_counts_only_beside_pipelines():
+    from gateway.config import delivery_workers_count
+
+    def count(**daemon) -> int:
+        return delivery_workers_count(parse_config({"daemon": daemon}).daemon)
+
+    assert count() == 0                                   # one process: nothing beside it
+    assert count(workers=2) == 2                          # auto: one per pipeline
+    assert count(workers=3, delivery_workers=1) == 1
+    assert count(workers=2, delivery_workers="0") == 0    # the pipelines deliver themselves
+    assert count(workers=1, delivery_workers=4) == 0
+    for bad in ("-1", "x", "65", 1.5):
+        with pytest.raises(ConfigError, match="daemon.delivery_workers"):
+            parse_config({"daemon": {"delivery_workers": bad}})

@@ -1,8 +1,9 @@
 """daemon.workers = 2: the daemon as a subprocess with two pipeline workers (gateway/pipeline.py) on one
-store and one set of listening sockets. Mail is accepted by both, delivered exactly once; a worker
-SIGKILLed under load is restarted and loses nothing; the daemon SIGKILLed takes its workers with it and
-a restart delivers everything; SIGHUP and wakes reach the workers; SIGTERM drains them; status and
-/metrics show them all."""
+store and one set of listening sockets, and (daemon.delivery_workers = auto) two delivery processes
+beside them. Mail is accepted by both pipelines, delivered exactly once; a pipeline or a delivery
+process SIGKILLed under load is restarted and loses nothing; the daemon SIGKILLed takes its workers
+with it and a restart delivers everything; SIGHUP and wakes reach the workers; SIGTERM drains them;
+status and /metrics show them all; acceptance goes on while every delivery process is stopped."""
 
 from __future__ import annotations
 
@@ -78,8 +79,13 @@ async def metrics(web_port: int) -> str:
             return await resp.text()
 
 
-def pipeline_rows(gw: GatewayProcess) -> list[dict]:
-    return [w for w in gw.cli_json("status")["workers"] if w["name"].startswith("pipeline-")]
+def delivered_count(exposition: str) -> float:
+    return sum(float(v) for v in re.findall(r"^gateway_messages_delivered_total\{[^}]*\} (\S+)$", exposition, re.M))
+
+
+def pipeline_rows(gw: GatewayProcess, kind: str = "pipeline") -> list[dict]:
+    """The status rows of the pipelines (kind "pipeline") or of the delivery processes ("delivery")."""
+    return [w for w in gw.cli_json("status")["workers"] if w["name"].startswith(f"{kind}-")]
 
 
 async def test_two_workers_share_the_port_deliver_once_and_report(tmp_path, dns_server):
@@ -93,10 +99,11 @@ async def test_two_workers_share_the_port_deliver_once_and_report(tmp_path, dns_
             admin = AdminHandle(gw)
             setup = await sending_setup(admin, dns_server)
             port = await admin.listener_port("submission")
-            rows = pipeline_rows(gw)
-            assert [r["up"] for r in rows] == [True, True]
-            pids = {r["pid"] for r in rows}
-            assert len(pids) == 2 and gw.proc.pid not in pids
+            rows, delivering = pipeline_rows(gw), pipeline_rows(gw, "delivery")
+            assert [r["up"] for r in rows + delivering] == [True] * 4
+            assert [r["role"] for r in rows + delivering] == ["accept", "accept", "deliver", "deliver"]
+            pids = {r["pid"] for r in rows + delivering}
+            assert len(pids) == 4 and gw.proc.pid not in pids
 
             accepted: list[tuple[str, str]] = []
             stop = asyncio.Event()
@@ -106,13 +113,21 @@ async def test_two_workers_share_the_port_deliver_once_and_report(tmp_path, dns_
             got = deliveries(sink)
             assert set(got) == wanted and max(got.values()) == 1  # every message once, none twice
 
-            # Each worker's own status, and its counters summed in the daemon's /metrics.
-            assert all("delivery" in r["status"] and "submission" in r["status"] for r in pipeline_rows(gw))
+            # Each worker's own status (a pipeline its sessions, a delivery process its deliveries), and
+            # their counters summed in the daemon's /metrics.
+            assert all("submission" in r["status"] and "delivery" not in r["status"] for r in pipeline_rows(gw))
+            assert all("delivery" in r["status"] and "submission" not in r["status"] for r in pipeline_rows(gw, "delivery"))
             web = await admin.listener_port("web")
             text = await metrics(web)
             for pid in pids:
-                assert re.search(rf'gateway_worker_pid{{worker="pipeline-\d"}} {pid}(\.0)?\n', text), text[:2000]
+                assert re.search(rf'gateway_worker_pid{{worker="(pipeline|delivery)-\d"}} {pid}(\.0)?\n', text), text[:2000]
             assert f"gateway_messages_received_total {float(len(accepted))}" in text
+            # The delivery processes' counters are in it too (each outcome counted once it committed).
+            async with asyncio.timeout(20):
+                while delivered_count(text) < len(accepted):
+                    await asyncio.sleep(0.1)
+                    text = await metrics(web)
+            assert delivered_count(text) == len(accepted)
             # A pause over the admin socket holds new mail in every worker; the resume wakes them.
             await admin.call("pause", tenant="acme")
             held: list[tuple[str, str]] = []
@@ -188,26 +203,41 @@ async def test_killed_worker_killed_daemon_and_sigterm_lose_nothing(tmp_path, dn
             setup = await sending_setup(admin, dns_server)
             port = await admin.listener_port("submission")
             victim, other = pipeline_rows(gw)
+            courier, _ = pipeline_rows(gw, "delivery")
 
-            # SIGKILL one worker while six sessions submit: its sessions break (their clients connect
-            # again), the daemon releases its claims and starts another in its place.
+            # SIGKILL one pipeline and one delivery process while six sessions submit: the pipeline's
+            # sessions break (their clients connect again), the daemon releases the delivery
+            # process's claims and starts another in the place of each.
             clients = [asyncio.create_task(submit_loop(port, setup, accepted, stop, n)) for n in range(6)]
             await wait_for(lambda: len(accepted) >= 30)
             os.kill(victim["pid"], signal.SIGKILL)
-            back = await wait_for(lambda: [r for r in pipeline_rows(gw) if r["name"] == victim["name"] and r["up"]
-                                           and r["pid"] != victim["pid"]])
-            assert back[0]["restarts"] == 1
+            os.kill(courier["pid"], signal.SIGKILL)
+
+            def restarted() -> list[dict]:
+                rows = {r["name"]: r for kind in ("pipeline", "delivery") for r in pipeline_rows(gw, kind)}
+                back = [rows[dead["name"]] for dead in (victim, courier)]
+                return back if all(r["up"] and r["pid"] not in (victim["pid"], courier["pid"]) for r in back) else []
+            back = await wait_for(restarted)
+            assert [r["restarts"] for r in back] == [1, 1]
             # What it had claimed is delivered by now too: the daemon released its claims.
             before = set(accepted)
             await sink.wait_until(lambda s: before <= set(deliveries(s)), timeout=90)
             seen = len(accepted)
             await wait_for(lambda: len(accepted) >= seen + 30)
 
-            # SIGKILL the daemon under the same load: its workers go with it (their control sockets close).
+            # SIGKILL the daemon under the same load: its workers go with it (their control sockets
+            # close, PR_SET_PDEATHSIG sends SIGTERM), each after draining what it had under way for at
+            # most daemon.shutdown_timeout (a delivery process at delivery.nice does so slowly on a
+            # loaded machine), then flushing its writer.
+            alive = [r["pid"] for kind in ("pipeline", "delivery") for r in pipeline_rows(gw, kind)]
             gw.proc.kill()
             gw.proc.wait(10)
-            for pid in (back[0]["pid"], other["pid"]):
-                assert await asyncio.to_thread(exited, pid, 15), f"worker {pid} outlived the daemon"
+            killed = asyncio.get_running_loop().time()
+            assert len(alive) == 4
+            for pid in alive:
+                assert await asyncio.to_thread(exited, pid, settings["daemon"]["shutdown_timeout"] + 15), \
+                    f"worker {pid} outlived the daemon"
+            print(f"the daemon's workers all exited {asyncio.get_running_loop().time() - killed:.1f}s after it was killed")
             stop.set()
             await asyncio.gather(*clients)
             gw.close()
@@ -225,7 +255,7 @@ async def test_killed_worker_killed_daemon_and_sigterm_lose_nothing(tmp_path, dn
             seen = len(accepted)
             await wait_for(lambda: len(accepted) >= seen + 30)
             assert await asyncio.to_thread(gw.stop) == 0
-            assert worker_exits(gw) == {"pipeline-1": [0], "pipeline-2": [0]}
+            assert worker_exits(gw) == {"pipeline-1": [0], "pipeline-2": [0], "delivery-1": [0], "delivery-2": [0]}
             stop.set()
             await asyncio.gather(*clients)
             got = deliveries(sink)
@@ -254,7 +284,9 @@ async def test_a_use_cases_rate_limit_is_one_budget_across_workers(tmp_path, dns
     together they accept about RATE (plus each worker's chunk and the refill), not RATE each."""
     publish_mx(dns_server, "dest.test")
     async with mail_sink() as sink:
-        gw = started(GatewayProcess(tmp_path, overrides(dns_server, sink.port)))
+        # The layout without delivery processes (each pipeline delivers too): started here, where
+        # only submission matters.
+        gw = started(GatewayProcess(tmp_path, overrides(dns_server, sink.port, {"daemon": {"delivery_workers": 0}})))
         sessions: list[aiosmtplib.SMTP] = []
         try:
             admin = AdminHandle(gw)
@@ -273,6 +305,7 @@ async def test_a_use_cases_rate_limit_is_one_budget_across_workers(tmp_path, dns
                 await smtp.login(setup["username"], setup["password"])
                 sessions.append(smtp)
             spread = per_worker()
+            assert all("delivery" in (r.get("status") or {}) for r in pipeline_rows(gw))  # each delivers too
 
             began = asyncio.get_running_loop().time()
             accepted, refused = 0, 0
@@ -301,3 +334,57 @@ async def test_a_use_cases_rate_limit_is_one_budget_across_workers(tmp_path, dns
                 smtp.close()
             await asyncio.to_thread(gw.stop)
             gw.close()
+
+
+async def test_acceptance_goes_on_while_every_delivery_process_is_stopped(tmp_path, dns_server):
+    """Acceptance does not wait for delivery: with the one delivery process SIGSTOPped (as if the
+    kernel gave it no CPU at all), a burst on both pipelines still gets every 250, and nothing of it
+    is delivered; SIGCONT, and the wakes the pipelines sent meanwhile deliver all of it, once. With the
+    pipelines delivering themselves (delivery_workers = 0) there is no process to stop that leaves
+    acceptance running."""
+    publish_mx(dns_server, "dest.test")
+    async with mail_sink() as sink:
+        # No poll: the burst is claimed because the pipelines' wakes reach the delivery process.
+        settings = overrides(dns_server, sink.port, {"daemon": {"delivery_workers": 1}, "delivery": {"poll_interval": 60.0}})
+        gw = started(GatewayProcess(tmp_path, settings))
+        try:
+            admin = AdminHandle(gw)
+            setup = await sending_setup(admin, dns_server)
+            port = await admin.listener_port("submission")
+            stop = asyncio.Event()
+            first: list[tuple[str, str]] = []
+            await submit_loop(port, setup, first, stop, 0, count=1)
+            await sink.wait_until(lambda s: set(first) <= set(deliveries(s)), timeout=30)
+            # Stopped once idle (its outcome recorded), so no write of its is under way.
+            [courier] = await wait_for(lambda: [r for r in pipeline_rows(gw, "delivery") if r["status"]["delivery"]["in_flight"] == 0])
+            assert courier["role"] == "deliver"
+            os.kill(courier["pid"], signal.SIGSTOP)
+            try:
+                burst: list[tuple[str, str]] = []
+                async with asyncio.timeout(60):
+                    await asyncio.gather(*(submit_loop(port, setup, burst, stop, n + 1, count=10) for n in range(SESSIONS)))
+                assert len(burst) == 10 * SESSIONS
+                assert not set(burst) & set(deliveries(sink))  # nothing of it went out: delivery was stopped
+            finally:
+                os.kill(courier["pid"], signal.SIGCONT)
+            await sink.wait_until(lambda s: set(burst) <= set(deliveries(s)), timeout=60)
+            got = deliveries(sink)
+            assert max(got.values()) == 1 and set(got) == set(first) | set(burst)
+            await asyncio.to_thread(gw.stop)
+        finally:
+            gw.close()
+
+
+def test_child_processes_import_the_installed_gateway_not_the_current_directorys(tmp_path):
+    """Started in a directory holding a ``gateway`` package (a checkout of another version, say), the
+    daemon's child processes run the gateway the daemon runs: ``python -m`` would put the current
+    directory first on their import path."""
+    other = tmp_path / "elsewhere"
+    (other / "gateway").mkdir(parents=True)
+    (other / "gateway" / "__init__.py").write_text('raise SystemExit("the gateway of the current directory")\n')
+    gw = GatewayProcess(tmp_path, {"web": {"process": True}}, cwd=other)
+    try:
+        started(gw)  # the web worker is a child process: it must serve
+        assert "current directory" not in gw.stderr
+    finally:
+        gw.close()

@@ -56,8 +56,9 @@ def status(as_json: bool) -> None:
         for w in result["workers"]:
             state = f"pid {w['pid']}  up {_duration(w['uptime_seconds'] or 0)}" if w["up"] else f"DOWN (last exit {w['last_exit']})"
             live = w.get("status") or {}  # a pipeline worker's own sessions and deliveries
-            doing = (f"  sessions {live['submission']['connections']}  delivering {live['delivery']['in_flight']}"
-                     if "submission" in live and "delivery" in live else "")
+            # An accepting pipeline has sessions only, a delivery process deliveries only.
+            doing = "".join([f"  sessions {live['submission']['connections']}" if "submission" in live else "",
+                             f"  delivering {live['delivery']['in_flight']}" if "delivery" in live else ""])
             click.echo(f"  {w['name']}  {state}  restarts {w['restarts']}{doing}")
     store = result.get("store")
     if store:

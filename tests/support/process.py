@@ -100,7 +100,7 @@ class NotifySocket:
 
 class GatewayProcess:
     def __init__(self, tmp_path: Path, overrides: dict | None = None, *, env: dict[str, str] | None = None,
-                 state_dir: Path | None = None, name: str = "gw", wrapper: list[str] | None = None):
+                 state_dir: Path | None = None, name: str = "gw", wrapper: list[str] | None = None, cwd: Path | None = None):
         self.dir = tmp_path / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.config_path = write_config(self.dir / "config.toml", overrides)
@@ -110,6 +110,7 @@ class GatewayProcess:
         self.notify = NotifySocket(self.dir / "notify.sock")
         self.extra_env = env or {}
         self.wrapper = wrapper or []  # a command the daemon runs under (tests/support/sandbox.py)
+        self.cwd = cwd  # the directory it is started in (the caller's by default)
         self.proc: subprocess.Popen | None = None
 
     # ------------------------------------------------------------------ life
@@ -119,7 +120,7 @@ class GatewayProcess:
         self._stderr = open(self.stderr_path, "wb")
         self.proc = subprocess.Popen(
             [*self.wrapper, GATEWAY, "run", "--config", str(self.config_path), "--state-dir", str(self.state_dir)],
-            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._stderr,
+            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._stderr, cwd=self.cwd,
         )
         if wait_ready:
             try:
