@@ -173,7 +173,10 @@ async def wait_for(predicate, timeout: float = 120.0, every: float = 0.2):
 
 
 def exited(pid: int, timeout: float) -> bool:
-    fd = os.pidfd_open(pid)
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True   # gone (and reaped) before we looked
     try:
         return bool(select.select([fd], [], [], timeout)[0])
     finally:
