@@ -75,17 +75,23 @@ async def main() -> None:
             trip = (time.perf_counter() - began) / 200
             print(f"round trip    {trip * 1e3:.3f} ms per statement (writer connection); a point read through the pool {hop * 1e3:.3f} ms")
             ids = QueueIds()
-            s0 = writer.statements
+            s0, r0 = writer.statements, writer.round_trips
             await store.queue.put(message(ctx, ids))
-            put = writer.statements - s0
-            s0 = writer.statements
+            put, put_trips = writer.statements - s0, writer.round_trips - r0
+            s0, r0 = writer.statements, writer.round_trips
             [row] = await store.delivery.claim("bench", 10)
-            claim = writer.statements - s0
-            s0 = writer.statements
+            claim, claim_trips = writer.statements - s0, writer.round_trips - r0
+            s0, r0 = writer.statements, writer.round_trips
             await store.delivery.record("bench", ctx["tenant_id"], row["message"]["queue_id"],
                                         [Outcome(recipient_id=row["id"], state="delivered", code=250)])
-            record = writer.statements - s0
-            print(f"statements    put {put}, claim {claim}, record {record} (+ BEGIN/COMMIT and a savepoint per write in a batch)")
+            record, record_trips = writer.statements - s0, writer.round_trips - r0
+            print(f"statements    put {put}, claim {claim}, record {record}")
+            print(f"round trips   put {put_trips}, claim {claim_trips}, record {record_trips} (each a batch of one, BEGIN to COMMIT)")
+            msgs = [message(ctx, ids) for _ in range(20)]
+            r0, c0 = writer.round_trips, store.db.commits
+            await asyncio.gather(*(store.queue.put(m) for m in msgs))
+            print(f"round trips   {(writer.round_trips - r0) / len(msgs):.2f} per put in 20 concurrent puts"
+                  f" ({store.db.commits - c0} commits)")
             keys = store.db.translate.statements()
             tr = store.db.translate
             cold = timeit.timeit(lambda: [translate(sql, tr.id_tables, many=many, columns=tr.columns) for sql, many in keys],
