@@ -100,6 +100,7 @@ class Outcome:
     pg_cpu: float         # seconds, the PostgreSQL server
     takeover: float | None
     lease: float
+    writer: dict[str, float]  # the live nodes' store counters at the end: round trips, commits, replays
     statements: Counter | None = None
 
     @property
@@ -119,6 +120,12 @@ class Outcome:
             f" = {(self.node_cpu + self.pg_cpu) * per:.2f} ms"
             + (f"; claims taken over {self.takeover:.2f}s after the kill (lease {self.lease}s)" if self.takeover is not None else ""),
         ]
+        if self.writer.get("round_trips"):
+            w = self.writer
+            lines.append(f"[{self.label}] writer (live nodes, since start): {w['round_trips']:.0f} round trips,"
+                         f" {w['commits']:.0f} commits ({w['writes'] / max(w['commits'], 1):.1f} writes each),"
+                         f" {w['replays']:.0f} batches run again; {w['round_trips'] / max(self.delivered, 1):.2f}"
+                         " round trips per message delivered" + (" (the killed node's not counted)" if self.takeover is not None else ""))
         if self.statements:
             total = sum(self.statements.values())
             lines.append(f"[{self.label}] PostgreSQL statements per message {total / max(self.delivered, 1):.2f}, by kind:")
@@ -235,6 +242,8 @@ async def run(a: argparse.Namespace, label: str, url: str, count: int, kill_at: 
         node_cpu = sum(cpu_at_kill if n is victim else server_cpu(n.proc.proc.pid) for n in nodes) - sum(cpu0.values())
         pg_cpu = server_cpu(pg_pid) - pg_cpu0 if url else 0.0
         statements = statement_kinds(pg.log, log_from)[0] if a.statements and url else None
+        writer = {key: sum([await n.metric(f"gateway_store_{key}_total") for n in nodes if n is not victim])
+                  for key in ("round_trips", "commits", "writes", "replays")}
     finally:
         for node in nodes:
             node.close()
@@ -247,7 +256,7 @@ async def run(a: argparse.Namespace, label: str, url: str, count: int, kill_at: 
         copies=dict(Counter(len(v) for v in sink.seen.values())),
         accept_rate=len(accepted) / (accepted_done - started), e2e_rate=len(sink.seen) / (done - started),
         node_cpu=node_cpu, pg_cpu=pg_cpu, takeover=(taken_at - killed_at) if taken_at else None, lease=a.lease,
-        statements=statements)
+        writer=writer, statements=statements)
 
 
 async def main(a: argparse.Namespace) -> int:

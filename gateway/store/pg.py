@@ -141,6 +141,7 @@ class PgDatabase(Database):
         self.url = url
         self.translate = Translator()
         self.replays = 0  # pipelined batches that failed and ran again a statement at a time
+        self._trips_before = 0  # round trips of the writer connections replaced after a drop
 
     @classmethod
     async def open(cls, url: str, path: Path, **kwargs: Any) -> "PgDatabase":  # type: ignore[override]
@@ -200,6 +201,7 @@ class PgDatabase(Database):
         try:
             if self._write_conn.raw.broken or self._write_conn.raw.closed:
                 # The server restarted or the link dropped: this batch gets a new connection.
+                self._trips_before += self._write_conn.round_trips
                 self._write_conn = PgConnection(connect(self.url), self.translate)
             conn = self._write_conn
             try:
@@ -210,10 +212,13 @@ class PgDatabase(Database):
                     raise cause from None
                 # A statement failed (or a write raised): the batch runs again a statement at a
                 # time, each write in a savepoint, so each error arises where its code expects it.
-                if conn.in_transaction:
-                    conn.run("ROLLBACK")
+                conn.run("ROLLBACK")  # whatever state the aborted pipeline left (the status it reports lags)
                 self.replays += 1
-                outcomes = self._write_each(conn, batch)
+                conn.statement_savepoints = True
+                try:
+                    outcomes = self._write_each(conn, batch)
+                finally:
+                    conn.statement_savepoints = False
             self.commits += 1
             self.writes += len(batch)
             self.last_commit_error = None
@@ -237,6 +242,12 @@ class PgDatabase(Database):
         if self.full_since is not None and free >= self._recovery_free():
             self._leave_full(free)
         return outcomes
+
+    @property
+    def round_trips(self) -> int:
+        """The writer's waits for the server since start (what a write costs here; metrics.py)."""
+        conn = getattr(self, "_write_conn", None)
+        return self._trips_before + (conn.round_trips if conn is not None else 0)
 
     def _write_pipelined(self, conn: PgConnection, batch: list) -> list:
         """The batch in psycopg's pipeline mode: the statements go out without waiting for their

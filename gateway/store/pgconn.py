@@ -224,6 +224,11 @@ class PgConnection:
         # Set by pg.py's writer for a pipelined batch: statements are sent without waiting for their
         # results, and an error comes back as PipelineFailed (see there).
         self.pipeline: psycopg.Pipeline | None = None
+        # Set by pg.py's writer when it runs a batch again: each statement in a savepoint of its own.
+        # A failed statement aborts a PostgreSQL transaction (SQLite's goes on), and a repository
+        # that catches the IntegrityError and carries on (apikeys, usecases, tenants...) would then
+        # have every later statement of the batch fail, or its COMMIT silently roll everything back.
+        self.statement_savepoints = False
 
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> PgCursor:
         self.statements += 1
@@ -233,12 +238,8 @@ class PgConnection:
                 return PgCursor(self.raw.execute(statement.sql, tuple(params) if params else None), statement.returns_id, self)
             except psycopg.Error as exc:
                 raise PipelineFailed() from exc
-        self.round_trips += 1
-        try:
-            cur = self.raw.execute(statement.sql, tuple(params) if params else None)
-        except psycopg.errors.IntegrityError as exc:
-            raise sqlite3.IntegrityError(str(exc)) from exc
-        return PgCursor(cur, statement.returns_id)
+        return PgCursor(self._alone(lambda: self.raw.execute(statement.sql, tuple(params) if params else None)),
+                        statement.returns_id)
 
     def executemany(self, sql: str, seq: Iterable[Sequence[Any]]) -> PgCursor:
         self.statements += 1
@@ -253,12 +254,24 @@ class PgConnection:
             except psycopg.Error as exc:
                 raise PipelineFailed() from exc
             return PgCursor(cur, False, self)
-        self.round_trips += 1
-        try:
-            cur.executemany(statement.sql, params)
-        except psycopg.errors.IntegrityError as exc:
-            raise sqlite3.IntegrityError(str(exc)) from exc
+        self._alone(lambda: cur.executemany(statement.sql, params))
         return PgCursor(cur, False)
+
+    def _alone(self, run: Callable[[], Any]) -> Any:
+        """One statement waited for; a constraint violation as sqlite3.IntegrityError, and with
+        ``statement_savepoints`` undone alone (the transaction goes on, as SQLite's does)."""
+        self.round_trips += 1
+        if self.statement_savepoints:
+            self.run("SAVEPOINT s")
+        try:
+            out = run()
+        except psycopg.errors.IntegrityError as exc:
+            if self.statement_savepoints:
+                self.run("ROLLBACK TO s")
+            raise sqlite3.IntegrityError(str(exc)) from exc
+        if self.statement_savepoints:
+            self.run("RELEASE s")
+        return out
 
     def run(self, sql: str) -> None:
         """A statement of the writer's or a reader's own (BEGIN, SAVEPOINT, COMMIT), SQL as written;
