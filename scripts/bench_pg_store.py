@@ -100,6 +100,10 @@ async def main() -> None:
             print(f"translation   {len(keys)} statements: {cold * 1e6:.0f} us each the first time, {warm * 1e6:.2f} us each cached")
             rate = await throughput(store, ctx, args.messages)
             print(f"puts          {rate:.0f} msg/s on PostgreSQL ({args.messages} messages, 20 callers; commits {store.db.commits})")
+            # psycopg prepares a statement on the server once it ran prepare_threshold (5) times:
+            # then a execution sends only Bind/Execute, no Parse (the plan is kept).
+            prepared = raw.execute("SELECT count(*) FROM pg_prepared_statements").fetchone()[0]
+            print(f"prepared      {prepared} statements on the writer's connection (prepare_threshold {raw.prepare_threshold})")
         finally:
             await store.close()
         lite = await Store.open(Path(tmp) / "gateway.db")
