@@ -49,9 +49,9 @@ async def throughput(store: Store, ctx, n: int) -> float:
         while not queue.empty():
             await store.queue.put(queue.get_nowait())
 
-    began = time.perf_counter()
+    began, cpu = time.perf_counter(), time.process_time()
     await asyncio.gather(*(caller() for _ in range(20)))
-    return n / (time.perf_counter() - began)
+    return n / (time.perf_counter() - began), (time.process_time() - cpu) / n
 
 
 async def main() -> None:
@@ -98,8 +98,9 @@ async def main() -> None:
                                  number=20) / 20 / len(keys)
             warm = timeit.timeit(lambda: [tr(sql, many=many) for sql, many in keys], number=2000) / 2000 / len(keys)
             print(f"translation   {len(keys)} statements: {cold * 1e6:.0f} us each the first time, {warm * 1e6:.2f} us each cached")
-            rate = await throughput(store, ctx, args.messages)
-            print(f"puts          {rate:.0f} msg/s on PostgreSQL ({args.messages} messages, 20 callers; commits {store.db.commits})")
+            rate, cpu = await throughput(store, ctx, args.messages)
+            print(f"puts          {rate:.0f} msg/s on PostgreSQL, {cpu * 1e3:.2f} ms of this process's CPU each"
+                  f" ({args.messages} messages, 20 callers; commits {store.db.commits})")
             # psycopg prepares a statement on the server once it ran prepare_threshold (5) times:
             # then a execution sends only Bind/Execute, no Parse (the plan is kept).
             prepared = raw.execute("SELECT count(*) FROM pg_prepared_statements").fetchone()[0]
@@ -108,8 +109,8 @@ async def main() -> None:
             await store.close()
         lite = await Store.open(Path(tmp) / "gateway.db")
         try:
-            rate = await throughput(lite, await make_usecase(lite), args.messages)
-            print(f"puts          {rate:.0f} msg/s on SQLite (the same)")
+            rate, cpu = await throughput(lite, await make_usecase(lite), args.messages)
+            print(f"puts          {rate:.0f} msg/s on SQLite, {cpu * 1e3:.2f} ms of CPU each (the same)")
         finally:
             await lite.close()
 
