@@ -1,8 +1,10 @@
 """The store on PostgreSQL (``store.url = "postgresql://..."``): the same ``Database`` interface.
 
 ``PgDatabase`` is db.py's ``Database`` with PostgreSQL connections under it: the same writer thread
-group-committing every waiting write in one transaction (a SAVEPOINT each, so one failing write
-rolls back alone; the callers resume after COMMIT), the same reader pool (each ``read`` one
+group-committing every waiting write in one transaction (sent in pipeline mode, waiting only for
+the results a write reads and for the COMMIT; a batch in which anything fails runs again a
+statement at a time, a SAVEPOINT each, so one failing write rolls back alone; the callers resume
+after COMMIT), the same reader pool (each ``read`` one
 REPEATABLE READ snapshot), the same full-disk episodes (the server's "disk full", SQLSTATE 53100,
 starts one; the idle writer probes until a write commits again). Several nodes may share one
 database: the delivery claim takes its rows with FOR UPDATE SKIP LOCKED (dialect.py).
