@@ -143,7 +143,14 @@ def store_families(db: Any) -> list[Any]:
     episodes.add_metric([], db.episodes)
     free = GaugeMetricFamily("gateway_store_free_bytes", "Free bytes on the state directory's filesystem (last measured).")
     free.add_metric([], db.space.free())
-    return [commits, writes, up, full, episodes, free]
+    families = [commits, writes, up, full, episodes, free]
+    if hasattr(db, "replays"):  # PostgreSQL (store/pg.py)
+        trips = CounterMetricFamily("gateway_store_round_trips", "PostgreSQL: the writer's waits for the server (a statement, or a pipeline sync).")
+        trips.add_metric([], db.round_trips)
+        replays = CounterMetricFamily("gateway_store_replays", "PostgreSQL: write batches that failed pipelined and ran again a statement at a time.")
+        replays.add_metric([], db.replays)
+        families += [trips, replays]
+    return families
 
 
 def budget_families(budget: Any) -> list[Any]:

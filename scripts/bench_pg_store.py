@@ -49,9 +49,9 @@ async def throughput(store: Store, ctx, n: int) -> float:
         while not queue.empty():
             await store.queue.put(queue.get_nowait())
 
-    began = time.perf_counter()
+    began, cpu = time.perf_counter(), time.process_time()
     await asyncio.gather(*(caller() for _ in range(20)))
-    return n / (time.perf_counter() - began)
+    return n / (time.perf_counter() - began), (time.process_time() - cpu) / n
 
 
 async def main() -> None:
@@ -75,31 +75,42 @@ async def main() -> None:
             trip = (time.perf_counter() - began) / 200
             print(f"round trip    {trip * 1e3:.3f} ms per statement (writer connection); a point read through the pool {hop * 1e3:.3f} ms")
             ids = QueueIds()
-            s0 = writer.statements
+            s0, r0 = writer.statements, writer.round_trips
             await store.queue.put(message(ctx, ids))
-            put = writer.statements - s0
-            s0 = writer.statements
+            put, put_trips = writer.statements - s0, writer.round_trips - r0
+            s0, r0 = writer.statements, writer.round_trips
             [row] = await store.delivery.claim("bench", 10)
-            claim = writer.statements - s0
-            s0 = writer.statements
+            claim, claim_trips = writer.statements - s0, writer.round_trips - r0
+            s0, r0 = writer.statements, writer.round_trips
             await store.delivery.record("bench", ctx["tenant_id"], row["message"]["queue_id"],
                                         [Outcome(recipient_id=row["id"], state="delivered", code=250)])
-            record = writer.statements - s0
-            print(f"statements    put {put}, claim {claim}, record {record} (+ BEGIN/COMMIT and a savepoint per write in a batch)")
+            record, record_trips = writer.statements - s0, writer.round_trips - r0
+            print(f"statements    put {put}, claim {claim}, record {record}")
+            print(f"round trips   put {put_trips}, claim {claim_trips}, record {record_trips} (each a batch of one, BEGIN to COMMIT)")
+            msgs = [message(ctx, ids) for _ in range(20)]
+            r0, c0 = writer.round_trips, store.db.commits
+            await asyncio.gather(*(store.queue.put(m) for m in msgs))
+            print(f"round trips   {(writer.round_trips - r0) / len(msgs):.2f} per put in 20 concurrent puts"
+                  f" ({store.db.commits - c0} commits)")
             keys = store.db.translate.statements()
             tr = store.db.translate
             cold = timeit.timeit(lambda: [translate(sql, tr.id_tables, many=many, columns=tr.columns) for sql, many in keys],
                                  number=20) / 20 / len(keys)
             warm = timeit.timeit(lambda: [tr(sql, many=many) for sql, many in keys], number=2000) / 2000 / len(keys)
             print(f"translation   {len(keys)} statements: {cold * 1e6:.0f} us each the first time, {warm * 1e6:.2f} us each cached")
-            rate = await throughput(store, ctx, args.messages)
-            print(f"puts          {rate:.0f} msg/s on PostgreSQL ({args.messages} messages, 20 callers; commits {store.db.commits})")
+            rate, cpu = await throughput(store, ctx, args.messages)
+            print(f"puts          {rate:.0f} msg/s on PostgreSQL, {cpu * 1e3:.2f} ms of this process's CPU each"
+                  f" ({args.messages} messages, 20 callers; commits {store.db.commits})")
+            # psycopg prepares a statement on the server once it ran prepare_threshold (5) times:
+            # then a execution sends only Bind/Execute, no Parse (the plan is kept).
+            prepared = raw.execute("SELECT count(*) FROM pg_prepared_statements").fetchone()[0]
+            print(f"prepared      {prepared} statements on the writer's connection (prepare_threshold {raw.prepare_threshold})")
         finally:
             await store.close()
         lite = await Store.open(Path(tmp) / "gateway.db")
         try:
-            rate = await throughput(lite, await make_usecase(lite), args.messages)
-            print(f"puts          {rate:.0f} msg/s on SQLite (the same)")
+            rate, cpu = await throughput(lite, await make_usecase(lite), args.messages)
+            print(f"puts          {rate:.0f} msg/s on SQLite, {cpu * 1e3:.2f} ms of CPU each (the same)")
         finally:
             await lite.close()
 

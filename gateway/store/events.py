@@ -27,6 +27,9 @@ from .keyset import first_id_since, id_range
 MESSAGE_KINDS = frozenset({"queued", "held", "released", "retried", "deleted", "delivered", "deferred", "bounced",
                            "suppressed", "complained", "dsn_sent"})
 
+# The id the events INSERT just took, read on the server (PostgreSQL; its identity's sequence).
+_PG_EVENT_ID = "currval(pg_get_serial_sequence('events', 'id'))"
+
 
 def _usecase_of(conn: sqlite3.Connection, kind: str, subject: str, data: dict[str, Any]) -> tuple[int | None, bool]:
     """(the use case an event is about, whether it is the tenant's own traffic): the one its data
@@ -55,21 +58,24 @@ def append_event(conn: sqlite3.Connection, tenant_id: int | None, kind: str, sub
         usecase, own = message
     else:
         usecase, own = _usecase_of(conn, kind, subject, data)
-    event_id = conn.execute(
+    inserted = conn.execute(
         "INSERT INTO events (created_at, tenant_id, kind, subject, data, usecase_id) VALUES (?, ?, ?, ?, ?, ?)",
         (now, tenant_id, kind, subject, json.dumps(data, separators=(",", ":")), usecase),
-    ).lastrowid
+    )
     if tenant_id is not None:
         if usecase is not None and own:
             stats.count(conn, tenant_id, usecase, kind, data, now)
         # An endpoint narrowed to a use case or an address takes only the events whose data names it.
         usecase_id, address_id = data.get("usecase_id"), data.get("address_id")
+        # On PostgreSQL the event's id stays on the server (currval, this session's): the write
+        # need not wait for the INSERT's answer, a round trip in pg.py's pipelined batch.
+        on_pg = getattr(conn, "dialect", "sqlite") == "postgresql"
         conn.execute(
             "INSERT INTO webhook_outbox (endpoint_id, event_id, created_at)"
-            " SELECT id, ?, ? FROM webhook_endpoints INDEXED BY webhook_endpoints_live"
+            f" SELECT id, {_PG_EVENT_ID if on_pg else '?'}, ? FROM webhook_endpoints INDEXED BY webhook_endpoints_live"
             " WHERE tenant_id = ? AND enabled = 1 AND (events = '*' OR instr(events, ?) > 0)"
             " AND (usecase_id IS NULL OR usecase_id = ?) AND (address_id IS NULL OR address_id = ?)",
-            (event_id, now, tenant_id, f",{kind},", usecase_id, address_id),
+            (*(() if on_pg else (inserted.lastrowid,)), now, tenant_id, f",{kind},", usecase_id, address_id),
         )
         if kind == "received" and (usecase_id is not None or address_id is not None):
             # A forwarding rule of its use case or address: the forwarder queues it (forwards.py).

@@ -1,8 +1,10 @@
 """The store on PostgreSQL (``store.url = "postgresql://..."``): the same ``Database`` interface.
 
 ``PgDatabase`` is db.py's ``Database`` with PostgreSQL connections under it: the same writer thread
-group-committing every waiting write in one transaction (a SAVEPOINT each, so one failing write
-rolls back alone; the callers resume after COMMIT), the same reader pool (each ``read`` one
+group-committing every waiting write in one transaction (sent in pipeline mode, waiting only for
+the results a write reads and for the COMMIT; a batch in which anything fails runs again a
+statement at a time, a SAVEPOINT each, so one failing write rolls back alone; the callers resume
+after COMMIT), the same reader pool (each ``read`` one
 REPEATABLE READ snapshot), the same full-disk episodes (the server's "disk full", SQLSTATE 53100,
 starts one; the idle writer probes until a write commits again). Several nodes may share one
 database: the delivery claim takes its rows with FOR UPDATE SKIP LOCKED (dialect.py).
@@ -41,7 +43,7 @@ from ..config import redact_url
 from ..errors import StorageFull, StoreError
 from .db import _MIGRATION_NAME, Database, migrations
 from .dialect import Translator
-from .pgconn import PgConnection, Row, connect
+from .pgconn import PgConnection, PipelineFailed, Row, connect
 
 log = structlog.get_logger("store")
 
@@ -127,7 +129,8 @@ MIGRATION_LOCK = 4242001
 # for its statements and its COMMIT; what scales out with nodes is the CPU around it (TLS, DKIM,
 # parsing), and each node's batch grows while it waits.
 WRITE_LOCK = 4242002
-_BEGIN = f"BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})"
+_LOCK = f"SELECT pg_advisory_xact_lock({WRITE_LOCK})"
+_BEGIN = f"BEGIN; {_LOCK}"
 
 
 class PgDatabase(Database):
@@ -139,6 +142,8 @@ class PgDatabase(Database):
         super().__init__(path, **kwargs)
         self.url = url
         self.translate = Translator()
+        self.replays = 0  # pipelined batches that failed and ran again a statement at a time
+        self._trips_before = 0  # round trips of the writer connections replaced after a drop
 
     @classmethod
     async def open(cls, url: str, path: Path, **kwargs: Any) -> "PgDatabase":  # type: ignore[override]
@@ -186,7 +191,8 @@ class PgDatabase(Database):
         await self._stop_threads()
         if getattr(self, "_write_conn", None) is not None:
             log.debug("store_closed", url=redact(self.url), commits=self.commits, writes=self.writes,
-                      write_statements=self._write_conn.statements, statements_translated=len(self.translate))
+                      write_statements=self._write_conn.statements,
+                      write_round_trips=self._write_conn.round_trips, replays=self.replays, statements_translated=len(self.translate))
             self._write_conn.close()
             self._write_conn = None
         self._turns.close()
@@ -194,34 +200,27 @@ class PgDatabase(Database):
     # ------------------------------------------------------------------ writing
 
     def _commit(self, conn: PgConnection, batch: list) -> list:
-        outcomes = []
         try:
             if self._write_conn.raw.broken or self._write_conn.raw.closed:
                 # The server restarted or the link dropped: this batch gets a new connection.
+                self._trips_before += self._write_conn.round_trips
                 self._write_conn = PgConnection(connect(self.url), self.translate)
             conn = self._write_conn
-            raw = conn.raw
-            # Round trips are what a write costs here (each one a wake-up of the server process):
-            # the savepoint bookkeeping rides in one simple query with the next BEGIN/SAVEPOINT,
-            # and a batch of one needs none (its failure rolls back the transaction, which is all).
-            alone = len(batch) == 1
-            # One node's batch at a time (WRITE_LOCK, held to its COMMIT): batches of several nodes
-            # touching the same rows in different orders deadlocked.
-            raw.execute(_BEGIN if alone else _BEGIN + "; SAVEPOINT w")
-            for n, (fn, args, fut) in enumerate(batch):
-                if n:
-                    raw.execute("RELEASE w; SAVEPOINT w")
+            try:
+                outcomes = self._write_pipelined(conn, batch)
+            except PipelineFailed as failed:
+                cause = failed.__cause__
+                if cause is not None and (_is_full(cause) or conn.raw.broken):
+                    raise cause from None
+                # A statement failed (or a write raised): the batch runs again a statement at a
+                # time, each write in a savepoint, so each error arises where its code expects it.
+                conn.run("ROLLBACK")  # whatever state the aborted pipeline left (the status it reports lags)
+                self.replays += 1
+                conn.statement_savepoints = True
                 try:
-                    result = fn(conn, *args)
-                except BaseException as exc:  # noqa: BLE001 - handed back to the caller
-                    if _is_full(exc.__cause__ or exc) or raw.broken:
-                        raise
-                    raw.execute("ROLLBACK" if alone else "ROLLBACK TO w")
-                    outcomes.append((fut, False, exc))
-                else:
-                    outcomes.append((fut, True, result))
-            if raw.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-                raw.execute("COMMIT")
+                    outcomes = self._write_each(conn, batch)
+                finally:
+                    conn.statement_savepoints = False
             self.commits += 1
             self.writes += len(batch)
             self.last_commit_error = None
@@ -244,6 +243,67 @@ class PgDatabase(Database):
         free = self.space.measure()
         if self.full_since is not None and free >= self._recovery_free():
             self._leave_full(free)
+        return outcomes
+
+    @property
+    def round_trips(self) -> int:
+        """The writer's waits for the server since start (what a write costs here; metrics.py)."""
+        conn = getattr(self, "_write_conn", None)
+        return self._trips_before + (conn.round_trips if conn is not None else 0)
+
+    def _write_pipelined(self, conn: PgConnection, batch: list) -> list:
+        """The batch in psycopg's pipeline mode: the statements go out without waiting for their
+        results; the writer waits only where a write reads one (a SELECT, a lastrowid, a rowcount)
+        and for the COMMIT. Round trips are what a write costs here (each one a wake-up of the server
+        process and of this thread): a put took 9 of them one by one, now 3 (scripts/bench_pg_store.py).
+        No savepoints: any failure (a statement's error, a write's exception) raises PipelineFailed
+        and _commit runs the batch again with them; failures are rare in the batches that count."""
+        raw = conn.raw
+        outcomes = []
+        with raw.pipeline() as pipeline:
+            conn.pipeline = pipeline
+            try:
+                # One node's batch at a time (WRITE_LOCK, held to its COMMIT): batches of several
+                # nodes touching the same rows in different orders deadlocked.
+                conn.run("BEGIN")
+                conn.run(_LOCK)
+                for fn, args, fut in batch:
+                    try:
+                        outcomes.append((fut, True, fn(conn, *args)))
+                    except PipelineFailed:
+                        raise
+                    except BaseException as exc:  # noqa: BLE001 - the batch runs again, with savepoints
+                        raise PipelineFailed() from exc
+                conn.run("COMMIT")
+                conn.sync()  # the COMMIT's answer: the callers hear of their writes only after it
+            except psycopg.Error as exc:
+                raise PipelineFailed() from exc
+            finally:
+                conn.pipeline = None
+        return outcomes
+
+    def _write_each(self, conn: PgConnection, batch: list) -> list:
+        """The batch a statement at a time, each write in a savepoint (one failing write rolls back
+        alone); a batch of one needs none (its failure rolls back the transaction, which is all).
+        The savepoint bookkeeping rides in one simple query with the next BEGIN/SAVEPOINT."""
+        raw = conn.raw
+        outcomes = []
+        alone = len(batch) == 1
+        conn.run(_BEGIN if alone else _BEGIN + "; SAVEPOINT w")
+        for n, (fn, args, fut) in enumerate(batch):
+            if n:
+                conn.run("RELEASE w; SAVEPOINT w")
+            try:
+                result = fn(conn, *args)
+            except BaseException as exc:  # noqa: BLE001 - handed back to the caller
+                if _is_full(exc.__cause__ or exc) or raw.broken:
+                    raise
+                conn.run("ROLLBACK" if alone else "ROLLBACK TO w")
+                outcomes.append((fut, False, exc))
+            else:
+                outcomes.append((fut, True, result))
+        if raw.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            conn.run("COMMIT")
         return outcomes
 
     # ------------------------------------------------------------------ reading
@@ -272,12 +332,12 @@ class PgDatabase(Database):
 
     def _read_snapshot(self, fn: Callable[..., T], args: tuple) -> T:
         def snapshot(conn: PgConnection) -> T:
-            conn.raw.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            conn.run("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             try:
                 return fn(conn, *args)
             finally:
                 if not conn.raw.broken:
-                    conn.raw.execute("ROLLBACK")  # read only: nothing to commit, and it is cheaper
+                    conn.run("ROLLBACK")  # read only: nothing to commit, and it is cheaper
         return self._again_if_dropped(snapshot)
 
     def _again_if_dropped(self, run: Callable[[PgConnection], T]) -> T:

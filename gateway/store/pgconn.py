@@ -96,44 +96,66 @@ def _configure(conn: psycopg.Connection) -> None:
 
 # ---------------------------------------------------------------------- the connection adapter
 
+class PipelineFailed(BaseException):
+    """A statement of a pipelined write batch failed (pg.py): its error reaches the client late, not
+    where the repository code that ran the statement would catch it, so the writer rolls the batch
+    back and runs it again one statement at a time. Never leaves the store's writer; a
+    BaseException so that no repository's ``except Exception`` takes it for its own."""
+
+
 class PgCursor:
-    """What the repositories use of a sqlite3 cursor."""
+    """What the repositories use of a sqlite3 cursor. In pipeline mode (pg.py's writer) the result
+    is fetched when something of it is asked for: a statement nobody reads costs no wait."""
 
-    __slots__ = ("_cur", "lastrowid", "_rows")
+    __slots__ = ("_cur", "_conn", "_returns_id", "_lastrowid", "_rows")
 
-    def __init__(self, cur: psycopg.Cursor, returns_id: bool):
+    def __init__(self, cur: psycopg.Cursor, returns_id: bool, conn: "PgConnection | None" = None):
         self._cur = cur
-        self.lastrowid: int | None = None
-        self._rows: list | None = None
-        if returns_id:
-            ids = cur.fetchall()  # the RETURNING id dialect.py added: not rows for the caller
-            self.lastrowid = ids[-1][0] if ids else None
-            self._rows = []
+        self._conn = conn
+        self._returns_id = returns_id  # the RETURNING id dialect.py added: lastrowid, not rows for the caller
+        self._lastrowid: int | None = None
+        self._rows: list | None = [] if returns_id else None
+
+    def _ready(self) -> None:
+        conn = self._conn
+        if conn is not None and conn.pipeline is not None and self._cur.pgresult is None:
+            conn.sync()
+
+    @property
+    def lastrowid(self) -> int | None:
+        if self._returns_id:
+            self._returns_id = False
+            self._ready()
+            ids = self._cur.fetchall()
+            self._lastrowid = ids[-1][0] if ids else None
+        return self._lastrowid
 
     @property
     def rowcount(self) -> int:
+        self._ready()
         return self._cur.rowcount
 
     @property
     def description(self):
+        self._ready()
         return self._cur.description
 
     def fetchone(self) -> Row | None:
         if self._rows is not None:
             return self._rows.pop(0) if self._rows else None
-        return self._cur.fetchone() if self._cur.description else None
+        return self._cur.fetchone() if self.description else None
 
     def fetchall(self) -> list[Row]:
         if self._rows is not None:
             rows, self._rows = self._rows, []
             return rows
-        return self._cur.fetchall() if self._cur.description else []
+        return self._cur.fetchall() if self.description else []
 
     def fetchmany(self, size: int = 1) -> list[Row]:
         if self._rows is not None:
             rows, self._rows = self._rows[:size], self._rows[size:]
             return rows
-        return self._cur.fetchmany(size) if self._cur.description else []
+        return self._cur.fetchmany(size) if self.description else []
 
     def __iter__(self):
         return iter(self.fetchall())
@@ -197,28 +219,74 @@ class PgConnection:
     def __init__(self, raw: psycopg.Connection, translate: Translator):
         self.raw = raw
         self._translate = translate
-        self.statements = 0  # the repositories' statements run here (round trips, but for executemany)
+        self.statements = 0  # the repositories' statements run here
+        self.round_trips = 0  # the waits for the server: a statement each, or in pipeline mode a sync each
+        # Set by pg.py's writer for a pipelined batch: statements are sent without waiting for their
+        # results, and an error comes back as PipelineFailed (see there).
+        self.pipeline: psycopg.Pipeline | None = None
+        # Set by pg.py's writer when it runs a batch again: each statement in a savepoint of its own.
+        # A failed statement aborts a PostgreSQL transaction (SQLite's goes on), and a repository
+        # that catches the IntegrityError and carries on (apikeys, usecases, tenants...) would then
+        # have every later statement of the batch fail, or its COMMIT silently roll everything back.
+        self.statement_savepoints = False
 
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> PgCursor:
         self.statements += 1
         statement = self._translate(sql)
-        try:
-            cur = self.raw.execute(statement.sql, tuple(params) if params else None)
-        except psycopg.errors.IntegrityError as exc:
-            raise sqlite3.IntegrityError(str(exc)) from exc
-        return PgCursor(cur, statement.returns_id)
+        if self.pipeline is not None:
+            try:
+                return PgCursor(self.raw.execute(statement.sql, tuple(params) if params else None), statement.returns_id, self)
+            except psycopg.Error as exc:
+                raise PipelineFailed() from exc
+        return PgCursor(self._alone(lambda: self.raw.execute(statement.sql, tuple(params) if params else None)),
+                        statement.returns_id)
 
     def executemany(self, sql: str, seq: Iterable[Sequence[Any]]) -> PgCursor:
         self.statements += 1
         statement = self._translate(sql, many=True)
         params = [tuple(p) for p in seq]
         cur = self.raw.cursor()
-        if params:
+        if not params:
+            return PgCursor(cur, False)
+        if self.pipeline is not None:
             try:
                 cur.executemany(statement.sql, params)
-            except psycopg.errors.IntegrityError as exc:
-                raise sqlite3.IntegrityError(str(exc)) from exc
+            except psycopg.Error as exc:
+                raise PipelineFailed() from exc
+            return PgCursor(cur, False, self)
+        self._alone(lambda: cur.executemany(statement.sql, params))
         return PgCursor(cur, False)
+
+    def _alone(self, run: Callable[[], Any]) -> Any:
+        """One statement waited for; a constraint violation as sqlite3.IntegrityError, and with
+        ``statement_savepoints`` undone alone (the transaction goes on, as SQLite's does)."""
+        self.round_trips += 1
+        if self.statement_savepoints:
+            self.run("SAVEPOINT s")
+        try:
+            out = run()
+        except psycopg.errors.IntegrityError as exc:
+            if self.statement_savepoints:
+                self.run("ROLLBACK TO s")
+            raise sqlite3.IntegrityError(str(exc)) from exc
+        if self.statement_savepoints:
+            self.run("RELEASE s")
+        return out
+
+    def run(self, sql: str) -> None:
+        """A statement of the writer's or a reader's own (BEGIN, SAVEPOINT, COMMIT), SQL as written;
+        in pipeline mode sent without waiting."""
+        if self.pipeline is None:
+            self.round_trips += 1
+        self.raw.execute(sql)
+
+    def sync(self) -> None:
+        """Wait for every pipelined statement's result; the first error as PipelineFailed."""
+        self.round_trips += 1
+        try:
+            self.pipeline.sync()
+        except psycopg.Error as exc:
+            raise PipelineFailed() from exc
 
     def blobopen(self, table: str, column: str, row: int, readonly: bool = False) -> PgBlob:
         return PgBlob(self, table, column, row, readonly)
@@ -238,4 +306,4 @@ def connect(url: str, *, autocommit: bool = True) -> psycopg.Connection:
     return conn
 
 
-__all__ = ["Row", "PgCursor", "PgBlob", "PgConnection", "connect", "CONNECT_TIMEOUT"]
+__all__ = ["Row", "PipelineFailed", "PgCursor", "PgBlob", "PgConnection", "connect", "CONNECT_TIMEOUT"]

@@ -75,19 +75,43 @@ class Node:
         self.proc.close()
 
 
+class Quota:
+    """Exactly ``total`` messages accepted over every session: a session takes a slot before each
+    message and gives it back when the message got no 250 (its node died under it), so the last
+    slots go to whichever session is still connected; nobody overshoots."""
+
+    def __init__(self, total: int):
+        self.left = total
+
+    def take(self) -> bool:
+        if self.left <= 0:
+            return False
+        self.left -= 1
+        return True
+
+    def give_back(self) -> None:
+        self.left += 1
+
+
 async def submit_until(port: int, setup: dict[str, Any], accepted: list[tuple[str, list[str]]], stop: asyncio.Event,
-                       n: int, *, rcpts: int = 2, limit: int | None = None, size: int = 2048) -> None:
-    """One session submitting until ``stop`` (or ``limit`` messages, or the node dies); the queue id and
-    recipients of every 250 go into ``accepted``."""
+                       n: int, *, rcpts: int = 2, limit: int | None = None, size: int = 2048,
+                       quota: Quota | None = None) -> None:
+    """One session submitting until ``stop`` (or ``limit`` messages, or ``quota`` is spent, or the node
+    dies); the queue id and recipients of every 250 go into ``accepted``."""
     try:
         smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=True, tls_context=client_tls_context(), timeout=30)
         async with smtp:
             await smtp.login(setup["username"], setup["password"])
             i = 0
-            while not stop.is_set() and (limit is None or i < limit):
+            while not stop.is_set() and (limit is None or i < limit) and (quota is None or quota.take()):
                 i += 1
                 to = [f"r{n}-{i}-{k}@dest.test" for k in range(rcpts)]
-                _, reply = await smtp.sendmail(setup["sender"], to, message(sender=setup["sender"], to=", ".join(to), size=size))
+                try:
+                    _, reply = await smtp.sendmail(setup["sender"], to, message(sender=setup["sender"], to=", ".join(to), size=size))
+                except BaseException:
+                    if quota is not None:
+                        quota.give_back()
+                    raise
                 accepted.append((reply.rsplit(" ", 1)[1], to))
     except (aiosmtplib.SMTPException, OSError):
         pass  # the node was killed under us: what got no 250 is the client's to send again
@@ -103,4 +127,4 @@ def wanted(accepted: list[tuple[str, list[str]]]) -> set[tuple[str, str]]:
     return {(qid, rcpt) for qid, rcpts in accepted for rcpt in rcpts}
 
 
-__all__ = ["Node", "submit_until", "deliveries", "wanted", "host_of", "QUEUE_ID"]
+__all__ = ["Node", "Quota", "submit_until", "deliveries", "wanted", "host_of", "QUEUE_ID"]

@@ -57,12 +57,13 @@ def _free_port() -> int:
 
 
 class Postgres:
-    def __init__(self, *, max_connections: int = 300):
+    def __init__(self, *, max_connections: int = 300, settings: dict[str, str] | None = None):
         bindir = _bindir()
         if bindir is None:
             raise RuntimeError("PostgreSQL is not installed (Debian package postgresql; scripts/setup --test installs it)")
         self.bin = bindir
         self.max_connections = max_connections
+        self.settings = settings or {}  # more server settings (-c name=value), e.g. log_statement
         self.root = Path(tempfile.mkdtemp(prefix="pg-"))
         self.data = self.root / "data"
         self.port = _free_port()
@@ -84,8 +85,12 @@ class Postgres:
                                + self._log_tail())
         return done
 
+    @property
+    def log(self) -> Path:
+        return self.root / "server.log"
+
     def _log_tail(self) -> str:
-        log = self.root / "server.log"
+        log = self.log
         return ("\n" + log.read_text(errors="replace")[-2000:]) if log.exists() else ""
 
     def start(self) -> "Postgres":
@@ -94,7 +99,7 @@ class Postgres:
         options = " ".join([
             f"-p {self.port}", f"-k {self.root}", "-c listen_addresses=127.0.0.1",
             f"-c max_connections={self.max_connections}", "-c fsync=on", "-c synchronous_commit=on",
-            "-c shared_buffers=128MB",
+            "-c shared_buffers=128MB", *(f"-c {k}={v}" for k, v in self.settings.items()),
         ])
         self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "server.log"),
                   "-o", options, "-w", "-t", str(START_TIMEOUT), "start")
