@@ -29,14 +29,24 @@
     ├── MailboxError              inbound/mailbox.py: a polled mailbox's session failed (connect, TLS, login, a command)
     │   └── MailboxAuthError      the server refused the login; the poller backs off
     ├── Unroutable                inbound/processor.py: no recipient of a spooled message receives here any more; held
+    ├── ParserDied                inbound/pool.py: the parser process ended without an answer; the row is retried, held after 3
+    ├── ParserFailed              inbound/pool.py: the parse raised in the parser process (its text, the exception not picklable)
     ├── InvalidToken              tokens.py: a link's token (unsubscribe, attachment URL) is malformed, forged or names nothing
     ├── ApiProblem                api/problems.py: an HTTP API refusal; carries its RFC 9457 problem body and status
     └── AdminClientError          the CLI's side of the admin socket (admin/client.py)
         ├── AdminError            the daemon refused a call; ``code`` is the protocol's (exit 2 for usage codes)
         └── DaemonNotRunning      nothing answers at the socket (exit 1)
 
+Outside the tree, on purpose: control flow inside one component, a BaseException so that no
+``except Exception`` of the code it passes through takes it for an error of its own; it never leaves
+that component.
+
+    BaseException
+    └── PipelineFailed            store/pgconn.py: a statement of a pipelined batch failed; the writer runs the batch again
+
 Subclasses live beside the code that raises them; this drawing names each one, and
-tests/test_errors.py checks that every exception class in the package is in the tree.
+tests/test_errors.py checks that every exception class in the package is in the tree (or, a
+BaseException that is no Exception, drawn above).
 
 Rules: lower-library exceptions are translated once, at the boundary that calls the library, with
 ``raise ... from exc``. Clients (SMTP peers, admin-socket callers) see only the public text; the private

@@ -24,7 +24,8 @@ def defined_exceptions() -> dict[str, type]:
 def test_every_exception_class_is_in_the_tree_and_drawn():
     classes = defined_exceptions()
     assert len(classes) > 20
-    outside = sorted(name for name, cls in classes.items() if not issubclass(cls, GatewayError))
+    # Control flow that is no Exception (errors.py draws it apart) may stand outside the tree.
+    outside = sorted(name for name, cls in classes.items() if issubclass(cls, Exception) and not issubclass(cls, GatewayError))
     assert outside == []
     drawing = errors.__doc__
     undrawn = sorted(name for name, cls in classes.items() if f" {cls.__name__} " not in drawing and f" {cls.__name__}\n" not in drawing)
@@ -38,7 +39,7 @@ def drawn_parents() -> dict[str, str]:
     for line in errors.__doc__.splitlines():
         if "── " in line:
             column = line.index("── ") + 3
-        elif line.strip() == "GatewayError" or line.strip().startswith("GatewayError "):
+        elif line.strip().split(" ")[0] in ("GatewayError", "BaseException"):
             column = len(line) - len(line.lstrip())
         else:
             continue

@@ -405,7 +405,7 @@ def publish_gateway(server: DnsServer) -> None:
     server.set(GATEWAY_MX, "A", "127.0.0.1")
 
 
-def dns_overrides(server: DnsServer, timeout: float = 1.0) -> dict[str, Any]:
+def dns_overrides(server: DnsServer, timeout: float = 3.0) -> dict[str, Any]:
     """Config overrides that point the daemon's resolver at ``server`` and describe the gateway's
     DNS identity (GATEWAY_*, published on ``server`` by this call); ``.test`` names are allowed."""
     from gateway.config import DomainsConfig
