@@ -215,7 +215,7 @@ class Daemon:
             self.pipelines.answers["webhook_post"] = lambda m: webhooks.post(m["url"], m["secret"], m["body"].encode(), m["event_ids"])
             self.pipelines.answers["forget_key"] = lambda m: self.pipelines.forget_key(m["key"])
         store.inbound.on_finished(forwarder.wake)
-        self.services = [TenantService(store), domains, usecases,
+        self.services = [TenantService(store, on_switch=self._tenant_switched), domains, usecases,
                          QueueService(store, wake=wake_delivery, on_change=monitor.kick),
                          PauseService(store, wake=wake_delivery, on_change=monitor.kick), DaemonService(self),
                          ConnectorService(store, lambda: self.config, on_change=self._parents("poller", self.poller.wake)),
@@ -295,6 +295,14 @@ class Daemon:
         if self.role != "pipeline":
             return wake
         return lambda: self.tell_parent({"op": "wake", "what": what})
+
+    async def _tenant_switched(self) -> None:
+        """A tenant enabled, disabled or deleted: every API key cache (here or in the pipeline
+        workers) forgets what it remembers, so the next request reads the tenant's state."""
+        if self.api is not None:
+            self.api.keys.forget()
+        if self.pipelines is not None:
+            await self.pipelines.forget_key(None)
 
     async def _revoked(self, public_id: str) -> None:
         """An API key revoked through this process's API: refused here at once and, in a pipeline

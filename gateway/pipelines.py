@@ -258,9 +258,10 @@ class Pipelines(Component):
 
     # ------------------------------------------------------------------ the API's keys and questions
 
-    async def forget_key(self, public_id: str) -> None:
+    async def forget_key(self, public_id: str | None) -> None:
         """An API key was revoked (here, or through one worker's API): every worker's cache drops it
-        before this returns (a worker down now reads the keys afresh when it starts)."""
+        (None: every key, a tenant was switched) before this returns (a worker down now reads the
+        keys afresh when it starts)."""
         await asyncio.gather(*(w.tell({"op": "forget_key", "key": public_id}) for w in self.workers))
 
     async def _answer(self, message: dict[str, Any]) -> Any:

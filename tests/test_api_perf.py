@@ -99,3 +99,17 @@ async def test_a_remembered_key_still_refuses_another_secret_and_a_revocation(tm
             assert (await api.get("/v1/tenant"))[0] == 200
             await d.call("apikey.revoke", key=made["public_id"], tenant="acme")
             assert (await api.get("/v1/tenant"))[0] == 401
+
+
+async def test_disabling_a_tenant_refuses_its_remembered_keys_at_once(tmp_path):
+    """A key remembered for key_cache_ttl (an hour here) must not outlive its tenant's switch: before,
+    a disabled tenant's keys went on working until the cache ran out."""
+    async with running_daemon(tmp_path, {"api": {"listen": "127.0.0.1:0", "key_cache_ttl": 3600.0}}) as d:
+        await d.call("tenant.add", name="acme")
+        token = (await d.call("apikey.add", tenant="acme", role="owner"))["token"]
+        async with api_client(d, token) as api:
+            assert (await api.get("/v1/tenant"))[0] == 200   # checked, now remembered
+            await d.call("tenant.disable", name="acme")
+            assert (await api.get("/v1/tenant"))[0] in (401, 403)
+            await d.call("tenant.enable", name="acme")
+            assert (await api.get("/v1/tenant"))[0] == 200

@@ -103,6 +103,16 @@ async def test_both_workers_serve_the_api_once_revoke_and_limit_together(tmp_pat
             refused = [(await call(http, "GET", f"{base}/v1/tenant", victim["token"]))[0] for _ in range(ROUNDS // 2)]
             assert set(refused) == {401}, refused
 
+            # The tenant disabled over the admin socket while both workers remember its keys: refused
+            # by both at once (the key cache is an hour here), and served again once it is enabled.
+            for _ in range(ROUNDS // 2):
+                assert (await call(http, "GET", f"{base}/v1/tenant", owner))[0] == 200
+            await admin.call("tenant.disable", name="acme")
+            refused = [(await call(http, "GET", f"{base}/v1/tenant", owner))[0] for _ in range(ROUNDS // 2)]
+            assert set(refused) <= {401, 403} and refused, refused
+            await admin.call("tenant.enable", name="acme")
+            assert {(await call(http, "GET", f"{base}/v1/tenant", owner))[0] for _ in range(ROUNDS // 2)} == {200}
+
             # One key's rate limit over both workers: 1 a second, a bucket of 2 and one chunk of 1 per
             # worker (gateway/submission/ratelimit.py) allow 4 + the seconds taken; two separate
             # budgets would allow about twice that.

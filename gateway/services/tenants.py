@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..admin.registry import admin_method
@@ -14,8 +16,17 @@ def check_tenant_name(name: str) -> str:
 
 
 class TenantService:
-    def __init__(self, store: Store):
+    # on_switch: a tenant was enabled, disabled or deleted; the API's key caches forget what they
+    # remember (a coroutine when other processes are told first), so the switch applies at once.
+    def __init__(self, store: Store, on_switch: Callable[[], Awaitable[None] | None] = lambda: None):
         self.store = store
+        self.on_switch = on_switch
+
+    async def _switched(self, result: dict[str, Any]) -> dict[str, Any]:
+        told = self.on_switch()
+        if inspect.isawaitable(told):
+            await told
+        return result
 
     @admin_method("tenant.add")
     async def add(self, name: str, display_name: str = "", monthly_quota: int = 0) -> dict[str, Any]:
@@ -38,13 +49,13 @@ class TenantService:
     async def enable(self, name: str, outbound: bool = False) -> dict[str, Any]:
         """Enable the tenant; with outbound=True enable only its outbound mail."""
         check_tenant_name(name)
-        return await self.store.tenants.update(name, **({"outbound_enabled": 1} if outbound else {"enabled": 1}))
+        return await self._switched(await self.store.tenants.update(name, **({"outbound_enabled": 1} if outbound else {"enabled": 1})))
 
     @admin_method("tenant.disable")
     async def disable(self, name: str, outbound: bool = False) -> dict[str, Any]:
         """Disable the tenant; with outbound=True disable only its outbound mail."""
         check_tenant_name(name)
-        return await self.store.tenants.update(name, **({"outbound_enabled": 0} if outbound else {"enabled": 0}))
+        return await self._switched(await self.store.tenants.update(name, **({"outbound_enabled": 0} if outbound else {"enabled": 0})))
 
     @admin_method("tenant.update")
     async def update(self, name: str, display_name: str | None = None, monthly_quota: int | None = None,
@@ -63,4 +74,4 @@ class TenantService:
     @admin_method("tenant.delete")
     async def delete(self, name: str) -> dict[str, Any]:
         check_tenant_name(name)
-        return await self.store.tenants.delete(name)
+        return await self._switched(await self.store.tenants.delete(name))
