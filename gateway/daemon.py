@@ -47,7 +47,7 @@ from .inbound.mime import MimeLimits, parse as parse_mime
 from .inbound.pins import Pins
 from .inbound.processor import Hooks, Processor
 from .inbound.reply import stripped_reply
-from .inbound.wake import Coalesced
+from .wakes import Coalesced
 from .inbound.poller import Poller
 from .lifecycle import Component, loop_factory
 from .metrics import Metrics, budget_families, merged_exposition, store_families
@@ -211,11 +211,12 @@ class Daemon:
         else:
             store.inbound.on_spooled(self.processor.wake)
         if self.pipelines is not None:
-            self.pipelines.wakes.update(processor=self.processor.wake, poller=self.poller.wake, webhooks=webhooks.wake)
+            self.pipelines.wakes.update(processor=self.processor.wake, poller=self.poller.wake, webhooks=webhooks.wake,
+                                        delivery=self.pipelines.wake)   # an accepting pipeline queued mail
             self.pipelines.answers["webhook_post"] = lambda m: webhooks.post(m["url"], m["secret"], m["body"].encode(), m["event_ids"])
             self.pipelines.answers["forget_key"] = lambda m: self.pipelines.forget_key(m["key"])
         store.inbound.on_finished(forwarder.wake)
-        self.services = [TenantService(store, on_switch=self._tenant_switched), domains, usecases,
+        self.services = [TenantService(store, on_switch=self._forget_keys), domains, usecases,
                          QueueService(store, wake=wake_delivery, on_change=monitor.kick),
                          PauseService(store, wake=wake_delivery, on_change=monitor.kick), DaemonService(self),
                          ConnectorService(store, lambda: self.config, on_change=self._parents("poller", self.poller.wake)),
@@ -261,13 +262,13 @@ class Daemon:
         # With pipeline workers they serve it, each on its own socket (gateway/pipelines.py), and the
         # parent only passes revocations on.
         if self.config.api.enabled and self.pipelines is not None:
-            apikeys.on_revoke = self.pipelines.forget_key
+            apikeys.on_revoke = self._forget_keys
         elif self.config.api.enabled:
             methods = checked(collect(*self.services))
             deps = ApiDeps(store, methods, lambda: self.config, sending=submission_server.handler.submitter)
             api = self.api = ApiServer(lambda: self.config, store, collect_routes(*api_endpoints(deps)), self.metrics,
                                        tls=submission_server.tls, budget=self.budget, sock=self.sockets.get("api"))
-            apikeys.on_revoke = self._revoked
+            apikeys.on_revoke = self._forget_keys
             workers.append(api)
         # Components start in this order and stop in reverse. Web and admin start first and stop
         # last, so status and /health answer until the end; the listeners stop accepting before the
@@ -296,20 +297,15 @@ class Daemon:
             return wake
         return lambda: self.tell_parent({"op": "wake", "what": what})
 
-    async def _tenant_switched(self) -> None:
-        """A tenant enabled, disabled or deleted: every API key cache (here or in the pipeline
-        workers) forgets what it remembers, so the next request reads the tenant's state."""
-        if self.api is not None:
-            self.api.keys.forget()
-        if self.pipelines is not None:
-            await self.pipelines.forget_key(None)
-
-    async def _revoked(self, public_id: str) -> None:
-        """An API key revoked through this process's API: refused here at once and, in a pipeline
-        worker, by every other worker before the revocation is answered (the parent tells them all)."""
+    async def _forget_keys(self, public_id: str | None = None) -> None:
+        """An API key revoked (None: every key, a tenant was switched), wherever it was done: this
+        process's cache forgets it at once and so does every pipeline worker's before this returns
+        (the parent tells them all; a worker asks its parent to)."""
         if self.api is not None:
             self.api.keys.forget(public_id)
-        if self.role == "pipeline":
+        if self.pipelines is not None:
+            await self.pipelines.forget_key(public_id)
+        elif self.role == "pipeline":
             await self.ask_parent({"op": "forget_key", "key": public_id})
 
     async def _webhook_post(self, url: str, secret: str, body: bytes, event_ids: list[int]) -> dict[str, Any]:

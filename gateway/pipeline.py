@@ -8,7 +8,7 @@ or deliver, gateway/pipelines.py says why). Started by gateway/pipelines.py, nev
                                --control-fd C --parent-pid P --role deliver
 
 An accepting pipeline sends a "wake delivery" line to the daemon after its queued messages (gathered:
-``WakeRelay``); a delivery process has no sockets and is told the listening addresses, which its loop
+``wakes.Coalesced``); a delivery process has no sockets and is told the listening addresses, which its loop
 guard refuses as every scheduler does.
 
 What flows in: the listening sockets the daemon bound (every worker accepts on the same ones; the
@@ -49,6 +49,7 @@ from .daemon import Daemon
 from .errors import ConfigError
 from .paths import resolve_paths
 from .systemd import Notifier
+from .wakes import Coalesced
 from .webworker import detach, run_child
 from .workers import APPLY_TIMEOUT, LINE_LIMIT
 
@@ -62,23 +63,6 @@ WAKE_GATHER = 0.002
 
 def _line(message: dict[str, Any]) -> bytes:
     return json.dumps(message, separators=(",", ":"), default=str).encode() + b"\n"
-
-
-class WakeRelay:
-    """An accepting pipeline's wake of delivery (gateway/pipelines.py roles): at most one line to the
-    daemon every WAKE_GATHER, never none after a queued message."""
-
-    def __init__(self, send: Callable[[dict[str, Any]], Any]):
-        self.send = send
-        self._timer: asyncio.TimerHandle | None = None
-
-    def __call__(self, *_: Any) -> None:
-        if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(WAKE_GATHER, self._fire)
-
-    def _fire(self) -> None:
-        self._timer = None
-        self.send({"op": "wake", "what": "delivery"})
 
 
 class Pipeline:
@@ -126,7 +110,7 @@ class Pipeline:
         daemon) or deliver (no listeners: it knows their addresses for its loop guard)."""
         if self.role == "accept":
             daemon.serves = frozenset({"accept"})
-            daemon.wake_elsewhere = WakeRelay(daemon.tell_parent)
+            daemon.wake_elsewhere = Coalesced(lambda: daemon.tell_parent({"op": "wake", "what": "delivery"}), WAKE_GATHER)
         elif self.role == "deliver":
             daemon.serves = frozenset({"deliver"})
             daemon.listening = self.listening

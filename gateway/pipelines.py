@@ -162,7 +162,7 @@ class Pipelines(Component):
         self.config, self.paths = config, paths
         self.release_all = release_all
         self.wakes = wakes
-        # What a worker may ask the parent to do (by "op"), and the answer: Daemon._webhook_post, _revoked.
+        # What a worker may ask the parent to do (by "op"), and the answer: Daemon._webhook_post, _forget_keys.
         self.answers: dict[str, Callable[[dict[str, Any]], Any]] = {}
         self.workers = self._workers(config(), paths, node, release)
         for worker in self.workers:
@@ -249,9 +249,6 @@ class Pipelines(Component):
 
     def _event(self, message: dict[str, Any]) -> None:
         if message.get("op") == "wake":
-            if message.get("what") == "delivery":  # an accepting pipeline queued mail
-                self.wake()
-                return
             wake = self.wakes.get(message.get("what", ""))
             if wake is not None:
                 wake()

@@ -50,7 +50,7 @@ from bench_e2e import cpu_seconds, server_cpu  # noqa: E402
 
 from tests.support.delivery import publish_mx  # noqa: E402
 from tests.support.dns import DnsServer  # noqa: E402
-from tests.support.nodes import QUEUE_ID, Node, Quota, host_of, submit_until  # noqa: E402
+from tests.support.nodes import QUEUE_ID, Node, Quota, host_of, submit_until, wanted  # noqa: E402
 from tests.support.postgres import Postgres  # noqa: E402
 
 
@@ -225,7 +225,7 @@ async def run(a: argparse.Namespace, label: str, url: str, count: int, kill_at: 
             await asyncio.gather(*tasks)
             stop.set()
             accepted_done = time.monotonic()
-            want = {(qid, rcpt) for qid, rcpts in accepted for rcpt in rcpts}
+            want = wanted(accepted)
             deadline = time.monotonic() + a.timeout
             while not want <= sink.seen.keys() and time.monotonic() < deadline:
                 sink.changed.clear()

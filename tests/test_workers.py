@@ -13,7 +13,6 @@ import os
 import re
 import select
 import signal
-from collections import Counter
 
 import aiohttp
 import aiosmtplib
@@ -26,8 +25,8 @@ from tests.support.process import AdminHandle, GatewayProcess, write_config
 from tests.support.sink import mail_sink
 from tests.support.submission import message
 from tests.support.tenancy import dns_overrides, sending_setup
+from tests.support.nodes import QUEUE_ID, deliveries
 
-QUEUE_ID = re.compile(rb"\bid ([0-9a-hjkmnp-tv-z]{16})\b")
 SESSIONS = 4
 
 
@@ -66,11 +65,6 @@ async def submit_loop(port: int, setup: dict, accepted: list[tuple[str, str]], s
             if stop.is_set():
                 return
             await asyncio.sleep(0.05)  # a worker or the daemon is being restarted
-
-
-def deliveries(sink) -> Counter:
-    return Counter((m.group(1).decode(), rcpt) for r in sink.messages for m in [QUEUE_ID.search(r.data)] if m
-                   for rcpt in r.rcpt_tos)
 
 
 async def metrics(web_port: int) -> str:

@@ -307,6 +307,7 @@ class Scheduler(Component):
         works: list[Work] = []
         try:
             groups: dict[tuple, Work] = {}
+            verp_key = await self.links.keyring.signing()   # one key signs the whole claim's return paths
             for row in rows:
                 msg = row.pop("message")
                 route = await self.routes.get(msg["usecase_id"], msg["tenant_id"])
@@ -316,7 +317,7 @@ class Scheduler(Component):
                 key = (msg["id"], dest, row["id"] if own else None)
                 work = groups.get(key)
                 if work is None:
-                    work = groups[key] = Work(dest, msg, [], route, verp_key=await self.links.keyring.signing())
+                    work = groups[key] = Work(dest, msg, [], route, verp_key=verp_key)
                     if own:
                         work.fields = await self.links.fields(route.unsubscribe, msg["tenant_id"], row["rcpt"], route.domain)
                 work.rcpts.append(row)

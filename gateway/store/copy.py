@@ -24,7 +24,7 @@ from ..errors import StoreError
 from .db import connect as sqlite_connect
 from .db import migrations
 from .pg import connect as pg_connect
-from .pg import pg_migrate, redact
+from .pg import migrate_locked, redact
 
 BATCH = 5000
 _MASK = (1 << 64) - 1
@@ -123,9 +123,7 @@ def migrate_to(sqlite_path: Path, url: str, *, batch: int = BATCH, say: Callable
         except Exception as exc:  # noqa: BLE001 - psycopg's connection errors: one line, no password
             raise StoreError(f"{redact(url)}: cannot connect: {exc}") from exc
         try:
-            pg.execute("SELECT pg_advisory_lock(4242001)")
-            pg_migrate(pg)
-            pg.execute("SELECT pg_advisory_unlock(4242001)")
+            migrate_locked(pg)
             order = _dependency_order(pg)
             busy = [t for t in order if pg.execute(f'SELECT EXISTS (SELECT 1 FROM "{t}")').fetchone()[0]]
             if busy:

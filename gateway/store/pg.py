@@ -79,6 +79,16 @@ def _schema(conn: psycopg.Connection) -> tuple[frozenset[str], dict[str, frozens
     return ids, {t: frozenset(c) for t, c in columns.items()}
 
 
+def migrate_locked(conn: psycopg.Connection) -> list[int]:
+    """``pg_migrate`` under the migration lock: one migrator at a time when several nodes (or a
+    node and ``gateway store migrate-to``) start together."""
+    conn.execute(f"SELECT pg_advisory_lock({MIGRATION_LOCK})")
+    try:
+        return pg_migrate(conn)
+    finally:
+        conn.execute(f"SELECT pg_advisory_unlock({MIGRATION_LOCK})")
+
+
 def pg_migrate(conn: psycopg.Connection) -> list[int]:
     """Bring the database to this code's schema version; the versions recorded. The baseline
     records every SQLite version up to its own (their names), so both backends list the same."""
@@ -167,12 +177,7 @@ class PgDatabase(Database):
                     raise StoreError(f"{redact(self.url)}: schema version {have}; a secondary needs {newest} (the daemon migrates)")
                 applied = []
             else:
-                # One migrator at a time when several nodes start together.
-                raw.execute(f"SELECT pg_advisory_lock({MIGRATION_LOCK})")
-                try:
-                    applied = pg_migrate(raw)
-                finally:
-                    raw.execute(f"SELECT pg_advisory_unlock({MIGRATION_LOCK})")
+                applied = migrate_locked(raw)
             self.translate.id_tables, self.translate.columns = _schema(raw)
         except BaseException as exc:
             raw.close()
@@ -302,7 +307,7 @@ class PgDatabase(Database):
                 outcomes.append((fut, False, exc))
             else:
                 outcomes.append((fut, True, result))
-        if raw.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        if conn.in_transaction:
             conn.run("COMMIT")
         return outcomes
 
